@@ -1,0 +1,36 @@
+#include "app/inspect.h"
+
+#include <cstdio>
+
+#include "io/model_config.h"
+#include "io/safetensors.h"
+
+namespace lowsync {
+
+void inspect_model(const std::string& model_dir) {
+  const ModelConfig m = load_model_config(model_dir);
+  CheckpointReader ckpt(model_dir);
+  int64_t stored = 0, stored_bytes = 0;
+  for (const auto& name : ckpt.names()) {
+    const TensorInfo& t = ckpt.info(name);
+    stored += t.numel();
+    stored_bytes += t.numel() * (t.dtype == "F32" ? 4 : 2);
+  }
+  const int64_t params = m.parameter_count();
+  std::printf("model:          %s\n", model_dir.c_str());
+  std::printf("architecture:   %s (family %s, %s)\n", m.architecture.c_str(), family_name(m.family),
+              m.is_decoder() ? "decoder" : "encoder");
+  std::printf("layers:         %d\n", m.n_layers);
+  std::printf("hidden:         %d\n", m.hidden);
+  std::printf("heads:          %d (key/value heads %d, head dim %d)\n", m.n_heads, m.n_kv_heads, m.head_dim);
+  std::printf("ffn:            %d (%s)\n", m.intermediate, m.gated_ffn() ? "gated SiLU" : "GELU");
+  std::printf("vocab:          %d\n", m.vocab);
+  std::printf("max positions:  %d\n", m.max_positions);
+  std::printf("embeddings:     %s\n", m.tied_embeddings ? "tied to the LM head" : (m.is_decoder() ? "untied" : "no LM head"));
+  std::printf("parameters:     %lld (%.1f M); checkpoint holds %lld values, %.1f MiB\n", static_cast<long long>(params),
+              params / 1e6, static_cast<long long>(stored), stored_bytes / 1048576.0);
+  std::printf("memory (fp32):  %.1f MiB of weights per replica; KV cache %.1f KiB per token\n",
+              params * 4 / 1048576.0, 2.0 * m.n_layers * m.kv_dim() * 4 / 1024.0);
+}
+
+}  // namespace lowsync

@@ -1,0 +1,78 @@
+// lowsync: one SPMD executable. Every rank parses the same command line and job; rank 0 reports.
+#include <boost/program_options.hpp>
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "app/inspect.h"
+#include "io/error.h"
+#include "io/job_config.h"
+#include "jobs/run_job.h"
+#include "mpi_comm/mpi_session.h"
+
+namespace po = boost::program_options;
+using namespace lowsync;
+
+namespace {
+
+const char* kUsage =
+    "usage: lowsync run JOB.yaml [--set key=value ...] [--resume]\n"
+    "       lowsync inspect MODEL_DIR\n"
+    "Launch with mpirun for several ranks; see README.md for the job YAML reference.\n";
+
+int run_command(const std::vector<std::string>& args, const MpiSession& mpi) {
+  po::options_description opts("run options");
+  std::vector<std::string> overrides;
+  opts.add_options()("job", po::value<std::string>()->required(), "job YAML")(
+      "set", po::value<std::vector<std::string>>(&overrides)->composing(), "override a key: key=value")(
+      "resume", po::bool_switch(), "continue an interrupted job's output file");
+  po::positional_options_description pos;
+  pos.add("job", 1);
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(opts).positional(pos).run(), vm);
+  po::notify(vm);
+  const JobConfig job = load_job_config(vm["job"].as<std::string>(), overrides);
+  run_job(job, vm["resume"].as<bool>(), mpi.rank(), mpi.size());
+  return 0;
+}
+
+int inspect_command(const std::vector<std::string>& args) {
+  if (args.size() != 1) throw po::error("inspect takes one argument: MODEL_DIR");
+  inspect_model(args[0]);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MpiSession mpi(&argc, &argv);
+  auto report = [&](const std::string& msg) {
+    if (mpi.rank() == 0) std::fprintf(stderr, "lowsync: error: %s\n", msg.c_str());
+  };
+  if (argc < 2) {
+    if (mpi.rank() == 0) std::fputs(kUsage, stderr);
+    return 2;
+  }
+  const std::string command = argv[1];
+  const std::vector<std::string> args(argv + 2, argv + argc);
+  try {
+    if (command == "run") return run_command(args, mpi);
+    if (command == "inspect") return inspect_command(args);
+    if (command == "--help" || command == "-h" || command == "help") {
+      if (mpi.rank() == 0) std::fputs(kUsage, stdout);
+      return 0;
+    }
+    report("unknown command '" + command + "'; expected run or inspect");
+    return 2;
+  } catch (const UserError& e) {
+    report(e.what());
+    return 1;
+  } catch (const po::error& e) {
+    report(std::string("command line: ") + e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    report(std::string("internal error: ") + e.what());
+    return 3;
+  }
+}

@@ -1,0 +1,149 @@
+#include "io/job_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <functional>
+#include <map>
+#include <sstream>
+
+#include "io/error.h"
+
+namespace lowsync {
+
+namespace {
+
+// One row per key: how to read it from a scalar node into the config.
+using Setter = std::function<void(JobConfig&, const YAML::Node&)>;
+
+template <class T>
+Setter field(T JobConfig::*member) {
+  return [member](JobConfig& c, const YAML::Node& n) { c.*member = n.as<T>(); };
+}
+template <class S, class T>
+Setter field(S JobConfig::*group, T S::*member) {
+  return [group, member](JobConfig& c, const YAML::Node& n) { (c.*group).*member = n.as<T>(); };
+}
+
+const std::map<std::string, Setter>& schema() {
+  static const std::map<std::string, Setter> keys = {
+      {"model", field(&JobConfig::model)},
+      {"task", field(&JobConfig::task)},
+      {"input", field(&JobConfig::input)},
+      {"output", field(&JobConfig::output)},
+      {"threads", field(&JobConfig::threads)},
+      {"generate.max_new_tokens", field(&JobConfig::generate, &GenerateOptions::max_new_tokens)},
+      {"generate.temperature", field(&JobConfig::generate, &GenerateOptions::temperature)},
+      {"generate.top_k", field(&JobConfig::generate, &GenerateOptions::top_k)},
+      {"generate.top_p", field(&JobConfig::generate, &GenerateOptions::top_p)},
+      {"generate.seed", field(&JobConfig::generate, &GenerateOptions::seed)},
+      {"generate.stop_at_eos", field(&JobConfig::generate, &GenerateOptions::stop_at_eos)},
+      {"embed.pooling", field(&JobConfig::embed, &EmbedOptions::pooling)},
+      {"embed.normalize", field(&JobConfig::embed, &EmbedOptions::normalize)},
+      {"batch.max_tokens", field(&JobConfig::batch, &BatchOptions::max_tokens)},
+      {"batch.max_sequences", field(&JobConfig::batch, &BatchOptions::max_sequences)},
+      {"parallel.tp", field(&JobConfig::parallel, &ParallelOptions::tp)},
+      {"parallel.dp", field(&JobConfig::parallel, &ParallelOptions::dp)},
+  };
+  return keys;
+}
+
+bool is_group(const std::string& key) {
+  const std::string prefix = key + ".";
+  for (const auto& [k, _] : schema())
+    if (k.starts_with(prefix)) return true;
+  return false;
+}
+
+// Flattens the YAML mapping into dotted keys, rejecting anything the schema does not know.
+void flatten(const YAML::Node& node, const std::string& prefix, const std::string& file,
+             std::map<std::string, YAML::Node>& out) {
+  if (!node.IsMap())
+    throw UserError(file + ": " + (prefix.empty() ? "the document" : "key '" + prefix + "'") +
+                    " must be a mapping of keys to values");
+  for (const auto& kv : node) {
+    const std::string key = prefix.empty() ? kv.first.as<std::string>() : prefix + "." + kv.first.as<std::string>();
+    if (schema().count(key)) {
+      if (!kv.second.IsScalar()) throw UserError(file + ": key '" + key + "' must be a single value");
+      out[key] = kv.second;
+    } else if (is_group(key)) {
+      flatten(kv.second, key, file, out);
+    } else {
+      throw UserError(file + ": unknown key '" + key + "' (see the job YAML reference in README.md)");
+    }
+  }
+}
+
+}  // namespace
+
+JobConfig load_job_config(const std::string& path, const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    throw UserError(path + ": cannot open the job file");
+  } catch (const YAML::Exception& e) {
+    throw UserError(path + ": not valid YAML (" + e.msg + " at line " + std::to_string(e.mark.line + 1) + ")");
+  }
+  std::map<std::string, YAML::Node> values;
+  flatten(root.IsNull() ? YAML::Node(YAML::NodeType::Map) : root, "", path, values);
+  for (const auto& o : overrides) {
+    auto eq = o.find('=');
+    if (eq == std::string::npos) throw UserError("--set " + o + ": expected key=value");
+    const std::string key = o.substr(0, eq);
+    if (!schema().count(key)) throw UserError("--set " + o + ": unknown key '" + key + "'");
+    values[key] = YAML::Load(o.substr(eq + 1));
+  }
+
+  JobConfig c;
+  c.path = path;
+  for (const auto& [key, node] : values) {
+    try {
+      schema().at(key)(c, node);
+    } catch (const YAML::Exception&) {
+      throw UserError(path + ": key '" + key + "' has value '" + node.as<std::string>("") +
+                      "' of the wrong type");
+    }
+  }
+
+  for (const char* required : {"model", "task", "input", "output"})
+    if (!values.count(required)) throw UserError(path + ": missing required key '" + std::string(required) + "'");
+  auto expect = [&](bool ok, const char* key, const std::string& what) {
+    if (!ok) throw UserError(path + ": key '" + key + "' " + what);
+  };
+  expect(c.task == "generate" || c.task == "score" || c.task == "embed", "task",
+         "is '" + c.task + "'; expected generate, score or embed");
+  expect(c.threads >= 1, "threads", "must be >= 1");
+  expect(c.generate.max_new_tokens >= 1, "generate.max_new_tokens", "must be >= 1");
+  expect(c.generate.temperature >= 0, "generate.temperature", "must be >= 0");
+  expect(c.generate.top_k >= 0, "generate.top_k", "must be >= 0");
+  expect(c.generate.top_p > 0 && c.generate.top_p <= 1, "generate.top_p", "must be in (0, 1]");
+  expect(c.embed.pooling == "mean" || c.embed.pooling == "cls", "embed.pooling",
+         "is '" + c.embed.pooling + "'; expected mean or cls");
+  expect(c.batch.max_tokens >= 1, "batch.max_tokens", "must be >= 1");
+  expect(c.batch.max_sequences >= 1, "batch.max_sequences", "must be >= 1");
+  expect(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");
+  expect(c.parallel.dp >= 1, "parallel.dp", "must be >= 1");
+  return c;
+}
+
+std::string JobConfig::fingerprint() const {
+  std::ostringstream s;
+  s << "model: " << model << "\ntask: " << task << "\ninput: " << input << "\n";
+  if (task == "generate")
+    s << "generate: {max_new_tokens: " << generate.max_new_tokens << ", temperature: " << generate.temperature
+      << ", top_k: " << generate.top_k << ", top_p: " << generate.top_p << ", seed: " << generate.seed
+      << ", stop_at_eos: " << (generate.stop_at_eos ? "true" : "false") << "}\n";
+  if (task == "embed")
+    s << "embed: {pooling: " << embed.pooling << ", normalize: " << (embed.normalize ? "true" : "false") << "}\n";
+  return s.str();
+}
+
+std::string JobConfig::to_yaml() const {
+  std::ostringstream s;
+  s << fingerprint() << "output: " << output << "\nthreads: " << threads << "\nbatch: {max_tokens: "
+    << batch.max_tokens << ", max_sequences: " << batch.max_sequences << "}\nparallel: {tp: " << parallel.tp
+    << ", dp: " << parallel.dp << "}\n";
+  return s.str();
+}
+
+}  // namespace lowsync

@@ -1,0 +1,37 @@
+#pragma once
+// The shape of a model, read from a Hugging Face config.json. One struct serves the three
+// families; the flags say which variant of each block part the family uses.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace lowsync {
+
+enum class Family { Llama, GPT2, Bert };
+enum class Activation { SiLU, GeluTanh, GeluErf };
+
+struct ModelConfig {
+  std::string dir;
+  std::string architecture;  // e.g. "LlamaForCausalLM"
+  Family family = Family::Llama;
+  int hidden = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, intermediate = 0;
+  int vocab = 0, max_positions = 0, type_vocab = 0;
+  float norm_eps = 1e-5f, rope_theta = 10000.f;
+  Activation activation = Activation::SiLU;
+  bool tied_embeddings = false;
+  bool attention_bias = false;      // q/k/v/o biases (GPT-2, BERT; optional for LLaMA)
+  std::vector<int> eos_token_ids;
+  std::string json_text;            // config.json as read, for fingerprints
+
+  bool is_decoder() const { return family != Family::Bert; }
+  bool gated_ffn() const { return family == Family::Llama; }
+  int q_dim() const { return n_heads * head_dim; }
+  int kv_dim() const { return n_kv_heads * head_dim; }
+  int64_t parameter_count() const;
+};
+
+// Reads MODEL_DIR/config.json; an unknown architecture or a missing key is a UserError naming it.
+ModelConfig load_model_config(const std::string& model_dir);
+const char* family_name(Family f);
+
+}  // namespace lowsync

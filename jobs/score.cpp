@@ -1,0 +1,59 @@
+// Scoring: one packed pass over prompt + targets (all but the last target, which is only
+// predicted); the logits at position (prompt_len - 1 + j) give log p(target j).
+#include <cmath>
+
+#include "jobs/tasks.h"
+
+namespace lowsync {
+
+std::vector<RowResult> score_batch(Transformer& model, const TokenRows& prompts, const TokenRows& targets) {
+  const int vocab = model.config().vocab;
+  Backend& be = model.backend();
+  std::vector<RowResult> out(prompts.size());
+  BatchLayout layout;
+  std::vector<int32_t> tokens;
+  std::vector<int64_t> rows;  // packed row whose logits predict each target token
+  std::vector<std::pair<size_t, int32_t>> owner;  // (batch row, target token) per entry of `rows`
+  int64_t cache_rows = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const auto& p = prompts[i];
+    const auto& t = targets[i];
+    const int64_t n = static_cast<int64_t>(p.size() + t.size()) - (t.empty() ? 0 : 1);
+    const int64_t begin = layout.tokens();
+    layout.add(n, 0, cache_rows);
+    cache_rows += n;
+    tokens.insert(tokens.end(), p.begin(), p.end());
+    if (!t.empty()) tokens.insert(tokens.end(), t.begin(), t.end() - 1);
+    for (size_t j = 0; j < t.size(); ++j) {
+      rows.push_back(begin + static_cast<int64_t>(p.size()) - 1 + static_cast<int64_t>(j));
+      owner.push_back({i, t[j]});
+    }
+  }
+  KVCache cache = model.make_cache(cache_rows);
+  Tensor hidden = model.forward(tokens, layout, cache);
+
+  // The LM head over a few hundred rows at a time keeps [rows, vocab] logits small.
+  const size_t chunk = 256;
+  std::vector<float> logits_host;
+  for (size_t c0 = 0; c0 < rows.size(); c0 += chunk) {
+    std::vector<int64_t> part(rows.begin() + c0, rows.begin() + std::min(rows.size(), c0 + chunk));
+    Tensor logits = model.logits(hidden, part);
+    logits_host.resize(logits.numel());
+    be.to_host(logits, logits_host.data());
+    for (size_t j = 0; j < part.size(); ++j) {
+      const float* l = logits_host.data() + j * vocab;
+      // log_softmax in double: the log-sum-exp over a large vocabulary is where fp32 loses digits.
+      double mx = l[0];
+      for (int v = 1; v < vocab; ++v) mx = std::max(mx, double(l[v]));
+      double sum = 0;
+      for (int v = 0; v < vocab; ++v) sum += std::exp(double(l[v]) - mx);
+      const auto [row, target] = owner[c0 + j];
+      const double lp = double(l[target]) - mx - std::log(sum);
+      out[row].token_logprobs.push_back(static_cast<float>(lp));
+      out[row].sum_logprob += lp;
+    }
+  }
+  return out;
+}
+
+}  // namespace lowsync

@@ -1,0 +1,24 @@
+#pragma once
+// The three job kinds, each over one batch of rows. A batch is packed: its sequences are
+// concatenated, no padding is computed.
+#include <cstdint>
+#include <vector>
+
+#include "io/job_config.h"
+#include "jobs/result_writer.h"
+#include "layers/model.h"
+
+namespace lowsync {
+
+using TokenRows = std::vector<std::vector<int32_t>>;
+
+// New tokens per prompt (EOS included when it stops the row). Row i of the batch is input row
+// first_row + i, which seeds its sampler.
+std::vector<RowResult> generate_batch(Transformer& model, const GenerateOptions& opt, const TokenRows& prompts,
+                                      int64_t first_row);
+// log p(target j | prompt, targets before j) for every target token.
+std::vector<RowResult> score_batch(Transformer& model, const TokenRows& prompts, const TokenRows& targets);
+// Pooled last hidden state per prompt.
+std::vector<RowResult> embed_batch(Transformer& model, const EmbedOptions& opt, const TokenRows& prompts);
+
+}  // namespace lowsync

@@ -1,0 +1,54 @@
+#pragma once
+// The kernels a transformer needs, behind one interface so that the model code is the same on
+// every device. Each kernel is a named step of the math; none of them communicates.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "layers/batch_layout.h"
+#include "layers/tensor.h"
+
+namespace lowsync {
+
+// Keys and values of every layer for the sequences of a batch: [capacity, kv_dim] per layer.
+struct KVCache {
+  std::vector<Tensor> k, v;
+  int64_t capacity = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // Memory.
+  virtual Tensor zeros(int64_t rows, int64_t cols) = 0;                          // fp32 activation
+  virtual Tensor upload_weight(const std::vector<float>& host, int64_t rows, int64_t cols) = 0;
+  virtual void to_host(const Tensor& t, float* dst) = 0;                          // rows*cols floats
+  virtual KVCache make_kv_cache(int n_layers, int64_t capacity, int64_t kv_dim);
+
+  // out[i] = table[ids[i]]  (accumulate: out[i] += table[ids[i]])
+  virtual void embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& out, bool accumulate) = 0;
+  // y = x w^T (+ bias), w stored [out_features, in_features] as in Hugging Face checkpoints.
+  virtual void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) = 0;
+  virtual void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) = 0;
+  virtual void layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps, Tensor& out) = 0;
+  // Rotary position embedding (rotate-half form) on every head of q and k, in place.
+  virtual void rope(Tensor& q, Tensor& k, const std::vector<int32_t>& positions, int head_dim, float theta) = 0;
+  // Writes this pass's k, v rows into the layer's cache at each sequence's slots.
+  virtual void store_kv(const Tensor& k, const Tensor& v, KVCache& cache, int layer, const BatchLayout& layout) = 0;
+  // Scaled dot-product attention of the new queries over each sequence's cached keys/values;
+  // causal: query at position p sees keys 0..p. Grouped-query: n_heads / n_kv_heads queries share a kv head.
+  virtual void attention(const Tensor& q, const KVCache& cache, int layer, const BatchLayout& layout,
+                         int n_heads, int n_kv_heads, int head_dim, bool causal, Tensor& out) = 0;
+  virtual void gelu(Tensor& x, bool tanh_approximation) = 0;  // in place
+  virtual void silu_mul(Tensor& gate, const Tensor& up) = 0;  // gate = silu(gate) * up
+  virtual void add(Tensor& x, const Tensor& y) = 0;           // x += y
+  // out[i] = x[rows[i]]
+  virtual void gather_rows(const Tensor& x, const std::vector<int64_t>& rows, Tensor& out) = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend(int threads);
+
+}  // namespace lowsync

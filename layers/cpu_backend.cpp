@@ -1,0 +1,196 @@
+// CPU kernels: fp32, OpenBLAS for every matrix product (projections and attention), plain loops
+// for the element-wise parts.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "layers/backend.h"
+
+namespace lowsync {
+
+KVCache Backend::make_kv_cache(int n_layers, int64_t capacity, int64_t kv_dim) {
+  KVCache c;
+  c.capacity = capacity;
+  for (int l = 0; l < n_layers; ++l) {
+    c.k.push_back(zeros(capacity, kv_dim));
+    c.v.push_back(zeros(capacity, kv_dim));
+  }
+  return c;
+}
+
+namespace {
+
+Tensor host_tensor(int64_t rows, int64_t cols) {
+  Tensor t;
+  std::shared_ptr<float[]> mem(new float[std::max<int64_t>(rows * cols, 1)]());
+  t.storage = std::static_pointer_cast<void>(std::shared_ptr<float>(mem, mem.get()));
+  t.ptr = mem.get();
+  t.rows = rows;
+  t.cols = cols;
+  return t;
+}
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads) { openblas_set_num_threads(threads); }
+  std::string name() const override { return "cpu"; }
+
+  Tensor zeros(int64_t rows, int64_t cols) override { return host_tensor(rows, cols); }
+
+  Tensor upload_weight(const std::vector<float>& host, int64_t rows, int64_t cols) override {
+    Tensor t = host_tensor(rows, cols);
+    std::memcpy(t.ptr, host.data(), sizeof(float) * rows * cols);
+    return t;
+  }
+
+  void to_host(const Tensor& t, float* dst) override { std::memcpy(dst, t.ptr, sizeof(float) * t.numel()); }
+
+  void embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& out, bool accumulate) override {
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const float* src = table.row(ids[i]);
+      float* dst = out.row(i);
+      if (accumulate)
+        for (int64_t c = 0; c < out.cols; ++c) dst[c] += src[c];
+      else
+        std::memcpy(dst, src, sizeof(float) * out.cols);
+    }
+  }
+
+  void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) override {
+    const int64_t M = x.rows, N = w.rows, K = w.cols;
+    if (bias) {
+      for (int64_t i = 0; i < M; ++i) std::memcpy(y.row(i), bias->f32(), sizeof(float) * N);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.f, x.f32(), K, w.f32(), K,
+                bias ? 1.f : 0.f, y.f32(), N);
+  }
+
+  void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override {
+    const int64_t n = x.cols;
+    for (int64_t r = 0; r < x.rows; ++r) {
+      const float* a = x.row(r);
+      float* o = out.row(r);
+      double ss = 0;
+      for (int64_t c = 0; c < n; ++c) ss += double(a[c]) * a[c];
+      const float inv = 1.f / std::sqrt(float(ss / n) + eps);
+      for (int64_t c = 0; c < n; ++c) o[c] = weight.f32()[c] * (a[c] * inv);
+    }
+  }
+
+  void layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps, Tensor& out) override {
+    const int64_t n = x.cols;
+    for (int64_t r = 0; r < x.rows; ++r) {
+      const float* a = x.row(r);
+      float* o = out.row(r);
+      double mean = 0, var = 0;
+      for (int64_t c = 0; c < n; ++c) mean += a[c];
+      mean /= n;
+      for (int64_t c = 0; c < n; ++c) var += (a[c] - mean) * (a[c] - mean);
+      const float inv = 1.f / std::sqrt(float(var / n) + eps);
+      for (int64_t c = 0; c < n; ++c) o[c] = float(a[c] - mean) * inv * weight.f32()[c] + bias.f32()[c];
+    }
+  }
+
+  void rope(Tensor& q, Tensor& k, const std::vector<int32_t>& positions, int head_dim, float theta) override {
+    const int half = head_dim / 2;
+    std::vector<float> cos_(half), sin_(half);
+    for (size_t t = 0; t < positions.size(); ++t) {
+      for (int i = 0; i < half; ++i) {
+        // The same float32 arithmetic as transformers: inv_freq in fp32, then position * inv_freq.
+        const float inv_freq = 1.f / std::pow(theta, float(2 * i) / float(head_dim));
+        const float angle = float(positions[t]) * inv_freq;
+        cos_[i] = std::cos(angle);
+        sin_[i] = std::sin(angle);
+      }
+      for (Tensor* m : {&q, &k}) {
+        float* row = m->row(t);
+        for (int64_t h = 0; h < m->cols / head_dim; ++h) {
+          float* x = row + h * head_dim;
+          for (int i = 0; i < half; ++i) {
+            const float a = x[i], b = x[i + half];
+            x[i] = a * cos_[i] - b * sin_[i];
+            x[i + half] = b * cos_[i] + a * sin_[i];
+          }
+        }
+      }
+    }
+  }
+
+  void store_kv(const Tensor& k, const Tensor& v, KVCache& cache, int layer, const BatchLayout& layout) override {
+    const size_t bytes = sizeof(float) * k.cols;
+    for (const SequenceSlot& s : layout.seqs)
+      for (int64_t i = 0; i < s.n_new; ++i) {
+        std::memcpy(cache.k[layer].row(s.cache_base + s.past + i), k.row(s.token_begin + i), bytes);
+        std::memcpy(cache.v[layer].row(s.cache_base + s.past + i), v.row(s.token_begin + i), bytes);
+      }
+  }
+
+  void attention(const Tensor& q, const KVCache& cache, int layer, const BatchLayout& layout, int n_heads,
+                 int n_kv_heads, int head_dim, bool causal, Tensor& out) override {
+    const Tensor& K = cache.k[layer];
+    const Tensor& V = cache.v[layer];
+    const int group = n_heads / n_kv_heads;
+    const float scale = 1.f / std::sqrt(float(head_dim));
+    for (const SequenceSlot& s : layout.seqs) {
+      const int64_t ctx = s.past + s.n_new;
+      scores_.resize(s.n_new * ctx);
+      for (int h = 0; h < n_heads; ++h) {
+        const int kvh = h / group;
+        const float* Qh = q.row(s.token_begin) + h * head_dim;
+        const float* Kh = K.row(s.cache_base) + kvh * head_dim;
+        const float* Vh = V.row(s.cache_base) + kvh * head_dim;
+        // scores = Q K^T * scale  [n_new, ctx]
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s.n_new, ctx, head_dim, scale, Qh, q.cols, Kh, K.cols,
+                    0.f, scores_.data(), ctx);
+        for (int64_t i = 0; i < s.n_new; ++i) {
+          float* row = scores_.data() + i * ctx;
+          const int64_t visible = causal ? s.past + i + 1 : ctx;
+          const float mx = *std::max_element(row, row + visible);
+          float sum = 0;
+          for (int64_t j = 0; j < visible; ++j) sum += (row[j] = std::exp(row[j] - mx));
+          const float inv = 1.f / sum;
+          for (int64_t j = 0; j < visible; ++j) row[j] *= inv;
+          std::fill(row + visible, row + ctx, 0.f);
+        }
+        // out = softmax(scores) V  [n_new, head_dim]
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.n_new, head_dim, ctx, 1.f, scores_.data(), ctx, Vh,
+                    V.cols, 0.f, out.row(s.token_begin) + h * head_dim, out.cols);
+      }
+    }
+  }
+
+  void gelu(Tensor& x, bool tanh_approximation) override {
+    float* a = x.f32();
+    const int64_t n = x.numel();
+    if (tanh_approximation) {
+      const float c = std::sqrt(2.f / float(M_PI));
+      for (int64_t i = 0; i < n; ++i) a[i] = 0.5f * a[i] * (1.f + std::tanh(c * (a[i] + 0.044715f * a[i] * a[i] * a[i])));
+    } else {
+      for (int64_t i = 0; i < n; ++i) a[i] = 0.5f * a[i] * (1.f + std::erf(a[i] / std::sqrt(2.f)));
+    }
+  }
+
+  void silu_mul(Tensor& gate, const Tensor& up) override {
+    float* g = gate.f32();
+    const float* u = up.f32();
+    for (int64_t i = 0; i < gate.numel(); ++i) g[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+  }
+
+  void add(Tensor& x, const Tensor& y) override { cblas_saxpy(x.numel(), 1.f, y.f32(), 1, x.f32(), 1); }
+
+  void gather_rows(const Tensor& x, const std::vector<int64_t>& rows, Tensor& out) override {
+    for (size_t i = 0; i < rows.size(); ++i) std::memcpy(out.row(i), x.row(rows[i]), sizeof(float) * x.cols);
+  }
+
+ private:
+  std::vector<float> scores_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend>(threads); }
+
+}  // namespace lowsync

@@ -1,0 +1,23 @@
+#pragma once
+// A 2-D row-major tensor whose memory belongs to a backend (host or device). Vectors are 1 x n.
+// Weights may be stored in a narrower type on devices that compute in it; activations are fp32.
+#include <cstdint>
+#include <memory>
+
+namespace lowsync {
+
+enum class DType { F32, F16, BF16 };
+
+struct Tensor {
+  std::shared_ptr<void> storage;  // keeps the memory alive; null for an empty tensor
+  void* ptr = nullptr;
+  int64_t rows = 0, cols = 0;
+  DType dtype = DType::F32;
+
+  bool empty() const { return ptr == nullptr; }
+  int64_t numel() const { return rows * cols; }
+  float* f32() const { return static_cast<float*>(ptr); }
+  float* row(int64_t r) const { return f32() + r * cols; }
+};
+
+}  // namespace lowsync

@@ -1,0 +1,58 @@
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "io/error.h"
+#include "io/job_config.h"
+
+using namespace lowsync;
+
+namespace {
+std::string write_yaml(const std::string& text) {
+  static int n = 0;
+  auto path = std::filesystem::temp_directory_path() / ("lowsync_job_" + std::to_string(::getpid()) + "_" + std::to_string(n++) + ".yaml");
+  std::ofstream(path) << text;
+  return path.string();
+}
+const char* kBase = "model: m\ntask: generate\ninput: in.h5\noutput: out.h5\n";
+}  // namespace
+
+TEST(JobConfig, DefaultsAndNestedKeys) {
+  auto c = load_job_config(write_yaml(std::string(kBase) + "generate: {max_new_tokens: 7, top_p: 0.5}\n"), {});
+  EXPECT_EQ(c.generate.max_new_tokens, 7);
+  EXPECT_FLOAT_EQ(c.generate.top_p, 0.5f);
+  EXPECT_EQ(c.generate.top_k, 0);
+  EXPECT_EQ(c.batch.max_sequences, 32);
+}
+
+TEST(JobConfig, SetOverridesAnyKey) {
+  auto c = load_job_config(write_yaml(kBase), {"generate.seed=99", "task=score", "embed.normalize=true"});
+  EXPECT_EQ(c.generate.seed, 99u);
+  EXPECT_EQ(c.task, "score");
+  EXPECT_TRUE(c.embed.normalize);
+}
+
+TEST(JobConfig, UnknownKeyIsNamed) {
+  try {
+    load_job_config(write_yaml(std::string(kBase) + "generate: {max_new_tokns: 3}\n"), {});
+    FAIL() << "no error";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("'generate.max_new_tokns'"), std::string::npos) << e.what();
+  }
+}
+
+TEST(JobConfig, WrongTypeAndBadValuesAreErrors) {
+  EXPECT_THROW(load_job_config(write_yaml(std::string(kBase) + "threads: many\n"), {}), UserError);
+  EXPECT_THROW(load_job_config(write_yaml(std::string(kBase) + "generate: {top_p: 0}\n"), {}), UserError);
+  EXPECT_THROW(load_job_config(write_yaml("model: m\ntask: generate\ninput: in.h5\n"), {}), UserError);
+  EXPECT_THROW(load_job_config(write_yaml(kBase), {"bogus=1"}), UserError);
+}
+
+TEST(JobConfig, FingerprintIgnoresOutputAndSpeedKeys) {
+  auto a = load_job_config(write_yaml(kBase), {});
+  auto b = load_job_config(write_yaml(kBase), {"output=elsewhere.h5", "batch.max_tokens=17", "threads=2"});
+  auto c = load_job_config(write_yaml(kBase), {"generate.max_new_tokens=5"});
+  EXPECT_EQ(a.fingerprint(), b.fingerprint());
+  EXPECT_NE(a.fingerprint(), c.fingerprint());
+}
