@@ -24,7 +24,10 @@ int64_t TensorInfo::numel() const {
 
 static size_t dtype_size(const std::string& dtype) {
   if (dtype == "F32") return 4;
-  if (dtype == "F16" || dtype == "BF16") return 2;
+  if (dtype == "F16" || dtype == "BF16" || dtype == "I16" || dtype == "U16") return 2;
+  if (dtype == "F64" || dtype == "I64" || dtype == "U64") return 8;
+  if (dtype == "I32" || dtype == "U32") return 4;
+  if (dtype == "I8" || dtype == "U8" || dtype == "BOOL") return 1;
   return 0;
 }
 
@@ -61,7 +64,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     auto off = entry.at("data_offsets").get<std::vector<uint64_t>>();
     size_t esize = dtype_size(t.dtype);
     if (esize == 0)
-      throw UserError(path + ": tensor '" + name + "' has dtype " + t.dtype + "; expected F32, F16 or BF16");
+      throw UserError(path + ": tensor '" + name + "' has unknown dtype " + t.dtype);
     if (off.size() != 2 || off[1] > data_size || off[1] - off[0] != t.numel() * esize)
       throw UserError(path + ": tensor '" + name + "' has data offsets that do not match its shape");
     t.data = data + off[0];
@@ -148,6 +151,8 @@ std::vector<float> CheckpointReader::read_rows(const std::string& name, int64_t 
   const int64_t row = t.shape.empty() ? 1 : t.numel() / t.rows();
   if (begin < 0 || end > t.rows() || begin > end)
     throw UserError(dir_ + ": tensor '" + name + "': row range out of bounds");
+  if (t.dtype != "F32" && t.dtype != "F16" && t.dtype != "BF16")
+    throw UserError(dir_ + ": tensor '" + name + "' has dtype " + t.dtype + "; expected F32, F16 or BF16");
   const int64_t n = (end - begin) * row, first = begin * row;
   std::vector<float> out(n);
   if (t.dtype == "F32") {
