@@ -26,6 +26,9 @@ class Backend {
   virtual Tensor zeros(int64_t rows, int64_t cols) = 0;                          // fp32 activation
   virtual Tensor upload_weight(const std::vector<float>& host, int64_t rows, int64_t cols) = 0;
   virtual void to_host(const Tensor& t, float* dst) = 0;                          // rows*cols floats
+  virtual void from_host(const float* src, Tensor& t) = 0;                        // rows*cols floats
+  // Host memory of an fp32 tensor, or null where it lives on a device (collectives then stage it).
+  virtual float* host_data(Tensor& t) { return nullptr; }
   virtual KVCache make_kv_cache(int n_layers, int64_t capacity, int64_t kv_dim);
 
   // out[i] = table[ids[i]]  (accumulate: out[i] += table[ids[i]])

@@ -47,6 +47,8 @@ class CpuBackend final : public Backend {
   }
 
   void to_host(const Tensor& t, float* dst) override { std::memcpy(dst, t.ptr, sizeof(float) * t.numel()); }
+  void from_host(const float* src, Tensor& t) override { std::memcpy(t.ptr, src, sizeof(float) * t.numel()); }
+  float* host_data(Tensor& t) override { return t.f32(); }
 
   void embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& out, bool accumulate) override {
     for (size_t i = 0; i < ids.size(); ++i) {
