@@ -9,6 +9,7 @@
 #include "io/error.h"
 #include "io/job_config.h"
 #include "jobs/run_job.h"
+#include "mpi_comm/communicator.h"
 #include "mpi_comm/mpi_session.h"
 
 namespace po = boost::program_options;
@@ -33,7 +34,7 @@ int run_command(const std::vector<std::string>& args, const MpiSession& mpi) {
   po::store(po::command_line_parser(args).options(opts).positional(pos).run(), vm);
   po::notify(vm);
   const JobConfig job = load_job_config(vm["job"].as<std::string>(), overrides);
-  run_job(job, vm["resume"].as<bool>(), mpi.rank(), mpi.size());
+  run_job(job, vm["resume"].as<bool>());
   return 0;
 }
 
@@ -66,6 +67,9 @@ int main(int argc, char** argv) {
     report("unknown command '" + command + "'; expected run or inspect");
     return 2;
   } catch (const UserError& e) {
+    report(e.what());
+    return 1;
+  } catch (const AgreedError& e) {  // a setup error on some rank, known to all ranks
     report(e.what());
     return 1;
   } catch (const po::error& e) {

@@ -23,6 +23,10 @@ template <class S, class T>
 Setter field(S JobConfig::*group, T S::*member) {
   return [group, member](JobConfig& c, const YAML::Node& n) { (c.*group).*member = n.as<T>(); };
 }
+template <class T>
+Setter spd_field(T SpdOptions::*member) {
+  return [member](JobConfig& c, const YAML::Node& n) { c.parallel.spd.*member = n.as<T>(); };
+}
 
 const std::map<std::string, Setter>& schema() {
   static const std::map<std::string, Setter> keys = {
@@ -43,6 +47,15 @@ const std::map<std::string, Setter>& schema() {
       {"batch.max_sequences", field(&JobConfig::batch, &BatchOptions::max_sequences)},
       {"parallel.tp", field(&JobConfig::parallel, &ParallelOptions::tp)},
       {"parallel.dp", field(&JobConfig::parallel, &ParallelOptions::dp)},
+      {"parallel.spd.drop", spd_field(&SpdOptions::drop)},
+      {"parallel.spd.from", spd_field(&SpdOptions::from)},
+      {"parallel.spd.budget.max_kl", spd_field(&SpdOptions::max_kl)},
+      {"parallel.spd.budget.min_top1", spd_field(&SpdOptions::min_top1)},
+      {"calibrate.prompts", field(&JobConfig::calibrate, &CalibrateOptions::prompts)},
+      {"calibrate.rows", field(&JobConfig::calibrate, &CalibrateOptions::rows)},
+      {"calibrate.max_kl", field(&JobConfig::calibrate, &CalibrateOptions::max_kl)},
+      {"calibrate.min_top1", field(&JobConfig::calibrate, &CalibrateOptions::min_top1)},
+      {"calibrate.output", field(&JobConfig::calibrate, &CalibrateOptions::output)},
   };
   return keys;
 }
@@ -63,7 +76,9 @@ void flatten(const YAML::Node& node, const std::string& prefix, const std::strin
   for (const auto& kv : node) {
     const std::string key = prefix.empty() ? kv.first.as<std::string>() : prefix + "." + kv.first.as<std::string>();
     if (schema().count(key)) {
-      if (!kv.second.IsScalar()) throw UserError(file + ": key '" + key + "' must be a single value");
+      const bool is_list = key == "parallel.spd.drop";
+      if (is_list ? !kv.second.IsSequence() : !kv.second.IsScalar())
+        throw UserError(file + ": key '" + key + "' must be " + (is_list ? "a list" : "a single value"));
       out[key] = kv.second;
     } else if (is_group(key)) {
       flatten(kv.second, key, file, out);
@@ -100,7 +115,7 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
     try {
       schema().at(key)(c, node);
     } catch (const YAML::Exception&) {
-      throw UserError(path + ": key '" + key + "' has value '" + node.as<std::string>("") +
+      throw UserError(path + ": key '" + key + "' has value '" + (node.IsScalar() ? node.as<std::string>("") : "[...]") +
                       "' of the wrong type");
     }
   }
@@ -123,6 +138,9 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   expect(c.batch.max_sequences >= 1, "batch.max_sequences", "must be >= 1");
   expect(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");
   expect(c.parallel.dp >= 1, "parallel.dp", "must be >= 1");
+  expect(c.parallel.spd.drop.empty() || c.parallel.spd.from.empty(), "parallel.spd",
+         "has both 'drop' and 'from'; give one");
+  expect(c.calibrate.rows >= 1, "calibrate.rows", "must be >= 1");
   return c;
 }
 
@@ -135,6 +153,12 @@ std::string JobConfig::fingerprint() const {
       << ", stop_at_eos: " << (generate.stop_at_eos ? "true" : "false") << "}\n";
   if (task == "embed")
     s << "embed: {pooling: " << embed.pooling << ", normalize: " << (embed.normalize ? "true" : "false") << "}\n";
+  // Tensor parallelism changes results only by float rounding, but with Sync-Point Drop the split
+  // and the dropped layers change the model's function.
+  s << "parallel: {tp: " << parallel.tp << ", spd: {drop: [";
+  for (size_t i = 0; i < parallel.spd.drop.size(); ++i) s << (i ? ", " : "") << parallel.spd.drop[i];
+  s << "], from: '" << parallel.spd.from << "', max_kl: " << parallel.spd.max_kl
+    << ", min_top1: " << parallel.spd.min_top1 << "}}\n";
   return s.str();
 }
 
@@ -143,6 +167,7 @@ std::string JobConfig::to_yaml() const {
   s << fingerprint() << "output: " << output << "\nthreads: " << threads << "\nbatch: {max_tokens: "
     << batch.max_tokens << ", max_sequences: " << batch.max_sequences << "}\nparallel: {tp: " << parallel.tp
     << ", dp: " << parallel.dp << "}\n";
+  if (!parallel.spd.from.empty()) s << "parallel.spd.from: " << parallel.spd.from << "\n";
   return s.str();
 }
 

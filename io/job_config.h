@@ -25,9 +25,28 @@ struct BatchOptions {
   int max_sequences = 32;
 };
 
+// Sync-Point Drop: which layers skip their attention all-reduce. Either listed (`drop`) or taken
+// from a calibration file (`from`) as the longest least-sensitive prefix within `budget`.
+struct SpdOptions {
+  std::vector<int> drop;
+  std::string from;
+  double max_kl = -1;    // budget; < 0: the calibration file's own
+  double min_top1 = -1;  // budget; < 0: the calibration file's own
+};
+
 struct ParallelOptions {
   int tp = 1;
   int dp = 1;
+  SpdOptions spd;
+};
+
+// `lowsync calibrate`: measures each layer's sensitivity to SPD on calibration prompts.
+struct CalibrateOptions {
+  std::string prompts;    // prompts HDF5; empty: the job's input
+  int rows = 16;          // prompts used at most
+  double max_kl = 0.05;   // budget: mean next-token KL(full TP || SPD) at most
+  double min_top1 = 0.9;  // budget: top-1 agreement with full TP at least
+  std::string output = "calibration.yaml";
 };
 
 struct JobConfig {
@@ -38,6 +57,7 @@ struct JobConfig {
   EmbedOptions embed;
   BatchOptions batch;
   ParallelOptions parallel;
+  CalibrateOptions calibrate;
 
   // The keys that decide what the results are (not where they go or how fast): a resumed job
   // must match the original on these.

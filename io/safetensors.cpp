@@ -146,17 +146,9 @@ std::vector<float> CheckpointReader::read(const std::string& name) const {
   return read_rows(name, 0, t.rows());
 }
 
-std::vector<float> CheckpointReader::read_rows(const std::string& name, int64_t begin, int64_t end) const {
-  const TensorInfo& t = info(name);
-  const int64_t row = t.shape.empty() ? 1 : t.numel() / t.rows();
-  if (begin < 0 || end > t.rows() || begin > end)
-    throw UserError(dir_ + ": tensor '" + name + "': row range out of bounds");
-  if (t.dtype != "F32" && t.dtype != "F16" && t.dtype != "BF16")
-    throw UserError(dir_ + ": tensor '" + name + "' has dtype " + t.dtype + "; expected F32, F16 or BF16");
-  const int64_t n = (end - begin) * row, first = begin * row;
-  std::vector<float> out(n);
+static void convert(const TensorInfo& t, int64_t first, int64_t n, float* out) {
   if (t.dtype == "F32") {
-    std::memcpy(out.data(), t.data + first * 4, n * 4);
+    std::memcpy(out, t.data + first * 4, n * 4);
   } else if (t.dtype == "F16") {
     const auto* p = reinterpret_cast<const uint16_t*>(t.data) + first;
     for (int64_t i = 0; i < n; ++i) out[i] = half_to_float(p[i]);
@@ -167,6 +159,33 @@ std::vector<float> CheckpointReader::read_rows(const std::string& name, int64_t 
       std::memcpy(&out[i], &bits, 4);
     }
   }
+}
+
+static void check_float(const TensorInfo& t, const std::string& dir, const std::string& name) {
+  if (t.dtype != "F32" && t.dtype != "F16" && t.dtype != "BF16")
+    throw UserError(dir + ": tensor '" + name + "' has dtype " + t.dtype + "; expected F32, F16 or BF16");
+}
+
+std::vector<float> CheckpointReader::read_cols(const std::string& name, int64_t begin, int64_t end) const {
+  const TensorInfo& t = info(name);
+  check_float(t, dir_, name);
+  if (t.shape.size() != 2 || begin < 0 || end > t.shape[1] || begin > end)
+    throw UserError(dir_ + ": tensor '" + name + "': column range out of bounds");
+  const int64_t rows = t.shape[0], cols = t.shape[1], n = end - begin;
+  std::vector<float> out(rows * n);
+  for (int64_t r = 0; r < rows; ++r) convert(t, r * cols + begin, n, out.data() + r * n);
+  return out;
+}
+
+std::vector<float> CheckpointReader::read_rows(const std::string& name, int64_t begin, int64_t end) const {
+  const TensorInfo& t = info(name);
+  const int64_t row = t.shape.empty() ? 1 : t.numel() / t.rows();
+  if (begin < 0 || end > t.rows() || begin > end)
+    throw UserError(dir_ + ": tensor '" + name + "': row range out of bounds");
+  check_float(t, dir_, name);
+  const int64_t n = (end - begin) * row;
+  std::vector<float> out(n);
+  convert(t, begin * row, n, out.data());
   return out;
 }
 

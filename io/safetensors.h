@@ -45,6 +45,8 @@ class CheckpointReader {
   std::vector<float> read(const std::string& name) const;
   // Rows [begin, end) of the first dimension as fp32 (a 1-D tensor's elements).
   std::vector<float> read_rows(const std::string& name, int64_t begin, int64_t end) const;
+  // Columns [begin, end) of every row of a 2-D tensor, copied row by row from the mapping.
+  std::vector<float> read_cols(const std::string& name, int64_t begin, int64_t end) const;
   std::vector<std::string> names() const;
 
  private:

@@ -228,7 +228,8 @@ void ResultWriter::append(const std::vector<RowResult>& results) {
   next_row_ += n;
 }
 
-void ResultWriter::finish() {
+void ResultWriter::finish(const std::string& report) {
+  write_string_attr(file_, "run_report", report);
   write_u8_attr(file_, "complete", 1);
   H5Fflush(file_, H5F_SCOPE_GLOBAL);
 }

@@ -31,8 +31,8 @@ class ResultWriter {
   int64_t rows_done() const { return next_row_; }  // rows [0, rows_done) are complete
   // Appends rows [rows_done(), rows_done() + results.size()).
   void append(const std::vector<RowResult>& results);
-  // Marks the file complete (attribute `complete` = 1).
-  void finish();
+  // Stores the run report (attribute `run_report`) and marks the file complete (`complete` = 1).
+  void finish(const std::string& report);
 
  private:
   std::string path_, task_;

@@ -1,18 +1,23 @@
-// A job, start to end: check everything that can be checked before any compute (job, model, every
-// input row), open the output, then batches of consecutive rows -> task -> append + flush ->
-// progress line; a run report at the end.
+// A job, start to end: every rank checks what can be checked before any compute (job, model, every
+// input row) and agrees on the outcome; rank 0 opens the output; then replicas take batches of
+// consecutive rows -> task -> results to rank 0 -> append + flush -> progress line; a run report
+// at the end, on stdout and in the output file.
 #include "jobs/run_job.h"
 
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <sstream>
 
 #include "io/error.h"
 #include "io/model_config.h"
 #include "io/prompts.h"
 #include "jobs/result_writer.h"
+#include "jobs/spd_plan.h"
 #include "jobs/tasks.h"
+#include "jobs/work_queue.h"
 #include "layers/model.h"
+#include "mpi_comm/parallel_groups.h"
 
 namespace lowsync {
 
@@ -38,86 +43,162 @@ void check_rows(const PromptReader& in, const JobConfig& job, const ModelConfig&
   }
 }
 
-}  // namespace
-
-void run_job(const JobConfig& job, bool resume, int world_rank, int world_size) {
-  if (job.parallel.tp * job.parallel.dp != world_size)
-    throw UserError(job.path + ": parallel.tp x parallel.dp = " + std::to_string(job.parallel.tp * job.parallel.dp) +
-                    " but mpirun started " + std::to_string(world_size) + " ranks; they must be equal");
-  if (job.parallel.tp != 1 || job.parallel.dp != 1)
-    throw UserError(job.path + ": parallel.tp and parallel.dp other than 1 are not supported yet");
-
-  const ModelConfig model = load_model_config(job.model);
-  if (!model.is_decoder() && job.task != "embed")
-    throw UserError(job.path + ": task '" + job.task + "' needs a decoder (llama or gpt2), but " + job.model +
-                    " is an encoder (" + model.architecture + "); use task: embed");
-  PromptReader input(job.input, model.vocab, job.task == "score");
-  check_rows(input, job, model);
-
-  const auto t_load = Clock::now();
-  std::unique_ptr<Backend> backend = make_cpu_backend(job.threads);
-  Transformer transformer(model, *backend);
-  const double load_s = seconds_since(t_load);
-  ResultWriter writer(job, model, input.rows(), resume);
-  if (world_rank == 0)
-    std::printf("lowsync: %s %s (%s, %lld rows, %d layers) on %s; model loaded in %.2f s%s\n", job.task.c_str(),
-                job.model.c_str(), model.architecture.c_str(), static_cast<long long>(input.rows()), model.n_layers,
-                backend->name().c_str(), load_s,
-                resume ? (", resuming after row " + std::to_string(writer.rows_done())).c_str() : "");
-
-  const auto t_run = Clock::now();
-  int64_t tokens_in = 0, tokens_out = 0, batches = 0;
-  const int64_t first = writer.rows_done();
-  while (writer.rows_done() < input.rows()) {
-    // The next batch: consecutive rows while they fit in max_tokens and max_sequences.
-    const int64_t r0 = writer.rows_done();
-    int64_t r1 = r0, budget = 0;
-    while (r1 < input.rows() && r1 - r0 < job.batch.max_sequences) {
-      const int64_t n = pass_length(input, job.task, r1);
-      if (r1 > r0 && budget + n > job.batch.max_tokens) break;
-      budget += n;
+// Consecutive rows from `first`, each batch within max_tokens and max_sequences (a single longer
+// row forms a batch of its own).
+std::vector<Batch> plan_batches(const PromptReader& in, const JobConfig& job, int64_t first) {
+  std::vector<Batch> out;
+  for (int64_t r0 = first; r0 < in.rows();) {
+    int64_t r1 = r0, tokens = 0;
+    while (r1 < in.rows() && r1 - r0 < job.batch.max_sequences) {
+      const int64_t n = pass_length(in, job.task, r1);
+      if (r1 > r0 && tokens + n > job.batch.max_tokens) break;
+      tokens += n;
       ++r1;
     }
-    TokenRows prompts, targets;
-    for (int64_t r = r0; r < r1; ++r) {
-      prompts.push_back(input.tokens(r));
-      if (job.task == "score") targets.push_back(input.targets(r));
-    }
-
-    const auto t0 = Clock::now();
-    std::vector<RowResult> results;
-    if (job.task == "generate")
-      results = generate_batch(transformer, job.generate, prompts, r0);
-    else if (job.task == "score")
-      results = score_batch(transformer, prompts, targets);
-    else
-      results = embed_batch(transformer, job.embed, prompts);
-    const float ms = static_cast<float>(seconds_since(t0) * 1e3);
-    for (auto& r : results) {
-      r.latency_ms = ms;
-      tokens_out += static_cast<int64_t>(r.tokens.size());
-    }
-    tokens_in += budget;
-    ++batches;
-    writer.append(results);
-    if (world_rank == 0) {
-      const double s = seconds_since(t_run);
-      std::printf("lowsync: rows %lld/%lld  batch %lld rows in %.0f ms  %.0f prompt tok/s%s\n",
-                  static_cast<long long>(writer.rows_done()), static_cast<long long>(input.rows()),
-                  static_cast<long long>(r1 - r0), ms, tokens_in / s,
-                  job.task == "generate" ? (", " + std::to_string(static_cast<long long>(tokens_out / s)) + " new tok/s").c_str() : "");
-      std::fflush(stdout);
-    }
+    out.push_back({r0, r1});
+    r0 = r1;
   }
-  writer.finish();
-  if (world_rank == 0) {
-    const double s = seconds_since(t_run);
-    std::printf("lowsync: done: %lld rows in %lld batches, %.2f s; %lld prompt tokens (%.0f tok/s)",
-                static_cast<long long>(input.rows() - first), static_cast<long long>(batches), s,
-                static_cast<long long>(tokens_in), s > 0 ? tokens_in / s : 0.0);
-    if (job.task == "generate")
-      std::printf(", %lld new tokens (%.0f tok/s)", static_cast<long long>(tokens_out), s > 0 ? tokens_out / s : 0.0);
-    std::printf("; output %s\n", job.output.c_str());
+  return out;
+}
+
+std::string spd_list(const std::vector<bool>& drop) {
+  std::string s;
+  for (size_t l = 0; l < drop.size(); ++l)
+    if (drop[l]) s += (s.empty() ? "" : ",") + std::to_string(l);
+  return s.empty() ? "none" : s;
+}
+
+// Per-rank figures gathered to every rank: [compute s, tp comm s, tp calls, tp bytes, passes, tokens].
+constexpr int kReportFields = 6;
+
+std::string run_report(const JobConfig& job, const ModelConfig& model, const std::vector<bool>& drop,
+                       const std::vector<double>& all, int world, double wall_s, int64_t rows, int64_t new_tokens) {
+  std::ostringstream s;
+  const int dropped = static_cast<int>(std::count(drop.begin(), drop.end(), true));
+  const int tp = job.parallel.tp;
+  const int syncs = tp == 1 ? 0 : (2 * model.n_layers - dropped);
+  s << "strategy: tp=" << tp << " dp=" << job.parallel.dp << " (" << world << " ranks), SPD drops " << dropped << "/"
+    << model.n_layers << " attention syncs (layers " << spd_list(drop) << ")\n";
+  s << "sync points per forward pass: " << syncs << " all-reduces (TP baseline " << (tp == 1 ? 0 : 2 * model.n_layers) << ")\n";
+  double tokens_total = 0;
+  for (int r = 0; r < world; r += tp) tokens_total += all[r * kReportFields + 5];  // one rank per replica
+  s << "throughput: " << rows << " rows in " << wall_s << " s, " << tokens_total / std::max(wall_s, 1e-9)
+    << " tokens/s through the model";
+  if (job.task == "generate") s << ", " << new_tokens / std::max(wall_s, 1e-9) << " new tokens/s";
+  s << "\n";
+  for (int r = 0; r < world; ++r) {
+    const double* f = &all[r * kReportFields];
+    const double per_token = f[5] > 0 ? f[3] / f[5] : 0;
+    s << "rank " << r << ": compute " << f[0] << " s, tp communication " << f[1] << " s ("
+      << (f[0] + f[1] > 0 ? 100 * f[1] / (f[0] + f[1]) : 0) << "%), " << static_cast<int64_t>(f[2])
+      << " all-reduces over " << static_cast<int64_t>(f[4]) << " passes, " << per_token << " bytes sent per token\n";
+  }
+  return s.str();
+}
+
+}  // namespace
+
+void run_job(const JobConfig& job, bool resume) {
+  Communicator world(MPI_COMM_WORLD, "world");
+  world.agree([&] {
+    if (job.parallel.tp * job.parallel.dp != world.size())
+      throw UserError(job.path + ": parallel.tp x parallel.dp = " + std::to_string(job.parallel.tp) + " x " +
+                      std::to_string(job.parallel.dp) + " but mpirun started " + std::to_string(world.size()) +
+                      " ranks; they must be equal");
+  });
+  ParallelGroups groups = ParallelGroups::make(job.parallel.tp, job.parallel.dp);
+  const bool root = world.rank() == 0;
+
+  ModelConfig model;
+  std::unique_ptr<PromptReader> input;
+  std::vector<bool> drop;
+  world.agree([&] {
+    model = load_model_config(job.model);
+    if (!model.is_decoder() && job.task != "embed")
+      throw UserError(job.path + ": task '" + job.task + "' needs a decoder (llama or gpt2), but " + job.model +
+                      " is an encoder (" + model.architecture + "); use task: embed");
+    LocalShape(model, Shard{0, job.parallel.tp});  // tp must divide heads and FFN width
+    drop = resolve_spd_drop(job, model);
+    input = std::make_unique<PromptReader>(job.input, model.vocab, job.task == "score");
+    check_rows(*input, job, model);
+  });
+
+  const auto t_load = Clock::now();
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Transformer> transformer;
+  world.agree([&] {
+    backend = make_cpu_backend(job.threads);
+    transformer = std::make_unique<Transformer>(model, *backend, TensorParallelGroup(&groups.tp, backend.get()), drop);
+  });
+  const double load_s = seconds_since(t_load);
+
+  std::unique_ptr<ResultWriter> writer;
+  world.agree([&] {
+    if (root) writer = std::make_unique<ResultWriter>(job, model, input->rows(), resume);
+  });
+  int64_t first = root ? writer->rows_done() : 0;
+  world.broadcast(&first, sizeof first, 0);
+  if (root)
+    std::printf("lowsync: %s %s (%s, %lld rows, %d layers) on %d rank(s), tp=%d dp=%d, %s backend; model loaded in "
+                "%.2f s%s\n",
+                job.task.c_str(), job.model.c_str(), model.architecture.c_str(), static_cast<long long>(input->rows()),
+                model.n_layers, world.size(), job.parallel.tp, job.parallel.dp, backend->name().c_str(), load_s,
+                resume ? (", resuming after row " + std::to_string(first)).c_str() : "");
+
+  // From here on an error on one rank cannot be agreed (the others are inside collectives): the
+  // failing rank reports and aborts every rank. Rows already written stay, marked done.
+  const auto t_run = Clock::now();
+  int64_t new_tokens = 0;
+  try {
+    WorkQueue queue(groups, plan_batches(*input, job, first), writer.get());
+    auto compute = [&](const Batch& b) {
+      TokenRows prompts, targets;
+      for (int64_t r = b.first_row; r < b.end_row; ++r) {
+        prompts.push_back(input->tokens(r));
+        if (job.task == "score") targets.push_back(input->targets(r));
+      }
+      const auto t0 = Clock::now();
+      std::vector<RowResult> results;
+      if (job.task == "generate")
+        results = generate_batch(*transformer, job.generate, prompts, b.first_row);
+      else if (job.task == "score")
+        results = score_batch(*transformer, prompts, targets);
+      else
+        results = embed_batch(*transformer, job.embed, prompts);
+      const float ms = static_cast<float>(seconds_since(t0) * 1e3);
+      for (auto& r : results) {
+        r.latency_ms = ms;
+        new_tokens += static_cast<int64_t>(r.tokens.size());
+      }
+      return results;
+    };
+    auto progress = [&](int64_t done) {
+      const double s = seconds_since(t_run);
+      std::printf("lowsync: rows %lld/%lld  %.1f s  %.1f rows/s\n", static_cast<long long>(done),
+                  static_cast<long long>(input->rows()), s, (done - first) / std::max(s, 1e-9));
+      std::fflush(stdout);
+    };
+    queue.run(compute, progress);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lowsync: error: rank %d: %s\n", world.rank(), e.what());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  const double wall_s = seconds_since(t_run);
+
+  // The run report: every rank's split of time and traffic, gathered to all.
+  const CommCounters& c = groups.tp.counters();
+  const double mine[kReportFields] = {wall_s - c.seconds, c.seconds, double(c.calls), double(c.bytes),
+                                      double(transformer->forward_passes()), double(transformer->tokens_processed())};
+  std::vector<double> all(kReportFields * world.size());
+  MPI_Allgather(mine, kReportFields, MPI_DOUBLE, all.data(), kReportFields, MPI_DOUBLE, world.raw());
+  int64_t total_new = new_tokens;
+  MPI_Allreduce(MPI_IN_PLACE, &total_new, 1, MPI_INT64_T, MPI_SUM, groups.dp.raw());  // per replica, tp ranks agree
+  if (root) {
+    const std::string report =
+        run_report(job, model, drop, all, world.size(), wall_s, input->rows() - first, total_new);
+    writer->finish(report);
+    std::printf("lowsync: done; output %s\n%s", job.output.c_str(), report.c_str());
   }
 }
 

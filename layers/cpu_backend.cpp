@@ -21,6 +21,12 @@ KVCache Backend::make_kv_cache(int n_layers, int64_t capacity, int64_t kv_dim) {
   return c;
 }
 
+void Backend::add_bias(Tensor& x, const Tensor& bias) {
+  Tensor rows = zeros(x.rows, x.cols);
+  embedding(bias, std::vector<int32_t>(x.rows, 0), rows, false);
+  add(x, rows);
+}
+
 namespace {
 
 Tensor host_tensor(int64_t rows, int64_t cols) {
@@ -182,6 +188,10 @@ class CpuBackend final : public Backend {
   }
 
   void add(Tensor& x, const Tensor& y) override { cblas_saxpy(x.numel(), 1.f, y.f32(), 1, x.f32(), 1); }
+
+  void add_bias(Tensor& x, const Tensor& bias) override {
+    for (int64_t r = 0; r < x.rows; ++r) cblas_saxpy(x.cols, 1.f, bias.f32(), 1, x.row(r), 1);
+  }
 
   void gather_rows(const Tensor& x, const std::vector<int64_t>& rows, Tensor& out) override {
     for (size_t i = 0; i < rows.size(); ++i) std::memcpy(out.row(i), x.row(rows[i]), sizeof(float) * x.cols);

@@ -1,5 +1,9 @@
-// Hugging Face checkpoint names -> ModelWeights, one function per family. Every tensor's shape is
-// checked against config.json so that a mismatched checkpoint fails at load with the tensor's name.
+// Hugging Face checkpoint names -> this rank's ModelWeights, one function per family. Every
+// tensor's shape is checked against config.json so that a mismatched checkpoint fails at load with
+// the tensor's name. A rank copies only its share out of the memory-mapped files:
+//   column-parallel (Q, K, V, FFN up/gate, their biases): rows [r*n/R, (r+1)*n/R) of W[out, in]
+//   row-parallel (attention out, FFN down): columns [r*n/R, (r+1)*n/R) of W[out, in]
+//   everything else (embeddings, norms, LM head, row-parallel biases): whole.
 #include <string>
 
 #include "io/error.h"
@@ -9,6 +13,10 @@
 namespace lowsync {
 
 namespace {
+
+struct Range {
+  int64_t begin, size;
+};
 
 class Loader {
  public:
@@ -25,51 +33,45 @@ class Loader {
     prefix_ = *candidates.begin();  // the error below then names the canonical key
   }
 
-  // A [rows, cols] tensor (cols = 0: a vector of `rows` elements).
-  Tensor get(const std::string& name, int64_t rows, int64_t cols = 0) {
-    const std::string key = prefix_ + name;
-    const TensorInfo& t = ckpt_.info(key);
-    const int64_t want = rows * (cols ? cols : 1);
-    if (t.numel() != want || (cols && (t.shape.size() != 2 || t.shape[0] != rows)))
-      throw UserError(cfg_.dir + ": tensor '" + key + "' has shape " + shape_str(t.shape) + "; expected [" +
-                      std::to_string(rows) + (cols ? ", " + std::to_string(cols) : "") + "]");
-    return cols ? be_.upload_weight(ckpt_.read(key), rows, cols) : be_.upload_weight(ckpt_.read(key), 1, rows);
+  // A whole [rows, cols] matrix, or a vector of `rows` elements when cols = 0.
+  Tensor whole(const std::string& name, int64_t rows, int64_t cols = 0) {
+    check_shape(name, rows, cols);
+    return be_.upload_weight(ckpt_.read(prefix_ + name), cols ? rows : 1, cols ? cols : rows);
   }
-  // GPT-2's Conv1D stores [in, out]; lowsync keeps every weight as [out, in].
-  Tensor get_transposed(const std::string& name, int64_t in, int64_t out, int64_t col0 = 0, int64_t ncols = -1) {
-    const std::string key = prefix_ + name;
-    const TensorInfo& t = ckpt_.info(key);
-    if (t.shape.size() != 2 || t.shape[0] != in || t.shape[1] != out)
-      throw UserError(cfg_.dir + ": tensor '" + key + "' has shape " + shape_str(t.shape) + "; expected [" +
-                      std::to_string(in) + ", " + std::to_string(out) + "]");
-    if (ncols < 0) ncols = out;
-    std::vector<float> src = ckpt_.read(key), dst(ncols * in);
-    for (int64_t i = 0; i < in; ++i)
-      for (int64_t o = 0; o < ncols; ++o) dst[o * in + i] = src[i * out + col0 + o];
-    return be_.upload_weight(dst, ncols, in);
+  // Rows `part` of a [rows, cols] matrix (cols = 0: elements of a vector).
+  Tensor rows(const std::string& name, int64_t rows, int64_t cols, Range part) {
+    check_shape(name, rows, cols);
+    return be_.upload_weight(ckpt_.read_rows(prefix_ + name, part.begin, part.begin + part.size),
+                             cols ? part.size : 1, cols ? cols : part.size);
   }
-  // Elements [begin, begin+n) of a vector.
-  Tensor get_part(const std::string& name, int64_t total, int64_t begin, int64_t n) {
-    const std::string key = prefix_ + name;
-    if (ckpt_.info(key).numel() != total)
-      throw UserError(cfg_.dir + ": tensor '" + key + "' has " + std::to_string(ckpt_.info(key).numel()) +
-                      " elements; expected " + std::to_string(total));
-    std::vector<float> all = ckpt_.read(key);
-    return be_.upload_weight(std::vector<float>(all.begin() + begin, all.begin() + begin + n), 1, n);
+  // Columns `part` of a [rows, cols] matrix.
+  Tensor cols(const std::string& name, int64_t rows, int64_t cols, Range part) {
+    check_shape(name, rows, cols);
+    return be_.upload_weight(ckpt_.read_cols(prefix_ + name, part.begin, part.begin + part.size), rows, part.size);
   }
-  Tensor get_unprefixed(const std::string& name, int64_t rows, int64_t cols) {
-    std::string saved = prefix_;
-    prefix_ = "";
-    Tensor t = get(name, rows, cols);
-    prefix_ = saved;
-    return t;
+  // GPT-2's Conv1D stores W^T [in, out]; lowsync keeps [out, in]. Takes outputs `out_part`
+  // (column-parallel) and inputs `in_part` (row-parallel) of it.
+  Tensor conv1d(const std::string& name, int64_t in, int64_t out, Range out_part, Range in_part) {
+    check_shape(name, in, out);
+    std::vector<float> src = ckpt_.read_cols(prefix_ + name, out_part.begin, out_part.begin + out_part.size);
+    std::vector<float> dst(out_part.size * in_part.size);
+    for (int64_t i = 0; i < in_part.size; ++i)
+      for (int64_t o = 0; o < out_part.size; ++o) dst[o * in_part.size + i] = src[(in_part.begin + i) * out_part.size + o];
+    return be_.upload_weight(dst, out_part.size, in_part.size);
   }
+  void set_prefix(std::string p) { prefix_ = std::move(p); }
 
  private:
-  static std::string shape_str(const std::vector<int64_t>& s) {
-    std::string out = "[";
-    for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-    return out + "]";
+  void check_shape(const std::string& name, int64_t rows, int64_t cols) {
+    const std::string key = prefix_ + name;
+    const TensorInfo& t = ckpt_.info(key);
+    const bool ok = cols ? (t.shape.size() == 2 && t.shape[0] == rows && t.shape[1] == cols)
+                         : (t.numel() == rows && t.shape.size() <= 1);
+    if (ok) return;
+    std::string got = "[";
+    for (size_t i = 0; i < t.shape.size(); ++i) got += (i ? ", " : "") + std::to_string(t.shape[i]);
+    throw UserError(cfg_.dir + ": tensor '" + key + "' has shape " + got + "]; expected [" + std::to_string(rows) +
+                    (cols ? ", " + std::to_string(cols) : "") + "]");
   }
   const ModelConfig& cfg_;
   Backend& be_;
@@ -77,98 +79,118 @@ class Loader {
   std::string prefix_;
 };
 
-ModelWeights load_llama(const ModelConfig& c, Loader& in) {
+// This rank's slices along each parallel dimension.
+struct Slices {
+  Range q, kv, ffn;
+  Slices(const ModelConfig& c, Shard s) {
+    const LocalShape local(c, s);
+    q = {int64_t(s.rank) * local.q_dim, local.q_dim};
+    kv = {int64_t(s.rank) * local.kv_dim, local.kv_dim};
+    ffn = {int64_t(s.rank) * local.intermediate, local.intermediate};
+  }
+};
+
+ModelWeights load_llama(const ModelConfig& c, Shard shard, Loader& in) {
   const int64_t H = c.hidden, I = c.intermediate, Q = c.q_dim(), KV = c.kv_dim();
+  const Slices s(c, shard);
   in.detect_prefix("embed_tokens.weight", {"model.", ""});
   ModelWeights m;
-  m.tok_emb = in.get("embed_tokens.weight", c.vocab, H);
+  m.tok_emb = in.whole("embed_tokens.weight", c.vocab, H);
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     LayerWeights w;
-    w.norm1_w = in.get(p + "input_layernorm.weight", H);
-    w.wq = in.get(p + "self_attn.q_proj.weight", Q, H);
-    w.wk = in.get(p + "self_attn.k_proj.weight", KV, H);
-    w.wv = in.get(p + "self_attn.v_proj.weight", KV, H);
-    w.wo = in.get(p + "self_attn.o_proj.weight", H, Q);
+    w.norm1_w = in.whole(p + "input_layernorm.weight", H);
+    w.wq = in.rows(p + "self_attn.q_proj.weight", Q, H, s.q);
+    w.wk = in.rows(p + "self_attn.k_proj.weight", KV, H, s.kv);
+    w.wv = in.rows(p + "self_attn.v_proj.weight", KV, H, s.kv);
+    w.wo = in.cols(p + "self_attn.o_proj.weight", H, Q, s.q);
     if (c.attention_bias) {
-      w.bq = in.get(p + "self_attn.q_proj.bias", Q);
-      w.bk = in.get(p + "self_attn.k_proj.bias", KV);
-      w.bv = in.get(p + "self_attn.v_proj.bias", KV);
-      if (in.has(p + "self_attn.o_proj.bias")) w.bo = in.get(p + "self_attn.o_proj.bias", H);
+      w.bq = in.rows(p + "self_attn.q_proj.bias", Q, 0, s.q);
+      w.bk = in.rows(p + "self_attn.k_proj.bias", KV, 0, s.kv);
+      w.bv = in.rows(p + "self_attn.v_proj.bias", KV, 0, s.kv);
+      if (in.has(p + "self_attn.o_proj.bias")) w.bo = in.whole(p + "self_attn.o_proj.bias", H);
     }
-    w.norm2_w = in.get(p + "post_attention_layernorm.weight", H);
-    w.w_gate = in.get(p + "mlp.gate_proj.weight", I, H);
-    w.w_up = in.get(p + "mlp.up_proj.weight", I, H);
-    w.w_down = in.get(p + "mlp.down_proj.weight", H, I);
+    w.norm2_w = in.whole(p + "post_attention_layernorm.weight", H);
+    w.w_gate = in.rows(p + "mlp.gate_proj.weight", I, H, s.ffn);
+    w.w_up = in.rows(p + "mlp.up_proj.weight", I, H, s.ffn);
+    w.w_down = in.cols(p + "mlp.down_proj.weight", H, I, s.ffn);
     m.layers.push_back(w);
   }
-  m.final_norm_w = in.get("norm.weight", H);
-  m.lm_head = c.tied_embeddings ? m.tok_emb : in.get_unprefixed("lm_head.weight", c.vocab, H);
+  m.final_norm_w = in.whole("norm.weight", H);
+  if (c.tied_embeddings) {
+    m.lm_head = m.tok_emb;
+  } else {
+    in.set_prefix("");
+    m.lm_head = in.whole("lm_head.weight", c.vocab, H);
+  }
   return m;
 }
 
-ModelWeights load_gpt2(const ModelConfig& c, Loader& in) {
+ModelWeights load_gpt2(const ModelConfig& c, Shard shard, Loader& in) {
   const int64_t H = c.hidden, I = c.intermediate;
+  const Slices s(c, shard);
+  const Range all_h{0, H};
   in.detect_prefix("wte.weight", {"transformer.", ""});
   ModelWeights m;
-  m.tok_emb = in.get("wte.weight", c.vocab, H);
-  m.pos_emb = in.get("wpe.weight", c.max_positions, H);
+  m.tok_emb = in.whole("wte.weight", c.vocab, H);
+  m.pos_emb = in.whole("wpe.weight", c.max_positions, H);
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = "h." + std::to_string(l) + ".";
     LayerWeights w;
-    w.norm1_w = in.get(p + "ln_1.weight", H);
-    w.norm1_b = in.get(p + "ln_1.bias", H);
+    w.norm1_w = in.whole(p + "ln_1.weight", H);
+    w.norm1_b = in.whole(p + "ln_1.bias", H);
     // c_attn holds q, k, v side by side along its output dimension.
-    w.wq = in.get_transposed(p + "attn.c_attn.weight", H, 3 * H, 0, H);
-    w.wk = in.get_transposed(p + "attn.c_attn.weight", H, 3 * H, H, H);
-    w.wv = in.get_transposed(p + "attn.c_attn.weight", H, 3 * H, 2 * H, H);
-    w.bq = in.get_part(p + "attn.c_attn.bias", 3 * H, 0, H);
-    w.bk = in.get_part(p + "attn.c_attn.bias", 3 * H, H, H);
-    w.bv = in.get_part(p + "attn.c_attn.bias", 3 * H, 2 * H, H);
-    w.wo = in.get_transposed(p + "attn.c_proj.weight", H, H);
-    w.bo = in.get(p + "attn.c_proj.bias", H);
-    w.norm2_w = in.get(p + "ln_2.weight", H);
-    w.norm2_b = in.get(p + "ln_2.bias", H);
-    w.w_up = in.get_transposed(p + "mlp.c_fc.weight", H, I);
-    w.b_up = in.get(p + "mlp.c_fc.bias", I);
-    w.w_down = in.get_transposed(p + "mlp.c_proj.weight", I, H);
-    w.b_down = in.get(p + "mlp.c_proj.bias", H);
+    w.wq = in.conv1d(p + "attn.c_attn.weight", H, 3 * H, {s.q.begin, s.q.size}, all_h);
+    w.wk = in.conv1d(p + "attn.c_attn.weight", H, 3 * H, {H + s.q.begin, s.q.size}, all_h);
+    w.wv = in.conv1d(p + "attn.c_attn.weight", H, 3 * H, {2 * H + s.q.begin, s.q.size}, all_h);
+    w.bq = in.rows(p + "attn.c_attn.bias", 3 * H, 0, {s.q.begin, s.q.size});
+    w.bk = in.rows(p + "attn.c_attn.bias", 3 * H, 0, {H + s.q.begin, s.q.size});
+    w.bv = in.rows(p + "attn.c_attn.bias", 3 * H, 0, {2 * H + s.q.begin, s.q.size});
+    w.wo = in.conv1d(p + "attn.c_proj.weight", H, H, all_h, s.q);
+    w.bo = in.whole(p + "attn.c_proj.bias", H);
+    w.norm2_w = in.whole(p + "ln_2.weight", H);
+    w.norm2_b = in.whole(p + "ln_2.bias", H);
+    w.w_up = in.conv1d(p + "mlp.c_fc.weight", H, I, s.ffn, all_h);
+    w.b_up = in.rows(p + "mlp.c_fc.bias", I, 0, s.ffn);
+    w.w_down = in.conv1d(p + "mlp.c_proj.weight", I, H, all_h, s.ffn);
+    w.b_down = in.whole(p + "mlp.c_proj.bias", H);
     m.layers.push_back(w);
   }
-  m.final_norm_w = in.get("ln_f.weight", H);
-  m.final_norm_b = in.get("ln_f.bias", H);
+  m.final_norm_w = in.whole("ln_f.weight", H);
+  m.final_norm_b = in.whole("ln_f.bias", H);
   m.lm_head = m.tok_emb;  // GPT-2 ties its head to the token embedding
   return m;
 }
 
-ModelWeights load_bert(const ModelConfig& c, Loader& in) {
+ModelWeights load_bert(const ModelConfig& c, Shard shard, Loader& in) {
   const int64_t H = c.hidden, I = c.intermediate;
+  const Slices s(c, shard);
   in.detect_prefix("embeddings.word_embeddings.weight", {"", "bert."});
   ModelWeights m;
-  m.tok_emb = in.get("embeddings.word_embeddings.weight", c.vocab, H);
-  m.pos_emb = in.get("embeddings.position_embeddings.weight", c.max_positions, H);
-  m.type_emb = in.get("embeddings.token_type_embeddings.weight", c.type_vocab, H);
-  m.emb_norm_w = in.get("embeddings.LayerNorm.weight", H);
-  m.emb_norm_b = in.get("embeddings.LayerNorm.bias", H);
+  m.tok_emb = in.whole("embeddings.word_embeddings.weight", c.vocab, H);
+  m.pos_emb = in.whole("embeddings.position_embeddings.weight", c.max_positions, H);
+  m.type_emb = in.whole("embeddings.token_type_embeddings.weight", c.type_vocab, H);
+  m.emb_norm_w = in.whole("embeddings.LayerNorm.weight", H);
+  m.emb_norm_b = in.whole("embeddings.LayerNorm.bias", H);
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = "encoder.layer." + std::to_string(l) + ".";
     LayerWeights w;
-    w.wq = in.get(p + "attention.self.query.weight", H, H);
-    w.bq = in.get(p + "attention.self.query.bias", H);
-    w.wk = in.get(p + "attention.self.key.weight", H, H);
-    w.bk = in.get(p + "attention.self.key.bias", H);
-    w.wv = in.get(p + "attention.self.value.weight", H, H);
-    w.bv = in.get(p + "attention.self.value.bias", H);
-    w.wo = in.get(p + "attention.output.dense.weight", H, H);
-    w.bo = in.get(p + "attention.output.dense.bias", H);
-    w.norm1_w = in.get(p + "attention.output.LayerNorm.weight", H);
-    w.norm1_b = in.get(p + "attention.output.LayerNorm.bias", H);
-    w.w_up = in.get(p + "intermediate.dense.weight", I, H);
-    w.b_up = in.get(p + "intermediate.dense.bias", I);
-    w.w_down = in.get(p + "output.dense.weight", H, I);
-    w.b_down = in.get(p + "output.dense.bias", H);
-    w.norm2_w = in.get(p + "output.LayerNorm.weight", H);
-    w.norm2_b = in.get(p + "output.LayerNorm.bias", H);
+    w.wq = in.rows(p + "attention.self.query.weight", H, H, s.q);
+    w.bq = in.rows(p + "attention.self.query.bias", H, 0, s.q);
+    w.wk = in.rows(p + "attention.self.key.weight", H, H, s.q);
+    w.bk = in.rows(p + "attention.self.key.bias", H, 0, s.q);
+    w.wv = in.rows(p + "attention.self.value.weight", H, H, s.q);
+    w.bv = in.rows(p + "attention.self.value.bias", H, 0, s.q);
+    w.wo = in.cols(p + "attention.output.dense.weight", H, H, s.q);
+    w.bo = in.whole(p + "attention.output.dense.bias", H);
+    w.norm1_w = in.whole(p + "attention.output.LayerNorm.weight", H);
+    w.norm1_b = in.whole(p + "attention.output.LayerNorm.bias", H);
+    w.w_up = in.rows(p + "intermediate.dense.weight", I, H, s.ffn);
+    w.b_up = in.rows(p + "intermediate.dense.bias", I, 0, s.ffn);
+    w.w_down = in.cols(p + "output.dense.weight", H, I, s.ffn);
+    w.b_down = in.whole(p + "output.dense.bias", H);
+    w.norm2_w = in.whole(p + "output.LayerNorm.weight", H);
+    w.norm2_b = in.whole(p + "output.LayerNorm.bias", H);
     m.layers.push_back(w);
   }
   return m;  // BertModel has no LM head
@@ -176,12 +198,12 @@ ModelWeights load_bert(const ModelConfig& c, Loader& in) {
 
 }  // namespace
 
-ModelWeights load_weights(const ModelConfig& cfg, Backend& be) {
+ModelWeights load_weights(const ModelConfig& cfg, Shard shard, Backend& be) {
   Loader in(cfg, be);
   switch (cfg.family) {
-    case Family::Llama: return load_llama(cfg, in);
-    case Family::GPT2: return load_gpt2(cfg, in);
-    case Family::Bert: return load_bert(cfg, in);
+    case Family::Llama: return load_llama(cfg, shard, in);
+    case Family::GPT2: return load_gpt2(cfg, shard, in);
+    case Family::Bert: return load_bert(cfg, shard, in);
   }
   throw UserError(cfg.dir + ": unsupported family");
 }

@@ -1,19 +1,20 @@
 #pragma once
-// A transformer of one of the supported families, its weights on a backend, and its forward pass
-// over a packed batch. Blocks are written out per family shape: pre-LN decoder (LLaMA, GPT-2) and
-// post-LN encoder (BERT).
+// A transformer of one of the supported families, this rank's share of its weights on a backend,
+// and its forward pass over a packed batch. Blocks are written out per family shape: pre-LN
+// decoder (LLaMA, GPT-2), the same with its attention sync dropped (SPD), and post-LN encoder (BERT).
 #include <vector>
 
 #include "io/model_config.h"
 #include "layers/backend.h"
+#include "layers/tensor_parallel.h"
 
 namespace lowsync {
 
 struct LayerWeights {
   Tensor norm1_w, norm1_b;  // before attention (pre-LN) or after it (BERT's attention.output.LayerNorm)
-  Tensor wq, bq, wk, bk, wv, bv, wo, bo;
+  Tensor wq, bq, wk, bk, wv, bv, wo, bo;  // this rank's heads; wo: its columns, bo: whole
   Tensor norm2_w, norm2_b;  // before the FFN (pre-LN) or after it (BERT's output.LayerNorm)
-  Tensor w_gate, w_up, b_up, w_down, b_down;
+  Tensor w_gate, w_up, b_up, w_down, b_down;  // this rank's FFN columns; b_down: whole
 };
 
 struct ModelWeights {
@@ -21,36 +22,61 @@ struct ModelWeights {
   Tensor emb_norm_w, emb_norm_b;      // BERT's embeddings.LayerNorm
   std::vector<LayerWeights> layers;
   Tensor final_norm_w, final_norm_b;  // LLaMA's norm, GPT-2's ln_f
-  Tensor lm_head;                     // [vocab, hidden]; the token embedding when tied
+  Tensor lm_head;                     // [vocab, hidden], replicated; the token embedding when tied
 };
 
-// Reads the Hugging Face checkpoint of cfg.dir and uploads it to the backend.
-ModelWeights load_weights(const ModelConfig& cfg, Backend& be);
+// This rank's share of a model: whole heads and FFN columns of tensor-parallel rank `rank` of `size`.
+struct Shard {
+  int rank = 0, size = 1;
+};
+
+// Sizes one rank computes with. Throws UserError when `size` does not divide heads or FFN width.
+struct LocalShape {
+  int n_heads, n_kv_heads, q_dim, kv_dim, intermediate;
+  LocalShape(const ModelConfig& cfg, Shard shard);
+};
+
+// Reads this rank's share of the Hugging Face checkpoint of cfg.dir and uploads it to the backend.
+ModelWeights load_weights(const ModelConfig& cfg, Shard shard, Backend& be);
 
 class Transformer {
  public:
-  Transformer(const ModelConfig& cfg, Backend& be);
+  // spd_drop[l]: layer l skips its attention all-reduce (Sync-Point Drop); empty = none.
+  Transformer(const ModelConfig& cfg, Backend& be, TensorParallelGroup tp = {}, std::vector<bool> spd_drop = {});
 
   const ModelConfig& config() const { return cfg_; }
   Backend& backend() { return be_; }
+  TensorParallelGroup& tp() { return tp_; }
 
   // Runs the batch's new tokens through every layer, appending their keys/values to the cache.
   // Returns the last hidden state [tokens, hidden] (after the final norm for decoders).
   Tensor forward(const std::vector<int32_t>& tokens, const BatchLayout& layout, KVCache& cache);
   // Next-token logits [rows.size(), vocab] of the chosen rows of a hidden state.
   Tensor logits(const Tensor& hidden, const std::vector<int64_t>& rows);
-  KVCache make_cache(int64_t capacity) { return be_.make_kv_cache(cfg_.n_layers, capacity, cfg_.kv_dim()); }
+  KVCache make_cache(int64_t capacity) { return be_.make_kv_cache(cfg_.n_layers, capacity, local_.kv_dim); }
+  // Which layers drop their attention sync; may change between forwards (calibration does).
+  void set_spd_drop(std::vector<bool> drop);
+  const std::vector<bool>& spd_drop() const { return spd_drop_; }
+  // Work done so far, for the run report.
+  int64_t forward_passes() const { return passes_; }
+  int64_t tokens_processed() const { return tokens_; }
 
  private:
   void norm(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& out);
   void decoder_block(int l, Tensor& x, const BatchLayout& layout, KVCache& cache);
+  void decoder_block_spd(int l, Tensor& x, const BatchLayout& layout, KVCache& cache);
   void encoder_block(int l, Tensor& x, const BatchLayout& layout, KVCache& cache);
-  Tensor attention(int l, const Tensor& h, const BatchLayout& layout, KVCache& cache);
-  Tensor ffn(int l, const Tensor& h);
+  Tensor attention_partial(int l, const Tensor& h, const BatchLayout& layout, KVCache& cache);
+  Tensor ffn_partial(int l, const Tensor& h);
+  void add_bias(Tensor& x, const Tensor& bias);
 
   ModelConfig cfg_;
   Backend& be_;
+  TensorParallelGroup tp_;
+  LocalShape local_;
+  std::vector<bool> spd_drop_;
   ModelWeights w_;
+  int64_t passes_ = 0, tokens_ = 0;
 };
 
 }  // namespace lowsync

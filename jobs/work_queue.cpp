@@ -1,0 +1,150 @@
+#include "jobs/work_queue.h"
+
+#include <cstring>
+
+namespace lowsync {
+
+namespace {
+
+enum Tag { kRequest = 101, kAssign = 102, kResult = 103 };
+
+// A batch's results as bytes: per row, its token ids, log-probs, embedding, sum and latency.
+std::vector<char> pack(int64_t index, const std::vector<RowResult>& rows) {
+  std::vector<char> out;
+  auto put = [&](const void* p, size_t n) { out.insert(out.end(), static_cast<const char*>(p), static_cast<const char*>(p) + n); };
+  auto put_vec = [&](const auto& v) {
+    int64_t n = static_cast<int64_t>(v.size());
+    put(&n, sizeof n);
+    put(v.data(), n * sizeof(v[0]));
+  };
+  put(&index, sizeof index);
+  int64_t n = static_cast<int64_t>(rows.size());
+  put(&n, sizeof n);
+  for (const auto& r : rows) {
+    put_vec(r.tokens);
+    put_vec(r.token_logprobs);
+    put_vec(r.embedding);
+    put(&r.sum_logprob, sizeof r.sum_logprob);
+    put(&r.latency_ms, sizeof r.latency_ms);
+  }
+  return out;
+}
+
+std::vector<RowResult> unpack(const std::vector<char>& in, int64_t& index) {
+  size_t at = 0;
+  auto get = [&](void* p, size_t n) { std::memcpy(p, in.data() + at, n); at += n; };
+  auto get_vec = [&](auto& v) {
+    int64_t n;
+    get(&n, sizeof n);
+    v.resize(n);
+    get(v.data(), n * sizeof(v[0]));
+  };
+  get(&index, sizeof index);
+  int64_t n;
+  get(&n, sizeof n);
+  std::vector<RowResult> rows(n);
+  for (auto& r : rows) {
+    get_vec(r.tokens);
+    get_vec(r.token_logprobs);
+    get_vec(r.embedding);
+    get(&r.sum_logprob, sizeof r.sum_logprob);
+    get(&r.latency_ms, sizeof r.latency_ms);
+  }
+  return rows;
+}
+
+}  // namespace
+
+WorkQueue::WorkQueue(ParallelGroups& groups, std::vector<Batch> batches, ResultWriter* writer)
+    : g_(groups), batches_(std::move(batches)), writer_(writer) {
+  leaders_left_ = g_.world.size() / g_.tp.size() - 1;
+}
+
+int64_t WorkQueue::take_next_on_root() {
+  return next_ < static_cast<int64_t>(batches_.size()) ? next_++ : -1;
+}
+
+// Root: answers every request and takes every result that has arrived (all of them, if block).
+void WorkQueue::serve_requests(bool block) {
+  for (;;) {
+    MPI_Status st;
+    int flag = 0;
+    if (block)
+      MPI_Probe(MPI_ANY_SOURCE, MPI_ANY_TAG, g_.world.raw(), &st), flag = 1;
+    else
+      MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, g_.world.raw(), &flag, &st);
+    if (!flag) return;
+    if (st.MPI_TAG == kRequest) {
+      char dummy;
+      g_.world.recv(&dummy, 1, st.MPI_SOURCE, kRequest);
+      int64_t index = take_next_on_root();
+      if (index < 0) --leaders_left_;
+      g_.world.send(&index, sizeof index, st.MPI_SOURCE, kAssign);
+    } else if (st.MPI_TAG == kResult) {
+      int count = 0;
+      MPI_Get_count(&st, MPI_BYTE, &count);
+      std::vector<char> bytes(count);
+      g_.world.recv(bytes.data(), count, st.MPI_SOURCE, kResult);
+      int64_t index;
+      auto rows = unpack(bytes, index);
+      deliver(index, std::move(rows));
+    }
+    if (block) return;
+  }
+}
+
+// Root: keeps results until every earlier batch is written, then appends in input order.
+void WorkQueue::deliver(int64_t index, std::vector<RowResult> results) {
+  pending_[index] = std::move(results);
+  while (pending_.count(written_)) {
+    writer_->append(pending_[written_]);
+    pending_.erase(written_++);
+    if (on_written_) on_written_(writer_->rows_done());
+  }
+}
+
+// The next batch index of this replica, the same on all of its tp ranks (-1: none left).
+int64_t WorkQueue::next_for_replica() {
+  int64_t index = -1;
+  if (g_.world.rank() == 0) {
+    index = take_next_on_root();
+  } else if (g_.is_leader()) {
+    if (!asked_) {
+      char dummy = 0;
+      g_.world.send(&dummy, 1, 0, kRequest);
+    }
+    g_.world.recv(&index, sizeof index, 0, kAssign);
+    asked_ = false;
+  }
+  g_.tp_control.broadcast(&index, sizeof index, 0);
+  return index;
+}
+
+void WorkQueue::run(const std::function<std::vector<RowResult>(const Batch&)>& compute,
+                    const std::function<void(int64_t)>& on_written) {
+  on_written_ = on_written;
+  const bool root = g_.world.rank() == 0;
+  for (int64_t index = next_for_replica(); index >= 0; index = next_for_replica()) {
+    if (g_.is_leader() && !root) {  // ask for the next batch now: it is at hand when this one ends
+      char dummy = 0;
+      g_.world.send(&dummy, 1, 0, kRequest);
+      asked_ = true;
+    }
+    std::vector<RowResult> results = compute(batches_[index]);
+    if (root) {
+      deliver(index, std::move(results));
+      serve_requests(false);
+    } else if (g_.is_leader()) {
+      // Non-blocking: a large message would otherwise wait for rank 0 to finish its own batch.
+      if (outbox_request_ != MPI_REQUEST_NULL) g_.world.wait(outbox_request_);
+      outbox_ = pack(index, results);
+      MPI_Isend(outbox_.data(), static_cast<int>(outbox_.size()), MPI_BYTE, 0, kResult, g_.world.raw(), &outbox_request_);
+    }
+  }
+  if (outbox_request_ != MPI_REQUEST_NULL) g_.world.wait(outbox_request_);
+  if (root) {  // no batches left here: serve the others until every result is in
+    while (leaders_left_ > 0 || written_ < static_cast<int64_t>(batches_.size())) serve_requests(true);
+  }
+}
+
+}  // namespace lowsync

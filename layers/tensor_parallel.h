@@ -1,0 +1,41 @@
+#pragma once
+// The ranks that share one replica's layers (Megatron-style tensor parallelism). Its all_reduce is
+// the only communication inside a transformer block: Q/K/V and FFN-up are column-parallel (each rank
+// owns whole heads and a slice of FFN columns), attention-out and FFN-down are row-parallel, so a
+// block's partial outputs are summed across ranks.
+#include <vector>
+
+#include "layers/backend.h"
+#include "mpi_comm/communicator.h"
+
+namespace lowsync {
+
+class TensorParallelGroup {
+ public:
+  TensorParallelGroup() = default;  // one rank: nothing to share
+  TensorParallelGroup(Communicator* comm, Backend* be) : comm_(comm), be_(be) {}
+
+  int rank() const { return comm_ ? comm_->rank() : 0; }
+  int size() const { return comm_ ? comm_->size() : 1; }
+  Communicator* comm() const { return comm_; }
+
+  // x = sum over ranks of x. Device tensors are staged through host memory.
+  void all_reduce(Tensor& x) {
+    if (size() == 1) return;
+    if (float* host = be_->host_data(x)) {
+      comm_->all_reduce(host, x.numel());
+      return;
+    }
+    staging_.resize(x.numel());
+    be_->to_host(x, staging_.data());
+    comm_->all_reduce(staging_.data(), x.numel());
+    be_->from_host(staging_.data(), x);
+  }
+
+ private:
+  Communicator* comm_ = nullptr;
+  Backend* be_ = nullptr;
+  std::vector<float> staging_;
+};
+
+}  // namespace lowsync

@@ -1,0 +1,137 @@
+#include "mpi_comm/communicator.h"
+
+#include <utility>
+
+namespace lowsync {
+
+namespace {
+struct Timer {
+  CommCounters& c;
+  double t0 = MPI_Wtime();
+  Timer(CommCounters& counters, int64_t bytes) : c(counters) {
+    ++c.calls;
+    c.bytes += bytes;
+  }
+  ~Timer() { c.seconds += MPI_Wtime() - t0; }
+};
+}  // namespace
+
+Communicator::Communicator(MPI_Comm comm, std::string name) : comm_(comm), name_(std::move(name)) {
+  owned_ = comm != MPI_COMM_WORLD && comm != MPI_COMM_SELF;
+  MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &size_);
+}
+
+Communicator::~Communicator() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (owned_ && comm_ != MPI_COMM_NULL && !finalized) MPI_Comm_free(&comm_);
+}
+
+Communicator::Communicator(Communicator&& o) noexcept { *this = std::move(o); }
+
+Communicator& Communicator::operator=(Communicator&& o) noexcept {
+  std::swap(comm_, o.comm_);
+  std::swap(name_, o.name_);
+  std::swap(rank_, o.rank_);
+  std::swap(size_, o.size_);
+  std::swap(owned_, o.owned_);
+  std::swap(counters_, o.counters_);
+  return *this;
+}
+
+void Communicator::check(int err, const char* call) const {
+  if (err == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(err, text, &len);
+  throw MpiError("MPI " + std::string(call) + " failed in group '" + name_ + "' on rank " + std::to_string(rank_) +
+                 ": " + std::string(text, len));
+}
+
+void Communicator::all_reduce(float* data, int64_t n) {
+  Timer t(counters_, n * 4);
+  check(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT, MPI_SUM, comm_), "Allreduce");
+}
+
+void Communicator::all_reduce(double* data, int64_t n) {
+  Timer t(counters_, n * 8);
+  check(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, comm_), "Allreduce");
+}
+
+void Communicator::all_reduce_max(int64_t* data, int64_t n) {
+  Timer t(counters_, n * 8);
+  check(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_INT64_T, MPI_MAX, comm_), "Allreduce");
+}
+
+void Communicator::all_gather(const float* send, int64_t n, float* recv) {
+  Timer t(counters_, n * 4);
+  check(MPI_Allgather(send, static_cast<int>(n), MPI_FLOAT, recv, static_cast<int>(n), MPI_FLOAT, comm_), "Allgather");
+}
+
+void Communicator::reduce_scatter(const float* send, float* recv, int64_t n_per_rank) {
+  Timer t(counters_, n_per_rank * size_ * 4);
+  check(MPI_Reduce_scatter_block(send, recv, static_cast<int>(n_per_rank), MPI_FLOAT, MPI_SUM, comm_),
+        "Reduce_scatter_block");
+}
+
+void Communicator::broadcast(void* data, int64_t bytes, int root) {
+  Timer t(counters_, rank_ == root ? bytes : 0);
+  check(MPI_Bcast(data, static_cast<int>(bytes), MPI_BYTE, root, comm_), "Bcast");
+}
+
+void Communicator::barrier() {
+  Timer t(counters_, 0);
+  check(MPI_Barrier(comm_), "Barrier");
+}
+
+void Communicator::send(const void* data, int64_t bytes, int dest, int tag) {
+  Timer t(counters_, bytes);
+  check(MPI_Send(data, static_cast<int>(bytes), MPI_BYTE, dest, tag, comm_), "Send");
+}
+
+void Communicator::recv(void* data, int64_t bytes, int source, int tag) {
+  Timer t(counters_, 0);
+  check(MPI_Recv(data, static_cast<int>(bytes), MPI_BYTE, source, tag, comm_, MPI_STATUS_IGNORE), "Recv");
+}
+
+MPI_Request Communicator::iall_reduce(float* data, int64_t n) {
+  Timer t(counters_, n * 4);
+  MPI_Request req;
+  check(MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT, MPI_SUM, comm_, &req), "Iallreduce");
+  return req;
+}
+
+void Communicator::wait(MPI_Request& req) {
+  const double t0 = MPI_Wtime();
+  check(MPI_Wait(&req, MPI_STATUS_IGNORE), "Wait");
+  counters_.seconds += MPI_Wtime() - t0;
+}
+
+void Communicator::agree(const std::function<void()>& step) {
+  std::string error;
+  try {
+    step();
+  } catch (const std::exception& e) {
+    error = e.what();
+    if (error.empty()) error = "unknown error";
+  }
+  int64_t first_failed = error.empty() ? 0 : size_ - rank_;  // max over ranks = lowest failing rank
+  all_reduce_max(&first_failed, 1);
+  if (first_failed == 0) return;
+  const int root = size_ - static_cast<int>(first_failed);
+  int64_t len = static_cast<int64_t>(error.size());
+  broadcast(&len, sizeof len, root);
+  error.resize(len);
+  broadcast(error.data(), len, root);
+  throw AgreedError(error);
+}
+
+Communicator Communicator::split(int color, int key, const std::string& name) const {
+  MPI_Comm out;
+  check(MPI_Comm_split(comm_, color, key, &out), "Comm_split");
+  return Communicator(out, name);
+}
+
+}  // namespace lowsync

@@ -1,0 +1,78 @@
+#pragma once
+// A named MPI communicator with typed collectives and counters. Every call is counted (calls,
+// bytes this rank sent, seconds inside MPI) so that the run report can say what communication
+// cost. MPI errors become MpiError naming the group, the rank and the call.
+#include <mpi.h>
+
+#include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace lowsync {
+
+struct MpiError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// An error some rank raised inside Communicator::agree, delivered to every rank.
+struct AgreedError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct CommCounters {
+  int64_t calls = 0;
+  int64_t bytes = 0;   // payload bytes this rank handed to MPI
+  double seconds = 0;  // wall time inside MPI calls (waiting included)
+};
+
+class Communicator {
+ public:
+  Communicator() = default;
+  Communicator(MPI_Comm comm, std::string name);  // takes ownership unless comm is MPI_COMM_WORLD/SELF
+  ~Communicator();
+  Communicator(Communicator&& o) noexcept;
+  Communicator& operator=(Communicator&& o) noexcept;
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  const std::string& name() const { return name_; }
+  MPI_Comm raw() const { return comm_; }
+  const CommCounters& counters() const { return counters_; }
+  CommCounters& counters() { return counters_; }
+
+  // Collectives, in place where MPI allows it.
+  void all_reduce(float* data, int64_t n);                     // sum
+  void all_reduce(double* data, int64_t n);                    // sum
+  void all_reduce_max(int64_t* data, int64_t n);
+  void all_gather(const float* send, int64_t n, float* recv);  // recv: n * size
+  void reduce_scatter(const float* send, float* recv, int64_t n_per_rank);
+  void broadcast(void* data, int64_t bytes, int root);
+  void barrier();
+  void send(const void* data, int64_t bytes, int dest, int tag);
+  void recv(void* data, int64_t bytes, int source, int tag);
+
+  // Non-blocking all-reduce: start, do other work, wait.
+  MPI_Request iall_reduce(float* data, int64_t n);
+  void wait(MPI_Request& req);
+
+  // Every rank runs `step`; if it throws on any rank, every rank throws AgreedError with the
+  // message of the lowest failing rank (so rank 0 can print it and all ranks exit together).
+  void agree(const std::function<void()>& step);
+
+  // Splits this group: ranks with the same color form a new group, ordered by key.
+  Communicator split(int color, int key, const std::string& name) const;
+
+ private:
+  void check(int err, const char* call) const;
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  std::string name_;
+  int rank_ = 0, size_ = 1;
+  bool owned_ = false;
+  CommCounters counters_;
+};
+
+}  // namespace lowsync

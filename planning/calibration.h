@@ -1,0 +1,33 @@
+#pragma once
+// The result of `lowsync calibrate` (calibration.yaml): how much each layer's Sync-Point Drop
+// changes the model's next-token distribution when dropped alone, the layers from least to most
+// sensitive, and the measured deviation of dropping each prefix of that order together.
+#include <string>
+#include <vector>
+
+namespace lowsync {
+
+struct LayerSensitivity {
+  int layer = 0;
+  double kl = 0;    // mean next-token KL(full TP || this layer dropped)
+  double top1 = 1;  // fraction of positions whose argmax agrees with full TP
+};
+
+struct Calibration {
+  std::string model;
+  int tp = 1;
+  std::string prompts;
+  int rows = 0, tokens = 0;
+  std::vector<LayerSensitivity> layers;  // by layer index, each dropped alone
+  std::vector<int> order;                // least sensitive first
+  std::vector<LayerSensitivity> prefix;  // prefix[i]: the first i+1 layers of `order` dropped together
+  double max_kl = 0, min_top1 = 0;       // the budget used for `drop`
+  std::vector<int> drop;                 // the longest prefix within the budget
+
+  // The longest prefix of `order` whose measured deviation is within the budget.
+  std::vector<int> drop_within(double max_kl, double min_top1) const;
+  void save(const std::string& path) const;
+  static Calibration load(const std::string& path);  // UserError naming the file / key
+};
+
+}  // namespace lowsync
