@@ -8,6 +8,7 @@
 #include "app/inspect.h"
 #include "io/error.h"
 #include "io/job_config.h"
+#include "jobs/calibrate.h"
 #include "jobs/run_job.h"
 #include "mpi_comm/communicator.h"
 #include "mpi_comm/mpi_session.h"
@@ -19,11 +20,13 @@ namespace {
 
 const char* kUsage =
     "usage: lowsync run JOB.yaml [--set key=value ...] [--resume]\n"
+    "       lowsync calibrate JOB.yaml [--set key=value ...]   (under mpirun -np parallel.tp)\n"
     "       lowsync inspect MODEL_DIR\n"
     "Launch with mpirun for several ranks; see README.md for the job YAML reference.\n";
 
-int run_command(const std::vector<std::string>& args, const MpiSession& mpi) {
-  po::options_description opts("run options");
+// `run` and `calibrate` take the same arguments: a job YAML and overrides.
+int job_command(const std::string& command, const std::vector<std::string>& args) {
+  po::options_description opts(command + " options");
   std::vector<std::string> overrides;
   opts.add_options()("job", po::value<std::string>()->required(), "job YAML")(
       "set", po::value<std::vector<std::string>>(&overrides)->composing(), "override a key: key=value")(
@@ -34,7 +37,10 @@ int run_command(const std::vector<std::string>& args, const MpiSession& mpi) {
   po::store(po::command_line_parser(args).options(opts).positional(pos).run(), vm);
   po::notify(vm);
   const JobConfig job = load_job_config(vm["job"].as<std::string>(), overrides);
-  run_job(job, vm["resume"].as<bool>());
+  if (command == "calibrate")
+    calibrate_spd(job);
+  else
+    run_job(job, vm["resume"].as<bool>());
   return 0;
 }
 
@@ -58,13 +64,13 @@ int main(int argc, char** argv) {
   const std::string command = argv[1];
   const std::vector<std::string> args(argv + 2, argv + argc);
   try {
-    if (command == "run") return run_command(args, mpi);
+    if (command == "run" || command == "calibrate") return job_command(command, args);
     if (command == "inspect") return inspect_command(args);
     if (command == "--help" || command == "-h" || command == "help") {
       if (mpi.rank() == 0) std::fputs(kUsage, stdout);
       return 0;
     }
-    report("unknown command '" + command + "'; expected run or inspect");
+    report("unknown command '" + command + "'; expected run, calibrate or inspect");
     return 2;
   } catch (const UserError& e) {
     report(e.what());

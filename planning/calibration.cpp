@@ -36,8 +36,7 @@ void Calibration::save(const std::string& path) const {
   };
   seq("layers", layers, true);
   e << YAML::Key << "order" << YAML::Value << YAML::Flow << order;
-  e << YAML::Key << "prefix" << YAML::Comment("deviation with order[0..i] dropped together");
-  seq("prefix", prefix, false);
+  seq("prefix", prefix, false);  // prefix[i]: order[0..i] dropped together
   e << YAML::Key << "budget" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "max_kl" << YAML::Value
     << max_kl << YAML::Key << "min_top1" << YAML::Value << min_top1 << YAML::EndMap;
   e << YAML::Key << "drop" << YAML::Value << YAML::Flow << drop;

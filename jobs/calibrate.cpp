@@ -1,0 +1,142 @@
+// SPD calibration: full TP is the reference; each layer is dropped alone and the deviation of the
+// next-token distributions is measured at every position of the calibration prompts (mean
+// KL(reference || dropped) and top-1 agreement). Layers are ranked least sensitive first, every
+// prefix of that ranking is measured dropped together, and the longest prefix within the budget
+// is the drop set.
+#include "jobs/calibrate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+
+#include "io/error.h"
+#include "io/model_config.h"
+#include "io/prompts.h"
+#include "layers/model.h"
+#include "mpi_comm/parallel_groups.h"
+#include "planning/calibration.h"
+
+namespace lowsync {
+
+namespace {
+
+// log-softmax of every position's logits, for all calibration prompts in one packed pass.
+std::vector<float> next_token_logprobs(Transformer& model, const std::vector<std::vector<int32_t>>& prompts) {
+  BatchLayout layout;
+  std::vector<int32_t> tokens;
+  for (const auto& p : prompts) {
+    layout.add(static_cast<int64_t>(p.size()), 0, layout.tokens());
+    tokens.insert(tokens.end(), p.begin(), p.end());
+  }
+  KVCache cache = model.make_cache(layout.tokens());
+  Tensor hidden = model.forward(tokens, layout, cache);
+  std::vector<int64_t> rows(layout.tokens());
+  std::iota(rows.begin(), rows.end(), 0);
+  Tensor logits = model.logits(hidden, rows);
+  std::vector<float> lp(logits.numel());
+  model.backend().to_host(logits, lp.data());
+  const int V = model.config().vocab;
+  for (int64_t r = 0; r < layout.tokens(); ++r) {
+    float* l = lp.data() + r * V;
+    const double mx = *std::max_element(l, l + V);
+    double sum = 0;
+    for (int v = 0; v < V; ++v) sum += std::exp(double(l[v]) - mx);
+    const double lse = mx + std::log(sum);
+    for (int v = 0; v < V; ++v) l[v] = static_cast<float>(double(l[v]) - lse);
+  }
+  return lp;
+}
+
+LayerSensitivity deviation(const std::vector<float>& ref, const std::vector<float>& got, int V) {
+  const int64_t positions = static_cast<int64_t>(ref.size()) / V;
+  double kl = 0, agree = 0;
+  for (int64_t r = 0; r < positions; ++r) {
+    const float* p = ref.data() + r * V;
+    const float* q = got.data() + r * V;
+    double k = 0;
+    for (int v = 0; v < V; ++v) k += std::exp(double(p[v])) * (double(p[v]) - double(q[v]));
+    kl += k;
+    agree += (std::max_element(p, p + V) - p) == (std::max_element(q, q + V) - q);
+  }
+  return {0, kl / positions, agree / positions};
+}
+
+}  // namespace
+
+void calibrate_spd(const JobConfig& job) {
+  Communicator world(MPI_COMM_WORLD, "world");
+  ModelConfig model;
+  std::vector<std::vector<int32_t>> prompts;
+  const std::string prompts_path = job.calibrate.prompts.empty() ? job.input : job.calibrate.prompts;
+  world.agree([&] {
+    if (job.parallel.tp != world.size() || job.parallel.dp != 1)
+      throw UserError(job.path + ": calibrate runs one replica: start it with mpirun -np parallel.tp (" +
+                      std::to_string(job.parallel.tp) + ") and parallel.dp = 1");
+    if (job.parallel.tp < 2)
+      throw UserError(job.path + ": calibrate needs parallel.tp >= 2; on one rank Sync-Point Drop changes nothing");
+    model = load_model_config(job.model);
+    if (!model.is_decoder())
+      throw UserError(job.path + ": Sync-Point Drop needs a pre-LN decoder (llama, gpt2); " + model.architecture +
+                      " is a post-LN encoder");
+    LocalShape(model, Shard{0, job.parallel.tp});
+    PromptReader in(prompts_path, model.vocab, false);
+    for (int64_t r = 0; r < std::min<int64_t>(in.rows(), job.calibrate.rows); ++r) {
+      if (in.length(r) > model.max_positions)
+        throw UserError(prompts_path + ": row " + std::to_string(r) + ": longer than the model's positions");
+      if (in.length(r) > 0) prompts.push_back(in.tokens(r));
+    }
+    if (prompts.empty()) throw UserError(prompts_path + ": no calibration prompts");
+  });
+  ParallelGroups groups = ParallelGroups::make(job.parallel.tp, 1);
+  std::unique_ptr<Backend> backend = make_cpu_backend(job.threads);
+  Transformer transformer(model, *backend, TensorParallelGroup(&groups.tp, backend.get()));
+  const int L = model.n_layers, V = model.vocab;
+
+  const std::vector<float> ref = next_token_logprobs(transformer, prompts);
+  Calibration cal;
+  cal.model = job.model;
+  cal.tp = job.parallel.tp;
+  cal.prompts = prompts_path;
+  cal.rows = static_cast<int>(prompts.size());
+  cal.tokens = static_cast<int>(ref.size() / V);
+  cal.max_kl = job.calibrate.max_kl;
+  cal.min_top1 = job.calibrate.min_top1;
+  for (int l = 0; l < L; ++l) {
+    std::vector<bool> drop(L, false);
+    drop[l] = true;
+    transformer.set_spd_drop(drop);
+    LayerSensitivity s = deviation(ref, next_token_logprobs(transformer, prompts), V);
+    s.layer = l;
+    cal.layers.push_back(s);
+  }
+  cal.order.resize(L);
+  std::iota(cal.order.begin(), cal.order.end(), 0);
+  std::stable_sort(cal.order.begin(), cal.order.end(), [&](int a, int b) {
+    const auto &x = cal.layers[a], &y = cal.layers[b];
+    return x.kl < y.kl || (x.kl == y.kl && x.top1 > y.top1);
+  });
+  std::vector<bool> drop(L, false);
+  for (int i = 0; i < L; ++i) {
+    drop[cal.order[i]] = true;
+    transformer.set_spd_drop(drop);
+    cal.prefix.push_back(deviation(ref, next_token_logprobs(transformer, prompts), V));
+  }
+  cal.drop = cal.drop_within(cal.max_kl, cal.min_top1);
+
+  if (world.rank() == 0) {
+    cal.save(job.calibrate.output);
+    std::printf("lowsync: SPD calibration of %s at tp=%d on %d prompts (%d positions)\n", job.model.c_str(), cal.tp,
+                cal.rows, cal.tokens);
+    std::printf("  rank  layer  KL alone   top-1 alone   KL prefix  top-1 prefix\n");
+    for (int i = 0; i < L; ++i) {
+      const auto& s = cal.layers[cal.order[i]];
+      std::printf("  %4d  %5d  %9.3g  %11.4f  %10.3g  %12.4f\n", i, s.layer, s.kl, s.top1, cal.prefix[i].kl,
+                  cal.prefix[i].top1);
+    }
+    std::printf("  budget max_kl %g, min_top1 %g: drop %zu of %d layers -> %s\n", cal.max_kl, cal.min_top1,
+                cal.drop.size(), L, job.calibrate.output.c_str());
+  }
+}
+
+}  // namespace lowsync
