@@ -228,8 +228,9 @@ void ResultWriter::append(const std::vector<RowResult>& results) {
   next_row_ += n;
 }
 
-void ResultWriter::finish(const std::string& report) {
+void ResultWriter::finish(const std::string& report, const std::string& report_json) {
   write_string_attr(file_, "run_report", report);
+  write_string_attr(file_, "run_report_json", report_json);
   write_u8_attr(file_, "complete", 1);
   H5Fflush(file_, H5F_SCOPE_GLOBAL);
 }

@@ -31,8 +31,9 @@ class ResultWriter {
   int64_t rows_done() const { return next_row_; }  // rows [0, rows_done) are complete
   // Appends rows [rows_done(), rows_done() + results.size()).
   void append(const std::vector<RowResult>& results);
-  // Stores the run report (attribute `run_report`) and marks the file complete (`complete` = 1).
-  void finish(const std::string& report);
+  // Stores the run report (attributes `run_report`, `run_report_json`) and marks the file
+  // complete (`complete` = 1).
+  void finish(const std::string& report, const std::string& report_json);
 
  private:
   std::string path_, task_;

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "io/error.h"
@@ -70,6 +71,31 @@ std::string spd_list(const std::vector<bool>& drop) {
 
 // Per-rank figures gathered to every rank: [compute s, tp comm s, tp calls, tp bytes, passes, tokens].
 constexpr int kReportFields = 6;
+
+// The same figures as JSON (output attribute `run_report_json`), for scripts and benchmarks.
+std::string run_report_json(const JobConfig& job, const ModelConfig& model, const std::vector<bool>& drop,
+                            const std::vector<double>& all, int world, double wall_s, int64_t rows,
+                            int64_t new_tokens) {
+  nlohmann::json j;
+  j["tp"] = job.parallel.tp;
+  j["dp"] = job.parallel.dp;
+  j["ranks"] = world;
+  j["layers"] = model.n_layers;
+  std::vector<int> dropped;
+  for (size_t l = 0; l < drop.size(); ++l)
+    if (drop[l]) dropped.push_back(static_cast<int>(l));
+  j["spd_drop"] = dropped;
+  j["syncs_per_pass"] = job.parallel.tp == 1 ? 0 : 2 * model.n_layers - static_cast<int>(dropped.size());
+  j["wall_s"] = wall_s;
+  j["rows"] = rows;
+  j["new_tokens"] = new_tokens;
+  for (int r = 0; r < world; ++r) {
+    const double* f = &all[r * kReportFields];
+    j["per_rank"].push_back({{"rank", r}, {"compute_s", f[0]}, {"tp_comm_s", f[1]}, {"tp_allreduces", int64_t(f[2])},
+                             {"tp_bytes", int64_t(f[3])}, {"passes", int64_t(f[4])}, {"tokens", int64_t(f[5])}});
+  }
+  return j.dump();
+}
 
 std::string run_report(const JobConfig& job, const ModelConfig& model, const std::vector<bool>& drop,
                        const std::vector<double>& all, int world, double wall_s, int64_t rows, int64_t new_tokens) {
@@ -197,7 +223,7 @@ void run_job(const JobConfig& job, bool resume) {
   if (root) {
     const std::string report =
         run_report(job, model, drop, all, world.size(), wall_s, input->rows() - first, total_new);
-    writer->finish(report);
+    writer->finish(report, run_report_json(job, model, drop, all, world.size(), wall_s, input->rows() - first, total_new));
     std::printf("lowsync: done; output %s\n%s", job.output.c_str(), report.c_str());
   }
 }

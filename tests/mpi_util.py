@@ -1,0 +1,21 @@
+"""Running lowsync under mpirun from Python tests (ctest passes LOWSYNC_BIN)."""
+import os
+import subprocess
+
+LOWSYNC = os.environ.get("LOWSYNC_BIN", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                     "build", "lowsync"))
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OPENBLAS_NUM_THREADS="1",
+           OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+
+
+def mpirun_cmd(np_, args):
+    return ["mpirun", "--oversubscribe", "-np", str(np_), "-x", "OPENBLAS_NUM_THREADS=1", "-x", "OMP_NUM_THREADS=1",
+            "--mca", "btl", "self,vader,tcp"] + list(args)
+
+
+def mpirun(np_, args, check=True):
+    """Runs lowsync on np_ ranks; returns stdout (raises with the output on failure if check)."""
+    p = subprocess.run(mpirun_cmd(np_, args), env=ENV, capture_output=True, text=True, timeout=300)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} on {np_} ranks exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+    return p.stdout if check else p
