@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -122,6 +123,16 @@ std::string run_report(const JobConfig& job, const ModelConfig& model, const std
   return s.str();
 }
 
+// Fault injection for the fault tests: LOWSYNC_INJECT_FAULT=R:B makes world rank R throw when it
+// starts its B-th batch (counting from 0), as a real failure mid-job would.
+void maybe_inject_fault(int rank, int64_t batches_started) {
+  const char* spec = std::getenv("LOWSYNC_INJECT_FAULT");
+  int r = -1;
+  long long b = -1;
+  if (spec && std::sscanf(spec, "%d:%lld", &r, &b) == 2 && r == rank && b == batches_started)
+    throw std::runtime_error("injected fault (LOWSYNC_INJECT_FAULT=" + std::string(spec) + ")");
+}
+
 }  // namespace
 
 void run_job(const JobConfig& job, bool resume) {
@@ -177,7 +188,9 @@ void run_job(const JobConfig& job, bool resume) {
   int64_t new_tokens = 0;
   try {
     WorkQueue queue(groups, plan_batches(*input, job, first), writer.get());
+    int64_t batches_started = 0;
     auto compute = [&](const Batch& b) {
+      maybe_inject_fault(world.rank(), batches_started++);
       TokenRows prompts, targets;
       for (int64_t r = b.first_row; r < b.end_row; ++r) {
         prompts.push_back(input->tokens(r));
