@@ -47,6 +47,7 @@ const std::map<std::string, Setter>& schema() {
       {"batch.max_sequences", field(&JobConfig::batch, &BatchOptions::max_sequences)},
       {"parallel.tp", field(&JobConfig::parallel, &ParallelOptions::tp)},
       {"parallel.dp", field(&JobConfig::parallel, &ParallelOptions::dp)},
+      {"parallel.bp", field(&JobConfig::parallel, &ParallelOptions::bp)},
       {"parallel.spd.drop", spd_field(&SpdOptions::drop)},
       {"parallel.spd.from", spd_field(&SpdOptions::from)},
       {"parallel.spd.budget.max_kl", spd_field(&SpdOptions::max_kl)},
@@ -138,6 +139,9 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   expect(c.batch.max_sequences >= 1, "batch.max_sequences", "must be >= 1");
   expect(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");
   expect(c.parallel.dp >= 1, "parallel.dp", "must be >= 1");
+  expect(c.parallel.bp >= 1, "parallel.bp", "must be >= 1");
+  expect(c.parallel.tp == 1 || c.parallel.bp == 1, "parallel.bp",
+         "and parallel.tp are both > 1; a decoupled model runs its sub-blocks on bp ranks without TP inside them");
   expect(c.parallel.spd.drop.empty() || c.parallel.spd.from.empty(), "parallel.spd",
          "has both 'drop' and 'from'; give one");
   expect(c.calibrate.rows >= 1, "calibrate.rows", "must be >= 1");
@@ -155,7 +159,7 @@ std::string JobConfig::fingerprint() const {
     s << "embed: {pooling: " << embed.pooling << ", normalize: " << (embed.normalize ? "true" : "false") << "}\n";
   // Tensor parallelism changes results only by float rounding, but with Sync-Point Drop the split
   // and the dropped layers change the model's function.
-  s << "parallel: {tp: " << parallel.tp << ", spd: {drop: [";
+  s << "parallel: {tp: " << parallel.tp << ", bp: " << parallel.bp << ", spd: {drop: [";
   for (size_t i = 0; i < parallel.spd.drop.size(); ++i) s << (i ? ", " : "") << parallel.spd.drop[i];
   s << "], from: '" << parallel.spd.from << "', max_kl: " << parallel.spd.max_kl
     << ", min_top1: " << parallel.spd.min_top1 << "}}\n";
@@ -166,7 +170,7 @@ std::string JobConfig::to_yaml() const {
   std::ostringstream s;
   s << fingerprint() << "output: " << output << "\nthreads: " << threads << "\nbatch: {max_tokens: "
     << batch.max_tokens << ", max_sequences: " << batch.max_sequences << "}\nparallel: {tp: " << parallel.tp
-    << ", dp: " << parallel.dp << "}\n";
+    << ", bp: " << parallel.bp << ", dp: " << parallel.dp << "}\n";
   if (!parallel.spd.from.empty()) s << "parallel.spd.from: " << parallel.spd.from << "\n";
   return s.str();
 }

@@ -36,7 +36,9 @@ struct SpdOptions {
 
 struct ParallelOptions {
   int tp = 1;
+  int bp = 1;  // ranks per replica for a decoupled model (each computes P / bp of its sub-blocks)
   int dp = 1;
+  int group() const { return tp * bp; }  // ranks per replica
   SpdOptions spd;
 };
 

@@ -124,6 +124,28 @@ ModelConfig load_model_config(const std::string& model_dir) {
   if (m.hidden <= 0 || m.n_layers <= 0 || m.n_heads <= 0 || m.n_kv_heads <= 0 || m.n_heads % m.n_kv_heads)
     throw UserError(path + ": inconsistent sizes (hidden, layers, heads, key/value heads)");
 
+  if (j.contains("bp") && !j["bp"].is_null()) {
+    const json& b = j["bp"];
+    ConfigJson bc{b, path + " (key 'bp')"};
+    DecoupledSpec& d = m.bp;
+    d.sub_blocks = bc.get<int>("sub_blocks");
+    d.sync_every = bc.get<int>("sync_every");
+    d.heads = bc.get<std::vector<int>>("heads");
+    d.kv_heads = bc.get_or<std::vector<int>>("kv_heads", d.heads);
+    d.ffn = bc.get<std::vector<int>>("ffn");
+    auto sum = [](const std::vector<int>& v) { int s = 0; for (int x : v) s += x; return s; };
+    const size_t P = static_cast<size_t>(d.sub_blocks);
+    if (d.sub_blocks < 1 || d.sync_every < 1 || d.heads.size() != P || d.kv_heads.size() != P || d.ffn.size() != P)
+      throw UserError(path + ": key 'bp' needs sub_blocks >= 1, sync_every >= 1 and heads, kv_heads, ffn lists of sub_blocks entries");
+    if (sum(d.heads) != m.n_heads || sum(d.kv_heads) != m.n_kv_heads || sum(d.ffn) != m.intermediate)
+      throw UserError(path + ": key 'bp': heads, kv_heads and ffn must sum to the model's num_attention_heads, "
+                      "num_key_value_heads and intermediate size");
+    for (size_t r = 0; r < P; ++r)
+      if (d.kv_heads[r] < 1 || d.heads[r] % d.kv_heads[r])
+        throw UserError(path + ": key 'bp': sub-block " + std::to_string(r) + " has " + std::to_string(d.heads[r]) +
+                        " heads for " + std::to_string(d.kv_heads[r]) + " key/value heads; expected a multiple");
+  }
+
   if (j.contains("eos_token_id") && !j["eos_token_id"].is_null()) {
     if (j["eos_token_id"].is_array())
       m.eos_token_ids = j["eos_token_id"].get<std::vector<int>>();

@@ -10,6 +10,15 @@ namespace lowsync {
 enum class Family { Llama, GPT2, Bert };
 enum class Activation { SiLU, GeluTanh, GeluErf };
 
+// A decoupled model (block parallelism, DeTransformer): every layer is `sub_blocks` independent
+// sub-blocks, each with its own heads, FFN columns and residual stream; the streams merge with one
+// all-reduce every `sync_every` layers. Empty (sub_blocks = 0) for an ordinary model.
+struct DecoupledSpec {
+  int sub_blocks = 0, sync_every = 1;
+  std::vector<int> heads, kv_heads, ffn;  // per sub-block; may be uneven
+  bool enabled() const { return sub_blocks > 0; }
+};
+
 struct ModelConfig {
   std::string dir;
   std::string architecture;  // e.g. "LlamaForCausalLM"
@@ -22,6 +31,7 @@ struct ModelConfig {
   bool attention_bias = false;      // q/k/v/o biases (GPT-2, BERT; optional for LLaMA)
   std::vector<int> eos_token_ids;
   std::string json_text;            // config.json as read, for fingerprints
+  DecoupledSpec bp;
 
   bool is_decoder() const { return family != Family::Bert; }
   bool gated_ffn() const { return family == Family::Llama; }

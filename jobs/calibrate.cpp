@@ -76,10 +76,12 @@ void calibrate_spd(const JobConfig& job) {
     if (job.parallel.tp < 2)
       throw UserError(job.path + ": calibrate needs parallel.tp >= 2; on one rank Sync-Point Drop changes nothing");
     model = load_model_config(job.model);
+    if (model.bp.enabled())
+      throw UserError(job.path + ": " + job.model + " is a decoupled model; Sync-Point Drop calibration is for tensor parallelism");
     if (!model.is_decoder())
       throw UserError(job.path + ": Sync-Point Drop needs a pre-LN decoder (llama, gpt2); " + model.architecture +
                       " is a post-LN encoder");
-    LocalShape(model, Shard{0, job.parallel.tp});
+    BlockShape::tp_share(model, Shard{0, job.parallel.tp});
     PromptReader in(prompts_path, model.vocab, false);
     for (int64_t r = 0; r < std::min<int64_t>(in.rows(), job.calibrate.rows); ++r) {
       if (in.length(r) > model.max_positions)

@@ -4,6 +4,7 @@
 // at the end, on stdout and in the output file.
 #include "jobs/run_job.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -73,6 +74,12 @@ std::string spd_list(const std::vector<bool>& drop) {
 // Per-rank figures gathered to every rank: [compute s, tp comm s, tp calls, tp bytes, passes, tokens].
 constexpr int kReportFields = 6;
 
+int syncs_per_pass(const JobConfig& job, const ModelConfig& model, const std::vector<bool>& drop) {
+  if (job.parallel.group() == 1) return 0;
+  if (model.bp.enabled()) return (model.n_layers + model.bp.sync_every - 1) / model.bp.sync_every;
+  return 2 * model.n_layers - static_cast<int>(std::count(drop.begin(), drop.end(), true));
+}
+
 // The same figures as JSON (output attribute `run_report_json`), for scripts and benchmarks.
 std::string run_report_json(const JobConfig& job, const ModelConfig& model, const std::vector<bool>& drop,
                             const std::vector<double>& all, int world, double wall_s, int64_t rows,
@@ -86,7 +93,8 @@ std::string run_report_json(const JobConfig& job, const ModelConfig& model, cons
   for (size_t l = 0; l < drop.size(); ++l)
     if (drop[l]) dropped.push_back(static_cast<int>(l));
   j["spd_drop"] = dropped;
-  j["syncs_per_pass"] = job.parallel.tp == 1 ? 0 : 2 * model.n_layers - static_cast<int>(dropped.size());
+  j["bp"] = job.parallel.bp;
+  j["syncs_per_pass"] = syncs_per_pass(job, model, drop);
   j["wall_s"] = wall_s;
   j["rows"] = rows;
   j["new_tokens"] = new_tokens;
@@ -102,11 +110,15 @@ std::string run_report(const JobConfig& job, const ModelConfig& model, const std
                        const std::vector<double>& all, int world, double wall_s, int64_t rows, int64_t new_tokens) {
   std::ostringstream s;
   const int dropped = static_cast<int>(std::count(drop.begin(), drop.end(), true));
-  const int tp = job.parallel.tp;
-  const int syncs = tp == 1 ? 0 : (2 * model.n_layers - dropped);
-  s << "strategy: tp=" << tp << " dp=" << job.parallel.dp << " (" << world << " ranks), SPD drops " << dropped << "/"
-    << model.n_layers << " attention syncs (layers " << spd_list(drop) << ")\n";
-  s << "sync points per forward pass: " << syncs << " all-reduces (TP baseline " << (tp == 1 ? 0 : 2 * model.n_layers) << ")\n";
+  const int tp = job.parallel.group();
+  if (model.bp.enabled())
+    s << "strategy: bp=" << job.parallel.bp << " dp=" << job.parallel.dp << " (" << world << " ranks), decoupled model of "
+      << model.bp.sub_blocks << " sub-blocks per layer, merged every " << model.bp.sync_every << " layers\n";
+  else
+    s << "strategy: tp=" << tp << " dp=" << job.parallel.dp << " (" << world << " ranks), SPD drops " << dropped << "/"
+      << model.n_layers << " attention syncs (layers " << spd_list(drop) << ")\n";
+  s << "sync points per forward pass: " << syncs_per_pass(job, model, drop) << " all-reduces (TP baseline "
+    << (tp == 1 ? 0 : 2 * model.n_layers) << ")\n";
   double tokens_total = 0;
   for (int r = 0; r < world; r += tp) tokens_total += all[r * kReportFields + 5];  // one rank per replica
   s << "throughput: " << rows << " rows in " << wall_s << " s, " << tokens_total / std::max(wall_s, 1e-9)
@@ -138,12 +150,12 @@ void maybe_inject_fault(int rank, int64_t batches_started) {
 void run_job(const JobConfig& job, bool resume) {
   Communicator world(MPI_COMM_WORLD, "world");
   world.agree([&] {
-    if (job.parallel.tp * job.parallel.dp != world.size())
-      throw UserError(job.path + ": parallel.tp x parallel.dp = " + std::to_string(job.parallel.tp) + " x " +
-                      std::to_string(job.parallel.dp) + " but mpirun started " + std::to_string(world.size()) +
-                      " ranks; they must be equal");
+    if (job.parallel.group() * job.parallel.dp != world.size())
+      throw UserError(job.path + ": parallel." + (job.parallel.bp > 1 ? "bp" : "tp") + " x parallel.dp = " +
+                      std::to_string(job.parallel.group()) + " x " + std::to_string(job.parallel.dp) +
+                      " but mpirun started " + std::to_string(world.size()) + " ranks; they must be equal");
   });
-  ParallelGroups groups = ParallelGroups::make(job.parallel.tp, job.parallel.dp);
+  ParallelGroups groups = ParallelGroups::make(job.parallel.group(), job.parallel.dp);
   const bool root = world.rank() == 0;
 
   ModelConfig model;
@@ -154,7 +166,16 @@ void run_job(const JobConfig& job, bool resume) {
     if (!model.is_decoder() && job.task != "embed")
       throw UserError(job.path + ": task '" + job.task + "' needs a decoder (llama or gpt2), but " + job.model +
                       " is an encoder (" + model.architecture + "); use task: embed");
-    LocalShape(model, Shard{0, job.parallel.tp});  // tp must divide heads and FFN width
+    if (model.bp.enabled()) {
+      if (job.parallel.tp > 1)
+        throw UserError(job.path + ": " + job.model + " is a decoupled model; run it with parallel.bp, not parallel.tp");
+      SubBlockRange(model, Shard{0, job.parallel.bp});  // bp must divide the sub-blocks
+    } else {
+      if (job.parallel.bp > 1)
+        throw UserError(job.path + ": parallel.bp = " + std::to_string(job.parallel.bp) + " needs a decoupled model, and " +
+                        job.model + " is not one (convert it with python/decoupled.py)");
+      BlockShape::tp_share(model, Shard{0, job.parallel.tp});  // tp must divide heads and FFN width
+    }
     drop = resolve_spd_drop(job, model);
     input = std::make_unique<PromptReader>(job.input, model.vocab, job.task == "score");
     check_rows(*input, job, model);

@@ -48,6 +48,7 @@ class Backend {
   virtual void gelu(Tensor& x, bool tanh_approximation) = 0;  // in place
   virtual void silu_mul(Tensor& gate, const Tensor& up) = 0;  // gate = silu(gate) * up
   virtual void add(Tensor& x, const Tensor& y) = 0;           // x += y
+  virtual void axpy(float alpha, const Tensor& y, Tensor& x) = 0;  // x += alpha * y
   virtual void add_bias(Tensor& x, const Tensor& bias);       // every row of x += bias (1 x cols)
   // out[i] = x[rows[i]]
   virtual void gather_rows(const Tensor& x, const std::vector<int64_t>& rows, Tensor& out) = 0;

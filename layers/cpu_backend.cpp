@@ -189,6 +189,8 @@ class CpuBackend final : public Backend {
 
   void add(Tensor& x, const Tensor& y) override { cblas_saxpy(x.numel(), 1.f, y.f32(), 1, x.f32(), 1); }
 
+  void axpy(float alpha, const Tensor& y, Tensor& x) override { cblas_saxpy(x.numel(), alpha, y.f32(), 1, x.f32(), 1); }
+
   void add_bias(Tensor& x, const Tensor& bias) override {
     for (int64_t r = 0; r < x.rows; ++r) cblas_saxpy(x.cols, 1.f, bias.f32(), 1, x.row(r), 1);
   }

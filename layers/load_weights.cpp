@@ -4,6 +4,7 @@
 //   column-parallel (Q, K, V, FFN up/gate, their biases): rows [r*n/R, (r+1)*n/R) of W[out, in]
 //   row-parallel (attention out, FFN down): columns [r*n/R, (r+1)*n/R) of W[out, in]
 //   everything else (embeddings, norms, LM head, row-parallel biases): whole.
+// A decoupled model's rank takes its sub-blocks whole.
 #include <string>
 
 #include "io/error.h"
@@ -79,43 +80,114 @@ class Loader {
   std::string prefix_;
 };
 
-// This rank's slices along each parallel dimension.
-struct Slices {
+// Where a rank's share of a layer lies in the stored tensors: the rows/columns to take along each
+// split dimension, and the stored sizes of those dimensions. A TP share is a slice of the full
+// layer; a decoupled model's sub-block is stored on its own and taken whole.
+struct Part {
   Range q, kv, ffn;
-  Slices(const ModelConfig& c, Shard s) {
-    const LocalShape local(c, s);
-    q = {int64_t(s.rank) * local.q_dim, local.q_dim};
-    kv = {int64_t(s.rank) * local.kv_dim, local.kv_dim};
-    ffn = {int64_t(s.rank) * local.intermediate, local.intermediate};
+  int64_t q_total, kv_total, ffn_total;
+
+  static Part tp_share(const ModelConfig& c, Shard s) {
+    const BlockShape b = BlockShape::tp_share(c, s);
+    return {{int64_t(s.rank) * b.q_dim(), b.q_dim()}, {int64_t(s.rank) * b.kv_dim(), b.kv_dim()},
+            {int64_t(s.rank) * b.intermediate, b.intermediate}, c.q_dim(), c.kv_dim(), c.intermediate};
+  }
+  static Part whole(const BlockShape& b) {
+    return {{0, b.q_dim()}, {0, b.kv_dim()}, {0, b.intermediate}, b.q_dim(), b.kv_dim(), b.intermediate};
   }
 };
 
+LayerWeights load_llama_layer(const ModelConfig& c, Loader& in, const std::string& p, const Part& s) {
+  const int64_t H = c.hidden;
+  LayerWeights w;
+  w.norm1_w = in.whole(p + "input_layernorm.weight", H);
+  w.wq = in.rows(p + "self_attn.q_proj.weight", s.q_total, H, s.q);
+  w.wk = in.rows(p + "self_attn.k_proj.weight", s.kv_total, H, s.kv);
+  w.wv = in.rows(p + "self_attn.v_proj.weight", s.kv_total, H, s.kv);
+  w.wo = in.cols(p + "self_attn.o_proj.weight", H, s.q_total, s.q);
+  if (c.attention_bias) {
+    w.bq = in.rows(p + "self_attn.q_proj.bias", s.q_total, 0, s.q);
+    w.bk = in.rows(p + "self_attn.k_proj.bias", s.kv_total, 0, s.kv);
+    w.bv = in.rows(p + "self_attn.v_proj.bias", s.kv_total, 0, s.kv);
+    if (in.has(p + "self_attn.o_proj.bias")) w.bo = in.whole(p + "self_attn.o_proj.bias", H);
+  }
+  w.norm2_w = in.whole(p + "post_attention_layernorm.weight", H);
+  w.w_gate = in.rows(p + "mlp.gate_proj.weight", s.ffn_total, H, s.ffn);
+  w.w_up = in.rows(p + "mlp.up_proj.weight", s.ffn_total, H, s.ffn);
+  w.w_down = in.cols(p + "mlp.down_proj.weight", H, s.ffn_total, s.ffn);
+  return w;
+}
+
+LayerWeights load_gpt2_layer(const ModelConfig& c, Loader& in, const std::string& p, const Part& s) {
+  const int64_t H = c.hidden, Q = s.q_total;
+  const Range all_h{0, H};
+  LayerWeights w;
+  w.norm1_w = in.whole(p + "ln_1.weight", H);
+  w.norm1_b = in.whole(p + "ln_1.bias", H);
+  // c_attn holds q, k, v side by side along its output dimension.
+  w.wq = in.conv1d(p + "attn.c_attn.weight", H, 3 * Q, {s.q.begin, s.q.size}, all_h);
+  w.wk = in.conv1d(p + "attn.c_attn.weight", H, 3 * Q, {Q + s.q.begin, s.q.size}, all_h);
+  w.wv = in.conv1d(p + "attn.c_attn.weight", H, 3 * Q, {2 * Q + s.q.begin, s.q.size}, all_h);
+  w.bq = in.rows(p + "attn.c_attn.bias", 3 * Q, 0, {s.q.begin, s.q.size});
+  w.bk = in.rows(p + "attn.c_attn.bias", 3 * Q, 0, {Q + s.q.begin, s.q.size});
+  w.bv = in.rows(p + "attn.c_attn.bias", 3 * Q, 0, {2 * Q + s.q.begin, s.q.size});
+  w.wo = in.conv1d(p + "attn.c_proj.weight", Q, H, all_h, s.q);
+  w.bo = in.whole(p + "attn.c_proj.bias", H);
+  w.norm2_w = in.whole(p + "ln_2.weight", H);
+  w.norm2_b = in.whole(p + "ln_2.bias", H);
+  w.w_up = in.conv1d(p + "mlp.c_fc.weight", H, s.ffn_total, s.ffn, all_h);
+  w.b_up = in.rows(p + "mlp.c_fc.bias", s.ffn_total, 0, s.ffn);
+  w.w_down = in.conv1d(p + "mlp.c_proj.weight", s.ffn_total, H, all_h, s.ffn);
+  w.b_down = in.whole(p + "mlp.c_proj.bias", H);
+  return w;
+}
+
+LayerWeights load_bert_layer(const ModelConfig& c, Loader& in, const std::string& p, const Part& s) {
+  const int64_t H = c.hidden, Q = s.q_total;
+  LayerWeights w;
+  w.wq = in.rows(p + "attention.self.query.weight", Q, H, s.q);
+  w.bq = in.rows(p + "attention.self.query.bias", Q, 0, s.q);
+  w.wk = in.rows(p + "attention.self.key.weight", Q, H, s.q);
+  w.bk = in.rows(p + "attention.self.key.bias", Q, 0, s.q);
+  w.wv = in.rows(p + "attention.self.value.weight", Q, H, s.q);
+  w.bv = in.rows(p + "attention.self.value.bias", Q, 0, s.q);
+  w.wo = in.cols(p + "attention.output.dense.weight", H, Q, s.q);
+  w.bo = in.whole(p + "attention.output.dense.bias", H);
+  w.norm1_w = in.whole(p + "attention.output.LayerNorm.weight", H);
+  w.norm1_b = in.whole(p + "attention.output.LayerNorm.bias", H);
+  w.w_up = in.rows(p + "intermediate.dense.weight", s.ffn_total, H, s.ffn);
+  w.b_up = in.rows(p + "intermediate.dense.bias", s.ffn_total, 0, s.ffn);
+  w.w_down = in.cols(p + "output.dense.weight", H, s.ffn_total, s.ffn);
+  w.b_down = in.whole(p + "output.dense.bias", H);
+  w.norm2_w = in.whole(p + "output.LayerNorm.weight", H);
+  w.norm2_b = in.whole(p + "output.LayerNorm.bias", H);
+  return w;
+}
+
+using LayerLoader = LayerWeights (*)(const ModelConfig&, Loader&, const std::string&, const Part&);
+
+// Every layer of this rank: its TP share of `prefix{l}.`, or its sub-blocks `prefix{l}.sub.{r}.`.
+void load_layers(const ModelConfig& c, Shard shard, Loader& in, const std::string& prefix, LayerLoader load,
+                 ModelWeights& m) {
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string p = prefix + std::to_string(l) + ".";
+    if (!c.bp.enabled()) {
+      m.layers.push_back(load(c, in, p, Part::tp_share(c, shard)));
+      continue;
+    }
+    const SubBlockRange mine(c, shard);
+    m.sub_blocks.emplace_back();
+    for (int r = mine.first; r < mine.first + mine.count; ++r)
+      m.sub_blocks.back().push_back(load(c, in, p + "sub." + std::to_string(r) + ".", Part::whole(BlockShape::sub_block(c, r))));
+  }
+}
+
 ModelWeights load_llama(const ModelConfig& c, Shard shard, Loader& in) {
-  const int64_t H = c.hidden, I = c.intermediate, Q = c.q_dim(), KV = c.kv_dim();
-  const Slices s(c, shard);
+  const int64_t H = c.hidden;
   in.detect_prefix("embed_tokens.weight", {"model.", ""});
   ModelWeights m;
   m.tok_emb = in.whole("embed_tokens.weight", c.vocab, H);
-  for (int l = 0; l < c.n_layers; ++l) {
-    const std::string p = "layers." + std::to_string(l) + ".";
-    LayerWeights w;
-    w.norm1_w = in.whole(p + "input_layernorm.weight", H);
-    w.wq = in.rows(p + "self_attn.q_proj.weight", Q, H, s.q);
-    w.wk = in.rows(p + "self_attn.k_proj.weight", KV, H, s.kv);
-    w.wv = in.rows(p + "self_attn.v_proj.weight", KV, H, s.kv);
-    w.wo = in.cols(p + "self_attn.o_proj.weight", H, Q, s.q);
-    if (c.attention_bias) {
-      w.bq = in.rows(p + "self_attn.q_proj.bias", Q, 0, s.q);
-      w.bk = in.rows(p + "self_attn.k_proj.bias", KV, 0, s.kv);
-      w.bv = in.rows(p + "self_attn.v_proj.bias", KV, 0, s.kv);
-      if (in.has(p + "self_attn.o_proj.bias")) w.bo = in.whole(p + "self_attn.o_proj.bias", H);
-    }
-    w.norm2_w = in.whole(p + "post_attention_layernorm.weight", H);
-    w.w_gate = in.rows(p + "mlp.gate_proj.weight", I, H, s.ffn);
-    w.w_up = in.rows(p + "mlp.up_proj.weight", I, H, s.ffn);
-    w.w_down = in.cols(p + "mlp.down_proj.weight", H, I, s.ffn);
-    m.layers.push_back(w);
-  }
+  load_layers(c, shard, in, "layers.", load_llama_layer, m);
   m.final_norm_w = in.whole("norm.weight", H);
   if (c.tied_embeddings) {
     m.lm_head = m.tok_emb;
@@ -127,35 +199,12 @@ ModelWeights load_llama(const ModelConfig& c, Shard shard, Loader& in) {
 }
 
 ModelWeights load_gpt2(const ModelConfig& c, Shard shard, Loader& in) {
-  const int64_t H = c.hidden, I = c.intermediate;
-  const Slices s(c, shard);
-  const Range all_h{0, H};
+  const int64_t H = c.hidden;
   in.detect_prefix("wte.weight", {"transformer.", ""});
   ModelWeights m;
   m.tok_emb = in.whole("wte.weight", c.vocab, H);
   m.pos_emb = in.whole("wpe.weight", c.max_positions, H);
-  for (int l = 0; l < c.n_layers; ++l) {
-    const std::string p = "h." + std::to_string(l) + ".";
-    LayerWeights w;
-    w.norm1_w = in.whole(p + "ln_1.weight", H);
-    w.norm1_b = in.whole(p + "ln_1.bias", H);
-    // c_attn holds q, k, v side by side along its output dimension.
-    w.wq = in.conv1d(p + "attn.c_attn.weight", H, 3 * H, {s.q.begin, s.q.size}, all_h);
-    w.wk = in.conv1d(p + "attn.c_attn.weight", H, 3 * H, {H + s.q.begin, s.q.size}, all_h);
-    w.wv = in.conv1d(p + "attn.c_attn.weight", H, 3 * H, {2 * H + s.q.begin, s.q.size}, all_h);
-    w.bq = in.rows(p + "attn.c_attn.bias", 3 * H, 0, {s.q.begin, s.q.size});
-    w.bk = in.rows(p + "attn.c_attn.bias", 3 * H, 0, {H + s.q.begin, s.q.size});
-    w.bv = in.rows(p + "attn.c_attn.bias", 3 * H, 0, {2 * H + s.q.begin, s.q.size});
-    w.wo = in.conv1d(p + "attn.c_proj.weight", H, H, all_h, s.q);
-    w.bo = in.whole(p + "attn.c_proj.bias", H);
-    w.norm2_w = in.whole(p + "ln_2.weight", H);
-    w.norm2_b = in.whole(p + "ln_2.bias", H);
-    w.w_up = in.conv1d(p + "mlp.c_fc.weight", H, I, s.ffn, all_h);
-    w.b_up = in.rows(p + "mlp.c_fc.bias", I, 0, s.ffn);
-    w.w_down = in.conv1d(p + "mlp.c_proj.weight", I, H, all_h, s.ffn);
-    w.b_down = in.whole(p + "mlp.c_proj.bias", H);
-    m.layers.push_back(w);
-  }
+  load_layers(c, shard, in, "h.", load_gpt2_layer, m);
   m.final_norm_w = in.whole("ln_f.weight", H);
   m.final_norm_b = in.whole("ln_f.bias", H);
   m.lm_head = m.tok_emb;  // GPT-2 ties its head to the token embedding
@@ -163,8 +212,7 @@ ModelWeights load_gpt2(const ModelConfig& c, Shard shard, Loader& in) {
 }
 
 ModelWeights load_bert(const ModelConfig& c, Shard shard, Loader& in) {
-  const int64_t H = c.hidden, I = c.intermediate;
-  const Slices s(c, shard);
+  const int64_t H = c.hidden;
   in.detect_prefix("embeddings.word_embeddings.weight", {"", "bert."});
   ModelWeights m;
   m.tok_emb = in.whole("embeddings.word_embeddings.weight", c.vocab, H);
@@ -172,27 +220,7 @@ ModelWeights load_bert(const ModelConfig& c, Shard shard, Loader& in) {
   m.type_emb = in.whole("embeddings.token_type_embeddings.weight", c.type_vocab, H);
   m.emb_norm_w = in.whole("embeddings.LayerNorm.weight", H);
   m.emb_norm_b = in.whole("embeddings.LayerNorm.bias", H);
-  for (int l = 0; l < c.n_layers; ++l) {
-    const std::string p = "encoder.layer." + std::to_string(l) + ".";
-    LayerWeights w;
-    w.wq = in.rows(p + "attention.self.query.weight", H, H, s.q);
-    w.bq = in.rows(p + "attention.self.query.bias", H, 0, s.q);
-    w.wk = in.rows(p + "attention.self.key.weight", H, H, s.q);
-    w.bk = in.rows(p + "attention.self.key.bias", H, 0, s.q);
-    w.wv = in.rows(p + "attention.self.value.weight", H, H, s.q);
-    w.bv = in.rows(p + "attention.self.value.bias", H, 0, s.q);
-    w.wo = in.cols(p + "attention.output.dense.weight", H, H, s.q);
-    w.bo = in.whole(p + "attention.output.dense.bias", H);
-    w.norm1_w = in.whole(p + "attention.output.LayerNorm.weight", H);
-    w.norm1_b = in.whole(p + "attention.output.LayerNorm.bias", H);
-    w.w_up = in.rows(p + "intermediate.dense.weight", I, H, s.ffn);
-    w.b_up = in.rows(p + "intermediate.dense.bias", I, 0, s.ffn);
-    w.w_down = in.cols(p + "output.dense.weight", H, I, s.ffn);
-    w.b_down = in.whole(p + "output.dense.bias", H);
-    w.norm2_w = in.whole(p + "output.LayerNorm.weight", H);
-    w.norm2_b = in.whole(p + "output.LayerNorm.bias", H);
-    m.layers.push_back(w);
-  }
+  load_layers(c, shard, in, "encoder.layer.", load_bert_layer, m);
   return m;  // BertModel has no LM head
 }
 

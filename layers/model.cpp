@@ -1,10 +1,12 @@
 #include "layers/model.h"
 
+#include <algorithm>
+
 #include "io/error.h"
 
 namespace lowsync {
 
-LocalShape::LocalShape(const ModelConfig& cfg, Shard shard) {
+BlockShape BlockShape::tp_share(const ModelConfig& cfg, Shard shard) {
   const int R = shard.size;
   auto need = [&](int n, const char* what) {
     if (n % R)
@@ -12,29 +14,54 @@ LocalShape::LocalShape(const ModelConfig& cfg, Shard shard) {
                       std::to_string(R) + "; choose a tp that divides it");
     return n / R;
   };
-  n_heads = need(cfg.n_heads, "num_attention_heads");
-  n_kv_heads = need(cfg.n_kv_heads, "num_key_value_heads");
-  intermediate = need(cfg.intermediate, "intermediate_size");
-  q_dim = n_heads * cfg.head_dim;
-  kv_dim = n_kv_heads * cfg.head_dim;
+  return {need(cfg.n_heads, "num_attention_heads"), need(cfg.n_kv_heads, "num_key_value_heads"),
+          need(cfg.intermediate, "intermediate_size"), cfg.head_dim};
+}
+
+BlockShape BlockShape::sub_block(const ModelConfig& cfg, int r) {
+  return {cfg.bp.heads[r], cfg.bp.kv_heads[r], cfg.bp.ffn[r], cfg.head_dim};
+}
+
+SubBlockRange::SubBlockRange(const ModelConfig& cfg, Shard shard) {
+  if (cfg.bp.sub_blocks % shard.size)
+    throw UserError(cfg.dir + ": the decoupled model has " + std::to_string(cfg.bp.sub_blocks) +
+                    " sub-blocks per layer, not divisible by parallel.bp = " + std::to_string(shard.size));
+  count = cfg.bp.sub_blocks / shard.size;
+  first = shard.rank * count;
 }
 
 Transformer::Transformer(const ModelConfig& cfg, Backend& be, TensorParallelGroup tp, std::vector<bool> spd_drop)
-    : cfg_(cfg),
-      be_(be),
-      tp_(tp),
-      local_(cfg, Shard{tp.rank(), tp.size()}),
-      w_(load_weights(cfg, Shard{tp.rank(), tp.size()}, be)) {
+    : cfg_(cfg), be_(be), tp_(tp) {
+  const Shard shard{tp.rank(), tp.size()};
+  if (cfg.bp.enabled()) {
+    const SubBlockRange mine(cfg, shard);
+    for (int j = 0; j < mine.count; ++j) sub_shapes_.push_back(BlockShape::sub_block(cfg, mine.first + j));
+  } else {
+    local_ = BlockShape::tp_share(cfg, shard);
+  }
+  w_ = load_weights(cfg, shard, be);
   set_spd_drop(std::move(spd_drop));
 }
 
 void Transformer::set_spd_drop(std::vector<bool> drop) {
   drop.resize(cfg_.n_layers, false);
-  for (bool d : drop)
+  for (bool d : drop) {
     if (d && !cfg_.is_decoder())
       throw UserError(cfg_.dir + ": Sync-Point Drop needs a pre-LN decoder (llama, gpt2); " + cfg_.architecture +
                       " is a post-LN encoder, whose LayerNorm after attention needs the full sum");
+    if (d && cfg_.bp.enabled())
+      throw UserError(cfg_.dir + ": Sync-Point Drop applies to tensor parallelism; this decoupled model already syncs "
+                      "once every " + std::to_string(cfg_.bp.sync_every) + " layers");
+  }
   spd_drop_ = std::move(drop);
+}
+
+KVCache Transformer::make_cache(int64_t capacity) {
+  if (!cfg_.bp.enabled()) return be_.make_kv_cache(cfg_.n_layers, capacity, local_.kv_dim());
+  // One cache per (layer, local sub-block), as wide as the widest sub-block.
+  int kv_dim = 0;
+  for (const BlockShape& s : sub_shapes_) kv_dim = std::max(kv_dim, s.kv_dim());
+  return be_.make_kv_cache(cfg_.n_layers * static_cast<int>(sub_shapes_.size()), capacity, kv_dim);
 }
 
 void Transformer::norm(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& out) {
@@ -61,13 +88,18 @@ Tensor Transformer::forward(const std::vector<int32_t>& tokens, const BatchLayou
     norm(x, w_.emb_norm_w, w_.emb_norm_b, x);
   }
 
-  for (int l = 0; l < cfg_.n_layers; ++l) {
-    if (!cfg_.is_decoder())
-      encoder_block(l, x, layout, cache);
-    else if (spd_drop_[l])
-      decoder_block_spd(l, x, layout, cache);
-    else
-      decoder_block(l, x, layout, cache);
+  if (cfg_.bp.enabled()) {
+    for (int first = 0; first < cfg_.n_layers; first += cfg_.bp.sync_every)
+      decoupled_segment(first, std::min(first + cfg_.bp.sync_every, cfg_.n_layers), x, layout, cache);
+  } else {
+    for (int l = 0; l < cfg_.n_layers; ++l) {
+      if (!cfg_.is_decoder())
+        encoder_block(l, x, layout, cache);
+      else if (spd_drop_[l])
+        decoder_block_spd(l, x, layout, cache);
+      else
+        decoder_block(l, x, layout, cache);
+    }
   }
 
   if (cfg_.is_decoder()) norm(x, w_.final_norm_w, w_.final_norm_b, x);
@@ -79,12 +111,12 @@ void Transformer::decoder_block(int l, Tensor& x, const BatchLayout& layout, KVC
   const LayerWeights& w = w_.layers[l];
   Tensor h = be_.zeros(x.rows, x.cols);
   norm(x, w.norm1_w, w.norm1_b, h);
-  Tensor a = attention_partial(l, h, layout, cache);
+  Tensor a = attention_partial(w, local_, l, h, layout, cache);
   tp_.all_reduce(a);
   add_bias(a, w.bo);
   be_.add(x, a);
   norm(x, w.norm2_w, w.norm2_b, h);
-  Tensor m = ffn_partial(l, h);
+  Tensor m = ffn_partial(w, local_, h);
   tp_.all_reduce(m);
   add_bias(m, w.b_down);
   be_.add(x, m);
@@ -97,13 +129,13 @@ void Transformer::decoder_block_spd(int l, Tensor& x, const BatchLayout& layout,
   const LayerWeights& w = w_.layers[l];
   Tensor h = be_.zeros(x.rows, x.cols);
   norm(x, w.norm1_w, w.norm1_b, h);
-  Tensor a = attention_partial(l, h, layout, cache);
+  Tensor a = attention_partial(w, local_, l, h, layout, cache);
   Tensor h_r = be_.zeros(x.rows, x.cols);
   be_.add(h_r, x);
   be_.add(h_r, a);
   add_bias(h_r, w.bo);
   norm(h_r, w.norm2_w, w.norm2_b, h);
-  Tensor m = ffn_partial(l, h);
+  Tensor m = ffn_partial(w, local_, h);
   be_.add(a, m);
   tp_.all_reduce(a);
   add_bias(a, w.bo);
@@ -114,42 +146,84 @@ void Transformer::decoder_block_spd(int l, Tensor& x, const BatchLayout& layout,
 // Post-LN block:  x = norm1(x + Attn(x));  x = norm2(x + FFN(x))   (2 syncs)
 void Transformer::encoder_block(int l, Tensor& x, const BatchLayout& layout, KVCache& cache) {
   const LayerWeights& w = w_.layers[l];
-  Tensor a = attention_partial(l, x, layout, cache);
+  Tensor a = attention_partial(w, local_, l, x, layout, cache);
   tp_.all_reduce(a);
   add_bias(a, w.bo);
   be_.add(x, a);
   norm(x, w.norm1_w, w.norm1_b, x);
-  Tensor m = ffn_partial(l, x);
+  Tensor m = ffn_partial(w, local_, x);
   tp_.all_reduce(m);
   add_bias(m, w.b_down);
   be_.add(x, m);
   norm(x, w.norm2_w, w.norm2_b, x);
 }
 
-// This rank's heads: column-parallel Q/K/V, attention, row-parallel output projection (no bias).
-Tensor Transformer::attention_partial(int l, const Tensor& h, const BatchLayout& layout, KVCache& cache) {
-  const LayerWeights& w = w_.layers[l];
+// A segment of a decoupled model (layers [first, last)): each of this rank's sub-blocks runs the
+// segment on its own stream x_r, starting from the merged x, with no communication; one
+// all-reduce then merges the streams:  x = x + sum_r (x_r - x).
+void Transformer::decoupled_segment(int first, int last, Tensor& x, const BatchLayout& layout, KVCache& cache) {
+  const int n_local = static_cast<int>(sub_shapes_.size());
+  Tensor delta = be_.zeros(x.rows, x.cols);
+  for (int j = 0; j < n_local; ++j) {
+    Tensor x_r = be_.zeros(x.rows, x.cols);
+    be_.add(x_r, x);
+    for (int l = first; l < last; ++l)
+      decoupled_block(w_.sub_blocks[l][j], sub_shapes_[j], l * n_local + j, x_r, layout, cache);
+    be_.add(delta, x_r);
+    be_.axpy(-1.f, x, delta);
+  }
+  tp_.all_reduce(delta);
+  be_.add(x, delta);
+}
+
+// One sub-block of a decoupled layer on its own stream: pre-LN for decoders, post-LN for BERT.
+void Transformer::decoupled_block(const LayerWeights& w, const BlockShape& s, int cache_layer, Tensor& x_r,
+                                  const BatchLayout& layout, KVCache& cache) {
+  if (cfg_.is_decoder()) {
+    Tensor h = be_.zeros(x_r.rows, x_r.cols);
+    norm(x_r, w.norm1_w, w.norm1_b, h);
+    Tensor a = attention_partial(w, s, cache_layer, h, layout, cache);
+    add_bias(a, w.bo);
+    be_.add(x_r, a);
+    norm(x_r, w.norm2_w, w.norm2_b, h);
+    Tensor m = ffn_partial(w, s, h);
+    add_bias(m, w.b_down);
+    be_.add(x_r, m);
+  } else {
+    Tensor a = attention_partial(w, s, cache_layer, x_r, layout, cache);
+    add_bias(a, w.bo);
+    be_.add(x_r, a);
+    norm(x_r, w.norm1_w, w.norm1_b, x_r);
+    Tensor m = ffn_partial(w, s, x_r);
+    add_bias(m, w.b_down);
+    be_.add(x_r, m);
+    norm(x_r, w.norm2_w, w.norm2_b, x_r);
+  }
+}
+
+// Heads `s` of a layer: column-parallel Q/K/V, attention, row-parallel output projection (no bias).
+Tensor Transformer::attention_partial(const LayerWeights& w, const BlockShape& s, int cache_layer, const Tensor& h,
+                                      const BatchLayout& layout, KVCache& cache) {
   const int64_t T = h.rows;
-  Tensor q = be_.zeros(T, local_.q_dim), k = be_.zeros(T, local_.kv_dim), v = be_.zeros(T, local_.kv_dim);
+  Tensor q = be_.zeros(T, s.q_dim()), k = be_.zeros(T, s.kv_dim()), v = be_.zeros(T, s.kv_dim());
   be_.matmul(h, w.wq, w.bq.empty() ? nullptr : &w.bq, q);
   be_.matmul(h, w.wk, w.bk.empty() ? nullptr : &w.bk, k);
   be_.matmul(h, w.wv, w.bv.empty() ? nullptr : &w.bv, v);
   if (cfg_.family == Family::Llama) be_.rope(q, k, layout.positions, cfg_.head_dim, cfg_.rope_theta);
-  be_.store_kv(k, v, cache, l, layout);
-  Tensor ctx = be_.zeros(T, local_.q_dim);
-  be_.attention(q, cache, l, layout, local_.n_heads, local_.n_kv_heads, cfg_.head_dim, cfg_.is_decoder(), ctx);
+  be_.store_kv(k, v, cache, cache_layer, layout);
+  Tensor ctx = be_.zeros(T, s.q_dim());
+  be_.attention(q, cache, cache_layer, layout, s.n_heads, s.n_kv_heads, cfg_.head_dim, cfg_.is_decoder(), ctx);
   Tensor out = be_.zeros(T, cfg_.hidden);
   be_.matmul(ctx, w.wo, nullptr, out);
   return out;
 }
 
-// This rank's FFN columns: column-parallel up (and gate), activation, row-parallel down (no bias).
-Tensor Transformer::ffn_partial(int l, const Tensor& h) {
-  const LayerWeights& w = w_.layers[l];
-  Tensor up = be_.zeros(h.rows, local_.intermediate);
+// FFN columns `s` of a layer: column-parallel up (and gate), activation, row-parallel down (no bias).
+Tensor Transformer::ffn_partial(const LayerWeights& w, const BlockShape& s, const Tensor& h) {
+  Tensor up = be_.zeros(h.rows, s.intermediate);
   be_.matmul(h, w.w_up, w.b_up.empty() ? nullptr : &w.b_up, up);
   if (cfg_.gated_ffn()) {
-    Tensor gate = be_.zeros(h.rows, local_.intermediate);
+    Tensor gate = be_.zeros(h.rows, s.intermediate);
     be_.matmul(h, w.w_gate, nullptr, gate);
     be_.silu_mul(gate, up);
     up = gate;

@@ -20,7 +20,8 @@ struct LayerWeights {
 struct ModelWeights {
   Tensor tok_emb, pos_emb, type_emb;  // pos: GPT-2, BERT; type: BERT
   Tensor emb_norm_w, emb_norm_b;      // BERT's embeddings.LayerNorm
-  std::vector<LayerWeights> layers;
+  std::vector<LayerWeights> layers;   // ordinary model: this rank's TP share of each layer
+  std::vector<std::vector<LayerWeights>> sub_blocks;  // decoupled model: [layer][this rank's sub-blocks]
   Tensor final_norm_w, final_norm_b;  // LLaMA's norm, GPT-2's ln_f
   Tensor lm_head;                     // [vocab, hidden], replicated; the token embedding when tied
 };
@@ -30,10 +31,21 @@ struct Shard {
   int rank = 0, size = 1;
 };
 
-// Sizes one rank computes with. Throws UserError when `size` does not divide heads or FFN width.
-struct LocalShape {
-  int n_heads, n_kv_heads, q_dim, kv_dim, intermediate;
-  LocalShape(const ModelConfig& cfg, Shard shard);
+// The heads and FFN columns one rank computes in a block: its tensor-parallel share of a layer, or
+// one whole sub-block of a decoupled layer.
+struct BlockShape {
+  int n_heads = 0, n_kv_heads = 0, intermediate = 0, head_dim = 0;
+  int q_dim() const { return n_heads * head_dim; }
+  int kv_dim() const { return n_kv_heads * head_dim; }
+  // TP share of rank shard.rank; UserError when shard.size does not divide heads or FFN width.
+  static BlockShape tp_share(const ModelConfig& cfg, Shard shard);
+  static BlockShape sub_block(const ModelConfig& cfg, int r);
+};
+
+// The sub-blocks of a decoupled model that rank shard.rank of shard.size computes: [first, first + count).
+struct SubBlockRange {
+  int first = 0, count = 0;
+  SubBlockRange(const ModelConfig& cfg, Shard shard);  // UserError when shard.size does not divide them
 };
 
 // Reads this rank's share of the Hugging Face checkpoint of cfg.dir and uploads it to the backend.
@@ -53,7 +65,7 @@ class Transformer {
   Tensor forward(const std::vector<int32_t>& tokens, const BatchLayout& layout, KVCache& cache);
   // Next-token logits [rows.size(), vocab] of the chosen rows of a hidden state.
   Tensor logits(const Tensor& hidden, const std::vector<int64_t>& rows);
-  KVCache make_cache(int64_t capacity) { return be_.make_kv_cache(cfg_.n_layers, capacity, local_.kv_dim); }
+  KVCache make_cache(int64_t capacity);
   // Which layers drop their attention sync; may change between forwards (calibration does).
   void set_spd_drop(std::vector<bool> drop);
   const std::vector<bool>& spd_drop() const { return spd_drop_; }
@@ -66,14 +78,19 @@ class Transformer {
   void decoder_block(int l, Tensor& x, const BatchLayout& layout, KVCache& cache);
   void decoder_block_spd(int l, Tensor& x, const BatchLayout& layout, KVCache& cache);
   void encoder_block(int l, Tensor& x, const BatchLayout& layout, KVCache& cache);
-  Tensor attention_partial(int l, const Tensor& h, const BatchLayout& layout, KVCache& cache);
-  Tensor ffn_partial(int l, const Tensor& h);
+  void decoupled_segment(int first, int last, Tensor& x, const BatchLayout& layout, KVCache& cache);
+  void decoupled_block(const LayerWeights& w, const BlockShape& s, int cache_layer, Tensor& x_r,
+                       const BatchLayout& layout, KVCache& cache);
+  Tensor attention_partial(const LayerWeights& w, const BlockShape& s, int cache_layer, const Tensor& h,
+                           const BatchLayout& layout, KVCache& cache);
+  Tensor ffn_partial(const LayerWeights& w, const BlockShape& s, const Tensor& h);
   void add_bias(Tensor& x, const Tensor& bias);
 
   ModelConfig cfg_;
   Backend& be_;
-  TensorParallelGroup tp_;
-  LocalShape local_;
+  TensorParallelGroup tp_;  // the ranks of this replica: TP shares, or a decoupled model's sub-blocks
+  BlockShape local_;        // ordinary model: this rank's TP share
+  std::vector<BlockShape> sub_shapes_;  // decoupled model: this rank's sub-blocks
   std::vector<bool> spd_drop_;
   ModelWeights w_;
   int64_t passes_ = 0, tokens_ = 0;
