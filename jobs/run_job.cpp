@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -71,8 +72,23 @@ std::string spd_list(const std::vector<bool>& drop) {
   return s.empty() ? "none" : s;
 }
 
-// Per-rank figures gathered to every rank: [compute s, tp comm s, tp calls, tp bytes, passes, tokens].
-constexpr int kReportFields = 6;
+// Per-rank figures gathered to every rank: [compute s, tp comm s, tp calls, tp bytes, passes, tokens,
+// weight bytes, peak resident MiB, anonymous resident MiB].
+constexpr int kReportFields = 9;
+
+// A field of /proc/self/status in MiB (VmHWM: peak resident set; RssAnon: resident memory not
+// backed by a file, i.e. excluding the memory-mapped checkpoint pages).
+double proc_status_mib(const char* field) {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return 0;
+  char line[256];
+  double kib = 0;
+  const size_t n = std::strlen(field);
+  while (std::fgets(line, sizeof line, f))
+    if (std::strncmp(line, field, n) == 0 && line[n] == ':') kib = std::atof(line + n + 1);
+  std::fclose(f);
+  return kib / 1024.0;
+}
 
 int syncs_per_pass(const JobConfig& job, const ModelConfig& model, const std::vector<bool>& drop) {
   if (job.parallel.group() == 1) return 0;
@@ -101,7 +117,8 @@ std::string run_report_json(const JobConfig& job, const ModelConfig& model, cons
   for (int r = 0; r < world; ++r) {
     const double* f = &all[r * kReportFields];
     j["per_rank"].push_back({{"rank", r}, {"compute_s", f[0]}, {"tp_comm_s", f[1]}, {"tp_allreduces", int64_t(f[2])},
-                             {"tp_bytes", int64_t(f[3])}, {"passes", int64_t(f[4])}, {"tokens", int64_t(f[5])}});
+                             {"tp_bytes", int64_t(f[3])}, {"passes", int64_t(f[4])}, {"tokens", int64_t(f[5])},
+                             {"weight_bytes", int64_t(f[6])}, {"peak_rss_mib", f[7]}, {"rss_anon_mib", f[8]}});
   }
   return j.dump();
 }
@@ -130,7 +147,8 @@ std::string run_report(const JobConfig& job, const ModelConfig& model, const std
     const double per_token = f[5] > 0 ? f[3] / f[5] : 0;
     s << "rank " << r << ": compute " << f[0] << " s, tp communication " << f[1] << " s ("
       << (f[0] + f[1] > 0 ? 100 * f[1] / (f[0] + f[1]) : 0) << "%), " << static_cast<int64_t>(f[2])
-      << " all-reduces over " << static_cast<int64_t>(f[4]) << " passes, " << per_token << " bytes sent per token\n";
+      << " all-reduces over " << static_cast<int64_t>(f[4]) << " passes, " << per_token << " bytes sent per token, "
+      << f[6] / 1048576.0 << " MiB of weights, peak RSS " << f[7] << " MiB\n";
   }
   return s.str();
 }
@@ -249,7 +267,9 @@ void run_job(const JobConfig& job, bool resume) {
   // The run report: every rank's split of time and traffic, gathered to all.
   const CommCounters& c = groups.tp.counters();
   const double mine[kReportFields] = {wall_s - c.seconds, c.seconds, double(c.calls), double(c.bytes),
-                                      double(transformer->forward_passes()), double(transformer->tokens_processed())};
+                                      double(transformer->forward_passes()), double(transformer->tokens_processed()),
+                                      double(transformer->weight_bytes()), proc_status_mib("VmHWM"),
+                                      proc_status_mib("RssAnon")};
   std::vector<double> all(kReportFields * world.size());
   MPI_Allgather(mine, kReportFields, MPI_DOUBLE, all.data(), kReportFields, MPI_DOUBLE, world.raw());
   int64_t total_new = new_tokens;

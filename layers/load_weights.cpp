@@ -37,18 +37,18 @@ class Loader {
   // A whole [rows, cols] matrix, or a vector of `rows` elements when cols = 0.
   Tensor whole(const std::string& name, int64_t rows, int64_t cols = 0) {
     check_shape(name, rows, cols);
-    return be_.upload_weight(ckpt_.read(prefix_ + name), cols ? rows : 1, cols ? cols : rows);
+    return upload(ckpt_.read(prefix_ + name), cols ? rows : 1, cols ? cols : rows);
   }
   // Rows `part` of a [rows, cols] matrix (cols = 0: elements of a vector).
   Tensor rows(const std::string& name, int64_t rows, int64_t cols, Range part) {
     check_shape(name, rows, cols);
-    return be_.upload_weight(ckpt_.read_rows(prefix_ + name, part.begin, part.begin + part.size),
-                             cols ? part.size : 1, cols ? cols : part.size);
+    return upload(ckpt_.read_rows(prefix_ + name, part.begin, part.begin + part.size), cols ? part.size : 1,
+                  cols ? cols : part.size);
   }
   // Columns `part` of a [rows, cols] matrix.
   Tensor cols(const std::string& name, int64_t rows, int64_t cols, Range part) {
     check_shape(name, rows, cols);
-    return be_.upload_weight(ckpt_.read_cols(prefix_ + name, part.begin, part.begin + part.size), rows, part.size);
+    return upload(ckpt_.read_cols(prefix_ + name, part.begin, part.begin + part.size), rows, part.size);
   }
   // GPT-2's Conv1D stores W^T [in, out]; lowsync keeps [out, in]. Takes outputs `out_part`
   // (column-parallel) and inputs `in_part` (row-parallel) of it.
@@ -58,9 +58,10 @@ class Loader {
     std::vector<float> dst(out_part.size * in_part.size);
     for (int64_t i = 0; i < in_part.size; ++i)
       for (int64_t o = 0; o < out_part.size; ++o) dst[o * in_part.size + i] = src[(in_part.begin + i) * out_part.size + o];
-    return be_.upload_weight(dst, out_part.size, in_part.size);
+    return upload(dst, out_part.size, in_part.size);
   }
   void set_prefix(std::string p) { prefix_ = std::move(p); }
+  int64_t bytes() const { return bytes_; }
 
  private:
   void check_shape(const std::string& name, int64_t rows, int64_t cols) {
@@ -74,10 +75,15 @@ class Loader {
     throw UserError(cfg_.dir + ": tensor '" + key + "' has shape " + got + "]; expected [" + std::to_string(rows) +
                     (cols ? ", " + std::to_string(cols) : "") + "]");
   }
+  Tensor upload(const std::vector<float>& host, int64_t rows, int64_t cols) {
+    bytes_ += static_cast<int64_t>(host.size() * sizeof(float));
+    return be_.upload_weight(host, rows, cols);
+  }
   const ModelConfig& cfg_;
   Backend& be_;
   CheckpointReader ckpt_;
   std::string prefix_;
+  int64_t bytes_ = 0;
 };
 
 // Where a rank's share of a layer lies in the stored tensors: the rows/columns to take along each
@@ -228,12 +234,11 @@ ModelWeights load_bert(const ModelConfig& c, Shard shard, Loader& in) {
 
 ModelWeights load_weights(const ModelConfig& cfg, Shard shard, Backend& be) {
   Loader in(cfg, be);
-  switch (cfg.family) {
-    case Family::Llama: return load_llama(cfg, shard, in);
-    case Family::GPT2: return load_gpt2(cfg, shard, in);
-    case Family::Bert: return load_bert(cfg, shard, in);
-  }
-  throw UserError(cfg.dir + ": unsupported family");
+  ModelWeights m = cfg.family == Family::Llama ? load_llama(cfg, shard, in)
+                   : cfg.family == Family::GPT2 ? load_gpt2(cfg, shard, in)
+                                                : load_bert(cfg, shard, in);
+  m.bytes = in.bytes();
+  return m;
 }
 
 }  // namespace lowsync

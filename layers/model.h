@@ -24,6 +24,7 @@ struct ModelWeights {
   std::vector<std::vector<LayerWeights>> sub_blocks;  // decoupled model: [layer][this rank's sub-blocks]
   Tensor final_norm_w, final_norm_b;  // LLaMA's norm, GPT-2's ln_f
   Tensor lm_head;                     // [vocab, hidden], replicated; the token embedding when tied
+  int64_t bytes = 0;                  // fp32 bytes this rank copied out of the checkpoint
 };
 
 // This rank's share of a model: whole heads and FFN columns of tensor-parallel rank `rank` of `size`.
@@ -72,6 +73,7 @@ class Transformer {
   // Work done so far, for the run report.
   int64_t forward_passes() const { return passes_; }
   int64_t tokens_processed() const { return tokens_; }
+  int64_t weight_bytes() const { return w_.bytes; }
 
  private:
   void norm(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& out);
