@@ -401,29 +401,43 @@ class DecoupledModel(nn.Module):
         lm = self.w("lm_head.weight")
         return F.linear(x, lm if lm is not None else self.w("transformer.wte.weight"))
 
+    def attn_bias(self, B, T, attention_mask=None, device="cpu", dtype=torch.float32):
+        """Additive attention bias [1|B, 1, T, T]: causal for decoders, key padding from attention_mask."""
+        neg = torch.finfo(dtype).min
+        bias = torch.zeros(1, 1, T, T, dtype=dtype, device=device)
+        if self.family != "bert":
+            bias = bias.masked_fill(torch.ones(T, T, dtype=torch.bool, device=device).triu(1), neg)
+        if attention_mask is not None:
+            am = attention_mask[None] if attention_mask.dim() == 1 else attention_mask
+            bias = (bias + (1.0 - am[:, None, None, :].to(dtype)) * neg).clamp(min=neg)
+        return bias
+
+    def segments(self):
+        """[(first layer, end layer)] of the segments of k layers (the last may be shorter)."""
+        return [(s, min(s + self.k, self.L)) for s in range(0, self.L, self.k)]
+
+    def segment(self, s, e, x, bias, rope=None):
+        """Layers [s, e) from the merged stream x: every sub-block on its own stream, then
+        x + sum_r (x_r - x)."""
+        if rope is None and self.family == "llama":
+            rope = self._rope(x.shape[-2], x.device)
+        delta = None
+        for r in range(self.P):
+            xr = x
+            for l in range(s, e):
+                xr = self._layer(l, r, xr, bias, rope)
+            delta = (xr - x) if delta is None else delta + (xr - x)
+        return x + delta
+
     def forward(self, input_ids, attention_mask=None, return_hidden=False):
         squeeze = input_ids.dim() == 1
         ids = input_ids[None] if squeeze else input_ids
         B, T = ids.shape
         x = self.embed(ids)
-        neg = torch.finfo(x.dtype).min
-        bias = torch.zeros(1, 1, T, T, dtype=x.dtype, device=x.device)
-        if self.family != "bert":
-            bias = bias.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), neg)
-        if attention_mask is not None:
-            am = attention_mask[None] if attention_mask.dim() == 1 else attention_mask
-            bias = bias + (1.0 - am[:, None, None, :].to(x.dtype)) * neg
-            bias = bias.clamp(min=neg)
+        bias = self.attn_bias(B, T, attention_mask, x.device, x.dtype)
         rope = self._rope(T, x.device) if self.family == "llama" else None
-        for s in range(0, self.L, self.k):
-            xs = x
-            delta = None
-            for r in range(self.P):
-                xr = xs
-                for l in range(s, min(s + self.k, self.L)):
-                    xr = self._layer(l, r, xr, bias, rope)
-                delta = (xr - xs) if delta is None else delta + (xr - xs)
-            x = xs + delta
+        for s, e in self.segments():
+            x = self.segment(s, e, x, bias, rope)
         out = x if return_hidden else self.head(x)
         return out[0] if squeeze else out
 
@@ -437,6 +451,7 @@ _SKIP_MODULES = {"antigravity", "this", "idlelib", "turtledemo", "tkinter", "tur
 
 
 def _clean_sentences(text):
+    text = re.sub(r"(?m)^\s*\.\s*$", "\n", text)  # Debian copyright files: a lone '.' is a blank line
     text = re.sub(r"\s+", " ", text)
     out = []
     for s in re.split(r"(?<=[.!?])\s+(?=[A-Z(\"'])", text):
@@ -467,12 +482,15 @@ def stdlib_docstrings():
     import inspect
     import io
     import contextlib
+    import warnings
     texts = []
     for name in sorted(getattr(sys, "stdlib_module_names", ())):
         if name.startswith("_") or name in _SKIP_MODULES:
             continue
         try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                    warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 mod = importlib.import_module(name)
         except Exception:  # noqa: BLE001
             continue
@@ -574,15 +592,61 @@ def evaluate(teacher, student, family, seqs, batch_size=32):
     return {"mean_kl": kl_sum / n_tok, "top1_agreement": agree / n_tok, "n_tokens": n_tok, "n": len(seqs)}
 
 
+def _teacher_layers(teacher, family):
+    return {"llama": lambda: teacher.model.layers, "gpt2": lambda: teacher.transformer.h,
+            "bert": lambda: teacher.encoder.layer}[family]()
+
+
+@torch.no_grad()
+def _teacher_with_states(teacher, family, ids, mask):
+    """(teacher output, [stream entering layer 0, stream after layer 0, ..., after layer L-1])."""
+    states = []
+    layers = _teacher_layers(teacher, family)
+    hooks = [layers[0].register_forward_pre_hook(lambda m, args: states.append(args[0]))]
+    hooks += [m.register_forward_hook(lambda m, args, out: states.append(out[0] if isinstance(out, tuple) else out))
+              for m in layers]
+    try:
+        out = _teacher_out(teacher, family, ids, mask)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, states
+
+
+def _batches(train, batch_size, rng):
+    """Endless length-bucketed batches: shuffle, sort chunks of 50 batches by length, shuffle the batches."""
+    while True:
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        batches = []
+        for c in range(0, len(order), 50 * batch_size):
+            chunk = sorted(order[c:c + 50 * batch_size], key=lambda i: len(train[i]))
+            batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        rng.shuffle(batches)
+        for bt in batches:
+            yield [train[i] for i in bt]
+
+
+def _masked_mse(s, t, mask):
+    m = mask[..., None].to(s.dtype)
+    return (((s - t) ** 2) * m).sum() / (m.sum() * s.shape[-1])
+
+
 def distill(teacher_dir, student_dir, out_dir, texts, steps, lr=3e-4, batch_size=32, eval_texts=None, n_eval=256,
-            max_len=64, token_mse=0.0, max_seconds=None, seed=0, warmup=0.05, weight_decay=0.0, log_every=50,
-            log=print):
+            max_len=64, token_mse=0.0, local_steps=0, local_lr=None, max_seconds=None, freeze_embeddings=True,
+            seed=0, warmup=0.05, weight_decay=0.0, log_every=50, log=print):
     """Fine-tunes the decoupled student (student_dir) to match the original teacher (teacher_dir) and saves
-    it to out_dir. Decoders: KL(teacher || student) on next-token distributions. Encoders (BERT): MSE +
-    (1 - cosine) on the mean-pooled, L2-normalised sentence embedding, plus token_mse x MSE of the last
-    hidden states. AdamW, linear warmup then cosine decay; training ends at `steps` or `max_seconds`,
-    whichever comes first (the schedule follows whichever is further along). Returns a report dict with
-    fidelity on held-out text before and after, steps done and wall time."""
+    it to out_dir; returns a report (fidelity on held-out text before/after, steps, wall time).
+
+    Optional phase 1 (local_steps > 0; block-to-block distillation as in SPD): every segment of the
+    student gets the teacher's stream entering it and is trained to give the teacher's stream leaving
+    it (masked MSE, normalised by the teacher stream's mean square); segments learn independently.
+    Phase 2 (steps): end to end. Decoders: KL(teacher || student) on next-token distributions. Encoders
+    (BERT): MSE + (1 - cosine) on the attention-mask mean-pooled, L2-normalised sentence embedding, plus
+    token_mse x MSE of the last hidden states. AdamW, linear warmup then cosine decay per phase; with
+    max_seconds the time is split between phases in proportion to their steps, and a phase ends at its
+    steps or its time, whichever comes first (the schedule follows whichever is further along).
+    Embeddings (and a tied LM head) stay frozen unless freeze_embeddings=False."""
     t_start = time.time()
     torch.manual_seed(seed)
     _, _, teacher = _load_hf(teacher_dir)
@@ -599,30 +663,57 @@ def distill(teacher_dir, student_dir, out_dir, texts, steps, lr=3e-4, batch_size
     held = [s for s in tok(list(eval_texts), max_len) if len(s) >= 2]
     if not train:
         raise ValueError("no training text")
-    log(f"distill {family}: {len(train)} train / {len(held)} held-out sequences, P={student.P} k={student.k}")
+    frozen = []
+    if freeze_embeddings:
+        frozen = [k for k in student._p if ".sub." not in k and re.search(r"(embed|wte|wpe)", k)]
+        for k in frozen:
+            student._p[k].requires_grad_(False)
+    log(f"distill {family}: {len(train)} train / {len(held)} held-out sequences, P={student.P} k={student.k}, "
+        f"frozen {frozen}")
     before = evaluate(teacher, student, family, held)
     log(f"before: {before}")
     params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    rng = random.Random(seed)
-    order, pos = list(range(len(train))), len(train)
-    t_train = time.time()
-    step, losses = 0, []
-    while step < steps:
-        frac = step / steps
-        if max_seconds:
-            frac = max(frac, (time.time() - t_train) / max_seconds)
-            if frac >= 1.0:
-                break
-        scale = frac / warmup if frac < warmup else 0.5 * (1 + math.cos(math.pi * (frac - warmup) / (1 - warmup)))
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, scale)
-        if pos + batch_size > len(order):
-            rng.shuffle(order)
-            pos = 0
-        batch = [train[i] for i in order[pos:pos + batch_size]]
-        pos += batch_size
-        ids, mask = _pad(batch)
+    batches = _batches(train, batch_size, random.Random(seed))
+    total = local_steps + steps
+    phases = []
+
+    def run_phase(name, n_steps, phase_lr, budget, loss_fn):
+        opt = torch.optim.AdamW(params, lr=phase_lr, weight_decay=weight_decay)
+        t0, step, losses = time.time(), 0, []
+        while step < n_steps:
+            frac = step / n_steps
+            if budget:
+                frac = max(frac, (time.time() - t0) / budget)
+                if frac >= 1.0:
+                    break
+            sc = frac / warmup if frac < warmup else 0.5 * (1 + math.cos(math.pi * (frac - warmup) / (1 - warmup)))
+            for g in opt.param_groups:
+                g["lr"] = phase_lr * min(1.0, sc)
+            ids, mask = _pad(next(batches))
+            loss = loss_fn(ids, mask)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            losses.append(float(loss))
+            step += 1
+            if log_every and step % log_every == 0:
+                log(f"{name} step {step}  loss {sum(losses[-log_every:]) / len(losses[-log_every:]):.5f}  "
+                    f"lr {opt.param_groups[0]['lr']:.2e}  {time.time() - t0:.0f}s")
+        phases.append({"phase": name, "steps": step, "seconds": time.time() - t0, "lr": phase_lr,
+                       "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))})
+        log(f"{name}: {step} steps in {time.time() - t0:.0f}s")
+
+    def local_loss(ids, mask):
+        _, states = _teacher_with_states(teacher, family, ids, mask)
+        bias = student.attn_bias(*ids.shape, mask)
+        loss = 0.0
+        for s, e in student.segments():
+            out = student.segment(s, e, states[s], bias)
+            loss = loss + _masked_mse(out, states[e], mask) / _masked_mse(states[e], 0 * states[e], mask)
+        return loss / len(student.segments())
+
+    def e2e_loss(ids, mask):
         with torch.no_grad():
             t = _teacher_out(teacher, family, ids, mask)
         s = student(ids, mask)
@@ -630,30 +721,32 @@ def distill(teacher_dir, student_dir, out_dir, texts, steps, lr=3e-4, batch_size
             et, es = _pool(t, mask), _pool(s, mask)
             loss = ((et - es) ** 2).sum(-1).mean() + (1 - (et * es).sum(-1)).mean()
             if token_mse:
-                m = mask[..., None].to(s.dtype)
-                loss = loss + token_mse * (((s - t) ** 2) * m).sum() / (m.sum() * s.shape[-1])
-        else:
-            m = mask.bool()
-            lt, ls = F.log_softmax(t.float(), -1)[m], F.log_softmax(s.float(), -1)[m]
-            loss = (lt.exp() * (lt - ls)).sum(-1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(float(loss))
-        step += 1
-        if log_every and step % log_every == 0:
-            log(f"step {step}  loss {sum(losses[-log_every:]) / len(losses[-log_every:]):.5f}  "
-                f"lr {opt.param_groups[0]['lr']:.2e}  {time.time() - t_train:.0f}s")
+                loss = loss + token_mse * _masked_mse(s, t, mask)
+            return loss
+        m = mask.bool()
+        lt, ls = F.log_softmax(t.float(), -1)[m], F.log_softmax(s.float(), -1)[m]
+        return (lt.exp() * (lt - ls)).sum(-1).mean()
+
+    t_train = time.time()
+    if local_steps:
+        run_phase("local", local_steps, local_lr or lr, max_seconds * local_steps / total if max_seconds else None,
+                  local_loss)
+        mid = evaluate(teacher, student, family, held)
+        log(f"after local phase: {mid}")
+        phases[-1]["fidelity_after"] = mid
+    if steps:
+        run_phase("end-to-end", steps, lr, max_seconds * steps / total if max_seconds else None, e2e_loss)
     train_s = time.time() - t_train
     after = evaluate(teacher, student, family, held)
-    log(f"after {step} steps ({train_s:.0f}s): {after}")
+    log(f"after ({train_s:.0f}s): {after}")
+    for p in student.parameters():
+        p.requires_grad_(True)
     student.save(out_dir)
     return {"family": family, "sub_blocks": student.P, "sync_every": student.k, "heads": student.heads,
-            "steps": step, "batch_size": batch_size, "lr": lr, "max_len": max_len, "token_mse": token_mse,
-            "train_sequences": len(train), "held_out_sequences": len(held), "before": before, "after": after,
-            "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "train_seconds": train_s,
-            "wall_seconds": time.time() - t_start, "threads": torch.get_num_threads()}
+            "steps": sum(ph["steps"] for ph in phases), "phases": phases, "batch_size": batch_size, "lr": lr,
+            "max_len": max_len, "token_mse": token_mse, "frozen": frozen, "train_sequences": len(train),
+            "held_out_sequences": len(held), "before": before, "after": after, "train_seconds": train_s,
+            "wall_seconds": time.time() - t_start, "torch_threads": torch.get_num_threads()}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -678,6 +771,8 @@ def main(argv=None):
     d.add_argument("--batch-size", type=int, default=32)
     d.add_argument("--max-len", type=int, default=64)
     d.add_argument("--token-mse", type=float, default=0.0, help="weight of token-level hidden-state MSE (BERT)")
+    d.add_argument("--local-steps", type=int, default=0, help="segment-wise (block-to-block) steps first")
+    d.add_argument("--local-lr", type=float, default=None)
     d.add_argument("--max-seconds", type=float, default=None)
     d.add_argument("--text", nargs="*", default=None,
                    help="text files to take sentences from (default: licenses, copyright files, stdlib docstrings)")
@@ -694,7 +789,8 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     sents = sentences_from_files(a.text) if a.text else default_sentences()
     rep = distill(a.teacher, a.student, a.out, sents, a.steps, lr=a.lr, batch_size=a.batch_size, n_eval=a.eval,
-                  max_len=a.max_len, token_mse=a.token_mse, max_seconds=a.max_seconds)
+                  max_len=a.max_len, token_mse=a.token_mse, local_steps=a.local_steps, local_lr=a.local_lr,
+                  max_seconds=a.max_seconds)
     print(json.dumps(rep, indent=2))
     if a.report:
         with open(a.report, "w") as f:
