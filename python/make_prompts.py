@@ -12,10 +12,12 @@ from the prompts too.
 """
 import argparse
 import os
+import warnings
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+warnings.filterwarnings("ignore", category=FutureWarning)  # tokenizer deprecation notices
 
 
 def read_lines(path):

@@ -5,12 +5,15 @@ Used by tests/oracle/*.py and tests/cli/*.py (which put python/ on sys.path). Ev
 offline (HF_HUB_OFFLINE=1, TRANSFORMERS_OFFLINE=1 are set on import).
 """
 import os
+import warnings
 import subprocess
 import sys
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+warnings.filterwarnings("ignore", category=FutureWarning)  # tokenizer deprecation notices
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # Lets tests read an output file while lowsync has it open (resume test); harmless otherwise.
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 

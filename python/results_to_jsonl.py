@@ -12,10 +12,12 @@ import argparse
 import json
 import math
 import os
+import warnings
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+warnings.filterwarnings("ignore", category=FutureWarning)  # tokenizer deprecation notices
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
 
