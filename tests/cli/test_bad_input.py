@@ -4,7 +4,8 @@ name the culprit (file path, YAML key or row), and no complete-looking output ma
 output file, if any, must not have every /done flag set). Cases: model directory without
 model.safetensors, unknown YAML key (in the file and via --set), bad task, missing input file, token
 id >= vocab size (row 3), negative token id (row 1), prompt longer than max_position_embeddings
-(row 2), offsets not monotone, targets missing for score, output path not writable, output exists
+(row 2), offsets not monotone, targets missing for score, empty prompt (row 1), out-of-range or
+mistyped values (temperature, max_new_tokens, pooling, via --set), output path not writable, output exists
 without --resume, and --resume against a different job (max_new_tokens changed in the YAML, or by
 --set): refused, and the existing output file is left unchanged.
 
@@ -137,6 +138,15 @@ def main():
         f["input_ids"], f["offsets"] = ids, offs
     expect_error(f"offsets not monotone {offs.tolist()}", base("offsets", input=inp), ["offsets"])
     expect_error("score without /targets", base("notargets", task="score"), ["targets"])
+    inp = oracle.write_prompts_h5(os.path.join(tmp, "empty.h5"), [good[0], [], good[2]])
+    expect_error("empty prompt (row 1)", base("empty", input=inp), ["row 1"])
+
+    # Bad values.
+    expect_error("generate.temperature -1", base("temp", generate={"temperature": -1.0}), ["generate.temperature"])
+    expect_error("generate.max_new_tokens 0", base("mnt0", generate={"max_new_tokens": 0}), ["max_new_tokens"])
+    expect_error("embed.pooling max", base("pool", task="embed", embed={"pooling": "max"}), ["pooling"])
+    expect_error("--set generate.max_new_tokens=4x", base("setbad"), ["max_new_tokens"],
+                 sets=["generate.max_new_tokens=4x"])
 
     # Output problems.
     expect_error("output path not writable", base("x", output="/nonexistent_dir/out.h5"), ["/nonexistent_dir/out.h5"])
