@@ -1,0 +1,302 @@
+// bench_engine: the CPU engine's prefill and decode speed on a LLaMA-shaped model, next to the
+// machine's own limits measured in the same run (cblas_sgemm on the prefill's GEMM shapes, a
+// streaming memory read), and the ratios of the two:
+//   prefill efficiency = engine GFLOP/s / sgemm GFLOP/s (FLOP-weighted over the shapes)
+//   decode efficiency  = weight bytes streamed per second / read bandwidth
+// Rounds interleave engine and probe measurements, so each round's ratio compares figures taken
+// seconds apart on a machine that other work may be slowing down; the JSON keeps every round.
+//
+//   bench_engine --model out/bench/llama-200m [--threads 1] [--prefill-tokens 1024]
+//                [--prefill-seqs 4] [--decode-steps 32] [--decode-prompt 128]
+//                [--decode-batch 1 --decode-batch 8] [--rounds 3] [--out bench/results/engine.json]
+#include <boost/program_options.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bench/machine_probes.h"
+#include "io/error.h"
+#include "io/model_config.h"
+#include "layers/model.h"
+
+namespace po = boost::program_options;
+using namespace lowsync;
+using lowsync::bench::GemmShape;
+using lowsync::bench::median;
+using Clock = std::chrono::steady_clock;
+using nlohmann::json;
+
+namespace {
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// The GEMMs of one prefill pass over T tokens in S sequences: y = x w^T with x [T, in], w [out, in]
+// for every projection of every layer, and the LM head on the last token of each sequence.
+std::vector<GemmShape> prefill_gemms(const ModelConfig& c, int64_t T, int64_t S) {
+  const int64_t H = c.hidden, L = c.n_layers;
+  return {{"q_proj", T, c.q_dim(), H, L},           {"k_proj,v_proj", T, c.kv_dim(), H, 2 * L},
+          {"o_proj", T, H, c.q_dim(), L},           {"gate_proj,up_proj", T, c.intermediate, H, 2 * L},
+          {"down_proj", T, H, c.intermediate, L},   {"lm_head", S, c.vocab, H, 1}};
+}
+
+// FLOPs of one prefill pass of S sequences of n new tokens each (no cached past), counting
+// multiply and add as 2:
+//   projections and LM head:  sum over prefill_gemms of count * 2 M N K
+//                             = L * 2 T (H q + 2 H kv + q H + 3 H I) + 2 S H V
+//   attention (causal):       L * S * 4 q sum_{i=1..n} i = L * S * 4 q n (n+1)/2
+//     (QK^T and PV each cost 2 head_dim FLOPs per head per visible (query, key) pair; q = heads x
+//     head_dim; query i sees keys 1..i; the masked half is not counted even where computed)
+// Element-wise work (norms, RoPE, SiLU, softmax) is O(T H) and left out (< 1% here).
+double prefill_flops(const ModelConfig& c, int64_t S, int64_t n) {
+  double f = 0;
+  for (const GemmShape& g : prefill_gemms(c, S * n, S)) f += g.count * g.flops();
+  f += double(c.n_layers) * S * 4.0 * c.q_dim() * (double(n) * (n + 1) / 2);
+  return f;
+}
+
+// fp32 bytes of weights one decode step of B sequences must read: every layer's matrices and norms,
+// the final norm and the LM head whole, and B rows of the token embedding.
+double decode_weight_bytes(const ModelConfig& c, int64_t B) {
+  const int64_t H = c.hidden, V = c.vocab;
+  const int64_t untouched = c.tied_embeddings ? 0 : V * H;  // the embedding table, but for B rows
+  return 4.0 * double(c.parameter_count() - untouched + B * H);
+}
+
+struct Engine {
+  Transformer& model;
+  std::mt19937 rng{7};
+
+  std::vector<int32_t> random_tokens(int64_t n) {
+    std::uniform_int_distribution<int32_t> u(3, model.config().vocab - 1);
+    std::vector<int32_t> t(n);
+    for (auto& x : t) x = u(rng);
+    return t;
+  }
+
+  // One prefill pass as generation runs it: S prompts of n tokens packed, then the logits of each
+  // prompt's last token. Returns seconds.
+  double prefill(int64_t S, int64_t n, KVCache& cache) {
+    BatchLayout layout;
+    for (int64_t s = 0; s < S; ++s) layout.add(n, 0, s * n);
+    const std::vector<int32_t> tokens = random_tokens(S * n);
+    std::vector<int64_t> last;
+    for (const SequenceSlot& s : layout.seqs) last.push_back(s.token_begin + s.n_new - 1);
+    const auto t0 = Clock::now();
+    Tensor hidden = model.forward(tokens, layout, cache);
+    Tensor logits = model.logits(hidden, last);
+    return seconds_since(t0);
+  }
+
+  // B sequences: a prompt of p tokens each (not timed), then `steps` decode steps of one token per
+  // sequence (forward, logits, greedy pick on the host). Returns the seconds of each step.
+  std::vector<double> decode(int64_t B, int64_t p, int steps) {
+    const ModelConfig& c = model.config();
+    KVCache cache = model.make_cache(B * (p + steps));
+    BatchLayout pre;
+    for (int64_t b = 0; b < B; ++b) pre.add(p, 0, b * (p + steps));
+    Tensor h = model.forward(random_tokens(B * p), pre, cache);
+    std::vector<int32_t> next = random_tokens(B);
+    std::vector<float> host(B * c.vocab);
+    std::vector<double> t;
+    for (int i = 0; i < steps; ++i) {
+      BatchLayout layout;
+      std::vector<int64_t> rows;
+      for (int64_t b = 0; b < B; ++b) {
+        layout.add(1, p + i, b * (p + steps));
+        rows.push_back(b);
+      }
+      const auto t0 = Clock::now();
+      Tensor hidden = model.forward(next, layout, cache);
+      Tensor logits = model.logits(hidden, rows);
+      model.backend().to_host(logits, host.data());
+      for (int64_t b = 0; b < B; ++b) {
+        const float* row = host.data() + b * c.vocab;
+        next[b] = static_cast<int32_t>(std::max_element(row, row + c.vocab) - row);
+      }
+      t.push_back(seconds_since(t0));
+    }
+    return t;
+  }
+};
+
+json stats(const std::vector<double>& v) {
+  return {{"median", median(v)}, {"min", *std::min_element(v.begin(), v.end())},
+          {"max", *std::max_element(v.begin(), v.end())}, {"rounds", v}};
+}
+
+int run(int argc, char** argv) {
+  std::string model_dir, out_path;
+  int threads, decode_steps, rounds;
+  int64_t prefill_tokens, prefill_seqs, decode_prompt, bw_mib;
+  std::vector<int64_t> decode_batches;
+  po::options_description opts("bench_engine options");
+  opts.add_options()("help,h", "this help")(
+      "model", po::value(&model_dir)->default_value("out/bench/llama-200m"), "LLaMA-family model directory")(
+      "threads", po::value(&threads)->default_value(1), "BLAS threads (engine and sgemm probe)")(
+      "prefill-tokens", po::value(&prefill_tokens)->default_value(1024), "tokens in one packed prefill pass")(
+      "prefill-seqs", po::value(&prefill_seqs)->default_value(4), "prompts the prefill tokens are split into")(
+      "decode-steps", po::value(&decode_steps)->default_value(32), "decode steps timed per batch and round")(
+      "decode-prompt", po::value(&decode_prompt)->default_value(128), "prompt tokens before decoding")(
+      "decode-batch", po::value(&decode_batches)->multitoken(), "decode batch sizes (default 1 8)")(
+      "rounds", po::value(&rounds)->default_value(3), "interleaved rounds of engine and probe measurements")(
+      "bandwidth-mib", po::value(&bw_mib)->default_value(1024), "buffer of the bandwidth probe (>> last-level cache)")(
+      "out", po::value(&out_path)->default_value("bench/results/engine.json"), "JSON output");
+  po::variables_map vm;
+  po::store(po::parse_command_line(argc, argv, opts), vm);
+  if (vm.count("help")) {
+    std::cout << opts;
+    return 0;
+  }
+  po::notify(vm);
+  if (decode_batches.empty()) decode_batches = {1, 8};
+  if (prefill_seqs < 1 || prefill_tokens % prefill_seqs)
+    throw UserError("--prefill-tokens must be a multiple of --prefill-seqs");
+  const int64_t seq_len = prefill_tokens / prefill_seqs;
+
+  const ModelConfig cfg = load_model_config(model_dir);
+  if (cfg.family != Family::Llama || cfg.bp.enabled())
+    throw UserError(model_dir + ": bench_engine measures LLaMA-family models (FLOP and byte counts assume one)");
+  std::unique_ptr<Backend> be = make_cpu_backend(threads);
+  auto probes = bench::make_cpu_probes(threads, bw_mib << 20);
+  const auto t_load = Clock::now();
+  Transformer model(cfg, *be);
+  const double load_s = seconds_since(t_load);
+  Engine engine{model};
+
+  const std::vector<GemmShape> gemms = prefill_gemms(cfg, prefill_tokens, prefill_seqs);
+  const double flops = prefill_flops(cfg, prefill_seqs, seq_len);
+  KVCache prefill_cache = model.make_cache(prefill_tokens);
+  engine.prefill(prefill_seqs, seq_len, prefill_cache);  // warm-up: first-touch of activations
+  std::fprintf(stderr, "bench_engine: %s loaded in %.1f s; %d rounds\n", model_dir.c_str(), load_s, rounds);
+
+  std::vector<double> pre_s, sgemm_gflops, read_bw, copy_bw;
+  std::vector<std::vector<double>> shape_s(gemms.size());
+  std::vector<std::vector<double>> step_s(decode_batches.size());
+  std::vector<double> pre_eff;
+  std::vector<std::vector<double>> dec_eff(decode_batches.size());
+  for (int r = 0; r < rounds; ++r) {
+    // Prefill, then sgemm on its shapes.
+    pre_s.push_back(engine.prefill(prefill_seqs, seq_len, prefill_cache));
+    double gemm_flops = 0, gemm_s = 0;
+    for (size_t g = 0; g < gemms.size(); ++g) {
+      const double t = probes->gemm_seconds(gemms[g], 3);
+      shape_s[g].push_back(t);
+      gemm_flops += gemms[g].count * gemms[g].flops();
+      gemm_s += gemms[g].count * t;
+    }
+    sgemm_gflops.push_back(gemm_flops / gemm_s / 1e9);
+    pre_eff.push_back(flops / pre_s.back() / 1e9 / sgemm_gflops.back());
+    // Decode, each batch size next to a bandwidth read.
+    for (size_t b = 0; b < decode_batches.size(); ++b) {
+      read_bw.push_back(probes->read_bandwidth(3));
+      const double step = median(engine.decode(decode_batches[b], decode_prompt, decode_steps));
+      step_s[b].push_back(step);
+      dec_eff[b].push_back(decode_weight_bytes(cfg, decode_batches[b]) / step / read_bw.back());
+    }
+    copy_bw.push_back(probes->copy_bandwidth(3));
+    std::fprintf(stderr, "  round %d: prefill %.2f s (eff %.2f), decode b%ld %.1f ms/step (eff %.2f)\n", r + 1,
+                 pre_s.back(), pre_eff.back(), long(decode_batches[0]), 1e3 * step_s[0].back(), dec_eff[0].back());
+  }
+
+  auto map = [](const std::vector<double>& v, auto f) {
+    std::vector<double> o;
+    for (double x : v) o.push_back(f(x));
+    return o;
+  };
+  json j;
+  std::string cmd;
+  for (int i = 0; i < argc; ++i) cmd += (i ? " " : "") + std::string(argv[i]);
+  j["command"] = cmd;
+  j["machine"] = probes->info();
+  j["threads"] = threads;
+  j["model"] = {{"dir", model_dir},
+                {"architecture", cfg.architecture},
+                {"parameters", cfg.parameter_count()},
+                {"hidden", cfg.hidden},
+                {"layers", cfg.n_layers},
+                {"heads", cfg.n_heads},
+                {"kv_heads", cfg.n_kv_heads},
+                {"intermediate", cfg.intermediate},
+                {"vocab", cfg.vocab},
+                {"weight_bytes", model.weight_bytes()},
+                {"load_s", load_s}};
+  json shapes = json::array();
+  for (size_t g = 0; g < gemms.size(); ++g)
+    shapes.push_back({{"name", gemms[g].name}, {"M", gemms[g].M}, {"N", gemms[g].N}, {"K", gemms[g].K},
+                      {"count", gemms[g].count},
+                      {"gflops", stats(map(shape_s[g], [&](double t) { return gemms[g].flops() / t / 1e9; }))}});
+  j["prefill"] = {{"sequences", prefill_seqs},
+                  {"tokens_per_sequence", seq_len},
+                  {"tokens", prefill_tokens},
+                  {"flops", flops},
+                  {"seconds", stats(pre_s)},
+                  {"tokens_per_s", stats(map(pre_s, [&](double t) { return prefill_tokens / t; }))},
+                  {"gflops", stats(map(pre_s, [&](double t) { return flops / t / 1e9; }))},
+                  {"sgemm_gflops", stats(sgemm_gflops)},
+                  {"sgemm_shapes", shapes},
+                  {"efficiency", stats(pre_eff)}};
+  j["bandwidth"] = {{"read_gb_per_s", stats(map(read_bw, [](double b) { return b / 1e9; }))},
+                    {"copy_gb_per_s", stats(map(copy_bw, [](double b) { return b / 1e9; }))},
+                    {"probe", "single-threaded sum of a buffer >> last-level cache (read); copy for reference"}};
+  j["decode"] = json::array();
+  for (size_t b = 0; b < decode_batches.size(); ++b) {
+    const int64_t B = decode_batches[b];
+    const double bytes = decode_weight_bytes(cfg, B);
+    j["decode"].push_back({{"batch", B},
+                           {"prompt", decode_prompt},
+                           {"steps", decode_steps},
+                           {"weight_bytes_per_step", bytes},
+                           {"ms_per_step", stats(map(step_s[b], [](double t) { return 1e3 * t; }))},
+                           {"ms_per_token", stats(map(step_s[b], [&](double t) { return 1e3 * t / B; }))},
+                           {"tokens_per_s", stats(map(step_s[b], [&](double t) { return B / t; }))},
+                           {"weight_gb_per_s", stats(map(step_s[b], [&](double t) { return bytes / t / 1e9; }))},
+                           {"efficiency", stats(dec_eff[b])}});
+  }
+  const double pe = median(pre_eff), de = median(dec_eff[0]);
+  j["floors"] = {{"prefill_efficiency", 0.7}, {"decode_efficiency", 0.5}, {"decode_batch", decode_batches[0]},
+                 {"prefill_met", pe >= 0.7}, {"decode_met", de >= 0.5}};
+
+  std::ofstream(out_path) << j.dump(2) << "\n";
+
+  std::printf("bench_engine: %s (%.0fM parameters), %d thread(s), %s; medians of %d rounds [min..max]\n",
+              model_dir.c_str(), cfg.parameter_count() / 1e6, threads, j["machine"]["cpu_model"].get<std::string>().c_str(),
+              rounds);
+  auto line = [](const char* what, const std::vector<double>& v, double scale, const char* unit) {
+    std::printf("  %-34s %9.2f %-9s [%.2f..%.2f]\n", what, scale * median(v), unit,
+                scale * *std::min_element(v.begin(), v.end()), scale * *std::max_element(v.begin(), v.end()));
+  };
+  const std::string pre_name = "prefill " + std::to_string(prefill_seqs) + "x" + std::to_string(seq_len);
+  line((pre_name + " tokens/s").c_str(), map(pre_s, [&](double t) { return prefill_tokens / t; }), 1, "tok/s");
+  line((pre_name + " GFLOP/s").c_str(), map(pre_s, [&](double t) { return flops / t / 1e9; }), 1, "GFLOP/s");
+  line("sgemm, same shapes", sgemm_gflops, 1, "GFLOP/s");
+  line("prefill efficiency (floor 0.7)", pre_eff, 1, "");
+  line("read bandwidth", read_bw, 1e-9, "GB/s");
+  for (size_t b = 0; b < decode_batches.size(); ++b) {
+    const int64_t B = decode_batches[b];
+    const std::string d = "decode batch " + std::to_string(B);
+    line((d + " ms/token").c_str(), map(step_s[b], [&](double t) { return 1e3 * t / B; }), 1, "ms");
+    line((d + " weight GB/s").c_str(), map(step_s[b], [&](double t) { return decode_weight_bytes(cfg, B) / t; }),
+         1e-9, "GB/s");
+    line((d + " efficiency" + (b == 0 ? " (floor 0.5)" : "")).c_str(), dec_eff[b], 1, "");
+  }
+  std::printf("  floors: prefill %s, decode %s; wrote %s\n", pe >= 0.7 ? "met" : "NOT met",
+              de >= 0.5 ? "met" : "NOT met", out_path.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_engine: error: %s\n", e.what());
+    return 1;
+  }
+}
