@@ -1,6 +1,7 @@
 """Block parallelism oracle: decoupled models converted from small random LLaMA (GQA), GPT-2 and BERT
 (python/decoupled.py) run by lowsync on np = 1, 2, 4 ranks (P = 2 and 4 sub-blocks, k = 1 and 2, and
-uneven shares) match the PyTorch reference decoupled forward (python/decoupled.py's DecoupledModel)
+uneven shares) match the PyTorch reference decoupled forward (python/decoupled.py's DecoupledModel),
+and P = 1 conversions (k = 2) match transformers' original model,
 within 1e-4 (score log-probs, embeddings), greedy tokens are identical, and the counters show
 exactly ceil(L/k) all-reduces per forward pass."""
 import json
@@ -53,7 +54,7 @@ def base_models(tmp):
 
 def main():
     tmp = tempfile.mkdtemp(prefix="lowsync_bp_")
-    base_models(tmp)
+    originals = {name: m.eval() for name, m in base_models(tmp).items()}
     rng = np.random.default_rng(5)
     prompts = [rng.integers(3, 150, n).tolist() for n in (6, 11, 2, 8)]
     targets = [rng.integers(3, 150, n).tolist() for n in (3, 2, 5, 1)]
@@ -63,14 +64,17 @@ def main():
         f["targets"] = np.concatenate(targets).astype(np.int32)
         f["target_offsets"] = np.cumsum([0] + [len(t) for t in targets]).astype(np.int64)
 
-    cases = [(2, 1, None), (2, 2, None), (4, 1, None), (4, 2, None)]
+    cases = [(1, 2, None), (2, 1, None), (2, 2, None), (4, 1, None), (4, 2, None)]  # P = 1: the original model
     for family in ("llama", "gpt2", "bert"):
         fam_cases = cases + ([(2, 1, [6, 2])] if family == "llama" else [(2, 2, [3, 1])])
         for P, k, shares in fam_cases:
             d = f"{tmp}/{family}_P{P}_k{k}_{'-'.join(map(str, shares)) if shares else 'even'}"
             decoupled.convert(f"{tmp}/{family}", d, P, k, shares=shares)
             ref = decoupled.DecoupledModel.from_dir(d).eval()
-            L = ref.config.num_hidden_layers if hasattr(ref, "config") else 4
+            if P == 1:  # the original model is the oracle
+                hf = originals[family]
+                ref = (lambda ids: hf(input_ids=ids[None]).last_hidden_state[0]) if family == "bert" else \
+                      (lambda ids: hf(input_ids=ids[None]).logits[0])
             with torch.no_grad():
                 if family == "bert":
                     ref_emb = [ref(torch.tensor(p)).mean(0).numpy() for p in prompts]
