@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""TP vs TP + Sync-Point Drop (all layers, and the calibrated set) at np = 2 and 4, over shared memory
-and over TCP loopback shaped to 1 Gbit/s and 100 Mbit/s (../shared/tools/lo-shape, needs root + tc).
+"""TP vs TP + Sync-Point Drop (all layers, and the calibrated set) vs block parallelism (decoupled
+models, k = 1, 2, 4) at np = 2 and 4, over shared memory and over TCP loopback shaped to 1 Gbit/s
+and 100 Mbit/s (../shared/tools/lo-shape, needs root + tc).
 
 For each setting, measured side by side in one run on the same random-weight LLaMA-shaped model:
 prefill tokens/s (a `score` pass over packed prompts) and decode ms per step (a `generate` job),
 with the sync points and bytes per token from lowsync's own counters, and the accuracy deviation
-of the setting (next-token KL and top-1 agreement against full TP, from `lowsync calibrate`).
+of the SPD settings (next-token KL and top-1 agreement against full TP, from `lowsync calibrate`).
+The decoupled models are the same random model converted with python/decoupled.py (P = np sub-blocks);
+their fidelity after distillation is measured by python/distill_minilm.py, not here.
 Writes JSON (default bench/results/parallel.json) and prints a table.
 
   .venv/bin/python bench/bench_parallel.py [--quick] [--out FILE]
@@ -18,22 +21,24 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import h5py
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOWSYNC = os.environ.get("LOWSYNC_BIN", os.path.join(ROOT, "build", "lowsync"))
+TRAINED = os.path.join(ROOT, "examples", "models", "byte-gpt2")
 LO_SHAPE = os.path.join(os.path.dirname(ROOT), "shared", "tools", "lo-shape")
 PORT_BASE = 46080
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-NETWORKS = {
-    "shm": ["--mca", "btl", "self,vader"],
-    "tcp-1gbit": ["--mca", "btl", "tcp,self"],
-    "tcp-100mbit": ["--mca", "btl", "tcp,self"],
-}
-TCP = ["--mca", "btl_tcp_if_include", "lo", "--mca", "oob_tcp_if_include", "lo",
-       "--mca", "btl_tcp_port_min_v4", str(PORT_BASE), "--mca", "btl_tcp_port_range_v4", "64"]
+# Network -> the rate lo-shape gives Open MPI's TCP ports on loopback (None: shared memory).
+NETWORKS = {"shm": None, "tcp-1gbit": "1gbit", "tcp-100mbit": "100mbit"}
+# Each TCP run listens in a 64-port range of its own (lo-shape shapes one range at a time): a
+# range's ports linger in TIME_WAIT for a minute after its run, and Open MPI's bind() finds none free.
+PORT_RANGES = 32
+TIME_WAIT_S = 65
+_range_used = {}  # port base -> when its last run ended
 
 
 def make_model(path, a):
@@ -59,11 +64,24 @@ def write_prompts(path, lengths, vocab, seed, targets=False):
             f["target_offsets"] = np.arange(len(lengths) + 1, dtype=np.int64)
 
 
+def mpi_network_args(net):
+    if NETWORKS[net] is None:
+        return ["--mca", "btl", "self,vader"]
+    bases = [PORT_BASE + 64 * i for i in range(PORT_RANGES)]
+    base = min(bases, key=lambda b: _range_used.get(b, 0.0))
+    time.sleep(max(0.0, _range_used.get(base, -1e9) + TIME_WAIT_S - time.time()))
+    _range_used[base] = time.time() + 1e9  # in use; lowsync() stamps the end
+    subprocess.run([LO_SHAPE, "up", NETWORKS[net], str(base)], check=True, capture_output=True)
+    return ["--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", "lo", "--mca", "oob_tcp_if_include", "lo",
+            "--mca", "btl_tcp_port_min_v4", str(base), "--mca", "btl_tcp_port_range_v4", "64"]
+
+
 def lowsync(np_, net, args):
-    cmd = ["mpirun", "--oversubscribe", "-np", str(np_), "-x", "OPENBLAS_NUM_THREADS=1"] + NETWORKS[net]
-    if net.startswith("tcp"):
-        cmd += TCP
+    cmd = ["mpirun", "--oversubscribe", "-np", str(np_), "-x", "OPENBLAS_NUM_THREADS=1"] + mpi_network_args(net)
     p = subprocess.run(cmd + [LOWSYNC] + args, env=ENV, capture_output=True, text=True, timeout=1800)
+    for b, t in _range_used.items():
+        if t > time.time():
+            _range_used[b] = time.time()
     if p.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd + args)}\n{p.stdout}\n{p.stderr}")
     return p.stdout
@@ -74,9 +92,21 @@ def run_job(tmp, np_, net, task, extra):
     if os.path.exists(out):
         os.remove(out)
     lowsync(np_, net, ["run", f"{tmp}/job.yaml", "--set", f"task={task}", "--set", f"output={out}",
-                       "--set", f"parallel.tp={np_}"] + extra)
+                       "--set", f"parallel.tp={np_}"] + extra)  # later --set wins: bp runs reset tp to 1
     with h5py.File(out) as f:
         return json.loads(f.attrs["run_report_json"])
+
+
+def bp_fidelity():
+    """Fidelity of decoupled models after distillation, from python/distill_minilm.py's last run."""
+    path = os.path.join(ROOT, "bench", "results", "minilm_distill.json")
+    if not os.path.exists(path):
+        return None
+    d = json.load(open(path))
+    return {"source": "bench/results/minilm_distill.json", "model": d["model"], "metric": d["metric"],
+            "results": [{"sub_blocks": r["sub_blocks"], "sync_every": r["sync_every"],
+                         "mean_cosine_before": r["before"]["mean_cosine"], "mean_cosine_after": r["after"]["mean_cosine"]}
+                        for r in d["results"]]}
 
 
 def main():
@@ -92,6 +122,7 @@ def main():
     ap.add_argument("--decode-steps", type=int, default=16)
     ap.add_argument("--ranks", default="2,4")
     ap.add_argument("--networks", default="shm,tcp-1gbit,tcp-100mbit")
+    ap.add_argument("--bp-k", default="1,2,4", help="sync periods of the decoupled models ('' for none)")
     ap.add_argument("--quick", action="store_true", help="a small model, for a smoke run")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "parallel.json"))
     a = ap.parse_args()
@@ -109,27 +140,46 @@ def main():
                 f"generate: {{max_new_tokens: {a.decode_steps}, stop_at_eos: false}}\n"
                 f"calibrate: {{prompts: {tmp}/calib.h5, rows: 4, max_kl: 0.05, min_top1: 0.9}}\n")
 
-    results = []
+    sys.path.insert(0, os.path.join(ROOT, "python"))
+    import bytes_tokenizer
+    import decoupled
+    import yaml
+    # Accuracy of SPD on a decoder with trained weights (the timed model is random, so its deviations
+    # only show the measurement working): byte-gpt2 calibrated on the shipped sentences.
+    lines = [l.strip() for l in open(os.path.join(ROOT, "examples", "sentences.txt")) if l.strip()]
+    bytes_tokenizer.write_prompts(lines, f"{tmp}/trained_cal.h5")
+    with open(f"{tmp}/trained.yaml", "w") as f:
+        f.write(f"model: {TRAINED}\ntask: score\ninput: {tmp}/trained_cal.h5\noutput: {tmp}/unused.h5\n"
+                f"calibrate: {{rows: {len(lines)}, max_kl: 0.05, min_top1: 0.9}}\n")
+
+    def calibrate(np_, job, out):
+        lowsync(np_, "shm", ["calibrate", job, "--set", f"parallel.tp={np_}", "--set", f"calibrate.output={out}"])
+        cal = yaml.safe_load(open(out))
+        none = {"kl": 0.0, "top1": 1.0}
+        return cal, {"tp": none, "tp+spd(all)": cal["prefix"][-1],
+                     "tp+spd(calibrated)": cal["prefix"][len(cal["drop"]) - 1] if cal["drop"] else none}
+
+    results, trained_accuracy = [], []
     for np_ in [int(x) for x in a.ranks.split(",")]:
-        # Accuracy of each setting against full TP on this split (the model is random: these show
-        # how the measurement works, not how a trained model fares; see README for a trained one).
-        cal_path = f"{tmp}/cal{np_}.yaml"
-        lowsync(np_, "shm", ["calibrate", f"{tmp}/job.yaml", "--set", f"parallel.tp={np_}",
-                             "--set", f"calibrate.output={cal_path}"])
-        import yaml
-        cal = yaml.safe_load(open(cal_path))
-        settings = {
-            "tp": ([], {"kl": 0.0, "top1": 1.0}),
-            "tp+spd(all)": (list(range(a.layers)), cal["prefix"][-1]),
-            "tp+spd(calibrated)": (cal["drop"], cal["prefix"][len(cal["drop"]) - 1] if cal["drop"] else {"kl": 0.0, "top1": 1.0}),
-        }
+        cal_t, dev_t = calibrate(np_, f"{tmp}/trained.yaml", f"{tmp}/trained_cal{np_}.yaml")
+        for name, dev in dev_t.items():
+            trained_accuracy.append({"ranks": np_, "setting": name, "kl_vs_tp": dev["kl"], "top1_vs_tp": dev["top1"],
+                                     "drop": cal_t["drop"] if "calibrated" in name else None})
+            print(f"byte-gpt2 np={np_} {name:20s} KL {dev['kl']:.3g} top1 {dev['top1']:.3f}", flush=True)
+        # Deviation of the timed (random) model against full TP on this split.
+        cal, dev = calibrate(np_, f"{tmp}/job.yaml", f"{tmp}/cal{np_}.yaml")
+        settings = {"tp": ([], dev["tp"]), "tp+spd(all)": (list(range(a.layers)), dev["tp+spd(all)"]),
+                    "tp+spd(calibrated)": (cal["drop"], dev["tp+spd(calibrated)"])}
+        for k in [int(x) for x in a.bp_k.split(",") if x]:
+            decoupled.convert(f"{tmp}/model", f"{tmp}/bp{np_}_{k}", np_, k)
+            settings[f"bp(k={k})"] = ([], None)
         for net in a.networks.split(","):
-            if net.startswith("tcp"):
-                subprocess.run([LO_SHAPE, "up", "1gbit" if net == "tcp-1gbit" else "100mbit", str(PORT_BASE)],
-                               check=True, capture_output=True)
             try:
                 for name, (drop, dev) in settings.items():
                     spd = ["--set", f"parallel.spd.drop=[{','.join(map(str, drop))}]"]
+                    if name.startswith("bp"):
+                        k = int(name[len("bp(k="):-1])
+                        spd = ["--set", f"model={tmp}/bp{np_}_{k}", "--set", f"parallel.bp={np_}", "--set", "parallel.tp=1"]
                     pre = run_job(tmp, np_, net, "score", spd + ["--set", f"input={tmp}/prefill.h5"])
                     dec = run_job(tmp, np_, net, "generate", spd + ["--set", f"input={tmp}/decode.h5"])
                     r0p, r0d = pre["per_rank"][0], dec["per_rank"][0]
@@ -141,16 +191,15 @@ def main():
                         "decode_batch": a.decode_batch,
                         "bytes_per_token": r0p["tp_bytes"] / max(r0p["tokens"], 1),
                         "comm_fraction_decode": r0d["tp_comm_s"] / max(r0d["tp_comm_s"] + r0d["compute_s"], 1e-9),
-                        "kl_vs_tp": dev["kl"], "top1_vs_tp": dev["top1"],
+                        "kl_vs_tp": dev["kl"] if dev else None, "top1_vs_tp": dev["top1"] if dev else None,
                     }
                     results.append(row)
                     print(f"np={np_} {net:12s} {name:20s} syncs/pass {row['syncs_per_pass']:3d}  prefill "
                           f"{row['prefill_tokens_per_s']:8.0f} tok/s  decode {row['decode_ms_per_step']:8.1f} ms/step "
-                          f"(comm {100 * row['comm_fraction_decode']:.0f}%)  KL {dev['kl']:.3g} top1 {dev['top1']:.3f}",
-                          flush=True)
+                          f"(comm {100 * row['comm_fraction_decode']:.0f}%)" +
+                          (f"  KL {dev['kl']:.3g} top1 {dev['top1']:.3f}" if dev else ""), flush=True)
             finally:
-                if net.startswith("tcp"):
-                    subprocess.run([LO_SHAPE, "down"], capture_output=True)
+                subprocess.run([LO_SHAPE, "down"], capture_output=True)
 
     def ratio(np_, net, name, key):
         base = next(r for r in results if r["ranks"] == np_ and r["network"] == net and r["setting"] == "tp")
@@ -172,7 +221,10 @@ def main():
                              "vocab": a.vocab, "parameters": params},
                    "prefill": {"prompts": a.prefill_prompts, "length": a.prefill_len},
                    "decode": {"batch": a.decode_batch, "steps": a.decode_steps},
-                   "cores": os.cpu_count(), "results": results, "speedups": speedups}, f, indent=1)
+                   "cores": os.cpu_count(), "results": results, "speedups": speedups,
+                   "trained_spd_accuracy": {"model": "examples/models/byte-gpt2", "prompts": "examples/sentences.txt",
+                                            "results": trained_accuracy},
+                   "bp_fidelity": bp_fidelity()}, f, indent=1)
     print(f"wrote {a.out}")
     shutil.rmtree(tmp, ignore_errors=True)
 
