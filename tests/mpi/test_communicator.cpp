@@ -1,0 +1,172 @@
+// mpi_comm/ under mpirun (ctest runs it at np = 2 and 4): every collective against the sum, order or
+// copy it must produce, the counters the run report is built from, agreement on errors, and MPI
+// errors turned into exceptions that name the call. Every rank runs every test; a failure on any
+// rank makes mpirun exit non-zero.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <cstdio>
+#include <numeric>
+#include <vector>
+
+#include "mpi_comm/communicator.h"
+#include "mpi_comm/mpi_session.h"
+
+using lowsync::AgreedError;
+using lowsync::Communicator;
+using lowsync::MpiError;
+
+namespace {
+
+Communicator world() { return Communicator(MPI_COMM_WORLD, "world"); }
+
+TEST(Communicator, AllReduceSumsFloatsAndDoubles) {
+  Communicator w = world();
+  const int R = w.size();
+  std::vector<float> f = {float(w.rank() + 1), 1.f, -float(w.rank())};
+  std::vector<double> d = {0.5 * w.rank()};
+  w.all_reduce(f.data(), 3);
+  w.all_reduce(d.data(), 1);
+  EXPECT_FLOAT_EQ(f[0], R * (R + 1) / 2.f);
+  EXPECT_FLOAT_EQ(f[1], float(R));
+  EXPECT_FLOAT_EQ(f[2], -R * (R - 1) / 2.f);
+  EXPECT_DOUBLE_EQ(d[0], 0.5 * R * (R - 1) / 2);
+}
+
+TEST(Communicator, AllReduceMaxTakesTheLargest) {
+  Communicator w = world();
+  int64_t v[2] = {w.rank(), -w.rank()};
+  w.all_reduce_max(v, 2);
+  EXPECT_EQ(v[0], w.size() - 1);
+  EXPECT_EQ(v[1], 0);
+}
+
+TEST(Communicator, AllGatherOrdersBlocksByRank) {
+  Communicator w = world();
+  const float mine[2] = {float(w.rank()), 10.f * w.rank()};
+  std::vector<float> all(2 * w.size(), -1.f);
+  w.all_gather(mine, 2, all.data());
+  for (int r = 0; r < w.size(); ++r) {
+    EXPECT_EQ(all[2 * r], float(r));
+    EXPECT_EQ(all[2 * r + 1], 10.f * r);
+  }
+}
+
+TEST(Communicator, ReduceScatterGivesEachRankItsSummedBlock) {
+  Communicator w = world();
+  const int R = w.size(), n = 3;
+  std::vector<float> send(n * R);
+  for (int i = 0; i < n * R; ++i) send[i] = float(i) * (w.rank() + 1);  // block b: rows b*n .. b*n+2
+  std::vector<float> got(n);
+  w.reduce_scatter(send.data(), got.data(), n);
+  const float rank_sum = R * (R + 1) / 2.f;
+  for (int i = 0; i < n; ++i) EXPECT_FLOAT_EQ(got[i], float(w.rank() * n + i) * rank_sum);
+}
+
+TEST(Communicator, BroadcastCopiesTheRootsBytes) {
+  Communicator w = world();
+  const int root = w.size() - 1;
+  std::vector<int32_t> v(5, w.rank() == root ? 42 : 0);
+  w.broadcast(v.data(), sizeof(int32_t) * v.size(), root);
+  for (int32_t x : v) EXPECT_EQ(x, 42);
+}
+
+TEST(Communicator, SendAndRecvAroundARing) {
+  Communicator w = world();
+  const int R = w.size(), next = (w.rank() + 1) % R, prev = (w.rank() + R - 1) % R;
+  const int64_t mine = 1000 + w.rank();
+  int64_t got = -1;
+  if (w.rank() % 2 == 0) {  // even ranks send first so that blocking calls cannot deadlock
+    w.send(&mine, sizeof mine, next, 7);
+    w.recv(&got, sizeof got, prev, 7);
+  } else {
+    w.recv(&got, sizeof got, prev, 7);
+    w.send(&mine, sizeof mine, next, 7);
+  }
+  EXPECT_EQ(got, 1000 + prev);
+}
+
+TEST(Communicator, NonBlockingAllReduceEqualsBlocking) {
+  Communicator w = world();
+  std::vector<float> a(1000), b(1000);
+  std::iota(a.begin(), a.end(), float(w.rank()));
+  b = a;
+  MPI_Request req = w.iall_reduce(a.data(), 1000);
+  w.all_reduce(b.data(), 1000);  // other work while the first is in flight
+  w.wait(req);
+  EXPECT_EQ(a, b);
+}
+
+TEST(Communicator, CountersCountCallsAndBytes) {
+  Communicator w = world();
+  std::vector<float> x(256, 1.f);
+  const lowsync::CommCounters before = w.counters();
+  w.all_reduce(x.data(), 256);
+  w.all_reduce(x.data(), 256);
+  EXPECT_EQ(w.counters().calls - before.calls, 2);
+  EXPECT_EQ(w.counters().bytes - before.bytes, 2 * 256 * 4);
+  EXPECT_GE(w.counters().seconds, before.seconds);
+}
+
+TEST(Communicator, AgreeGivesEveryRankTheLowestFailingRanksError) {
+  Communicator w = world();
+  EXPECT_NO_THROW(w.agree([] {}));
+  const int first_bad = w.size() / 2;  // ranks first_bad.. throw, each with its own message
+  try {
+    w.agree([&] {
+      if (w.rank() >= first_bad) throw std::runtime_error("bad input on rank " + std::to_string(w.rank()));
+    });
+    FAIL() << "agree did not throw";
+  } catch (const AgreedError& e) {
+    EXPECT_EQ(std::string(e.what()), "bad input on rank " + std::to_string(first_bad));
+  }
+}
+
+TEST(Communicator, SplitFormsGroupsOrderedByKey) {
+  Communicator w = world();
+  Communicator g = w.split(w.rank() % 2, -w.rank(), "parity");  // key reversed: highest rank first
+  const int members = (w.size() + 1 - w.rank() % 2) / 2;
+  EXPECT_EQ(g.size(), members);
+  EXPECT_EQ(g.name(), "parity");
+  float one = 1.f;
+  g.all_reduce(&one, 1);
+  EXPECT_EQ(one, float(members));
+  int64_t top = w.rank();
+  g.all_reduce_max(&top, 1);
+  EXPECT_EQ(g.rank() == 0, w.rank() == top);
+}
+
+TEST(Communicator, MpiErrorNamesTheCallGroupAndRank) {
+  Communicator w = world();
+  const int32_t x = 0;
+  try {
+    w.send(&x, sizeof x, w.size() + 5, 0);  // no such rank
+    FAIL() << "send to a missing rank did not throw";
+  } catch (const MpiError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("MPI Send failed in group 'world' on rank " + std::to_string(w.rank())), std::string::npos)
+        << what;
+  }
+}
+
+// Ranks other than 0 print only their failures, so that the log reads as one run.
+struct FailurePrinter : ::testing::EmptyTestEventListener {
+  int rank;
+  explicit FailurePrinter(int r) : rank(r) {}
+  void OnTestPartResult(const ::testing::TestPartResult& r) override {
+    if (r.failed()) std::fprintf(stderr, "rank %d: %s:%d: %s\n", rank, r.file_name(), r.line_number(), r.summary());
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  lowsync::MpiSession mpi(&argc, &argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  if (mpi.rank() != 0) {
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new FailurePrinter(mpi.rank()));
+  }
+  return RUN_ALL_TESTS();
+}
