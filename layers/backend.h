@@ -24,6 +24,8 @@ class Backend {
 
   // Memory.
   virtual Tensor zeros(int64_t rows, int64_t cols) = 0;                          // fp32 activation
+  // An fp32 activation the next operation overwrites whole, so its contents may be left unset.
+  virtual Tensor scratch(int64_t rows, int64_t cols) { return zeros(rows, cols); }
   virtual Tensor upload_weight(const std::vector<float>& host, int64_t rows, int64_t cols) = 0;
   virtual void to_host(const Tensor& t, float* dst) = 0;                          // rows*cols floats
   virtual void from_host(const float* src, Tensor& t) = 0;                        // rows*cols floats

@@ -29,9 +29,12 @@ void Backend::add_bias(Tensor& x, const Tensor& bias) {
 
 namespace {
 
-Tensor host_tensor(int64_t rows, int64_t cols) {
+// Host memory for a rows x cols fp32 tensor, zero-filled or left as it comes (for a tensor the
+// next operation overwrites whole).
+Tensor host_tensor(int64_t rows, int64_t cols, bool zero) {
   Tensor t;
-  std::shared_ptr<float[]> mem(new float[std::max<int64_t>(rows * cols, 1)]());
+  const int64_t n = std::max<int64_t>(rows * cols, 1);
+  std::shared_ptr<float[]> mem(zero ? new float[n]() : new float[n]);
   t.storage = std::static_pointer_cast<void>(std::shared_ptr<float>(mem, mem.get()));
   t.ptr = mem.get();
   t.rows = rows;
@@ -44,10 +47,11 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(int threads) { openblas_set_num_threads(threads); }
   std::string name() const override { return "cpu"; }
 
-  Tensor zeros(int64_t rows, int64_t cols) override { return host_tensor(rows, cols); }
+  Tensor zeros(int64_t rows, int64_t cols) override { return host_tensor(rows, cols, true); }
+  Tensor scratch(int64_t rows, int64_t cols) override { return host_tensor(rows, cols, false); }
 
   Tensor upload_weight(const std::vector<float>& host, int64_t rows, int64_t cols) override {
-    Tensor t = host_tensor(rows, cols);
+    Tensor t = host_tensor(rows, cols, false);
     std::memcpy(t.ptr, host.data(), sizeof(float) * rows * cols);
     return t;
   }
@@ -71,6 +75,11 @@ class CpuBackend final : public Backend {
     const int64_t M = x.rows, N = w.rows, K = w.cols;
     if (bias) {
       for (int64_t i = 0; i < M; ++i) std::memcpy(y.row(i), bias->f32(), sizeof(float) * N);
+    }
+    if (M == 1) {  // one row (a decode step of one sequence): y = w x streams w at memory speed, sgemm does not
+      if (!bias) std::fill(y.f32(), y.f32() + N, 0.f);
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.f, w.f32(), K, x.f32(), 1, 1.f, y.f32(), 1);
+      return;
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.f, x.f32(), K, w.f32(), K,
                 bias ? 1.f : 0.f, y.f32(), N);
@@ -104,12 +113,12 @@ class CpuBackend final : public Backend {
 
   void rope(Tensor& q, Tensor& k, const std::vector<int32_t>& positions, int head_dim, float theta) override {
     const int half = head_dim / 2;
-    std::vector<float> cos_(half), sin_(half);
+    // The same float32 arithmetic as transformers: inv_freq in fp32, then position * inv_freq.
+    std::vector<float> inv_freq(half), cos_(half), sin_(half);
+    for (int i = 0; i < half; ++i) inv_freq[i] = 1.f / std::pow(theta, float(2 * i) / float(head_dim));
     for (size_t t = 0; t < positions.size(); ++t) {
       for (int i = 0; i < half; ++i) {
-        // The same float32 arithmetic as transformers: inv_freq in fp32, then position * inv_freq.
-        const float inv_freq = 1.f / std::pow(theta, float(2 * i) / float(head_dim));
-        const float angle = float(positions[t]) * inv_freq;
+        const float angle = float(positions[t]) * inv_freq[i];
         cos_[i] = std::cos(angle);
         sin_[i] = std::sin(angle);
       }
@@ -150,9 +159,12 @@ class CpuBackend final : public Backend {
         const float* Qh = q.row(s.token_begin) + h * head_dim;
         const float* Kh = K.row(s.cache_base) + kvh * head_dim;
         const float* Vh = V.row(s.cache_base) + kvh * head_dim;
-        // scores = Q K^T * scale  [n_new, ctx]
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s.n_new, ctx, head_dim, scale, Qh, q.cols, Kh, K.cols,
-                    0.f, scores_.data(), ctx);
+        // scores = Q K^T * scale  [n_new, ctx]  (one new token, a decode step: scores = K q * scale)
+        if (s.n_new == 1)
+          cblas_sgemv(CblasRowMajor, CblasNoTrans, ctx, head_dim, scale, Kh, K.cols, Qh, 1, 0.f, scores_.data(), 1);
+        else
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s.n_new, ctx, head_dim, scale, Qh, q.cols, Kh, K.cols,
+                      0.f, scores_.data(), ctx);
         for (int64_t i = 0; i < s.n_new; ++i) {
           float* row = scores_.data() + i * ctx;
           const int64_t visible = causal ? s.past + i + 1 : ctx;
@@ -163,9 +175,15 @@ class CpuBackend final : public Backend {
           for (int64_t j = 0; j < visible; ++j) row[j] *= inv;
           std::fill(row + visible, row + ctx, 0.f);
         }
-        // out = softmax(scores) V  [n_new, head_dim]
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.n_new, head_dim, ctx, 1.f, scores_.data(), ctx, Vh,
-                    V.cols, 0.f, out.row(s.token_begin) + h * head_dim, out.cols);
+        // out = softmax(scores) V  [n_new, head_dim]  (one new token: out = V^T p)
+        float* Oh = out.row(s.token_begin) + h * head_dim;
+        if (s.n_new == 1) {
+          std::fill(Oh, Oh + head_dim, 0.f);
+          cblas_sgemv(CblasRowMajor, CblasTrans, ctx, head_dim, 1.f, Vh, V.cols, scores_.data(), 1, 1.f, Oh, 1);
+        } else {
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.n_new, head_dim, ctx, 1.f, scores_.data(), ctx, Vh,
+                      V.cols, 0.f, Oh, out.cols);
+        }
       }
     }
   }

@@ -80,7 +80,7 @@ Tensor Transformer::forward(const std::vector<int32_t>& tokens, const BatchLayou
   const int64_t T = layout.tokens();
   ++passes_;
   tokens_ += T;
-  Tensor x = be_.zeros(T, cfg_.hidden);
+  Tensor x = be_.scratch(T, cfg_.hidden);
   be_.embedding(w_.tok_emb, tokens, x, false);
   if (!w_.pos_emb.empty()) be_.embedding(w_.pos_emb, layout.positions, x, true);
   if (cfg_.family == Family::Bert) {
@@ -109,7 +109,7 @@ Tensor Transformer::forward(const std::vector<int32_t>& tokens, const BatchLayou
 // Pre-LN block:  x = x + Attn(norm1(x));  x = x + FFN(norm2(x))   (2 syncs)
 void Transformer::decoder_block(int l, Tensor& x, const BatchLayout& layout, KVCache& cache) {
   const LayerWeights& w = w_.layers[l];
-  Tensor h = be_.zeros(x.rows, x.cols);
+  Tensor h = be_.scratch(x.rows, x.cols);
   norm(x, w.norm1_w, w.norm1_b, h);
   Tensor a = attention_partial(w, local_, l, h, layout, cache);
   tp_.all_reduce(a);
@@ -127,7 +127,7 @@ void Transformer::decoder_block(int l, Tensor& x, const BatchLayout& layout, KVC
 // y = x + sum_r (a_r + m_r) + b_o + b_down.
 void Transformer::decoder_block_spd(int l, Tensor& x, const BatchLayout& layout, KVCache& cache) {
   const LayerWeights& w = w_.layers[l];
-  Tensor h = be_.zeros(x.rows, x.cols);
+  Tensor h = be_.scratch(x.rows, x.cols);
   norm(x, w.norm1_w, w.norm1_b, h);
   Tensor a = attention_partial(w, local_, l, h, layout, cache);
   Tensor h_r = be_.zeros(x.rows, x.cols);
@@ -180,7 +180,7 @@ void Transformer::decoupled_segment(int first, int last, Tensor& x, const BatchL
 void Transformer::decoupled_block(const LayerWeights& w, const BlockShape& s, int cache_layer, Tensor& x_r,
                                   const BatchLayout& layout, KVCache& cache) {
   if (cfg_.is_decoder()) {
-    Tensor h = be_.zeros(x_r.rows, x_r.cols);
+    Tensor h = be_.scratch(x_r.rows, x_r.cols);
     norm(x_r, w.norm1_w, w.norm1_b, h);
     Tensor a = attention_partial(w, s, cache_layer, h, layout, cache);
     add_bias(a, w.bo);
@@ -205,40 +205,40 @@ void Transformer::decoupled_block(const LayerWeights& w, const BlockShape& s, in
 Tensor Transformer::attention_partial(const LayerWeights& w, const BlockShape& s, int cache_layer, const Tensor& h,
                                       const BatchLayout& layout, KVCache& cache) {
   const int64_t T = h.rows;
-  Tensor q = be_.zeros(T, s.q_dim()), k = be_.zeros(T, s.kv_dim()), v = be_.zeros(T, s.kv_dim());
+  Tensor q = be_.scratch(T, s.q_dim()), k = be_.scratch(T, s.kv_dim()), v = be_.scratch(T, s.kv_dim());
   be_.matmul(h, w.wq, w.bq.empty() ? nullptr : &w.bq, q);
   be_.matmul(h, w.wk, w.bk.empty() ? nullptr : &w.bk, k);
   be_.matmul(h, w.wv, w.bv.empty() ? nullptr : &w.bv, v);
   if (cfg_.family == Family::Llama) be_.rope(q, k, layout.positions, cfg_.head_dim, cfg_.rope_theta);
   be_.store_kv(k, v, cache, cache_layer, layout);
-  Tensor ctx = be_.zeros(T, s.q_dim());
+  Tensor ctx = be_.scratch(T, s.q_dim());
   be_.attention(q, cache, cache_layer, layout, s.n_heads, s.n_kv_heads, cfg_.head_dim, cfg_.is_decoder(), ctx);
-  Tensor out = be_.zeros(T, cfg_.hidden);
+  Tensor out = be_.scratch(T, cfg_.hidden);
   be_.matmul(ctx, w.wo, nullptr, out);
   return out;
 }
 
 // FFN columns `s` of a layer: column-parallel up (and gate), activation, row-parallel down (no bias).
 Tensor Transformer::ffn_partial(const LayerWeights& w, const BlockShape& s, const Tensor& h) {
-  Tensor up = be_.zeros(h.rows, s.intermediate);
+  Tensor up = be_.scratch(h.rows, s.intermediate);
   be_.matmul(h, w.w_up, w.b_up.empty() ? nullptr : &w.b_up, up);
   if (cfg_.gated_ffn()) {
-    Tensor gate = be_.zeros(h.rows, s.intermediate);
+    Tensor gate = be_.scratch(h.rows, s.intermediate);
     be_.matmul(h, w.w_gate, nullptr, gate);
     be_.silu_mul(gate, up);
     up = gate;
   } else {
     be_.gelu(up, cfg_.activation == Activation::GeluTanh);
   }
-  Tensor out = be_.zeros(h.rows, cfg_.hidden);
+  Tensor out = be_.scratch(h.rows, cfg_.hidden);
   be_.matmul(up, w.w_down, nullptr, out);
   return out;
 }
 
 Tensor Transformer::logits(const Tensor& hidden, const std::vector<int64_t>& rows) {
-  Tensor picked = be_.zeros(static_cast<int64_t>(rows.size()), cfg_.hidden);
+  Tensor picked = be_.scratch(static_cast<int64_t>(rows.size()), cfg_.hidden);
   be_.gather_rows(hidden, rows, picked);
-  Tensor out = be_.zeros(picked.rows, cfg_.vocab);
+  Tensor out = be_.scratch(picked.rows, cfg_.vocab);
   be_.matmul(picked, w_.lm_head, nullptr, out);
   return out;
 }
