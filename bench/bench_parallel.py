@@ -118,11 +118,13 @@ def main():
     ap.add_argument("--vocab", type=int, default=8000)
     ap.add_argument("--prefill-prompts", type=int, default=8)
     ap.add_argument("--prefill-len", type=int, default=128)
-    ap.add_argument("--decode-batch", type=int, default=16)
+    ap.add_argument("--decode-batch", type=int, default=32, help="sequences decoded together (the job default "
+                    "batch.max_sequences: an offline run keeps its batches full)")
     ap.add_argument("--decode-steps", type=int, default=16)
     ap.add_argument("--ranks", default="2,4")
     ap.add_argument("--networks", default="shm,tcp-1gbit,tcp-100mbit")
     ap.add_argument("--bp-k", default="1,2,4", help="sync periods of the decoupled models ('' for none)")
+    ap.add_argument("--repeats", type=int, default=2, help="rounds over the settings; each keeps its best")
     ap.add_argument("--quick", action="store_true", help="a small model, for a smoke run")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "parallel.json"))
     a = ap.parse_args()
@@ -175,13 +177,23 @@ def main():
             settings[f"bp(k={k})"] = ([], None)
         for net in a.networks.split(","):
             try:
+                # Settings take turns, `repeats` rounds; each keeps its best round (the least disturbed
+                # by whatever else the machine was doing), so the ratios compare like with like.
+                best = {}
+                for _ in range(a.repeats):
+                    for name, (drop, dev) in settings.items():
+                        args = ["--set", f"parallel.spd.drop=[{','.join(map(str, drop))}]"]
+                        if name.startswith("bp"):
+                            k = int(name[len("bp(k="):-1])
+                            args = ["--set", f"model={tmp}/bp{np_}_{k}", "--set", f"parallel.bp={np_}",
+                                    "--set", "parallel.tp=1"]
+                        pre = run_job(tmp, np_, net, "score", args + ["--set", f"input={tmp}/prefill.h5"])
+                        dec = run_job(tmp, np_, net, "generate", args + ["--set", f"input={tmp}/decode.h5"])
+                        b = best.setdefault(name, [pre, dec])
+                        b[0] = min(b[0], pre, key=lambda r: r["wall_s"])
+                        b[1] = min(b[1], dec, key=lambda r: r["wall_s"])
                 for name, (drop, dev) in settings.items():
-                    spd = ["--set", f"parallel.spd.drop=[{','.join(map(str, drop))}]"]
-                    if name.startswith("bp"):
-                        k = int(name[len("bp(k="):-1])
-                        spd = ["--set", f"model={tmp}/bp{np_}_{k}", "--set", f"parallel.bp={np_}", "--set", "parallel.tp=1"]
-                    pre = run_job(tmp, np_, net, "score", spd + ["--set", f"input={tmp}/prefill.h5"])
-                    dec = run_job(tmp, np_, net, "generate", spd + ["--set", f"input={tmp}/decode.h5"])
+                    pre, dec = best[name]
                     r0p, r0d = pre["per_rank"][0], dec["per_rank"][0]
                     row = {
                         "ranks": np_, "network": net, "setting": name, "spd_layers": drop,
@@ -220,7 +232,7 @@ def main():
                    "model": {"hidden": a.hidden, "layers": a.layers, "heads": a.heads, "intermediate": a.intermediate,
                              "vocab": a.vocab, "parameters": params},
                    "prefill": {"prompts": a.prefill_prompts, "length": a.prefill_len},
-                   "decode": {"batch": a.decode_batch, "steps": a.decode_steps},
+                   "decode": {"batch": a.decode_batch, "steps": a.decode_steps}, "repeats": a.repeats,
                    "cores": os.cpu_count(), "results": results, "speedups": speedups,
                    "trained_spd_accuracy": {"model": "examples/models/byte-gpt2", "prompts": "examples/sentences.txt",
                                             "results": trained_accuracy},
