@@ -35,6 +35,9 @@ const std::map<std::string, Setter>& schema() {
       {"input", field(&JobConfig::input)},
       {"output", field(&JobConfig::output)},
       {"threads", field(&JobConfig::threads)},
+      {"backend", field(&JobConfig::backend)},
+      {"cuda.device", field(&JobConfig::cuda, &CudaOptions::device)},
+      {"cuda.dtype", field(&JobConfig::cuda, &CudaOptions::dtype)},
       {"generate.max_new_tokens", field(&JobConfig::generate, &GenerateOptions::max_new_tokens)},
       {"generate.temperature", field(&JobConfig::generate, &GenerateOptions::temperature)},
       {"generate.top_k", field(&JobConfig::generate, &GenerateOptions::top_k)},
@@ -129,6 +132,11 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   expect(c.task == "generate" || c.task == "score" || c.task == "embed", "task",
          "is '" + c.task + "'; expected generate, score or embed");
   expect(c.threads >= 1, "threads", "must be >= 1");
+  expect(c.backend == "cpu" || c.backend == "cuda", "backend", "is '" + c.backend + "'; expected cpu or cuda");
+  expect(c.cuda.device == "auto" || c.cuda.device_index() >= 0, "cuda.device",
+         "is '" + c.cuda.device + "'; expected auto or a device number (0, 1, ...)");
+  expect(c.cuda.dtype == "bf16" || c.cuda.dtype == "fp16" || c.cuda.dtype == "fp32", "cuda.dtype",
+         "is '" + c.cuda.dtype + "'; expected bf16, fp16 or fp32");
   expect(c.generate.max_new_tokens >= 1, "generate.max_new_tokens", "must be >= 1");
   expect(c.generate.temperature >= 0, "generate.temperature", "must be >= 0");
   expect(c.generate.top_k >= 0, "generate.top_k", "must be >= 0");
@@ -148,6 +156,11 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   return c;
 }
 
+int CudaOptions::device_index() const {
+  if (device.empty() || device.size() > 4 || device.find_first_not_of("0123456789") != std::string::npos) return -1;
+  return std::stoi(device);
+}
+
 std::string JobConfig::fingerprint() const {
   std::ostringstream s;
   s << "model: " << model << "\ntask: " << task << "\ninput: " << input << "\n";
@@ -163,6 +176,10 @@ std::string JobConfig::fingerprint() const {
   for (size_t i = 0; i < parallel.spd.drop.size(); ++i) s << (i ? ", " : "") << parallel.spd.drop[i];
   s << "], from: '" << parallel.spd.from << "', max_kl: " << parallel.spd.max_kl
     << ", min_top1: " << parallel.spd.min_top1 << "}}\n";
+  // The backend changes results beyond float rounding when it stores weights in 16 bits, so rows of
+  // one output file all come from the same backend and dtype. The device does not matter.
+  s << "backend: " << backend << "\n";
+  if (backend == "cuda") s << "cuda: {dtype: " << cuda.dtype << "}\n";
   return s.str();
 }
 
@@ -171,6 +188,7 @@ std::string JobConfig::to_yaml() const {
   s << fingerprint() << "output: " << output << "\nthreads: " << threads << "\nbatch: {max_tokens: "
     << batch.max_tokens << ", max_sequences: " << batch.max_sequences << "}\nparallel: {tp: " << parallel.tp
     << ", bp: " << parallel.bp << ", dp: " << parallel.dp << "}\n";
+  if (backend == "cuda") s << "cuda.device: " << cuda.device << "\n";
   if (!parallel.spd.from.empty()) s << "parallel.spd.from: " << parallel.spd.from << "\n";
   return s.str();
 }

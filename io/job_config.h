@@ -51,10 +51,19 @@ struct CalibrateOptions {
   std::string output = "calibration.yaml";
 };
 
+// `backend: cuda`: which GPU and the weights' storage type (matrix products accumulate in fp32).
+struct CudaOptions {
+  std::string device = "auto";  // auto (node-local rank modulo the visible devices) or a device number
+  std::string dtype = "bf16";    // bf16 | fp16 | fp32
+  int device_index() const;      // -1 for auto
+};
+
 struct JobConfig {
   std::string path;  // the YAML file
   std::string model, task, input, output;
   int threads = 1;
+  std::string backend = "cpu";  // cpu | cuda
+  CudaOptions cuda;
   GenerateOptions generate;
   EmbedOptions embed;
   BatchOptions batch;

@@ -13,6 +13,7 @@
 #include "io/error.h"
 #include "io/model_config.h"
 #include "io/prompts.h"
+#include "jobs/make_backend.h"
 #include "layers/model.h"
 #include "mpi_comm/parallel_groups.h"
 #include "planning/calibration.h"
@@ -91,8 +92,13 @@ void calibrate_spd(const JobConfig& job) {
     if (prompts.empty()) throw UserError(prompts_path + ": no calibration prompts");
   });
   ParallelGroups groups = ParallelGroups::make(job.parallel.tp, 1);
-  std::unique_ptr<Backend> backend = make_cpu_backend(job.threads);
-  Transformer transformer(model, *backend, TensorParallelGroup(&groups.tp, backend.get()));
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Transformer> loaded;
+  world.agree([&] {
+    backend = make_backend(job, world);
+    loaded = std::make_unique<Transformer>(model, *backend, TensorParallelGroup(&groups.tp, backend.get()));
+  });
+  Transformer& transformer = *loaded;
   const int L = model.n_layers, V = model.vocab;
 
   const std::vector<float> ref = next_token_logprobs(transformer, prompts);

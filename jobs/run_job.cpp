@@ -16,6 +16,7 @@
 #include "io/error.h"
 #include "io/model_config.h"
 #include "io/prompts.h"
+#include "jobs/make_backend.h"
 #include "jobs/result_writer.h"
 #include "jobs/spd_plan.h"
 #include "jobs/tasks.h"
@@ -203,7 +204,7 @@ void run_job(const JobConfig& job, bool resume) {
   std::unique_ptr<Backend> backend;
   std::unique_ptr<Transformer> transformer;
   world.agree([&] {
-    backend = make_cpu_backend(job.threads);
+    backend = make_backend(job, world);
     transformer = std::make_unique<Transformer>(model, *backend, TensorParallelGroup(&groups.tp, backend.get()), drop);
   });
   const double load_s = seconds_since(t_load);

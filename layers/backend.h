@@ -31,6 +31,10 @@ class Backend {
   virtual void from_host(const float* src, Tensor& t) = 0;                        // rows*cols floats
   // Host memory of an fp32 tensor, or null where it lives on a device (collectives then stage it).
   virtual float* host_data(Tensor& t) { return nullptr; }
+  // Host memory for at least n floats through which device tensors are staged for collectives
+  // (page-locked where that speeds up the copies), valid until the next call; null: the caller
+  // brings its own.
+  virtual float* host_staging(int64_t n) { return nullptr; }
   virtual KVCache make_kv_cache(int n_layers, int64_t capacity, int64_t kv_dim);
 
   // out[i] = table[ids[i]]  (accumulate: out[i] += table[ids[i]])

@@ -26,10 +26,14 @@ class TensorParallelGroup {
       comm_->all_reduce(host, x.numel());
       return;
     }
-    staging_.resize(x.numel());
-    be_->to_host(x, staging_.data());
-    comm_->all_reduce(staging_.data(), x.numel());
-    be_->from_host(staging_.data(), x);
+    float* staged = be_->host_staging(x.numel());
+    if (!staged) {
+      staging_.resize(x.numel());
+      staged = staging_.data();
+    }
+    be_->to_host(x, staged);
+    comm_->all_reduce(staged, x.numel());
+    be_->from_host(staged, x);
   }
 
  private:

@@ -56,3 +56,37 @@ TEST(JobConfig, FingerprintIgnoresOutputAndSpeedKeys) {
   EXPECT_EQ(a.fingerprint(), b.fingerprint());
   EXPECT_NE(a.fingerprint(), c.fingerprint());
 }
+
+TEST(JobConfig, BackendAndCudaKeys) {
+  auto c = load_job_config(write_yaml(kBase), {});
+  EXPECT_EQ(c.backend, "cpu");
+  EXPECT_EQ(c.cuda.device, "auto");
+  EXPECT_EQ(c.cuda.device_index(), -1);
+  EXPECT_EQ(c.cuda.dtype, "bf16");
+  auto g = load_job_config(write_yaml(std::string(kBase) + "backend: cuda\ncuda: {device: 1, dtype: fp32}\n"), {});
+  EXPECT_EQ(g.backend, "cuda");
+  EXPECT_EQ(g.cuda.device_index(), 1);
+  EXPECT_EQ(g.cuda.dtype, "fp32");
+  auto s = load_job_config(write_yaml(kBase), {"backend=cuda", "cuda.dtype=fp16", "cuda.device=0"});
+  EXPECT_EQ(s.backend, "cuda");
+  EXPECT_EQ(s.cuda.device_index(), 0);
+  EXPECT_EQ(s.cuda.dtype, "fp16");
+  for (const char* bad : {"backend: gpu\n", "cuda: {dtype: fp8}\n", "cuda: {device: -1}\n", "cuda: {device: first}\n"})
+    EXPECT_THROW(load_job_config(write_yaml(std::string(kBase) + bad), {}), UserError) << bad;
+  try {
+    load_job_config(write_yaml(std::string(kBase) + "cuda: {devices: 0}\n"), {});
+    FAIL() << "no error";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("'cuda.devices'"), std::string::npos) << e.what();
+  }
+}
+
+TEST(JobConfig, FingerprintHoldsBackendAndDtypeNotDevice) {
+  auto cpu = load_job_config(write_yaml(kBase), {});
+  auto cuda = load_job_config(write_yaml(kBase), {"backend=cuda"});
+  auto fp32 = load_job_config(write_yaml(kBase), {"backend=cuda", "cuda.dtype=fp32"});
+  auto other_gpu = load_job_config(write_yaml(kBase), {"backend=cuda", "cuda.device=1"});
+  EXPECT_NE(cpu.fingerprint(), cuda.fingerprint());
+  EXPECT_NE(cuda.fingerprint(), fp32.fingerprint());
+  EXPECT_EQ(cuda.fingerprint(), other_gpu.fingerprint());
+}
