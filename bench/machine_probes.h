@@ -25,11 +25,12 @@ class MachineProbes {
   virtual ~MachineProbes() = default;
   // What the probes run on: device, library, configuration.
   virtual nlohmann::json info() const = 0;
-  // Seconds of one product of `shape` (median of `reps` after a warm-up).
+  // Seconds of one product of `shape`: the fastest of `reps` after a warm-up. Fastest, not median:
+  // on a shared machine the fastest repetition is the closest to what the hardware can do.
   virtual double gemm_seconds(const GemmShape& shape, int reps) = 0;
-  // Bytes/s of reading a buffer much larger than the last-level cache once (median of `reps`).
+  // Bytes/s of reading a buffer much larger than the last-level cache once (fastest of `reps`).
   virtual double read_bandwidth(int reps) = 0;
-  // Bytes/s of copying such a buffer (bytes read + bytes written), for reference.
+  // Bytes/s of copying such a buffer (bytes read + bytes written; fastest of `reps`), for reference.
   virtual double copy_bandwidth(int reps) = 0;
 };
 
