@@ -2,9 +2,11 @@
 
 #include <hdf5.h>
 
-#include <filesystem>
+#include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <functional>
+#include <thread>
 
 #include "io/error.h"
 
@@ -129,8 +131,16 @@ ResultWriter::ResultWriter(const JobConfig& job, const ModelConfig& model, int64
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
   const bool exists = std::filesystem::exists(path_);
   if (resume && exists) {
+    // A rank of the interrupted run may still be exiting with the file open (HDF5 locks it): give
+    // it a few seconds before calling the file unreadable.
     file_ = H5Fopen(path_.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-    if (file_ < 0) throw UserError(path_ + ": cannot re-open the output for --resume (not a readable HDF5 file)");
+    for (int wait = 0; file_ < 0 && wait < 20; ++wait) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      file_ = H5Fopen(path_.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    }
+    if (file_ < 0)
+      throw UserError(path_ + ": cannot re-open the output for --resume (not a readable HDF5 file, or another "
+                      "process still has it open)");
     if (read_string_attr(file_, "job_fingerprint") != job.fingerprint())
       throw UserError(path_ + ": --resume refused: the file was written by a different job (model, task, input or "
                       "generate/embed options differ; see its 'job_yaml' attribute)");

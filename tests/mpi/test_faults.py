@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import h5py
 import numpy as np
@@ -24,6 +25,19 @@ def check(what, ok, detail=""):
 
 def error_lines(p):
     return [l for l in p.stderr.splitlines() if l.startswith("lowsync: error:")]
+
+
+def open_when_released(path, seconds=30):
+    """h5py.File(path) once no process holds HDF5's lock on it: mpirun can return from an abort while
+    a killed rank is still exiting with the output open."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            return h5py.File(path, "r")
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.25)
 
 
 def main():
@@ -73,7 +87,7 @@ def main():
     check("rank throws mid-job: non-zero exit and one error line from the failing rank",
           p.returncode != 0 and len(lines) == 1 and "rank 3" in lines[0] and "injected fault" in lines[0],
           f"exit {p.returncode}; " + " | ".join(lines))
-    with h5py.File(out) as f:
+    with open_when_released(out) as f:
         done = f["done"][:]
         n = int(done.sum())
         prefix_ok = bool(done[:n].all())
