@@ -6,7 +6,7 @@
 //            token), tokens/s over the sequences, and the bytes a step must read (every weight
 //            matrix once, plus the KV cache) per second against a device-to-device cudaMemcpy probe.
 // Writes JSON to --out (and stdout). Build: with CUDA (target bench_cuda); run on one GPU:
-//   build/bench_cuda MODEL_DIR [--dtype bf16] [--seqs 4] [--prompt 512] [--steps 64] [--out FILE]
+//   build/bench/bench_cuda MODEL_DIR [--dtype bf16] [--seqs 4] [--prompt 512] [--steps 64] [--out FILE]
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
