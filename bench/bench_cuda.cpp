@@ -59,6 +59,28 @@ std::vector<Gemm> forward_gemms(const ModelConfig& c, int64_t T, int64_t rows) {
   return g;
 }
 
+// Median seconds of `op` on the stream, timed with events (after one untimed warm-up run).
+template <class Op>
+double stream_seconds(cudaStream_t s, int reps, Op op) {
+  cudaEvent_t start, stop;
+  LOWSYNC_CUDA_CHECK(cudaEventCreate(&start));
+  LOWSYNC_CUDA_CHECK(cudaEventCreate(&stop));
+  op();  // warm-up: algorithm selection, workspace
+  std::vector<double> t;
+  for (int r = 0; r < reps; ++r) {
+    LOWSYNC_CUDA_CHECK(cudaEventRecord(start, s));
+    op();
+    LOWSYNC_CUDA_CHECK(cudaEventRecord(stop, s));
+    LOWSYNC_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    LOWSYNC_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    t.push_back(ms * 1e-3);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return median(t);
+}
+
 // Seconds of one cublasGemmEx of this shape, set up as the CUDA backend does (median of reps).
 double cublas_seconds(cublasHandle_t h, const std::shared_ptr<CudaStream>& stream, const Gemm& g, DType dtype,
                       int reps) {
@@ -75,23 +97,7 @@ double cublas_seconds(cublasHandle_t h, const std::shared_ptr<CudaStream>& strea
                                       int(g.K), x.get(), type, int(g.K), &zero, y.get(), CUDA_R_32F, int(g.N), compute,
                                       CUBLAS_GEMM_DEFAULT));
   };
-  cudaEvent_t start, stop;
-  LOWSYNC_CUDA_CHECK(cudaEventCreate(&start));
-  LOWSYNC_CUDA_CHECK(cudaEventCreate(&stop));
-  run();  // warm-up: algorithm selection, workspace
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    LOWSYNC_CUDA_CHECK(cudaEventRecord(start, s));
-    run();
-    LOWSYNC_CUDA_CHECK(cudaEventRecord(stop, s));
-    LOWSYNC_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    LOWSYNC_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    t.push_back(ms * 1e-3);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return median(t);
+  return stream_seconds(s, reps, run);
 }
 
 // Bytes/s moved (read + written) by a device-to-device copy of `bytes` (median of reps).
@@ -99,23 +105,10 @@ double copy_bandwidth(const std::shared_ptr<CudaStream>& stream, size_t bytes, i
   const cudaStream_t s = stream->get();
   const DeviceBuffer src(bytes, stream), dst(bytes, stream);
   LOWSYNC_CUDA_CHECK(cudaMemsetAsync(src.get(), 1, bytes, s));
-  cudaEvent_t start, stop;
-  LOWSYNC_CUDA_CHECK(cudaEventCreate(&start));
-  LOWSYNC_CUDA_CHECK(cudaEventCreate(&stop));
-  LOWSYNC_CUDA_CHECK(cudaMemcpyAsync(dst.get(), src.get(), bytes, cudaMemcpyDeviceToDevice, s));  // warm-up
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    LOWSYNC_CUDA_CHECK(cudaEventRecord(start, s));
+  const double seconds = stream_seconds(s, reps, [&] {
     LOWSYNC_CUDA_CHECK(cudaMemcpyAsync(dst.get(), src.get(), bytes, cudaMemcpyDeviceToDevice, s));
-    LOWSYNC_CUDA_CHECK(cudaEventRecord(stop, s));
-    LOWSYNC_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    LOWSYNC_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    t.push_back(ms * 1e-3);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return 2.0 * double(bytes) / median(t);
+  });
+  return 2.0 * double(bytes) / seconds;
 }
 
 int run(int argc, char** argv) {
