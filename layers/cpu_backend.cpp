@@ -136,8 +136,7 @@ class CpuBackend final : public Backend {
       return;
     }
     if (M == 1) {  // one row (a decode step of one sequence): y = w x streams w at memory speed, sgemm does not
-      if (!bias) std::fill(y.f32(), y.f32() + N, 0.f);
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.f, w.f32(), K, x.f32(), 1, 1.f, y.f32(), 1);
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.f, w.f32(), K, x.f32(), 1, bias ? 1.f : 0.f, y.f32(), 1);
       return;
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.f, x.f32(), K, w.f32(), K,
@@ -236,13 +235,11 @@ class CpuBackend final : public Backend {
         }
         // out = softmax(scores) V  [n_new, head_dim]  (one new token: out = V^T p)
         float* Oh = out.row(s.token_begin) + h * head_dim;
-        if (s.n_new == 1) {
-          std::fill(Oh, Oh + head_dim, 0.f);
-          cblas_sgemv(CblasRowMajor, CblasTrans, ctx, head_dim, 1.f, Vh, V.cols, scores_.data(), 1, 1.f, Oh, 1);
-        } else {
+        if (s.n_new == 1)
+          cblas_sgemv(CblasRowMajor, CblasTrans, ctx, head_dim, 1.f, Vh, V.cols, scores_.data(), 1, 0.f, Oh, 1);
+        else
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.n_new, head_dim, ctx, 1.f, scores_.data(), ctx, Vh,
                       V.cols, 0.f, Oh, out.cols);
-        }
       }
     }
   }
