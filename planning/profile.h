@@ -16,6 +16,13 @@ struct LinkModel {
   double seconds(double bytes) const { return latency_s + (bytes_per_s > 0 ? bytes / bytes_per_s : 0); }
 };
 
+// One measured message size of a link: the time of one operation (an all-reduce of `bytes`, or a
+// one-way message), kept in the profile so that the fit's quality can be checked afterwards.
+struct LinkSample {
+  int64_t bytes = 0;
+  double seconds = 0;
+};
+
 // Matrix-product speed in GFLOP/s (2 M K N / seconds) at the three row counts a job uses:
 // a prefill pass (M = prefill_rows), a decode step of one sequence (M = 1) and of a full batch
 // (M = decode_rows).
@@ -38,11 +45,13 @@ struct RankProfile {
 struct AllReduceLink {
   std::vector<int> ranks;
   LinkModel link;
+  std::vector<LinkSample> samples;  // what `link` was fitted to
 };
 
 struct PointToPointLink {
   int from = 0, to = 0;
   LinkModel link;
+  std::vector<LinkSample> samples;  // one-way seconds (half the round trip)
 };
 
 struct Profile {
@@ -54,6 +63,7 @@ struct Profile {
   std::vector<RankProfile> ranks;          // by world rank
   std::vector<AllReduceLink> all_reduce;   // every group size 2..world that divides world
   std::vector<PointToPointLink> point_to_point;  // neighbouring ranks (r, r + 1), both directions averaged
+  double measure_seconds = 0;             // how long measuring took (wall, rank 0)
 
   // The link of the measured group with exactly these ranks; null when it was not measured.
   const LinkModel* all_reduce_of(const std::vector<int>& ranks) const;
