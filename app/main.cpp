@@ -9,6 +9,7 @@
 #include "io/error.h"
 #include "io/job_config.h"
 #include "jobs/calibrate.h"
+#include "jobs/profile_job.h"
 #include "jobs/run_job.h"
 #include "mpi_comm/communicator.h"
 #include "mpi_comm/mpi_session.h"
@@ -21,16 +22,23 @@ namespace {
 const char* kUsage =
     "usage: lowsync run JOB.yaml [--set key=value ...] [--resume]\n"
     "       lowsync calibrate JOB.yaml [--set key=value ...]   (under mpirun -np parallel.tp)\n"
+    "       lowsync profile JOB.yaml [--set key=value ...] [--out profile.yaml] [--budget SECONDS]\n"
+    "                                   (under mpirun: the ranks' compute and links, for planning)\n"
     "       lowsync inspect MODEL_DIR\n"
     "Launch with mpirun for several ranks; see README.md for the job YAML reference.\n";
 
-// `run` and `calibrate` take the same arguments: a job YAML and overrides.
+// `run`, `calibrate` and `profile` take the same arguments: a job YAML and overrides; `run` and
+// `calibrate` also --resume, `profile` where to write and how long to measure.
 int job_command(const std::string& command, const std::vector<std::string>& args) {
   po::options_description opts(command + " options");
   std::vector<std::string> overrides;
   opts.add_options()("job", po::value<std::string>()->required(), "job YAML")(
-      "set", po::value<std::vector<std::string>>(&overrides)->composing(), "override a key: key=value")(
-      "resume", po::bool_switch(), "continue an interrupted job's output file");
+      "set", po::value<std::vector<std::string>>(&overrides)->composing(), "override a key: key=value");
+  if (command == "profile")
+    opts.add_options()("out", po::value<std::string>()->default_value("profile.yaml"), "the profile to write")(
+        "budget", po::value<double>()->default_value(15.0), "seconds the measurements aim for");
+  else
+    opts.add_options()("resume", po::bool_switch(), "continue an interrupted job's output file");
   po::positional_options_description pos;
   pos.add("job", 1);
   po::variables_map vm;
@@ -39,6 +47,8 @@ int job_command(const std::string& command, const std::vector<std::string>& args
   const JobConfig job = load_job_config(vm["job"].as<std::string>(), overrides);
   if (command == "calibrate")
     calibrate_spd(job);
+  else if (command == "profile")
+    profile_job(job, vm["out"].as<std::string>(), vm["budget"].as<double>());
   else
     run_job(job, vm["resume"].as<bool>());
   return 0;
@@ -64,13 +74,13 @@ int main(int argc, char** argv) {
   const std::string command = argv[1];
   const std::vector<std::string> args(argv + 2, argv + argc);
   try {
-    if (command == "run" || command == "calibrate") return job_command(command, args);
+    if (command == "run" || command == "calibrate" || command == "profile") return job_command(command, args);
     if (command == "inspect") return inspect_command(args);
     if (command == "--help" || command == "-h" || command == "help") {
       if (mpi.rank() == 0) std::fputs(kUsage, stdout);
       return 0;
     }
-    report("unknown command '" + command + "'; expected run, calibrate or inspect");
+    report("unknown command '" + command + "'; expected run, calibrate, profile or inspect");
     return 2;
   } catch (const UserError& e) {
     report(e.what());
