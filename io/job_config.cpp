@@ -51,6 +51,12 @@ const std::map<std::string, Setter>& schema() {
       {"parallel.tp", field(&JobConfig::parallel, &ParallelOptions::tp)},
       {"parallel.dp", field(&JobConfig::parallel, &ParallelOptions::dp)},
       {"parallel.bp", field(&JobConfig::parallel, &ParallelOptions::bp)},
+      {"parallel.speeds", field(&JobConfig::parallel, &ParallelOptions::speeds)},
+      {"parallel.plan", field(&JobConfig::parallel, &ParallelOptions::plan)},
+      {"parallel.auto", field(&JobConfig::parallel, &ParallelOptions::auto_plan)},
+      {"plan.objective", field(&JobConfig::plan, &PlanOptions::objective)},
+      {"plan.profile", field(&JobConfig::plan, &PlanOptions::profile)},
+      {"plan.output", field(&JobConfig::plan, &PlanOptions::output)},
       {"parallel.spd.drop", spd_field(&SpdOptions::drop)},
       {"parallel.spd.from", spd_field(&SpdOptions::from)},
       {"parallel.spd.budget.max_kl", spd_field(&SpdOptions::max_kl)},
@@ -80,10 +86,12 @@ void flatten(const YAML::Node& node, const std::string& prefix, const std::strin
   for (const auto& kv : node) {
     const std::string key = prefix.empty() ? kv.first.as<std::string>() : prefix + "." + kv.first.as<std::string>();
     if (schema().count(key)) {
-      const bool is_list = key == "parallel.spd.drop";
+      const bool is_list = key == "parallel.spd.drop" || key == "parallel.speeds";
       if (is_list ? !kv.second.IsSequence() : !kv.second.IsScalar())
         throw UserError(file + ": key '" + key + "' must be " + (is_list ? "a list" : "a single value"));
       out[key] = kv.second;
+    } else if (key == "parallel" && kv.second.IsScalar() && kv.second.as<std::string>() == "auto") {
+      out["parallel.auto"] = YAML::Node(true);  // `parallel: auto`
     } else if (is_group(key)) {
       flatten(kv.second, key, file, out);
     } else {
@@ -153,6 +161,16 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   expect(c.parallel.spd.drop.empty() || c.parallel.spd.from.empty(), "parallel.spd",
          "has both 'drop' and 'from'; give one");
   expect(c.calibrate.rows >= 1, "calibrate.rows", "must be >= 1");
+  const bool hand_picked = c.parallel.tp > 1 || c.parallel.bp > 1 || c.parallel.dp > 1 || !c.parallel.speeds.empty();
+  expect(!(c.parallel.auto_plan && !c.parallel.plan.empty()), "parallel.plan", "and parallel: auto both given; give one");
+  expect(!((c.parallel.auto_plan || !c.parallel.plan.empty()) && hand_picked), "parallel",
+         std::string("has ") + (c.parallel.auto_plan ? "auto" : "a plan file") +
+             " and also tp, bp, dp or speeds; the plan decides those, so give one or the other");
+  expect(c.parallel.speeds.empty() || static_cast<int>(c.parallel.speeds.size()) == c.parallel.group(), "parallel.speeds",
+         "must list one relative speed per rank of a replica (" + std::to_string(c.parallel.group()) + ")");
+  for (double v : c.parallel.speeds) expect(v > 0, "parallel.speeds", "must be positive numbers");
+  expect(c.plan.objective == "throughput" || c.plan.objective == "latency", "plan.objective",
+         "is '" + c.plan.objective + "'; expected throughput or latency");
   return c;
 }
 
@@ -175,7 +193,8 @@ std::string JobConfig::fingerprint() const {
   s << "parallel: {tp: " << parallel.tp << ", bp: " << parallel.bp << ", spd: {drop: [";
   for (size_t i = 0; i < parallel.spd.drop.size(); ++i) s << (i ? ", " : "") << parallel.spd.drop[i];
   s << "], from: '" << parallel.spd.from << "', max_kl: " << parallel.spd.max_kl
-    << ", min_top1: " << parallel.spd.min_top1 << "}}\n";
+    << ", min_top1: " << parallel.spd.min_top1 << "}, plan: '" << parallel.plan << "', auto: "
+    << (parallel.auto_plan ? "true" : "false") << "}\n";
   // The backend changes results beyond float rounding when it stores weights in 16 bits, so rows of
   // one output file all come from the same backend and dtype. The device does not matter.
   s << "backend: " << backend << "\n";
