@@ -1,5 +1,7 @@
 #include "planning/make_plan.h"
 
+#include <filesystem>
+
 #include "io/error.h"
 #include "planning/memory_plan.h"
 #include "planning/shares.h"
@@ -68,12 +70,27 @@ Plan make_plan(const ModelConfig& model, const PlanLimits& limits, int world, Re
   return p;
 }
 
+void complete_parsed_plan(Plan& p, const ModelConfig& model, int world, const std::string& where) {
+  for (size_t l = model.n_layers; l < p.spd_drop.size(); ++l)
+    if (p.spd_drop[l])
+      throw UserError(where + ": spd_drop names layer " + std::to_string(l) + " of a " + std::to_string(model.n_layers) +
+                      "-layer model");
+  p.spd_drop.resize(model.n_layers, false);
+  check_plan(p, model, world, where);
+  p.memory.clear();
+  for (const LayerShare& s : p.shares) p.memory.push_back(rank_memory(model, s, p.limits));
+}
+
 Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world) {
   if (!job.parallel.plan.empty()) {
     const std::string& file = job.parallel.plan;
     Plan p = Plan::load(file);
     const std::string why = file + ": this plan was made for ";
-    if (p.model_digest != config_digest(model))
+    namespace fs = std::filesystem;
+    const bool same_model = p.model_digest.empty()
+                                ? fs::weakly_canonical(p.model) == fs::weakly_canonical(job.model)
+                                : p.model_digest == config_digest(model);
+    if (!same_model)
       throw UserError(why + "the model " + p.model + " (config digest " + p.model_digest + "), not " + job.model +
                       "; make a new one with lowsync plan");
     if (p.world != world)
@@ -85,13 +102,7 @@ Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world) {
                       ", generate.max_new_tokens " + std::to_string(p.limits.max_new_tokens) + "; the job has " +
                       want.task + " with " + std::to_string(want.max_tokens) + ", " +
                       std::to_string(want.max_sequences) + ", " + std::to_string(want.max_new_tokens));
-    for (size_t l = model.n_layers; l < p.spd_drop.size(); ++l)
-      if (p.spd_drop[l]) throw UserError(file + ": spd_drop names layer " + std::to_string(l) + " of a " +
-                                         std::to_string(model.n_layers) + "-layer model");
-    p.spd_drop.resize(model.n_layers, false);
-    check_plan(p, model, world, file);
-    p.memory.clear();
-    for (const LayerShare& s : p.shares) p.memory.push_back(rank_memory(model, s, p.limits));
+    complete_parsed_plan(p, model, world, file);
     return p;
   }
   ReplicaSplit split = job.parallel.bp > 1 ? ReplicaSplit::Block : ReplicaSplit::Tensor;

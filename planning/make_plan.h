@@ -23,6 +23,10 @@ Plan make_plan(const ModelConfig& model, const PlanLimits& limits, int world, Re
 // Checks a plan's grid and shares against the model and world (used for plans from files).
 void check_plan(const Plan& plan, const ModelConfig& model, int world, const std::string& where);
 
+// Completes a plan read from YAML (Plan::parse / load) for `model`: the drop set sized to its
+// layers (refusing layers beyond them), checked by check_plan, memory computed.
+void complete_parsed_plan(Plan& plan, const ModelConfig& model, int world, const std::string& where);
+
 // The plan of a job that is not `parallel: auto`: from parallel.plan when given (refused, naming
 // what differs, if it was made for another model, rank count or job limits), else from the
 // parallel keys.

@@ -74,7 +74,6 @@ std::string Plan::to_yaml(const ModelConfig& model) const {
   e << YAML::Key << "grid" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "split" << YAML::Value
     << split_name(split) << YAML::Key << "group" << YAML::Value << group << YAML::Key << "dp" << YAML::Value << dp
     << YAML::Key << "pp" << YAML::Value << pp << YAML::EndMap;
-  e << YAML::Comment("per rank of a replica: [begin, count]");
   e << YAML::Key << "shares" << YAML::Value << YAML::BeginSeq;
   for (size_t r = 0; r < shares.size(); ++r) {
     e << YAML::Flow << YAML::BeginMap << YAML::Key << "rank" << YAML::Value << r;
@@ -93,8 +92,8 @@ std::string Plan::to_yaml(const ModelConfig& model) const {
   }
   e << YAML::EndSeq;
   std::vector<int> dropped, syncs;
-  for (int l = 0; l < layers(); ++l) {
-    if (spd_drop[l]) dropped.push_back(l);
+  for (int l = 0; l < model.n_layers; ++l) {
+    if (l < layers() && spd_drop[l]) dropped.push_back(l);
     syncs.push_back(syncs_in_layer(l, model));
   }
   e << YAML::Key << "spd_drop" << YAML::Value << YAML::Flow << dropped;
@@ -151,7 +150,8 @@ Plan Plan::parse(const std::string& yaml, const std::string& path) {
   Plan p;
   const YAML::Node made = node(root, "made_for", "");
   p.model = get(made, "model", "made_for.", std::string());
-  p.model_digest = get(made, "config_digest", "made_for.", std::string());
+  // Optional, so that a plan can be written by hand; without it the model's path must match.
+  if (made["config_digest"]) p.model_digest = get(made, "config_digest", "made_for.", std::string());
   p.world = get(made, "world", "made_for.", 0);
   p.limits.task = get(made, "task", "made_for.", std::string());
   p.limits.max_tokens = get(made, "max_tokens", "made_for.", 0);

@@ -10,7 +10,6 @@
 #include "io/prompts.h"
 #include "planning/calibration.h"
 #include "planning/make_plan.h"
-#include "planning/memory_plan.h"
 #include "planning/profiler.h"
 
 namespace lowsync {
@@ -204,7 +203,7 @@ Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& w
       std::printf("lowsync: profiling %d rank(s) (no usable %s)\n", world.size(), job.plan.profile.c_str());
     world.agree([&] {
       profile = measure_profile(model, backend, world, std::min(job.batch.max_tokens, 512), job.batch.max_sequences,
-                                job.threads, 30.0);
+                                job.threads, 15.0);
       if (world.rank() == 0) profile.save(job.plan.profile);
     });
   }
@@ -227,9 +226,7 @@ Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& w
   Plan plan;
   world.agree([&] {
     plan = Plan::parse(yaml, "planner");
-    plan.spd_drop.resize(model.n_layers, false);
-    check_plan(plan, model, world.size(), "planner");
-    for (const LayerShare& s : plan.shares) plan.memory.push_back(rank_memory(model, s, plan.limits));
+    complete_parsed_plan(plan, model, world.size(), "planner");
   });
   return plan;
 }

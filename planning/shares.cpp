@@ -102,7 +102,7 @@ std::vector<LayerShare> tensor_shares(const ModelConfig& model, const std::vecto
   auto exact = [&](const std::vector<int>& count) {
     const double scale = I / std::accumulate(wanted.begin(), wanted.end(), 0.0);
     for (int r = 0; r < n; ++r)
-      if (std::abs(count[r] - wanted[r] * scale) > 0.5) return false;
+      if (std::abs(count[r] - wanted[r] * scale) > 1e-6) return false;
     return true;
   };
   std::vector<int> columns = split_columns(1);
