@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <sstream>
@@ -162,8 +163,14 @@ int CudaOptions::device_index() const {
 }
 
 std::string JobConfig::fingerprint() const {
+  // Paths as canonical absolute paths: ./x.h5 and x.h5 name the same file.
+  auto canonical = [](const std::string& path) {
+    std::error_code ec;
+    const auto p = std::filesystem::weakly_canonical(path, ec);
+    return path.empty() || ec ? path : p.string();
+  };
   std::ostringstream s;
-  s << "model: " << model << "\ntask: " << task << "\ninput: " << input << "\n";
+  s << "model: " << canonical(model) << "\ntask: " << task << "\ninput: " << canonical(input) << "\n";
   if (task == "generate")
     s << "generate: {max_new_tokens: " << generate.max_new_tokens << ", temperature: " << generate.temperature
       << ", top_k: " << generate.top_k << ", top_p: " << generate.top_p << ", seed: " << generate.seed
@@ -174,7 +181,7 @@ std::string JobConfig::fingerprint() const {
   // and the dropped layers change the model's function.
   s << "parallel: {tp: " << parallel.tp << ", bp: " << parallel.bp << ", spd: {drop: [";
   for (size_t i = 0; i < parallel.spd.drop.size(); ++i) s << (i ? ", " : "") << parallel.spd.drop[i];
-  s << "], from: '" << parallel.spd.from << "', max_kl: " << parallel.spd.max_kl
+  s << "], from: '" << canonical(parallel.spd.from) << "', max_kl: " << parallel.spd.max_kl
     << ", min_top1: " << parallel.spd.min_top1 << "}}\n";
   // The backend changes results beyond float rounding when it stores weights in 16 bits, so rows of
   // one output file all come from the same backend and dtype. The device does not matter.
