@@ -111,7 +111,11 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
     if (eq == std::string::npos) throw UserError("--set " + o + ": expected key=value");
     const std::string key = o.substr(0, eq);
     if (!schema().count(key)) throw UserError("--set " + o + ": unknown key '" + key + "'");
-    values[key] = YAML::Load(o.substr(eq + 1));
+    // YAML reads an empty value as null, which would become the string "null" (an output file
+    // named null, say): as in the job file, a key set must have a value.
+    const YAML::Node value = YAML::Load(o.substr(eq + 1));
+    if (value.IsNull()) throw UserError("--set " + o + ": key '" + key + "' needs a value");
+    values[key] = value;
   }
 
   JobConfig c;
