@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <sstream>
@@ -118,7 +119,11 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
     if (eq == std::string::npos) throw UserError("--set " + o + ": expected key=value");
     const std::string key = o.substr(0, eq);
     if (!schema().count(key)) throw UserError("--set " + o + ": unknown key '" + key + "'");
-    values[key] = YAML::Load(o.substr(eq + 1));
+    // YAML reads an empty value as null, which would become the string "null" (an output file
+    // named null, say): as in the job file, a key set must have a value.
+    const YAML::Node value = YAML::Load(o.substr(eq + 1));
+    if (value.IsNull()) throw UserError("--set " + o + ": key '" + key + "' needs a value");
+    values[key] = value;
   }
 
   JobConfig c;
@@ -180,8 +185,14 @@ int CudaOptions::device_index() const {
 }
 
 std::string JobConfig::fingerprint() const {
+  // Paths as canonical absolute paths: ./x.h5 and x.h5 name the same file.
+  auto canonical = [](const std::string& path) {
+    std::error_code ec;
+    const auto p = std::filesystem::weakly_canonical(path, ec);
+    return path.empty() || ec ? path : p.string();
+  };
   std::ostringstream s;
-  s << "model: " << model << "\ntask: " << task << "\ninput: " << input << "\n";
+  s << "model: " << canonical(model) << "\ntask: " << task << "\ninput: " << canonical(input) << "\n";
   if (task == "generate")
     s << "generate: {max_new_tokens: " << generate.max_new_tokens << ", temperature: " << generate.temperature
       << ", top_k: " << generate.top_k << ", top_p: " << generate.top_p << ", seed: " << generate.seed
@@ -192,8 +203,8 @@ std::string JobConfig::fingerprint() const {
   // and the dropped layers change the model's function.
   s << "parallel: {tp: " << parallel.tp << ", bp: " << parallel.bp << ", spd: {drop: [";
   for (size_t i = 0; i < parallel.spd.drop.size(); ++i) s << (i ? ", " : "") << parallel.spd.drop[i];
-  s << "], from: '" << parallel.spd.from << "', max_kl: " << parallel.spd.max_kl
-    << ", min_top1: " << parallel.spd.min_top1 << "}, plan: '" << parallel.plan << "', auto: "
+  s << "], from: '" << canonical(parallel.spd.from) << "', max_kl: " << parallel.spd.max_kl
+    << ", min_top1: " << parallel.spd.min_top1 << "}, plan: '" << canonical(parallel.plan) << "', auto: "
     << (parallel.auto_plan ? "true" : "false") << "}\n";
   // The backend changes results beyond float rounding when it stores weights in 16 bits, so rows of
   // one output file all come from the same backend and dtype. The device does not matter.

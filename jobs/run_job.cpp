@@ -142,6 +142,14 @@ void run_job(const JobConfig& job, bool resume) {
       std::fflush(stdout);
     };
     queue.run(compute, progress);
+  } catch (const OutputError& e) {
+    // Only rank 0 writes, and its message names the file: no rank needed. The writer has closed
+    // the output; on one rank the error can end the process normally, else it must stop the others
+    // (they wait in the work queue or in collectives).
+    if (world.size() == 1) throw;
+    std::fprintf(stderr, "lowsync: error: %s\n", e.what());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lowsync: error: rank %d: %s\n", world.rank(), e.what());
     std::fflush(stderr);
