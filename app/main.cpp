@@ -25,7 +25,7 @@ const char* kUsage =
     "       lowsync calibrate JOB.yaml [--set key=value ...]   (under mpirun -np parallel.tp)\n"
     "       lowsync profile JOB.yaml [--set key=value ...] [--out profile.yaml] [--budget SECONDS]\n"
     "                                   (under mpirun: the ranks' compute and links, for planning)\n"
-    "       lowsync plan JOB.yaml [--set key=value ...] [--out plan.yaml]\n"
+    "       lowsync plan JOB.yaml [--set key=value ...] [--out plan.yaml] [--candidates FILE.json]\n"
     "                                   (under mpirun: predicts every plan this world allows, writes the best)\n"
     "       lowsync inspect MODEL_DIR\n"
     "Launch with mpirun for several ranks; see README.md for the job YAML reference.\n";
@@ -38,7 +38,8 @@ int job_command(const std::string& command, const std::vector<std::string>& args
   opts.add_options()("job", po::value<std::string>()->required(), "job YAML")(
       "set", po::value<std::vector<std::string>>(&overrides)->composing(), "override a key: key=value");
   if (command == "plan")
-    opts.add_options()("out", po::value<std::string>(), "the plan to write (default: the job's plan.output)");
+    opts.add_options()("out", po::value<std::string>(), "the plan to write (default: the job's plan.output)")(
+        "candidates", po::value<std::string>()->default_value(""), "also write every candidate as JSON here");
   else if (command == "profile")
     opts.add_options()("out", po::value<std::string>()->default_value("profile.yaml"), "the profile to write")(
         "budget", po::value<double>()->default_value(15.0), "seconds the measurements aim for");
@@ -53,7 +54,7 @@ int job_command(const std::string& command, const std::vector<std::string>& args
   if (command == "calibrate")
     calibrate_spd(job);
   else if (command == "plan")
-    plan_job(job, vm.count("out") ? vm["out"].as<std::string>() : job.plan.output);
+    plan_job(job, vm.count("out") ? vm["out"].as<std::string>() : job.plan.output, vm["candidates"].as<std::string>());
   else if (command == "profile")
     profile_job(job, vm["out"].as<std::string>(), vm["budget"].as<double>());
   else

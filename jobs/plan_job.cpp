@@ -7,7 +7,7 @@
 
 namespace lowsync {
 
-void plan_job(const JobConfig& job, const std::string& out_path) {
+void plan_job(const JobConfig& job, const std::string& out_path, const std::string& candidates_json) {
   Communicator world(MPI_COMM_WORLD, "world");
   ModelConfig model;
   std::unique_ptr<Backend> backend;
@@ -15,7 +15,7 @@ void plan_job(const JobConfig& job, const std::string& out_path) {
     model = load_model_config(job.model);
     backend = make_backend(job, world);
   });
-  const Plan plan = choose_plan(job, model, world, *backend);
+  const Plan plan = choose_plan(job, model, world, *backend, candidates_json);
   world.agree([&] {
     if (world.rank() != 0) return;
     plan.save(out_path, model);

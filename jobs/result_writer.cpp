@@ -537,12 +537,14 @@ void ResultWriter::append(const std::vector<RowResult>& results) {
   next_row_ += n;
 }
 
-void ResultWriter::finish(const std::string& report, const std::string& report_json) {
+void ResultWriter::finish(const std::string& report, const std::string& report_json, const std::string& plan_yaml) {
   if (file_ < 0) throw std::logic_error("ResultWriter: finish after a failure");
   const std::string what = "writing the run report";
   try {
-    const std::string reason = reserve(kMetadataReserve + 2 * static_cast<int64_t>(report.size() + report_json.size()));
+    const std::string reason =
+        reserve(kMetadataReserve + 2 * static_cast<int64_t>(report.size() + report_json.size() + plan_yaml.size()));
     if (!reason.empty()) fail(what, reason);
+    write_string_attr(file_, "plan", plan_yaml);
     write_string_attr(file_, "run_report", report);
     write_string_attr(file_, "run_report_json", report_json);
     write_u8_attr(file_, "complete", 1);

@@ -48,9 +48,9 @@ class ResultWriter {
   // Appends rows [rows_done(), rows_done() + results.size()). Throws OutputError if they cannot be
   // written; the writer is then closed and rows_done() rows stay in the file.
   void append(const std::vector<RowResult>& results);
-  // Stores the run report (attributes `run_report`, `run_report_json`), marks the file complete
+  // Stores the plan that ran and the run report (attributes `plan`, `run_report`, `run_report_json`), marks the file complete
   // (`complete` = 1) and closes it. Throws OutputError if that cannot be written.
-  void finish(const std::string& report, const std::string& report_json);
+  void finish(const std::string& report, const std::string& report_json, const std::string& plan_yaml);
 
  private:
   void create(const JobConfig& job, const ModelConfig& model);

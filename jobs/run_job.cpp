@@ -110,6 +110,7 @@ void run_job(const JobConfig& job, bool resume) {
   // failing rank reports and aborts every rank. Rows already written stay, marked done.
   const auto t_run = Clock::now();
   int64_t new_tokens = 0;
+  PhaseTimes phases;
   try {
     WorkQueue queue(groups, plan_batches(*input, job, first), writer.get());
     int64_t batches_started = 0;
@@ -123,12 +124,16 @@ void run_job(const JobConfig& job, bool resume) {
       const auto t0 = Clock::now();
       std::vector<RowResult> results;
       if (job.task == "generate")
-        results = generate_batch(transformer, job.generate, prompts, b.first_row);
+        results = generate_batch(transformer, job.generate, prompts, b.first_row, phases);
       else if (job.task == "score")
         results = score_batch(transformer, prompts, targets);
       else
         results = embed_batch(transformer, job.embed, prompts);
       const float ms = static_cast<float>(seconds_since(t0) * 1e3);
+      if (job.task != "generate") {  // score and embed: one prefill pass per batch
+        phases.prefill_s += ms / 1e3;
+        ++phases.prefill_passes;
+      }
       for (auto& r : results) {
         r.latency_ms = ms;
         new_tokens += static_cast<int64_t>(r.tokens.size());
@@ -162,7 +167,8 @@ void run_job(const JobConfig& job, bool resume) {
   const double mine[kReportFields] = {wall_s - c.seconds, c.seconds, double(c.calls), double(c.bytes),
                                       double(transformer.forward_passes()), double(transformer.tokens_processed()),
                                       double(transformer.weight_bytes()), proc_status_mib("VmHWM"),
-                                      proc_status_mib("RssAnon")};
+                                      proc_status_mib("RssAnon"), phases.prefill_s, double(phases.prefill_passes),
+                                      phases.decode_s, double(phases.decode_steps)};
   std::vector<double> all(kReportFields * world.size());
   MPI_Allgather(mine, kReportFields, MPI_DOUBLE, all.data(), kReportFields, MPI_DOUBLE, world.raw());
   int64_t total_new = new_tokens;
@@ -170,7 +176,7 @@ void run_job(const JobConfig& job, bool resume) {
   if (root) {
     const RunTotals totals{wall_s, input->rows() - first, total_new, job.task};
     const std::string report = run_report(plan, model, all, totals);
-    writer->finish(report, run_report_json(plan, model, all, totals));
+    writer->finish(report, run_report_json(plan, model, all, totals), plan.to_yaml(model));
     std::printf("lowsync: done; output %s\n%s", job.output.c_str(), report.c_str());
   }
 }

@@ -57,7 +57,9 @@ std::string run_report_json(const Plan& plan, const ModelConfig& model, const st
     j["per_rank"].push_back({{"rank", r}, {"compute_s", f[0]}, {"comm_s", f[1]}, {"allreduces", int64_t(f[2])},
                              {"bytes_sent", int64_t(f[3])}, {"passes", int64_t(f[4])}, {"tokens", int64_t(f[5])},
                              {"weight_bytes", int64_t(f[6])}, {"peak_rss_mib", f[7]}, {"rss_anon_mib", f[8]},
-                             {"planned_memory_bytes", plan.memory[plan.group_rank_of(r)].total()}});
+                             {"planned_memory_bytes", plan.memory[plan.group_rank_of(r)].total()},
+                             {"prefill_s", f[9]}, {"prefill_passes", int64_t(f[10])}, {"decode_s", f[11]},
+                             {"decode_steps", int64_t(f[12])}});
   }
   return j.dump();
 }

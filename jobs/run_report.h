@@ -10,8 +10,9 @@
 namespace lowsync {
 
 // Per-rank figures, gathered to every rank: [compute s, replica comm s, all-reduces, bytes sent,
-// forward passes, tokens, weight bytes, peak resident MiB, anonymous resident MiB].
-constexpr int kReportFields = 9;
+// forward passes, tokens, weight bytes, peak resident MiB, anonymous resident MiB, prefill s,
+// prefill passes, decode s, decode steps].
+constexpr int kReportFields = 13;
 
 struct RunTotals {
   double wall_s = 0;

@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "io/error.h"
@@ -172,9 +175,11 @@ std::string planner_table(const PlannerResult& result, const JobConfig& job, con
     int64_t most = 0;
     for (const RankMemory& m : c.plan.memory) most = std::max(most, m.total());
     const double value = job.plan.objective == "latency" ? c.predicted.sequence_latency_s : c.predicted.rows_per_s;
+    char decode[32] = "";
+    if (gen) std::snprintf(decode, sizeof decode, "%.2f", 1e3 * c.predicted.decode_step_s);
     std::snprintf(line, sizeof line, "%c %-44s %11.2f %11s %9.0f %10.0f %5s %8.3g %6.3f %12.4g\n",
                   static_cast<int>(i) == result.chosen ? '*' : ' ', c.label.c_str(), 1e3 * c.predicted.prefill_pass_s,
-                  gen ? std::to_string(1e3 * c.predicted.decode_step_s).substr(0, 8).c_str() : "",
+                  decode,
                   c.predicted.bytes_per_token, most / 1048576.0, c.fits ? "yes" : "no", c.kl, c.top1, value);
     s << line;
   }
@@ -185,7 +190,25 @@ std::string planner_table(const PlannerResult& result, const JobConfig& job, con
   return s.str();
 }
 
-Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& world, Backend& backend) {
+std::string candidates_json(const PlannerResult& result, const ModelConfig& model) {
+  nlohmann::json out = nlohmann::json::array();
+  for (size_t i = 0; i < result.candidates.size(); ++i) {
+    const Candidate& c = result.candidates[i];
+    int64_t most = 0;
+    for (const RankMemory& m : c.plan.memory) most = std::max(most, m.total());
+    out.push_back({{"label", c.label}, {"chosen", static_cast<int>(i) == result.chosen}, {"fits", c.fits},
+                   {"kl", c.kl}, {"top1", c.top1}, {"prefill_pass_s", c.predicted.prefill_pass_s},
+                   {"decode_step_s", c.predicted.decode_step_s}, {"decode_step_one_s", c.predicted.decode_step_one_s},
+                   {"compute_s", c.predicted.compute_s}, {"comm_s", c.predicted.comm_s},
+                   {"bytes_per_token", c.predicted.bytes_per_token}, {"rows_per_s", c.predicted.rows_per_s},
+                   {"sequence_latency_s", c.predicted.sequence_latency_s}, {"memory_per_rank_bytes", most},
+                   {"plan", c.plan.describe()}, {"plan_yaml", c.plan.to_yaml(model)}});
+  }
+  return out.dump(1);
+}
+
+Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& world, Backend& backend,
+                 const std::string& candidates_out) {
   // Rank 0 reads the profile if it fits this world and model; otherwise every rank measures.
   Profile profile;
   int64_t have = 0;
@@ -212,10 +235,17 @@ Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& w
   std::string yaml;
   world.agree([&] {
     if (world.rank() != 0) return;
+    const auto t0 = std::chrono::steady_clock::now();
     const PlannerResult result = plan_candidates(job, model, profile, workload_of(job, model));
-    std::printf("lowsync: plan candidates for %s on %d rank(s), objective %s (profile %s)\n%s", job.model.c_str(),
-                world.size(), job.plan.objective.c_str(), job.plan.profile.c_str(),
+    const double planning_ms = 1e3 * std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("lowsync: plan candidates for %s on %d rank(s), objective %s (profile %s; planned in %.1f ms)\n%s",
+                job.model.c_str(), world.size(), job.plan.objective.c_str(), job.plan.profile.c_str(), planning_ms,
                 planner_table(result, job, model).c_str());
+    if (!candidates_out.empty()) {
+      std::ofstream f(candidates_out);
+      f << candidates_json(result, model);
+      if (!f) throw UserError(candidates_out + ": cannot write the candidates");
+    }
     std::fflush(stdout);
     yaml = result.candidates[result.chosen].plan.to_yaml(model);
   });

@@ -44,7 +44,12 @@ std::string planner_table(const PlannerResult& result, const JobConfig& job, con
 // Collective over world: reads plan.profile (measuring it first, and writing it, when the file is
 // missing or was made for another world or model), plans, prints the table on rank 0, and returns
 // the chosen plan on every rank. Agreed: errors are printed once.
-// `backend` is the job's: the profile times its kernels.
-Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& world, Backend& backend);
+// `backend` is the job's: the profile times its kernels. `candidates_json`, when not empty, is
+// where rank 0 writes every candidate (label, plan YAML, prediction, memory) for benchmarks.
+Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& world, Backend& backend,
+                 const std::string& candidates_json = "");
+
+// Every candidate as JSON: label, chosen, fits, kl, top1, the prediction's figures and the plan's YAML.
+std::string candidates_json(const PlannerResult& result, const ModelConfig& model);
 
 }  // namespace lowsync
