@@ -83,6 +83,14 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
   std::unique_ptr<Calibration> cal;
   if (!job.parallel.spd.from.empty()) cal = std::make_unique<Calibration>(Calibration::load(job.parallel.spd.from));
 
+  auto add = [&](Candidate c) {
+    for (int w = 0; w < world; ++w)
+      if (profile.ranks[w].usable_memory_bytes > 0 &&
+          c.plan.memory[c.plan.group_rank_of(w)].total() > profile.ranks[w].usable_memory_bytes)
+        c.fits = false;
+    c.predicted = predict(c.plan, model, profile, work);
+    result.candidates.push_back(std::move(c));
+  };
   for (int group = 1; group <= world; ++group) {
     if (world % group) continue;
     const int dp = world / group;
@@ -117,13 +125,20 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
         c.label = std::string(split_name(split)) + "=" + std::to_string(group) + " dp=" + std::to_string(dp);
         if (group > 1) c.label += " " + speeds_label(speeds);
         if (!dropped.empty()) c.label += ", SPD " + std::to_string(dropped.size()) + "/" + std::to_string(model.n_layers);
-        for (int w = 0; w < world; ++w)
-          if (profile.ranks[w].usable_memory_bytes > 0 &&
-              c.plan.memory[c.plan.group_rank_of(w)].total() > profile.ranks[w].usable_memory_bytes)
-            c.fits = false;
-        c.predicted = predict(c.plan, model, profile, work);
-        result.candidates.push_back(std::move(c));
+        add(std::move(c));
       }
+  }
+  // The plan the job itself states (its parallel keys or a plan file), when it states one: so that
+  // `lowsync plan` also predicts what the user asked for, and benchmarks can time any plan.
+  const bool states_plan = !job.parallel.auto_plan &&
+                           (job.parallel.group() > 1 || job.parallel.dp > 1 || !job.parallel.plan.empty() ||
+                            !job.parallel.spd.drop.empty() || !job.parallel.spd.from.empty());
+  if (states_plan) {
+    Candidate c;
+    c.plan = plan_from_job(job, model, world);
+    c.label = "job's plan: " + c.plan.describe();
+    if (c.plan.dropped_layers() > 0) c.kl = c.top1 = std::nan("");  // not from a calibration prefix: unknown
+    add(std::move(c));
   }
 
   for (size_t i = 0; i < result.candidates.size(); ++i) {
