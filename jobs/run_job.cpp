@@ -241,9 +241,9 @@ void run_job(const JobConfig& job, bool resume) {
       if (job.task == "generate")
         results = generate_batch(*transformer, job.generate, prompts, b.first_row);
       else if (job.task == "score")
-        results = score_batch(*transformer, prompts, targets);
+        results = score_batch(*transformer, prompts, targets, b.first_row);
       else
-        results = embed_batch(*transformer, job.embed, prompts);
+        results = embed_batch(*transformer, job.embed, prompts, b.first_row);
       const float ms = static_cast<float>(seconds_since(t0) * 1e3);
       for (auto& r : results) {
         r.latency_ms = ms;
