@@ -1,13 +1,16 @@
 #include "io/job_config.h"
 
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
 #include <filesystem>
+#include <cstdio>
 #include <functional>
 #include <map>
 #include <sstream>
 
 #include "io/error.h"
+#include "io/files.h"
 
 namespace lowsync {
 
@@ -85,6 +88,10 @@ void flatten(const YAML::Node& node, const std::string& prefix, const std::strin
     throw UserError(file + ": " + (prefix.empty() ? "the document" : "key '" + prefix + "'") +
                     " must be a mapping of keys to values");
   for (const auto& kv : node) {
+    // A key that is itself a list or mapping ({[a]: 1}, "? [a, b]") names nothing in the schema.
+    if (!kv.first.IsScalar())
+      throw UserError(file + ": line " + std::to_string(kv.first.Mark().line + 1) + ": a key " +
+                      (prefix.empty() ? "" : "under '" + prefix + "' ") + "is a list or mapping; expected a name");
     const std::string key = prefix.empty() ? kv.first.as<std::string>() : prefix + "." + kv.first.as<std::string>();
     if (schema().count(key)) {
       const bool is_list = key == "parallel.spd.drop" || key == "parallel.speeds";
@@ -101,17 +108,40 @@ void flatten(const YAML::Node& node, const std::string& prefix, const std::strin
   }
 }
 
+// yaml-cpp quotes the offending character raw; a NUL or newline from a binary file would cut or
+// split the single error line.
+std::string printable(const std::string& text) {
+  std::string out;
+  for (unsigned char ch : text) {
+    if (ch >= 0x20 && ch != 0x7f) {
+      out += static_cast<char>(ch);
+    } else {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "\\x%02x", ch);
+      out += hex;
+    }
+  }
+  return out;
+}
+
+YAML::Node parse_yaml(const std::string& text, const std::string& what) {
+  try {
+    return YAML::Load(text);
+  } catch (const YAML::DeepRecursion& e) {
+    throw UserError(what + ": not valid YAML (nested more than " + std::to_string(e.depth() - 1) + " levels deep at line " +
+                    std::to_string(e.mark.line + 1) + ")");
+  } catch (const YAML::Exception& e) {
+    throw UserError(what + ": not valid YAML (" + printable(e.msg) + " at line " + std::to_string(e.mark.line + 1) + ")");
+  } catch (const std::bad_alloc&) {  // yaml-cpp's scanner can run out of memory on malformed input
+    throw UserError(what + ": not valid YAML (the parser ran out of memory)");
+  }
+}
+
 }  // namespace
 
 JobConfig load_job_config(const std::string& path, const std::vector<std::string>& overrides) {
-  YAML::Node root;
-  try {
-    root = YAML::LoadFile(path);
-  } catch (const YAML::BadFile&) {
-    throw UserError(path + ": cannot open the job file");
-  } catch (const YAML::Exception& e) {
-    throw UserError(path + ": not valid YAML (" + e.msg + " at line " + std::to_string(e.mark.line + 1) + ")");
-  }
+  // A FIFO, directory or device in place of the job file would hang or fail inside yaml-cpp.
+  const YAML::Node root = parse_yaml(read_regular_file(path, "the job file"), path);
   std::map<std::string, YAML::Node> values;
   flatten(root.IsNull() ? YAML::Node(YAML::NodeType::Map) : root, "", path, values);
   for (const auto& o : overrides) {
@@ -121,8 +151,11 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
     if (!schema().count(key)) throw UserError("--set " + o + ": unknown key '" + key + "'");
     // YAML reads an empty value as null, which would become the string "null" (an output file
     // named null, say): as in the job file, a key set must have a value.
-    const YAML::Node value = YAML::Load(o.substr(eq + 1));
+    const YAML::Node value = parse_yaml(o.substr(eq + 1), "--set " + o);
     if (value.IsNull()) throw UserError("--set " + o + ": key '" + key + "' needs a value");
+    const bool is_list = key == "parallel.spd.drop" || key == "parallel.speeds";
+    if (is_list ? !value.IsSequence() : !value.IsScalar())
+      throw UserError("--set " + o + ": key '" + key + "' must be " + (is_list ? "a list" : "a single value"));
     values[key] = value;
   }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "jobs/finite.h"
 #include "jobs/sampler.h"
 #include "jobs/tasks.h"
 
@@ -40,6 +41,8 @@ std::vector<RowResult> generate_batch(Transformer& model, const GenerateOptions&
     std::vector<size_t> running;
     for (size_t j = 0; j < rows.size(); ++j) {
       const size_t i = rows[j];
+      require_finite(model, logits_host.data() + j * cfg.vocab, cfg.vocab, first_row + static_cast<int64_t>(i),
+                     "generate", "the logits for new token " + std::to_string(out[i].tokens.size()));
       const int t = samplers[i].next(logits_host.data() + j * cfg.vocab, cfg.vocab);
       out[i].tokens.push_back(t);
       // The next pass would put this token at position prompt + generated - 1.

@@ -126,9 +126,9 @@ void run_job(const JobConfig& job, bool resume) {
       if (job.task == "generate")
         results = generate_batch(transformer, job.generate, prompts, b.first_row, phases);
       else if (job.task == "score")
-        results = score_batch(transformer, prompts, targets);
+        results = score_batch(transformer, prompts, targets, b.first_row);
       else
-        results = embed_batch(transformer, job.embed, prompts);
+        results = embed_batch(transformer, job.embed, prompts, b.first_row);
       const float ms = static_cast<float>(seconds_since(t0) * 1e3);
       if (job.task != "generate") {  // score and embed: one prefill pass per batch
         phases.prefill_s += ms / 1e3;

@@ -24,8 +24,12 @@ struct PhaseTimes {
 std::vector<RowResult> generate_batch(Transformer& model, const GenerateOptions& opt, const TokenRows& prompts,
                                       int64_t first_row, PhaseTimes& times);
 // log p(target j | prompt, targets before j) for every target token.
-std::vector<RowResult> score_batch(Transformer& model, const TokenRows& prompts, const TokenRows& targets);
+std::vector<RowResult> score_batch(Transformer& model, const TokenRows& prompts, const TokenRows& targets,
+                                   int64_t first_row);
 // Pooled last hidden state per prompt.
-std::vector<RowResult> embed_batch(Transformer& model, const EmbedOptions& opt, const TokenRows& prompts);
+std::vector<RowResult> embed_batch(Transformer& model, const EmbedOptions& opt, const TokenRows& prompts,
+                                   int64_t first_row);
+// Every task stops with a UserError naming the input row (first_row + batch index) when the row's
+// logits or embedding are not finite (jobs/finite.h).
 
 }  // namespace lowsync
