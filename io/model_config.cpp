@@ -113,17 +113,17 @@ Activation parse_activation(const std::string& name, const std::string& path) {
   throw UserError(path + ": activation '" + name + "' is not supported; expected silu, gelu or gelu_new");
 }
 
-// eos_token_id: one id or a list; each must be a token the model can produce, or the stop test
-// never fires. None when absent.
+// eos_token_id: one id or a list of non-negative integers. None when absent. An id beyond the
+// vocabulary can never be generated, so it is dropped rather than refused: transformers' own
+// default GPT-2 config carries 50256 into models with small vocabularies.
 std::vector<int> eos_ids(const ConfigJson& c, int vocab) {
   std::vector<int> ids;
   if (!c.has("eos_token_id")) return ids;
   const json& e = c.j["eos_token_id"];
   for (const json& id : e.is_array() ? e : json::array({e})) {
-    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= vocab)
-      throw UserError(c.path + ": key 'eos_token_id' is " + shown(e) + "; expected a token id or a list of token ids in [0, " +
-                      std::to_string(vocab) + ")");
-    ids.push_back(id.get<int>());
+    if (!id.is_number_integer() || id.get<int64_t>() < 0)
+      throw UserError(c.path + ": key 'eos_token_id' is " + shown(e) + "; expected a token id or a list of token ids (>= 0)");
+    if (id.get<int64_t>() < vocab) ids.push_back(id.get<int>());
   }
   return ids;
 }

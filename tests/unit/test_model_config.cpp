@@ -49,7 +49,7 @@ TEST(ModelConfig, BadSizesAndValuesNameTheKey) {
       {R"(, "rope_theta": 0)", "'rope_theta' is 0"},
       {R"(, "rms_norm_eps": -0.001)", "'rms_norm_eps'"},
       {R"(, "eos_token_id": "x")", "'eos_token_id'"},
-      {R"(, "eos_token_id": [1, 256])", "'eos_token_id'"},
+      {R"(, "eos_token_id": [1, -3])", "'eos_token_id'"},
       {R"(, "hidden_size": 16000000, "intermediate_size": 16000000, "num_hidden_layers": 60000, "num_attention_heads": 1, "num_key_value_heads": 1)",
        "parameters"},
   };
