@@ -170,9 +170,10 @@ void run_job(const JobConfig& job, bool resume) {
                                       proc_status_mib("RssAnon"), phases.prefill_s, double(phases.prefill_passes),
                                       phases.decode_s, double(phases.decode_steps)};
   std::vector<double> all(kReportFields * world.size());
-  MPI_Allgather(mine, kReportFields, MPI_DOUBLE, all.data(), kReportFields, MPI_DOUBLE, world.raw());
-  int64_t total_new = new_tokens;
-  MPI_Allreduce(MPI_IN_PLACE, &total_new, 1, MPI_INT64_T, MPI_SUM, groups.dp.raw());  // per replica, tp ranks agree
+  world.all_gather(mine, kReportFields, all.data());
+  double replicas_new = static_cast<double>(new_tokens);
+  groups.dp.all_reduce(&replicas_new, 1);  // over replicas; a replica's ranks agree on its count
+  const int64_t total_new = static_cast<int64_t>(replicas_new);
   if (root) {
     const RunTotals totals{wall_s, input->rows() - first, total_new, job.task};
     const std::string report = run_report(plan, model, all, totals);

@@ -67,24 +67,17 @@ int64_t WorkQueue::take_next_on_root() {
 // Root: answers every request and takes every result that has arrived (all of them, if block).
 void WorkQueue::serve_requests(bool block) {
   for (;;) {
-    MPI_Status st;
-    int flag = 0;
-    if (block)
-      MPI_Probe(MPI_ANY_SOURCE, MPI_ANY_TAG, g_.world.raw(), &st), flag = 1;
-    else
-      MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, g_.world.raw(), &flag, &st);
-    if (!flag) return;
-    if (st.MPI_TAG == kRequest) {
+    const Communicator::Incoming msg = g_.world.probe(block);
+    if (msg.source < 0) return;
+    if (msg.tag == kRequest) {
       char dummy;
-      g_.world.recv(&dummy, 1, st.MPI_SOURCE, kRequest);
+      g_.world.recv(&dummy, 1, msg.source, kRequest);
       int64_t index = take_next_on_root();
       if (index < 0) --leaders_left_;
-      g_.world.send(&index, sizeof index, st.MPI_SOURCE, kAssign);
-    } else if (st.MPI_TAG == kResult) {
-      int count = 0;
-      MPI_Get_count(&st, MPI_BYTE, &count);
-      std::vector<char> bytes(count);
-      g_.world.recv(bytes.data(), count, st.MPI_SOURCE, kResult);
+      g_.world.send(&index, sizeof index, msg.source, kAssign);
+    } else if (msg.tag == kResult) {
+      std::vector<char> bytes(msg.bytes);
+      g_.world.recv(bytes.data(), msg.bytes, msg.source, kResult);
       int64_t index;
       auto rows = unpack(bytes, index);
       deliver(index, std::move(rows));
@@ -138,7 +131,7 @@ void WorkQueue::run(const std::function<std::vector<RowResult>(const Batch&)>& c
       // Non-blocking: a large message would otherwise wait for rank 0 to finish its own batch.
       if (outbox_request_ != MPI_REQUEST_NULL) g_.world.wait(outbox_request_);
       outbox_ = pack(index, results);
-      MPI_Isend(outbox_.data(), static_cast<int>(outbox_.size()), MPI_BYTE, 0, kResult, g_.world.raw(), &outbox_request_);
+      outbox_request_ = g_.world.isend(outbox_.data(), static_cast<int64_t>(outbox_.size()), 0, kResult);
     }
   }
   if (outbox_request_ != MPI_REQUEST_NULL) g_.world.wait(outbox_request_);

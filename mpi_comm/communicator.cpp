@@ -70,6 +70,11 @@ void Communicator::all_gather(const float* send, int64_t n, float* recv) {
   check(MPI_Allgather(send, static_cast<int>(n), MPI_FLOAT, recv, static_cast<int>(n), MPI_FLOAT, comm_), "Allgather");
 }
 
+void Communicator::all_gather(const double* send, int64_t n, double* recv) {
+  Timer t(counters_, n * 8);
+  check(MPI_Allgather(send, static_cast<int>(n), MPI_DOUBLE, recv, static_cast<int>(n), MPI_DOUBLE, comm_), "Allgather");
+}
+
 void Communicator::reduce_scatter(const float* send, float* recv, int64_t n_per_rank) {
   Timer t(counters_, n_per_rank * size_ * 4);
   check(MPI_Reduce_scatter_block(send, recv, static_cast<int>(n_per_rank), MPI_FLOAT, MPI_SUM, comm_),
@@ -94,6 +99,26 @@ void Communicator::send(const void* data, int64_t bytes, int dest, int tag) {
 void Communicator::recv(void* data, int64_t bytes, int source, int tag) {
   Timer t(counters_, 0);
   check(MPI_Recv(data, static_cast<int>(bytes), MPI_BYTE, source, tag, comm_, MPI_STATUS_IGNORE), "Recv");
+}
+
+MPI_Request Communicator::isend(const void* data, int64_t bytes, int dest, int tag) {
+  Timer t(counters_, bytes);
+  MPI_Request req;
+  check(MPI_Isend(data, static_cast<int>(bytes), MPI_BYTE, dest, tag, comm_, &req), "Isend");
+  return req;
+}
+
+Communicator::Incoming Communicator::probe(bool block) {
+  MPI_Status st;
+  int flag = 1;
+  if (block)
+    check(MPI_Probe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, &st), "Probe");
+  else
+    check(MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, &flag, &st), "Iprobe");
+  if (!flag) return {};
+  int count = 0;
+  check(MPI_Get_count(&st, MPI_BYTE, &count), "Get_count");
+  return {st.MPI_SOURCE, st.MPI_TAG, count};
 }
 
 MPI_Request Communicator::iall_reduce(float* data, int64_t n) {

@@ -49,11 +49,21 @@ class Communicator {
   void all_reduce(double* data, int64_t n);                    // sum
   void all_reduce_max(int64_t* data, int64_t n);
   void all_gather(const float* send, int64_t n, float* recv);  // recv: n * size
+  void all_gather(const double* send, int64_t n, double* recv);  // recv: n * size
   void reduce_scatter(const float* send, float* recv, int64_t n_per_rank);
   void broadcast(void* data, int64_t bytes, int root);
   void barrier();
   void send(const void* data, int64_t bytes, int dest, int tag);
   void recv(void* data, int64_t bytes, int source, int tag);
+  MPI_Request isend(const void* data, int64_t bytes, int dest, int tag);  // data must live until wait
+
+  // A message waiting to be received: from any rank, with any tag.
+  struct Incoming {
+    int source = -1, tag = -1;
+    int64_t bytes = 0;
+  };
+  // Waits for the next message (block) or looks for one (source -1 when none is there yet).
+  Incoming probe(bool block);
 
   // Non-blocking all-reduce: start, do other work, wait.
   MPI_Request iall_reduce(float* data, int64_t n);

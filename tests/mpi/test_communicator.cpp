@@ -52,6 +52,42 @@ TEST(Communicator, AllGatherOrdersBlocksByRank) {
   }
 }
 
+TEST(Communicator, AllGatherOfDoublesOrdersBlocksByRank) {
+  Communicator w = world();
+  const double mine[2] = {w.rank() + 0.25, -1.0 * w.rank()};
+  std::vector<double> all(2 * w.size(), 99.0);
+  w.all_gather(mine, 2, all.data());
+  for (int r = 0; r < w.size(); ++r) {
+    EXPECT_DOUBLE_EQ(all[2 * r], r + 0.25);
+    EXPECT_DOUBLE_EQ(all[2 * r + 1], -1.0 * r);
+  }
+}
+
+// Rank 0 probes for what every other rank isends it: each message's source, tag and size arrive.
+TEST(Communicator, ProbeSeesEachIsendWithItsSourceTagAndSize) {
+  Communicator w = world();
+  const int tag = 7;
+  if (w.rank() != 0) {
+    std::vector<char> payload(10 * w.rank(), char('a' + w.rank()));
+    MPI_Request req = w.isend(payload.data(), static_cast<int64_t>(payload.size()), 0, tag);
+    w.wait(req);
+  } else {
+    std::vector<bool> seen(w.size(), false);
+    for (int n = 1; n < w.size(); ++n) {
+      const Communicator::Incoming m = w.probe(true);
+      ASSERT_GT(m.source, 0);
+      EXPECT_EQ(m.tag, tag);
+      EXPECT_EQ(m.bytes, 10 * m.source);
+      std::vector<char> got(m.bytes);
+      w.recv(got.data(), m.bytes, m.source, tag);
+      EXPECT_EQ(got.front(), char('a' + m.source));
+      seen[m.source] = true;
+    }
+    EXPECT_EQ(w.probe(false).source, -1);  // nothing more is waiting
+  }
+  w.barrier();
+}
+
 TEST(Communicator, ReduceScatterGivesEachRankItsSummedBlock) {
   Communicator w = world();
   const int R = w.size(), n = 3;
