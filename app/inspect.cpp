@@ -14,7 +14,7 @@ void inspect_model(const std::string& model_dir) {
   for (const auto& name : ckpt.names()) {
     const TensorInfo& t = ckpt.info(name);
     stored += t.numel();
-    stored_bytes += t.numel() * (t.dtype == "F32" ? 4 : 2);
+    stored_bytes += t.bytes;
   }
   const int64_t params = m.parameter_count();
   std::printf("model:          %s\n", model_dir.c_str());

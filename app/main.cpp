@@ -9,6 +9,7 @@
 #include "io/error.h"
 #include "io/job_config.h"
 #include "jobs/calibrate.h"
+#include "jobs/plan_job.h"
 #include "jobs/profile_job.h"
 #include "jobs/run_job.h"
 #include "mpi_comm/communicator.h"
@@ -24,6 +25,8 @@ const char* kUsage =
     "       lowsync calibrate JOB.yaml [--set key=value ...]   (under mpirun -np parallel.tp)\n"
     "       lowsync profile JOB.yaml [--set key=value ...] [--out profile.yaml] [--budget SECONDS]\n"
     "                                   (under mpirun: the ranks' compute and links, for planning)\n"
+    "       lowsync plan JOB.yaml [--set key=value ...] [--out plan.yaml] [--candidates FILE.json]\n"
+    "                                   (under mpirun: predicts every plan this world allows, writes the best)\n"
     "       lowsync inspect MODEL_DIR\n"
     "Launch with mpirun for several ranks; see README.md for the job YAML reference.\n";
 
@@ -34,7 +37,10 @@ int job_command(const std::string& command, const std::vector<std::string>& args
   std::vector<std::string> overrides;
   opts.add_options()("job", po::value<std::string>()->required(), "job YAML")(
       "set", po::value<std::vector<std::string>>(&overrides)->composing(), "override a key: key=value");
-  if (command == "profile")
+  if (command == "plan")
+    opts.add_options()("out", po::value<std::string>(), "the plan to write (default: the job's plan.output)")(
+        "candidates", po::value<std::string>()->default_value(""), "also write every candidate as JSON here");
+  else if (command == "profile")
     opts.add_options()("out", po::value<std::string>()->default_value("profile.yaml"), "the profile to write")(
         "budget", po::value<double>()->default_value(15.0), "seconds the measurements aim for");
   else
@@ -47,6 +53,8 @@ int job_command(const std::string& command, const std::vector<std::string>& args
   const JobConfig job = load_job_config(vm["job"].as<std::string>(), overrides);
   if (command == "calibrate")
     calibrate_spd(job);
+  else if (command == "plan")
+    plan_job(job, vm.count("out") ? vm["out"].as<std::string>() : job.plan.output, vm["candidates"].as<std::string>());
   else if (command == "profile")
     profile_job(job, vm["out"].as<std::string>(), vm["budget"].as<double>());
   else
@@ -74,13 +82,14 @@ int main(int argc, char** argv) {
   const std::string command = argv[1];
   const std::vector<std::string> args(argv + 2, argv + argc);
   try {
-    if (command == "run" || command == "calibrate" || command == "profile") return job_command(command, args);
+    if (command == "run" || command == "calibrate" || command == "profile" || command == "plan")
+      return job_command(command, args);
     if (command == "inspect") return inspect_command(args);
     if (command == "--help" || command == "-h" || command == "help") {
       if (mpi.rank() == 0) std::fputs(kUsage, stdout);
       return 0;
     }
-    report("unknown command '" + command + "'; expected run, calibrate, profile or inspect");
+    report("unknown command '" + command + "'; expected run, calibrate, profile, plan or inspect");
     return 2;
   } catch (const UserError& e) {
     report(e.what());

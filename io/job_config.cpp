@@ -1,12 +1,16 @@
 #include "io/job_config.h"
 
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
+#include <filesystem>
+#include <cstdio>
 #include <functional>
 #include <map>
 #include <sstream>
 
 #include "io/error.h"
+#include "io/files.h"
 
 namespace lowsync {
 
@@ -51,6 +55,12 @@ const std::map<std::string, Setter>& schema() {
       {"parallel.tp", field(&JobConfig::parallel, &ParallelOptions::tp)},
       {"parallel.dp", field(&JobConfig::parallel, &ParallelOptions::dp)},
       {"parallel.bp", field(&JobConfig::parallel, &ParallelOptions::bp)},
+      {"parallel.speeds", field(&JobConfig::parallel, &ParallelOptions::speeds)},
+      {"parallel.plan", field(&JobConfig::parallel, &ParallelOptions::plan)},
+      {"parallel.auto", field(&JobConfig::parallel, &ParallelOptions::auto_plan)},
+      {"plan.objective", field(&JobConfig::plan, &PlanOptions::objective)},
+      {"plan.profile", field(&JobConfig::plan, &PlanOptions::profile)},
+      {"plan.output", field(&JobConfig::plan, &PlanOptions::output)},
       {"parallel.spd.drop", spd_field(&SpdOptions::drop)},
       {"parallel.spd.from", spd_field(&SpdOptions::from)},
       {"parallel.spd.budget.max_kl", spd_field(&SpdOptions::max_kl)},
@@ -78,12 +88,18 @@ void flatten(const YAML::Node& node, const std::string& prefix, const std::strin
     throw UserError(file + ": " + (prefix.empty() ? "the document" : "key '" + prefix + "'") +
                     " must be a mapping of keys to values");
   for (const auto& kv : node) {
+    // A key that is itself a list or mapping ({[a]: 1}, "? [a, b]") names nothing in the schema.
+    if (!kv.first.IsScalar())
+      throw UserError(file + ": line " + std::to_string(kv.first.Mark().line + 1) + ": a key " +
+                      (prefix.empty() ? "" : "under '" + prefix + "' ") + "is a list or mapping; expected a name");
     const std::string key = prefix.empty() ? kv.first.as<std::string>() : prefix + "." + kv.first.as<std::string>();
     if (schema().count(key)) {
-      const bool is_list = key == "parallel.spd.drop";
+      const bool is_list = key == "parallel.spd.drop" || key == "parallel.speeds";
       if (is_list ? !kv.second.IsSequence() : !kv.second.IsScalar())
         throw UserError(file + ": key '" + key + "' must be " + (is_list ? "a list" : "a single value"));
       out[key] = kv.second;
+    } else if (key == "parallel" && kv.second.IsScalar() && kv.second.as<std::string>() == "auto") {
+      out["parallel.auto"] = YAML::Node(true);  // `parallel: auto`
     } else if (is_group(key)) {
       flatten(kv.second, key, file, out);
     } else {
@@ -92,17 +108,40 @@ void flatten(const YAML::Node& node, const std::string& prefix, const std::strin
   }
 }
 
+// yaml-cpp quotes the offending character raw; a NUL or newline from a binary file would cut or
+// split the single error line.
+std::string printable(const std::string& text) {
+  std::string out;
+  for (unsigned char ch : text) {
+    if (ch >= 0x20 && ch != 0x7f) {
+      out += static_cast<char>(ch);
+    } else {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "\\x%02x", ch);
+      out += hex;
+    }
+  }
+  return out;
+}
+
+YAML::Node parse_yaml(const std::string& text, const std::string& what) {
+  try {
+    return YAML::Load(text);
+  } catch (const YAML::DeepRecursion& e) {
+    throw UserError(what + ": not valid YAML (nested more than " + std::to_string(e.depth() - 1) + " levels deep at line " +
+                    std::to_string(e.mark.line + 1) + ")");
+  } catch (const YAML::Exception& e) {
+    throw UserError(what + ": not valid YAML (" + printable(e.msg) + " at line " + std::to_string(e.mark.line + 1) + ")");
+  } catch (const std::bad_alloc&) {  // yaml-cpp's scanner can run out of memory on malformed input
+    throw UserError(what + ": not valid YAML (the parser ran out of memory)");
+  }
+}
+
 }  // namespace
 
 JobConfig load_job_config(const std::string& path, const std::vector<std::string>& overrides) {
-  YAML::Node root;
-  try {
-    root = YAML::LoadFile(path);
-  } catch (const YAML::BadFile&) {
-    throw UserError(path + ": cannot open the job file");
-  } catch (const YAML::Exception& e) {
-    throw UserError(path + ": not valid YAML (" + e.msg + " at line " + std::to_string(e.mark.line + 1) + ")");
-  }
+  // A FIFO, directory or device in place of the job file would hang or fail inside yaml-cpp.
+  const YAML::Node root = parse_yaml(read_regular_file(path, "the job file"), path);
   std::map<std::string, YAML::Node> values;
   flatten(root.IsNull() ? YAML::Node(YAML::NodeType::Map) : root, "", path, values);
   for (const auto& o : overrides) {
@@ -110,7 +149,14 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
     if (eq == std::string::npos) throw UserError("--set " + o + ": expected key=value");
     const std::string key = o.substr(0, eq);
     if (!schema().count(key)) throw UserError("--set " + o + ": unknown key '" + key + "'");
-    values[key] = YAML::Load(o.substr(eq + 1));
+    // YAML reads an empty value as null, which would become the string "null" (an output file
+    // named null, say): as in the job file, a key set must have a value.
+    const YAML::Node value = parse_yaml(o.substr(eq + 1), "--set " + o);
+    if (value.IsNull()) throw UserError("--set " + o + ": key '" + key + "' needs a value");
+    const bool is_list = key == "parallel.spd.drop" || key == "parallel.speeds";
+    if (is_list ? !value.IsSequence() : !value.IsScalar())
+      throw UserError("--set " + o + ": key '" + key + "' must be " + (is_list ? "a list" : "a single value"));
+    values[key] = value;
   }
 
   JobConfig c;
@@ -153,6 +199,16 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   expect(c.parallel.spd.drop.empty() || c.parallel.spd.from.empty(), "parallel.spd",
          "has both 'drop' and 'from'; give one");
   expect(c.calibrate.rows >= 1, "calibrate.rows", "must be >= 1");
+  const bool hand_picked = c.parallel.tp > 1 || c.parallel.bp > 1 || c.parallel.dp > 1 || !c.parallel.speeds.empty();
+  expect(!(c.parallel.auto_plan && !c.parallel.plan.empty()), "parallel.plan", "and parallel: auto both given; give one");
+  expect(!((c.parallel.auto_plan || !c.parallel.plan.empty()) && hand_picked), "parallel",
+         std::string("has ") + (c.parallel.auto_plan ? "auto" : "a plan file") +
+             " and also tp, bp, dp or speeds; the plan decides those, so give one or the other");
+  expect(c.parallel.speeds.empty() || static_cast<int>(c.parallel.speeds.size()) == c.parallel.group(), "parallel.speeds",
+         "must list one relative speed per rank of a replica (" + std::to_string(c.parallel.group()) + ")");
+  for (double v : c.parallel.speeds) expect(v > 0, "parallel.speeds", "must be positive numbers");
+  expect(c.plan.objective == "throughput" || c.plan.objective == "latency", "plan.objective",
+         "is '" + c.plan.objective + "'; expected throughput or latency");
   return c;
 }
 
@@ -162,8 +218,14 @@ int CudaOptions::device_index() const {
 }
 
 std::string JobConfig::fingerprint() const {
+  // Paths as canonical absolute paths: ./x.h5 and x.h5 name the same file.
+  auto canonical = [](const std::string& path) {
+    std::error_code ec;
+    const auto p = std::filesystem::weakly_canonical(path, ec);
+    return path.empty() || ec ? path : p.string();
+  };
   std::ostringstream s;
-  s << "model: " << model << "\ntask: " << task << "\ninput: " << input << "\n";
+  s << "model: " << canonical(model) << "\ntask: " << task << "\ninput: " << canonical(input) << "\n";
   if (task == "generate")
     s << "generate: {max_new_tokens: " << generate.max_new_tokens << ", temperature: " << generate.temperature
       << ", top_k: " << generate.top_k << ", top_p: " << generate.top_p << ", seed: " << generate.seed
@@ -174,8 +236,9 @@ std::string JobConfig::fingerprint() const {
   // and the dropped layers change the model's function.
   s << "parallel: {tp: " << parallel.tp << ", bp: " << parallel.bp << ", spd: {drop: [";
   for (size_t i = 0; i < parallel.spd.drop.size(); ++i) s << (i ? ", " : "") << parallel.spd.drop[i];
-  s << "], from: '" << parallel.spd.from << "', max_kl: " << parallel.spd.max_kl
-    << ", min_top1: " << parallel.spd.min_top1 << "}}\n";
+  s << "], from: '" << canonical(parallel.spd.from) << "', max_kl: " << parallel.spd.max_kl
+    << ", min_top1: " << parallel.spd.min_top1 << "}, plan: '" << canonical(parallel.plan) << "', auto: "
+    << (parallel.auto_plan ? "true" : "false") << "}\n";
   // The backend changes results beyond float rounding when it stores weights in 16 bits, so rows of
   // one output file all come from the same backend and dtype. The device does not matter.
   s << "backend: " << backend << "\n";

@@ -36,10 +36,20 @@ struct SpdOptions {
 
 struct ParallelOptions {
   int tp = 1;
-  int bp = 1;  // ranks per replica for a decoupled model (each computes P / bp of its sub-blocks)
+  int bp = 1;  // ranks per replica for a decoupled model (each computes a share of its sub-blocks)
   int dp = 1;
   int group() const { return tp * bp; }  // ranks per replica
+  std::vector<double> speeds;  // relative speed of each rank of a replica (empty: equal): uneven shares
   SpdOptions spd;
+  std::string plan;            // a saved plan.yaml to run instead of the keys above
+  bool auto_plan = false;      // `parallel: auto`: the planner chooses from a profile and the cost model
+};
+
+// `lowsync plan` and `parallel: auto`.
+struct PlanOptions {
+  std::string objective = "throughput";  // throughput (tokens/s of the whole job) | latency (one sequence)
+  std::string profile = "profile.yaml";  // read if present, else measured (and written) first
+  std::string output = "plan.yaml";      // where `lowsync plan` writes the chosen plan
 };
 
 // `lowsync calibrate`: measures each layer's sensitivity to SPD on calibration prompts.
@@ -69,6 +79,7 @@ struct JobConfig {
   BatchOptions batch;
   ParallelOptions parallel;
   CalibrateOptions calibrate;
+  PlanOptions plan;
 
   // The keys that decide what the results are (not where they go or how fast): a resumed job
   // must match the original on these.

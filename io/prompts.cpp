@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "io/error.h"
+#include "io/files.h"
 
 namespace lowsync {
 
@@ -15,22 +16,96 @@ struct QuietHdf5 {
   QuietHdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
 };
 
-int64_t dataset_length(hid_t file, const std::string& path, const std::string& name) {
-  if (H5Lexists(file, name.c_str(), H5P_DEFAULT) <= 0)
-    throw UserError(path + ": missing dataset '" + name + "'");
-  hid_t ds = H5Dopen2(file, name.c_str(), H5P_DEFAULT);
-  hid_t space = H5Dget_space(ds);
-  int rank = H5Sget_simple_extent_ndims(space);
-  hsize_t dims[2] = {0, 0};
-  H5Sget_simple_extent_dims(space, dims, nullptr);
+// Declared sizes beyond this many bytes per stored byte are refused: gzip, HDF5's strongest
+// standard filter, stops near 1000:1, so a larger ratio is a dataset whose extent was declared but
+// never backed by data (or a crafted one) and reading it would only produce fill values.
+constexpr double kMaxCompression = 1024;
+
+// The dtype as users know it: "int32", "float64", "bool" (h5py's enum), "string", ...
+std::string describe_type(hid_t type) {
+  const std::string bits = std::to_string(H5Tget_size(type) * 8);
+  switch (H5Tget_class(type)) {
+    case H5T_INTEGER: return (H5Tget_sign(type) == H5T_SGN_NONE ? "uint" : "int") + bits;
+    case H5T_FLOAT: return "float" + bits;
+    case H5T_ENUM: {
+      char* first = H5Tget_nmembers(type) == 2 ? H5Tget_member_name(type, 0) : nullptr;
+      const bool is_bool = first && std::string(first) == "FALSE";
+      if (first) H5free_memory(first);
+      return is_bool ? "bool" : "enum";
+    }
+    case H5T_STRING: return "string";
+    case H5T_COMPOUND: return "compound";
+    case H5T_ARRAY: return "array";
+    case H5T_VLEN: return "variable-length";
+    default: return "a non-numeric type";
+  }
+}
+
+// "" when every element of a 1-D dataset of n elements has storage, else what is missing. The
+// storage status alone cannot tell: compressed chunks are smaller than their extent, so a fully
+// written gzip dataset reads as "partly allocated". Chunks are counted instead.
+std::string unwritten_part(hid_t ds, int64_t n) {
+  if (n == 0) return "";
+  const hid_t plist = H5Dget_create_plist(ds);
+  const H5D_layout_t layout = H5Pget_layout(plist);
+  hsize_t chunk = 0;
+  if (layout == H5D_CHUNKED) H5Pget_chunk(plist, 1, &chunk);
+  H5Pclose(plist);
+  if (layout == H5D_CONTIGUOUS) {
+    H5D_space_status_t status = H5D_SPACE_STATUS_ERROR;
+    H5Dget_space_status(ds, &status);
+    return status == H5D_SPACE_STATUS_ALLOCATED ? "" : "none of them were written";
+  }
+  if (layout == H5D_CHUNKED && chunk > 0) {
+    const hsize_t expected = (static_cast<hsize_t>(n) + chunk - 1) / chunk;
+    hsize_t written = 0;
+    const hid_t space = H5Dget_space(ds);  // HDF5 1.10 does not take H5S_ALL here
+    const herr_t err = H5Dget_num_chunks(ds, space, &written);
+    H5Sclose(space);
+    if (err < 0 || written < expected)
+      return "only " + std::to_string(written) + " of its " + std::to_string(expected) + " chunks were written";
+  }
+  return "";  // compact: stored in the header, always whole
+}
+
+// One of the CSR datasets, checked before any value is read: it exists, is one-dimensional, has an
+// integer dtype (a float or bool would be converted silently), and every element was written (a
+// huge extent declared in a tiny file would otherwise be read as fill values, on every rank).
+// Returns its length.
+int64_t integer_dataset(hid_t file, const std::string& path, const std::string& name) {
+  if (H5Lexists(file, name.c_str(), H5P_DEFAULT) <= 0) throw UserError(path + ": missing dataset '" + name + "'");
+  const hid_t ds = H5Dopen2(file, name.c_str(), H5P_DEFAULT);
+  if (ds < 0) throw UserError(path + ": '" + name + "' is not a dataset");
+  const hid_t space = H5Dget_space(ds), type = H5Dget_type(ds);
+  const int rank = H5Sget_simple_extent_ndims(space);
+  hsize_t dims[H5S_MAX_RANK] = {};
+  if (rank > 0) H5Sget_simple_extent_dims(space, dims, nullptr);
+  const bool integer = H5Tget_class(type) == H5T_INTEGER;
+  const std::string dtype = describe_type(type);
+  const double logical = double(dims[0]) * double(H5Tget_size(type)), stored = double(H5Dget_storage_size(ds));
+  const std::string unwritten = unwritten_part(ds, static_cast<int64_t>(dims[0]));
+  H5Tclose(type);
   H5Sclose(space);
   H5Dclose(ds);
   if (rank != 1) throw UserError(path + ": dataset '" + name + "' must be one-dimensional");
-  return static_cast<int64_t>(dims[0]);
+  if (!integer)
+    throw UserError(path + ": dataset '" + name + "' has dtype " + dtype + "; expected an integer type (int32 " +
+                    (name.find("offsets") != std::string::npos ? "or int64 offsets" : "token ids") + ")");
+  const int64_t n = static_cast<int64_t>(dims[0]);
+  if (rank == 1 && !unwritten.empty())
+    throw UserError(path + ": dataset '" + name + "' declares " + std::to_string(n) + " entries but " + unwritten +
+                    " (they would read as the fill value); expected a fully written dataset");
+  if (logical > 1e6 && stored * kMaxCompression < logical)
+    throw UserError(path + ": dataset '" + name + "' declares " + std::to_string(n) + " entries (" +
+                    std::to_string(int64_t(logical)) + " bytes) but stores " + std::to_string(int64_t(stored)) +
+                    "; refusing an absurd size (more than 1024:1 compression)");
+  return n;
 }
 
+// Reads elements [begin, end) converted to T (int32 or int64). The dtype was checked to be an
+// integer type, so the conversion is exact for values in T's range.
 template <class T>
-std::vector<T> read_range(hid_t file, const std::string& name, int64_t begin, int64_t end) {
+std::vector<T> read_range(hid_t file, const std::string& path, const std::string& name, int64_t begin, int64_t end) {
   std::vector<T> out(end - begin);
   if (out.empty()) return out;
   hid_t ds = H5Dopen2(file, name.c_str(), H5P_DEFAULT);
@@ -40,10 +115,15 @@ std::vector<T> read_range(hid_t file, const std::string& name, int64_t begin, in
   hid_t mem = H5Screate_simple(1, &count, nullptr);
   hid_t type = std::is_same_v<T, int64_t> ? H5T_NATIVE_INT64 : H5T_NATIVE_INT32;
   herr_t err = H5Dread(ds, type, mem, space, H5P_DEFAULT, out.data());
+  const hid_t file_type = H5Dget_type(ds);
+  const std::string dtype = describe_type(file_type);
+  H5Tclose(file_type);
   H5Sclose(mem);
   H5Sclose(space);
   H5Dclose(ds);
-  if (err < 0) throw UserError("cannot read dataset '" + name + "'");
+  if (err < 0)
+    throw UserError(path + ": cannot read dataset '" + name + "' (dtype " + dtype + ") elements " + std::to_string(begin) +
+                    " to " + std::to_string(end) + " as " + (std::is_same_v<T, int64_t> ? "int64" : "int32"));
   return out;
 }
 
@@ -65,7 +145,8 @@ void check_ids(hid_t file, const std::string& path, const std::string& name, con
   const int64_t chunk = 1 << 20;
   for (int64_t begin = 0; begin < off.back(); begin += chunk) {
     const int64_t end = std::min(off.back(), begin + chunk);
-    auto ids = read_range<int32_t>(file, name, begin, end);
+    // As int64: an int64 or uint32 id past int32's range is shown as stored, not saturated by HDF5.
+    auto ids = read_range<int64_t>(file, path, name, begin, end);
     for (int64_t i = 0; i < end - begin; ++i) {
       if (ids[i] >= 0 && ids[i] < vocab) continue;
       const int64_t pos = begin + i;
@@ -80,24 +161,35 @@ void check_ids(hid_t file, const std::string& path, const std::string& name, con
 
 PromptReader::PromptReader(const std::string& path, int vocab, bool need_targets) : path_(path) {
   static QuietHdf5 quiet;
+  require_regular_file(path, "the job's input prompts");
   if (H5Fis_hdf5(path.c_str()) <= 0) throw UserError(path + ": not found or not an HDF5 file (the job's input)");
   file_ = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   if (file_ < 0) throw UserError(path + ": cannot open the input file");
-  int64_t n_tokens = dataset_length(file_, path, "input_ids");
-  int64_t n_offsets = dataset_length(file_, path, "offsets");
-  offsets_ = read_range<int64_t>(file_, "offsets", 0, n_offsets);
-  check_offsets(offsets_, n_tokens, path, "offsets", "input_ids");
-  check_ids(file_, path, "input_ids", offsets_, vocab);
+  // Sizes and dtypes of every dataset first, then offsets (small), then token ids (streamed).
+  const int64_t n_tokens = integer_dataset(file_, path, "input_ids");
+  const int64_t n_offsets = integer_dataset(file_, path, "offsets");
+  // Every prompt needs a token, so N+1 offsets for T tokens means N <= T; this also bounds the
+  // offsets held in memory by the ids actually stored.
+  if (n_offsets < 1 || n_offsets - 1 > n_tokens)
+    throw UserError(path + ": dataset 'offsets' has " + std::to_string(n_offsets) + " entries for " +
+                    std::to_string(n_tokens) + " tokens in 'input_ids'; expected N+1 entries for N prompts, N <= " +
+                    std::to_string(n_tokens));
+  int64_t n_targets = 0;
   if (need_targets) {
-    int64_t n_targets = dataset_length(file_, path, "targets");
-    int64_t n_toff = dataset_length(file_, path, "target_offsets");
-    target_offsets_ = read_range<int64_t>(file_, "target_offsets", 0, n_toff);
-    check_offsets(target_offsets_, n_targets, path, "target_offsets", "targets");
-    if (target_offsets_.size() != offsets_.size())
+    n_targets = integer_dataset(file_, path, "targets");
+    const int64_t n_toff = integer_dataset(file_, path, "target_offsets");
+    if (n_toff != n_offsets)
       throw UserError(path + ": 'target_offsets' has " + std::to_string(n_toff) + " entries but 'offsets' has " +
                       std::to_string(n_offsets) + "; expected one target row per prompt");
-    check_ids(file_, path, "targets", target_offsets_, vocab);
   }
+  offsets_ = read_range<int64_t>(file_, path, "offsets", 0, n_offsets);
+  check_offsets(offsets_, n_tokens, path, "offsets", "input_ids");
+  if (need_targets) {
+    target_offsets_ = read_range<int64_t>(file_, path, "target_offsets", 0, n_offsets);
+    check_offsets(target_offsets_, n_targets, path, "target_offsets", "targets");
+  }
+  check_ids(file_, path, "input_ids", offsets_, vocab);
+  if (need_targets) check_ids(file_, path, "targets", target_offsets_, vocab);
 }
 
 PromptReader::~PromptReader() {
@@ -105,11 +197,11 @@ PromptReader::~PromptReader() {
 }
 
 std::vector<int32_t> PromptReader::tokens(int64_t row) const {
-  return read_range<int32_t>(file_, "input_ids", offsets_[row], offsets_[row + 1]);
+  return read_range<int32_t>(file_, path_, "input_ids", offsets_[row], offsets_[row + 1]);
 }
 
 std::vector<int32_t> PromptReader::targets(int64_t row) const {
-  return read_range<int32_t>(file_, "targets", target_offsets_[row], target_offsets_[row + 1]);
+  return read_range<int32_t>(file_, path_, "targets", target_offsets_[row], target_offsets_[row + 1]);
 }
 
 }  // namespace lowsync

@@ -5,18 +5,26 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "io/error.h"
+#include "io/files.h"
 
 namespace lowsync {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 int64_t TensorInfo::numel() const {
+  // A zero dim first: the product of the others may be huge, but with a zero it is 0. Otherwise the
+  // product is bounded by the checked byte size.
+  if (std::find(shape.begin(), shape.end(), 0) != shape.end()) return 0;
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   return n;
@@ -31,9 +39,26 @@ static size_t dtype_size(const std::string& dtype) {
   return 0;
 }
 
+namespace {
+
+// A header value as the file spells it, short enough for an error line.
+std::string shown(const json& v) {
+  std::string s = v.dump();
+  return s.size() > 40 ? s.substr(0, 37) + "..." : s;
+}
+
+// A non-negative JSON integer no larger than `limit`, or -1. Offsets and dims are read as signed
+// values first: a negative start must not wrap to a huge unsigned one that happens to pass.
+int64_t non_negative(const json& v, uint64_t limit) {
+  if (v.is_number_unsigned()) return v.get<uint64_t>() <= limit ? static_cast<int64_t>(v.get<uint64_t>()) : -1;
+  if (v.is_number_integer()) return v.get<int64_t>() >= 0 && uint64_t(v.get<int64_t>()) <= limit ? v.get<int64_t>() : -1;
+  return -1;
+}
+
+}  // namespace
+
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw UserError(path + ": cannot open model weights (" + std::strerror(errno) + ")");
+  const int fd = open_regular_file(path, "the model's safetensors weights");
   struct stat st{};
   ::fstat(fd, &st);
   size_ = static_cast<size_t>(st.st_size);
@@ -47,28 +72,78 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   const auto* bytes = static_cast<const unsigned char*>(map_);
   uint64_t header_len;
   std::memcpy(&header_len, bytes, 8);
-  if (header_len > size_ - 8) throw UserError(path + ": safetensors header length exceeds the file size");
+  if (header_len > size_ - 8)
+    throw UserError(path + ": safetensors header length " + std::to_string(header_len) + " exceeds the " +
+                    std::to_string(size_ - 8) + " bytes after it in the file");
   json header;
   try {
     header = json::parse(bytes + 8, bytes + 8 + header_len);
   } catch (const std::exception& e) {
     throw UserError(path + ": safetensors header is not valid JSON (" + e.what() + ")");
   }
+  if (!header.is_object()) throw UserError(path + ": safetensors header is not a JSON object of tensors");
   const unsigned char* data = bytes + 8 + header_len;
-  const size_t data_size = size_ - 8 - header_len;
+  const uint64_t data_size = size_ - 8 - header_len;
+
+  // Each tensor: a known dtype, a shape of non-negative dims, and offsets with
+  // 0 <= begin <= end <= data size and end - begin = its exact byte size.
+  struct Extent {
+    int64_t begin, end;
+    std::string name;
+  };
+  std::vector<Extent> extents;
   for (auto& [name, entry] : header.items()) {
     if (name == "__metadata__") continue;
+    const std::string where = path + ": tensor '" + name + "'";
+    if (!entry.is_object()) throw UserError(where + " is " + shown(entry) + "; expected an object with dtype, shape, data_offsets");
+    if (!entry.contains("dtype") || !entry["dtype"].is_string())
+      throw UserError(where + ": 'dtype' is " + (entry.contains("dtype") ? shown(entry["dtype"]) : "missing") +
+                      "; expected a string such as \"F32\"");
     TensorInfo t;
-    t.dtype = entry.at("dtype").get<std::string>();
-    t.shape = entry.at("shape").get<std::vector<int64_t>>();
-    auto off = entry.at("data_offsets").get<std::vector<uint64_t>>();
-    size_t esize = dtype_size(t.dtype);
-    if (esize == 0)
-      throw UserError(path + ": tensor '" + name + "' has unknown dtype " + t.dtype);
-    if (off.size() != 2 || off[1] > data_size || off[1] - off[0] != t.numel() * esize)
-      throw UserError(path + ": tensor '" + name + "' has data offsets that do not match its shape");
-    t.data = data + off[0];
+    t.dtype = entry["dtype"].get<std::string>();
+    const size_t esize = dtype_size(t.dtype);
+    if (esize == 0) throw UserError(where + " has unknown dtype " + t.dtype);
+    if (!entry.contains("shape") || !entry["shape"].is_array())
+      throw UserError(where + ": 'shape' is " + (entry.contains("shape") ? shown(entry["shape"]) : "missing") +
+                      "; expected a list of non-negative integers");
+    // The byte size, dim by dim, never past the data: no overflow, and a shape the file cannot hold
+    // is refused here.
+    uint64_t nbytes = esize;
+    for (const json& d : entry["shape"]) {
+      const int64_t dim = non_negative(d, std::numeric_limits<int64_t>::max());
+      if (dim < 0)
+        throw UserError(where + ": 'shape' is " + shown(entry["shape"]) + "; expected a list of non-negative integers");
+      t.shape.push_back(dim);
+      if (dim != 0 && nbytes > data_size / uint64_t(dim)) nbytes = data_size + 1;  // too large, and stays so
+      else nbytes *= uint64_t(dim);
+    }
+    const json* off = entry.contains("data_offsets") ? &entry["data_offsets"] : nullptr;
+    const int64_t begin = off && off->is_array() && off->size() == 2 ? non_negative((*off)[0], data_size) : -1;
+    const int64_t end = off && off->is_array() && off->size() == 2 ? non_negative((*off)[1], data_size) : -1;
+    if (begin < 0 || end < begin)
+      throw UserError(where + ": 'data_offsets' is " + (off ? shown(*off) : "missing") +
+                      "; expected [begin, end] with 0 <= begin <= end <= " + std::to_string(data_size) +
+                      " (the data after the header)");
+    if (uint64_t(end - begin) != nbytes)
+      throw UserError(where + ": 'data_offsets' " + shown(*off) + " span " + std::to_string(end - begin) + " bytes but " +
+                      t.dtype + " " + shown(entry["shape"]) + " needs " +
+                      (nbytes > data_size ? "more than the file holds" : std::to_string(nbytes)));
+    t.bytes = end - begin;
+    t.data = data + begin;
     tensors_[name] = t;
+    extents.push_back({begin, end, name});
+  }
+  // No two tensors may share bytes: writing one would change the other, and a shared range is
+  // what a file crafted to alias weights looks like. Empty tensors occupy nothing.
+  std::sort(extents.begin(), extents.end(), [](const Extent& a, const Extent& b) { return a.begin < b.begin; });
+  const Extent* last = nullptr;
+  for (const Extent& e : extents) {
+    if (e.begin == e.end) continue;
+    if (last && e.begin < last->end)
+      throw UserError(path + ": tensors '" + last->name + "' [" + std::to_string(last->begin) + ", " +
+                      std::to_string(last->end) + ") and '" + e.name + "' [" + std::to_string(e.begin) + ", " +
+                      std::to_string(e.end) + ") overlap; expected disjoint data_offsets");
+    if (!last || e.end > last->end) last = &e;
   }
 }
 
@@ -82,19 +157,27 @@ CheckpointReader::CheckpointReader(const std::string& model_dir) : dir_(model_di
   fs::path index = dir / "model.safetensors.index.json";
   std::vector<std::string> shards;
   if (fs::exists(index)) {
-    std::ifstream in(index);
+    const std::string where = index.string();
     json j;
     try {
-      j = json::parse(in);
-    } catch (const std::exception& e) {
-      throw UserError(index.string() + ": not valid JSON (" + e.what() + ")");
+      j = json::parse(read_regular_file(where, "the model's safetensors index"));
+    } catch (const json::exception& e) {
+      throw UserError(where + ": not valid JSON (" + e.what() + ")");
     }
-    if (!j.contains("weight_map")) throw UserError(index.string() + ": missing key 'weight_map'");
+    if (!j.is_object() || !j.contains("weight_map")) throw UserError(where + ": missing key 'weight_map'");
+    if (!j["weight_map"].is_object())
+      throw UserError(where + ": key 'weight_map' is " + shown(j["weight_map"]) + "; expected an object of tensor -> file");
     for (auto& [name, file] : j["weight_map"].items()) {
+      // A shard is a file beside the index: a path elsewhere ("../x", "/dev/zero") is refused.
+      if (!file.is_string() || file.get<std::string>().empty() ||
+          fs::path(file.get<std::string>()).filename() != fs::path(file.get<std::string>()) ||
+          file.get<std::string>() == "." || file.get<std::string>() == "..")
+        throw UserError(where + ": weight_map['" + name + "'] is " + shown(file) +
+                        "; expected the name of a safetensors file in the model directory");
       std::string f = file.get<std::string>();
       if (std::find(shards.begin(), shards.end(), f) == shards.end()) shards.push_back(f);
     }
-  } else if (fs::exists(single)) {
+  } else if (fs::exists(single) || fs::is_symlink(single)) {
     shards.push_back("model.safetensors");
   } else {
     throw UserError(single.string() + ": no such file (nor model.safetensors.index.json); expected the model's safetensors weights");
@@ -102,6 +185,9 @@ CheckpointReader::CheckpointReader(const std::string& model_dir) : dir_(model_di
   for (const auto& s : shards) {
     files_.push_back(std::make_unique<SafetensorsFile>((dir / s).string()));
     for (const auto& [name, info] : files_.back()->tensors()) {
+      if (where_.count(name))
+        throw UserError(files_.back()->path() + ": tensor '" + name + "' is also in " + file_of_[name] +
+                        "; expected each tensor in one file");
       where_[name] = &info;
       file_of_[name] = files_.back()->path();
     }
@@ -161,6 +247,20 @@ static void convert(const TensorInfo& t, int64_t first, int64_t n, float* out) {
   }
 }
 
+// A NaN or an infinity in a weight turns every activation it touches into NaN, and the job would
+// write meaningless rows. Checked here, as each slice is converted, it costs one pass over values
+// just written (still in cache) and names the tensor and element; a rank checks only its slices.
+static void check_finite(const std::vector<float>& v, const std::string& dir, const std::string& name,
+                         const std::function<std::string(size_t)>& where) {
+  bool bad = false;
+  for (float x : v) bad |= !(std::fabs(x) <= std::numeric_limits<float>::max());
+  if (!bad) return;
+  size_t i = 0;
+  while (std::isfinite(v[i])) ++i;
+  throw UserError(dir + ": tensor '" + name + "' holds " + (std::isnan(v[i]) ? "NaN" : "an infinity") + " at " +
+                  where(i) + "; expected finite weights");
+}
+
 static void check_float(const TensorInfo& t, const std::string& dir, const std::string& name) {
   if (t.dtype != "F32" && t.dtype != "F16" && t.dtype != "BF16")
     throw UserError(dir + ": tensor '" + name + "' has dtype " + t.dtype + "; expected F32, F16 or BF16");
@@ -174,6 +274,9 @@ std::vector<float> CheckpointReader::read_cols(const std::string& name, int64_t 
   const int64_t rows = t.shape[0], cols = t.shape[1], n = end - begin;
   std::vector<float> out(rows * n);
   for (int64_t r = 0; r < rows; ++r) convert(t, r * cols + begin, n, out.data() + r * n);
+  check_finite(out, file_of_.at(name), name, [&](size_t i) {
+    return "[" + std::to_string(i / n) + ", " + std::to_string(begin + int64_t(i % n)) + "]";
+  });
   return out;
 }
 
@@ -186,6 +289,11 @@ std::vector<float> CheckpointReader::read_rows(const std::string& name, int64_t 
   const int64_t n = (end - begin) * row;
   std::vector<float> out(n);
   convert(t, begin * row, n, out.data());
+  check_finite(out, file_of_.at(name), name, [&](size_t i) {
+    const int64_t flat = begin * row + int64_t(i);
+    return t.shape.size() == 2 ? "[" + std::to_string(flat / row) + ", " + std::to_string(flat % row) + "]"
+                               : "element " + std::to_string(flat);
+  });
   return out;
 }
 

@@ -13,12 +13,15 @@ struct TensorInfo {
   std::string dtype;             // "F32", "F16", "BF16"
   std::vector<int64_t> shape;
   const unsigned char* data;     // into the mapping
+  int64_t bytes = 0;             // stored size: numel x the dtype's size
   int64_t rows() const { return shape.empty() ? 1 : shape[0]; }
   int64_t numel() const;
 };
 
 class SafetensorsFile {
  public:
+  // Checks the header against the file: every tensor's dtype, shape and data_offsets (within the
+  // data, exactly its byte size, no two overlapping); a violation is a UserError naming the tensor.
   explicit SafetensorsFile(const std::string& path);
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
@@ -41,7 +44,7 @@ class CheckpointReader {
 
   bool has(const std::string& name) const { return where_.count(name) != 0; }
   const TensorInfo& info(const std::string& name) const;
-  // Whole tensor as fp32, row-major.
+  // Whole tensor as fp32, row-major. Reads refuse a NaN or infinity, naming the element.
   std::vector<float> read(const std::string& name) const;
   // Rows [begin, end) of the first dimension as fp32 (a 1-D tensor's elements).
   std::vector<float> read_rows(const std::string& name, int64_t begin, int64_t end) const;

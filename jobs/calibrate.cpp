@@ -13,9 +13,8 @@
 #include "io/error.h"
 #include "io/model_config.h"
 #include "io/prompts.h"
-#include "jobs/make_backend.h"
+#include "jobs/load_job.h"
 #include "layers/model.h"
-#include "mpi_comm/parallel_groups.h"
 #include "planning/calibration.h"
 
 namespace lowsync {
@@ -67,22 +66,18 @@ LayerSensitivity deviation(const std::vector<float>& ref, const std::vector<floa
 
 void calibrate_spd(const JobConfig& job) {
   Communicator world(MPI_COMM_WORLD, "world");
-  ModelConfig model;
   std::vector<std::vector<int32_t>> prompts;
   const std::string prompts_path = job.calibrate.prompts.empty() ? job.input : job.calibrate.prompts;
-  world.agree([&] {
-    if (job.parallel.tp != world.size() || job.parallel.dp != 1)
-      throw UserError(job.path + ": calibrate runs one replica: start it with mpirun -np parallel.tp (" +
-                      std::to_string(job.parallel.tp) + ") and parallel.dp = 1");
-    if (job.parallel.tp < 2)
-      throw UserError(job.path + ": calibrate needs parallel.tp >= 2; on one rank Sync-Point Drop changes nothing");
-    model = load_model_config(job.model);
+  LoadedJob loaded = load_job(job, world, [&](const ModelConfig& model, const Plan& plan) {
+    if (plan.dp != 1)
+      throw UserError(job.path + ": calibrate runs one replica: start it with mpirun -np parallel.tp and parallel.dp = 1");
     if (model.bp.enabled())
       throw UserError(job.path + ": " + job.model + " is a decoupled model; Sync-Point Drop calibration is for tensor parallelism");
     if (!model.is_decoder())
       throw UserError(job.path + ": Sync-Point Drop needs a pre-LN decoder (llama, gpt2); " + model.architecture +
                       " is a post-LN encoder");
-    BlockShape::tp_share(model, Shard{0, job.parallel.tp});
+    if (plan.group < 2)
+      throw UserError(job.path + ": calibrate needs parallel.tp >= 2; on one rank Sync-Point Drop changes nothing");
     PromptReader in(prompts_path, model.vocab, false);
     for (int64_t r = 0; r < std::min<int64_t>(in.rows(), job.calibrate.rows); ++r) {
       if (in.length(r) > model.max_positions)
@@ -91,20 +86,14 @@ void calibrate_spd(const JobConfig& job) {
     }
     if (prompts.empty()) throw UserError(prompts_path + ": no calibration prompts");
   });
-  ParallelGroups groups = ParallelGroups::make(job.parallel.tp, 1);
-  std::unique_ptr<Backend> backend;
-  std::unique_ptr<Transformer> loaded;
-  world.agree([&] {
-    backend = make_backend(job, world);
-    loaded = std::make_unique<Transformer>(model, *backend, TensorParallelGroup(&groups.tp, backend.get()));
-  });
-  Transformer& transformer = *loaded;
+  const ModelConfig& model = loaded.model;
+  Transformer& transformer = *loaded.transformer;
   const int L = model.n_layers, V = model.vocab;
 
   const std::vector<float> ref = next_token_logprobs(transformer, prompts);
   Calibration cal;
   cal.model = job.model;
-  cal.tp = job.parallel.tp;
+  cal.tp = loaded.plan.group;
   cal.prompts = prompts_path;
   cal.rows = static_cast<int>(prompts.size());
   cal.tokens = static_cast<int>(ref.size() / V);

@@ -2,11 +2,13 @@
 // or its first token) and optionally L2-normalised.
 #include <cmath>
 
+#include "jobs/finite.h"
 #include "jobs/tasks.h"
 
 namespace lowsync {
 
-std::vector<RowResult> embed_batch(Transformer& model, const EmbedOptions& opt, const TokenRows& prompts) {
+std::vector<RowResult> embed_batch(Transformer& model, const EmbedOptions& opt, const TokenRows& prompts,
+                                   int64_t first_row) {
   const int H = model.config().hidden;
   BatchLayout layout;
   std::vector<int32_t> tokens;
@@ -31,6 +33,7 @@ std::vector<RowResult> embed_batch(Transformer& model, const EmbedOptions& opt, 
     const double scale = opt.normalize ? 1.0 / std::max(std::sqrt(norm), 1e-12) : 1.0;
     out[i].embedding.resize(H);
     for (int c = 0; c < H; ++c) out[i].embedding[c] = static_cast<float>(acc[c] * scale);
+    require_finite(model, out[i].embedding.data(), H, first_row + static_cast<int64_t>(i), "embed", "the embedding");
   }
   return out;
 }

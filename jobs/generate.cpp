@@ -1,14 +1,16 @@
 // Generation: one packed prefill of all prompts, then decode steps in which only the rows still
 // running take part. A row stops at EOS (if asked), at max_new_tokens, or at the model's last position.
 #include <algorithm>
+#include <chrono>
 
+#include "jobs/finite.h"
 #include "jobs/sampler.h"
 #include "jobs/tasks.h"
 
 namespace lowsync {
 
 std::vector<RowResult> generate_batch(Transformer& model, const GenerateOptions& opt, const TokenRows& prompts,
-                                      int64_t first_row) {
+                                      int64_t first_row, PhaseTimes& times) {
   const ModelConfig& cfg = model.config();
   Backend& be = model.backend();
   const size_t n = prompts.size();
@@ -39,6 +41,8 @@ std::vector<RowResult> generate_batch(Transformer& model, const GenerateOptions&
     std::vector<size_t> running;
     for (size_t j = 0; j < rows.size(); ++j) {
       const size_t i = rows[j];
+      require_finite(model, logits_host.data() + j * cfg.vocab, cfg.vocab, first_row + static_cast<int64_t>(i),
+                     "generate", "the logits for new token " + std::to_string(out[i].tokens.size()));
       const int t = samplers[i].next(logits_host.data() + j * cfg.vocab, cfg.vocab);
       out[i].tokens.push_back(t);
       // The next pass would put this token at position prompt + generated - 1.
@@ -59,7 +63,11 @@ std::vector<RowResult> generate_batch(Transformer& model, const GenerateOptions&
     layout.add(static_cast<int64_t>(prompts[i].size()), 0, base[i]);
     tokens.insert(tokens.end(), prompts[i].begin(), prompts[i].end());
   }
+  using Clock = std::chrono::steady_clock;
+  auto t0 = Clock::now();
   std::vector<size_t> running = step(rows, tokens, layout);
+  times.prefill_s += std::chrono::duration<double>(Clock::now() - t0).count();
+  ++times.prefill_passes;
 
   // Decode: the last token of every running row, one position further each step.
   while (!running.empty()) {
@@ -70,7 +78,10 @@ std::vector<RowResult> generate_batch(Transformer& model, const GenerateOptions&
       dl.add(1, past, base[i]);
       next.push_back(out[i].tokens.back());
     }
+    t0 = Clock::now();
     running = step(running, next, dl);
+    times.decode_s += std::chrono::duration<double>(Clock::now() - t0).count();
+    ++times.decode_steps;
   }
   return out;
 }

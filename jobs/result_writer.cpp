@@ -1,14 +1,18 @@
 #include "jobs/result_writer.h"
 
+#include <fcntl.h>
 #include <hdf5.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <thread>
-
-#include "io/error.h"
 
 #ifndef LOWSYNC_VERSION
 #define LOWSYNC_VERSION "dev"
@@ -18,6 +22,70 @@ namespace lowsync {
 
 namespace {
 
+// HDF5 closes (and so flushes) every file still open when the process exits. An output that
+// failed must not be flushed again (see ResultWriter::fail), and one left open by an abort holds
+// its last successful flush already; files are closed explicitly otherwise. This must run before
+// the library's first call, hence a static initialiser.
+const bool kNoCloseAtExit = (H5dont_atexit(), true);
+
+// Space a batch may need for HDF5 metadata besides its chunks: a chunk-index B-tree node is about
+// 2 KiB, an object header or heap block less; a few of each at most.
+constexpr int64_t kMetadataReserve = 32 * 1024;
+
+// An HDF5 call that failed; the message is what HDF5's error stack says about it.
+struct Hdf5Failure : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// HDF5's error stack as one phrase, and the stack cleared. HDF5's own printing is off (it would
+// print dozens of lines per failure); the operating system's reason leads, since a file operation
+// that failed says it as "error message = '...'", then the outermost and innermost HDF5 steps.
+std::string hdf5_error_text() {
+  struct Walk {
+    std::vector<std::string> steps;
+    std::string os_reason;
+  } walk;
+  auto visit = [](unsigned, const H5E_error2_t* e, void* data) -> herr_t {
+    auto& w = *static_cast<Walk*>(data);
+    const std::string desc = e->desc ? e->desc : "";
+    const auto at = desc.find("error message = '");
+    if (at != std::string::npos && w.os_reason.empty()) {
+      const auto from = at + std::strlen("error message = '");
+      w.os_reason = desc.substr(from, desc.find('\'', from) - from);
+    }
+    // "file write failed: time = ..., filename = ..., ..." -> "file write failed"
+    w.steps.push_back(std::string(e->func_name ? e->func_name : "?") + "(): " + desc.substr(0, desc.find(':')));
+    return 0;
+  };
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, visit, &walk);  // from the API call inwards
+  H5Eclear2(H5E_DEFAULT);
+  if (walk.steps.empty()) return "an HDF5 call failed without saying why";
+  std::string hdf5 = walk.steps.front();
+  if (walk.steps.size() > 1) hdf5 += "; " + walk.steps.back();
+  return (walk.os_reason.empty() ? "HDF5 error" : walk.os_reason) + " (HDF5: " + hdf5 + ")";
+}
+
+// Throws Hdf5Failure when an HDF5 call returned an error (a negative value); returns its value.
+template <class T>
+T h5(T ret) {
+  if (ret < 0) throw Hdf5Failure(hdf5_error_text());
+  return ret;
+}
+
+// An HDF5 identifier, closed when it goes out of scope; a failed open or create throws.
+class Id {
+ public:
+  Id(hid_t id, herr_t (*close)(hid_t)) : id_(h5(id)), close_(close) {}
+  ~Id() { close_(id_); }
+  Id(const Id&) = delete;
+  Id& operator=(const Id&) = delete;
+  operator hid_t() const { return id_; }
+
+ private:
+  hid_t id_;
+  herr_t (*close_)(hid_t);
+};
+
 const char* values_dataset(const std::string& task) {
   return task == "generate" ? "/generated/token_ids" : "/scores/token_logprobs";
 }
@@ -25,93 +93,194 @@ const char* offsets_dataset(const std::string& task) {
   return task == "generate" ? "/generated/offsets" : "/scores/offsets";
 }
 
-hid_t create_dataset(hid_t file, const char* name, hid_t type, std::vector<hsize_t> dims,
-                     std::vector<hsize_t> max_dims, std::vector<hsize_t> chunk) {
-  hid_t space = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), max_dims.data());
-  hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
-  H5Pset_chunk(dcpl, static_cast<int>(chunk.size()), chunk.data());
-  hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
-  H5Pset_create_intermediate_group(lcpl, 1);
-  hid_t ds = H5Dcreate2(file, name, type, space, lcpl, dcpl, H5P_DEFAULT);
-  H5Pclose(lcpl);
-  H5Pclose(dcpl);
-  H5Sclose(space);
-  if (ds < 0) throw UserError(std::string("cannot create dataset ") + name);
-  H5Dclose(ds);
-  return 0;
+void create_dataset(hid_t file, const char* name, hid_t type, std::vector<hsize_t> dims, std::vector<hsize_t> max_dims,
+                    std::vector<hsize_t> chunk) {
+  Id space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), max_dims.data()), H5Sclose);
+  Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  h5(H5Pset_chunk(dcpl, static_cast<int>(chunk.size()), chunk.data()));
+  Id lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+  h5(H5Pset_create_intermediate_group(lcpl, 1));
+  Id ds(H5Dcreate2(file, name, type, space, lcpl, dcpl, H5P_DEFAULT), H5Dclose);
 }
 
 void write_string_attr(hid_t file, const char* name, const std::string& value) {
-  hid_t type = H5Tcopy(H5T_C_S1);
-  H5Tset_size(type, std::max<size_t>(value.size(), 1));
-  hid_t space = H5Screate(H5S_SCALAR);
-  if (H5Aexists(file, name) > 0) H5Adelete(file, name);
-  hid_t attr = H5Acreate2(file, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
-  H5Awrite(attr, type, value.c_str());
-  H5Aclose(attr);
-  H5Sclose(space);
-  H5Tclose(type);
+  Id type(H5Tcopy(H5T_C_S1), H5Tclose);
+  h5(H5Tset_size(type, std::max<size_t>(value.size(), 1)));
+  Id space(H5Screate(H5S_SCALAR), H5Sclose);
+  if (h5(H5Aexists(file, name)) > 0) h5(H5Adelete(file, name));
+  Id attr(H5Acreate2(file, name, type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  h5(H5Awrite(attr, type, value.c_str()));
 }
 
 std::string read_string_attr(hid_t file, const char* name) {
-  if (H5Aexists(file, name) <= 0) return "";
-  hid_t attr = H5Aopen(file, name, H5P_DEFAULT);
-  hid_t type = H5Aget_type(attr);
+  if (h5(H5Aexists(file, name)) <= 0) return "";
+  Id attr(H5Aopen(file, name, H5P_DEFAULT), H5Aclose);
+  Id type(H5Aget_type(attr), H5Tclose);
   std::string value(H5Tget_size(type), '\0');
-  hid_t mem = H5Tcopy(H5T_C_S1);
-  H5Tset_size(mem, value.size());
-  H5Aread(attr, mem, value.data());
-  H5Tclose(mem);
-  H5Tclose(type);
-  H5Aclose(attr);
+  Id mem(H5Tcopy(H5T_C_S1), H5Tclose);
+  h5(H5Tset_size(mem, value.size()));
+  h5(H5Aread(attr, mem, value.data()));
   value.resize(std::strlen(value.c_str()));
   return value;
 }
 
 void write_u8_attr(hid_t file, const char* name, uint8_t v) {
-  hid_t space = H5Screate(H5S_SCALAR);
-  if (H5Aexists(file, name) > 0) H5Adelete(file, name);
-  hid_t attr = H5Acreate2(file, name, H5T_NATIVE_UINT8, space, H5P_DEFAULT, H5P_DEFAULT);
-  H5Awrite(attr, H5T_NATIVE_UINT8, &v);
-  H5Aclose(attr);
-  H5Sclose(space);
+  Id space(H5Screate(H5S_SCALAR), H5Sclose);
+  if (h5(H5Aexists(file, name)) > 0) h5(H5Adelete(file, name));
+  Id attr(H5Acreate2(file, name, H5T_NATIVE_UINT8, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  h5(H5Awrite(attr, H5T_NATIVE_UINT8, &v));
 }
 
 // Writes `count` rows (of `row_len` elements) at row `first` of a dataset, growing it if needed.
 void write_rows(hid_t file, const char* name, hid_t type, int64_t first, int64_t count, int64_t row_len,
                 const void* data) {
   if (count == 0) return;
-  hid_t ds = H5Dopen2(file, name, H5P_DEFAULT);
-  hid_t space = H5Dget_space(ds);
-  const int rank = H5Sget_simple_extent_ndims(space);
+  // No chunk cache: each chunk is written by H5Dwrite itself, so a failed write is reported
+  // here, before any metadata that points at it is flushed. (A cached chunk is written by
+  // H5Fflush, and HDF5 1.10 reports success when that write fails: the /done flags written next
+  // would then mark rows done whose data is not in the file.)
+  Id dapl(H5Pcreate(H5P_DATASET_ACCESS), H5Pclose);
+  h5(H5Pset_chunk_cache(dapl, 0, 0, 1.0));
+  Id ds(H5Dopen2(file, name, dapl), H5Dclose);
   hsize_t dims[2];
-  H5Sget_simple_extent_dims(space, dims, nullptr);
+  int rank;
+  {
+    Id space(H5Dget_space(ds), H5Sclose);
+    rank = h5(H5Sget_simple_extent_ndims(space));
+    h5(H5Sget_simple_extent_dims(space, dims, nullptr));
+  }
   if (dims[0] < hsize_t(first + count)) {
     dims[0] = first + count;
-    H5Dset_extent(ds, dims);
-    H5Sclose(space);
-    space = H5Dget_space(ds);
+    h5(H5Dset_extent(ds, dims));
   }
+  Id space(H5Dget_space(ds), H5Sclose);
   hsize_t start[2] = {hsize_t(first), 0}, cnt[2] = {hsize_t(count), hsize_t(row_len)};
-  H5Sselect_hyperslab(space, H5S_SELECT_SET, start, nullptr, cnt, nullptr);
-  hid_t mem = H5Screate_simple(rank, cnt, nullptr);
-  herr_t err = H5Dwrite(ds, type, mem, space, H5P_DEFAULT, data);
-  H5Sclose(mem);
-  H5Sclose(space);
-  H5Dclose(ds);
-  if (err < 0) throw UserError(std::string("cannot write dataset ") + name);
+  h5(H5Sselect_hyperslab(space, H5S_SELECT_SET, start, nullptr, cnt, nullptr));
+  Id mem(H5Screate_simple(rank, cnt, nullptr), H5Sclose);
+  h5(H5Dwrite(ds, type, mem, space, H5P_DEFAULT, data));
+}
+
+// The file space writing rows [first, first + count) of a dataset can take: the chunks they
+// touch that are not allocated yet (a chunk is allocated when first written).
+int64_t new_chunk_bytes(hid_t file, const char* name, int64_t first, int64_t count) {
+  if (count == 0) return 0;
+  Id ds(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
+  Id dcpl(H5Dget_create_plist(ds), H5Pclose);
+  Id type(H5Dget_type(ds), H5Tclose);
+  hsize_t chunk[2] = {1, 1};
+  const int rank = h5(H5Pget_chunk(dcpl, 2, chunk));
+  int64_t chunk_bytes = static_cast<int64_t>(H5Tget_size(type));
+  for (int d = 0; d < rank; ++d) chunk_bytes *= static_cast<int64_t>(chunk[d]);
+  int64_t bytes = 0;
+  for (int64_t c = first / int64_t(chunk[0]); c <= (first + count - 1) / int64_t(chunk[0]); ++c) {
+    hsize_t offset[2] = {hsize_t(c) * chunk[0], 0}, stored = 0;
+    // Past the dataset's current extent HDF5 cannot answer: such a chunk is new.
+    if (H5Dget_chunk_storage_size(ds, offset, &stored) < 0) H5Eclear2(H5E_DEFAULT);
+    if (stored == 0) bytes += chunk_bytes;
+  }
+  return bytes;
 }
 
 template <class T>
 std::vector<T> read_all(hid_t file, const char* name, hid_t type) {
-  hid_t ds = H5Dopen2(file, name, H5P_DEFAULT);
-  if (ds < 0) return {};
-  hid_t space = H5Dget_space(ds);
-  std::vector<T> out(H5Sget_simple_extent_npoints(space));
-  if (!out.empty()) H5Dread(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data());
-  H5Sclose(space);
-  H5Dclose(ds);
+  Id ds(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
+  Id space(H5Dget_space(ds), H5Sclose);
+  std::vector<T> out(h5(H5Sget_simple_extent_npoints(space)));
+  if (!out.empty()) h5(H5Dread(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()));
   return out;
+}
+
+int64_t length_of(hid_t file, const char* name) {
+  Id ds(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
+  Id space(H5Dget_space(ds), H5Sclose);
+  hsize_t dims[8];
+  if (h5(H5Sget_simple_extent_ndims(space)) > 8) return 0;
+  h5(H5Sget_simple_extent_dims(space, dims, nullptr));
+  return static_cast<int64_t>(dims[0]);
+}
+
+// "int32 [25]", "float32 [24, 64]", ...: a dataset's element type and shape, to compare with what
+// the task needs.
+std::string describe_dataset(hid_t file, const char* name) {
+  Id ds(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
+  Id type(H5Dget_type(ds), H5Tclose);
+  const H5T_class_t cls = H5Tget_class(type);
+  const size_t bits = 8 * H5Tget_size(type);
+  std::string s = cls == H5T_FLOAT                                ? "float" + std::to_string(bits)
+                  : cls == H5T_INTEGER && H5Tget_sign(type) == H5T_SGN_NONE ? "uint" + std::to_string(bits)
+                  : cls == H5T_INTEGER                            ? "int" + std::to_string(bits)
+                                                                  : "non-numeric";
+  Id space(H5Dget_space(ds), H5Sclose);
+  hsize_t dims[8];
+  const int rank = h5(H5Sget_simple_extent_ndims(space));
+  if (rank > 8) return s + " of rank " + std::to_string(rank);
+  h5(H5Sget_simple_extent_dims(space, dims, nullptr));
+  s += " [";
+  for (int d = 0; d < rank; ++d) s += (d ? ", " : "") + std::to_string(dims[d]);
+  return s + "]";
+}
+
+// Whether a link exists along the whole path ("/generated/offsets" needs "/generated" first).
+bool path_exists(hid_t file, const std::string& path) {
+  for (size_t at = path.find('/', 1);; at = path.find('/', at + 1)) {
+    const std::string prefix = path.substr(0, at);
+    if (H5Lexists(file, prefix.c_str(), H5P_DEFAULT) <= 0) {
+      H5Eclear2(H5E_DEFAULT);
+      return false;
+    }
+    if (at == std::string::npos) return true;
+  }
+}
+
+// Job fingerprints (JobConfig::fingerprint: a YAML mapping) as dotted keys -> values. Paths are
+// compared as canonical paths, so that ./x and x are the same file (and files that stored a
+// relative path still resume from the same folder).
+std::map<std::string, std::string> fingerprint_keys(const std::string& fingerprint) {
+  std::map<std::string, std::string> out;
+  std::function<void(const YAML::Node&, const std::string&)> walk = [&](const YAML::Node& n, const std::string& key) {
+    if (n.IsMap()) {
+      for (const auto& kv : n) walk(kv.second, (key.empty() ? "" : key + ".") + kv.first.as<std::string>());
+    } else if (n.IsScalar()) {
+      out[key] = n.as<std::string>();
+    } else {
+      YAML::Emitter e;
+      e << YAML::Flow << n;
+      out[key] = e.c_str();
+    }
+  };
+  walk(YAML::Load(fingerprint), "");
+  for (const char* path_key : {"model", "input", "parallel.spd.from"}) {
+    auto it = out.find(path_key);
+    std::error_code ec;
+    if (it != out.end() && !it->second.empty()) {
+      auto canonical = std::filesystem::weakly_canonical(it->second, ec);
+      if (!ec) it->second = canonical.string();
+    }
+  }
+  return out;
+}
+
+// "" when two job fingerprints describe the same job, else which keys differ and how.
+std::string fingerprint_difference(const std::string& file, const std::string& job) {
+  std::map<std::string, std::string> a, b;
+  try {
+    a = fingerprint_keys(file);
+    b = fingerprint_keys(job);
+  } catch (const YAML::Exception&) {  // not YAML (a path with ": " in it, say): compare as text
+    return file == job ? "" : "the job differs from its 'job_yaml' attribute";
+  }
+  std::string diff;
+  auto shown = [](const std::map<std::string, std::string>& m, const std::string& k) {
+    auto it = m.find(k);
+    return it == m.end() ? std::string("none") : it->second.empty() ? std::string("''") : it->second;
+  };
+  std::map<std::string, bool> keys;
+  for (const auto& [k, _] : a) keys[k] = true;
+  for (const auto& [k, _] : b) keys[k] = true;
+  for (const auto& [k, _] : keys)
+    if (shown(a, k) != shown(b, k))
+      diff += (diff.empty() ? "" : "; ") + k + " differs (file: " + shown(a, k) + ", job: " + shown(b, k) + ")";
+  return diff;
 }
 
 }  // namespace
@@ -128,121 +297,264 @@ std::string model_fingerprint(const ModelConfig& model) {
 
 ResultWriter::ResultWriter(const JobConfig& job, const ModelConfig& model, int64_t rows, bool resume)
     : path_(job.output), task_(job.task), rows_(rows), hidden_(model.hidden) {
-  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // failures are reported in one line (hdf5_error_text)
   const bool exists = std::filesystem::exists(path_);
   if (resume && exists) {
-    // A rank of the interrupted run may still be exiting with the file open (HDF5 locks it): give
-    // it a few seconds before calling the file unreadable.
-    file_ = H5Fopen(path_.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-    for (int wait = 0; file_ < 0 && wait < 20; ++wait) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(250));
-      file_ = H5Fopen(path_.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    reopen(job, model);
+  } else if (exists) {
+    throw UserError(path_ + ": the output file exists; pass --resume to continue it, or choose another output");
+  } else {
+    create(job, model);
+  }
+}
+
+void ResultWriter::create(const JobConfig& job, const ModelConfig& model) {
+  file_ = H5Fcreate(path_.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT);
+  if (file_ < 0) throw UserError(path_ + ": cannot create the output file: " + hdf5_error_text());
+  try {
+    const std::string reason = reserve(kMetadataReserve);
+    if (!reason.empty()) throw Hdf5Failure(reason);
+    const hsize_t N = rows_, unlimited = H5S_UNLIMITED;
+    if (task_ == "generate" || task_ == "score") {
+      hid_t vtype = task_ == "generate" ? H5T_NATIVE_INT32 : H5T_NATIVE_FLOAT;
+      create_dataset(file_, values_dataset(task_), vtype, {0}, {unlimited}, {4096});
+      create_dataset(file_, offsets_dataset(task_), H5T_NATIVE_INT64, {N + 1}, {N + 1},
+                     {std::min<hsize_t>(N + 1, 4096)});
+      if (task_ == "score")
+        create_dataset(file_, "/scores/sum_logprob", H5T_NATIVE_DOUBLE, {N}, {N},
+                       {std::max<hsize_t>(1, std::min<hsize_t>(N, 4096))});
+    } else {
+      const hsize_t H = hidden_;
+      create_dataset(file_, "/embeddings", H5T_NATIVE_FLOAT, {N, H}, {N, H},
+                     {std::max<hsize_t>(1, std::min<hsize_t>(N, 64)), H});
     }
-    if (file_ < 0)
-      throw UserError(path_ + ": cannot re-open the output for --resume (not a readable HDF5 file, or another "
-                      "process still has it open)");
-    if (read_string_attr(file_, "job_fingerprint") != job.fingerprint())
-      throw UserError(path_ + ": --resume refused: the file was written by a different job (model, task, input or "
-                      "generate/embed options differ; see its 'job_yaml' attribute)");
+    const hsize_t chunk = std::max<hsize_t>(1, std::min<hsize_t>(N, 4096));
+    create_dataset(file_, "/latency_ms", H5T_NATIVE_FLOAT, {N}, {N}, {chunk});
+    create_dataset(file_, "/done", H5T_NATIVE_UINT8, {N}, {N}, {chunk});
+    write_string_attr(file_, "job_yaml", job.to_yaml());
+    write_string_attr(file_, "job_fingerprint", job.fingerprint());
+    write_string_attr(file_, "model", model.dir);
+    write_string_attr(file_, "model_architecture", model.architecture);
+    write_string_attr(file_, "model_fingerprint", model_fingerprint(model));
+    write_string_attr(file_, "lowsync_version", LOWSYNC_VERSION);
+    write_string_attr(file_, "task", task_);
+    write_u8_attr(file_, "complete", 0);
+    h5(H5Fflush(file_, H5F_SCOPE_GLOBAL));
+  } catch (const Hdf5Failure& e) {
+    // Nothing in it is worth keeping, and leaving it would make the next run refuse to start.
+    try {
+      fail("creating the output", e.what());
+    } catch (const OutputError&) {
+      std::filesystem::remove(path_);
+      throw;
+    }
+  }
+}
+
+void ResultWriter::reopen(const JobConfig& job, const ModelConfig& model) {
+  // A rank of the interrupted run may still be exiting with the file open (HDF5 locks it): give
+  // it a few seconds before calling the file unreadable.
+  file_ = H5Fopen(path_.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  for (int wait = 0; file_ < 0 && wait < 20; ++wait) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    file_ = H5Fopen(path_.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  }
+  H5Eclear2(H5E_DEFAULT);
+  if (file_ < 0)
+    throw UserError(path_ + ": cannot re-open the output for --resume (not a readable HDF5 file, or another "
+                    "process still has it open)");
+  // The refusals below leave the file as it is: closing it writes nothing, since nothing changed.
+  auto refuse = [&](const std::string& why) {
+    H5Fclose(file_);
+    file_ = -1;
+    throw UserError(path_ + ": --resume refused: " + why);
+  };
+  try {
+    const std::string diff = fingerprint_difference(read_string_attr(file_, "job_fingerprint"), job.fingerprint());
+    if (!diff.empty())
+      refuse("the file was written by a different job: " + diff + " (see its 'job_yaml' attribute)");
     if (read_string_attr(file_, "model_fingerprint") != model_fingerprint(model))
-      throw UserError(path_ + ": --resume refused: the model in " + model.dir + " differs from the one that wrote it");
+      refuse("the model in " + model.dir + " differs from the one that wrote it");
+
+    // Every dataset this task reads or appends to, with the type and shape it was created with: a
+    // damaged file is refused here, naming what is wrong, instead of failing somewhere later.
+    const std::string N = std::to_string(rows_), N1 = std::to_string(rows_ + 1);
+    std::vector<std::pair<std::string, std::string>> expected = {{"/done", "uint8 [" + N + "]"},
+                                                                 {"/latency_ms", "float32 [" + N + "]"}};
+    if (task_ == "generate" || task_ == "score") {
+      expected.push_back({values_dataset(task_), task_ == "generate" ? "int32 [*]" : "float32 [*]"});
+      expected.push_back({offsets_dataset(task_), "int64 [" + N1 + "]"});
+      if (task_ == "score") expected.push_back({"/scores/sum_logprob", "float64 [" + N + "]"});
+    } else {
+      expected.push_back({"/embeddings", "float32 [" + N + ", " + std::to_string(hidden_) + "]"});
+    }
+    for (const auto& [name, want] : expected) {
+      if (!path_exists(file_, name)) refuse("the file is damaged: dataset " + name + " is missing");
+      std::string got = describe_dataset(file_, name.c_str());
+      if (want.ends_with("[*]") && got.find(',') == std::string::npos) got = got.substr(0, got.find('[')) + "[*]";
+      if (got != want) refuse("the file is damaged: dataset " + name + " is " + got + ", expected " + want);
+    }
+
     auto done = read_all<uint8_t>(file_, "/done", H5T_NATIVE_UINT8);
-    if (int64_t(done.size()) != rows)
-      throw UserError(path_ + ": --resume refused: the file has " + std::to_string(done.size()) +
-                      " rows but the input has " + std::to_string(rows));
-    while (next_row_ < rows && done[next_row_]) ++next_row_;
+    while (next_row_ < rows_ && done[next_row_]) ++next_row_;
     if (task_ == "generate" || task_ == "score") {
       // Data past the last done row belongs to an interrupted batch: drop it.
       auto offsets = read_all<int64_t>(file_, offsets_dataset(task_), H5T_NATIVE_INT64);
       values_ = offsets[next_row_];
-      hid_t ds = H5Dopen2(file_, values_dataset(task_), H5P_DEFAULT);
+      bool fits = offsets[0] == 0 && values_ <= length_of(file_, values_dataset(task_));
+      for (int64_t r = 0; r < next_row_; ++r) fits = fits && offsets[r] <= offsets[r + 1];
+      if (!fits)
+        refuse("the file is damaged: the done rows' " + std::string(offsets_dataset(task_)) + " do not fit " +
+               values_dataset(task_));
+    }
+  } catch (const Hdf5Failure& e) {
+    refuse(std::string("cannot read it: ") + e.what());
+  }
+
+  try {
+    const std::string reason = reserve(kMetadataReserve);
+    if (!reason.empty()) throw Hdf5Failure(reason);
+    if (task_ == "generate" || task_ == "score") {
+      Id ds(H5Dopen2(file_, values_dataset(task_), H5P_DEFAULT), H5Dclose);
       hsize_t dims[1] = {hsize_t(values_)};
-      H5Dset_extent(ds, dims);
-      H5Dclose(ds);
+      h5(H5Dset_extent(ds, dims));
     }
     write_u8_attr(file_, "complete", 0);
-    H5Fflush(file_, H5F_SCOPE_GLOBAL);
-    return;
+    h5(H5Fflush(file_, H5F_SCOPE_GLOBAL));
+  } catch (const Hdf5Failure& e) {
+    fail("re-opening the output for --resume", e.what());
   }
-  if (exists)
-    throw UserError(path_ + ": the output file exists; pass --resume to continue it, or choose another output");
-  file_ = H5Fcreate(path_.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT);
-  if (file_ < 0) throw UserError(path_ + ": cannot create the output file (is the folder there and writable?)");
-
-  const hsize_t N = rows, unlimited = H5S_UNLIMITED;
-  if (task_ == "generate" || task_ == "score") {
-    hid_t vtype = task_ == "generate" ? H5T_NATIVE_INT32 : H5T_NATIVE_FLOAT;
-    create_dataset(file_, values_dataset(task_), vtype, {0}, {unlimited}, {4096});
-    create_dataset(file_, offsets_dataset(task_), H5T_NATIVE_INT64, {N + 1}, {N + 1}, {std::min<hsize_t>(N + 1, 4096)});
-    if (task_ == "score")
-      create_dataset(file_, "/scores/sum_logprob", H5T_NATIVE_DOUBLE, {N}, {N}, {std::max<hsize_t>(1, std::min<hsize_t>(N, 4096))});
-  } else {
-    const hsize_t H = hidden_;
-    create_dataset(file_, "/embeddings", H5T_NATIVE_FLOAT, {N, H}, {N, H}, {std::max<hsize_t>(1, std::min<hsize_t>(N, 64)), H});
-  }
-  const hsize_t chunk = std::max<hsize_t>(1, std::min<hsize_t>(N, 4096));
-  create_dataset(file_, "/latency_ms", H5T_NATIVE_FLOAT, {N}, {N}, {chunk});
-  create_dataset(file_, "/done", H5T_NATIVE_UINT8, {N}, {N}, {chunk});
-  write_string_attr(file_, "job_yaml", job.to_yaml());
-  write_string_attr(file_, "job_fingerprint", job.fingerprint());
-  write_string_attr(file_, "model", model.dir);
-  write_string_attr(file_, "model_architecture", model.architecture);
-  write_string_attr(file_, "model_fingerprint", model_fingerprint(model));
-  write_string_attr(file_, "lowsync_version", LOWSYNC_VERSION);
-  write_string_attr(file_, "task", task_);
-  write_u8_attr(file_, "complete", 0);
-  H5Fflush(file_, H5F_SCOPE_GLOBAL);
 }
 
 ResultWriter::~ResultWriter() {
   if (file_ >= 0) H5Fclose(file_);
 }
 
+// Makes sure the file system holds `bytes` more for this file before HDF5 writes anything, so
+// that a full disk stops a batch before HDF5 has changed the file rather than in the middle of a
+// flush, whose metadata writes can land in place (superblock, object headers) and fail where new
+// (a B-tree node), leaving the file unreadable. Returns "" when the space is there (or the file system cannot reserve: then a full disk
+// is caught at the write), else the operating system's reason.
+std::string ResultWriter::reserve(int64_t bytes) {
+  if (!can_reserve_) return "";
+  void* handle = nullptr;
+  if (H5Fget_vfd_handle(file_, H5P_DEFAULT, &handle) < 0 || handle == nullptr) {
+    H5Eclear2(H5E_DEFAULT);
+    can_reserve_ = false;
+    return "";
+  }
+  const int fd = *static_cast<int*>(handle);
+  struct stat st;
+  if (fstat(fd, &st) != 0) return std::strerror(errno);
+  // Past the end, without changing the file's size: HDF5 truncates the file to the size it
+  // expects at every flush, and would give back space reserved inside it.
+  int rc;
+  do rc = fallocate(fd, FALLOC_FL_KEEP_SIZE, st.st_size, bytes);
+  while (rc != 0 && errno == EINTR);
+  if (rc == 0) return "";
+  if (errno == EOPNOTSUPP || errno == ENOSYS) {
+    can_reserve_ = false;
+    return "";
+  }
+  return std::string(std::strerror(errno)) + " (needed up to " + std::to_string((bytes + 1023) / 1024) +
+         " KiB more)";
+}
+
+// After a failed write nothing more may reach the file: HDF5 would go on flushing metadata that
+// points at blocks never written, and H5Fclose flushes too (and when that fails, HDF5 1.10 leaves
+// a dangling identifier that crashes the process at exit). So the file is not closed: its
+// descriptor is swapped for a read-only one on the same file, which makes any later write fail
+// harmlessly and releases HDF5's lock for a --resume, and the identifier is left to the process's
+// end, where HDF5 does not close files (H5dont_atexit below). The file stays as its last successful
+// flush left it.
+void ResultWriter::fail(const std::string& what, const std::string& cause) {
+  void* handle = nullptr;
+  if (file_ >= 0 && H5Fget_vfd_handle(file_, H5P_DEFAULT, &handle) >= 0 && handle != nullptr) {
+    const int fd = *static_cast<int*>(handle);
+    int read_only = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (read_only < 0) read_only = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (read_only >= 0) {
+      dup2(read_only, fd);
+      close(read_only);
+    }
+  }
+  H5Eclear2(H5E_DEFAULT);
+  file_ = -1;
+  throw OutputError(path_ + ": " + what + " failed: " + cause);
+}
+
 void ResultWriter::append(const std::vector<RowResult>& results) {
   const int64_t first = next_row_, n = static_cast<int64_t>(results.size());
   if (first + n > rows_) throw std::logic_error("ResultWriter: more rows than the input has");
+  if (file_ < 0) throw std::logic_error("ResultWriter: append after a failure or finish");
+  const std::string what = "writing rows " + std::to_string(first) + "-" + std::to_string(first + n - 1);
   std::vector<float> latency;
   for (const auto& r : results) latency.push_back(r.latency_ms);
 
-  if (task_ == "generate" || task_ == "score") {
-    std::vector<int64_t> offsets;
-    std::vector<int32_t> tokens;
-    std::vector<float> logprobs;
-    std::vector<double> sums;
-    int64_t end = values_;
-    for (const auto& r : results) {
-      end += task_ == "generate" ? r.tokens.size() : r.token_logprobs.size();
-      offsets.push_back(end);
-      tokens.insert(tokens.end(), r.tokens.begin(), r.tokens.end());
-      logprobs.insert(logprobs.end(), r.token_logprobs.begin(), r.token_logprobs.end());
-      sums.push_back(r.sum_logprob);
-    }
+  std::vector<int64_t> offsets;
+  std::vector<int32_t> tokens;
+  std::vector<float> logprobs, emb;
+  std::vector<double> sums;
+  int64_t end = values_;
+  for (const auto& r : results) {
+    end += task_ == "generate" ? r.tokens.size() : r.token_logprobs.size();
+    offsets.push_back(end);
+    tokens.insert(tokens.end(), r.tokens.begin(), r.tokens.end());
+    logprobs.insert(logprobs.end(), r.token_logprobs.begin(), r.token_logprobs.end());
+    sums.push_back(r.sum_logprob);
+    emb.insert(emb.end(), r.embedding.begin(), r.embedding.end());
+  }
+  try {
+    int64_t need = kMetadataReserve + new_chunk_bytes(file_, "/latency_ms", first, n) +
+                   new_chunk_bytes(file_, "/done", first, n);
+    if (task_ == "generate" || task_ == "score")
+      need += new_chunk_bytes(file_, values_dataset(task_), values_, end - values_) +
+              new_chunk_bytes(file_, offsets_dataset(task_), first + 1, n) +
+              (task_ == "score" ? new_chunk_bytes(file_, "/scores/sum_logprob", first, n) : 0);
+    else
+      need += new_chunk_bytes(file_, "/embeddings", first, n);
+    const std::string reason = reserve(need);
+    if (!reason.empty()) fail(what, reason);
+
     if (task_ == "generate")
       write_rows(file_, values_dataset(task_), H5T_NATIVE_INT32, values_, tokens.size(), 1, tokens.data());
-    else
+    else if (task_ == "score")
       write_rows(file_, values_dataset(task_), H5T_NATIVE_FLOAT, values_, logprobs.size(), 1, logprobs.data());
-    write_rows(file_, offsets_dataset(task_), H5T_NATIVE_INT64, first + 1, n, 1, offsets.data());
+    if (task_ == "generate" || task_ == "score")
+      write_rows(file_, offsets_dataset(task_), H5T_NATIVE_INT64, first + 1, n, 1, offsets.data());
     if (task_ == "score") write_rows(file_, "/scores/sum_logprob", H5T_NATIVE_DOUBLE, first, n, 1, sums.data());
-    values_ = end;
-  } else {
-    std::vector<float> emb;
-    for (const auto& r : results) emb.insert(emb.end(), r.embedding.begin(), r.embedding.end());
-    write_rows(file_, "/embeddings", H5T_NATIVE_FLOAT, first, n, hidden_, emb.data());
-  }
-  write_rows(file_, "/latency_ms", H5T_NATIVE_FLOAT, first, n, 1, latency.data());
-  H5Fflush(file_, H5F_SCOPE_GLOBAL);  // the data is on disk before any of its rows is marked done
+    if (task_ == "embed") write_rows(file_, "/embeddings", H5T_NATIVE_FLOAT, first, n, hidden_, emb.data());
+    write_rows(file_, "/latency_ms", H5T_NATIVE_FLOAT, first, n, 1, latency.data());
+    h5(H5Fflush(file_, H5F_SCOPE_GLOBAL));  // the data is on disk before any of its rows is marked done
 
-  std::vector<uint8_t> done(n, 1);
-  write_rows(file_, "/done", H5T_NATIVE_UINT8, first, n, 1, done.data());
-  H5Fflush(file_, H5F_SCOPE_GLOBAL);
+    std::vector<uint8_t> done(n, 1);
+    write_rows(file_, "/done", H5T_NATIVE_UINT8, first, n, 1, done.data());
+    h5(H5Fflush(file_, H5F_SCOPE_GLOBAL));
+  } catch (const Hdf5Failure& e) {
+    fail(what, e.what());
+  }
+  values_ = end;
   next_row_ += n;
 }
 
-void ResultWriter::finish(const std::string& report, const std::string& report_json) {
-  write_string_attr(file_, "run_report", report);
-  write_string_attr(file_, "run_report_json", report_json);
-  write_u8_attr(file_, "complete", 1);
-  H5Fflush(file_, H5F_SCOPE_GLOBAL);
+void ResultWriter::finish(const std::string& report, const std::string& report_json, const std::string& plan_yaml) {
+  if (file_ < 0) throw std::logic_error("ResultWriter: finish after a failure");
+  const std::string what = "writing the run report";
+  try {
+    const std::string reason =
+        reserve(kMetadataReserve + 2 * static_cast<int64_t>(report.size() + report_json.size() + plan_yaml.size()));
+    if (!reason.empty()) fail(what, reason);
+    write_string_attr(file_, "plan", plan_yaml);
+    write_string_attr(file_, "run_report", report);
+    write_string_attr(file_, "run_report_json", report_json);
+    write_u8_attr(file_, "complete", 1);
+    h5(H5Fflush(file_, H5F_SCOPE_GLOBAL));
+    const hid_t file = file_;
+    file_ = -1;
+    h5(H5Fclose(file));
+  } catch (const Hdf5Failure& e) {
+    fail(what, e.what());
+  }
 }
 
 }  // namespace lowsync

@@ -3,14 +3,30 @@
 // batch's data is written and flushed first, its /done flags after, so that a killed job never
 // leaves a row marked done whose data is not on disk. --resume re-opens such a file, checks that it
 // was made by the same job and model, drops the data of rows not done, and continues after them.
+//
+// Writing can fail (a full disk, an I/O error), and HDF5 files are not crash-consistent: a flush
+// that fails half-way can leave the superblock and object headers pointing at blocks never written,
+// and then no row is readable. So (1) before a batch is written, the space it may take is reserved
+// (fallocate past the end of the file), and a batch that does not fit fails there, with nothing of
+// it in HDF5's caches; (2) chunks are written by H5Dwrite itself, not cached until the flush (HDF5
+// 1.10 reports success from a flush whose chunk writes failed); (3) every call's result is checked,
+// and after a failure HDF5 may not write to the file again, not even to close it. The file then
+// stays as its last successful flush left it: its done rows readable, --resume possible.
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "io/error.h"
 #include "io/job_config.h"
 #include "io/model_config.h"
 
 namespace lowsync {
+
+// The output could not be written. The message names the file, what was being written and why;
+// the writer has already closed the file, fenced, so that what is on disk stays readable.
+struct OutputError : UserError {
+  using UserError::UserError;
+};
 
 struct RowResult {
   std::vector<int32_t> tokens;       // generate
@@ -29,16 +45,23 @@ class ResultWriter {
   ResultWriter& operator=(const ResultWriter&) = delete;
 
   int64_t rows_done() const { return next_row_; }  // rows [0, rows_done) are complete
-  // Appends rows [rows_done(), rows_done() + results.size()).
+  // Appends rows [rows_done(), rows_done() + results.size()). Throws OutputError if they cannot be
+  // written; the writer is then closed and rows_done() rows stay in the file.
   void append(const std::vector<RowResult>& results);
-  // Stores the run report (attributes `run_report`, `run_report_json`) and marks the file
-  // complete (`complete` = 1).
-  void finish(const std::string& report, const std::string& report_json);
+  // Stores the plan that ran and the run report (attributes `plan`, `run_report`, `run_report_json`), marks the file complete
+  // (`complete` = 1) and closes it. Throws OutputError if that cannot be written.
+  void finish(const std::string& report, const std::string& report_json, const std::string& plan_yaml);
 
  private:
+  void create(const JobConfig& job, const ModelConfig& model);
+  void reopen(const JobConfig& job, const ModelConfig& model);
+  std::string reserve(int64_t bytes);
+  [[noreturn]] void fail(const std::string& what, const std::string& cause);
+
   std::string path_, task_;
   long long file_ = -1;  // hid_t
   int64_t rows_ = 0, next_row_ = 0, values_ = 0, hidden_ = 0;
+  bool can_reserve_ = true;  // false once the file system says it cannot (then failures are caught at the write)
 };
 
 std::string model_fingerprint(const ModelConfig& model);

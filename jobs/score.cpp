@@ -2,11 +2,13 @@
 // predicted); the logits at position (prompt_len - 1 + j) give log p(target j).
 #include <cmath>
 
+#include "jobs/finite.h"
 #include "jobs/tasks.h"
 
 namespace lowsync {
 
-std::vector<RowResult> score_batch(Transformer& model, const TokenRows& prompts, const TokenRows& targets) {
+std::vector<RowResult> score_batch(Transformer& model, const TokenRows& prompts, const TokenRows& targets,
+                                   int64_t first_row) {
   const int vocab = model.config().vocab;
   Backend& be = model.backend();
   std::vector<RowResult> out(prompts.size());
@@ -42,12 +44,14 @@ std::vector<RowResult> score_batch(Transformer& model, const TokenRows& prompts,
     be.to_host(logits, logits_host.data());
     for (size_t j = 0; j < part.size(); ++j) {
       const float* l = logits_host.data() + j * vocab;
+      const auto [row, target] = owner[c0 + j];
+      require_finite(model, l, vocab, first_row + static_cast<int64_t>(row),
+                     "score", "the logits for target " + std::to_string(out[row].token_logprobs.size()));
       // log_softmax in double: the log-sum-exp over a large vocabulary is where fp32 loses digits.
       double mx = l[0];
       for (int v = 1; v < vocab; ++v) mx = std::max(mx, double(l[v]));
       double sum = 0;
       for (int v = 0; v < vocab; ++v) sum += std::exp(double(l[v]) - mx);
-      const auto [row, target] = owner[c0 + j];
       const double lp = double(l[target]) - mx - std::log(sum);
       out[row].token_logprobs.push_back(static_cast<float>(lp));
       out[row].sum_logprob += lp;

@@ -12,13 +12,24 @@ namespace lowsync {
 
 using TokenRows = std::vector<std::vector<int32_t>>;
 
+// Where generation time goes (prefill passes against decode steps), summed over batches: the run
+// report's measured figures that the cost model predicts.
+struct PhaseTimes {
+  double prefill_s = 0, decode_s = 0;
+  int64_t prefill_passes = 0, decode_steps = 0;
+};
+
 // New tokens per prompt (EOS included when it stops the row). Row i of the batch is input row
 // first_row + i, which seeds its sampler.
 std::vector<RowResult> generate_batch(Transformer& model, const GenerateOptions& opt, const TokenRows& prompts,
-                                      int64_t first_row);
+                                      int64_t first_row, PhaseTimes& times);
 // log p(target j | prompt, targets before j) for every target token.
-std::vector<RowResult> score_batch(Transformer& model, const TokenRows& prompts, const TokenRows& targets);
+std::vector<RowResult> score_batch(Transformer& model, const TokenRows& prompts, const TokenRows& targets,
+                                   int64_t first_row);
 // Pooled last hidden state per prompt.
-std::vector<RowResult> embed_batch(Transformer& model, const EmbedOptions& opt, const TokenRows& prompts);
+std::vector<RowResult> embed_batch(Transformer& model, const EmbedOptions& opt, const TokenRows& prompts,
+                                   int64_t first_row);
+// Every task stops with a UserError naming the input row (first_row + batch index) when the row's
+// logits or embedding are not finite (jobs/finite.h).
 
 }  // namespace lowsync

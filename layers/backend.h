@@ -11,6 +11,17 @@
 
 namespace lowsync {
 
+// The query heads one rank computes in a layer and the cached key/value heads they read. In
+// grouped-query attention `group` consecutive query heads share one kv head; a rank's heads may
+// begin part-way into a group (its first kv head is then also cached by the rank before it), so
+// local query head h reads local kv head (h + q_offset) / group.
+struct AttentionHeads {
+  int n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  int group = 1;     // query heads per kv head in the whole model
+  int q_offset = 0;  // query heads of the first local kv head's group that belong to earlier ranks
+  int kv_head(int h) const { return (h + q_offset) / group; }
+};
+
 // Keys and values of every layer for the sequences of a batch: [capacity, kv_dim] per layer.
 struct KVCache {
   std::vector<Tensor> k, v;
@@ -48,9 +59,9 @@ class Backend {
   // Writes this pass's k, v rows into the layer's cache at each sequence's slots.
   virtual void store_kv(const Tensor& k, const Tensor& v, KVCache& cache, int layer, const BatchLayout& layout) = 0;
   // Scaled dot-product attention of the new queries over each sequence's cached keys/values;
-  // causal: query at position p sees keys 0..p. Grouped-query: n_heads / n_kv_heads queries share a kv head.
+  // causal: query at position p sees keys 0..p. q: [tokens, heads.n_heads * head_dim].
   virtual void attention(const Tensor& q, const KVCache& cache, int layer, const BatchLayout& layout,
-                         int n_heads, int n_kv_heads, int head_dim, bool causal, Tensor& out) = 0;
+                         const AttentionHeads& heads, bool causal, Tensor& out) = 0;
   virtual void gelu(Tensor& x, bool tanh_approximation) = 0;  // in place
   virtual void silu_mul(Tensor& gate, const Tensor& up) = 0;  // gate = silu(gate) * up
   virtual void add(Tensor& x, const Tensor& y) = 0;           // x += y

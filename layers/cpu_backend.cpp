@@ -203,17 +203,17 @@ class CpuBackend final : public Backend {
       }
   }
 
-  void attention(const Tensor& q, const KVCache& cache, int layer, const BatchLayout& layout, int n_heads,
-                 int n_kv_heads, int head_dim, bool causal, Tensor& out) override {
+  void attention(const Tensor& q, const KVCache& cache, int layer, const BatchLayout& layout,
+                 const AttentionHeads& heads, bool causal, Tensor& out) override {
+    const int n_heads = heads.n_heads, head_dim = heads.head_dim;
     const Tensor& K = cache.k[layer];
     const Tensor& V = cache.v[layer];
-    const int group = n_heads / n_kv_heads;
     const float scale = 1.f / std::sqrt(float(head_dim));
     for (const SequenceSlot& s : layout.seqs) {
       const int64_t ctx = s.past + s.n_new;
       scores_.resize(s.n_new * ctx);
       for (int h = 0; h < n_heads; ++h) {
-        const int kvh = h / group;
+        const int kvh = heads.kv_head(h);
         const float* Qh = q.row(s.token_begin) + h * head_dim;
         const float* Kh = K.row(s.cache_base) + kvh * head_dim;
         const float* Vh = V.row(s.cache_base) + kvh * head_dim;

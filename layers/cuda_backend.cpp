@@ -189,8 +189,9 @@ class CudaBackend final : public Backend {
                    f32(kc, "store_kv: cache"), f32(vc, "store_kv: cache"), kc.cols, stream());
   }
 
-  void attention(const Tensor& q, const KVCache& cache, int layer, const BatchLayout& layout, int n_heads,
-                 int n_kv_heads, int head_dim, bool causal, Tensor& out) override {
+  void attention(const Tensor& q, const KVCache& cache, int layer, const BatchLayout& layout,
+                 const AttentionHeads& heads, bool causal, Tensor& out) override {
+    const int n_heads = heads.n_heads, n_kv_heads = heads.n_kv_heads, head_dim = heads.head_dim;
     require(layer >= 0 && layer < static_cast<int>(cache.k.size()), "attention: layer out of range");
     const Tensor& K = cache.k[layer];
     require(int64_t(n_heads) * head_dim <= q.cols && int64_t(n_heads) * head_dim <= out.cols &&
@@ -213,6 +214,8 @@ class CudaBackend final : public Backend {
     a.rows = layout.tokens();
     a.n_heads = n_heads;
     a.n_kv_heads = n_kv_heads;
+    a.group = heads.group;
+    a.q_offset = heads.q_offset;
     a.head_dim = head_dim;
     a.causal = causal;
     a.scale = 1.f / std::sqrt(float(head_dim));

@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttentionArgs a
   const SequenceSlot s = a.seqs[a.seq_of_row[t]];
   const int64_t i = t - s.token_begin;
   const int64_t visible = a.causal ? s.past + i + 1 : s.past + s.n_new;
-  const int kvh = h / (a.n_heads / a.n_kv_heads);
+  const int kvh = (h + a.q_offset) / a.group;
   const float* k0 = a.k_cache + s.cache_base * a.cache_cols + int64_t(kvh) * a.head_dim;
   const float* v0 = a.v_cache + s.cache_base * a.cache_cols + int64_t(kvh) * a.head_dim;
   for (int d = tid; d < a.head_dim; d += kAttnThreads) q_s[d] = a.q[t * a.q_cols + int64_t(h) * a.head_dim + d];
@@ -306,7 +306,8 @@ void store_kv(const float* k, const float* v, int64_t rows, int64_t src_cols, co
 
 void attention(const AttentionArgs& a, cudaStream_t stream) {
   if (a.rows == 0 || a.n_heads == 0) return;
-  if (a.head_dim > kMaxHeadDim || a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads)
+  if (a.head_dim > kMaxHeadDim || a.n_kv_heads <= 0 || a.group <= 0 || a.q_offset < 0 ||
+      (a.n_heads - 1 + a.q_offset) / a.group >= a.n_kv_heads)
     throw std::runtime_error("CUDA attention: head_dim " + std::to_string(a.head_dim) + " (at most " +
                              std::to_string(kMaxHeadDim) + "), heads " + std::to_string(a.n_heads) + " / kv heads " +
                              std::to_string(a.n_kv_heads) + " not supported");

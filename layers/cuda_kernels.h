@@ -47,6 +47,7 @@ struct AttentionArgs {
   const int32_t* seq_of_row = nullptr;
   int64_t rows = 0;
   int n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  int group = 1, q_offset = 0;  // local query head h reads local kv head (h + q_offset) / group
   bool causal = true;
   float scale = 1.f;
   float* out = nullptr;  // [rows, out_cols]

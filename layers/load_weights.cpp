@@ -1,8 +1,9 @@
 // Hugging Face checkpoint names -> this rank's ModelWeights, one function per family. Every
 // tensor's shape is checked against config.json so that a mismatched checkpoint fails at load with
 // the tensor's name. A rank copies only its share out of the memory-mapped files:
-//   column-parallel (Q, K, V, FFN up/gate, their biases): rows [r*n/R, (r+1)*n/R) of W[out, in]
-//   row-parallel (attention out, FFN down): columns [r*n/R, (r+1)*n/R) of W[out, in]
+//   column-parallel (Q, K, V, FFN up/gate, their biases): the share's rows of W[out, in]
+//   row-parallel (attention out, FFN down): the share's columns of W[out, in]
+// (the shares come from the Plan: any contiguous ranges of heads, kv heads and FFN columns)
 //   everything else (embeddings, norms, LM head, row-parallel biases): whole.
 // A decoupled model's rank takes its sub-blocks whole.
 #include <string>
@@ -93,10 +94,10 @@ struct Part {
   Range q, kv, ffn;
   int64_t q_total, kv_total, ffn_total;
 
-  static Part tp_share(const ModelConfig& c, Shard s) {
-    const BlockShape b = BlockShape::tp_share(c, s);
-    return {{int64_t(s.rank) * b.q_dim(), b.q_dim()}, {int64_t(s.rank) * b.kv_dim(), b.kv_dim()},
-            {int64_t(s.rank) * b.intermediate, b.intermediate}, c.q_dim(), c.kv_dim(), c.intermediate};
+  static Part tp_share(const ModelConfig& c, const LayerShare& s) {
+    const int64_t d = c.head_dim;
+    return {{s.heads.begin * d, s.heads.count * d}, {s.kv_heads.begin * d, s.kv_heads.count * d},
+            {s.ffn.begin, s.ffn.count}, c.q_dim(), c.kv_dim(), c.intermediate};
   }
   static Part whole(const BlockShape& b) {
     return {{0, b.q_dim()}, {0, b.kv_dim()}, {0, b.intermediate}, b.q_dim(), b.kv_dim(), b.intermediate};
@@ -132,11 +133,11 @@ LayerWeights load_gpt2_layer(const ModelConfig& c, Loader& in, const std::string
   w.norm1_b = in.whole(p + "ln_1.bias", H);
   // c_attn holds q, k, v side by side along its output dimension.
   w.wq = in.conv1d(p + "attn.c_attn.weight", H, 3 * Q, {s.q.begin, s.q.size}, all_h);
-  w.wk = in.conv1d(p + "attn.c_attn.weight", H, 3 * Q, {Q + s.q.begin, s.q.size}, all_h);
-  w.wv = in.conv1d(p + "attn.c_attn.weight", H, 3 * Q, {2 * Q + s.q.begin, s.q.size}, all_h);
+  w.wk = in.conv1d(p + "attn.c_attn.weight", H, 3 * Q, {Q + s.kv.begin, s.kv.size}, all_h);
+  w.wv = in.conv1d(p + "attn.c_attn.weight", H, 3 * Q, {2 * Q + s.kv.begin, s.kv.size}, all_h);
   w.bq = in.rows(p + "attn.c_attn.bias", 3 * Q, 0, {s.q.begin, s.q.size});
-  w.bk = in.rows(p + "attn.c_attn.bias", 3 * Q, 0, {Q + s.q.begin, s.q.size});
-  w.bv = in.rows(p + "attn.c_attn.bias", 3 * Q, 0, {2 * Q + s.q.begin, s.q.size});
+  w.bk = in.rows(p + "attn.c_attn.bias", 3 * Q, 0, {Q + s.kv.begin, s.kv.size});
+  w.bv = in.rows(p + "attn.c_attn.bias", 3 * Q, 0, {2 * Q + s.kv.begin, s.kv.size});
   w.wo = in.conv1d(p + "attn.c_proj.weight", Q, H, all_h, s.q);
   w.bo = in.whole(p + "attn.c_proj.bias", H);
   w.norm2_w = in.whole(p + "ln_2.weight", H);
@@ -153,10 +154,10 @@ LayerWeights load_bert_layer(const ModelConfig& c, Loader& in, const std::string
   LayerWeights w;
   w.wq = in.rows(p + "attention.self.query.weight", Q, H, s.q);
   w.bq = in.rows(p + "attention.self.query.bias", Q, 0, s.q);
-  w.wk = in.rows(p + "attention.self.key.weight", Q, H, s.q);
-  w.bk = in.rows(p + "attention.self.key.bias", Q, 0, s.q);
-  w.wv = in.rows(p + "attention.self.value.weight", Q, H, s.q);
-  w.bv = in.rows(p + "attention.self.value.bias", Q, 0, s.q);
+  w.wk = in.rows(p + "attention.self.key.weight", Q, H, s.kv);
+  w.bk = in.rows(p + "attention.self.key.bias", Q, 0, s.kv);
+  w.wv = in.rows(p + "attention.self.value.weight", Q, H, s.kv);
+  w.bv = in.rows(p + "attention.self.value.bias", Q, 0, s.kv);
   w.wo = in.cols(p + "attention.output.dense.weight", H, Q, s.q);
   w.bo = in.whole(p + "attention.output.dense.bias", H);
   w.norm1_w = in.whole(p + "attention.output.LayerNorm.weight", H);
@@ -173,27 +174,26 @@ LayerWeights load_bert_layer(const ModelConfig& c, Loader& in, const std::string
 using LayerLoader = LayerWeights (*)(const ModelConfig&, Loader&, const std::string&, const Part&);
 
 // Every layer of this rank: its TP share of `prefix{l}.`, or its sub-blocks `prefix{l}.sub.{r}.`.
-void load_layers(const ModelConfig& c, Shard shard, Loader& in, const std::string& prefix, LayerLoader load,
+void load_layers(const ModelConfig& c, const LayerShare& share, Loader& in, const std::string& prefix, LayerLoader load,
                  ModelWeights& m) {
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = prefix + std::to_string(l) + ".";
     if (!c.bp.enabled()) {
-      m.layers.push_back(load(c, in, p, Part::tp_share(c, shard)));
+      m.layers.push_back(load(c, in, p, Part::tp_share(c, share)));
       continue;
     }
-    const SubBlockRange mine(c, shard);
     m.sub_blocks.emplace_back();
-    for (int r = mine.first; r < mine.first + mine.count; ++r)
+    for (int r = share.sub_blocks.begin; r < share.sub_blocks.end(); ++r)
       m.sub_blocks.back().push_back(load(c, in, p + "sub." + std::to_string(r) + ".", Part::whole(BlockShape::sub_block(c, r))));
   }
 }
 
-ModelWeights load_llama(const ModelConfig& c, Shard shard, Loader& in) {
+ModelWeights load_llama(const ModelConfig& c, const LayerShare& share, Loader& in) {
   const int64_t H = c.hidden;
   in.detect_prefix("embed_tokens.weight", {"model.", ""});
   ModelWeights m;
   m.tok_emb = in.whole("embed_tokens.weight", c.vocab, H);
-  load_layers(c, shard, in, "layers.", load_llama_layer, m);
+  load_layers(c, share, in, "layers.", load_llama_layer, m);
   m.final_norm_w = in.whole("norm.weight", H);
   if (c.tied_embeddings) {
     m.lm_head = m.tok_emb;
@@ -204,20 +204,20 @@ ModelWeights load_llama(const ModelConfig& c, Shard shard, Loader& in) {
   return m;
 }
 
-ModelWeights load_gpt2(const ModelConfig& c, Shard shard, Loader& in) {
+ModelWeights load_gpt2(const ModelConfig& c, const LayerShare& share, Loader& in) {
   const int64_t H = c.hidden;
   in.detect_prefix("wte.weight", {"transformer.", ""});
   ModelWeights m;
   m.tok_emb = in.whole("wte.weight", c.vocab, H);
   m.pos_emb = in.whole("wpe.weight", c.max_positions, H);
-  load_layers(c, shard, in, "h.", load_gpt2_layer, m);
+  load_layers(c, share, in, "h.", load_gpt2_layer, m);
   m.final_norm_w = in.whole("ln_f.weight", H);
   m.final_norm_b = in.whole("ln_f.bias", H);
   m.lm_head = m.tok_emb;  // GPT-2 ties its head to the token embedding
   return m;
 }
 
-ModelWeights load_bert(const ModelConfig& c, Shard shard, Loader& in) {
+ModelWeights load_bert(const ModelConfig& c, const LayerShare& share, Loader& in) {
   const int64_t H = c.hidden;
   in.detect_prefix("embeddings.word_embeddings.weight", {"", "bert."});
   ModelWeights m;
@@ -226,17 +226,17 @@ ModelWeights load_bert(const ModelConfig& c, Shard shard, Loader& in) {
   m.type_emb = in.whole("embeddings.token_type_embeddings.weight", c.type_vocab, H);
   m.emb_norm_w = in.whole("embeddings.LayerNorm.weight", H);
   m.emb_norm_b = in.whole("embeddings.LayerNorm.bias", H);
-  load_layers(c, shard, in, "encoder.layer.", load_bert_layer, m);
+  load_layers(c, share, in, "encoder.layer.", load_bert_layer, m);
   return m;  // BertModel has no LM head
 }
 
 }  // namespace
 
-ModelWeights load_weights(const ModelConfig& cfg, Shard shard, Backend& be) {
+ModelWeights load_weights(const ModelConfig& cfg, const LayerShare& share, Backend& be) {
   Loader in(cfg, be);
-  ModelWeights m = cfg.family == Family::Llama ? load_llama(cfg, shard, in)
-                   : cfg.family == Family::GPT2 ? load_gpt2(cfg, shard, in)
-                                                : load_bert(cfg, shard, in);
+  ModelWeights m = cfg.family == Family::Llama ? load_llama(cfg, share, in)
+                   : cfg.family == Family::GPT2 ? load_gpt2(cfg, share, in)
+                                                : load_bert(cfg, share, in);
   m.bytes = in.bytes();
   return m;
 }

@@ -6,40 +6,25 @@
 
 namespace lowsync {
 
-BlockShape BlockShape::tp_share(const ModelConfig& cfg, Shard shard) {
-  const int R = shard.size;
-  auto need = [&](int n, const char* what) {
-    if (n % R)
-      throw UserError(cfg.dir + ": " + what + " = " + std::to_string(n) + " is not divisible by parallel.tp = " +
-                      std::to_string(R) + "; choose a tp that divides it");
-    return n / R;
-  };
-  return {need(cfg.n_heads, "num_attention_heads"), need(cfg.n_kv_heads, "num_key_value_heads"),
-          need(cfg.intermediate, "intermediate_size"), cfg.head_dim};
+BlockShape BlockShape::of_share(const ModelConfig& cfg, const LayerShare& share) {
+  const int group = cfg.n_heads / cfg.n_kv_heads;
+  return {share.heads.count, share.kv_heads.count, share.ffn.count, cfg.head_dim, group,
+          share.heads.begin - share.kv_heads.begin * group};
 }
 
 BlockShape BlockShape::sub_block(const ModelConfig& cfg, int r) {
-  return {cfg.bp.heads[r], cfg.bp.kv_heads[r], cfg.bp.ffn[r], cfg.head_dim};
+  return {cfg.bp.heads[r], cfg.bp.kv_heads[r], cfg.bp.ffn[r], cfg.head_dim, cfg.bp.heads[r] / cfg.bp.kv_heads[r], 0};
 }
 
-SubBlockRange::SubBlockRange(const ModelConfig& cfg, Shard shard) {
-  if (cfg.bp.sub_blocks % shard.size)
-    throw UserError(cfg.dir + ": the decoupled model has " + std::to_string(cfg.bp.sub_blocks) +
-                    " sub-blocks per layer, not divisible by parallel.bp = " + std::to_string(shard.size));
-  count = cfg.bp.sub_blocks / shard.size;
-  first = shard.rank * count;
-}
-
-Transformer::Transformer(const ModelConfig& cfg, Backend& be, TensorParallelGroup tp, std::vector<bool> spd_drop)
+Transformer::Transformer(const ModelConfig& cfg, Backend& be, TensorParallelGroup tp, const LayerShare& share,
+                         std::vector<bool> spd_drop)
     : cfg_(cfg), be_(be), tp_(tp) {
-  const Shard shard{tp.rank(), tp.size()};
   if (cfg.bp.enabled()) {
-    const SubBlockRange mine(cfg, shard);
-    for (int j = 0; j < mine.count; ++j) sub_shapes_.push_back(BlockShape::sub_block(cfg, mine.first + j));
+    for (int r = share.sub_blocks.begin; r < share.sub_blocks.end(); ++r) sub_shapes_.push_back(BlockShape::sub_block(cfg, r));
   } else {
-    local_ = BlockShape::tp_share(cfg, shard);
+    local_ = BlockShape::of_share(cfg, share);
   }
-  w_ = load_weights(cfg, shard, be);
+  w_ = load_weights(cfg, share, be);
   set_spd_drop(std::move(spd_drop));
 }
 
@@ -212,7 +197,7 @@ Tensor Transformer::attention_partial(const LayerWeights& w, const BlockShape& s
   if (cfg_.family == Family::Llama) be_.rope(q, k, layout.positions, cfg_.head_dim, cfg_.rope_theta);
   be_.store_kv(k, v, cache, cache_layer, layout);
   Tensor ctx = be_.scratch(T, s.q_dim());
-  be_.attention(q, cache, cache_layer, layout, s.n_heads, s.n_kv_heads, cfg_.head_dim, cfg_.is_decoder(), ctx);
+  be_.attention(q, cache, cache_layer, layout, s.attention_heads(), cfg_.is_decoder(), ctx);
   Tensor out = be_.scratch(T, cfg_.hidden);
   be_.matmul(ctx, w.wo, nullptr, out);
   return out;

@@ -6,6 +6,7 @@
 
 #include "io/model_config.h"
 #include "layers/backend.h"
+#include "layers/layer_share.h"
 #include "layers/tensor_parallel.h"
 
 namespace lowsync {
@@ -27,35 +28,29 @@ struct ModelWeights {
   int64_t bytes = 0;                  // fp32 bytes this rank copied out of the checkpoint
 };
 
-// This rank's share of a model: whole heads and FFN columns of tensor-parallel rank `rank` of `size`.
-struct Shard {
-  int rank = 0, size = 1;
-};
-
 // The heads and FFN columns one rank computes in a block: its tensor-parallel share of a layer, or
 // one whole sub-block of a decoupled layer.
 struct BlockShape {
   int n_heads = 0, n_kv_heads = 0, intermediate = 0, head_dim = 0;
+  int group = 1, q_offset = 0;  // see AttentionHeads
   int q_dim() const { return n_heads * head_dim; }
   int kv_dim() const { return n_kv_heads * head_dim; }
-  // TP share of rank shard.rank; UserError when shard.size does not divide heads or FFN width.
-  static BlockShape tp_share(const ModelConfig& cfg, Shard shard);
+  AttentionHeads attention_heads() const { return {n_heads, n_kv_heads, head_dim, group, q_offset}; }
+  static BlockShape of_share(const ModelConfig& cfg, const LayerShare& share);
   static BlockShape sub_block(const ModelConfig& cfg, int r);
 };
 
-// The sub-blocks of a decoupled model that rank shard.rank of shard.size computes: [first, first + count).
-struct SubBlockRange {
-  int first = 0, count = 0;
-  SubBlockRange(const ModelConfig& cfg, Shard shard);  // UserError when shard.size does not divide them
-};
-
 // Reads this rank's share of the Hugging Face checkpoint of cfg.dir and uploads it to the backend.
-ModelWeights load_weights(const ModelConfig& cfg, Shard shard, Backend& be);
+ModelWeights load_weights(const ModelConfig& cfg, const LayerShare& share, Backend& be);
 
 class Transformer {
  public:
-  // spd_drop[l]: layer l skips its attention all-reduce (Sync-Point Drop); empty = none.
-  Transformer(const ModelConfig& cfg, Backend& be, TensorParallelGroup tp = {}, std::vector<bool> spd_drop = {});
+  // `share`: the part of every layer this rank computes (the Plan's); spd_drop[l]: layer l skips
+  // its attention all-reduce (Sync-Point Drop); empty = none.
+  Transformer(const ModelConfig& cfg, Backend& be, TensorParallelGroup tp, const LayerShare& share,
+              std::vector<bool> spd_drop = {});
+  // The whole model on one rank.
+  Transformer(const ModelConfig& cfg, Backend& be) : Transformer(cfg, be, {}, LayerShare::whole(cfg)) {}
 
   const ModelConfig& config() const { return cfg_; }
   Backend& backend() { return be_; }

@@ -210,6 +210,8 @@ struct AttentionCase {
   int n_heads, n_kv_heads, head_dim;
   bool causal;
   std::vector<int64_t> lengths;
+  int group = 0;     // query heads per kv head; 0: n_heads / n_kv_heads
+  int q_offset = 0;  // a tensor-parallel share that starts part-way into a kv group
 };
 
 void PrintTo(const AttentionCase& c, std::ostream* os) { *os << c.name; }
@@ -247,8 +249,10 @@ TEST_P(CudaAttention, PrefillThenDecodeMatchCpu) {
     EXPECT_EQ(get(*gpu, cg.k[0]), get(*cpu, cc.k[0])) << what << ": k cache";
     EXPECT_EQ(get(*gpu, cg.v[0]), get(*cpu, cc.v[0])) << what << ": v cache";
     Tensor oc = cpu->zeros(T, q_dim), og = gpu->zeros(T, q_dim);
-    cpu->attention(qc, cc, 0, layout, c.n_heads, c.n_kv_heads, c.head_dim, c.causal, oc);
-    gpu->attention(qg, cg, 0, layout, c.n_heads, c.n_kv_heads, c.head_dim, c.causal, og);
+    const AttentionHeads heads{c.n_heads, c.n_kv_heads, c.head_dim, c.group ? c.group : c.n_heads / c.n_kv_heads,
+                               c.q_offset};
+    cpu->attention(qc, cc, 0, layout, heads, c.causal, oc);
+    gpu->attention(qg, cg, 0, layout, heads, c.causal, og);
     EXPECT_LE(max_rel_error(get(*gpu, og), get(*cpu, oc)), kF32Tol) << what;
   };
   BatchLayout prefill;
@@ -264,7 +268,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
                                            AttentionCase{"grouped_query", 8, 2, 16, true, {5, 1, 9}},
                                            AttentionCase{"encoder", 4, 4, 64, false, {7, 3}},
                                            AttentionCase{"beyond_one_key_chunk", 4, 1, 128, true, {300, 2}},
-                                           AttentionCase{"largest_head", 2, 2, 256, true, {600}}),
+                                           AttentionCase{"largest_head", 2, 2, 256, true, {600}},
+                                           AttentionCase{"share_inside_a_kv_group", 5, 2, 16, true, {5, 9}, 3, 1}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 TEST_P(CudaVsCpu, Activations) {

@@ -120,7 +120,7 @@ def main():
                             worst = max(float(np.abs(e[i] - r).max()) for i, r in enumerate(ref_emb))
                             check(f"{tag} embed", worst < 1e-4, f"max |diff| {worst:.2e}")
                     want = math.ceil(4 / k) if np_ > 1 else 0
-                    per_pass = [r["tp_allreduces"] / r["passes"] for r in rep["per_rank"]]
+                    per_pass = [r["allreduces"] / r["passes"] for r in rep["per_rank"]]
                     check(f"{tag} {task} all-reduces per pass", all(x == want for x in per_pass),
                           f"{per_pass} (want {want})")
     if failures:

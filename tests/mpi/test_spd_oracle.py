@@ -168,7 +168,7 @@ def main():
                     worst = max(worst, float(np.abs(got[off[i]:off[i + 1]] - ref).max()))
             # Counters: per forward pass, 2 all-reduces per kept layer and 1 per dropped layer (0 on one rank).
             want = 0 if R == 1 else 2 * L - len(drop)
-            calls = [(r["tp_allreduces"], r["passes"]) for r in report["per_rank"]]
+            calls = [(r["allreduces"], r["passes"]) for r in report["per_rank"]]
             ok_counts = all(c == want * p for c, p in calls) and len(calls) == R
             status = "ok" if worst < 1e-4 and ok_counts else "FAIL"
             print(f"{family} tp={R} drop={drop}: max |logprob diff| = {worst:.2e}, all-reduces per pass "

@@ -90,3 +90,29 @@ TEST(JobConfig, FingerprintHoldsBackendAndDtypeNotDevice) {
   EXPECT_NE(cuda.fingerprint(), fp32.fingerprint());
   EXPECT_EQ(cuda.fingerprint(), other_gpu.fingerprint());
 }
+
+// Issue 14: malformed YAML gives one UserError naming the file, not a yaml-cpp exception.
+TEST(JobConfig, MalformedYamlIsAUserError) {
+  for (const char* text : {"{[model]: 1}\n", "generate:\n  ? [a, b]\n  : 1\n"}) {
+    try {
+      load_job_config(write_yaml(text), {});
+      FAIL() << "no error for " << text;
+    } catch (const UserError& e) {
+      EXPECT_NE(std::string(e.what()).find("a key"), std::string::npos) << e.what();
+    }
+  }
+  for (const char* set : {"parallel.spd.drop=[1, 2", "model={a", "model=a: b: c"}) {
+    try {
+      load_job_config(write_yaml(kBase), {set});
+      FAIL() << "no error for --set " << set;
+    } catch (const UserError& e) {
+      EXPECT_NE(std::string(e.what()).find("--set"), std::string::npos) << e.what();
+    }
+  }
+  try {
+    load_job_config(std::filesystem::temp_directory_path().string(), {});
+    FAIL() << "no error for a directory";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("directory"), std::string::npos) << e.what();
+  }
+}

@@ -1,18 +1,18 @@
-#include "jobs/spd_plan.h"
+#include "planning/spd_drop.h"
 
 #include "io/error.h"
 #include "planning/calibration.h"
 
 namespace lowsync {
 
-std::vector<bool> resolve_spd_drop(const JobConfig& job, const ModelConfig& model) {
+std::vector<bool> resolve_spd_drop(const JobConfig& job, const ModelConfig& model, int group) {
   const SpdOptions& spd = job.parallel.spd;
   std::vector<int> layers = spd.drop;
   if (!spd.from.empty()) {
     const Calibration cal = Calibration::load(spd.from);
-    if (cal.tp != job.parallel.tp)
-      throw UserError(spd.from + ": calibrated with tp = " + std::to_string(cal.tp) + " but the job has parallel.tp = " +
-                      std::to_string(job.parallel.tp) + "; SPD's effect depends on the split, calibrate again");
+    if (cal.tp != group)
+      throw UserError(spd.from + ": calibrated with tp = " + std::to_string(cal.tp) + " but the plan has tp = " +
+                      std::to_string(group) + "; SPD's effect depends on the split, calibrate again");
     if (static_cast<int>(cal.layers.size()) != model.n_layers)
       throw UserError(spd.from + ": calibrated for " + std::to_string(cal.layers.size()) + " layers but " + job.model +
                       " has " + std::to_string(model.n_layers));

@@ -1,0 +1,32 @@
+#pragma once
+// What `run` and `calibrate` share before any batch: the model's config, the plan (from the job's
+// parallel keys, a plan file, or the planner), the communicator groups of its grid, the backend
+// and this rank's share of the weights. Every step is agreed by all ranks, so a setup error is
+// printed once by rank 0 and every rank stops.
+#include <functional>
+#include <memory>
+
+#include "io/job_config.h"
+#include "io/model_config.h"
+#include "layers/backend.h"
+#include "layers/model.h"
+#include "mpi_comm/parallel_groups.h"
+#include "planning/plan.h"
+
+namespace lowsync {
+
+struct LoadedJob {
+  ModelConfig model;
+  Plan plan;
+  std::unique_ptr<ParallelGroups> groups;  // held by pointer: the transformer keeps its tp group's address
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Transformer> transformer;
+  double load_seconds = 0;
+};
+
+// `check` runs (agreed) after the plan is made and before any weight is read: the command's own
+// conditions on the model and plan.
+LoadedJob load_job(const JobConfig& job, Communicator& world,
+                   const std::function<void(const ModelConfig&, const Plan&)>& check);
+
+}  // namespace lowsync

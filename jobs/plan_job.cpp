@@ -1,0 +1,27 @@
+#include "jobs/plan_job.h"
+
+#include <cstdio>
+
+#include "jobs/make_backend.h"
+#include "planning/planner.h"
+
+namespace lowsync {
+
+void plan_job(const JobConfig& job, const std::string& out_path, const std::string& candidates_json) {
+  Communicator world(MPI_COMM_WORLD, "world");
+  ModelConfig model;
+  std::unique_ptr<Backend> backend;
+  world.agree([&] {
+    model = load_model_config(job.model);
+    backend = make_backend(job, world);
+  });
+  const Plan plan = choose_plan(job, model, world, *backend, candidates_json);
+  world.agree([&] {
+    if (world.rank() != 0) return;
+    plan.save(out_path, model);
+    std::printf("lowsync: plan %s written to %s; run it with --set parallel.plan=%s\n", plan.describe().c_str(),
+                out_path.c_str(), out_path.c_str());
+  });
+}
+
+}  // namespace lowsync

@@ -1,0 +1,133 @@
+#include "planning/cost_model.h"
+
+#include <algorithm>
+
+#include "io/error.h"
+#include "planning/shares.h"
+
+namespace lowsync {
+
+namespace {
+
+constexpr double kFloat = sizeof(float);
+
+// What one rank of a replica holds of every layer, in the units its costs need.
+struct RankWork {
+  double layer_parameters = 0;  // products' weights of one layer (attention + FFN)
+  double q_dim = 0, kv_dim = 0, ffn = 0;  // summed over a decoupled rank's sub-blocks
+  double streams = 1;           // residual streams it carries (a decoupled rank: one per sub-block)
+};
+
+RankWork work_of(const ModelConfig& m, const LayerShare& s) {
+  RankWork w;
+  w.layer_parameters = double(share_layer_parameters(m, s));
+  if (!m.bp.enabled()) {
+    w.q_dim = double(s.heads.count) * m.head_dim;
+    w.kv_dim = double(s.kv_heads.count) * m.head_dim;
+    w.ffn = s.ffn.count;
+    return w;
+  }
+  w.streams = s.sub_blocks.count;
+  for (int r = s.sub_blocks.begin; r < s.sub_blocks.end(); ++r) {
+    w.q_dim += double(m.bp.heads[r]) * m.head_dim;
+    w.kv_dim += double(m.bp.kv_heads[r]) * m.head_dim;
+    w.ffn += m.bp.ffn[r];
+  }
+  return w;
+}
+
+// Seconds of `flops` of products over `rows` rows at a rank's measured rates: the prefill rate for
+// large passes; for decode-sized passes, time interpolated linearly in the rows between the
+// one-row rate (bandwidth-bound: the weights are read once whatever the rows) and the full-batch one.
+double product_seconds(double flops_per_row, double rows, const MatmulRates& rate, int decode_rows) {
+  if (flops_per_row <= 0 || rows <= 0) return 0;
+  auto secs = [&](double gflops, double r) { return gflops > 0 ? flops_per_row * r / (gflops * 1e9) : 0; };
+  if (rows > decode_rows || decode_rows <= 1) return secs(rate.prefill, rows);
+  const double t1 = secs(rate.decode_one, 1), tb = secs(rate.decode_batch, decode_rows);
+  return t1 + (tb - t1) * (rows - 1) / (decode_rows - 1);
+}
+
+struct PassShape {
+  double tokens = 0;        // packed rows of the pass
+  double sequences = 0;
+  double new_per_seq = 0;   // tokens each sequence computes in this pass
+  double context = 0;       // keys each new token attends to (mean)
+  double logits_rows = 0;   // rows through the LM head
+  bool sample = false;      // generate: each logits row is sampled
+};
+
+// One rank's compute seconds for one pass.
+double rank_pass_seconds(const ModelConfig& m, const RankProfile& rp, const RankWork& w, const PassShape& p,
+                         int decode_rows) {
+  const double L = m.n_layers, H = m.hidden, bw = std::max(rp.read_bytes_per_s, 1e6);
+  double s = L * product_seconds(2 * w.layer_parameters, p.tokens, rp.layers, decode_rows);
+  // Attention: a prefill computes the whole score matrix per sequence (2 products of q_dim x n x n);
+  // a decode step reads every cached key and value once.
+  if (p.new_per_seq > 1)
+    s += L * product_seconds(4 * w.q_dim * p.new_per_seq, p.tokens, rp.layers, decode_rows);
+  else
+    s += L * p.sequences * 2 * p.context * w.kv_dim * kFloat / bw;
+  // Element-wise work (norms, residual adds, activations, RoPE): a few reads and writes of each
+  // activation per layer.
+  s += L * p.tokens * (6 * H * w.streams + 2 * w.q_dim + 2 * w.kv_dim + 3 * w.ffn) * kFloat / bw;
+  // The LM head, replicated on every rank, and sampling over each row's logits.
+  if (m.is_decoder()) {
+    s += product_seconds(2 * double(m.vocab) * H, p.logits_rows, rp.head, decode_rows);
+    if (p.sample) s += p.logits_rows * 3 * double(m.vocab) * kFloat / bw;
+  }
+  return s;
+}
+
+}  // namespace
+
+Prediction predict(const Plan& plan, const ModelConfig& m, const Profile& profile, const Workload& work) {
+  if (profile.world != plan.world || static_cast<int>(profile.ranks.size()) != plan.world)
+    throw UserError("profile of " + std::to_string(profile.world) + " ranks cannot predict a plan for " +
+                    std::to_string(plan.world) + "; profile again under the same mpirun");
+  const bool generate = work.new_tokens > 0;
+  const double B = std::max(work.batch_sequences, 1), n = std::max(work.prompt_tokens, 1);
+  const int decode_rows = std::max(profile.decode_rows, 1);
+
+  PassShape prefill{B * n, B, n, n / 2, generate ? B : (m.is_decoder() ? B * n : 0), generate};
+  PassShape decode{B, B, 1, n + work.new_tokens / 2.0, B, true};
+  PassShape prefill_one{n, 1, n, n / 2, generate ? 1 : (m.is_decoder() ? n : 0), generate};
+  PassShape decode_one{1, 1, 1, n + work.new_tokens / 2.0, 1, true};
+
+  Prediction out;
+  const int syncs = plan.syncs_per_pass(m);
+  const double token_bytes = double(m.hidden) * kFloat;
+  out.bytes_per_token = syncs * token_bytes;
+  double rows_per_s = 0, latency = 0;
+  for (int replica = 0; replica < plan.dp; ++replica) {
+    std::vector<int> ranks;
+    for (int r = 0; r < plan.group; ++r) ranks.push_back(replica * plan.group + r);
+    const LinkModel* link = nullptr;
+    if (plan.group > 1 && !(link = profile.all_reduce_of(ranks)))
+      throw UserError("the profile has no all-reduce measurement for ranks " + std::to_string(ranks.front()) + ".." +
+                      std::to_string(ranks.back()) + "; profile again");
+    // A pass: the slowest rank's compute, then every sync's transfer of the pass's activations.
+    auto pass = [&](const PassShape& p, double* compute = nullptr, double* comm = nullptr) {
+      double slowest = 0;
+      for (int r = 0; r < plan.group; ++r)
+        slowest = std::max(slowest, rank_pass_seconds(m, profile.ranks[ranks[r]], work_of(m, plan.shares[r]), p, decode_rows));
+      const double c = link ? syncs * link->seconds(p.tokens * token_bytes) : 0;
+      if (compute) *compute = std::max(*compute, slowest);
+      if (comm) *comm = std::max(*comm, c);
+      return slowest + c;
+    };
+    const double t_prefill = pass(prefill, generate ? nullptr : &out.compute_s, generate ? nullptr : &out.comm_s);
+    const double t_decode = generate ? pass(decode, &out.compute_s, &out.comm_s) : 0;
+    const double t_decode_one = generate ? pass(decode_one) : 0;
+    out.prefill_pass_s = std::max(out.prefill_pass_s, t_prefill);
+    out.decode_step_s = std::max(out.decode_step_s, t_decode);
+    out.decode_step_one_s = std::max(out.decode_step_one_s, t_decode_one);
+    // A batch: its prefill, then one step per new token (rows finishing early are not modelled).
+    rows_per_s += B / (t_prefill + work.new_tokens * t_decode);
+    latency = std::max(latency, pass(prefill_one) + work.new_tokens * t_decode_one);
+  }
+  out.rows_per_s = rows_per_s;
+  out.sequence_latency_s = latency;
+  return out;
+}
+
+}  // namespace lowsync

@@ -1,0 +1,118 @@
+#include "planning/make_plan.h"
+
+#include <filesystem>
+
+#include "io/error.h"
+#include "planning/memory_plan.h"
+#include "planning/shares.h"
+#include "planning/spd_drop.h"
+
+namespace lowsync {
+
+PlanLimits limits_of(const JobConfig& job) {
+  return {job.task, job.batch.max_tokens, job.batch.max_sequences, job.task == "generate" ? job.generate.max_new_tokens : 0};
+}
+
+namespace {
+
+void check_grid(const ModelConfig& model, ReplicaSplit split, int group, int dp, int pp, int world,
+                const std::string& where) {
+  const char* axis = split_name(split);
+  if (group * dp * pp != world)
+    throw UserError(where + ": parallel." + axis + " x parallel.dp = " + std::to_string(group) + " x " +
+                    std::to_string(dp) + " but mpirun started " + std::to_string(world) + " ranks; they must be equal");
+  if (model.bp.enabled() && split == ReplicaSplit::Tensor && group > 1)
+    throw UserError(where + ": " + model.dir + " is a decoupled model; run it with parallel.bp, not parallel.tp");
+  if (!model.bp.enabled() && split == ReplicaSplit::Block)
+    throw UserError(where + ": parallel.bp = " + std::to_string(group) + " needs a decoupled model, and " + model.dir +
+                    " is not one (convert it with python/decoupled.py)");
+}
+
+}  // namespace
+
+void check_plan(const Plan& plan, const ModelConfig& model, int world, const std::string& where) {
+  check_grid(model, plan.split, plan.group, plan.dp, plan.pp, world, where);
+  check_shares(model, plan.split == ReplicaSplit::Block, plan.shares, where);
+  if (static_cast<int>(plan.spd_drop.size()) != model.n_layers)
+    throw UserError(where + ": the SPD drop set names layers beyond the model's " + std::to_string(model.n_layers));
+  for (bool d : plan.spd_drop) {
+    if (!d) continue;
+    if (!model.is_decoder())
+      throw UserError(where + ": Sync-Point Drop needs a pre-LN decoder (llama, gpt2); " + model.architecture +
+                      " is a post-LN encoder, whose LayerNorm after attention needs the full sum");
+    if (model.bp.enabled())
+      throw UserError(where + ": Sync-Point Drop applies to tensor parallelism; this decoupled model already syncs "
+                      "once every " + std::to_string(model.bp.sync_every) + " layers");
+  }
+}
+
+Plan make_plan(const ModelConfig& model, const PlanLimits& limits, int world, ReplicaSplit split, int group, int dp,
+               const std::vector<double>& speeds, std::vector<bool> spd_drop, const std::string& where) {
+  if (model.bp.enabled() && group == 1) split = ReplicaSplit::Block;  // bp = 1 computes every sub-block in turn
+  check_grid(model, split, group, dp, 1, world, where);
+  const std::vector<double> speed = speeds.empty() ? std::vector<double>(group, 1.0) : speeds;
+  if (static_cast<int>(speed.size()) != group)
+    throw UserError(where + ": parallel.speeds lists " + std::to_string(speed.size()) + " ranks; a replica has " +
+                    std::to_string(group));
+  Plan p;
+  p.model = model.dir;
+  p.model_digest = config_digest(model);
+  p.world = world;
+  p.limits = limits;
+  p.split = split;
+  p.group = group;
+  p.dp = dp;
+  p.shares = split == ReplicaSplit::Block ? block_shares(model, speed) : tensor_shares(model, speed);
+  spd_drop.resize(model.n_layers, false);
+  p.spd_drop = std::move(spd_drop);
+  check_plan(p, model, world, where);
+  for (const LayerShare& s : p.shares) p.memory.push_back(rank_memory(model, s, limits));
+  return p;
+}
+
+void complete_parsed_plan(Plan& p, const ModelConfig& model, int world, const std::string& where) {
+  for (size_t l = model.n_layers; l < p.spd_drop.size(); ++l)
+    if (p.spd_drop[l])
+      throw UserError(where + ": spd_drop names layer " + std::to_string(l) + " of a " + std::to_string(model.n_layers) +
+                      "-layer model");
+  p.spd_drop.resize(model.n_layers, false);
+  check_plan(p, model, world, where);
+  p.memory.clear();
+  for (const LayerShare& s : p.shares) p.memory.push_back(rank_memory(model, s, p.limits));
+}
+
+Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world) {
+  if (!job.parallel.plan.empty()) {
+    const std::string& file = job.parallel.plan;
+    Plan p = Plan::load(file);
+    const std::string why = file + ": this plan was made for ";
+    namespace fs = std::filesystem;
+    const bool same_model = p.model_digest.empty()
+                                ? fs::weakly_canonical(p.model) == fs::weakly_canonical(job.model)
+                                : p.model_digest == config_digest(model);
+    if (!same_model)
+      throw UserError(why + "the model " + p.model + " (config digest " + p.model_digest + "), not " + job.model +
+                      "; make a new one with lowsync plan");
+    if (p.world != world)
+      throw UserError(why + std::to_string(p.world) + " ranks but mpirun started " + std::to_string(world));
+    const PlanLimits want = limits_of(job);
+    if (!(p.limits == want))
+      throw UserError(why + "task " + p.limits.task + " with batch.max_tokens " + std::to_string(p.limits.max_tokens) +
+                      ", batch.max_sequences " + std::to_string(p.limits.max_sequences) +
+                      ", generate.max_new_tokens " + std::to_string(p.limits.max_new_tokens) + "; the job has " +
+                      want.task + " with " + std::to_string(want.max_tokens) + ", " +
+                      std::to_string(want.max_sequences) + ", " + std::to_string(want.max_new_tokens));
+    complete_parsed_plan(p, model, world, file);
+    return p;
+  }
+  ReplicaSplit split = job.parallel.bp > 1 ? ReplicaSplit::Block : ReplicaSplit::Tensor;
+  if (model.bp.enabled() && job.parallel.tp == 1) split = ReplicaSplit::Block;
+  const int group = job.parallel.group();
+  check_grid(model, split, group, job.parallel.dp, 1, world, job.path);
+  Plan p = make_plan(model, limits_of(job), world, split, group, job.parallel.dp, job.parallel.speeds,
+                     resolve_spd_drop(job, model, group), job.path);
+  p.chosen_by = "the job's parallel keys";
+  return p;
+}
+
+}  // namespace lowsync

@@ -1,0 +1,70 @@
+#include "planning/memory_plan.h"
+
+#include <algorithm>
+
+namespace lowsync {
+
+namespace {
+
+// Parameters of one block of `heads` query heads, `kv` kv heads and `ffn` FFN columns, with the
+// norms and biases the family has (row-parallel biases are whole on every rank).
+int64_t block_parameters(const ModelConfig& m, int64_t heads, int64_t kv, int64_t ffn) {
+  const int64_t H = m.hidden, d = m.head_dim;
+  int64_t n = H * d * (2 * heads + 2 * kv) + H * ffn * (m.gated_ffn() ? 3 : 2);
+  const bool layer_norm = m.family != Family::Llama;
+  n += (layer_norm ? 4 : 2) * H;                                       // two norms
+  if (m.attention_bias) n += d * (heads + 2 * kv) + H;                 // q, k, v; o whole
+  if (m.family != Family::Llama) n += ffn + H;                          // FFN up; down whole
+  return n;
+}
+
+}  // namespace
+
+RankMemory rank_memory(const ModelConfig& m, const LayerShare& share, const PlanLimits& limits) {
+  const int64_t H = m.hidden, L = m.n_layers, f = sizeof(float);
+  RankMemory mem;
+
+  // Weights.
+  int64_t per_layer = 0, kv_dim = 0, q_dim = 0, ffn = 0;
+  if (m.bp.enabled()) {
+    for (int r = share.sub_blocks.begin; r < share.sub_blocks.end(); ++r) {
+      per_layer += block_parameters(m, m.bp.heads[r], m.bp.kv_heads[r], m.bp.ffn[r]);
+      kv_dim = std::max<int64_t>(kv_dim, int64_t(m.bp.kv_heads[r]) * m.head_dim);
+      q_dim = std::max<int64_t>(q_dim, int64_t(m.bp.heads[r]) * m.head_dim);
+      ffn = std::max<int64_t>(ffn, m.bp.ffn[r]);
+    }
+  } else {
+    per_layer = block_parameters(m, share.heads.count, share.kv_heads.count, share.ffn.count);
+    kv_dim = int64_t(share.kv_heads.count) * m.head_dim;
+    q_dim = int64_t(share.heads.count) * m.head_dim;
+    ffn = share.ffn.count;
+  }
+  int64_t shared = int64_t(m.vocab) * H;                                       // token embedding
+  if (m.family != Family::Llama) shared += int64_t(m.max_positions) * H;       // positions
+  if (m.family == Family::Bert) shared += int64_t(m.type_vocab) * H + 2 * H;   // token types, embedding norm
+  if (m.is_decoder()) shared += (m.family == Family::Llama ? 1 : 2) * H;        // final norm
+  if (m.is_decoder() && !m.tied_embeddings && m.family == Family::Llama) shared += int64_t(m.vocab) * H;  // head
+  mem.weights = f * (L * per_layer + shared);
+
+  // KV cache: one per (layer, local sub-block), as wide as the widest (Transformer::make_cache).
+  const int64_t caches = m.bp.enabled() ? L * share.sub_blocks.count : L;
+  int64_t rows = limits.max_tokens;
+  if (limits.task == "generate")
+    rows = std::min<int64_t>(int64_t(limits.max_tokens) + int64_t(limits.max_sequences) * limits.max_new_tokens,
+                             int64_t(limits.max_sequences) * m.max_positions);
+  rows = std::min<int64_t>(rows, int64_t(limits.max_sequences) * m.max_positions);
+  mem.kv_cache = f * caches * rows * 2 * kv_dim;
+
+  // Activations of the largest pass: the residual, a norm's output and a partial sum; q, k, v and
+  // the attention context; FFN up and gate (a decoupled rank adds its stream and the merge delta);
+  // then the logits: every row for score, the last row of each sequence for generate.
+  const int64_t T = limits.max_tokens;
+  int64_t per_token = 3 * H + 2 * q_dim + 2 * kv_dim + 2 * ffn;
+  if (m.bp.enabled()) per_token += 2 * H;
+  int64_t logits = 0;
+  if (m.is_decoder()) logits = int64_t(m.vocab) * (limits.task == "score" ? T : std::min<int64_t>(T, limits.max_sequences));
+  mem.activations = f * (T * per_token + logits);
+  return mem;
+}
+
+}  // namespace lowsync

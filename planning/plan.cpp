@@ -1,0 +1,199 @@
+#include "planning/plan.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "io/error.h"
+
+namespace lowsync {
+
+const char* split_name(ReplicaSplit s) { return s == ReplicaSplit::Tensor ? "tp" : "bp"; }
+
+std::string config_digest(const ModelConfig& model) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (unsigned char c : model.json_text) h = (h ^ c) * 1099511628211ull;
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return hex;
+}
+
+int Plan::syncs_in_layer(int l, const ModelConfig& model) const {
+  if (group == 1) return 0;
+  if (split == ReplicaSplit::Block) {
+    const int k = model.bp.sync_every;
+    return (l % k == k - 1 || l == model.n_layers - 1) ? 1 : 0;  // a segment's last layer merges the streams
+  }
+  return spd_drop[l] ? 1 : 2;
+}
+
+int Plan::syncs_per_pass(const ModelConfig& model) const {
+  int n = 0;
+  for (int l = 0; l < model.n_layers; ++l) n += syncs_in_layer(l, model);
+  return n;
+}
+
+int Plan::dropped_layers() const { return static_cast<int>(std::count(spd_drop.begin(), spd_drop.end(), true)); }
+
+std::string Plan::describe() const {
+  std::ostringstream s;
+  s << split_name(split) << "=" << group << " dp=" << dp;
+  auto counts = [&](Span LayerShare::*span) {
+    std::string out;
+    for (size_t r = 0; r < shares.size(); ++r) out += (r ? "+" : "") + std::to_string((shares[r].*span).count);
+    return out;
+  };
+  if (group > 1) {
+    if (split == ReplicaSplit::Tensor)
+      s << ": heads " << counts(&LayerShare::heads) << ", kv heads " << counts(&LayerShare::kv_heads) << ", ffn "
+        << counts(&LayerShare::ffn);
+    else
+      s << ": sub-blocks " << counts(&LayerShare::sub_blocks);
+  }
+  if (split == ReplicaSplit::Tensor && group > 1) s << "; SPD drops " << dropped_layers() << "/" << layers();
+  return s.str();
+}
+
+std::string Plan::to_yaml(const ModelConfig& model) const {
+  YAML::Emitter e;
+  auto span = [&](const Span& sp) { e << YAML::Flow << YAML::BeginSeq << sp.begin << sp.count << YAML::EndSeq; };
+  e << YAML::BeginMap;
+  e << YAML::Key << "lowsync_plan" << YAML::Value << 1;
+  e << YAML::Key << "made_for" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "model" << YAML::Value << this->model;
+  e << YAML::Key << "config_digest" << YAML::Value << model_digest;
+  e << YAML::Key << "world" << YAML::Value << world;
+  e << YAML::Key << "task" << YAML::Value << limits.task;
+  e << YAML::Key << "max_tokens" << YAML::Value << limits.max_tokens;
+  e << YAML::Key << "max_sequences" << YAML::Value << limits.max_sequences;
+  e << YAML::Key << "max_new_tokens" << YAML::Value << limits.max_new_tokens;
+  e << YAML::EndMap;
+  e << YAML::Key << "grid" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "split" << YAML::Value
+    << split_name(split) << YAML::Key << "group" << YAML::Value << group << YAML::Key << "dp" << YAML::Value << dp
+    << YAML::Key << "pp" << YAML::Value << pp << YAML::EndMap;
+  e << YAML::Key << "shares" << YAML::Value << YAML::BeginSeq;
+  for (size_t r = 0; r < shares.size(); ++r) {
+    e << YAML::Flow << YAML::BeginMap << YAML::Key << "rank" << YAML::Value << r;
+    if (split == ReplicaSplit::Tensor) {
+      e << YAML::Key << "heads" << YAML::Value;
+      span(shares[r].heads);
+      e << YAML::Key << "kv_heads" << YAML::Value;
+      span(shares[r].kv_heads);
+      e << YAML::Key << "ffn" << YAML::Value;
+      span(shares[r].ffn);
+    } else {
+      e << YAML::Key << "sub_blocks" << YAML::Value;
+      span(shares[r].sub_blocks);
+    }
+    e << YAML::EndMap;
+  }
+  e << YAML::EndSeq;
+  std::vector<int> dropped, syncs;
+  for (int l = 0; l < model.n_layers; ++l) {
+    if (l < layers() && spd_drop[l]) dropped.push_back(l);
+    syncs.push_back(syncs_in_layer(l, model));
+  }
+  e << YAML::Key << "spd_drop" << YAML::Value << YAML::Flow << dropped;
+  e << YAML::Key << "syncs_per_layer" << YAML::Value << YAML::Flow << syncs;
+  e << YAML::Key << "memory" << YAML::Value << YAML::BeginSeq;
+  for (size_t r = 0; r < memory.size(); ++r)
+    e << YAML::Flow << YAML::BeginMap << YAML::Key << "rank" << YAML::Value << r << YAML::Key << "weights"
+      << YAML::Value << memory[r].weights << YAML::Key << "kv_cache" << YAML::Value << memory[r].kv_cache << YAML::Key
+      << "activations" << YAML::Value << memory[r].activations << YAML::Key << "total" << YAML::Value
+      << memory[r].total() << YAML::EndMap;
+  e << YAML::EndSeq;
+  e << YAML::Key << "chosen_by" << YAML::Value << chosen_by;
+  e << YAML::EndMap;
+  return std::string(e.c_str()) + "\n";
+}
+
+void Plan::save(const std::string& path, const ModelConfig& model) const {
+  std::ofstream f(path);
+  f << to_yaml(model);
+  if (!f) throw UserError(path + ": cannot write the plan");
+}
+
+Plan Plan::load(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw UserError(path + ": cannot open the plan file");
+  std::stringstream text;
+  text << f.rdbuf();
+  Plan p = parse(text.str(), path);
+  p.chosen_by = "plan file " + path + (p.chosen_by.empty() ? "" : " (" + p.chosen_by + ")");
+  return p;
+}
+
+Plan Plan::parse(const std::string& yaml, const std::string& path) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml);
+  } catch (const YAML::Exception& e) {
+    throw UserError(path + ": not valid YAML (" + e.msg + ")");
+  }
+  auto node = [&](const YAML::Node& parent, const std::string& key, const std::string& where) {
+    const YAML::Node n = parent[key];
+    if (!n) throw UserError(path + ": missing key '" + where + key + "'");
+    return n;
+  };
+  auto get = [&](const YAML::Node& parent, const std::string& key, const std::string& where, auto fallback) {
+    const YAML::Node n = node(parent, key, where);
+    try {
+      return n.as<decltype(fallback)>();
+    } catch (const YAML::Exception&) {
+      throw UserError(path + ": key '" + where + key + "' has a value of the wrong type");
+    }
+  };
+  if (!root.IsMap() || !root["lowsync_plan"]) throw UserError(path + ": not a lowsync plan (no 'lowsync_plan' key)");
+  Plan p;
+  const YAML::Node made = node(root, "made_for", "");
+  p.model = get(made, "model", "made_for.", std::string());
+  // Optional, so that a plan can be written by hand; without it the model's path must match.
+  if (made["config_digest"]) p.model_digest = get(made, "config_digest", "made_for.", std::string());
+  p.world = get(made, "world", "made_for.", 0);
+  p.limits.task = get(made, "task", "made_for.", std::string());
+  p.limits.max_tokens = get(made, "max_tokens", "made_for.", 0);
+  p.limits.max_sequences = get(made, "max_sequences", "made_for.", 0);
+  p.limits.max_new_tokens = get(made, "max_new_tokens", "made_for.", 0);
+  const YAML::Node grid = node(root, "grid", "");
+  const std::string split = get(grid, "split", "grid.", std::string());
+  if (split != "tp" && split != "bp") throw UserError(path + ": grid.split is '" + split + "'; expected tp or bp");
+  p.split = split == "tp" ? ReplicaSplit::Tensor : ReplicaSplit::Block;
+  p.group = get(grid, "group", "grid.", 0);
+  p.dp = get(grid, "dp", "grid.", 0);
+  p.pp = get(grid, "pp", "grid.", 0);
+  if (p.group < 1 || p.dp < 1 || p.pp != 1)
+    throw UserError(path + ": grid needs group >= 1, dp >= 1 and pp = 1 (pipelines are not available yet)");
+  const YAML::Node shares = node(root, "shares", "");
+  if (!shares.IsSequence() || static_cast<int>(shares.size()) != p.group)
+    throw UserError(path + ": 'shares' must list " + std::to_string(p.group) + " ranks (grid.group)");
+  for (size_t r = 0; r < shares.size(); ++r) {
+    const std::string where = "shares[" + std::to_string(r) + "].";
+    auto span = [&](const char* key) {
+      const std::vector<int> v = get(shares[r], key, where, std::vector<int>());
+      if (v.size() != 2) throw UserError(path + ": key '" + where + key + "' must be [begin, count]");
+      return Span{v[0], v[1]};
+    };
+    LayerShare s;
+    if (p.split == ReplicaSplit::Tensor) {
+      s.heads = span("heads");
+      s.kv_heads = span("kv_heads");
+      s.ffn = span("ffn");
+    } else {
+      s.sub_blocks = span("sub_blocks");
+    }
+    p.shares.push_back(s);
+  }
+  const std::vector<int> dropped = get(root, "spd_drop", "", std::vector<int>());
+  p.spd_drop.assign(static_cast<size_t>(std::max(0, dropped.empty() ? 0 : *std::max_element(dropped.begin(), dropped.end()) + 1)), false);
+  for (int l : dropped) {
+    if (l < 0) throw UserError(path + ": spd_drop lists layer " + std::to_string(l));
+    p.spd_drop[l] = true;
+  }
+  if (root["chosen_by"] && root["chosen_by"].IsScalar()) p.chosen_by = root["chosen_by"].as<std::string>();
+  return p;
+}
+
+}  // namespace lowsync

@@ -1,0 +1,75 @@
+#pragma once
+// How one job runs on the world's ranks, as one value (plan.yaml): the grid of replicas and the
+// ranks inside each, the part of every layer each rank computes, which syncs each layer pays, and
+// the memory each rank needs. `run`, `calibrate` and `plan` all build it the same way
+// (planning/make_plan.h); layers receive their LayerShare from it and never compute one.
+//
+// Grid: world = dp x pp x group, world rank w is replica w / group and rank w % group inside its
+// replica (pp is 1 until the pipeline exists). A replica's ranks share layers either as tensor-
+// parallel shares of an ordinary model or as whole sub-blocks of a decoupled model.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "io/model_config.h"
+#include "layers/layer_share.h"
+
+namespace lowsync {
+
+enum class ReplicaSplit { Tensor, Block };
+const char* split_name(ReplicaSplit s);  // "tp" | "bp"
+
+// Bytes one rank needs, fp32 throughout (the CPU backend's storage).
+struct RankMemory {
+  int64_t weights = 0;      // its share of every layer + the replicated embeddings, norms and head
+  int64_t kv_cache = 0;     // keys and values of the largest batch the job's limits allow
+  int64_t activations = 0;  // the largest pass's intermediate tensors and logits
+  int64_t total() const { return weights + kv_cache + activations; }
+};
+
+// The job's limits a plan's memory was computed for; a saved plan runs only under the same ones.
+struct PlanLimits {
+  std::string task;  // generate | score | embed
+  int max_tokens = 0, max_sequences = 0, max_new_tokens = 0;
+  bool operator==(const PlanLimits&) const = default;
+};
+
+struct Plan {
+  // What it was made for.
+  std::string model;         // model directory
+  std::string model_digest;  // of config.json (a plan is tied to the model's shapes)
+  int world = 1;
+  PlanLimits limits;
+
+  // The grid.
+  ReplicaSplit split = ReplicaSplit::Tensor;
+  int dp = 1, pp = 1, group = 1;
+
+  std::vector<LayerShare> shares;  // [group rank], the same in every replica
+  std::vector<bool> spd_drop;      // [layer]: attention sync dropped (tensor split only)
+  std::vector<RankMemory> memory;  // [group rank]
+  std::string chosen_by;           // who decided: the job's parallel keys, a plan file, or the planner
+
+  int replica_of(int world_rank) const { return world_rank / group; }
+  int group_rank_of(int world_rank) const { return world_rank % group; }
+  const LayerShare& share_of(int world_rank) const { return shares[group_rank_of(world_rank)]; }
+  int layers() const { return static_cast<int>(spd_drop.size()); }
+  // The all-reduces layer l pays: 2 (TP), 1 (SPD, or the last layer of a decoupled segment), 0.
+  int syncs_in_layer(int l, const ModelConfig& model) const;
+  int syncs_per_pass(const ModelConfig& model) const;
+  int dropped_layers() const;
+  // One line for logs and reports, e.g. "tp=2 dp=1: heads 6+3, kv heads 2+1, ffn 896+640; SPD drops 0/30".
+  std::string describe() const;
+
+  std::string to_yaml(const ModelConfig& model) const;
+  void save(const std::string& path, const ModelConfig& model) const;
+  // Reads a saved plan; UserError naming the file and key. It is checked against the job by
+  // check_saved_plan (planning/make_plan.h), not here.
+  static Plan load(const std::string& path);
+  static Plan parse(const std::string& yaml, const std::string& where);  // `where` names the source in errors
+};
+
+// A digest of config.json's text (FNV-1a, hex), to tie a plan to the model it was made for.
+std::string config_digest(const ModelConfig& model);
+
+}  // namespace lowsync

@@ -1,0 +1,279 @@
+#include "planning/planner.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "io/error.h"
+#include "io/prompts.h"
+#include "planning/calibration.h"
+#include "planning/make_plan.h"
+#include "planning/profiler.h"
+
+namespace lowsync {
+
+namespace {
+
+bool is_generate(const JobConfig& job) { return job.task == "generate"; }
+
+// A rank's relative speed for the phase the objective is dominated by: full-batch decode products
+// for a generate job's throughput, single-sequence decode for its latency, prefill products for
+// score and embed.
+double phase_rate(const RankProfile& r, const JobConfig& job) {
+  if (!is_generate(job)) return r.layers.prefill;
+  return job.plan.objective == "latency" ? r.layers.decode_one : r.layers.decode_batch;
+}
+
+// Relative speed of each rank of a replica (averaged over replicas); empty when the ranks are
+// within 10% of each other, where even shares are as good.
+std::vector<double> replica_speeds(const Profile& profile, const JobConfig& job, int group, int dp) {
+  std::vector<double> speed(group, 0.0);
+  for (int d = 0; d < dp; ++d)
+    for (int r = 0; r < group; ++r) speed[r] += phase_rate(profile.ranks[d * group + r], job) / dp;
+  const auto [lo, hi] = std::minmax_element(speed.begin(), speed.end());
+  if (*lo <= 0 || *hi / *lo < 1.1) return {};
+  return speed;
+}
+
+std::string speeds_label(const std::vector<double>& speeds) {
+  if (speeds.empty()) return "even";
+  std::ostringstream s;
+  const double top = *std::max_element(speeds.begin(), speeds.end());
+  s << "speed-proportional (";
+  for (size_t r = 0; r < speeds.size(); ++r) s << (r ? ":" : "") << std::round(100 * speeds[r] / top) / 100;
+  s << ")";
+  return s.str();
+}
+
+double objective_value(const Candidate& c, const JobConfig& job) {
+  return job.plan.objective == "latency" ? -c.predicted.sequence_latency_s : c.predicted.rows_per_s;
+}
+
+}  // namespace
+
+Workload workload_of(const JobConfig& job, const ModelConfig& model) {
+  Workload w;
+  w.new_tokens = is_generate(job) ? job.generate.max_new_tokens : 0;
+  try {
+    const PromptReader in(job.input, model.vocab, job.task == "score");
+    double tokens = 0;
+    for (int64_t r = 0; r < in.rows(); ++r)
+      tokens += in.length(r) + (job.task == "score" ? std::max<int64_t>(in.target_length(r) - 1, 0) : 0);
+    if (in.rows() > 0) w.prompt_tokens = std::max(1, static_cast<int>(std::lround(tokens / in.rows())));
+  } catch (const std::exception&) {
+    // No readable input yet (`lowsync plan` ahead of the data): keep the default prompt length.
+  }
+  w.batch_sequences = std::max(1, std::min(job.batch.max_sequences, job.batch.max_tokens / w.prompt_tokens));
+  return w;
+}
+
+PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, const Profile& profile,
+                              const Workload& work) {
+  const int world = profile.world;
+  const PlanLimits limits = limits_of(job);
+  PlannerResult result;
+
+  // SPD drop sets are offered only from a calibration, within the job's accuracy budget: without
+  // one the planner changes nothing about the model's function.
+  std::unique_ptr<Calibration> cal;
+  if (!job.parallel.spd.from.empty()) cal = std::make_unique<Calibration>(Calibration::load(job.parallel.spd.from));
+
+  auto add = [&](Candidate c) {
+    for (int w = 0; w < world; ++w)
+      if (profile.ranks[w].usable_memory_bytes > 0 &&
+          c.plan.memory[c.plan.group_rank_of(w)].total() > profile.ranks[w].usable_memory_bytes)
+        c.fits = false;
+    c.predicted = predict(c.plan, model, profile, work);
+    result.candidates.push_back(std::move(c));
+  };
+  for (int group = 1; group <= world; ++group) {
+    if (world % group) continue;
+    const int dp = world / group;
+    const ReplicaSplit split = model.bp.enabled() ? ReplicaSplit::Block : ReplicaSplit::Tensor;
+    if (split == ReplicaSplit::Block && group > model.bp.sub_blocks) continue;
+    if (split == ReplicaSplit::Tensor && group > model.n_heads) continue;
+    std::vector<std::vector<double>> speed_sets = {{}};
+    if (group > 1) {
+      const std::vector<double> uneven = replica_speeds(profile, job, group, dp);
+      if (!uneven.empty()) speed_sets.push_back(uneven);
+    }
+    std::vector<std::vector<int>> drop_sets = {{}};
+    if (cal && split == ReplicaSplit::Tensor && group == cal->tp && group > 1) {
+      const std::vector<int> within = cal->drop_within(job.parallel.spd.max_kl >= 0 ? job.parallel.spd.max_kl : cal->max_kl,
+                                                       job.parallel.spd.min_top1 >= 0 ? job.parallel.spd.min_top1 : cal->min_top1);
+      if (!within.empty()) drop_sets.push_back(within);
+    }
+    for (const auto& speeds : speed_sets)
+      for (const auto& dropped : drop_sets) {
+        Candidate c;
+        std::vector<bool> drop(model.n_layers, false);
+        for (int l : dropped) drop[l] = true;
+        try {
+          c.plan = make_plan(model, limits, world, split, group, dp, speeds, drop, "planner");
+        } catch (const UserError&) {
+          continue;  // a grid this model cannot take (e.g. more ranks than sub-blocks)
+        }
+        if (!dropped.empty()) {
+          c.kl = cal->prefix[dropped.size() - 1].kl;
+          c.top1 = cal->prefix[dropped.size() - 1].top1;
+        }
+        c.label = std::string(split_name(split)) + "=" + std::to_string(group) + " dp=" + std::to_string(dp);
+        if (group > 1) c.label += " " + speeds_label(speeds);
+        if (!dropped.empty()) c.label += ", SPD " + std::to_string(dropped.size()) + "/" + std::to_string(model.n_layers);
+        add(std::move(c));
+      }
+  }
+  // The plan the job itself states (its parallel keys or a plan file), when it states one: so that
+  // `lowsync plan` also predicts what the user asked for, and benchmarks can time any plan.
+  const bool states_plan = !job.parallel.auto_plan &&
+                           (job.parallel.group() > 1 || job.parallel.dp > 1 || !job.parallel.plan.empty() ||
+                            !job.parallel.spd.drop.empty() || !job.parallel.spd.from.empty());
+  if (states_plan) {
+    Candidate c;
+    c.plan = plan_from_job(job, model, world);
+    c.label = "job's plan: " + c.plan.describe();
+    if (c.plan.dropped_layers() > 0) c.kl = c.top1 = std::nan("");  // not from a calibration prefix: unknown
+    add(std::move(c));
+  }
+
+  for (size_t i = 0; i < result.candidates.size(); ++i) {
+    const Candidate& c = result.candidates[i];
+    if (!c.fits) continue;
+    if (result.chosen < 0 || objective_value(c, job) > objective_value(result.candidates[result.chosen], job))
+      result.chosen = static_cast<int>(i);
+  }
+  if (result.chosen < 0) {
+    int64_t need = INT64_MAX, have = INT64_MAX;
+    for (const Candidate& c : result.candidates) {
+      int64_t most = 0;
+      for (const RankMemory& m : c.plan.memory) most = std::max(most, m.total());
+      need = std::min(need, most);
+    }
+    for (const RankProfile& r : profile.ranks) have = std::min(have, r.usable_memory_bytes);
+    throw UserError(job.path + ": the job fits on no plan of " + std::to_string(world) + " ranks: the smallest plan needs " +
+                    std::to_string(need >> 20) + " MiB on a rank, and the smallest rank has " + std::to_string(have >> 20) +
+                    " MiB usable; lower batch.max_tokens / batch.max_sequences or add ranks");
+  }
+  Candidate& best = result.candidates[result.chosen];
+  std::ostringstream why;
+  why << "planner (" << job.plan.objective << "): fastest predicted of " << result.candidates.size() << " candidates";
+  // How far ahead of the best other candidate that fits (> 1: better).
+  double margin = 0;
+  for (size_t i = 0; i < result.candidates.size(); ++i) {
+    const Candidate& c = result.candidates[i];
+    if (static_cast<int>(i) == result.chosen || !c.fits) continue;
+    const double m = job.plan.objective == "latency" ? c.predicted.sequence_latency_s / best.predicted.sequence_latency_s
+                                                     : best.predicted.rows_per_s / c.predicted.rows_per_s;
+    margin = margin == 0 ? m : std::min(margin, m);
+  }
+  if (margin > 0) why << ", " << std::round(100 * margin) / 100 << "x the next";
+  best.plan.chosen_by = why.str();
+  result.why = why.str();
+  return result;
+}
+
+std::string planner_table(const PlannerResult& result, const JobConfig& job, const ModelConfig& model) {
+  std::ostringstream s;
+  char line[512];
+  const bool gen = is_generate(job);
+  std::snprintf(line, sizeof line, "  %-44s %11s %11s %9s %10s %5s %8s %6s %12s\n", "candidate", "prefill ms",
+                gen ? "decode ms" : "", "B/token", "MiB/rank", "fits", "KL", "top-1",
+                job.plan.objective == "latency" ? "latency s" : "rows/s");
+  s << line;
+  for (size_t i = 0; i < result.candidates.size(); ++i) {
+    const Candidate& c = result.candidates[i];
+    int64_t most = 0;
+    for (const RankMemory& m : c.plan.memory) most = std::max(most, m.total());
+    const double value = job.plan.objective == "latency" ? c.predicted.sequence_latency_s : c.predicted.rows_per_s;
+    char decode[32] = "";
+    if (gen) std::snprintf(decode, sizeof decode, "%.2f", 1e3 * c.predicted.decode_step_s);
+    std::snprintf(line, sizeof line, "%c %-44s %11.2f %11s %9.0f %10.0f %5s %8.3g %6.3f %12.4g\n",
+                  static_cast<int>(i) == result.chosen ? '*' : ' ', c.label.c_str(), 1e3 * c.predicted.prefill_pass_s,
+                  decode,
+                  c.predicted.bytes_per_token, most / 1048576.0, c.fits ? "yes" : "no", c.kl, c.top1, value);
+    s << line;
+  }
+  s << "  prefill: one pass of the batch; decode: one step of the batch; B/token: all-reduce bytes a rank sends per "
+       "token; * = chosen ("
+    << result.why << ")\n";
+  (void)model;
+  return s.str();
+}
+
+std::string candidates_json(const PlannerResult& result, const ModelConfig& model) {
+  nlohmann::json out = nlohmann::json::array();
+  for (size_t i = 0; i < result.candidates.size(); ++i) {
+    const Candidate& c = result.candidates[i];
+    int64_t most = 0;
+    for (const RankMemory& m : c.plan.memory) most = std::max(most, m.total());
+    out.push_back({{"label", c.label}, {"chosen", static_cast<int>(i) == result.chosen}, {"fits", c.fits},
+                   {"kl", c.kl}, {"top1", c.top1}, {"prefill_pass_s", c.predicted.prefill_pass_s},
+                   {"decode_step_s", c.predicted.decode_step_s}, {"decode_step_one_s", c.predicted.decode_step_one_s},
+                   {"compute_s", c.predicted.compute_s}, {"comm_s", c.predicted.comm_s},
+                   {"bytes_per_token", c.predicted.bytes_per_token}, {"rows_per_s", c.predicted.rows_per_s},
+                   {"sequence_latency_s", c.predicted.sequence_latency_s}, {"memory_per_rank_bytes", most},
+                   {"plan", c.plan.describe()}, {"plan_yaml", c.plan.to_yaml(model)}});
+  }
+  return out.dump(1);
+}
+
+Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& world, Backend& backend,
+                 const std::string& candidates_out) {
+  // Rank 0 reads the profile if it fits this world and model; otherwise every rank measures.
+  Profile profile;
+  int64_t have = 0;
+  world.agree([&] {
+    if (world.rank() != 0 || !std::filesystem::exists(job.plan.profile)) return;
+    Profile p = Profile::load(job.plan.profile);
+    if (p.world == world.size() && p.model == model.dir && static_cast<int>(p.ranks.size()) == p.world) {
+      profile = std::move(p);
+      have = 1;
+    }
+  });
+  world.broadcast(&have, sizeof have, 0);
+  if (!have) {
+    if (world.rank() == 0)
+      std::printf("lowsync: profiling %d rank(s) (no usable %s)\n", world.size(), job.plan.profile.c_str());
+    world.agree([&] {
+      profile = measure_profile(model, backend, world, std::min(job.batch.max_tokens, 512), job.batch.max_sequences,
+                                job.threads, 15.0);
+      if (world.rank() == 0) profile.save(job.plan.profile);
+    });
+  }
+
+  // Rank 0 plans and hands the plan to every rank as YAML, so that all run the same one.
+  std::string yaml;
+  world.agree([&] {
+    if (world.rank() != 0) return;
+    const auto t0 = std::chrono::steady_clock::now();
+    const PlannerResult result = plan_candidates(job, model, profile, workload_of(job, model));
+    const double planning_ms = 1e3 * std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("lowsync: plan candidates for %s on %d rank(s), objective %s (profile %s; planned in %.1f ms)\n%s",
+                job.model.c_str(), world.size(), job.plan.objective.c_str(), job.plan.profile.c_str(), planning_ms,
+                planner_table(result, job, model).c_str());
+    if (!candidates_out.empty()) {
+      std::ofstream f(candidates_out);
+      f << candidates_json(result, model);
+      if (!f) throw UserError(candidates_out + ": cannot write the candidates");
+    }
+    std::fflush(stdout);
+    yaml = result.candidates[result.chosen].plan.to_yaml(model);
+  });
+  int64_t n = static_cast<int64_t>(yaml.size());
+  world.broadcast(&n, sizeof n, 0);
+  yaml.resize(n);
+  world.broadcast(yaml.data(), n, 0);
+  Plan plan;
+  world.agree([&] {
+    plan = Plan::parse(yaml, "planner");
+    complete_parsed_plan(plan, model, world.size(), "planner");
+  });
+  return plan;
+}
+
+}  // namespace lowsync

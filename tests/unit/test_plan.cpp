@@ -1,0 +1,268 @@
+// The Plan: shares cover the model exactly with whole kv groups where the ranks allow, uneven and
+// speed-proportional splits, kv replication when ranks outnumber kv heads, every refusal naming its
+// cause, plan.yaml round trips, and the planner's choices on constructed profiles.
+#include <gtest/gtest.h>
+
+#include <numeric>
+
+#include "io/error.h"
+#include "planning/make_plan.h"
+#include "planning/memory_plan.h"
+#include "planning/planner.h"
+#include "planning/shares.h"
+
+using namespace lowsync;
+
+namespace {
+
+// SmolLM2-135M's shapes: 9 query heads in 3 kv groups, FFN 1536, tied head.
+ModelConfig smollm2() {
+  ModelConfig m;
+  m.dir = "smollm2";
+  m.architecture = "LlamaForCausalLM";
+  m.family = Family::Llama;
+  m.hidden = 576, m.n_layers = 30, m.n_heads = 9, m.n_kv_heads = 3, m.head_dim = 64, m.intermediate = 1536;
+  m.vocab = 49152, m.max_positions = 8192, m.tied_embeddings = true;
+  m.json_text = "{smollm2}";
+  return m;
+}
+
+ModelConfig decoupled(int sub_blocks) {
+  ModelConfig m = smollm2();
+  m.bp.sub_blocks = sub_blocks;
+  m.bp.sync_every = 2;
+  for (int r = 0; r < sub_blocks; ++r) {
+    m.bp.heads.push_back(3), m.bp.kv_heads.push_back(1), m.bp.ffn.push_back(1536 / sub_blocks);
+  }
+  return m;
+}
+
+// Every query head, kv head read and FFN column is covered exactly once (kv heads: read by the
+// ranks whose query heads need them).
+void expect_exact_cover(const ModelConfig& m, const std::vector<LayerShare>& shares) {
+  std::vector<int> head(m.n_heads, 0), column(m.intermediate, 0);
+  const int group = m.n_heads / m.n_kv_heads;
+  for (const LayerShare& s : shares) {
+    for (int h = s.heads.begin; h < s.heads.end(); ++h) {
+      ++head[h];
+      EXPECT_GE(h / group, s.kv_heads.begin);
+      EXPECT_LT(h / group, s.kv_heads.end());
+    }
+    for (int c = s.ffn.begin; c < s.ffn.end(); ++c) ++column[c];
+  }
+  for (int n : head) EXPECT_EQ(n, 1);
+  for (int n : column) EXPECT_EQ(n, 1);
+  EXPECT_NO_THROW(check_shares(m, false, shares, "test"));
+}
+
+std::string refusal(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const UserError& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+TEST(Shares, EvenWhenRanksDivideEverything) {
+  ModelConfig m = smollm2();
+  m.n_heads = 12, m.n_kv_heads = 4, m.intermediate = 1024;
+  const auto shares = tensor_shares(m, {1, 1, 1, 1});
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_EQ(shares[r].heads.begin, 3 * r);
+    EXPECT_EQ(shares[r].heads.count, 3);
+    EXPECT_EQ(shares[r].kv_heads.count, 1);
+    EXPECT_EQ(shares[r].ffn.count, 256);
+  }
+  expect_exact_cover(m, shares);
+}
+
+TEST(Shares, WholeKvGroupsWhenThereAreEnough) {
+  const ModelConfig m = smollm2();
+  const auto shares = tensor_shares(m, {1, 1});  // 3 groups over 2 ranks: 2 + 1, the FFN evens it out
+  EXPECT_EQ(shares[0].heads.count, 6);
+  EXPECT_EQ(shares[1].heads.count, 3);
+  EXPECT_EQ(shares[0].kv_heads.count + shares[1].kv_heads.count, 3);  // no kv head stored twice
+  EXPECT_LT(shares[0].ffn.count, shares[1].ffn.count);
+  for (const auto& s : shares) EXPECT_EQ(s.ffn.count % kFfnGrain, 0);
+  const double p0 = share_layer_parameters(m, shares[0]), p1 = share_layer_parameters(m, shares[1]);
+  EXPECT_NEAR(p0 / p1, 1.0, 0.05);  // balanced within a grain of FFN columns
+  expect_exact_cover(m, shares);
+}
+
+TEST(Shares, KvHeadsReplicatedWhenRanksOutnumberThem) {
+  const ModelConfig m = smollm2();
+  const auto shares = tensor_shares(m, {1, 1, 1, 1});  // 9 heads over 4 ranks: 3 + 2 + 2 + 2
+  int heads = 0, kv = 0;
+  for (const auto& s : shares) heads += s.heads.count, kv += s.kv_heads.count;
+  EXPECT_EQ(heads, 9);
+  EXPECT_GT(kv, 3);  // the groups split across ranks are read (and cached) by each of them
+  EXPECT_EQ(shares[2].heads.begin, 5);
+  EXPECT_EQ(shares[2].kv_heads.begin, 1);  // heads 5, 6 read kv heads 1 and 2
+  EXPECT_EQ(shares[2].kv_heads.count, 2);
+  expect_exact_cover(m, shares);
+}
+
+TEST(Shares, SpeedProportional) {
+  const ModelConfig m = smollm2();
+  const auto shares = tensor_shares(m, {2, 1});
+  const double p0 = share_layer_parameters(m, shares[0]), p1 = share_layer_parameters(m, shares[1]);
+  EXPECT_NEAR(p0 / p1, 2.0, 0.1);
+  expect_exact_cover(m, shares);
+  const auto blocks = block_shares(decoupled(4), {3, 1});
+  EXPECT_EQ(blocks[0].sub_blocks.count, 3);
+  EXPECT_EQ(blocks[1].sub_blocks.begin, 3);
+  EXPECT_EQ(blocks[1].sub_blocks.count, 1);
+}
+
+TEST(Shares, EveryRefusalNamesItsCause) {
+  const ModelConfig m = smollm2();
+  EXPECT_NE(refusal([&] { tensor_shares(m, std::vector<double>(10, 1.0)); }).find("exceeds the model's 9 attention heads"),
+            std::string::npos);
+  EXPECT_NE(refusal([&] { block_shares(decoupled(2), {1, 1, 1}); }).find("exceeds the decoupled model's 2 sub-blocks"),
+            std::string::npos);
+  auto shares = tensor_shares(m, {1, 1});
+  shares[1].heads.begin = 5;  // overlaps rank 0
+  EXPECT_NE(refusal([&] { check_shares(m, false, shares, "plan.yaml"); }).find("plan.yaml: rank 1: heads begin at 5; expected 6"),
+            std::string::npos);
+  shares = tensor_shares(m, {1, 1});
+  shares[1].ffn.count -= 16;  // a gap at the end
+  EXPECT_NE(refusal([&] { check_shares(m, false, shares, "p"); }).find("cover 1520 FFN columns but the model has 1536"),
+            std::string::npos);
+  shares = tensor_shares(m, {1, 1});
+  shares[0].kv_heads.count = 1;  // heads 3..5 need kv head 1
+  EXPECT_NE(refusal([&] { check_shares(m, false, shares, "p"); }).find("rank 0: kv heads [0, 1) but query heads [0, 6) read kv heads [0, 2)"),
+            std::string::npos);
+  const PlanLimits limits{"generate", 2048, 32, 32};
+  EXPECT_NE(refusal([&] { make_plan(m, limits, 3, ReplicaSplit::Tensor, 2, 1, {}, {}, "job.yaml"); })
+                .find("parallel.tp x parallel.dp = 2 x 1 but mpirun started 3 ranks"),
+            std::string::npos);
+  EXPECT_NE(refusal([&] { make_plan(m, limits, 2, ReplicaSplit::Block, 2, 1, {}, {}, "job.yaml"); }).find("needs a decoupled model"),
+            std::string::npos);
+  EXPECT_NE(refusal([&] { make_plan(decoupled(2), limits, 2, ReplicaSplit::Tensor, 2, 1, {}, {}, "job.yaml"); })
+                .find("is a decoupled model; run it with parallel.bp"),
+            std::string::npos);
+  std::vector<bool> drop(30, false);
+  drop[3] = true;
+  ModelConfig bert = smollm2();
+  bert.family = Family::Bert, bert.n_kv_heads = 9;
+  EXPECT_NE(refusal([&] { make_plan(bert, {"embed", 512, 8, 0}, 2, ReplicaSplit::Tensor, 2, 1, {}, drop, "j"); })
+                .find("Sync-Point Drop needs a pre-LN decoder"),
+            std::string::npos);
+}
+
+TEST(Plan, SyncScheduleAndYamlRoundTrip) {
+  const ModelConfig m = smollm2();
+  std::vector<bool> drop(30, false);
+  drop[4] = drop[7] = true;
+  const Plan p = make_plan(m, {"generate", 1024, 16, 64}, 4, ReplicaSplit::Tensor, 2, 2, {3, 1}, drop, "job.yaml");
+  EXPECT_EQ(p.syncs_in_layer(0, m), 2);
+  EXPECT_EQ(p.syncs_in_layer(4, m), 1);
+  EXPECT_EQ(p.syncs_per_pass(m), 58);
+  EXPECT_EQ(p.replica_of(3), 1);
+  EXPECT_EQ(p.group_rank_of(3), 1);
+  Plan q = Plan::parse(p.to_yaml(m), "plan.yaml");
+  complete_parsed_plan(q, m, 4, "plan.yaml");
+  EXPECT_EQ(q.to_yaml(m), p.to_yaml(m));
+  ASSERT_EQ(q.shares.size(), 2u);
+  EXPECT_EQ(q.shares[1].ffn.begin, p.shares[1].ffn.begin);
+  EXPECT_EQ(q.limits, p.limits);
+
+  const ModelConfig d = decoupled(4);
+  const Plan b = make_plan(d, {"generate", 1024, 16, 64}, 2, ReplicaSplit::Block, 2, 1, {}, {}, "job.yaml");
+  EXPECT_EQ(b.syncs_per_pass(d), 15);  // one merge every 2 layers
+  Plan c = Plan::parse(b.to_yaml(d), "x");
+  complete_parsed_plan(c, d, 2, "x");
+  EXPECT_EQ(c.to_yaml(d), b.to_yaml(d));
+  EXPECT_NE(refusal([&] { complete_parsed_plan(c, d, 3, "x"); }).find("mpirun started 3 ranks"), std::string::npos);
+  EXPECT_NE(refusal([&] { Plan::parse("lowsync_plan: 1\nmade_for: {model: m}\n", "p.yaml"); })
+                .find("p.yaml: missing key 'made_for.world'"),
+            std::string::npos);
+}
+
+TEST(Plan, MemoryFollowsTheShare) {
+  const ModelConfig m = smollm2();
+  const PlanLimits limits{"generate", 2048, 32, 32};
+  const RankMemory whole = rank_memory(m, LayerShare::whole(m), limits);
+  // SmolLM2-135M: 134.5M parameters in fp32.
+  EXPECT_NEAR(whole.weights / 4.0 / 1e6, 134.5, 0.5);
+  const auto shares = tensor_shares(m, {1, 1});
+  const RankMemory half = rank_memory(m, shares[0], limits);
+  EXPECT_LT(half.weights, whole.weights);
+  EXPECT_GT(half.weights, whole.weights / 2 - int64_t(4) * 30 * 576 * 1536);  // the embedding stays whole
+  EXPECT_EQ(whole.kv_cache, int64_t(4) * 30 * (2048 + 32 * 32) * 2 * 192);
+}
+
+namespace {
+
+Profile uniform_profile(int world, double link_latency, double link_bytes_per_s, std::vector<double> slow = {}) {
+  Profile p;
+  p.world = world;
+  p.prefill_rows = 512;
+  p.decode_rows = 32;
+  for (int r = 0; r < world; ++r) {
+    RankProfile rp;
+    rp.rank = r;
+    const double f = slow.empty() ? 1.0 : slow[r];
+    rp.layers = {100 * f, 8 * f, 60 * f};
+    rp.head = {100 * f, 8 * f, 60 * f};
+    rp.read_bytes_per_s = 20e9 * f;
+    rp.usable_memory_bytes = int64_t(8) << 30;
+    p.ranks.push_back(rp);
+  }
+  for (int g = 2; g <= world; ++g) {
+    if (world % g) continue;
+    for (int i = 0; i < world / g; ++i) {
+      AllReduceLink l;
+      for (int r = 0; r < g; ++r) l.ranks.push_back(i * g + r);
+      l.link = {link_latency, link_bytes_per_s};
+      p.all_reduce.push_back(l);
+    }
+  }
+  return p;
+}
+
+JobConfig job(const std::string& objective) {
+  JobConfig j;
+  j.path = "job.yaml";
+  j.task = "generate";
+  j.input = "/nonexistent.h5";
+  j.plan.objective = objective;
+  return j;
+}
+
+}  // namespace
+
+TEST(Planner, ReplicasForThroughputTensorForLatencyOnAFastLink) {
+  const ModelConfig m = smollm2();
+  const Profile fast = uniform_profile(2, 5e-6, 10e9);
+  const auto t = plan_candidates(job("throughput"), m, fast, {128, 32, 32});
+  EXPECT_EQ(t.candidates[t.chosen].plan.dp, 2);
+  const auto l = plan_candidates(job("latency"), m, fast, {128, 32, 32});
+  EXPECT_EQ(l.candidates[l.chosen].plan.group, 2);
+  // A 100 Mbit/s link with millisecond latency: 60 syncs per token cost more than half the compute saves.
+  const Profile slow = uniform_profile(2, 1e-3, 12e6);
+  const auto s = plan_candidates(job("latency"), m, slow, {128, 32, 32});
+  EXPECT_EQ(s.candidates[s.chosen].plan.group, 1);
+}
+
+TEST(Planner, UnequalRanksGetProportionalShares) {
+  const ModelConfig m = smollm2();
+  const Profile p = uniform_profile(2, 5e-6, 10e9, {1.0, 0.5});
+  const auto r = plan_candidates(job("latency"), m, p, {128, 32, 32});
+  const Candidate& c = r.candidates[r.chosen];
+  EXPECT_EQ(c.plan.group, 2);
+  EXPECT_NE(c.label.find("speed-proportional"), std::string::npos) << planner_table(r, job("latency"), m);
+  EXPECT_GT(share_layer_parameters(m, c.plan.shares[0]), 1.6 * share_layer_parameters(m, c.plan.shares[1]));
+}
+
+TEST(Planner, RefusesAJobThatFitsNowhereWithTheNumbers) {
+  const ModelConfig m = smollm2();
+  Profile p = uniform_profile(2, 5e-6, 10e9);
+  for (auto& r : p.ranks) r.usable_memory_bytes = 64 << 20;
+  const std::string why = refusal([&] { plan_candidates(job("throughput"), m, p, {128, 32, 32}); });
+  EXPECT_NE(why.find("fits on no plan of 2 ranks"), std::string::npos) << why;
+  EXPECT_NE(why.find("64 MiB usable"), std::string::npos) << why;
+}
