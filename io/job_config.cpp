@@ -40,6 +40,7 @@ const std::map<std::string, Setter>& schema() {
       {"output", field(&JobConfig::output)},
       {"threads", field(&JobConfig::threads)},
       {"backend", field(&JobConfig::backend)},
+      {"trace", field(&JobConfig::trace)},
       {"cuda.device", field(&JobConfig::cuda, &CudaOptions::device)},
       {"cuda.dtype", field(&JobConfig::cuda, &CudaOptions::dtype)},
       {"generate.max_new_tokens", field(&JobConfig::generate, &GenerateOptions::max_new_tokens)},

@@ -73,6 +73,7 @@ struct JobConfig {
   std::string model, task, input, output;
   int threads = 1;
   std::string backend = "cpu";  // cpu | cuda
+  std::string trace;            // Chrome trace-event JSON to write (empty: none)
   CudaOptions cuda;
   GenerateOptions generate;
   EmbedOptions embed;

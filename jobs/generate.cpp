@@ -5,6 +5,7 @@
 
 #include "jobs/finite.h"
 #include "jobs/sampler.h"
+#include "mpi_comm/trace.h"
 #include "jobs/tasks.h"
 
 namespace lowsync {
@@ -65,7 +66,11 @@ std::vector<RowResult> generate_batch(Transformer& model, const GenerateOptions&
   }
   using Clock = std::chrono::steady_clock;
   auto t0 = Clock::now();
-  std::vector<size_t> running = step(rows, tokens, layout);
+  std::vector<size_t> running;
+  {
+    trace::Span span("compute", "prefill", "\"rows\": " + std::to_string(n) + ", \"tokens\": " + std::to_string(tokens.size()));
+    running = step(rows, tokens, layout);
+  }
   times.prefill_s += std::chrono::duration<double>(Clock::now() - t0).count();
   ++times.prefill_passes;
 
@@ -79,6 +84,7 @@ std::vector<RowResult> generate_batch(Transformer& model, const GenerateOptions&
       next.push_back(out[i].tokens.back());
     }
     t0 = Clock::now();
+    trace::Span span("compute", "decode step", "\"rows\": " + std::to_string(running.size()));
     running = step(running, next, dl);
     times.decode_s += std::chrono::duration<double>(Clock::now() - t0).count();
     ++times.decode_steps;

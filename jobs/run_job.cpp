@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -23,6 +24,7 @@
 #include "jobs/work_queue.h"
 #include "layers/model.h"
 #include "mpi_comm/parallel_groups.h"
+#include "mpi_comm/trace.h"
 
 namespace lowsync {
 
@@ -86,6 +88,8 @@ void run_job(const JobConfig& job, bool resume) {
     if (!model.is_decoder() && job.task != "embed")
       throw UserError(job.path + ": task '" + job.task + "' needs a decoder (llama or gpt2), but " + job.model +
                       " is an encoder (" + model.architecture + "); use task: embed");
+    if (root && !job.trace.empty() && !std::ofstream(job.trace))
+      throw UserError(job.trace + ": cannot write the trace file (key 'trace')");
     input = std::make_unique<PromptReader>(job.input, model.vocab, job.task == "score");
     check_rows(*input, job, model);
   });
@@ -108,6 +112,7 @@ void run_job(const JobConfig& job, bool resume) {
 
   // From here on an error on one rank cannot be agreed (the others are inside collectives): the
   // failing rank reports and aborts every rank. Rows already written stay, marked done.
+  if (!job.trace.empty()) trace::start(world);
   const auto t_run = Clock::now();
   int64_t new_tokens = 0;
   PhaseTimes phases;
@@ -123,6 +128,7 @@ void run_job(const JobConfig& job, bool resume) {
       }
       const auto t0 = Clock::now();
       std::vector<RowResult> results;
+      trace::Span span("batch", "batch " + std::to_string(b.first_row) + "-" + std::to_string(b.end_row - 1));
       if (job.task == "generate")
         results = generate_batch(transformer, job.generate, prompts, b.first_row, phases);
       else if (job.task == "score")
@@ -161,6 +167,10 @@ void run_job(const JobConfig& job, bool resume) {
     MPI_Abort(MPI_COMM_WORLD, 1);
   }
   const double wall_s = seconds_since(t_run);
+  if (!job.trace.empty()) {
+    const int64_t events = trace::finish(world, job.trace);
+    if (root) std::printf("lowsync: trace of %lld events written to %s\n", static_cast<long long>(events), job.trace.c_str());
+  }
 
   // The run report: every rank's split of time and traffic, gathered to all.
   const CommCounters& c = groups.tp.counters();

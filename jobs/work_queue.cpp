@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "mpi_comm/trace.h"
+
 namespace lowsync {
 
 namespace {
@@ -90,6 +92,7 @@ void WorkQueue::serve_requests(bool block) {
 void WorkQueue::deliver(int64_t index, std::vector<RowResult> results) {
   pending_[index] = std::move(results);
   while (pending_.count(written_)) {
+    trace::Span span("io", "hdf5 append", "\"rows\": " + std::to_string(pending_[written_].size()));
     writer_->append(pending_[written_]);
     pending_.erase(written_++);
     if (on_written_) on_written_(writer_->rows_done());
