@@ -57,6 +57,9 @@ const std::map<std::string, Setter>& schema() {
       {"parallel.dp", field(&JobConfig::parallel, &ParallelOptions::dp)},
       {"parallel.bp", field(&JobConfig::parallel, &ParallelOptions::bp)},
       {"parallel.speeds", field(&JobConfig::parallel, &ParallelOptions::speeds)},
+      {"parallel.pp", field(&JobConfig::parallel, &ParallelOptions::pp)},
+      {"parallel.stages", field(&JobConfig::parallel, &ParallelOptions::stages)},
+      {"parallel.micro_batches", field(&JobConfig::parallel, &ParallelOptions::micro_batches)},
       {"parallel.plan", field(&JobConfig::parallel, &ParallelOptions::plan)},
       {"parallel.auto", field(&JobConfig::parallel, &ParallelOptions::auto_plan)},
       {"plan.objective", field(&JobConfig::plan, &PlanOptions::objective)},
@@ -95,7 +98,7 @@ void flatten(const YAML::Node& node, const std::string& prefix, const std::strin
                       (prefix.empty() ? "" : "under '" + prefix + "' ") + "is a list or mapping; expected a name");
     const std::string key = prefix.empty() ? kv.first.as<std::string>() : prefix + "." + kv.first.as<std::string>();
     if (schema().count(key)) {
-      const bool is_list = key == "parallel.spd.drop" || key == "parallel.speeds";
+      const bool is_list = key == "parallel.spd.drop" || key == "parallel.speeds" || key == "parallel.stages";
       if (is_list ? !kv.second.IsSequence() : !kv.second.IsScalar())
         throw UserError(file + ": key '" + key + "' must be " + (is_list ? "a list" : "a single value"));
       out[key] = kv.second;
@@ -154,7 +157,7 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
     // named null, say): as in the job file, a key set must have a value.
     const YAML::Node value = parse_yaml(o.substr(eq + 1), "--set " + o);
     if (value.IsNull()) throw UserError("--set " + o + ": key '" + key + "' needs a value");
-    const bool is_list = key == "parallel.spd.drop" || key == "parallel.speeds";
+    const bool is_list = key == "parallel.spd.drop" || key == "parallel.speeds" || key == "parallel.stages";
     if (is_list ? !value.IsSequence() : !value.IsScalar())
       throw UserError("--set " + o + ": key '" + key + "' must be " + (is_list ? "a list" : "a single value"));
     values[key] = value;
@@ -195,12 +198,17 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   expect(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");
   expect(c.parallel.dp >= 1, "parallel.dp", "must be >= 1");
   expect(c.parallel.bp >= 1, "parallel.bp", "must be >= 1");
+  expect(c.parallel.pp >= 1, "parallel.pp", "must be >= 1");
+  expect(c.parallel.micro_batches >= 0, "parallel.micro_batches", "must be >= 1 (or 0: twice the stages)");
+  expect(c.parallel.stages.empty() || static_cast<int>(c.parallel.stages.size()) == c.parallel.pp, "parallel.stages",
+         "must list the layers of each of the parallel.pp stages");
   expect(c.parallel.tp == 1 || c.parallel.bp == 1, "parallel.bp",
          "and parallel.tp are both > 1; a decoupled model runs its sub-blocks on bp ranks without TP inside them");
   expect(c.parallel.spd.drop.empty() || c.parallel.spd.from.empty(), "parallel.spd",
          "has both 'drop' and 'from'; give one");
   expect(c.calibrate.rows >= 1, "calibrate.rows", "must be >= 1");
-  const bool hand_picked = c.parallel.tp > 1 || c.parallel.bp > 1 || c.parallel.dp > 1 || !c.parallel.speeds.empty();
+  const bool hand_picked = c.parallel.tp > 1 || c.parallel.bp > 1 || c.parallel.dp > 1 || c.parallel.pp > 1 ||
+                           !c.parallel.speeds.empty();
   expect(!(c.parallel.auto_plan && !c.parallel.plan.empty()), "parallel.plan", "and parallel: auto both given; give one");
   expect(!((c.parallel.auto_plan || !c.parallel.plan.empty()) && hand_picked), "parallel",
          std::string("has ") + (c.parallel.auto_plan ? "auto" : "a plan file") +

@@ -38,8 +38,11 @@ struct ParallelOptions {
   int tp = 1;
   int bp = 1;  // ranks per replica for a decoupled model (each computes a share of its sub-blocks)
   int dp = 1;
-  int group() const { return tp * bp; }  // ranks per replica
-  std::vector<double> speeds;  // relative speed of each rank of a replica (empty: equal): uneven shares
+  int group() const { return tp * bp; }  // ranks per pipeline stage of a replica
+  int pp = 1;                  // pipeline stages per replica
+  std::vector<int> stages;     // layers per stage (empty: even)
+  int micro_batches = 0;       // a batch split this many ways in a pipeline (0: 2 x pp)
+  std::vector<double> speeds;  // relative speed of each rank of a stage (empty: equal): uneven shares
   SpdOptions spd;
   std::string plan;            // a saved plan.yaml to run instead of the keys above
   bool auto_plan = false;      // `parallel: auto`: the planner chooses from a profile and the cost model

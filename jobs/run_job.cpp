@@ -97,6 +97,8 @@ void run_job(const JobConfig& job, bool resume) {
   const Plan& plan = loaded.plan;
   ParallelGroups& groups = *loaded.groups;
   Transformer& transformer = *loaded.transformer;
+  StageLink link(groups.pp, *loaded.backend);
+  PipelineStage stage{transformer, link, plan.micro_batches};
 
   std::unique_ptr<ResultWriter> writer;
   world.agree([&] {
@@ -130,11 +132,11 @@ void run_job(const JobConfig& job, bool resume) {
       std::vector<RowResult> results;
       trace::Span span("batch", "batch " + std::to_string(b.first_row) + "-" + std::to_string(b.end_row - 1));
       if (job.task == "generate")
-        results = generate_batch(transformer, job.generate, prompts, b.first_row, phases);
+        results = generate_batch(stage, job.generate, prompts, b.first_row, phases);
       else if (job.task == "score")
-        results = score_batch(transformer, prompts, targets, b.first_row);
+        results = score_batch(stage, prompts, targets, b.first_row);
       else
-        results = embed_batch(transformer, job.embed, prompts, b.first_row);
+        results = embed_batch(stage, job.embed, prompts, b.first_row);
       const float ms = static_cast<float>(seconds_since(t0) * 1e3);
       if (job.task != "generate") {  // score and embed: one prefill pass per batch
         phases.prefill_s += ms / 1e3;
@@ -174,11 +176,12 @@ void run_job(const JobConfig& job, bool resume) {
 
   // The run report: every rank's split of time and traffic, gathered to all.
   const CommCounters& c = groups.tp.counters();
-  const double mine[kReportFields] = {wall_s - c.seconds, c.seconds, double(c.calls), double(c.bytes),
+  const double mine[kReportFields] = {wall_s - c.seconds - groups.pp.counters().seconds, c.seconds, double(c.calls), double(c.bytes),
                                       double(transformer.forward_passes()), double(transformer.tokens_processed()),
                                       double(transformer.weight_bytes()), proc_status_mib("VmHWM"),
                                       proc_status_mib("RssAnon"), phases.prefill_s, double(phases.prefill_passes),
-                                      phases.decode_s, double(phases.decode_steps)};
+                                      phases.decode_s, double(phases.decode_steps), groups.pp.counters().seconds,
+                                      double(groups.pp.counters().bytes)};
   std::vector<double> all(kReportFields * world.size());
   world.all_gather(mine, kReportFields, all.data());
   double replicas_new = static_cast<double>(new_tokens);

@@ -39,6 +39,7 @@ std::string run_report_json(const Plan& plan, const ModelConfig& model, const st
   j["tp"] = plan.split == ReplicaSplit::Tensor ? plan.group : 1;
   j["bp"] = plan.split == ReplicaSplit::Block ? plan.group : 1;
   j["dp"] = plan.dp;
+  j["pp"] = plan.pp;
   j["ranks"] = plan.world;
   j["layers"] = model.n_layers;
   std::vector<int> dropped;
@@ -57,9 +58,10 @@ std::string run_report_json(const Plan& plan, const ModelConfig& model, const st
     j["per_rank"].push_back({{"rank", r}, {"compute_s", f[0]}, {"comm_s", f[1]}, {"allreduces", int64_t(f[2])},
                              {"bytes_sent", int64_t(f[3])}, {"passes", int64_t(f[4])}, {"tokens", int64_t(f[5])},
                              {"weight_bytes", int64_t(f[6])}, {"peak_rss_mib", f[7]}, {"rss_anon_mib", f[8]},
-                             {"planned_memory_bytes", plan.memory[plan.group_rank_of(r)].total()},
+                             {"planned_memory_bytes", plan.memory_of(r).total()},
                              {"prefill_s", f[9]}, {"prefill_passes", int64_t(f[10])}, {"decode_s", f[11]},
-                             {"decode_steps", int64_t(f[12])}});
+                             {"decode_steps", int64_t(f[12])}, {"stage", plan.stage_of(r)},
+                             {"pipeline_s", f[13]}, {"pipeline_bytes", int64_t(f[14])}});
   }
   return j.dump();
 }
@@ -76,7 +78,8 @@ std::string run_report(const Plan& plan, const ModelConfig& model, const std::ve
   s << "sync points per forward pass: " << plan.syncs_per_pass(model) << " all-reduces (TP baseline "
     << (plan.group == 1 ? 0 : 2 * model.n_layers) << ")\n";
   double tokens_total = 0;
-  for (int r = 0; r < plan.world; r += plan.group) tokens_total += all[r * kReportFields + 5];  // one rank per replica
+  // One rank per replica: its first stage's rank 0 (every token passes through it).
+  for (int r = 0; r < plan.world; r += plan.group * plan.pp) tokens_total += all[r * kReportFields + 5];
   s << "throughput: " << t.rows << " rows in " << t.wall_s << " s, " << tokens_total / std::max(t.wall_s, 1e-9)
     << " tokens/s through the model";
   if (t.task == "generate") s << ", " << t.new_tokens / std::max(t.wall_s, 1e-9) << " new tokens/s";
@@ -88,7 +91,8 @@ std::string run_report(const Plan& plan, const ModelConfig& model, const std::ve
     s << "rank " << r << ": compute " << f[0] << " s, " << axis << " communication " << f[1] << " s ("
       << (f[0] + f[1] > 0 ? 100 * f[1] / (f[0] + f[1]) : 0) << "%), " << static_cast<int64_t>(f[2])
       << " all-reduces over " << static_cast<int64_t>(f[4]) << " passes, " << per_token << " bytes sent per token, "
-      << f[6] / 1048576.0 << " MiB of weights (planned memory " << plan.memory[plan.group_rank_of(r)].total() / 1048576.0
+      << (plan.pp > 1 ? "pipeline sends/waits " + std::to_string(f[13]) + " s, " : std::string())
+      << f[6] / 1048576.0 << " MiB of weights (planned memory " << plan.memory_of(r).total() / 1048576.0
       << " MiB), peak RSS " << f[7] << " MiB\n";
   }
   return s.str();

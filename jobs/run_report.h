@@ -11,8 +11,8 @@ namespace lowsync {
 
 // Per-rank figures, gathered to every rank: [compute s, replica comm s, all-reduces, bytes sent,
 // forward passes, tokens, weight bytes, peak resident MiB, anonymous resident MiB, prefill s,
-// prefill passes, decode s, decode steps].
-constexpr int kReportFields = 13;
+// prefill passes, decode s, decode steps, pipeline s, pipeline bytes sent].
+constexpr int kReportFields = 15;
 
 struct RunTotals {
   double wall_s = 0;

@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "jobs/result_bytes.h"
 #include "mpi_comm/trace.h"
 
 namespace lowsync {
@@ -10,56 +11,11 @@ namespace {
 
 enum Tag { kRequest = 101, kAssign = 102, kResult = 103 };
 
-// A batch's results as bytes: per row, its token ids, log-probs, embedding, sum and latency.
-std::vector<char> pack(int64_t index, const std::vector<RowResult>& rows) {
-  std::vector<char> out;
-  auto put = [&](const void* p, size_t n) { out.insert(out.end(), static_cast<const char*>(p), static_cast<const char*>(p) + n); };
-  auto put_vec = [&](const auto& v) {
-    int64_t n = static_cast<int64_t>(v.size());
-    put(&n, sizeof n);
-    put(v.data(), n * sizeof(v[0]));
-  };
-  put(&index, sizeof index);
-  int64_t n = static_cast<int64_t>(rows.size());
-  put(&n, sizeof n);
-  for (const auto& r : rows) {
-    put_vec(r.tokens);
-    put_vec(r.token_logprobs);
-    put_vec(r.embedding);
-    put(&r.sum_logprob, sizeof r.sum_logprob);
-    put(&r.latency_ms, sizeof r.latency_ms);
-  }
-  return out;
-}
-
-std::vector<RowResult> unpack(const std::vector<char>& in, int64_t& index) {
-  size_t at = 0;
-  auto get = [&](void* p, size_t n) { std::memcpy(p, in.data() + at, n); at += n; };
-  auto get_vec = [&](auto& v) {
-    int64_t n;
-    get(&n, sizeof n);
-    v.resize(n);
-    get(v.data(), n * sizeof(v[0]));
-  };
-  get(&index, sizeof index);
-  int64_t n;
-  get(&n, sizeof n);
-  std::vector<RowResult> rows(n);
-  for (auto& r : rows) {
-    get_vec(r.tokens);
-    get_vec(r.token_logprobs);
-    get_vec(r.embedding);
-    get(&r.sum_logprob, sizeof r.sum_logprob);
-    get(&r.latency_ms, sizeof r.latency_ms);
-  }
-  return rows;
-}
-
 }  // namespace
 
 WorkQueue::WorkQueue(ParallelGroups& groups, std::vector<Batch> batches, ResultWriter* writer)
     : g_(groups), batches_(std::move(batches)), writer_(writer) {
-  leaders_left_ = g_.world.size() / g_.tp.size() - 1;
+  leaders_left_ = g_.world.size() / g_.replica.size() - 1;
 }
 
 int64_t WorkQueue::take_next_on_root() {
@@ -81,7 +37,7 @@ void WorkQueue::serve_requests(bool block) {
       std::vector<char> bytes(msg.bytes);
       g_.world.recv(bytes.data(), msg.bytes, msg.source, kResult);
       int64_t index;
-      auto rows = unpack(bytes, index);
+      auto rows = unpack_results(bytes, index);
       deliver(index, std::move(rows));
     }
     if (block) return;
@@ -99,7 +55,7 @@ void WorkQueue::deliver(int64_t index, std::vector<RowResult> results) {
   }
 }
 
-// The next batch index of this replica, the same on all of its tp ranks (-1: none left).
+// The next batch index of this replica, the same on all of its ranks (-1: none left).
 int64_t WorkQueue::next_for_replica() {
   int64_t index = -1;
   if (g_.world.rank() == 0) {
@@ -112,7 +68,7 @@ int64_t WorkQueue::next_for_replica() {
     g_.world.recv(&index, sizeof index, 0, kAssign);
     asked_ = false;
   }
-  g_.tp_control.broadcast(&index, sizeof index, 0);
+  g_.replica.broadcast(&index, sizeof index, 0);
   return index;
 }
 
@@ -133,7 +89,7 @@ void WorkQueue::run(const std::function<std::vector<RowResult>(const Batch&)>& c
     } else if (g_.is_leader()) {
       // Non-blocking: a large message would otherwise wait for rank 0 to finish its own batch.
       if (outbox_request_ != MPI_REQUEST_NULL) g_.world.wait(outbox_request_);
-      outbox_ = pack(index, results);
+      outbox_ = pack_results(index, results);
       outbox_request_ = g_.world.isend(outbox_.data(), static_cast<int64_t>(outbox_.size()), 0, kResult);
     }
   }

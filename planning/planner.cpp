@@ -86,7 +86,7 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
   auto add = [&](Candidate c) {
     for (int w = 0; w < world; ++w)
       if (profile.ranks[w].usable_memory_bytes > 0 &&
-          c.plan.memory[c.plan.group_rank_of(w)].total() > profile.ranks[w].usable_memory_bytes)
+          c.plan.memory_of(w).total() > profile.ranks[w].usable_memory_bytes)
         c.fits = false;
     c.predicted = predict(c.plan, model, profile, work);
     result.candidates.push_back(std::move(c));
