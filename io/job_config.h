@@ -23,6 +23,7 @@ struct EmbedOptions {
 struct BatchOptions {
   int max_tokens = 2048;
   int max_sequences = 32;
+  bool continuous = true;  // generate: a finished row's slot goes to a waiting prompt at once
 };
 
 // Sync-Point Drop: which layers skip their attention all-reduce. Either listed (`drop`) or taken
@@ -71,6 +72,11 @@ struct CudaOptions {
   int device_index() const;      // -1 for auto
 };
 
+// Progress lines of `run` (rank 0): at most one every `every` seconds (0: after every batch).
+struct ProgressOptions {
+  double every = 10;
+};
+
 struct JobConfig {
   std::string path;  // the YAML file
   std::string model, task, input, output;
@@ -84,14 +90,22 @@ struct JobConfig {
   ParallelOptions parallel;
   CalibrateOptions calibrate;
   PlanOptions plan;
+  ProgressOptions progress;
 
   // The keys that decide what the results are (not where they go or how fast): a resumed job
   // must match the original on these.
   std::string fingerprint() const;
-  // Every key with its effective value, as YAML.
+  // Every key with its effective value, as a job YAML nested as in README's reference (the output
+  // file's `job_yaml` attribute): loading it gives the same job. Paths are written absolute, so
+  // that the stored job runs again from any folder.
   std::string to_yaml() const;
 };
 
+// Reads a job file and applies `--set key=value` overrides. Relative paths written in the job
+// file (model, input, output, parallel.spd.from, parallel.plan, calibrate.prompts,
+// calibrate.output, plan.profile, plan.output) are taken relative to the job file's folder, so a
+// job runs the same from any working directory; --set values and defaults stay relative to the
+// working directory, as any command-line path.
 JobConfig load_job_config(const std::string& path, const std::vector<std::string>& overrides);
 
 }  // namespace lowsync

@@ -1,7 +1,8 @@
 // A job, start to end: every rank checks what can be checked before any compute (job, model, every
 // input row) and agrees on the outcome; rank 0 opens the output; then replicas take batches of
 // consecutive rows -> task -> results to rank 0 -> append + flush -> progress line; a run report
-// at the end, on stdout and in the output file.
+// at the end, on stdout and in the output file. A signal stops it between batches (see
+// jobs/stop_signal.h): what is computed is written, and the report says how to resume.
 #include "jobs/run_job.h"
 
 #include <algorithm>
@@ -15,11 +16,14 @@
 #include <sstream>
 
 #include "io/error.h"
+#include "io/log.h"
 #include "io/model_config.h"
 #include "io/prompts.h"
+#include "jobs/continuous_generate.h"
 #include "jobs/load_job.h"
 #include "jobs/result_writer.h"
 #include "jobs/run_report.h"
+#include "jobs/stop_signal.h"
 #include "jobs/tasks.h"
 #include "jobs/work_queue.h"
 #include "layers/model.h"
@@ -78,10 +82,56 @@ void maybe_inject_fault(int rank, int64_t batches_started) {
     throw std::runtime_error("injected fault (LOWSYNC_INJECT_FAULT=" + std::string(spec) + ")");
 }
 
+// "1:02:03" or "2:03": an ETA or elapsed time for a progress line.
+std::string clock_text(double seconds) {
+  const long long s = static_cast<long long>(seconds + 0.5);
+  char buf[32];
+  if (s >= 3600)
+    std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", s / 3600, s / 60 % 60, s % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%lld:%02lld", s / 60, s % 60);
+  return buf;
+}
+
+// Rank 0's progress line: rows done, tokens/s (prompt and generated tokens of the rows written,
+// over this run's time) and the ETA at this run's row rate; at most one every `every` seconds,
+// and always one for the last row.
+class Progress {
+ public:
+  Progress(const JobConfig& job, const PromptReader& in, int64_t first)
+      : job_(job), in_(in), first_(first), t0_(Clock::now()) {}
+
+  void written(int64_t done, const std::vector<RowResult>& rows) {
+    for (size_t i = 0; i < rows.size(); ++i)
+      tokens_ += pass_length(in_, job_.task, done - static_cast<int64_t>(rows.size()) + static_cast<int64_t>(i)) +
+                 static_cast<int64_t>(rows[i].tokens.size());
+    const double s = seconds_since(t0_);
+    if (done < in_.rows() && last_ >= 0 && s - last_ < job_.progress.every) return;
+    last_ = s;
+    const double rows_per_s = (done - first_) / std::max(s, 1e-9);
+    const std::string eta = done == in_.rows() ? "0:00" : clock_text((in_.rows() - done) / std::max(rows_per_s, 1e-9));
+    log::progress("lowsync: %lld/%lld rows (%.1f%%), %.1f tokens/s, %.2f rows/s, elapsed %s, ETA %s",
+                  static_cast<long long>(done), static_cast<long long>(in_.rows()),
+                  100.0 * done / std::max<int64_t>(in_.rows(), 1), tokens_ / std::max(s, 1e-9), rows_per_s,
+                  clock_text(s).c_str(), eta.c_str());
+  }
+
+ private:
+  const JobConfig& job_;
+  const PromptReader& in_;
+  int64_t first_;
+  Clock::time_point t0_;
+  double last_ = -1;  // seconds into the run of the last line printed
+  int64_t tokens_ = 0;
+};
+
 }  // namespace
 
-void run_job(const JobConfig& job, bool resume) {
+int run_job(const JobConfig& job, bool resume) {
+  // Before anything slow (loading the model): a signal during setup stops the run at its first
+  // batch boundary, with nothing computed and the output (if created) resumable.
   Communicator world(MPI_COMM_WORLD, "world");
+  install_stop_handlers(world.rank() == 0, job.path);
   const bool root = world.rank() == 0;
   std::unique_ptr<PromptReader> input;
   LoadedJob loaded = load_job(job, world, [&](const ModelConfig& model, const Plan&) {
@@ -106,11 +156,10 @@ void run_job(const JobConfig& job, bool resume) {
   });
   int64_t first = root ? writer->rows_done() : 0;
   world.broadcast(&first, sizeof first, 0);
-  if (root)
-    std::printf("lowsync: %s %s (%s, %lld rows, %d layers) on %d rank(s), %s, %s backend; model loaded in %.2f s%s\n",
-                job.task.c_str(), job.model.c_str(), model.architecture.c_str(), static_cast<long long>(input->rows()),
-                model.n_layers, world.size(), plan.describe().c_str(), loaded.backend->name().c_str(),
-                loaded.load_seconds, resume ? (", resuming after row " + std::to_string(first)).c_str() : "");
+  log::info("lowsync: %s %s (%s, %lld rows, %d layers) on %d rank(s), %s, %s backend; model loaded in %.2f s%s",
+            job.task.c_str(), job.model.c_str(), model.architecture.c_str(), static_cast<long long>(input->rows()),
+            model.n_layers, world.size(), plan.describe().c_str(), loaded.backend->name().c_str(), loaded.load_seconds,
+            resume ? (", resuming after row " + std::to_string(first)).c_str() : "");
 
   // From here on an error on one rank cannot be agreed (the others are inside collectives): the
   // failing rank reports and aborts every rank. Rows already written stay, marked done.
@@ -118,6 +167,7 @@ void run_job(const JobConfig& job, bool resume) {
   const auto t_run = Clock::now();
   int64_t new_tokens = 0;
   PhaseTimes phases;
+  int stopped_by = 0;  // rank 0: the signal that ended the run early
   try {
     WorkQueue queue(groups, plan_batches(*input, job, first), writer.get());
     int64_t batches_started = 0;
@@ -148,24 +198,47 @@ void run_job(const JobConfig& job, bool resume) {
       }
       return results;
     };
-    auto progress = [&](int64_t done) {
-      const double s = seconds_since(t_run);
-      std::printf("lowsync: rows %lld/%lld  %.1f s  %.1f rows/s\n", static_cast<long long>(done),
-                  static_cast<long long>(input->rows()), s, (done - first) / std::max(s, 1e-9));
-      std::fflush(stdout);
-    };
-    queue.run(compute, progress);
+    Progress progress(job, *input, first);
+    auto on_written = [&](int64_t done, const std::vector<RowResult>& rows) { progress.written(done, rows); };
+    if (job.task == "generate" && job.batch.continuous && plan.pp == 1) {
+      // Continuous batching: take batches while sequence slots are free, one pass at a time.
+      int64_t longest = 0;
+      for (int64_t r = first; r < input->rows(); ++r)
+        longest = std::max(longest, ContinuousGenerator::row_need(model, job.generate, input->length(r)));
+      const int64_t cache_rows = std::max<int64_t>(
+          job.batch.max_tokens + int64_t(job.batch.max_sequences) * job.generate.max_new_tokens, longest);
+      ContinuousGenerator generator(transformer, job, *input, cache_rows, phases);
+      queue.set_on_written(on_written);
+      for (bool more = true;;) {
+        while (more && generator.wants_rows()) {
+          const int64_t index = queue.take();
+          if (index < 0) {
+            more = false;
+            break;
+          }
+          maybe_inject_fault(world.rank(), batches_started++);
+          generator.admit(index, queue.batch(index));
+        }
+        if (generator.idle()) break;
+        for (auto& [index, results] : generator.step()) {
+          for (const RowResult& r : results) new_tokens += static_cast<int64_t>(r.tokens.size());
+          queue.complete(index, std::move(results));
+        }
+      }
+      queue.finish();
+    } else {
+      queue.run(compute, on_written);
+    }
+    stopped_by = queue.stopped_by();
   } catch (const OutputError& e) {
     // Only rank 0 writes, and its message names the file: no rank needed. The writer has closed
     // the output; on one rank the error can end the process normally, else it must stop the others
     // (they wait in the work queue or in collectives).
     if (world.size() == 1) throw;
-    std::fprintf(stderr, "lowsync: error: %s\n", e.what());
-    std::fflush(stderr);
+    log::error(e.what());
     MPI_Abort(MPI_COMM_WORLD, 1);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "lowsync: error: rank %d: %s\n", world.rank(), e.what());
-    std::fflush(stderr);
+    log::error("rank " + std::to_string(world.rank()) + ": " + e.what());
     MPI_Abort(MPI_COMM_WORLD, 1);
   }
   const double wall_s = seconds_since(t_run);
@@ -173,6 +246,12 @@ void run_job(const JobConfig& job, bool resume) {
     const int64_t events = trace::finish(world, job.trace);
     if (root) std::printf("lowsync: trace of %lld events written to %s\n", static_cast<long long>(events), job.trace.c_str());
   }
+
+  // Every rank learns how the run ended (only rank 0 may know: a replica told "no more batches"
+  // does not know why), so that all exit with the same status.
+  int64_t ending[2] = {stopped_by, root ? writer->rows_done() : 0};
+  world.all_reduce_max(ending, 2);
+  const bool stopped = ending[1] < input->rows();
 
   // The run report: every rank's split of time and traffic, gathered to all.
   const CommCounters& c = groups.tp.counters();
@@ -187,12 +266,28 @@ void run_job(const JobConfig& job, bool resume) {
   double replicas_new = static_cast<double>(new_tokens);
   groups.dp.all_reduce(&replicas_new, 1);  // over replicas; a replica's ranks agree on its count
   const int64_t total_new = static_cast<int64_t>(replicas_new);
+  const std::string how = stopped ? "stopped by " + signal_name(static_cast<int>(ending[0])) : "complete";
   if (root) {
-    const RunTotals totals{wall_s, input->rows() - first, total_new, job.task};
+    RunTotals totals;
+    totals.wall_s = wall_s;
+    totals.rows = ending[1] - first;
+    totals.new_tokens = total_new;
+    totals.task = job.task;
+    totals.first_row = first;
+    totals.ended = how;
+    totals.previous_json = writer->previous_report_json();
     const std::string report = run_report(plan, model, all, totals);
     writer->finish(report, run_report_json(plan, model, all, totals), plan.to_yaml(model));
-    std::printf("lowsync: done; output %s\n%s", job.output.c_str(), report.c_str());
+    if (stopped) {
+      log::summary_block(report);
+      log::notice("lowsync: %s after %lld/%lld rows; resume with: lowsync run %s --resume", how.c_str(),
+                  static_cast<long long>(ending[1]), static_cast<long long>(input->rows()), job.path.c_str());
+    } else {
+      log::summary("lowsync: done; output %s", job.output.c_str());
+      log::summary_block(report);
+    }
   }
+  return stopped ? kExitStopped : 0;
 }
 
 }  // namespace lowsync

@@ -1,5 +1,7 @@
 #include "planning/planner.h"
 
+#include "io/log.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -237,8 +239,7 @@ Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& w
   });
   world.broadcast(&have, sizeof have, 0);
   if (!have) {
-    if (world.rank() == 0)
-      std::printf("lowsync: profiling %d rank(s) (no usable %s)\n", world.size(), job.plan.profile.c_str());
+    log::info("lowsync: profiling %d rank(s) (no usable %s)", world.size(), job.plan.profile.c_str());
     world.agree([&] {
       profile = measure_profile(model, backend, world, std::min(job.batch.max_tokens, 512), job.batch.max_sequences,
                                 job.threads, 15.0);
@@ -253,9 +254,10 @@ Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& w
     const auto t0 = std::chrono::steady_clock::now();
     const PlannerResult result = plan_candidates(job, model, profile, workload_of(job, model));
     const double planning_ms = 1e3 * std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("lowsync: plan candidates for %s on %d rank(s), objective %s (profile %s; planned in %.1f ms)\n%s",
-                job.model.c_str(), world.size(), job.plan.objective.c_str(), job.plan.profile.c_str(), planning_ms,
-                planner_table(result, job, model).c_str());
+    log::info("lowsync: plan candidates for %s on %d rank(s), objective %s (profile %s; planned in %.1f ms)",
+              job.model.c_str(), world.size(), job.plan.objective.c_str(), job.plan.profile.c_str(), planning_ms);
+    if (log::printing()) std::fputs(planner_table(result, job, model).c_str(), stdout);
+    std::fflush(stdout);
     if (!candidates_out.empty()) {
       std::ofstream f(candidates_out);
       f << candidates_json(result, model);

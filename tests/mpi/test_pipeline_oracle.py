@@ -18,7 +18,7 @@ import torch
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mpi_util import mpirun, mpirun_cmd, ENV, LOWSYNC  # noqa: E402
+from mpi_util import mpirun, mpirun_cmd, open_when_released, ENV, LOWSYNC  # noqa: E402
 
 NEW = 8
 failures = []
@@ -149,7 +149,7 @@ def main():
     env = dict(ENV, LOWSYNC_INJECT_FAULT="3:2")
     p = subprocess.run(mpirun_cmd(4, ["-x", "LOWSYNC_INJECT_FAULT", LOWSYNC, "run", path]), env=env,
                        capture_output=True, text=True, timeout=120)
-    with h5py.File(out, "r") as f:
+    with open_when_released(out) as f:
         done = f["done"][:].astype(bool)
         partial = [r.tolist() for r in rows(f, "generated")]
     want = [r.tolist() for r in rows(ref, "generated")]
