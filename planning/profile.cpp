@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <charconv>
 #include <fstream>
 
 #include "io/error.h"
@@ -16,22 +17,31 @@ const LinkModel* Profile::all_reduce_of(const std::vector<int>& group) const {
 
 namespace {
 
-// Doubles with all their digits, so that a saved profile loads back to the same numbers.
-constexpr int kDoubleDigits = 17;
+// A double in the fewest digits that read back to the same value (std::to_chars' shortest form):
+// a saved profile loads back exactly, and 2.17e-04 stays 2.17e-04, not 0.00021699999999999999.
+std::string num(double x) {
+  char buf[32];
+  const auto end = std::to_chars(buf, buf + sizeof buf, x).ptr;
+  std::string s(buf, end);
+  // YAML 1.1 readers (PyYAML) take 5e-07 for a string: give the mantissa a decimal point.
+  const size_t e = s.find('e');
+  if (e != std::string::npos && s.find('.') == std::string::npos) s.insert(e, ".0");
+  return s;
+}
 
 void emit_rates(YAML::Emitter& e, const char* key, const MatmulRates& r) {
   e << YAML::Key << key << YAML::Value << YAML::Flow << YAML::BeginMap;
-  e << YAML::Key << "prefill" << YAML::Value << r.prefill;
-  e << YAML::Key << "decode_one" << YAML::Value << r.decode_one;
-  e << YAML::Key << "decode_batch" << YAML::Value << r.decode_batch;
+  e << YAML::Key << "prefill" << YAML::Value << num(r.prefill);
+  e << YAML::Key << "decode_one" << YAML::Value << num(r.decode_one);
+  e << YAML::Key << "decode_batch" << YAML::Value << num(r.decode_batch);
   e << YAML::EndMap;
 }
 
 void emit_link(YAML::Emitter& e, const LinkModel& link, const std::vector<LinkSample>& samples) {
-  e << YAML::Key << "latency_s" << YAML::Value << link.latency_s;
-  e << YAML::Key << "bytes_per_s" << YAML::Value << link.bytes_per_s;
+  e << YAML::Key << "latency_s" << YAML::Value << num(link.latency_s);
+  e << YAML::Key << "bytes_per_s" << YAML::Value << num(link.bytes_per_s);
   e << YAML::Key << "samples" << YAML::Value << YAML::Flow << YAML::BeginSeq;
-  for (const auto& s : samples) e << YAML::Flow << YAML::BeginSeq << s.bytes << s.seconds << YAML::EndSeq;
+  for (const auto& s : samples) e << YAML::Flow << YAML::BeginSeq << s.bytes << num(s.seconds) << YAML::EndSeq;
   e << YAML::EndSeq;
 }
 
@@ -43,7 +53,7 @@ class Reader {
 
   YAML::Node node(const YAML::Node& parent, const std::string& key, const std::string& where) const {
     const YAML::Node n = parent.IsMap() ? parent[key] : YAML::Node();
-    if (!n) throw UserError(path_ + ": missing key '" + where + key + "' (not a lowsync profile?)");
+    if (!n) throw UserError(path_ + ": missing key '" + where + key + "'");
     return n;
   }
   YAML::Node seq(const YAML::Node& parent, const std::string& key, const std::string& where) const {
@@ -97,7 +107,6 @@ void read_link(const Reader& r, const YAML::Node& n, const std::string& where, L
 
 void Profile::save(const std::string& path) const {
   YAML::Emitter e;
-  e.SetDoublePrecision(kDoubleDigits);
   e << YAML::BeginMap;
   e << YAML::Key << "date" << YAML::Value << YAML::DoubleQuoted << date;  // quoted: a string, not a YAML timestamp
   e << YAML::Key << "lowsync_version" << YAML::Value << YAML::DoubleQuoted << lowsync_version;
@@ -105,7 +114,7 @@ void Profile::save(const std::string& path) const {
   e << YAML::Key << "world" << YAML::Value << world;
   e << YAML::Key << "prefill_rows" << YAML::Value << prefill_rows;
   e << YAML::Key << "decode_rows" << YAML::Value << decode_rows;
-  e << YAML::Key << "measure_seconds" << YAML::Value << measure_seconds;
+  e << YAML::Key << "measure_seconds" << YAML::Value << num(measure_seconds);
   e << YAML::Key << "ranks" << YAML::Value << YAML::BeginSeq;
   for (const auto& r : ranks) {
     e << YAML::BeginMap;
@@ -114,7 +123,7 @@ void Profile::save(const std::string& path) const {
     e << YAML::Key << "threads" << YAML::Value << r.threads;
     emit_rates(e, "layers", r.layers);  // GFLOP/s
     emit_rates(e, "head", r.head);
-    e << YAML::Key << "read_bytes_per_s" << YAML::Value << r.read_bytes_per_s;
+    e << YAML::Key << "read_bytes_per_s" << YAML::Value << num(r.read_bytes_per_s);
     e << YAML::Key << "usable_memory_bytes" << YAML::Value << r.usable_memory_bytes;
     e << YAML::EndMap;
   }

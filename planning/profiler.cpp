@@ -10,9 +10,9 @@
 // of every period), or one whose turbo clock does not last.
 //
 // Links: every group size g in 2..world that divides world, the groups [i g, (i + 1) g) all-reducing
-// at the same time; ping-pong between neighbouring ranks. Per message size, the median over a few
-// repeats of a loop of operations long enough to dwarf the timer and barrier skew; a group's time is
-// its slowest member's (a collective ends for the group when it ends for the last rank).
+// at the same time; ping-pong between neighbouring ranks. Per message size, the fastest of many short
+// loops of operations (see time_op); a group's time is its slowest member's (a collective ends for
+// the group when it ends for the last rank).
 #include "planning/profiler.h"
 
 #include <unistd.h>
@@ -39,12 +39,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 // The largest of every rank's `seconds`, so that all ranks take the same decision from it
 // (repeat counts must agree, or the ranks' collectives would not match).
@@ -78,7 +72,8 @@ std::string broadcast_string(Communicator& world, std::string text, int root) {
 // Shares of the budget: compute and links; the rest is left for allocation, warm-ups and gathers.
 constexpr double kComputeShare = 0.5, kLinkShare = 0.4;
 constexpr int kWindows = 3;      // best of this many timing windows per compute figure
-constexpr int kLinkRepeats = 5;  // median of this many loops per message size
+constexpr double kLoopSeconds = 2e-4;              // a link timing loop's length (about)
+constexpr int kLinkMinLoops = 3, kLinkMaxLoops = 300;  // per message size
 
 // The best rate (work per second) of `pass` over a few windows of back-to-back passes that together
 // take about `allowance_s`. Collective: the ranks run their windows at the same time.
@@ -306,31 +301,40 @@ std::vector<int64_t> message_sizes() {
   return s;
 }
 
-// Seconds of one `op` (median over repeats of loops of `op`); every rank of world calls it, with
-// `op` empty on ranks idle in this measurement. `per_op` divides a loop's time (2 for a ping-pong,
-// to give one way).
+// Seconds of one `op`: the fastest of many short loops of back-to-back operations, repeated until
+// `allowance_s` is spent. Short loops (about kLoopSeconds, long enough to dwarf the timer and the
+// barrier's skew) and the fastest of them, because on a shared host a loop during which either end
+// of the link was preempted times the scheduler, not the link; the shorter the loops, the more of
+// them run whole. Every rank of world calls it, `active` false on ranks idle in this measurement.
+// `per_op` divides a loop's time (2 for a ping-pong, to give one way).
 template <class Op>
 double time_op(Communicator& world, double allowance_s, Op&& op, bool active, double per_op = 1) {
   world.barrier();
-  double probe = 0;
+  double latest = 0;  // this rank's seconds per operation, as last timed
   if (active) {
     op();  // warm-up: connection setup, buffer registration
     const auto t0 = Clock::now();
     op();
-    op();
-    probe = seconds_since(t0) / 2;
+    latest = seconds_since(t0);
   }
-  const double window_s = allowance_s / (kLinkRepeats + 1);
-  const int64_t loops = std::clamp<int64_t>(int64_t(window_s / std::max(max_over(world, probe), 1e-7)), 1, 20000);
-  std::vector<double> t;
-  for (int r = 0; r < kLinkRepeats; ++r) {
+  const auto start = Clock::now();
+  double best = INFINITY;
+  for (int r = 0; r < kLinkMaxLoops; ++r) {
+    // The ranks must agree on each loop's length (at the slowest rank's latest rate) and on when to
+    // stop (as soon as any rank has spent the allowance), or their operations would not match.
+    int64_t agreed[2] = {static_cast<int64_t>(std::ceil(latest * 1e9)),
+                         r >= kLinkMinLoops && seconds_since(start) >= allowance_s ? 1 : 0};
+    world.all_reduce_max(agreed, 2);
+    if (agreed[1]) break;
+    const int64_t ops = std::clamp<int64_t>(int64_t(kLoopSeconds / std::max(double(agreed[0]) * 1e-9, 1e-8)), 1, 20000);
     world.barrier();
     const auto t0 = Clock::now();
     if (active)
-      for (int64_t i = 0; i < loops; ++i) op();
-    t.push_back(seconds_since(t0) / double(loops) / per_op);
+      for (int64_t i = 0; i < ops; ++i) op();
+    latest = seconds_since(t0) / double(ops);
+    best = std::min(best, latest);
   }
-  return active ? median(t) : 0.0;
+  return active ? best / per_op : 0.0;
 }
 
 // The divisors of world in 2..world: the group sizes a dp x tp grid can give.
@@ -348,7 +352,9 @@ std::vector<int> group_sizes(int world) {
 // orders of magnitude; plain least squares is decided by the largest messages' absolute errors and
 // puts the intercept wherever they leave it (often below zero), so small messages, the ones a
 // decode step sends, would be predicted badly. Relative error gives each size the same say, so the
-// fit is good at both ends (tested: within 50% of every sample >= 64 KiB). Robustness: a negative
+// fit is good at both ends: on the development machine's shared-memory transport within ~10% at
+// 4 B .. 256 B and 35% at 64 KiB .. 1 MiB (no line does much better there: the transport changes
+// protocol between 4 KiB and 64 KiB, where the line under-predicts by up to 3x). Robustness: a negative
 // latency is refitted as a line through the origin (latency 0); a slope <= 0 (time not growing
 // within the measured sizes) falls back to the best observed bytes / seconds, a lower bound of the
 // true bandwidth, so that bandwidth is positive and finite.
