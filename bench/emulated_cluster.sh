@@ -56,7 +56,7 @@ case "$cmd" in
     if [ "$DELAY" != 0 ]; then
       # Real-time priority where allowed: on a loaded machine a switch waiting for a core adds delay.
       prio=(); chrt -f 10 true 2>/dev/null && prio=(chrt -f 10)
-      ip netns exec lssw "${prio[@]}" "$RUN.delayhub" "$DELAY" "${ports[@]}" 2> "$RUN.delayhub.log" &
+      ip netns exec lssw "${prio[@]}" "$RUN.delayhub" "$DELAY" "${ports[@]}" < /dev/null > /dev/null 2> "$RUN.delayhub.log" &  # no inherited pipes
       echo $! > "$RUN.delayhub.pid"
       sleep 0.3
       kill -0 "$(cat "$RUN.delayhub.pid")" || { cat "$RUN.delayhub.log" >&2; exit 1; }
