@@ -88,9 +88,12 @@ Prediction predict(const Plan& plan, const ModelConfig& m, const Profile& profil
   const double B = std::max(work.batch_sequences, 1), n = std::max(work.prompt_tokens, 1);
   const int decode_rows = std::max(profile.decode_rows, 1);
 
-  PassShape prefill{B * n, B, n, n / 2, generate ? B : (m.is_decoder() ? B * n : 0), generate};
+  // Logits rows of a prefill: generate samples each prompt's last token; score computes the head only
+  // at its targets' positions (jobs/score.cpp), not at every token.
+  const double scored = work.scored_tokens > 0 ? std::min<double>(work.scored_tokens, n) : n;
+  PassShape prefill{B * n, B, n, n / 2, generate ? B : (m.is_decoder() ? B * scored : 0), generate};
   PassShape decode{B, B, 1, n + work.new_tokens / 2.0, B, true};
-  PassShape prefill_one{n, 1, n, n / 2, generate ? 1 : (m.is_decoder() ? n : 0), generate};
+  PassShape prefill_one{n, 1, n, n / 2, generate ? 1 : (m.is_decoder() ? scored : 0), generate};
   PassShape decode_one{1, 1, 1, n + work.new_tokens / 2.0, 1, true};
 
   Prediction out;
