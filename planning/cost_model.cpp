@@ -78,6 +78,28 @@ double rank_pass_seconds(const ModelConfig& m, const RankProfile& rp, const Rank
   return s;
 }
 
+// Seconds of one all-reduce of `bytes` over a measured group: interpolated between the measured
+// message sizes that bracket it (time linear in bytes between them), and the fitted line only
+// outside them. Why not the line everywhere: its relative-error fit is pinned by the many small
+// sizes, and on a TCP link it missed the large ones by 45% (100 Mbit/s, 500 us: 1 MiB fitted at
+// 70 ms, measured 126 ms), which is where a prefill's all-reduces (hundreds of KB) fall.
+double all_reduce_seconds(const AllReduceLink& a, double bytes) {
+  const auto& s = a.samples;
+  if (s.size() < 2 || bytes < double(s.front().bytes)) return a.link.seconds(bytes);
+  for (size_t i = 1; i < s.size(); ++i)
+    if (bytes <= double(s[i].bytes)) {
+      const double x0 = double(s[i - 1].bytes), x1 = double(s[i].bytes);
+      return s[i - 1].seconds + (s[i].seconds - s[i - 1].seconds) * (bytes - x0) / (x1 - x0);
+    }
+  return s.back().seconds + (a.link.bytes_per_s > 0 ? (bytes - double(s.back().bytes)) / a.link.bytes_per_s : 0);
+}
+
+const AllReduceLink* measured_group(const Profile& profile, const std::vector<int>& ranks) {
+  for (const AllReduceLink& a : profile.all_reduce)
+    if (a.ranks == ranks) return &a;
+  return nullptr;
+}
+
 }  // namespace
 
 Prediction predict(const Plan& plan, const ModelConfig& m, const Profile& profile, const Workload& work) {
@@ -88,9 +110,12 @@ Prediction predict(const Plan& plan, const ModelConfig& m, const Profile& profil
   const double B = std::max(work.batch_sequences, 1), n = std::max(work.prompt_tokens, 1);
   const int decode_rows = std::max(profile.decode_rows, 1);
 
-  PassShape prefill{B * n, B, n, n / 2, generate ? B : (m.is_decoder() ? B * n : 0), generate};
+  // Logits rows of a prefill: generate samples each prompt's last token; score computes the head only
+  // at its targets' positions (jobs/score.cpp), not at every token.
+  const double scored = work.scored_tokens > 0 ? std::min<double>(work.scored_tokens, n) : n;
+  PassShape prefill{B * n, B, n, n / 2, generate ? B : (m.is_decoder() ? B * scored : 0), generate};
   PassShape decode{B, B, 1, n + work.new_tokens / 2.0, B, true};
-  PassShape prefill_one{n, 1, n, n / 2, generate ? 1 : (m.is_decoder() ? n : 0), generate};
+  PassShape prefill_one{n, 1, n, n / 2, generate ? 1 : (m.is_decoder() ? scored : 0), generate};
   PassShape decode_one{1, 1, 1, n + work.new_tokens / 2.0, 1, true};
 
   Prediction out;
@@ -101,8 +126,8 @@ Prediction predict(const Plan& plan, const ModelConfig& m, const Profile& profil
   for (int replica = 0; replica < plan.dp; ++replica) {
     std::vector<int> ranks;
     for (int r = 0; r < plan.group; ++r) ranks.push_back(replica * plan.group + r);
-    const LinkModel* link = nullptr;
-    if (plan.group > 1 && !(link = profile.all_reduce_of(ranks)))
+    const AllReduceLink* link = nullptr;
+    if (plan.group > 1 && !(link = measured_group(profile, ranks)))
       throw UserError("the profile has no all-reduce measurement for ranks " + std::to_string(ranks.front()) + ".." +
                       std::to_string(ranks.back()) + "; profile again");
     // A pass: the slowest rank's compute, then every sync's transfer of the pass's activations.
@@ -110,7 +135,7 @@ Prediction predict(const Plan& plan, const ModelConfig& m, const Profile& profil
       double slowest = 0;
       for (int r = 0; r < plan.group; ++r)
         slowest = std::max(slowest, rank_pass_seconds(m, profile.ranks[ranks[r]], work_of(m, plan.shares[r]), p, decode_rows));
-      const double c = link ? syncs * link->seconds(p.tokens * token_bytes) : 0;
+      const double c = link ? syncs * all_reduce_seconds(*link, p.tokens * token_bytes) : 0;
       if (compute) *compute = std::max(*compute, slowest);
       if (comm) *comm = std::max(*comm, c);
       return slowest + c;

@@ -63,10 +63,13 @@ Workload workload_of(const JobConfig& job, const ModelConfig& model) {
   w.new_tokens = is_generate(job) ? job.generate.max_new_tokens : 0;
   try {
     const PromptReader in(job.input, model.vocab, job.task == "score");
-    double tokens = 0;
-    for (int64_t r = 0; r < in.rows(); ++r)
+    double tokens = 0, targets = 0;
+    for (int64_t r = 0; r < in.rows(); ++r) {
       tokens += in.length(r) + (job.task == "score" ? std::max<int64_t>(in.target_length(r) - 1, 0) : 0);
+      if (job.task == "score") targets += in.target_length(r);
+    }
     if (in.rows() > 0) w.prompt_tokens = std::max(1, static_cast<int>(std::lround(tokens / in.rows())));
+    if (in.rows() > 0 && job.task == "score") w.scored_tokens = std::max(1, static_cast<int>(std::lround(targets / in.rows())));
   } catch (const std::exception&) {
     // No readable input yet (`lowsync plan` ahead of the data): keep the default prompt length.
   }
