@@ -33,10 +33,10 @@ double phase_rate(const RankProfile& r, const JobConfig& job) {
 
 // Relative speed of each rank of a replica (averaged over replicas); empty when the ranks are
 // within 10% of each other, where even shares are as good.
-std::vector<double> replica_speeds(const Profile& profile, const JobConfig& job, int group, int dp) {
+std::vector<double> replica_speeds(const Profile& profile, const JobConfig& job, int group, int stages_times_dp) {
   std::vector<double> speed(group, 0.0);
-  for (int d = 0; d < dp; ++d)
-    for (int r = 0; r < group; ++r) speed[r] += phase_rate(profile.ranks[d * group + r], job) / dp;
+  for (int d = 0; d < stages_times_dp; ++d)
+    for (int r = 0; r < group; ++r) speed[r] += phase_rate(profile.ranks[d * group + r], job) / stages_times_dp;
   const auto [lo, hi] = std::minmax_element(speed.begin(), speed.end());
   if (*lo <= 0 || *hi / *lo < 1.1) return {};
   return speed;
@@ -96,15 +96,17 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
     c.predicted = predict(c.plan, model, profile, work);
     result.candidates.push_back(std::move(c));
   };
-  for (int group = 1; group <= world; ++group) {
-    if (world % group) continue;
-    const int dp = world / group;
+  for (int group = 1; group <= world; ++group)
+  for (int pp = 1; pp * group <= world; ++pp) {
+    if (world % (group * pp)) continue;
+    const int dp = world / (group * pp);
+    if (pp > 1 && (model.bp.enabled() || pp > model.n_layers)) continue;  // pipelines: ordinary models
     const ReplicaSplit split = model.bp.enabled() ? ReplicaSplit::Block : ReplicaSplit::Tensor;
     if (split == ReplicaSplit::Block && group > model.bp.sub_blocks) continue;
     if (split == ReplicaSplit::Tensor && group > model.n_heads) continue;
     std::vector<std::vector<double>> speed_sets = {{}};
     if (group > 1) {
-      const std::vector<double> uneven = replica_speeds(profile, job, group, dp);
+      const std::vector<double> uneven = replica_speeds(profile, job, group, dp * pp);
       if (!uneven.empty()) speed_sets.push_back(uneven);
     }
     std::vector<std::vector<int>> drop_sets = {{}};
@@ -119,7 +121,7 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
         std::vector<bool> drop(model.n_layers, false);
         for (int l : dropped) drop[l] = true;
         try {
-          c.plan = make_plan(model, limits, world, split, group, dp, speeds, drop, "planner");
+          c.plan = make_plan(model, limits, world, split, group, dp, speeds, drop, "planner", {pp, {}, 0});
         } catch (const UserError&) {
           continue;  // a grid this model cannot take (e.g. more ranks than sub-blocks)
         }
@@ -127,7 +129,8 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
           c.kl = cal->prefix[dropped.size() - 1].kl;
           c.top1 = cal->prefix[dropped.size() - 1].top1;
         }
-        c.label = std::string(split_name(split)) + "=" + std::to_string(group) + " dp=" + std::to_string(dp);
+        c.label = (pp > 1 ? "pp=" + std::to_string(pp) + " " : std::string()) + split_name(split) + "=" +
+                  std::to_string(group) + " dp=" + std::to_string(dp);
         if (group > 1) c.label += " " + speeds_label(speeds);
         if (!dropped.empty()) c.label += ", SPD " + std::to_string(dropped.size()) + "/" + std::to_string(model.n_layers);
         add(std::move(c));
@@ -136,7 +139,8 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
   // The plan the job itself states (its parallel keys or a plan file), when it states one: so that
   // `lowsync plan` also predicts what the user asked for, and benchmarks can time any plan.
   const bool states_plan = !job.parallel.auto_plan &&
-                           (job.parallel.group() > 1 || job.parallel.dp > 1 || !job.parallel.plan.empty() ||
+                           (job.parallel.group() > 1 || job.parallel.dp > 1 || job.parallel.pp > 1 ||
+                            !job.parallel.plan.empty() ||
                             !job.parallel.spd.drop.empty() || !job.parallel.spd.from.empty());
   if (states_plan) {
     Candidate c;
