@@ -77,6 +77,13 @@ struct ProgressOptions {
   double every = 10;
 };
 
+// `memory.limit`: the memory a rank may use; layers beyond it are streamed from the checkpoint.
+struct MemoryLimit {
+  int64_t bytes = 0;    // > 0: this many bytes
+  double fraction = 0;  // > 0: this share of the memory free on the rank's host, split among its ranks
+  bool set() const { return bytes > 0 || fraction > 0; }
+};
+
 struct JobConfig {
   std::string path;  // the YAML file
   std::string model, task, input, output;
@@ -90,6 +97,7 @@ struct JobConfig {
   ParallelOptions parallel;
   CalibrateOptions calibrate;
   PlanOptions plan;
+  MemoryLimit memory_limit;
   ProgressOptions progress;
 
   // The keys that decide what the results are (not where they go or how fast): a resumed job
