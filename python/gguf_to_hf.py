@@ -14,7 +14,9 @@ the tokenizer files and converted_from.json (the GGUF's path, size and mtime, fo
 - No output.weight means the LM head is the token embedding (tie_word_embeddings).
 - The tokenizer is transformers' own GGUF tokenizer (AutoTokenizer with gguf_file=), with the special
   tokens, add_bos_token and chat template set from the GGUF's metadata (transformers 4.44 swaps bos
-  and eos and always adds BOS).
+  and eos and always adds BOS). transformers splits byte-level BPE text with GPT-2's rule only, so a
+  GGUF naming another pre-tokenizer (tokenizer.ggml.pre, outside BYTE_LEVEL_PRE) converts with a
+  warning line: some texts may tokenize differently from llama.cpp.
 
 Refused, with one line naming it: another architecture, a tensor type outside TENSOR_TYPES, a tensor
 with no Hugging Face LLaMA counterpart (e.g. rope_freqs), RoPE scaling, partial rotary dimensions,
@@ -42,6 +44,10 @@ ARCHITECTURES = ("llama",)
 # floats and llama.cpp's classic and k-quant block formats.
 TENSOR_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
                 "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+# llama.cpp pre-tokenizers that transformers' GGUF tokenizer (GPT-2's byte-level regex) reproduces:
+# 'smollm' adds a split of every digit, which changes nothing where, as in SmolLM2's vocabulary, no
+# merge joins a digit to anything.
+BYTE_LEVEL_PRE = ("gpt-2", "smollm")
 GLOBAL_TENSORS = {"token_embd.weight": "model.embed_tokens.weight",
                   "output_norm.weight": "model.norm.weight",
                   "output.weight": "lm_head.weight"}
@@ -176,6 +182,10 @@ def write_tokenizer(reader, gguf_path, out_dir, vocab):
         raise ConvertError("the GGUF has no tokenizer (tokenizer.ggml.model is missing)")
     if model not in ("llama", "gpt2"):
         raise ConvertError(f"tokenizer model '{model}' is not supported (supported: llama, gpt2)")
+    pre = field(reader, "tokenizer.ggml.pre")
+    if model == "gpt2" and pre not in BYTE_LEVEL_PRE:
+        print(f"gguf_to_hf: warning: {gguf_path}: pre-tokenizer '{pre}' is read as GPT-2's byte-level split "
+              "(transformers 4.44 reads no other); some texts may tokenize differently from llama.cpp", file=sys.stderr)
     tokens = field(reader, "tokenizer.ggml.tokens", required=True)
     if len(tokens) != vocab:
         raise ConvertError(f"the tokenizer has {len(tokens)} tokens but the embedding {vocab} rows")

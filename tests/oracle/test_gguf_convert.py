@@ -8,6 +8,7 @@ Hugging Face LLaMA (4 query / 2 key-value heads, untied LM head) and a tiny byte
 - the tokenizer: ids of a sentence as the BPE merges give them, decoding round-trips, bos / eos /
   pad as in the metadata, no BOS added when add_bos_token is false, the chat template kept;
 - a GGUF without output.weight becomes a tied model;
+- a byte-level pre-tokenizer other than GPT-2's (llama-bpe) converts with one warning line;
 - refused with exit status 1 and one line naming the cause: another architecture, a tensor type not
   handled (F64), a tensor with no LLaMA counterpart (rope_freqs.weight), RoPE scaling, a missing
   tensor, a file that is not GGUF, an output directory that is not empty.
@@ -60,7 +61,8 @@ def hf_model(tmp, vocab):
     return {k: v.numpy().astype(np.float32) for k, v in m.state_dict().items()}
 
 
-def write_gguf(path, sd, arch="llama", tied=False, skip=(), extra_tensor=None, f64=None, rope_scaling=False):
+def write_gguf(path, sd, arch="llama", tied=False, skip=(), extra_tensor=None, f64=None, rope_scaling=False,
+               pre="gpt-2"):
     import gguf
     w = gguf.GGUFWriter(path, arch)
     w.add_name("tiny llama")  # transformers' GGUF tokenizer reader needs general.name
@@ -78,7 +80,7 @@ def write_gguf(path, sd, arch="llama", tied=False, skip=(), extra_tensor=None, f
         w.add_rope_scaling_factor(2.0)
     tokens, types = vocabulary()
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
+    w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(MERGES)
@@ -188,6 +190,12 @@ def main():
     tied_ok = p.returncode == 0 and json.load(open(f"{tmp}/tied/config.json"))["tie_word_embeddings"] is True \
         and "lm_head.weight" not in load_file(f"{tmp}/tied/model.safetensors")
     check("no output.weight: tie_word_embeddings, no lm_head tensor", tied_ok, (p.stdout + p.stderr).strip()[-200:])
+
+    # A pre-tokenizer transformers does not reproduce: converted, with one warning line.
+    p = convert(write_gguf(f"{tmp}/pre.gguf", sd, pre="llama-bpe"), f"{tmp}/pre")
+    err = p.stderr.strip().splitlines()
+    check("pre-tokenizer 'llama-bpe': converted with one warning line", p.returncode == 0 and len(err) == 1
+          and err[0].startswith("gguf_to_hf: warning:") and "'llama-bpe'" in err[0], " | ".join(err))
 
     # Refusals: one line, naming the cause.
     with open(f"{tmp}/not.gguf", "w") as f:
