@@ -4,7 +4,8 @@
     python/gguf_to_hf.py MODEL.gguf OUT_DIR
 
 Writes OUT_DIR/config.json (LlamaForCausalLM), generation_config.json, model.safetensors (float32),
-the tokenizer files and converted_from.json (the GGUF's path, size and mtime, for caches).
+the tokenizer files and converted_from.json (the GGUF's path, size and mtime and a hash of this
+script, for caches).
 
 - Weights are read and dequantised by the `gguf` package (GGUFReader, gguf.quants.dequantize) to
   float32: a quantised GGUF becomes the float model its quantised weights stand for.
@@ -227,8 +228,13 @@ def write_configs(reader, h, vocab, tied, out_dir):
 
 
 def source_stamp(gguf_path):
+    """What a conversion depends on: the GGUF (path, size, mtime) and this converter's own source."""
+    import hashlib
     st = os.stat(gguf_path)
-    return {"gguf": os.path.abspath(gguf_path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    with open(os.path.abspath(__file__), "rb") as f:
+        converter = hashlib.sha256(f.read()).hexdigest()[:16]
+    return {"gguf": os.path.abspath(gguf_path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "converter_sha256": converter}
 
 
 def convert(gguf_path, out_dir):

@@ -6,7 +6,8 @@ by gguf_to_hf.py into a Hugging Face directory that is reused while the GGUF is 
     python/smollm2.py [CACHE_ROOT]     prints the model directory, converting first when needed
 
 CACHE_ROOT defaults to out/models; the directory is CACHE_ROOT/SmolLM2-135M-Instruct. It is kept when
-its converted_from.json names the same GGUF (path, size, mtime), else converted again.
+its converted_from.json names the same GGUF (path, size, mtime) and converter (a hash of
+gguf_to_hf.py), else converted again.
 """
 import importlib.util
 import json
@@ -44,11 +45,13 @@ def model_dir(root=DEFAULT_ROOT, log=print):
         with open(stamp) as f:
             if json.load(f) == gguf_to_hf.source_stamp(src):
                 return out
-        log(f"smollm2: {out} was converted from another GGUF; converting again")
+        log(f"smollm2: {out} was converted from another GGUF or by another gguf_to_hf.py; converting again")
     shutil.rmtree(out, ignore_errors=True)
     log(f"smollm2: converting {src} -> {out}")
-    if gguf_to_hf.main([src, out]) != 0:
-        raise SystemExit(f"smollm2: error: converting {src} failed")
+    try:
+        gguf_to_hf.convert(src, out)
+    except gguf_to_hf.ConvertError as e:
+        raise SystemExit(f"smollm2: error: {src}: {e}") from None
     return out
 
 
