@@ -99,6 +99,8 @@ def hyperparameters(reader):
         raise ConvertError(f"key length {h['head_dim']} differs from value length {value_len}")
     if key_len is None and h["hidden"] % h["heads"]:
         raise ConvertError(f"embedding length {h['hidden']} is not a multiple of {h['heads']} heads")
+    if h["head_dim"] <= 0 or h["head_dim"] % 2:
+        raise ConvertError(f"head dimension {h['head_dim']} is not a positive even number (RoPE needs pairs)")
     rope_dims = a("rope.dimension_count")
     if rope_dims is not None and int(rope_dims) != h["head_dim"]:
         raise ConvertError(f"partial rotary embeddings ({rope_dims} of {h['head_dim']} dims) are not supported")
@@ -137,12 +139,7 @@ def read_weights(reader, h):
             raise ConvertError(f"tensor '{t.name}' has type {t.tensor_type.name}, which is not handled "
                                f"(handled: {', '.join(TENSOR_TYPES)})")
         w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
-        w = w.reshape(tuple(int(n) for n in reversed(t.shape)))  # GGUF lists dims innermost first
-        if name.endswith("q_proj.weight"):
-            w = unpermute(w, h["heads"])
-        elif name.endswith("k_proj.weight"):
-            w = unpermute(w, h["kv_heads"])
-        out[name] = np.ascontiguousarray(w)
+        out[name] = w.reshape(tuple(int(n) for n in reversed(t.shape)))  # GGUF lists dims innermost first
     vocab = out["model.embed_tokens.weight"].shape[0] if "model.embed_tokens.weight" in out else 0
     want = {"model.embed_tokens.weight": (vocab, H), "model.norm.weight": (H,)}
     if "lm_head.weight" in out:
@@ -162,6 +159,11 @@ def read_weights(reader, h):
                                "from the metadata")
         if not np.isfinite(out[name]).all():
             raise ConvertError(f"tensor for '{name}' has non-finite values")
+    for name in out:  # shapes are checked: each head's rows split evenly
+        if name.endswith("q_proj.weight"):
+            out[name] = np.ascontiguousarray(unpermute(out[name], h["heads"]))
+        elif name.endswith("k_proj.weight"):
+            out[name] = np.ascontiguousarray(unpermute(out[name], h["kv_heads"]))
     return out, vocab
 
 
