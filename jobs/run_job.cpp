@@ -39,8 +39,9 @@ int64_t pass_length(const PromptReader& in, const std::string& task, int64_t row
   return in.length(row) + std::max<int64_t>(in.target_length(row) - 1, 0);
 }
 
-void check_rows(const PromptReader& in, const JobConfig& job, const ModelConfig& model) {
-  for (int64_t r = 0; r < in.rows(); ++r) {
+// The rows this job computes (README: `rows`, `shard`).
+void check_rows(const PromptReader& in, const JobConfig& job, const ModelConfig& model, const RowRange& range) {
+  for (int64_t r = range.first; r < range.end; ++r) {
     const std::string where = in.path() + ": row " + std::to_string(r) + ": ";
     if (in.length(r) == 0) throw UserError(where + "empty prompt; every row needs at least one token");
     const int64_t n = pass_length(in, job.task, r);
@@ -50,13 +51,14 @@ void check_rows(const PromptReader& in, const JobConfig& job, const ModelConfig&
   }
 }
 
-// Consecutive rows from `first`, each batch within max_tokens and max_sequences (a single longer
-// row forms a batch of its own).
-std::vector<Batch> plan_batches(const PromptReader& in, const JobConfig& job, int64_t first) {
+// Consecutive rows [first, end), each batch within max_tokens and max_sequences (a single longer
+// row forms a batch of its own). Rows are input rows: a row's sampling stream and its results do
+// not depend on which rows the job computes.
+std::vector<Batch> plan_batches(const PromptReader& in, const JobConfig& job, int64_t first, int64_t end) {
   std::vector<Batch> out;
-  for (int64_t r0 = first; r0 < in.rows();) {
+  for (int64_t r0 = first; r0 < end;) {
     int64_t r1 = r0, tokens = 0;
-    while (r1 < in.rows() && r1 - r0 < job.batch.max_sequences) {
+    while (r1 < end && r1 - r0 < job.batch.max_sequences) {
       const int64_t n = pass_length(in, job.task, r1);
       if (r1 > r0 && tokens + n > job.batch.max_tokens) break;
       tokens += n;
@@ -84,6 +86,7 @@ void run_job(const JobConfig& job, bool resume) {
   Communicator world(MPI_COMM_WORLD, "world");
   const bool root = world.rank() == 0;
   std::unique_ptr<PromptReader> input;
+  RowRange range;  // the input rows this job computes; the output's rows
   LoadedJob loaded = load_job(job, world, [&](const ModelConfig& model, const Plan&) {
     if (!model.is_decoder() && job.task != "embed")
       throw UserError(job.path + ": task '" + job.task + "' needs a decoder (llama or gpt2), but " + job.model +
@@ -91,7 +94,8 @@ void run_job(const JobConfig& job, bool resume) {
     if (root && !job.trace.empty() && !std::ofstream(job.trace))
       throw UserError(job.trace + ": cannot write the trace file (key 'trace')");
     input = std::make_unique<PromptReader>(job.input, model.vocab, job.task == "score");
-    check_rows(*input, job, model);
+    range = job.row_range(input->rows());
+    check_rows(*input, job, model, range);
   });
   const ModelConfig& model = loaded.model;
   const Plan& plan = loaded.plan;
@@ -100,15 +104,20 @@ void run_job(const JobConfig& job, bool resume) {
 
   std::unique_ptr<ResultWriter> writer;
   world.agree([&] {
-    if (root) writer = std::make_unique<ResultWriter>(job, model, input->rows(), resume);
+    if (root) writer = std::make_unique<ResultWriter>(job, model, range, input->rows(), resume);
   });
-  int64_t first = root ? writer->rows_done() : 0;
+  int64_t first = range.first + (root ? writer->rows_done() : 0);  // the first input row not done
   world.broadcast(&first, sizeof first, 0);
-  if (root)
-    std::printf("lowsync: %s %s (%s, %lld rows, %d layers) on %d rank(s), %s, %s backend; model loaded in %.2f s%s\n",
-                job.task.c_str(), job.model.c_str(), model.architecture.c_str(), static_cast<long long>(input->rows()),
-                model.n_layers, world.size(), plan.describe().c_str(), loaded.backend->name().c_str(),
+  if (root) {
+    const std::string rows = job.subset() ? "rows " + std::to_string(range.first) + "-" + std::to_string(range.end - 1) +
+                                                " of " + std::to_string(input->rows())
+                                          : std::to_string(input->rows()) + " rows";
+    const std::string threads = job.threads == 0 ? ", threads auto (" + std::to_string(loaded.threads) + " on rank 0)" : "";
+    std::printf("lowsync: %s %s (%s, %s, %d layers) on %d rank(s), %s, %s backend%s; model loaded in %.2f s%s\n",
+                job.task.c_str(), job.model.c_str(), model.architecture.c_str(), rows.c_str(), model.n_layers,
+                world.size(), plan.describe().c_str(), loaded.backend->name().c_str(), threads.c_str(),
                 loaded.load_seconds, resume ? (", resuming after row " + std::to_string(first)).c_str() : "");
+  }
 
   // From here on an error on one rank cannot be agreed (the others are inside collectives): the
   // failing rank reports and aborts every rank. Rows already written stay, marked done.
@@ -117,7 +126,7 @@ void run_job(const JobConfig& job, bool resume) {
   int64_t new_tokens = 0;
   PhaseTimes phases;
   try {
-    WorkQueue queue(groups, plan_batches(*input, job, first), writer.get());
+    WorkQueue queue(groups, plan_batches(*input, job, first, range.end), writer.get());
     int64_t batches_started = 0;
     auto compute = [&](const Batch& b) {
       maybe_inject_fault(world.rank(), batches_started++);
@@ -146,10 +155,10 @@ void run_job(const JobConfig& job, bool resume) {
       }
       return results;
     };
-    auto progress = [&](int64_t done) {
+    auto progress = [&](int64_t done) {  // done: rows of the output written
       const double s = seconds_since(t_run);
       std::printf("lowsync: rows %lld/%lld  %.1f s  %.1f rows/s\n", static_cast<long long>(done),
-                  static_cast<long long>(input->rows()), s, (done - first) / std::max(s, 1e-9));
+                  static_cast<long long>(range.count()), s, (range.first + done - first) / std::max(s, 1e-9));
       std::fflush(stdout);
     };
     queue.run(compute, progress);
@@ -185,7 +194,7 @@ void run_job(const JobConfig& job, bool resume) {
   groups.dp.all_reduce(&replicas_new, 1);  // over replicas; a replica's ranks agree on its count
   const int64_t total_new = static_cast<int64_t>(replicas_new);
   if (root) {
-    const RunTotals totals{wall_s, input->rows() - first, total_new, job.task};
+    const RunTotals totals{wall_s, range.end - first, total_new, job.task};
     const std::string report = run_report(plan, model, all, totals);
     writer->finish(report, run_report_json(plan, model, all, totals), plan.to_yaml(model));
     std::printf("lowsync: done; output %s\n%s", job.output.c_str(), report.c_str());
