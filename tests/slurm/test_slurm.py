@@ -149,7 +149,7 @@ def requeue_stage(check, tmp, env, big_ref_rows):
     # (restart count it happens in, fraction of rows done, action)
     stages = [(0, 0.25, "signal"), (1, 0.6, "requeue")]
     t0 = time.time()
-    released, verified = set(), set()
+    released, verified = set(), {}
     while p.poll() is None:
         if time.time() - t0 > JOB_TIMEOUT:
             sh(["scancel", jid], env)
@@ -160,9 +160,12 @@ def requeue_stage(check, tmp, env, big_ref_rows):
         if state == "PENDING" and restarts and restarts not in released:
             # Stopped and requeued (a job is PENDING only once every process of it has ended).
             if restarts not in verified:
-                verified.add(restarts)
+                verified[restarts] = time.time()
                 verify_partial(f"after stop {restarts}")
-            if sh(["scontrol", "update", f"JobId={jid}", "StartTime=now"], env).returncode == 0:
+            # Not within the second of the requeue: a node revokes the job's credentials of that
+            # second ("Job credential revoked"), which is why Slurm holds requeued jobs back.
+            if time.time() - verified[restarts] >= 1.5 and \
+                    sh(["scontrol", "update", f"JobId={jid}", "StartTime=now"], env).returncode == 0:
                 released.add(restarts)
                 print(f"{time.time() - t0:6.1f} s  requeued (Restarts={restarts}); released at once", flush=True)
         if stages and state == "RUNNING" and restarts == stages[0][0]:
