@@ -331,8 +331,9 @@ def main():
             check("requeue.sbatch: one log (--open-mode=append) with 3 runs, the USR1 run requeued by the script",
                   ok, f"{files}:\n  " + "\n  ".join(script_lines) + ("" if ok else f"\n{text[-3000:]}"))
     finally:
-        r = subprocess.run([CLUSTER, "down", cluster], capture_output=True, text=True, timeout=120)
-        print(r.stdout + r.stderr, end="", flush=True)
+        if os.path.isdir(cluster):
+            r = subprocess.run([CLUSTER, "down", cluster], capture_output=True, text=True, timeout=120)
+            print(r.stdout + r.stderr, end="", flush=True)
         print(f"total {time.time() - t_start:.1f} s", flush=True)
     if os.environ.get("LOWSYNC_KEEP_TMP") is None and not check.failures:
         shutil.rmtree(tmp, ignore_errors=True)
