@@ -242,10 +242,6 @@ RowRange JobConfig::row_range(int64_t input_rows) const {
   RowRange r{0, input_rows};
   if (shard.count > 0) {
     r = {shard.index * input_rows / shard.count, (shard.index + 1) * input_rows / shard.count};
-    if (r.count() == 0)
-      throw UserError(path + ": shard " + std::to_string(shard.index) + " of " + std::to_string(shard.count) +
-                      " holds no rows: " + input + " has only " + std::to_string(input_rows) +
-                      " (use at most that many shards)");
   } else if (has_rows) {
     if (rows.first >= input_rows)
       throw UserError(path + ": key 'rows.first' is " + std::to_string(rows.first) + " but " + input + " has " +
@@ -284,7 +280,10 @@ std::string JobConfig::fingerprint() const {
     << (parallel.auto_plan ? "true" : "false") << "}\n";
   // Which rows the output holds (absent for the whole input, as in files from before these keys).
   if (has_rows) s << "rows: {first: " << rows.first << ", count: " << rows.count << "}\n";
-  if (shard.count > 0) s << "shard: {index: " << shard.index << ", count: " << shard.count << "}\n";
+  // A shard's rows follow the batches (see run_job's shard_rows): the batch limits decide them too.
+  if (shard.count > 0)
+    s << "shard: {index: " << shard.index << ", count: " << shard.count << ", max_tokens: " << batch.max_tokens
+      << ", max_sequences: " << batch.max_sequences << "}\n";
   // The backend changes results beyond float rounding when it stores weights in 16 bits, so rows of
   // one output file all come from the same backend and dtype. The device does not matter.
   s << "backend: " << backend << "\n";

@@ -103,9 +103,10 @@ struct JobConfig {
 
   // True when the job computes a part of the input only (`rows` or `shard`).
   bool subset() const { return has_rows || shard.count > 0; }
-  // The input rows this job computes, of an input of `input_rows` rows. Shard i of n takes rows
-  // [i N / n, (i + 1) N / n) (floor), so n shards cover the input exactly, in order; `rows`
-  // stops at the input's end. UserError (naming the key) when the range holds no row.
+  // The input rows this job computes, of an input of `input_rows` rows: `rows` (stopping at the
+  // input's end; UserError naming the key when it starts past it), or a shard's nominal rows
+  // [i N / n, (i + 1) N / n) (floor; n shards cover the input exactly, in order), which run_job then
+  // moves to batch boundaries (a shard takes the batches that start in it; may be empty).
   RowRange row_range(int64_t input_rows) const;
 
   // The keys that decide what the results are (not where they go or how fast): a resumed job

@@ -51,14 +51,15 @@ void check_rows(const PromptReader& in, const JobConfig& job, const ModelConfig&
   }
 }
 
-// Consecutive rows [first, end), each batch within max_tokens and max_sequences (a single longer
-// row forms a batch of its own). Rows are input rows: a row's sampling stream and its results do
-// not depend on which rows the job computes.
-std::vector<Batch> plan_batches(const PromptReader& in, const JobConfig& job, int64_t first, int64_t end) {
+// Consecutive rows of the whole input from row 0, each batch within max_tokens and max_sequences
+// (a single longer row forms a batch of its own). Every run of a job cuts its rows along these
+// batches (below), so that a row is computed in the same batch, and so with the same float rounding,
+// whether the run covers the whole input, a shard of it or the rest of it after --resume.
+std::vector<Batch> plan_batches(const PromptReader& in, const JobConfig& job) {
   std::vector<Batch> out;
-  for (int64_t r0 = first; r0 < end;) {
+  for (int64_t r0 = 0; r0 < in.rows();) {
     int64_t r1 = r0, tokens = 0;
-    while (r1 < end && r1 - r0 < job.batch.max_sequences) {
+    while (r1 < in.rows() && r1 - r0 < job.batch.max_sequences) {
       const int64_t n = pass_length(in, job.task, r1);
       if (r1 > r0 && tokens + n > job.batch.max_tokens) break;
       tokens += n;
@@ -68,6 +69,32 @@ std::vector<Batch> plan_batches(const PromptReader& in, const JobConfig& job, in
     r0 = r1;
   }
   return out;
+}
+
+// The batches of `all` inside input rows [first, end), cut at first and end. Rows are input rows: a
+// row's sampling stream and its results do not depend on which rows the job computes.
+std::vector<Batch> batches_within(const std::vector<Batch>& all, int64_t first, int64_t end) {
+  std::vector<Batch> out;
+  for (const Batch& b : all)
+    if (b.end_row > first && b.first_row < end) out.push_back({std::max(b.first_row, first), std::min(b.end_row, end)});
+  return out;
+}
+
+// A shard's rows: the batches of `all` that start inside its nominal range [i N / n, (i + 1) N / n),
+// so that no batch is split between shards and merged shards equal a run over the whole input.
+RowRange shard_rows(const std::vector<Batch>& all, const RowRange& nominal, const JobConfig& job, int64_t input_rows) {
+  auto starts_at_or_after = [&](int64_t row) {
+    for (const Batch& b : all)
+      if (b.first_row >= row) return b.first_row;
+    return input_rows;
+  };
+  const RowRange r{starts_at_or_after(nominal.first), starts_at_or_after(nominal.end)};
+  if (r.count() == 0)
+    throw UserError(job.path + ": shard " + std::to_string(job.shard.index) + " of " + std::to_string(job.shard.count) +
+                    " holds no rows: no batch starts in its rows " + std::to_string(nominal.first) + "-" +
+                    std::to_string(nominal.end - 1) + " (batches of up to " + std::to_string(job.batch.max_sequences) +
+                    " rows, batch.max_sequences); use fewer shards or smaller batches");
+  return r;
 }
 
 // Fault injection for the fault tests: LOWSYNC_INJECT_FAULT=R:B makes world rank R throw when it
@@ -86,7 +113,8 @@ void run_job(const JobConfig& job, bool resume) {
   Communicator world(MPI_COMM_WORLD, "world");
   const bool root = world.rank() == 0;
   std::unique_ptr<PromptReader> input;
-  RowRange range;  // the input rows this job computes; the output's rows
+  RowRange range;            // the input rows this job computes; the output's rows
+  std::vector<Batch> batches;  // of the whole input
   LoadedJob loaded = load_job(job, world, [&](const ModelConfig& model, const Plan&) {
     if (!model.is_decoder() && job.task != "embed")
       throw UserError(job.path + ": task '" + job.task + "' needs a decoder (llama or gpt2), but " + job.model +
@@ -95,6 +123,8 @@ void run_job(const JobConfig& job, bool resume) {
       throw UserError(job.trace + ": cannot write the trace file (key 'trace')");
     input = std::make_unique<PromptReader>(job.input, model.vocab, job.task == "score");
     range = job.row_range(input->rows());
+    batches = plan_batches(*input, job);
+    if (job.shard.count > 0) range = shard_rows(batches, range, job, input->rows());
     check_rows(*input, job, model, range);
   });
   const ModelConfig& model = loaded.model;
@@ -126,7 +156,7 @@ void run_job(const JobConfig& job, bool resume) {
   int64_t new_tokens = 0;
   PhaseTimes phases;
   try {
-    WorkQueue queue(groups, plan_batches(*input, job, first, range.end), writer.get());
+    WorkQueue queue(groups, batches_within(batches, first, range.end), writer.get());
     int64_t batches_started = 0;
     auto compute = [&](const Batch& b) {
       maybe_inject_fault(world.rank(), batches_started++);
