@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """TP vs TP + Sync-Point Drop (all layers, and the calibrated set) vs block parallelism (decoupled
 models, k = 1, 2, 4) at np = 2 and 4, over shared memory and over TCP loopback shaped to 1 Gbit/s
-and 100 Mbit/s (../shared/tools/lo-shape, needs root + tc).
+and 100 Mbit/s (bench/lo_shape.sh, needs root + tc).
 
 For each setting, measured side by side in one run on the same random-weight LLaMA-shaped model:
 prefill tokens/s (a `score` pass over packed prompts) and decode ms per step (a `generate` job),
@@ -29,12 +29,12 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOWSYNC = os.environ.get("LOWSYNC_BIN", os.path.join(ROOT, "build", "lowsync"))
 TRAINED = os.path.join(ROOT, "examples", "models", "byte-gpt2")
-LO_SHAPE = os.path.join(os.path.dirname(ROOT), "shared", "tools", "lo-shape")
+LO_SHAPE = os.path.join(ROOT, "bench", "lo_shape.sh")
 PORT_BASE = 46080
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-# Network -> the rate lo-shape gives Open MPI's TCP ports on loopback (None: shared memory).
+# Network -> the rate bench/lo_shape.sh gives Open MPI's TCP ports on loopback (None: shared memory).
 NETWORKS = {"shm": None, "tcp-1gbit": "1gbit", "tcp-100mbit": "100mbit"}
-# Each TCP run listens in a 64-port range of its own (lo-shape shapes one range at a time): a
+# Each TCP run listens in a 64-port range of its own (lo_shape.sh shapes one range at a time): a
 # range's ports linger in TIME_WAIT for a minute after its run, and Open MPI's bind() finds none free.
 PORT_RANGES = 32
 TIME_WAIT_S = 65

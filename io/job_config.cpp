@@ -4,10 +4,12 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
-#include <filesystem>
+#include <charconv>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include "io/error.h"
@@ -61,10 +63,14 @@ const std::map<std::string, Setter>& schema() {
       {"embed.normalize", field(&JobConfig::embed, &EmbedOptions::normalize)},
       {"batch.max_tokens", field(&JobConfig::batch, &BatchOptions::max_tokens)},
       {"batch.max_sequences", field(&JobConfig::batch, &BatchOptions::max_sequences)},
+      {"batch.continuous", field(&JobConfig::batch, &BatchOptions::continuous)},
       {"parallel.tp", field(&JobConfig::parallel, &ParallelOptions::tp)},
       {"parallel.dp", [](JobConfig& c, const YAML::Node& n) { c.parallel.dp = int_or_auto(n); }},
       {"parallel.bp", field(&JobConfig::parallel, &ParallelOptions::bp)},
       {"parallel.speeds", field(&JobConfig::parallel, &ParallelOptions::speeds)},
+      {"parallel.pp", field(&JobConfig::parallel, &ParallelOptions::pp)},
+      {"parallel.stages", field(&JobConfig::parallel, &ParallelOptions::stages)},
+      {"parallel.micro_batches", field(&JobConfig::parallel, &ParallelOptions::micro_batches)},
       {"parallel.plan", field(&JobConfig::parallel, &ParallelOptions::plan)},
       {"parallel.auto", field(&JobConfig::parallel, &ParallelOptions::auto_plan)},
       {"plan.objective", field(&JobConfig::plan, &PlanOptions::objective)},
@@ -83,6 +89,7 @@ const std::map<std::string, Setter>& schema() {
       {"calibrate.max_kl", field(&JobConfig::calibrate, &CalibrateOptions::max_kl)},
       {"calibrate.min_top1", field(&JobConfig::calibrate, &CalibrateOptions::min_top1)},
       {"calibrate.output", field(&JobConfig::calibrate, &CalibrateOptions::output)},
+      {"progress.every", field(&JobConfig::progress, &ProgressOptions::every)},
   };
   return keys;
 }
@@ -107,7 +114,7 @@ void flatten(const YAML::Node& node, const std::string& prefix, const std::strin
                       (prefix.empty() ? "" : "under '" + prefix + "' ") + "is a list or mapping; expected a name");
     const std::string key = prefix.empty() ? kv.first.as<std::string>() : prefix + "." + kv.first.as<std::string>();
     if (schema().count(key)) {
-      const bool is_list = key == "parallel.spd.drop" || key == "parallel.speeds";
+      const bool is_list = key == "parallel.spd.drop" || key == "parallel.speeds" || key == "parallel.stages";
       if (is_list ? !kv.second.IsSequence() : !kv.second.IsScalar())
         throw UserError(file + ": key '" + key + "' must be " + (is_list ? "a list" : "a single value"));
       out[key] = kv.second;
@@ -150,6 +157,32 @@ YAML::Node parse_yaml(const std::string& text, const std::string& what) {
   }
 }
 
+// The keys that name files, with their members.
+std::vector<std::pair<const char*, std::string*>> path_keys(JobConfig& c) {
+  return {{"model", &c.model},
+          {"input", &c.input},
+          {"output", &c.output},
+          {"parallel.spd.from", &c.parallel.spd.from},
+          {"parallel.plan", &c.parallel.plan},
+          {"calibrate.prompts", &c.calibrate.prompts},
+          {"calibrate.output", &c.calibrate.output},
+          {"plan.profile", &c.plan.profile},
+          {"plan.output", &c.plan.output},
+          {"trace", &c.trace}};
+}
+
+// A job file is written next to its model and prompts more often than in the folder it is run
+// from (a Slurm script's working directory, a scheduler's), so its relative paths are read from
+// its own folder. A job file named without a folder is in the working directory already.
+void resolve_paths(JobConfig& c, const std::set<std::string>& from_file) {
+  const std::filesystem::path folder = std::filesystem::path(c.path).parent_path();
+  if (folder.empty()) return;
+  for (auto& [key, value] : path_keys(c)) {
+    if (!from_file.count(key) || value->empty() || std::filesystem::path(*value).is_absolute()) continue;
+    *value = (folder / *value).lexically_normal().string();
+  }
+}
+
 }  // namespace
 
 JobConfig load_job_config(const std::string& path, const std::vector<std::string>& overrides) {
@@ -166,11 +199,16 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
     // named null, say): as in the job file, a key set must have a value.
     const YAML::Node value = parse_yaml(o.substr(eq + 1), "--set " + o);
     if (value.IsNull()) throw UserError("--set " + o + ": key '" + key + "' needs a value");
-    const bool is_list = key == "parallel.spd.drop" || key == "parallel.speeds";
+    const bool is_list = key == "parallel.spd.drop" || key == "parallel.speeds" || key == "parallel.stages";
     if (is_list ? !value.IsSequence() : !value.IsScalar())
       throw UserError("--set " + o + ": key '" + key + "' must be " + (is_list ? "a list" : "a single value"));
     values[key] = value;
   }
+
+  // Which values came from the job file (not from --set): only those are read relative to it.
+  std::set<std::string> from_file;
+  for (const auto& [key, _] : values) from_file.insert(key);
+  for (const auto& o : overrides) from_file.erase(o.substr(0, o.find('=')));
 
   JobConfig c;
   c.path = path;
@@ -182,6 +220,8 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
                       "' of the wrong type");
     }
   }
+
+  resolve_paths(c, from_file);
 
   for (const char* required : {"model", "task", "input", "output"})
     if (!values.count(required)) throw UserError(path + ": missing required key '" + std::string(required) + "'");
@@ -207,12 +247,17 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   expect(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");
   expect(c.parallel.dp >= 0, "parallel.dp", "must be >= 1, or auto");
   expect(c.parallel.bp >= 1, "parallel.bp", "must be >= 1");
+  expect(c.parallel.pp >= 1, "parallel.pp", "must be >= 1");
+  expect(c.parallel.micro_batches >= 0, "parallel.micro_batches", "must be >= 1 (or 0: twice the stages)");
+  expect(c.parallel.stages.empty() || static_cast<int>(c.parallel.stages.size()) == c.parallel.pp, "parallel.stages",
+         "must list the layers of each of the parallel.pp stages");
   expect(c.parallel.tp == 1 || c.parallel.bp == 1, "parallel.bp",
          "and parallel.tp are both > 1; a decoupled model runs its sub-blocks on bp ranks without TP inside them");
   expect(c.parallel.spd.drop.empty() || c.parallel.spd.from.empty(), "parallel.spd",
          "has both 'drop' and 'from'; give one");
   expect(c.calibrate.rows >= 1, "calibrate.rows", "must be >= 1");
-  const bool hand_picked = c.parallel.tp > 1 || c.parallel.bp > 1 || c.parallel.dp != 1 || !c.parallel.speeds.empty();
+  const bool hand_picked = c.parallel.tp > 1 || c.parallel.bp > 1 || c.parallel.dp != 1 || c.parallel.pp > 1 ||
+                           !c.parallel.speeds.empty();
   expect(!(c.parallel.auto_plan && !c.parallel.plan.empty()), "parallel.plan", "and parallel: auto both given; give one");
   expect(!((c.parallel.auto_plan || !c.parallel.plan.empty()) && hand_picked), "parallel",
          std::string("has ") + (c.parallel.auto_plan ? "auto" : "a plan file") +
@@ -235,6 +280,7 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   }
   expect(c.plan.objective == "throughput" || c.plan.objective == "latency", "plan.objective",
          "is '" + c.plan.objective + "'; expected throughput or latency");
+  expect(c.progress.every >= 0, "progress.every", "must be >= 0 (seconds between progress lines)");
   return c;
 }
 
@@ -291,15 +337,106 @@ std::string JobConfig::fingerprint() const {
   return s.str();
 }
 
+namespace {
+
+// Numbers in their shortest form that reads back to the same value (0.7, not 0.699999988).
+template <class T>
+std::string shortest(T v) {
+  char buf[64];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
+}
+
+std::string absolute(const std::string& path) {
+  if (path.empty()) return path;
+  std::error_code ec;
+  const auto p = std::filesystem::absolute(path, ec);
+  return ec ? path : p.lexically_normal().string();
+}
+
+}  // namespace
+
 std::string JobConfig::to_yaml() const {
-  std::ostringstream s;
+  JobConfig c = *this;
+  for (auto& [key, value] : path_keys(c)) *value = absolute(*value);
+  YAML::Emitter e;
+  e << YAML::BeginMap;
+  e << YAML::Key << "model" << YAML::Value << c.model;
+  e << YAML::Key << "task" << YAML::Value << c.task;
+  e << YAML::Key << "input" << YAML::Value << c.input;
+  e << YAML::Key << "output" << YAML::Value << c.output;
   auto or_auto = [](int v) { return v == 0 ? std::string("auto") : std::to_string(v); };
-  s << fingerprint() << "output: " << output << "\nthreads: " << or_auto(threads) << "\nbatch: {max_tokens: "
-    << batch.max_tokens << ", max_sequences: " << batch.max_sequences << "}\nparallel: {tp: " << parallel.tp
-    << ", bp: " << parallel.bp << ", dp: " << or_auto(parallel.dp) << "}\n";
-  if (backend == "cuda") s << "cuda.device: " << cuda.device << "\n";
-  if (!parallel.spd.from.empty()) s << "parallel.spd.from: " << parallel.spd.from << "\n";
-  return s.str();
+  e << YAML::Key << "threads" << YAML::Value << or_auto(c.threads);
+  e << YAML::Key << "backend" << YAML::Value << c.backend;
+  if (!c.trace.empty()) e << YAML::Key << "trace" << YAML::Value << c.trace;
+  e << YAML::Key << "cuda" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "device" << YAML::Value << c.cuda.device;
+  e << YAML::Key << "dtype" << YAML::Value << c.cuda.dtype << YAML::EndMap;
+  e << YAML::Key << "generate" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "max_new_tokens" << YAML::Value << c.generate.max_new_tokens;
+  e << YAML::Key << "temperature" << YAML::Value << shortest(c.generate.temperature);
+  e << YAML::Key << "top_k" << YAML::Value << c.generate.top_k;
+  e << YAML::Key << "top_p" << YAML::Value << shortest(c.generate.top_p);
+  e << YAML::Key << "seed" << YAML::Value << c.generate.seed;
+  e << YAML::Key << "stop_at_eos" << YAML::Value << c.generate.stop_at_eos << YAML::EndMap;
+  e << YAML::Key << "embed" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "pooling" << YAML::Value << c.embed.pooling;
+  e << YAML::Key << "normalize" << YAML::Value << c.embed.normalize << YAML::EndMap;
+  e << YAML::Key << "batch" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "max_tokens" << YAML::Value << c.batch.max_tokens;
+  e << YAML::Key << "max_sequences" << YAML::Value << c.batch.max_sequences;
+  e << YAML::Key << "continuous" << YAML::Value << c.batch.continuous << YAML::EndMap;
+  // `parallel: auto` is written as `parallel: {auto: true, ...}`, which also holds spd keys.
+  e << YAML::Key << "parallel" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "tp" << YAML::Value << c.parallel.tp;
+  e << YAML::Key << "bp" << YAML::Value << c.parallel.bp;
+  e << YAML::Key << "dp" << YAML::Value << or_auto(c.parallel.dp);
+  e << YAML::Key << "pp" << YAML::Value << c.parallel.pp;
+  if (!c.parallel.stages.empty()) e << YAML::Key << "stages" << YAML::Value << YAML::Flow << c.parallel.stages;
+  if (c.parallel.micro_batches > 0) e << YAML::Key << "micro_batches" << YAML::Value << c.parallel.micro_batches;
+  if (!c.parallel.speeds.empty()) {
+    e << YAML::Key << "speeds" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+    for (double v : c.parallel.speeds) e << shortest(v);
+    e << YAML::EndSeq;
+  }
+  if (!c.parallel.plan.empty()) e << YAML::Key << "plan" << YAML::Value << c.parallel.plan;
+  if (c.parallel.auto_plan) e << YAML::Key << "auto" << YAML::Value << true;
+  e << YAML::Key << "spd" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "drop" << YAML::Value << YAML::Flow << c.parallel.spd.drop;
+  if (!c.parallel.spd.from.empty()) e << YAML::Key << "from" << YAML::Value << c.parallel.spd.from;
+  // A budget below 0 means "the calibration file's own": left out, as in a job that does not say.
+  if (c.parallel.spd.max_kl >= 0 || c.parallel.spd.min_top1 >= 0) {
+    e << YAML::Key << "budget" << YAML::Value << YAML::BeginMap;
+    if (c.parallel.spd.max_kl >= 0) e << YAML::Key << "max_kl" << YAML::Value << shortest(c.parallel.spd.max_kl);
+    if (c.parallel.spd.min_top1 >= 0) e << YAML::Key << "min_top1" << YAML::Value << shortest(c.parallel.spd.min_top1);
+    e << YAML::EndMap;
+  }
+  e << YAML::EndMap << YAML::EndMap;  // spd, parallel
+  e << YAML::Key << "calibrate" << YAML::Value << YAML::BeginMap;
+  if (!c.calibrate.prompts.empty()) e << YAML::Key << "prompts" << YAML::Value << c.calibrate.prompts;
+  e << YAML::Key << "rows" << YAML::Value << c.calibrate.rows;
+  e << YAML::Key << "max_kl" << YAML::Value << shortest(c.calibrate.max_kl);
+  e << YAML::Key << "min_top1" << YAML::Value << shortest(c.calibrate.min_top1);
+  e << YAML::Key << "output" << YAML::Value << c.calibrate.output << YAML::EndMap;
+  e << YAML::Key << "plan" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "objective" << YAML::Value << c.plan.objective;
+  e << YAML::Key << "profile" << YAML::Value << c.plan.profile;
+  e << YAML::Key << "output" << YAML::Value << c.plan.output << YAML::EndMap;
+  if (c.has_rows) {
+    e << YAML::Key << "rows" << YAML::Value << YAML::BeginMap;
+    e << YAML::Key << "first" << YAML::Value << c.rows.first;
+    if (c.rows.count >= 0) e << YAML::Key << "count" << YAML::Value << c.rows.count;
+    e << YAML::EndMap;
+  }
+  if (c.shard.count > 0) {
+    e << YAML::Key << "shard" << YAML::Value << YAML::BeginMap;
+    e << YAML::Key << "index" << YAML::Value << c.shard.index;
+    e << YAML::Key << "count" << YAML::Value << c.shard.count << YAML::EndMap;
+  }
+  e << YAML::Key << "progress" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "every" << YAML::Value << shortest(c.progress.every) << YAML::EndMap;
+  e << YAML::EndMap;
+  return std::string(e.c_str()) + "\n";
 }
 
 }  // namespace lowsync

@@ -24,6 +24,7 @@ struct EmbedOptions {
 struct BatchOptions {
   int max_tokens = 2048;
   int max_sequences = 32;
+  bool continuous = true;  // generate: a finished row's slot goes to a waiting prompt at once
 };
 
 // Sync-Point Drop: which layers skip their attention all-reduce. Either listed (`drop`) or taken
@@ -38,9 +39,12 @@ struct SpdOptions {
 struct ParallelOptions {
   int tp = 1;
   int bp = 1;  // ranks per replica for a decoupled model (each computes a share of its sub-blocks)
-  int dp = 1;  // 0: `auto`, every rank of the world in replicas (world / group); resolved in plan_from_job
-  int group() const { return tp * bp; }  // ranks per replica
-  std::vector<double> speeds;  // relative speed of each rank of a replica (empty: equal): uneven shares
+  int dp = 1;  // 0: `auto`, every rank of the world in replicas (world / (group x pp)); resolved in plan_from_job
+  int group() const { return tp * bp; }  // ranks per pipeline stage of a replica
+  int pp = 1;                  // pipeline stages per replica
+  std::vector<int> stages;     // layers per stage (empty: even)
+  int micro_batches = 0;       // a batch split this many ways in a pipeline (0: 2 x pp)
+  std::vector<double> speeds;  // relative speed of each rank of a stage (empty: equal): uneven shares
   SpdOptions spd;
   std::string plan;            // a saved plan.yaml to run instead of the keys above
   bool auto_plan = false;      // `parallel: auto`: the planner chooses from a profile and the cost model
@@ -67,6 +71,11 @@ struct CudaOptions {
   std::string device = "auto";  // auto (node-local rank modulo the visible devices) or a device number
   std::string dtype = "bf16";    // bf16 | fp16 | fp32
   int device_index() const;      // -1 for auto
+};
+
+// Progress lines of `run` (rank 0): at most one every `every` seconds (0: after every batch).
+struct ProgressOptions {
+  double every = 10;
 };
 
 // Which rows of the input a job computes: `rows: {first, count}` or `shard: {index, count}` (one of
@@ -97,6 +106,7 @@ struct JobConfig {
   ParallelOptions parallel;
   CalibrateOptions calibrate;
   PlanOptions plan;
+  ProgressOptions progress;
   RowsOptions rows;
   ShardOptions shard;
   bool has_rows = false;  // `rows` given
@@ -112,10 +122,17 @@ struct JobConfig {
   // The keys that decide what the results are (not where they go or how fast): a resumed job
   // must match the original on these.
   std::string fingerprint() const;
-  // Every key with its effective value, as YAML.
+  // Every key with its effective value, as a job YAML nested as in README's reference (the output
+  // file's `job_yaml` attribute): loading it gives the same job. Paths are written absolute, so
+  // that the stored job runs again from any folder.
   std::string to_yaml() const;
 };
 
+// Reads a job file and applies `--set key=value` overrides. Relative paths written in the job
+// file (model, input, output, parallel.spd.from, parallel.plan, calibrate.prompts,
+// calibrate.output, plan.profile, plan.output) are taken relative to the job file's folder, so a
+// job runs the same from any working directory; --set values and defaults stay relative to the
+// working directory, as any command-line path.
 JobConfig load_job_config(const std::string& path, const std::vector<std::string>& overrides);
 
 }  // namespace lowsync

@@ -5,6 +5,8 @@
 // is the drop set.
 #include "jobs/calibrate.h"
 
+#include "io/log.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -123,8 +125,8 @@ void calibrate_spd(const JobConfig& job) {
 
   if (world.rank() == 0) {
     cal.save(job.calibrate.output);
-    std::printf("lowsync: SPD calibration of %s at tp=%d on %d prompts (%d positions)\n", job.model.c_str(), cal.tp,
-                cal.rows, cal.tokens);
+    log::summary("lowsync: SPD calibration of %s at tp=%d on %d prompts (%d positions)", job.model.c_str(), cal.tp,
+                 cal.rows, cal.tokens);
     std::printf("  rank  layer  KL alone   top-1 alone   KL prefix  top-1 prefix\n");
     for (int i = 0; i < L; ++i) {
       const auto& s = cal.layers[cal.order[i]];
@@ -133,6 +135,7 @@ void calibrate_spd(const JobConfig& job) {
     }
     std::printf("  budget max_kl %g, min_top1 %g: drop %zu of %d layers -> %s\n", cal.max_kl, cal.min_top1,
                 cal.drop.size(), L, job.calibrate.output.c_str());
+    std::fflush(stdout);
   }
 }
 

@@ -7,23 +7,28 @@
 
 namespace lowsync {
 
-std::vector<RowResult> embed_batch(Transformer& model, const EmbedOptions& opt, const TokenRows& prompts,
+std::vector<RowResult> embed_batch(PipelineStage& stage, const EmbedOptions& opt, const TokenRows& prompts,
                                    int64_t first_row) {
+  Transformer& model = stage.model;
   const int H = model.config().hidden;
+  std::vector<RowResult> out(prompts.size());
+  const auto micro = split_rows(prompts.size(), stage.micro_batches);
+  for (size_t m = 0; m < micro.size(); ++m) {
   BatchLayout layout;
   std::vector<int32_t> tokens;
-  for (const auto& p : prompts) {
-    layout.add(static_cast<int64_t>(p.size()), 0, layout.tokens());
-    tokens.insert(tokens.end(), p.begin(), p.end());
+  for (size_t i : micro[m]) {
+    layout.add(static_cast<int64_t>(prompts[i].size()), 0, layout.tokens());
+    tokens.insert(tokens.end(), prompts[i].begin(), prompts[i].end());
   }
   KVCache cache = model.make_cache(layout.tokens());
-  Tensor hidden = model.forward(tokens, layout, cache);
+  const Tensor hidden = stage.pass(static_cast<int>(m), tokens, layout, cache);
+  if (!stage.link.last()) continue;
   std::vector<float> h(hidden.numel());
   model.backend().to_host(hidden, h.data());
 
-  std::vector<RowResult> out(prompts.size());
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    const SequenceSlot& s = layout.seqs[i];
+  for (size_t k = 0; k < micro[m].size(); ++k) {
+    const size_t i = micro[m][k];
+    const SequenceSlot& s = layout.seqs[k];
     const int64_t n = opt.pooling == "cls" ? 1 : s.n_new;
     std::vector<double> acc(H, 0.0);
     for (int64_t t = 0; t < n; ++t)
@@ -35,7 +40,10 @@ std::vector<RowResult> embed_batch(Transformer& model, const EmbedOptions& opt, 
     for (int c = 0; c < H; ++c) out[i].embedding[c] = static_cast<float>(acc[c] * scale);
     require_finite(model, out[i].embedding.data(), H, first_row + static_cast<int64_t>(i), "embed", "the embedding");
   }
-  return out;
+  }
+  if (stage.link.stages() == 1) return out;
+  if (stage.link.last()) stage.link.send_results(out);
+  return stage.link.first() ? stage.link.receive_results() : std::vector<RowResult>{};
 }
 
 }  // namespace lowsync

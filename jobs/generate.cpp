@@ -1,93 +1,142 @@
-// Generation: one packed prefill of all prompts, then decode steps in which only the rows still
-// running take part. A row stops at EOS (if asked), at max_new_tokens, or at the model's last position.
+// Generation: each micro-batch of rows gets one packed prefill pass, then decode passes in which
+// only its rows still running take part. A row stops at EOS (if asked), at max_new_tokens, or at
+// the model's last position.
+//
+// Pipelined (several stages): every stage visits the micro-batches in turn. The first stage embeds
+// micro-batch m's next tokens and goes on to m + 1 while m travels through the later stages; the
+// last stage samples m's new tokens and sends them back to every earlier stage, which apply them
+// when they next reach m (the first stage needs them to embed; all of them keep the same record of
+// which rows still run). With at least as many micro-batches as stages, no stage waits once the
+// pipeline is full. With one stage and one micro-batch this is the plain prefill-then-decode loop.
 #include <algorithm>
 #include <chrono>
 
 #include "jobs/finite.h"
 #include "jobs/sampler.h"
-#include "mpi_comm/trace.h"
 #include "jobs/tasks.h"
+#include "mpi_comm/trace.h"
 
 namespace lowsync {
 
-std::vector<RowResult> generate_batch(Transformer& model, const GenerateOptions& opt, const TokenRows& prompts,
+namespace {
+
+// One micro-batch: its rows of the batch, those still running, its KV cache (this stage's layers)
+// and whether earlier stages still owe it the tokens sampled in its last pass.
+struct MicroBatch {
+  std::vector<size_t> rows, running;
+  KVCache cache;
+  bool started = false;
+  bool awaiting_tokens = false;
+};
+
+}  // namespace
+
+std::vector<RowResult> generate_batch(PipelineStage& stage, const GenerateOptions& opt, const TokenRows& prompts,
                                       int64_t first_row, PhaseTimes& times) {
+  Transformer& model = stage.model;
+  StageLink& link = stage.link;
   const ModelConfig& cfg = model.config();
   Backend& be = model.backend();
   const size_t n = prompts.size();
   std::vector<RowResult> out(n);
   std::vector<Sampler> samplers;
-  std::vector<int64_t> base(n);
-  int64_t cache_rows = 0;
-  for (size_t i = 0; i < n; ++i) {
-    samplers.emplace_back(opt, opt.seed, first_row + static_cast<int64_t>(i));
-    base[i] = cache_rows;
-    cache_rows += std::min<int64_t>(static_cast<int64_t>(prompts[i].size()) + opt.max_new_tokens, cfg.max_positions);
+  for (size_t i = 0; i < n; ++i) samplers.emplace_back(opt, opt.seed, first_row + static_cast<int64_t>(i));
+
+  std::vector<MicroBatch> micro;
+  std::vector<int64_t> base(n);  // each row's first cache row in its micro-batch's cache
+  for (const std::vector<size_t>& rows : split_rows(n, stage.micro_batches)) {
+    MicroBatch mb;
+    mb.rows = mb.running = rows;
+    int64_t cache_rows = 0;
+    for (size_t i : rows) {
+      base[i] = cache_rows;
+      cache_rows += std::min<int64_t>(static_cast<int64_t>(prompts[i].size()) + opt.max_new_tokens, cfg.max_positions);
+    }
+    mb.cache = model.make_cache(cache_rows);
+    micro.push_back(std::move(mb));
   }
-  KVCache cache = model.make_cache(cache_rows);
 
   auto is_eos = [&](int t) {
     return opt.stop_at_eos && std::find(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end(), t) != cfg.eos_token_ids.end();
   };
+  // Appends each running row's new token and keeps the rows that go on.
+  auto apply = [&](MicroBatch& mb, const std::vector<int32_t>& sampled) {
+    std::vector<size_t> still;
+    for (size_t j = 0; j < mb.running.size(); ++j) {
+      const size_t i = mb.running[j];
+      out[i].tokens.push_back(sampled[j]);
+      // The next pass would put this token at position prompt + generated - 1.
+      const int64_t generated = static_cast<int64_t>(out[i].tokens.size());
+      const bool full = generated >= opt.max_new_tokens ||
+                        static_cast<int64_t>(prompts[i].size()) + generated > cfg.max_positions;
+      if (!is_eos(sampled[j]) && !full) still.push_back(i);
+    }
+    mb.running = std::move(still);
+  };
   std::vector<float> logits_host;
-  // Runs one pass over `rows` (their `tokens`), samples one new token for each, and returns the
-  // rows that keep going.
-  auto step = [&](const std::vector<size_t>& rows, const std::vector<int32_t>& tokens, const BatchLayout& layout) {
-    Tensor hidden = model.forward(tokens, layout, cache);
+  // Last stage: one new token for each running row of mb from the hidden state of its pass.
+  auto sample = [&](MicroBatch& mb, const Tensor& hidden, const BatchLayout& layout) {
     std::vector<int64_t> last;
     for (const SequenceSlot& s : layout.seqs) last.push_back(s.token_begin + s.n_new - 1);
     Tensor logits = model.logits(hidden, last);
     logits_host.resize(logits.numel());
     be.to_host(logits, logits_host.data());
-    std::vector<size_t> running;
-    for (size_t j = 0; j < rows.size(); ++j) {
-      const size_t i = rows[j];
-      require_finite(model, logits_host.data() + j * cfg.vocab, cfg.vocab, first_row + static_cast<int64_t>(i),
-                     "generate", "the logits for new token " + std::to_string(out[i].tokens.size()));
-      const int t = samplers[i].next(logits_host.data() + j * cfg.vocab, cfg.vocab);
-      out[i].tokens.push_back(t);
-      // The next pass would put this token at position prompt + generated - 1.
-      const int64_t generated = static_cast<int64_t>(out[i].tokens.size());
-      const bool full = generated >= opt.max_new_tokens ||
-                        static_cast<int64_t>(prompts[i].size()) + generated > cfg.max_positions;
-      if (!is_eos(t) && !full) running.push_back(i);
+    std::vector<int32_t> sampled;
+    for (size_t j = 0; j < mb.running.size(); ++j) {
+      const size_t i = mb.running[j];
+      const float* l = logits_host.data() + j * cfg.vocab;
+      require_finite(model, l, cfg.vocab, first_row + static_cast<int64_t>(i), "generate",
+                     "the logits for new token " + std::to_string(out[i].tokens.size()));
+      sampled.push_back(samplers[i].next(l, cfg.vocab));
     }
-    return running;
+    return sampled;
   };
 
-  // Prefill: every prompt in one packed pass.
-  BatchLayout layout;
-  std::vector<int32_t> tokens;
-  std::vector<size_t> rows(n);
-  for (size_t i = 0; i < n; ++i) {
-    rows[i] = i;
-    layout.add(static_cast<int64_t>(prompts[i].size()), 0, base[i]);
-    tokens.insert(tokens.end(), prompts[i].begin(), prompts[i].end());
-  }
+  // Rounds: every micro-batch that still runs takes one pass (the first round prefills).
   using Clock = std::chrono::steady_clock;
-  auto t0 = Clock::now();
-  std::vector<size_t> running;
-  {
-    trace::Span span("compute", "prefill", "\"rows\": " + std::to_string(n) + ", \"tokens\": " + std::to_string(tokens.size()));
-    running = step(rows, tokens, layout);
-  }
-  times.prefill_s += std::chrono::duration<double>(Clock::now() - t0).count();
-  ++times.prefill_passes;
-
-  // Decode: the last token of every running row, one position further each step.
-  while (!running.empty()) {
-    BatchLayout dl;
-    std::vector<int32_t> next;
-    for (size_t i : running) {
-      const int64_t past = static_cast<int64_t>(prompts[i].size() + out[i].tokens.size()) - 1;
-      dl.add(1, past, base[i]);
-      next.push_back(out[i].tokens.back());
+  for (bool prefill = true;; prefill = false) {
+    bool any = false;
+    const auto t0 = Clock::now();
+    for (size_t m = 0; m < micro.size(); ++m) {
+      MicroBatch& mb = micro[m];
+      if (mb.awaiting_tokens) {
+        apply(mb, link.receive_tokens(static_cast<int>(m), mb.running.size()));
+        mb.awaiting_tokens = false;
+      }
+      if (mb.running.empty()) continue;
+      any = true;
+      BatchLayout layout;
+      std::vector<int32_t> tokens;
+      for (size_t i : mb.running) {
+        if (!mb.started) {  // prefill: the whole prompt
+          layout.add(static_cast<int64_t>(prompts[i].size()), 0, base[i]);
+          tokens.insert(tokens.end(), prompts[i].begin(), prompts[i].end());
+        } else {  // decode: the last token, one position further
+          layout.add(1, static_cast<int64_t>(prompts[i].size() + out[i].tokens.size()) - 1, base[i]);
+          tokens.push_back(out[i].tokens.back());
+        }
+      }
+      mb.started = true;
+      trace::Span span("compute", prefill ? "prefill" : "decode step",
+                       "\"rows\": " + std::to_string(mb.running.size()) + ", \"micro_batch\": " + std::to_string(m));
+      const Tensor hidden = stage.pass(static_cast<int>(m), tokens, layout, mb.cache);
+      if (!link.last()) {
+        mb.awaiting_tokens = true;
+        continue;
+      }
+      const std::vector<int32_t> sampled = sample(mb, hidden, layout);
+      if (link.stages() > 1) link.send_tokens(static_cast<int>(m), sampled);
+      apply(mb, sampled);
     }
-    t0 = Clock::now();
-    trace::Span span("compute", "decode step", "\"rows\": " + std::to_string(running.size()));
-    running = step(running, next, dl);
-    times.decode_s += std::chrono::duration<double>(Clock::now() - t0).count();
-    ++times.decode_steps;
+    const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (!any) break;
+    if (prefill) {
+      times.prefill_s += seconds;
+      ++times.prefill_passes;
+    } else {
+      times.decode_s += seconds;
+      ++times.decode_steps;
+    }
   }
   return out;
 }

@@ -21,12 +21,13 @@ LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
     world.agree([&] { j.plan = plan_from_job(job, j.model, world.size()); });
   }
   world.agree([&] { check(j.model, j.plan); });
-  j.groups = std::make_unique<ParallelGroups>(ParallelGroups::make(j.plan.group, j.plan.dp));
+  j.groups = std::make_unique<ParallelGroups>(ParallelGroups::make(j.plan.group, j.plan.pp, j.plan.dp));
 
   const auto t0 = std::chrono::steady_clock::now();
   world.agree([&] {
     j.transformer = std::make_unique<Transformer>(j.model, *j.backend, TensorParallelGroup(&j.groups->tp, j.backend.get()),
-                                                  j.plan.share_of(world.rank()), j.plan.spd_drop);
+                                                  j.plan.share_of(world.rank()), j.plan.layers_of(world.rank()),
+                                                  j.plan.spd_drop);
   });
   j.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return j;

@@ -1,5 +1,7 @@
 #include "jobs/plan_job.h"
 
+#include "io/log.h"
+
 #include <cstdio>
 
 #include "jobs/make_backend.h"
@@ -20,8 +22,8 @@ void plan_job(const JobConfig& job_as_given, const std::string& out_path, const 
   world.agree([&] {
     if (world.rank() != 0) return;
     plan.save(out_path, model);
-    std::printf("lowsync: plan %s written to %s; run it with --set parallel.plan=%s\n", plan.describe().c_str(),
-                out_path.c_str(), out_path.c_str());
+    log::summary("lowsync: plan %s written to %s; run it with --set parallel.plan=%s", plan.describe().c_str(),
+                 out_path.c_str(), out_path.c_str());
   });
 }
 

@@ -406,6 +406,7 @@ void ResultWriter::reopen(const JobConfig& job, const ModelConfig& model) {
       if (got != want) refuse("the file is damaged: dataset " + name + " is " + got + ", expected " + want);
     }
 
+    previous_report_json_ = read_string_attr(file_, "run_report_json");
     auto done = read_all<uint8_t>(file_, "/done", H5T_NATIVE_UINT8);
     while (next_row_ < rows_ && done[next_row_]) ++next_row_;
     if (task_ == "generate" || task_ == "score") {
@@ -559,7 +560,7 @@ void ResultWriter::finish(const std::string& report, const std::string& report_j
     write_string_attr(file_, "plan", plan_yaml);
     write_string_attr(file_, "run_report", report);
     write_string_attr(file_, "run_report_json", report_json);
-    write_u8_attr(file_, "complete", 1);
+    write_u8_attr(file_, "complete", next_row_ == rows_ ? 1 : 0);
     h5(H5Fflush(file_, H5F_SCOPE_GLOBAL));
     const hid_t file = file_;
     file_ = -1;

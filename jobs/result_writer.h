@@ -51,8 +51,12 @@ class ResultWriter {
   // written; the writer is then closed and rows_done() rows stay in the file.
   void append(const std::vector<RowResult>& results);
   // Stores the plan that ran and the run report (attributes `plan`, `run_report`, `run_report_json`), marks the file complete
-  // (`complete` = 1) and closes it. Throws OutputError if that cannot be written.
+  // (`complete` = 1) if every row is done, and closes it. A run stopped early stores its report
+  // too, so that the report of the --resume that completes the file can cover every segment.
+  // Throws OutputError if that cannot be written.
   void finish(const std::string& report, const std::string& report_json, const std::string& plan_yaml);
+  // The `run_report_json` a re-opened file held ("" for a new file or one without a report).
+  const std::string& previous_report_json() const { return previous_report_json_; }
 
  private:
   void create(const JobConfig& job, const ModelConfig& model);
@@ -63,6 +67,7 @@ class ResultWriter {
   std::string path_, task_;
   long long file_ = -1;  // hid_t
   int64_t rows_ = 0, first_input_row_ = 0, input_rows_ = 0, next_row_ = 0, values_ = 0, hidden_ = 0;
+  std::string previous_report_json_;
   bool can_reserve_ = true;  // false once the file system says it cannot (then failures are caught at the write)
 };
 

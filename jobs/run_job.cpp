@@ -1,7 +1,8 @@
 // A job, start to end: every rank checks what can be checked before any compute (job, model, every
 // input row) and agrees on the outcome; rank 0 opens the output; then replicas take batches of
 // consecutive rows -> task -> results to rank 0 -> append + flush -> progress line; a run report
-// at the end, on stdout and in the output file.
+// at the end, on stdout and in the output file. A signal stops it between batches (see
+// jobs/stop_signal.h): what is computed is written, and the report says how to resume.
 #include "jobs/run_job.h"
 
 #include <algorithm>
@@ -15,11 +16,14 @@
 #include <sstream>
 
 #include "io/error.h"
+#include "io/log.h"
 #include "io/model_config.h"
 #include "io/prompts.h"
+#include "jobs/continuous_generate.h"
 #include "jobs/load_job.h"
 #include "jobs/result_writer.h"
 #include "jobs/run_report.h"
+#include "jobs/stop_signal.h"
 #include "jobs/tasks.h"
 #include "jobs/work_queue.h"
 #include "layers/model.h"
@@ -107,10 +111,60 @@ void maybe_inject_fault(int rank, int64_t batches_started) {
     throw std::runtime_error("injected fault (LOWSYNC_INJECT_FAULT=" + std::string(spec) + ")");
 }
 
+// "1:02:03" or "2:03": an ETA or elapsed time for a progress line.
+std::string clock_text(double seconds) {
+  const long long s = static_cast<long long>(seconds + 0.5);
+  char buf[32];
+  if (s >= 3600)
+    std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", s / 3600, s / 60 % 60, s % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%lld:%02lld", s / 60, s % 60);
+  return buf;
+}
+
+// Rank 0's progress line: rows done, tokens/s (prompt and generated tokens of the rows written,
+// over this run's time) and the ETA at this run's row rate; at most one every `every` seconds,
+// and always one for the last row.
+class Progress {
+ public:
+  // range: the input rows of the output; first: the first input row this run computes.
+  Progress(const JobConfig& job, const PromptReader& in, const RowRange& range, int64_t first)
+      : job_(job), in_(in), range_(range), first_(first - range.first), t0_(Clock::now()) {}
+
+  // done: rows of the output written so far (the output's row i is input row range.first + i).
+  void written(int64_t done, const std::vector<RowResult>& rows) {
+    const int64_t total = range_.count();
+    for (size_t i = 0; i < rows.size(); ++i)
+      tokens_ += pass_length(in_, job_.task, range_.first + done - static_cast<int64_t>(rows.size()) + static_cast<int64_t>(i)) +
+                 static_cast<int64_t>(rows[i].tokens.size());
+    const double s = seconds_since(t0_);
+    if (done < total && last_ >= 0 && s - last_ < job_.progress.every) return;
+    last_ = s;
+    const double rows_per_s = (done - first_) / std::max(s, 1e-9);
+    const std::string eta = done == total ? "0:00" : clock_text((total - done) / std::max(rows_per_s, 1e-9));
+    log::progress("lowsync: %lld/%lld rows (%.1f%%), %.1f tokens/s, %.2f rows/s, elapsed %s, ETA %s",
+                  static_cast<long long>(done), static_cast<long long>(total),
+                  100.0 * done / std::max<int64_t>(total, 1), tokens_ / std::max(s, 1e-9), rows_per_s,
+                  clock_text(s).c_str(), eta.c_str());
+  }
+
+ private:
+  const JobConfig& job_;
+  const PromptReader& in_;
+  RowRange range_;
+  int64_t first_;  // rows of the output done before this run
+  Clock::time_point t0_;
+  double last_ = -1;  // seconds into the run of the last line printed
+  int64_t tokens_ = 0;
+};
+
 }  // namespace
 
-void run_job(const JobConfig& job, bool resume) {
+int run_job(const JobConfig& job, bool resume) {
+  // Before anything slow (loading the model): a signal during setup stops the run at its first
+  // batch boundary, with nothing computed and the output (if created) resumable.
   Communicator world(MPI_COMM_WORLD, "world");
+  install_stop_handlers(world.rank() == 0, job.path);
   const bool root = world.rank() == 0;
   std::unique_ptr<PromptReader> input;
   RowRange range;            // the input rows this job computes; the output's rows
@@ -131,6 +185,8 @@ void run_job(const JobConfig& job, bool resume) {
   const Plan& plan = loaded.plan;
   ParallelGroups& groups = *loaded.groups;
   Transformer& transformer = *loaded.transformer;
+  StageLink link(groups.pp, *loaded.backend);
+  PipelineStage stage{transformer, link, plan.micro_batches};
 
   std::unique_ptr<ResultWriter> writer;
   world.agree([&] {
@@ -138,16 +194,14 @@ void run_job(const JobConfig& job, bool resume) {
   });
   int64_t first = range.first + (root ? writer->rows_done() : 0);  // the first input row not done
   world.broadcast(&first, sizeof first, 0);
-  if (root) {
-    const std::string rows = job.subset() ? "rows " + std::to_string(range.first) + "-" + std::to_string(range.end - 1) +
-                                                " of " + std::to_string(input->rows())
-                                          : std::to_string(input->rows()) + " rows";
-    const std::string threads = job.threads == 0 ? ", threads auto (" + std::to_string(loaded.threads) + " on rank 0)" : "";
-    std::printf("lowsync: %s %s (%s, %s, %d layers) on %d rank(s), %s, %s backend%s; model loaded in %.2f s%s\n",
-                job.task.c_str(), job.model.c_str(), model.architecture.c_str(), rows.c_str(), model.n_layers,
-                world.size(), plan.describe().c_str(), loaded.backend->name().c_str(), threads.c_str(),
-                loaded.load_seconds, resume ? (", resuming after row " + std::to_string(first)).c_str() : "");
-  }
+  const std::string rows = job.subset() ? "rows " + std::to_string(range.first) + "-" + std::to_string(range.end - 1) +
+                                              " of " + std::to_string(input->rows())
+                                        : std::to_string(input->rows()) + " rows";
+  const std::string threads = job.threads == 0 ? ", threads auto (" + std::to_string(loaded.threads) + " on rank 0)" : "";
+  log::info("lowsync: %s %s (%s, %s, %d layers) on %d rank(s), %s, %s backend%s; model loaded in %.2f s%s",
+            job.task.c_str(), job.model.c_str(), model.architecture.c_str(), rows.c_str(), model.n_layers, world.size(),
+            plan.describe().c_str(), loaded.backend->name().c_str(), threads.c_str(), loaded.load_seconds,
+            resume ? (", resuming after row " + std::to_string(first)).c_str() : "");
 
   // From here on an error on one rank cannot be agreed (the others are inside collectives): the
   // failing rank reports and aborts every rank. Rows already written stay, marked done.
@@ -155,6 +209,7 @@ void run_job(const JobConfig& job, bool resume) {
   const auto t_run = Clock::now();
   int64_t new_tokens = 0;
   PhaseTimes phases;
+  int stopped_by = 0;  // rank 0: the signal that ended the run early
   try {
     WorkQueue queue(groups, batches_within(batches, first, range.end), writer.get());
     int64_t batches_started = 0;
@@ -169,11 +224,11 @@ void run_job(const JobConfig& job, bool resume) {
       std::vector<RowResult> results;
       trace::Span span("batch", "batch " + std::to_string(b.first_row) + "-" + std::to_string(b.end_row - 1));
       if (job.task == "generate")
-        results = generate_batch(transformer, job.generate, prompts, b.first_row, phases);
+        results = generate_batch(stage, job.generate, prompts, b.first_row, phases);
       else if (job.task == "score")
-        results = score_batch(transformer, prompts, targets, b.first_row);
+        results = score_batch(stage, prompts, targets, b.first_row);
       else
-        results = embed_batch(transformer, job.embed, prompts, b.first_row);
+        results = embed_batch(stage, job.embed, prompts, b.first_row);
       const float ms = static_cast<float>(seconds_since(t0) * 1e3);
       if (job.task != "generate") {  // score and embed: one prefill pass per batch
         phases.prefill_s += ms / 1e3;
@@ -185,24 +240,47 @@ void run_job(const JobConfig& job, bool resume) {
       }
       return results;
     };
-    auto progress = [&](int64_t done) {  // done: rows of the output written
-      const double s = seconds_since(t_run);
-      std::printf("lowsync: rows %lld/%lld  %.1f s  %.1f rows/s\n", static_cast<long long>(done),
-                  static_cast<long long>(range.count()), s, (range.first + done - first) / std::max(s, 1e-9));
-      std::fflush(stdout);
-    };
-    queue.run(compute, progress);
+    Progress progress(job, *input, range, first);
+    auto on_written = [&](int64_t done, const std::vector<RowResult>& rows) { progress.written(done, rows); };
+    if (job.task == "generate" && job.batch.continuous && plan.pp == 1) {
+      // Continuous batching: take batches while sequence slots are free, one pass at a time.
+      int64_t longest = 0;
+      for (int64_t r = first; r < range.end; ++r)
+        longest = std::max(longest, ContinuousGenerator::row_need(model, job.generate, input->length(r)));
+      const int64_t cache_rows = std::max<int64_t>(
+          job.batch.max_tokens + int64_t(job.batch.max_sequences) * job.generate.max_new_tokens, longest);
+      ContinuousGenerator generator(transformer, job, *input, cache_rows, phases);
+      queue.set_on_written(on_written);
+      for (bool more = true;;) {
+        while (more && generator.wants_rows()) {
+          const int64_t index = queue.take();
+          if (index < 0) {
+            more = false;
+            break;
+          }
+          maybe_inject_fault(world.rank(), batches_started++);
+          generator.admit(index, queue.batch(index));
+        }
+        if (generator.idle()) break;
+        for (auto& [index, results] : generator.step()) {
+          for (const RowResult& r : results) new_tokens += static_cast<int64_t>(r.tokens.size());
+          queue.complete(index, std::move(results));
+        }
+      }
+      queue.finish();
+    } else {
+      queue.run(compute, on_written);
+    }
+    stopped_by = queue.stopped_by();
   } catch (const OutputError& e) {
     // Only rank 0 writes, and its message names the file: no rank needed. The writer has closed
     // the output; on one rank the error can end the process normally, else it must stop the others
     // (they wait in the work queue or in collectives).
     if (world.size() == 1) throw;
-    std::fprintf(stderr, "lowsync: error: %s\n", e.what());
-    std::fflush(stderr);
+    log::error(e.what());
     MPI_Abort(MPI_COMM_WORLD, 1);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "lowsync: error: rank %d: %s\n", world.rank(), e.what());
-    std::fflush(stderr);
+    log::error("rank " + std::to_string(world.rank()) + ": " + e.what());
     MPI_Abort(MPI_COMM_WORLD, 1);
   }
   const double wall_s = seconds_since(t_run);
@@ -211,24 +289,48 @@ void run_job(const JobConfig& job, bool resume) {
     if (root) std::printf("lowsync: trace of %lld events written to %s\n", static_cast<long long>(events), job.trace.c_str());
   }
 
+  // Every rank learns how the run ended (only rank 0 may know: a replica told "no more batches"
+  // does not know why), so that all exit with the same status.
+  int64_t ending[2] = {stopped_by, root ? range.first + writer->rows_done() : 0};  // input row where done rows end
+  world.all_reduce_max(ending, 2);
+  const bool stopped = ending[1] < range.end;
+
   // The run report: every rank's split of time and traffic, gathered to all.
   const CommCounters& c = groups.tp.counters();
-  const double mine[kReportFields] = {wall_s - c.seconds, c.seconds, double(c.calls), double(c.bytes),
+  const double mine[kReportFields] = {wall_s - c.seconds - groups.pp.counters().seconds, c.seconds, double(c.calls), double(c.bytes),
                                       double(transformer.forward_passes()), double(transformer.tokens_processed()),
                                       double(transformer.weight_bytes()), proc_status_mib("VmHWM"),
                                       proc_status_mib("RssAnon"), phases.prefill_s, double(phases.prefill_passes),
-                                      phases.decode_s, double(phases.decode_steps)};
+                                      phases.decode_s, double(phases.decode_steps), groups.pp.counters().seconds,
+                                      double(groups.pp.counters().bytes)};
   std::vector<double> all(kReportFields * world.size());
   world.all_gather(mine, kReportFields, all.data());
   double replicas_new = static_cast<double>(new_tokens);
   groups.dp.all_reduce(&replicas_new, 1);  // over replicas; a replica's ranks agree on its count
   const int64_t total_new = static_cast<int64_t>(replicas_new);
+  const std::string how = stopped ? "stopped by " + signal_name(static_cast<int>(ending[0])) : "complete";
   if (root) {
-    const RunTotals totals{wall_s, range.end - first, total_new, job.task};
+    RunTotals totals;
+    totals.wall_s = wall_s;
+    totals.rows = ending[1] - first;
+    totals.new_tokens = total_new;
+    totals.task = job.task;
+    totals.first_row = first;
+    totals.ended = how;
+    totals.previous_json = writer->previous_report_json();
     const std::string report = run_report(plan, model, all, totals);
     writer->finish(report, run_report_json(plan, model, all, totals), plan.to_yaml(model));
-    std::printf("lowsync: done; output %s\n%s", job.output.c_str(), report.c_str());
+    if (stopped) {
+      log::summary_block(report);
+      log::notice("lowsync: %s after %lld/%lld rows; resume with: lowsync run %s --resume", how.c_str(),
+                  static_cast<long long>(ending[1] - range.first), static_cast<long long>(range.count()),
+                  job.path.c_str());
+    } else {
+      log::summary("lowsync: done; output %s", job.output.c_str());
+      log::summary_block(report);
+    }
   }
+  return stopped ? kExitStopped : 0;
 }
 
 }  // namespace lowsync

@@ -11,6 +11,73 @@ namespace lowsync {
 
 namespace {
 
+// Tokens through the model in this run: one rank per replica, its first stage's rank 0 (every
+// token passes through it).
+double tokens_through(const Plan& plan, const std::vector<double>& all) {
+  double tokens = 0;
+  for (int r = 0; r < plan.world; r += plan.group * plan.pp) tokens += all[r * kReportFields + 5];
+  return tokens;
+}
+
+nlohmann::json per_rank_json(const Plan& plan, const std::vector<double>& all) {
+  nlohmann::json out = nlohmann::json::array();
+  for (int r = 0; r < plan.world; ++r) {
+    const double* f = &all[r * kReportFields];
+    out.push_back({{"rank", r}, {"compute_s", f[0]}, {"comm_s", f[1]}, {"allreduces", int64_t(f[2])},
+                   {"bytes_sent", int64_t(f[3])}, {"passes", int64_t(f[4])}, {"tokens", int64_t(f[5])},
+                   {"weight_bytes", int64_t(f[6])}, {"peak_rss_mib", f[7]}, {"rss_anon_mib", f[8]},
+                   {"planned_memory_bytes", plan.memory_of(r).total()},
+                   {"prefill_s", f[9]}, {"prefill_passes", int64_t(f[10])}, {"decode_s", f[11]},
+                   {"decode_steps", int64_t(f[12])}, {"stage", plan.stage_of(r)},
+                   {"pipeline_s", f[13]}, {"pipeline_bytes", int64_t(f[14])}});
+  }
+  return out;
+}
+
+// Every segment of the file, this run last. Earlier ones come from the previous report; a report
+// written before segments were kept is one segment; rows done that no report covers were written
+// by a run killed before it could report (SIGKILL, a crash, a node lost).
+nlohmann::json all_segments(const Plan& plan, const std::vector<double>& all, const RunTotals& t) {
+  nlohmann::json segments = nlohmann::json::array();
+  if (!t.previous_json.empty()) {
+    const nlohmann::json prev = nlohmann::json::parse(t.previous_json, nullptr, false);
+    if (prev.is_object() && prev.contains("segments") && prev["segments"].is_array())
+      segments = prev["segments"];
+    else if (prev.is_object() && prev.contains("rows"))
+      segments.push_back({{"first_row", 0}, {"rows", prev.value("rows", int64_t(0))},
+                          {"wall_s", prev.value("wall_s", 0.0)}, {"new_tokens", prev.value("new_tokens", int64_t(0))},
+                          {"ended", "complete"}, {"plan", prev.value("plan", std::string())}});
+  }
+  int64_t covered = 0;
+  for (const auto& s : segments) covered = std::max(covered, s.value("first_row", int64_t(0)) + s.value("rows", int64_t(0)));
+  if (covered < t.first_row)
+    segments.push_back({{"first_row", covered}, {"rows", t.first_row - covered}, {"ended", "killed (no report)"}});
+  segments.push_back({{"first_row", t.first_row}, {"rows", t.rows}, {"wall_s", t.wall_s}, {"new_tokens", t.new_tokens},
+                      {"tokens", tokens_through(plan, all)}, {"ended", t.ended}, {"plan", plan.describe()},
+                      {"per_rank", per_rank_json(plan, all)}});
+  return segments;
+}
+
+struct FileTotals {
+  int64_t rows = 0;           // every segment's
+  int64_t timed_rows = 0;     // rows of segments with figures
+  double wall_s = 0, tokens = 0;
+  int64_t new_tokens = 0;
+};
+
+FileTotals file_totals(const nlohmann::json& segments) {
+  FileTotals f;
+  for (const auto& s : segments) {
+    f.rows += s.value("rows", int64_t(0));
+    if (!s.contains("wall_s")) continue;
+    f.timed_rows += s.value("rows", int64_t(0));
+    f.wall_s += s.value("wall_s", 0.0);
+    f.tokens += s.value("tokens", 0.0);
+    f.new_tokens += s.value("new_tokens", int64_t(0));
+  }
+  return f;
+}
+
 std::string layer_list(const std::vector<bool>& drop) {
   std::string s;
   for (size_t l = 0; l < drop.size(); ++l)
@@ -39,6 +106,7 @@ std::string run_report_json(const Plan& plan, const ModelConfig& model, const st
   j["tp"] = plan.split == ReplicaSplit::Tensor ? plan.group : 1;
   j["bp"] = plan.split == ReplicaSplit::Block ? plan.group : 1;
   j["dp"] = plan.dp;
+  j["pp"] = plan.pp;
   j["ranks"] = plan.world;
   j["layers"] = model.n_layers;
   std::vector<int> dropped;
@@ -49,18 +117,14 @@ std::string run_report_json(const Plan& plan, const ModelConfig& model, const st
   j["plan"] = plan.describe();
   j["plan_chosen_by"] = plan.chosen_by;
   j["plan_yaml"] = plan.to_yaml(model);
-  j["wall_s"] = t.wall_s;
-  j["rows"] = t.rows;
-  j["new_tokens"] = t.new_tokens;
-  for (int r = 0; r < plan.world; ++r) {
-    const double* f = &all[r * kReportFields];
-    j["per_rank"].push_back({{"rank", r}, {"compute_s", f[0]}, {"comm_s", f[1]}, {"allreduces", int64_t(f[2])},
-                             {"bytes_sent", int64_t(f[3])}, {"passes", int64_t(f[4])}, {"tokens", int64_t(f[5])},
-                             {"weight_bytes", int64_t(f[6])}, {"peak_rss_mib", f[7]}, {"rss_anon_mib", f[8]},
-                             {"planned_memory_bytes", plan.memory[plan.group_rank_of(r)].total()},
-                             {"prefill_s", f[9]}, {"prefill_passes", int64_t(f[10])}, {"decode_s", f[11]},
-                             {"decode_steps", int64_t(f[12])}});
-  }
+  const nlohmann::json segments = all_segments(plan, all, t);
+  const FileTotals f = file_totals(segments);
+  j["wall_s"] = f.wall_s;
+  j["rows"] = f.rows;
+  j["new_tokens"] = f.new_tokens;
+  j["tokens"] = f.tokens;
+  j["per_rank"] = per_rank_json(plan, all);
+  j["segments"] = segments;
   return j.dump();
 }
 
@@ -75,12 +139,31 @@ std::string run_report(const Plan& plan, const ModelConfig& model, const std::ve
       << " attention syncs (layers " << layer_list(plan.spd_drop) << ")\n";
   s << "sync points per forward pass: " << plan.syncs_per_pass(model) << " all-reduces (TP baseline "
     << (plan.group == 1 ? 0 : 2 * model.n_layers) << ")\n";
-  double tokens_total = 0;
-  for (int r = 0; r < plan.world; r += plan.group) tokens_total += all[r * kReportFields + 5];  // one rank per replica
-  s << "throughput: " << t.rows << " rows in " << t.wall_s << " s, " << tokens_total / std::max(t.wall_s, 1e-9)
-    << " tokens/s through the model";
-  if (t.task == "generate") s << ", " << t.new_tokens / std::max(t.wall_s, 1e-9) << " new tokens/s";
+  const nlohmann::json segments = all_segments(plan, all, t);
+  const FileTotals f = file_totals(segments);
+  s << "throughput: " << f.rows << " rows";
+  if (segments.size() > 1) {
+    s << " (the whole file, " << segments.size() << " runs";
+    if (f.timed_rows < f.rows) s << "; time and rates over the " << f.timed_rows << " rows of runs that reported";
+    s << ")";
+  }
+  s << " in " << f.wall_s << " s, " << f.tokens / std::max(f.wall_s, 1e-9) << " tokens/s through the model";
+  if (t.task == "generate") s << ", " << f.new_tokens / std::max(f.wall_s, 1e-9) << " new tokens/s";
   s << "\n";
+  if (segments.size() > 1) {
+    for (size_t i = 0; i < segments.size(); ++i) {
+      const auto& g = segments[i];
+      const int64_t first = g.value("first_row", int64_t(0)), rows = g.value("rows", int64_t(0));
+      s << "run " << i + 1 << ": ";
+      if (rows > 0)
+        s << "rows " << first << "-" << first + rows - 1 << " (" << rows << ")";
+      else
+        s << "no rows";
+      if (g.contains("wall_s")) s << " in " << g.value("wall_s", 0.0) << " s";
+      s << ", " << g.value("ended", std::string("?")) << (i + 1 == segments.size() ? " (this run)" : "") << "\n";
+    }
+    s << "per rank, this run:\n";
+  }
   const char* axis = plan.split == ReplicaSplit::Tensor ? "tp" : "bp";
   for (int r = 0; r < plan.world; ++r) {
     const double* f = &all[r * kReportFields];
@@ -88,7 +171,8 @@ std::string run_report(const Plan& plan, const ModelConfig& model, const std::ve
     s << "rank " << r << ": compute " << f[0] << " s, " << axis << " communication " << f[1] << " s ("
       << (f[0] + f[1] > 0 ? 100 * f[1] / (f[0] + f[1]) : 0) << "%), " << static_cast<int64_t>(f[2])
       << " all-reduces over " << static_cast<int64_t>(f[4]) << " passes, " << per_token << " bytes sent per token, "
-      << f[6] / 1048576.0 << " MiB of weights (planned memory " << plan.memory[plan.group_rank_of(r)].total() / 1048576.0
+      << (plan.pp > 1 ? "pipeline sends/waits " + std::to_string(f[13]) + " s, " : std::string())
+      << f[6] / 1048576.0 << " MiB of weights (planned memory " << plan.memory_of(r).total() / 1048576.0
       << " MiB), peak RSS " << f[7] << " MiB\n";
   }
   return s.str();

@@ -11,17 +11,28 @@ namespace lowsync {
 
 // Per-rank figures, gathered to every rank: [compute s, replica comm s, all-reduces, bytes sent,
 // forward passes, tokens, weight bytes, peak resident MiB, anonymous resident MiB, prefill s,
-// prefill passes, decode s, decode steps].
-constexpr int kReportFields = 13;
+// prefill passes, decode s, decode steps, pipeline s, pipeline bytes sent].
+constexpr int kReportFields = 15;
 
+// This run (one segment of the file: a --resume makes another).
 struct RunTotals {
   double wall_s = 0;
-  int64_t rows = 0, new_tokens = 0;
+  int64_t rows = 0, new_tokens = 0;  // rows this run wrote, tokens it generated
   std::string task;
+  int64_t first_row = 0;  // rows done in the file before this run
+  std::string ended = "complete";  // or "stopped by SIGTERM", ...
+  // The output's `run_report_json` before this run ("" if none): its segments come first.
+  std::string previous_json;
 };
 
+// The report covers the whole file: totals (rows, time, tokens, rates) over every segment with
+// figures, one line per earlier segment, a segment killed without a report named as such; the
+// per-rank lines are this run's.
 std::string run_report(const Plan& plan, const ModelConfig& model, const std::vector<double>& per_rank,
                        const RunTotals& totals);
+// Top level: the plan, totals over the file (`rows`, `wall_s`, `new_tokens`, `tokens`) and this
+// run's `per_rank`; `segments`: every run that wrote rows to the file, in order, with its own
+// figures (`first_row`, `rows`, `wall_s`, `new_tokens`, `tokens`, `ended`, `plan`, `per_rank`).
 std::string run_report_json(const Plan& plan, const ModelConfig& model, const std::vector<double>& per_rank,
                             const RunTotals& totals);
 

@@ -1,5 +1,6 @@
 // Scoring: one packed pass over prompt + targets (all but the last target, which is only
-// predicted); the logits at position (prompt_len - 1 + j) give log p(target j).
+// predicted) per micro-batch; the logits at position (prompt_len - 1 + j) give log p(target j).
+// In a pipeline the last stage computes them and hands the batch's results to the first.
 #include <cmath>
 
 #include "jobs/finite.h"
@@ -7,17 +8,20 @@
 
 namespace lowsync {
 
-std::vector<RowResult> score_batch(Transformer& model, const TokenRows& prompts, const TokenRows& targets,
+std::vector<RowResult> score_batch(PipelineStage& stage, const TokenRows& prompts, const TokenRows& targets,
                                    int64_t first_row) {
+  Transformer& model = stage.model;
   const int vocab = model.config().vocab;
   Backend& be = model.backend();
   std::vector<RowResult> out(prompts.size());
+  const auto micro = split_rows(prompts.size(), stage.micro_batches);
+  for (size_t m = 0; m < micro.size(); ++m) {
   BatchLayout layout;
   std::vector<int32_t> tokens;
   std::vector<int64_t> rows;  // packed row whose logits predict each target token
   std::vector<std::pair<size_t, int32_t>> owner;  // (batch row, target token) per entry of `rows`
   int64_t cache_rows = 0;
-  for (size_t i = 0; i < prompts.size(); ++i) {
+  for (size_t i : micro[m]) {
     const auto& p = prompts[i];
     const auto& t = targets[i];
     const int64_t n = static_cast<int64_t>(p.size() + t.size()) - (t.empty() ? 0 : 1);
@@ -32,7 +36,8 @@ std::vector<RowResult> score_batch(Transformer& model, const TokenRows& prompts,
     }
   }
   KVCache cache = model.make_cache(cache_rows);
-  Tensor hidden = model.forward(tokens, layout, cache);
+  const Tensor hidden = stage.pass(static_cast<int>(m), tokens, layout, cache);
+  if (!stage.link.last()) continue;
 
   // The LM head over a few hundred rows at a time keeps [rows, vocab] logits small.
   const size_t chunk = 256;
@@ -57,7 +62,10 @@ std::vector<RowResult> score_batch(Transformer& model, const TokenRows& prompts,
       out[row].sum_logprob += lp;
     }
   }
-  return out;
+  }
+  if (stage.link.stages() == 1) return out;
+  if (stage.link.last()) stage.link.send_results(out);
+  return stage.link.first() ? stage.link.receive_results() : std::vector<RowResult>{};
 }
 
 }  // namespace lowsync

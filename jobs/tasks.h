@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "io/job_config.h"
+#include "jobs/pipeline_stage.h"
 #include "jobs/result_writer.h"
 #include "layers/model.h"
 
@@ -21,13 +22,15 @@ struct PhaseTimes {
 
 // New tokens per prompt (EOS included when it stops the row). Row i of the batch is input row
 // first_row + i, which seeds its sampler.
-std::vector<RowResult> generate_batch(Transformer& model, const GenerateOptions& opt, const TokenRows& prompts,
+// Each task runs on every rank of a replica, through the rank's pipeline stage; the results are
+// complete on the replica's first stage (the replica's leader is there).
+std::vector<RowResult> generate_batch(PipelineStage& stage, const GenerateOptions& opt, const TokenRows& prompts,
                                       int64_t first_row, PhaseTimes& times);
 // log p(target j | prompt, targets before j) for every target token.
-std::vector<RowResult> score_batch(Transformer& model, const TokenRows& prompts, const TokenRows& targets,
+std::vector<RowResult> score_batch(PipelineStage& stage, const TokenRows& prompts, const TokenRows& targets,
                                    int64_t first_row);
 // Pooled last hidden state per prompt.
-std::vector<RowResult> embed_batch(Transformer& model, const EmbedOptions& opt, const TokenRows& prompts,
+std::vector<RowResult> embed_batch(PipelineStage& stage, const EmbedOptions& opt, const TokenRows& prompts,
                                    int64_t first_row);
 // Every task stops with a UserError naming the input row (first_row + batch index) when the row's
 // logits or embedding are not finite (jobs/finite.h).

@@ -1,69 +1,34 @@
 #include "jobs/work_queue.h"
 
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
+#include "jobs/stop_signal.h"
+
+#include "jobs/result_bytes.h"
 #include "mpi_comm/trace.h"
 
 namespace lowsync {
 
 namespace {
 
-enum Tag { kRequest = 101, kAssign = 102, kResult = 103 };
-
-// A batch's results as bytes: per row, its token ids, log-probs, embedding, sum and latency.
-std::vector<char> pack(int64_t index, const std::vector<RowResult>& rows) {
-  std::vector<char> out;
-  auto put = [&](const void* p, size_t n) { out.insert(out.end(), static_cast<const char*>(p), static_cast<const char*>(p) + n); };
-  auto put_vec = [&](const auto& v) {
-    int64_t n = static_cast<int64_t>(v.size());
-    put(&n, sizeof n);
-    put(v.data(), n * sizeof(v[0]));
-  };
-  put(&index, sizeof index);
-  int64_t n = static_cast<int64_t>(rows.size());
-  put(&n, sizeof n);
-  for (const auto& r : rows) {
-    put_vec(r.tokens);
-    put_vec(r.token_logprobs);
-    put_vec(r.embedding);
-    put(&r.sum_logprob, sizeof r.sum_logprob);
-    put(&r.latency_ms, sizeof r.latency_ms);
-  }
-  return out;
-}
-
-std::vector<RowResult> unpack(const std::vector<char>& in, int64_t& index) {
-  size_t at = 0;
-  auto get = [&](void* p, size_t n) { std::memcpy(p, in.data() + at, n); at += n; };
-  auto get_vec = [&](auto& v) {
-    int64_t n;
-    get(&n, sizeof n);
-    v.resize(n);
-    get(v.data(), n * sizeof(v[0]));
-  };
-  get(&index, sizeof index);
-  int64_t n;
-  get(&n, sizeof n);
-  std::vector<RowResult> rows(n);
-  for (auto& r : rows) {
-    get_vec(r.tokens);
-    get_vec(r.token_logprobs);
-    get_vec(r.embedding);
-    get(&r.sum_logprob, sizeof r.sum_logprob);
-    get(&r.latency_ms, sizeof r.latency_ms);
-  }
-  return rows;
-}
+// kStop: a replica stops; payload [the batch it was handed and gives back, or -1; the signal].
+enum Tag { kRequest = 101, kAssign = 102, kResult = 103, kStop = 104 };
 
 }  // namespace
 
 WorkQueue::WorkQueue(ParallelGroups& groups, std::vector<Batch> batches, ResultWriter* writer)
     : g_(groups), batches_(std::move(batches)), writer_(writer) {
-  leaders_left_ = g_.world.size() / g_.tp.size() - 1;
+  leaders_left_ = g_.world.size() / g_.replica.size() - 1;
 }
 
 int64_t WorkQueue::take_next_on_root() {
-  return next_ < static_cast<int64_t>(batches_.size()) ? next_++ : -1;
+  return stopped_by_ == 0 && next_ < static_cast<int64_t>(batches_.size()) ? next_++ : -1;
+}
+
+void WorkQueue::stop_on_root(int sig) {
+  if (stopped_by_ == 0) stopped_by_ = sig;
 }
 
 // Root: answers every request and takes every result that has arrived (all of them, if block).
@@ -71,18 +36,33 @@ void WorkQueue::serve_requests(bool block) {
   for (;;) {
     const Communicator::Incoming msg = g_.world.probe(block);
     if (msg.source < 0) return;
+    // Rank 0's own signal counts here too: its replica may be done while others still compute.
+    if (const int sig = stop_signal()) stop_on_root(sig);
     if (msg.tag == kRequest) {
       char dummy;
       g_.world.recv(&dummy, 1, msg.source, kRequest);
       int64_t index = take_next_on_root();
-      if (index < 0) --leaders_left_;
+      if (index < 0)
+        --leaders_left_;
+      else
+        ++outstanding_;
       g_.world.send(&index, sizeof index, msg.source, kAssign);
     } else if (msg.tag == kResult) {
       std::vector<char> bytes(msg.bytes);
       g_.world.recv(bytes.data(), msg.bytes, msg.source, kResult);
       int64_t index;
-      auto rows = unpack(bytes, index);
+      auto rows = unpack_results(bytes, index);
+      --outstanding_;
       deliver(index, std::move(rows));
+    } else if (msg.tag == kStop) {
+      int64_t stop[2];
+      g_.world.recv(stop, sizeof stop, msg.source, kStop);
+      --leaders_left_;
+      stop_on_root(static_cast<int>(stop[1]));
+      if (stop[0] >= 0) {  // handed out, never computed: nothing after it can be written
+        --outstanding_;
+        if (first_given_back_ < 0 || stop[0] < first_given_back_) first_given_back_ = stop[0];
+      }
     }
     if (block) return;
   }
@@ -91,19 +71,34 @@ void WorkQueue::serve_requests(bool block) {
 // Root: keeps results until every earlier batch is written, then appends in input order.
 void WorkQueue::deliver(int64_t index, std::vector<RowResult> results) {
   pending_[index] = std::move(results);
-  while (pending_.count(written_)) {
-    trace::Span span("io", "hdf5 append", "\"rows\": " + std::to_string(pending_[written_].size()));
-    writer_->append(pending_[written_]);
+  while (pending_.count(written_) && (first_given_back_ < 0 || written_ < first_given_back_)) {
+    {
+      trace::Span span("io", "hdf5 append", "\"rows\": " + std::to_string(pending_[written_].size()));
+      WritingBatch writing;  // a second signal waits until this batch is on disk
+      writer_->append(pending_[written_]);
+    }
+    if (on_written_) on_written_(writer_->rows_done(), pending_[written_]);
     pending_.erase(written_++);
-    if (on_written_) on_written_(writer_->rows_done());
   }
 }
 
-// The next batch index of this replica, the same on all of its tp ranks (-1: none left).
+// The next batch index of this replica, the same on all of its ranks (-1: none left, or the run
+// stops).
 int64_t WorkQueue::next_for_replica() {
+  // Whether any rank of the replica was signalled: all of them leave the loop here together.
+  int64_t sig = stop_signal();
+  g_.replica.all_reduce_max(&sig, 1);
   int64_t index = -1;
   if (g_.world.rank() == 0) {
+    if (sig) stop_on_root(static_cast<int>(sig));
     index = take_next_on_root();
+  } else if (g_.is_leader() && sig) {
+    // The batch asked for while computing the last one is given back: rank 0 must not wait for it.
+    int64_t stop[2] = {-1, sig};
+    if (asked_) g_.world.recv(&stop[0], sizeof stop[0], 0, kAssign);
+    // -1 there: rank 0 already counted this replica out ("no more"), and expects nothing more.
+    if (!asked_ || stop[0] >= 0) g_.world.send(stop, sizeof stop, 0, kStop);
+    asked_ = false;
   } else if (g_.is_leader()) {
     if (!asked_) {
       char dummy = 0;
@@ -112,35 +107,48 @@ int64_t WorkQueue::next_for_replica() {
     g_.world.recv(&index, sizeof index, 0, kAssign);
     asked_ = false;
   }
-  g_.tp_control.broadcast(&index, sizeof index, 0);
+  g_.replica.broadcast(&index, sizeof index, 0);
   return index;
 }
 
-void WorkQueue::run(const std::function<std::vector<RowResult>(const Batch&)>& compute,
-                    const std::function<void(int64_t)>& on_written) {
-  on_written_ = on_written;
-  const bool root = g_.world.rank() == 0;
-  for (int64_t index = next_for_replica(); index >= 0; index = next_for_replica()) {
-    if (g_.is_leader() && !root) {  // ask for the next batch now: it is at hand when this one ends
-      char dummy = 0;
-      g_.world.send(&dummy, 1, 0, kRequest);
-      asked_ = true;
-    }
-    std::vector<RowResult> results = compute(batches_[index]);
-    if (root) {
-      deliver(index, std::move(results));
-      serve_requests(false);
-    } else if (g_.is_leader()) {
-      // Non-blocking: a large message would otherwise wait for rank 0 to finish its own batch.
-      if (outbox_request_ != MPI_REQUEST_NULL) g_.world.wait(outbox_request_);
-      outbox_ = pack(index, results);
-      outbox_request_ = g_.world.isend(outbox_.data(), static_cast<int64_t>(outbox_.size()), 0, kResult);
-    }
+int64_t WorkQueue::take() {
+  const int64_t index = next_for_replica();
+  if (index >= 0 && g_.is_leader() && g_.world.rank() != 0) {
+    // Ask for the next batch now: it is at hand when this one ends.
+    char dummy = 0;
+    g_.world.send(&dummy, 1, 0, kRequest);
+    asked_ = true;
   }
+  return index;
+}
+
+void WorkQueue::complete(int64_t index, std::vector<RowResult> results) {
+  if (g_.world.rank() == 0) {
+    deliver(index, std::move(results));
+    serve_requests(false);
+  } else if (g_.is_leader()) {
+    // Non-blocking: a large message would otherwise wait for rank 0 to finish its own batch.
+    if (outbox_request_ != MPI_REQUEST_NULL) g_.world.wait(outbox_request_);
+    outbox_ = pack_results(index, results);
+    outbox_request_ = g_.world.isend(outbox_.data(), static_cast<int64_t>(outbox_.size()), 0, kResult);
+  }
+}
+
+void WorkQueue::finish() {
   if (outbox_request_ != MPI_REQUEST_NULL) g_.world.wait(outbox_request_);
-  if (root) {  // no batches left here: serve the others until every result is in
-    while (leaders_left_ > 0 || written_ < static_cast<int64_t>(batches_.size())) serve_requests(true);
-  }
+  if (g_.world.rank() != 0) return;
+  // No batches left here: serve the others until each has left and its results are in.
+  while (leaders_left_ > 0 || outstanding_ > 0) serve_requests(true);
+  // Without a stop every batch was handed out and has come back, so all are written.
+  if (stopped_by_ == 0 && written_ != static_cast<int64_t>(batches_.size()))
+    throw std::logic_error("WorkQueue: " + std::to_string(batches_.size() - written_) + " batches never written");
+}
+
+void WorkQueue::run(const std::function<std::vector<RowResult>(const Batch&)>& compute,
+                    const std::function<void(int64_t, const std::vector<RowResult>&)>& on_written) {
+  set_on_written(on_written);
+  for (int64_t index = take(); index >= 0; index = take()) complete(index, compute(batches_[index]));
+  finish();
 }
 
 }  // namespace lowsync

@@ -4,6 +4,14 @@
 // each other replica's leader asks for its next batch before computing the current one, so a
 // replica that finishes has its next batch at hand, and ships its results to rank 0, which
 // appends them to the output file in input order.
+//
+// Stopping (a signal, see jobs/stop_signal.h): between batches the ranks of a replica agree
+// whether any of them has been asked to stop (a max over the replica's control group, which they
+// meet at every batch anyway). A replica that stops tells rank 0 (kStop, with the batch it was
+// handed but gives back, if any) instead of asking for more; rank 0, once any replica stopped or
+// it was asked itself, hands out no more batches, so every other replica ends after its current
+// one. Rank 0 then writes every batch that was computed, in input order, up to the first one given
+// back: done rows stay a prefix of the file, as --resume expects.
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -23,25 +31,43 @@ class WorkQueue {
   // writer: non-null on world rank 0 only.
   WorkQueue(ParallelGroups& groups, std::vector<Batch> batches, ResultWriter* writer);
 
-  // Runs `compute` on the batches this replica gets, until none are left; on world rank 0,
-  // `on_written` is called after each append with the rows written so far.
+  // Runs `compute` on the batches this replica gets, until none are left or the run is stopped;
+  // on world rank 0, `on_written` is called after each append with the rows written so far and
+  // the rows just written (from row rows_done - rows.size()).
   void run(const std::function<std::vector<RowResult>(const Batch&)>& compute,
-           const std::function<void(int64_t)>& on_written);
+           const std::function<void(int64_t, const std::vector<RowResult>&)>& on_written);
+
+  // The same, step by step, for a replica that keeps several batches in flight (continuous
+  // batching): every rank of the replica calls take() together (-1: none left, or the run stops),
+  // complete() each batch it took (in any order; only the leader's results count), then finish().
+  void set_on_written(const std::function<void(int64_t, const std::vector<RowResult>&)>& f) { on_written_ = f; }
+  int64_t take();
+  void complete(int64_t index, std::vector<RowResult> results);
+  void finish();
+  const Batch& batch(int64_t index) const { return batches_[index]; }
+
+  // After run: the stop signal that ended it early on some replica that rank 0 heard from (0: none).
+  // Meaningful on world rank 0; other replicas may have ended without knowing why.
+  int stopped_by() const { return stopped_by_; }
 
  private:
   int64_t take_next_on_root();
   int64_t next_for_replica();  // agreed within the replica's tp group
   void serve_requests(bool block);
   void deliver(int64_t index, std::vector<RowResult> results);
+  void stop_on_root(int sig);
 
   ParallelGroups& g_;
   std::vector<Batch> batches_;
   ResultWriter* writer_;
   int64_t next_ = 0;                                    // root: next batch not handed out
   int64_t written_ = 0;                                 // root: batches appended so far
-  int leaders_left_ = 0;                                // root: other leaders not yet told "no more"
+  int leaders_left_ = 0;                                // root: other leaders not yet told "no more" or stopped
+  int64_t outstanding_ = 0;                             // root: batches handed to others, results not yet in
+  int64_t first_given_back_ = -1;                       // root: lowest batch a stopping replica gave back
+  int stopped_by_ = 0;                                  // root: the signal that stopped the run
   std::map<int64_t, std::vector<RowResult>> pending_;  // root: results waiting for earlier batches
-  std::function<void(int64_t)> on_written_;
+  std::function<void(int64_t, const std::vector<RowResult>&)> on_written_;
   bool asked_ = false;                                  // leader: a request is outstanding
   std::vector<char> outbox_;                            // leader: results on their way to rank 0
   MPI_Request outbox_request_ = MPI_REQUEST_NULL;

@@ -173,27 +173,36 @@ LayerWeights load_bert_layer(const ModelConfig& c, Loader& in, const std::string
 
 using LayerLoader = LayerWeights (*)(const ModelConfig&, Loader&, const std::string&, const Part&);
 
-// Every layer of this rank: its TP share of `prefix{l}.`, or its sub-blocks `prefix{l}.sub.{r}.`.
-void load_layers(const ModelConfig& c, const LayerShare& share, Loader& in, const std::string& prefix, LayerLoader load,
+// The part of the model one rank reads: its share of its stage's layers, and the ends of the model
+// its stage holds.
+struct RankPart {
+  const LayerShare& share;
+  Span layers;
+  bool first, last;  // first stage: embeddings; last stage: final norm and LM head
+};
+
+// Every layer of this rank's stage: its TP share of `prefix{l}.`, or its sub-blocks `prefix{l}.sub.{r}.`.
+void load_layers(const ModelConfig& c, const RankPart& part, Loader& in, const std::string& prefix, LayerLoader load,
                  ModelWeights& m) {
-  for (int l = 0; l < c.n_layers; ++l) {
+  for (int l = part.layers.begin; l < part.layers.end(); ++l) {
     const std::string p = prefix + std::to_string(l) + ".";
     if (!c.bp.enabled()) {
-      m.layers.push_back(load(c, in, p, Part::tp_share(c, share)));
+      m.layers.push_back(load(c, in, p, Part::tp_share(c, part.share)));
       continue;
     }
     m.sub_blocks.emplace_back();
-    for (int r = share.sub_blocks.begin; r < share.sub_blocks.end(); ++r)
+    for (int r = part.share.sub_blocks.begin; r < part.share.sub_blocks.end(); ++r)
       m.sub_blocks.back().push_back(load(c, in, p + "sub." + std::to_string(r) + ".", Part::whole(BlockShape::sub_block(c, r))));
   }
 }
 
-ModelWeights load_llama(const ModelConfig& c, const LayerShare& share, Loader& in) {
+ModelWeights load_llama(const ModelConfig& c, const RankPart& part, Loader& in) {
   const int64_t H = c.hidden;
   in.detect_prefix("embed_tokens.weight", {"model.", ""});
   ModelWeights m;
-  m.tok_emb = in.whole("embed_tokens.weight", c.vocab, H);
-  load_layers(c, share, in, "layers.", load_llama_layer, m);
+  if (part.first || (part.last && c.tied_embeddings)) m.tok_emb = in.whole("embed_tokens.weight", c.vocab, H);
+  load_layers(c, part, in, "layers.", load_llama_layer, m);
+  if (!part.last) return m;
   m.final_norm_w = in.whole("norm.weight", H);
   if (c.tied_embeddings) {
     m.lm_head = m.tok_emb;
@@ -204,39 +213,43 @@ ModelWeights load_llama(const ModelConfig& c, const LayerShare& share, Loader& i
   return m;
 }
 
-ModelWeights load_gpt2(const ModelConfig& c, const LayerShare& share, Loader& in) {
+ModelWeights load_gpt2(const ModelConfig& c, const RankPart& part, Loader& in) {
   const int64_t H = c.hidden;
   in.detect_prefix("wte.weight", {"transformer.", ""});
   ModelWeights m;
-  m.tok_emb = in.whole("wte.weight", c.vocab, H);
-  m.pos_emb = in.whole("wpe.weight", c.max_positions, H);
-  load_layers(c, share, in, "h.", load_gpt2_layer, m);
+  if (part.first || part.last) m.tok_emb = in.whole("wte.weight", c.vocab, H);  // the last stage's head is tied to it
+  if (part.first) m.pos_emb = in.whole("wpe.weight", c.max_positions, H);
+  load_layers(c, part, in, "h.", load_gpt2_layer, m);
+  if (!part.last) return m;
   m.final_norm_w = in.whole("ln_f.weight", H);
   m.final_norm_b = in.whole("ln_f.bias", H);
   m.lm_head = m.tok_emb;  // GPT-2 ties its head to the token embedding
   return m;
 }
 
-ModelWeights load_bert(const ModelConfig& c, const LayerShare& share, Loader& in) {
+ModelWeights load_bert(const ModelConfig& c, const RankPart& part, Loader& in) {
   const int64_t H = c.hidden;
   in.detect_prefix("embeddings.word_embeddings.weight", {"", "bert."});
   ModelWeights m;
-  m.tok_emb = in.whole("embeddings.word_embeddings.weight", c.vocab, H);
-  m.pos_emb = in.whole("embeddings.position_embeddings.weight", c.max_positions, H);
-  m.type_emb = in.whole("embeddings.token_type_embeddings.weight", c.type_vocab, H);
-  m.emb_norm_w = in.whole("embeddings.LayerNorm.weight", H);
-  m.emb_norm_b = in.whole("embeddings.LayerNorm.bias", H);
-  load_layers(c, share, in, "encoder.layer.", load_bert_layer, m);
+  if (part.first) {
+    m.tok_emb = in.whole("embeddings.word_embeddings.weight", c.vocab, H);
+    m.pos_emb = in.whole("embeddings.position_embeddings.weight", c.max_positions, H);
+    m.type_emb = in.whole("embeddings.token_type_embeddings.weight", c.type_vocab, H);
+    m.emb_norm_w = in.whole("embeddings.LayerNorm.weight", H);
+    m.emb_norm_b = in.whole("embeddings.LayerNorm.bias", H);
+  }
+  load_layers(c, part, in, "encoder.layer.", load_bert_layer, m);
   return m;  // BertModel has no LM head
 }
 
 }  // namespace
 
-ModelWeights load_weights(const ModelConfig& cfg, const LayerShare& share, Backend& be) {
+ModelWeights load_weights(const ModelConfig& cfg, const LayerShare& share, const Span& layers, Backend& be) {
   Loader in(cfg, be);
-  ModelWeights m = cfg.family == Family::Llama ? load_llama(cfg, share, in)
-                   : cfg.family == Family::GPT2 ? load_gpt2(cfg, share, in)
-                                                : load_bert(cfg, share, in);
+  const RankPart part{share, layers, layers.begin == 0, layers.end() == cfg.n_layers};
+  ModelWeights m = cfg.family == Family::Llama ? load_llama(cfg, part, in)
+                   : cfg.family == Family::GPT2 ? load_gpt2(cfg, part, in)
+                                                : load_bert(cfg, part, in);
   m.bytes = in.bytes();
   return m;
 }

@@ -17,14 +17,14 @@ BlockShape BlockShape::sub_block(const ModelConfig& cfg, int r) {
 }
 
 Transformer::Transformer(const ModelConfig& cfg, Backend& be, TensorParallelGroup tp, const LayerShare& share,
-                         std::vector<bool> spd_drop)
-    : cfg_(cfg), be_(be), tp_(tp) {
+                         const Span& layers, std::vector<bool> spd_drop)
+    : cfg_(cfg), be_(be), tp_(tp), layers_(layers) {
   if (cfg.bp.enabled()) {
     for (int r = share.sub_blocks.begin; r < share.sub_blocks.end(); ++r) sub_shapes_.push_back(BlockShape::sub_block(cfg, r));
   } else {
     local_ = BlockShape::of_share(cfg, share);
   }
-  w_ = load_weights(cfg, share, be);
+  w_ = load_weights(cfg, share, layers, be);
   set_spd_drop(std::move(spd_drop));
 }
 
@@ -42,7 +42,7 @@ void Transformer::set_spd_drop(std::vector<bool> drop) {
 }
 
 KVCache Transformer::make_cache(int64_t capacity) {
-  if (!cfg_.bp.enabled()) return be_.make_kv_cache(cfg_.n_layers, capacity, local_.kv_dim());
+  if (!cfg_.bp.enabled()) return be_.make_kv_cache(layers_.count, capacity, local_.kv_dim());
   // One cache per (layer, local sub-block), as wide as the widest sub-block.
   int kv_dim = 0;
   for (const BlockShape& s : sub_shapes_) kv_dim = std::max(kv_dim, s.kv_dim());
@@ -62,9 +62,15 @@ void Transformer::add_bias(Tensor& x, const Tensor& bias) {
 }
 
 Tensor Transformer::forward(const std::vector<int32_t>& tokens, const BatchLayout& layout, KVCache& cache) {
+  Tensor x = embed(tokens, layout);
+  run_layers(x, layout, cache);
+  finish(x);
+  return x;
+}
+
+// The input of the first layer [tokens, hidden]: token (+ position, + token type) embeddings.
+Tensor Transformer::embed(const std::vector<int32_t>& tokens, const BatchLayout& layout) {
   const int64_t T = layout.tokens();
-  ++passes_;
-  tokens_ += T;
   Tensor x = be_.scratch(T, cfg_.hidden);
   be_.embedding(w_.tok_emb, tokens, x, false);
   if (!w_.pos_emb.empty()) be_.embedding(w_.pos_emb, layout.positions, x, true);
@@ -72,31 +78,39 @@ Tensor Transformer::forward(const std::vector<int32_t>& tokens, const BatchLayou
     be_.embedding(w_.type_emb, std::vector<int32_t>(T, 0), x, true);  // token type 0 for every token
     norm(x, w_.emb_norm_w, w_.emb_norm_b, x);
   }
+  return x;
+}
 
+// This rank's layers (its pipeline stage's) over the hidden state x [tokens, hidden], in place.
+void Transformer::run_layers(Tensor& x, const BatchLayout& layout, KVCache& cache) {
+  ++passes_;
+  tokens_ += layout.tokens();
   if (cfg_.bp.enabled()) {
     for (int first = 0; first < cfg_.n_layers; first += cfg_.bp.sync_every)
       decoupled_segment(first, std::min(first + cfg_.bp.sync_every, cfg_.n_layers), x, layout, cache);
-  } else {
-    for (int l = 0; l < cfg_.n_layers; ++l) {
-      if (!cfg_.is_decoder())
-        encoder_block(l, x, layout, cache);
-      else if (spd_drop_[l])
-        decoder_block_spd(l, x, layout, cache);
-      else
-        decoder_block(l, x, layout, cache);
-    }
+    return;
   }
+  for (int l = layers_.begin; l < layers_.end(); ++l) {
+    if (!cfg_.is_decoder())
+      encoder_block(l, x, layout, cache);
+    else if (spd_drop_[l])
+      decoder_block_spd(l, x, layout, cache);
+    else
+      decoder_block(l, x, layout, cache);
+  }
+}
 
-  if (cfg_.is_decoder()) norm(x, w_.final_norm_w, w_.final_norm_b, x);
-  return x;
+// After the last layer: the decoders' final norm.
+void Transformer::finish(Tensor& x) {
+  if (cfg_.is_decoder() && last_stage()) norm(x, w_.final_norm_w, w_.final_norm_b, x);
 }
 
 // Pre-LN block:  x = x + Attn(norm1(x));  x = x + FFN(norm2(x))   (2 syncs)
 void Transformer::decoder_block(int l, Tensor& x, const BatchLayout& layout, KVCache& cache) {
-  const LayerWeights& w = w_.layers[l];
+  const LayerWeights& w = w_.layers[l - layers_.begin];
   Tensor h = be_.scratch(x.rows, x.cols);
   norm(x, w.norm1_w, w.norm1_b, h);
-  Tensor a = attention_partial(w, local_, l, h, layout, cache);
+  Tensor a = attention_partial(w, local_, l - layers_.begin, h, layout, cache);
   tp_.all_reduce(a);
   add_bias(a, w.bo);
   be_.add(x, a);
@@ -111,10 +125,10 @@ void Transformer::decoder_block(int l, Tensor& x, const BatchLayout& layout, KVC
 // attention partial a_r,  h_r = x + a_r + b_o,  m_r = FFN_r(norm2(h_r)),  then one all-reduce gives
 // y = x + sum_r (a_r + m_r) + b_o + b_down.
 void Transformer::decoder_block_spd(int l, Tensor& x, const BatchLayout& layout, KVCache& cache) {
-  const LayerWeights& w = w_.layers[l];
+  const LayerWeights& w = w_.layers[l - layers_.begin];
   Tensor h = be_.scratch(x.rows, x.cols);
   norm(x, w.norm1_w, w.norm1_b, h);
-  Tensor a = attention_partial(w, local_, l, h, layout, cache);
+  Tensor a = attention_partial(w, local_, l - layers_.begin, h, layout, cache);
   Tensor h_r = be_.zeros(x.rows, x.cols);
   be_.add(h_r, x);
   be_.add(h_r, a);
@@ -130,8 +144,8 @@ void Transformer::decoder_block_spd(int l, Tensor& x, const BatchLayout& layout,
 
 // Post-LN block:  x = norm1(x + Attn(x));  x = norm2(x + FFN(x))   (2 syncs)
 void Transformer::encoder_block(int l, Tensor& x, const BatchLayout& layout, KVCache& cache) {
-  const LayerWeights& w = w_.layers[l];
-  Tensor a = attention_partial(w, local_, l, x, layout, cache);
+  const LayerWeights& w = w_.layers[l - layers_.begin];
+  Tensor a = attention_partial(w, local_, l - layers_.begin, x, layout, cache);
   tp_.all_reduce(a);
   add_bias(a, w.bo);
   be_.add(x, a);

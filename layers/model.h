@@ -41,25 +41,34 @@ struct BlockShape {
 };
 
 // Reads this rank's share of the Hugging Face checkpoint of cfg.dir and uploads it to the backend.
-ModelWeights load_weights(const ModelConfig& cfg, const LayerShare& share, Backend& be);
+// `layers`: this rank's pipeline stage. The first stage also reads the embeddings, the last the
+// final norm and the LM head.
+ModelWeights load_weights(const ModelConfig& cfg, const LayerShare& share, const Span& layers, Backend& be);
 
 class Transformer {
  public:
-  // `share`: the part of every layer this rank computes (the Plan's); spd_drop[l]: layer l skips
-  // its attention all-reduce (Sync-Point Drop); empty = none.
-  Transformer(const ModelConfig& cfg, Backend& be, TensorParallelGroup tp, const LayerShare& share,
+  // `share`: the part of every layer this rank computes and `layers` its pipeline stage (both the
+  // Plan's); spd_drop[l]: layer l skips its attention all-reduce (Sync-Point Drop); empty = none.
+  Transformer(const ModelConfig& cfg, Backend& be, TensorParallelGroup tp, const LayerShare& share, const Span& layers,
               std::vector<bool> spd_drop = {});
   // The whole model on one rank.
-  Transformer(const ModelConfig& cfg, Backend& be) : Transformer(cfg, be, {}, LayerShare::whole(cfg)) {}
+  Transformer(const ModelConfig& cfg, Backend& be)
+      : Transformer(cfg, be, {}, LayerShare::whole(cfg), {0, cfg.n_layers}) {}
 
   const ModelConfig& config() const { return cfg_; }
   Backend& backend() { return be_; }
   TensorParallelGroup& tp() { return tp_; }
 
   // Runs the batch's new tokens through every layer, appending their keys/values to the cache.
-  // Returns the last hidden state [tokens, hidden] (after the final norm for decoders).
+  // Returns the last hidden state [tokens, hidden] (after the final norm for decoders). A single
+  // stage's model only: a pipeline stage calls the three parts below itself.
   Tensor forward(const std::vector<int32_t>& tokens, const BatchLayout& layout, KVCache& cache);
-  // Next-token logits [rows.size(), vocab] of the chosen rows of a hidden state.
+  Tensor embed(const std::vector<int32_t>& tokens, const BatchLayout& layout);  // first stage
+  void run_layers(Tensor& x, const BatchLayout& layout, KVCache& cache);       // this stage's layers
+  void finish(Tensor& x);                                                        // last stage: final norm
+  bool first_stage() const { return layers_.begin == 0; }
+  bool last_stage() const { return layers_.end() == cfg_.n_layers; }
+  // Next-token logits [rows.size(), vocab] of the chosen rows of a hidden state (last stage).
   Tensor logits(const Tensor& hidden, const std::vector<int64_t>& rows);
   KVCache make_cache(int64_t capacity);
   // Which layers drop their attention sync; may change between forwards (calibration does).
@@ -86,6 +95,7 @@ class Transformer {
   ModelConfig cfg_;
   Backend& be_;
   TensorParallelGroup tp_;  // the ranks of this replica: TP shares, or a decoupled model's sub-blocks
+  Span layers_;             // this rank's pipeline stage
   BlockShape local_;        // ordinary model: this rank's TP share
   std::vector<BlockShape> sub_shapes_;  // decoupled model: this rank's sub-blocks
   std::vector<bool> spd_drop_;

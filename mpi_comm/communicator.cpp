@@ -121,6 +121,12 @@ MPI_Request Communicator::isend(const void* data, int64_t bytes, int dest, int t
   return req;
 }
 
+bool Communicator::test(MPI_Request& req) {
+  int done = 0;
+  check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "Test");
+  return done != 0;
+}
+
 Communicator::Incoming Communicator::probe(bool block) {
   MPI_Status st;
   int flag = 1;

@@ -56,6 +56,7 @@ class Communicator {
   void send(const void* data, int64_t bytes, int dest, int tag);
   void recv(void* data, int64_t bytes, int source, int tag);
   MPI_Request isend(const void* data, int64_t bytes, int dest, int tag);  // data must live until wait
+  bool test(MPI_Request& req);  // completed? (then req is MPI_REQUEST_NULL)
 
   // A message waiting to be received: from any rank, with any tag.
   struct Incoming {

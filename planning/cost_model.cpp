@@ -57,9 +57,10 @@ struct PassShape {
 };
 
 // One rank's compute seconds for one pass.
+// `layers`: the rank's stage's; `head`: its stage is the last, which computes the LM head and samples.
 double rank_pass_seconds(const ModelConfig& m, const RankProfile& rp, const RankWork& w, const PassShape& p,
-                         int decode_rows) {
-  const double L = m.n_layers, H = m.hidden, bw = std::max(rp.read_bytes_per_s, 1e6);
+                         int decode_rows, double layers, bool head) {
+  const double L = layers, H = m.hidden, bw = std::max(rp.read_bytes_per_s, 1e6);
   double s = L * product_seconds(2 * w.layer_parameters, p.tokens, rp.layers, decode_rows);
   // Attention: a prefill computes the whole score matrix per sequence (2 products of q_dim x n x n);
   // a decode step reads every cached key and value once.
@@ -70,12 +71,53 @@ double rank_pass_seconds(const ModelConfig& m, const RankProfile& rp, const Rank
   // Element-wise work (norms, residual adds, activations, RoPE): a few reads and writes of each
   // activation per layer.
   s += L * p.tokens * (6 * H * w.streams + 2 * w.q_dim + 2 * w.kv_dim + 3 * w.ffn) * kFloat / bw;
-  // The LM head, replicated on every rank, and sampling over each row's logits.
-  if (m.is_decoder()) {
+  // The LM head, replicated on every rank of the last stage, and sampling over each row's logits.
+  if (m.is_decoder() && head) {
     s += product_seconds(2 * double(m.vocab) * H, p.logits_rows, rp.head, decode_rows);
     if (p.sample) s += p.logits_rows * 3 * double(m.vocab) * kFloat / bw;
   }
   return s;
+}
+
+// Seconds of one all-reduce of `bytes` over a measured group: interpolated between the measured
+// message sizes that bracket it (time linear in bytes between them), and the fitted line only
+// outside them. Why not the line everywhere: its relative-error fit is pinned by the many small
+// sizes, and on a TCP link it missed the large ones by 45% (100 Mbit/s, 500 us: 1 MiB fitted at
+// 70 ms, measured 126 ms), which is where a prefill's all-reduces (hundreds of KB) fall.
+double all_reduce_seconds(const AllReduceLink& a, double bytes) {
+  const auto& s = a.samples;
+  if (s.size() < 2 || bytes < double(s.front().bytes)) return a.link.seconds(bytes);
+  for (size_t i = 1; i < s.size(); ++i)
+    if (bytes <= double(s[i].bytes)) {
+      const double x0 = double(s[i - 1].bytes), x1 = double(s[i].bytes);
+      return s[i - 1].seconds + (s[i].seconds - s[i - 1].seconds) * (bytes - x0) / (x1 - x0);
+    }
+  return s.back().seconds + (a.link.bytes_per_s > 0 ? (bytes - double(s.back().bytes)) / a.link.bytes_per_s : 0);
+}
+
+// One stage's activations to the next: the fitted point-to-point link between the two ranks (or
+// between any neighbours the profile measured, links being alike), else nothing to pay.
+double send_seconds(const Profile& profile, int from, int to, double bytes) {
+  const PointToPointLink* any = nullptr;
+  for (const PointToPointLink& l : profile.point_to_point) {
+    if ((l.from == from && l.to == to) || (l.from == to && l.to == from)) return l.link.seconds(bytes);
+    any = &l;
+  }
+  return any ? any->link.seconds(bytes) : 0;
+}
+
+// A pass's shape for one of `parts` micro-batches.
+PassShape micro(PassShape p, double parts) {
+  p.tokens /= parts;
+  p.sequences /= parts;
+  p.logits_rows /= parts;
+  return p;
+}
+
+const AllReduceLink* measured_group(const Profile& profile, const std::vector<int>& ranks) {
+  for (const AllReduceLink& a : profile.all_reduce)
+    if (a.ranks == ranks) return &a;
+  return nullptr;
 }
 
 }  // namespace
@@ -88,42 +130,67 @@ Prediction predict(const Plan& plan, const ModelConfig& m, const Profile& profil
   const double B = std::max(work.batch_sequences, 1), n = std::max(work.prompt_tokens, 1);
   const int decode_rows = std::max(profile.decode_rows, 1);
 
-  PassShape prefill{B * n, B, n, n / 2, generate ? B : (m.is_decoder() ? B * n : 0), generate};
+  // Logits rows of a prefill: generate samples each prompt's last token; score computes the head only
+  // at its targets' positions (jobs/score.cpp), not at every token.
+  const double scored = work.scored_tokens > 0 ? std::min<double>(work.scored_tokens, n) : n;
+  PassShape prefill{B * n, B, n, n / 2, generate ? B : (m.is_decoder() ? B * scored : 0), generate};
   PassShape decode{B, B, 1, n + work.new_tokens / 2.0, B, true};
-  PassShape prefill_one{n, 1, n, n / 2, generate ? 1 : (m.is_decoder() ? n : 0), generate};
+  PassShape prefill_one{n, 1, n, n / 2, generate ? 1 : (m.is_decoder() ? scored : 0), generate};
   PassShape decode_one{1, 1, 1, n + work.new_tokens / 2.0, 1, true};
 
   Prediction out;
-  const int syncs = plan.syncs_per_pass(m);
   const double token_bytes = double(m.hidden) * kFloat;
-  out.bytes_per_token = syncs * token_bytes;
+  out.bytes_per_token = plan.syncs_per_pass(m) * token_bytes;  // summed over stages, as a rank of each sends
   double rows_per_s = 0, latency = 0;
+  const double M = plan.micro_batches;
   for (int replica = 0; replica < plan.dp; ++replica) {
-    std::vector<int> ranks;
-    for (int r = 0; r < plan.group; ++r) ranks.push_back(replica * plan.group + r);
-    const LinkModel* link = nullptr;
-    if (plan.group > 1 && !(link = profile.all_reduce_of(ranks)))
-      throw UserError("the profile has no all-reduce measurement for ranks " + std::to_string(ranks.front()) + ".." +
-                      std::to_string(ranks.back()) + "; profile again");
-    // A pass: the slowest rank's compute, then every sync's transfer of the pass's activations.
-    auto pass = [&](const PassShape& p, double* compute = nullptr, double* comm = nullptr) {
+    // One micro-batch's pass through stage s: its slowest rank's compute, every sync's transfer
+    // of the pass's activations, and the hand-over to the next stage.
+    auto stage_pass = [&](int st, const PassShape& p, double* compute = nullptr, double* comm = nullptr) {
+      const int first = (replica * plan.pp + st) * plan.group;
+      std::vector<int> ranks;
+      for (int r = 0; r < plan.group; ++r) ranks.push_back(first + r);
+      const AllReduceLink* link = nullptr;
+      if (plan.group > 1 && !(link = measured_group(profile, ranks)))
+        throw UserError("the profile has no all-reduce measurement for ranks " + std::to_string(ranks.front()) + ".." +
+                        std::to_string(ranks.back()) + "; profile again");
       double slowest = 0;
       for (int r = 0; r < plan.group; ++r)
-        slowest = std::max(slowest, rank_pass_seconds(m, profile.ranks[ranks[r]], work_of(m, plan.shares[r]), p, decode_rows));
-      const double c = link ? syncs * link->seconds(p.tokens * token_bytes) : 0;
+        slowest = std::max(slowest, rank_pass_seconds(m, profile.ranks[ranks[r]], work_of(m, plan.shares[r]), p,
+                                                      decode_rows, plan.stages[st].count, st == plan.pp - 1));
+      double c = link ? plan.syncs_in_stage(st, m) * all_reduce_seconds(*link, p.tokens * token_bytes) : 0;
+      if (st + 1 < plan.pp) c += send_seconds(profile, first, first + plan.group, p.tokens * token_bytes);
       if (compute) *compute = std::max(*compute, slowest);
       if (comm) *comm = std::max(*comm, c);
       return slowest + c;
     };
-    const double t_prefill = pass(prefill, generate ? nullptr : &out.compute_s, generate ? nullptr : &out.comm_s);
-    const double t_decode = generate ? pass(decode, &out.compute_s, &out.comm_s) : 0;
-    const double t_decode_one = generate ? pass(decode_one) : 0;
+    // A pass of the whole batch in M micro-batches through the stages. A prefill fills the
+    // pipeline and drains it: the stages' sum for the first micro-batch, then the slowest stage
+    // for each further one. A decode round is paced by the slowest stage's M passes, unless a
+    // micro-batch's trip through every stage (and its tokens' way back) takes longer.
+    auto pass = [&](const PassShape& whole, bool decode_round, double* compute = nullptr, double* comm = nullptr) {
+      const double parts = std::min(M, std::max(1.0, whole.sequences));
+      const PassShape p = micro(whole, parts);
+      double sum = 0, slowest = 0;
+      for (int st = 0; st < plan.pp; ++st) {
+        const double t = stage_pass(st, p, compute, comm);
+        sum += t;
+        slowest = std::max(slowest, t);
+      }
+      if (plan.pp == 1) return sum * parts;
+      if (!decode_round) return sum + (parts - 1) * slowest;
+      const double token_return = send_seconds(profile, replica * plan.pp * plan.group, (replica * plan.pp + plan.pp - 1) * plan.group, 4 * p.sequences);
+      return std::max(parts * slowest, sum + token_return);
+    };
+    const double t_prefill = pass(prefill, false, generate ? nullptr : &out.compute_s, generate ? nullptr : &out.comm_s);
+    const double t_decode = generate ? pass(decode, true, &out.compute_s, &out.comm_s) : 0;
+    const double t_decode_one = generate ? pass(decode_one, true) : 0;
     out.prefill_pass_s = std::max(out.prefill_pass_s, t_prefill);
     out.decode_step_s = std::max(out.decode_step_s, t_decode);
     out.decode_step_one_s = std::max(out.decode_step_one_s, t_decode_one);
     // A batch: its prefill, then one step per new token (rows finishing early are not modelled).
     rows_per_s += B / (t_prefill + work.new_tokens * t_decode);
-    latency = std::max(latency, pass(prefill_one) + work.new_tokens * t_decode_one);
+    latency = std::max(latency, pass(prefill_one, false) + work.new_tokens * t_decode_one);
   }
   out.rows_per_s = rows_per_s;
   out.sequence_latency_s = latency;

@@ -14,6 +14,7 @@ struct Workload {
   int prompt_tokens = 128;   // mean prompt (+ targets for score) length
   int batch_sequences = 32;  // sequences per prefill pass and per decode step (job: batch.max_sequences)
   int new_tokens = 32;       // generate: new tokens per row (0 for score and embed)
+  int scored_tokens = 0;     // score: target tokens per row, the only rows through the LM head (0: every token)
 };
 
 struct Prediction {

@@ -18,9 +18,19 @@ namespace {
 void check_grid(const ModelConfig& model, ReplicaSplit split, int group, int dp, int pp, int world,
                 const std::string& where) {
   const char* axis = split_name(split);
-  if (group * dp * pp != world)
-    throw UserError(where + ": parallel." + axis + " x parallel.dp = " + std::to_string(group) + " x " +
-                    std::to_string(dp) + " but mpirun started " + std::to_string(world) + " ranks; they must be equal");
+  if (group * dp * pp != world) {
+    if (pp == 1)
+      throw UserError(where + ": parallel." + axis + " x parallel.dp = " + std::to_string(group) + " x " +
+                      std::to_string(dp) + " but mpirun started " + std::to_string(world) + " ranks; they must be equal");
+    throw UserError(where + ": parallel." + axis + " x parallel.pp x parallel.dp = " + std::to_string(group) + " x " +
+                    std::to_string(pp) + " x " + std::to_string(dp) + " but mpirun started " + std::to_string(world) +
+                    " ranks; they must be equal");
+  }
+  if (pp > model.n_layers)
+    throw UserError(where + ": parallel.pp = " + std::to_string(pp) + " exceeds the model's " +
+                    std::to_string(model.n_layers) + " layers; every stage needs at least one");
+  if (pp > 1 && model.bp.enabled())
+    throw UserError(where + ": pipeline stages (parallel.pp) do not run decoupled models yet; use parallel.bp and dp");
   if (model.bp.enabled() && split == ReplicaSplit::Tensor && group > 1)
     throw UserError(where + ": " + model.dir + " is a decoupled model; run it with parallel.bp, not parallel.tp");
   if (!model.bp.enabled() && split == ReplicaSplit::Block)
@@ -30,8 +40,34 @@ void check_grid(const ModelConfig& model, ReplicaSplit split, int group, int dp,
 
 }  // namespace
 
+// Stages must cover the layers in order, each at least one layer.
+void check_stages(const ModelConfig& model, const std::vector<Span>& stages, int pp, const std::string& where) {
+  if (static_cast<int>(stages.size()) != pp)
+    throw UserError(where + ": " + std::to_string(stages.size()) + " pipeline stages listed for parallel.pp = " +
+                    std::to_string(pp));
+  int next = 0;
+  for (size_t i = 0; i < stages.size(); ++i) {
+    if (stages[i].begin != next || stages[i].count < 1)
+      throw UserError(where + ": stage " + std::to_string(i) + " holds layers [" + std::to_string(stages[i].begin) + ", " +
+                      std::to_string(stages[i].end()) + "); stages must be consecutive, in order, at least one layer each");
+    next = stages[i].end();
+  }
+  if (next != model.n_layers)
+    throw UserError(where + ": the stages hold " + std::to_string(next) + " layers but the model has " +
+                    std::to_string(model.n_layers));
+}
+
+void fill_memory(Plan& p, const ModelConfig& model) {
+  p.memory.clear();
+  for (int st = 0; st < p.pp; ++st)
+    for (const LayerShare& s : p.shares)
+      p.memory.push_back(rank_memory(model, s, p.limits, p.stages[st], st == 0, st == p.pp - 1));
+}
+
 void check_plan(const Plan& plan, const ModelConfig& model, int world, const std::string& where) {
   check_grid(model, plan.split, plan.group, plan.dp, plan.pp, world, where);
+  check_stages(model, plan.stages, plan.pp, where);
+  if (plan.micro_batches < 1) throw UserError(where + ": micro_batches must be >= 1");
   check_shares(model, plan.split == ReplicaSplit::Block, plan.shares, where);
   if (static_cast<int>(plan.spd_drop.size()) != model.n_layers)
     throw UserError(where + ": the SPD drop set names layers beyond the model's " + std::to_string(model.n_layers));
@@ -47,9 +83,11 @@ void check_plan(const Plan& plan, const ModelConfig& model, int world, const std
 }
 
 Plan make_plan(const ModelConfig& model, const PlanLimits& limits, int world, ReplicaSplit split, int group, int dp,
-               const std::vector<double>& speeds, std::vector<bool> spd_drop, const std::string& where) {
+               const std::vector<double>& speeds, std::vector<bool> spd_drop, const std::string& where,
+               const PipelineChoice& pipeline) {
   if (model.bp.enabled() && group == 1) split = ReplicaSplit::Block;  // bp = 1 computes every sub-block in turn
-  check_grid(model, split, group, dp, 1, world, where);
+  const int pp = pipeline.pp;
+  check_grid(model, split, group, dp, pp, world, where);
   const std::vector<double> speed = speeds.empty() ? std::vector<double>(group, 1.0) : speeds;
   if (static_cast<int>(speed.size()) != group)
     throw UserError(where + ": parallel.speeds lists " + std::to_string(speed.size()) + " ranks; a replica has " +
@@ -62,11 +100,22 @@ Plan make_plan(const ModelConfig& model, const PlanLimits& limits, int world, Re
   p.split = split;
   p.group = group;
   p.dp = dp;
+  p.pp = pp;
   p.shares = split == ReplicaSplit::Block ? block_shares(model, speed) : tensor_shares(model, speed);
+  // Stages: as stated, or the layers split as evenly as they go (the spare ones to the first
+  // stages: the last also computes the LM head).
+  std::vector<int> counts = pipeline.stage_layers;
+  if (counts.empty())
+    for (int st = 0; st < pp; ++st) counts.push_back(model.n_layers / pp + (st < model.n_layers % pp ? 1 : 0));
+  if (static_cast<int>(counts.size()) != pp)
+    throw UserError(where + ": parallel.stages lists " + std::to_string(counts.size()) + " stages for parallel.pp = " +
+                    std::to_string(pp));
+  for (int st = 0, first = 0; st < pp; first += counts[st], ++st) p.stages.push_back({first, counts[st]});
+  p.micro_batches = pipeline.micro_batches > 0 ? pipeline.micro_batches : (pp > 1 ? 2 * pp : 1);
   spd_drop.resize(model.n_layers, false);
   p.spd_drop = std::move(spd_drop);
   check_plan(p, model, world, where);
-  for (const LayerShare& s : p.shares) p.memory.push_back(rank_memory(model, s, limits));
+  fill_memory(p, model);
   return p;
 }
 
@@ -76,9 +125,9 @@ void complete_parsed_plan(Plan& p, const ModelConfig& model, int world, const st
       throw UserError(where + ": spd_drop names layer " + std::to_string(l) + " of a " + std::to_string(model.n_layers) +
                       "-layer model");
   p.spd_drop.resize(model.n_layers, false);
+  if (p.stages.empty() && p.pp == 1) p.stages.push_back({0, model.n_layers});
   check_plan(p, model, world, where);
-  p.memory.clear();
-  for (const LayerShare& s : p.shares) p.memory.push_back(rank_memory(model, s, p.limits));
+  fill_memory(p, model);
 }
 
 Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world) {
@@ -110,15 +159,18 @@ Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world) {
   const int group = job.parallel.group();
   int dp = job.parallel.dp;
   if (dp == 0) {  // `parallel.dp: auto`: as many replicas as the world holds
-    if (world % group != 0)
-      throw UserError(job.path + ": parallel.dp: auto needs a rank count that is a multiple of parallel." +
-                      split_name(split) + " = " + std::to_string(group) + ", but mpirun started " +
-                      std::to_string(world) + " ranks");
-    dp = world / group;
+    const int replica = group * job.parallel.pp;
+    if (world % replica != 0)
+      throw UserError(job.path + ": parallel.dp: auto needs a rank count that is a multiple of " +
+                      (job.parallel.pp > 1 ? "parallel." + std::string(split_name(split)) + " x parallel.pp = "
+                                           : "parallel." + std::string(split_name(split)) + " = ") +
+                      std::to_string(replica) + ", but mpirun started " + std::to_string(world) + " ranks");
+    dp = world / replica;
   }
-  check_grid(model, split, group, dp, 1, world, job.path);
+  check_grid(model, split, group, dp, job.parallel.pp, world, job.path);
   Plan p = make_plan(model, limits_of(job), world, split, group, dp, job.parallel.speeds,
-                     resolve_spd_drop(job, model, group), job.path);
+                     resolve_spd_drop(job, model, group), job.path,
+                     {job.parallel.pp, job.parallel.stages, job.parallel.micro_batches});
   p.chosen_by = "the job's parallel keys";
   return p;
 }

@@ -14,11 +14,21 @@ namespace lowsync {
 
 PlanLimits limits_of(const JobConfig& job);
 
-// A complete, checked plan: grid group x dp over `world` ranks, shares in proportion to `speeds`
+// A pipeline: pp stages of consecutive layers (`stage_layers` per stage, empty = as even as the
+// layers allow) and the micro-batches a batch is split into (0 = 2 x pp, enough to keep every
+// stage busy while the others work).
+struct PipelineChoice {
+  int pp = 1;
+  std::vector<int> stage_layers;
+  int micro_batches = 0;
+};
+
+// A complete, checked plan: grid group x pp x dp over `world` ranks, shares in proportion to `speeds`
 // (one per rank of a replica; empty = equal), the given SPD drop set (empty = none), memory filled.
 // `where` names the source in errors (the job file, or a plan file).
 Plan make_plan(const ModelConfig& model, const PlanLimits& limits, int world, ReplicaSplit split, int group, int dp,
-               const std::vector<double>& speeds, std::vector<bool> spd_drop, const std::string& where);
+               const std::vector<double>& speeds, std::vector<bool> spd_drop, const std::string& where,
+               const PipelineChoice& pipeline = {});
 
 // Checks a plan's grid and shares against the model and world (used for plans from files).
 void check_plan(const Plan& plan, const ModelConfig& model, int world, const std::string& where);

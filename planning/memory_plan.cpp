@@ -20,8 +20,9 @@ int64_t block_parameters(const ModelConfig& m, int64_t heads, int64_t kv, int64_
 
 }  // namespace
 
-RankMemory rank_memory(const ModelConfig& m, const LayerShare& share, const PlanLimits& limits) {
-  const int64_t H = m.hidden, L = m.n_layers, f = sizeof(float);
+RankMemory rank_memory(const ModelConfig& m, const LayerShare& share, const PlanLimits& limits, const Span& layers,
+                       bool first, bool last) {
+  const int64_t H = m.hidden, L = layers.count, f = sizeof(float);
   RankMemory mem;
 
   // Weights.
@@ -39,11 +40,13 @@ RankMemory rank_memory(const ModelConfig& m, const LayerShare& share, const Plan
     q_dim = int64_t(share.heads.count) * m.head_dim;
     ffn = share.ffn.count;
   }
-  int64_t shared = int64_t(m.vocab) * H;                                       // token embedding
-  if (m.family != Family::Llama) shared += int64_t(m.max_positions) * H;       // positions
-  if (m.family == Family::Bert) shared += int64_t(m.type_vocab) * H + 2 * H;   // token types, embedding norm
-  if (m.is_decoder()) shared += (m.family == Family::Llama ? 1 : 2) * H;        // final norm
-  if (m.is_decoder() && !m.tied_embeddings && m.family == Family::Llama) shared += int64_t(m.vocab) * H;  // head
+  const bool tied_head = m.family == Family::GPT2 || (m.family == Family::Llama && m.tied_embeddings);
+  int64_t shared = 0;
+  if (first || (last && m.is_decoder() && tied_head)) shared += int64_t(m.vocab) * H;  // token embedding
+  if (first && m.family != Family::Llama) shared += int64_t(m.max_positions) * H;     // positions
+  if (first && m.family == Family::Bert) shared += int64_t(m.type_vocab) * H + 2 * H; // token types, embedding norm
+  if (last && m.is_decoder()) shared += (m.family == Family::Llama ? 1 : 2) * H;       // final norm
+  if (last && m.is_decoder() && !tied_head) shared += int64_t(m.vocab) * H;           // head
   mem.weights = f * (L * per_layer + shared);
 
   // KV cache: one per (layer, local sub-block), as wide as the widest (Transformer::make_cache).
@@ -62,7 +65,8 @@ RankMemory rank_memory(const ModelConfig& m, const LayerShare& share, const Plan
   int64_t per_token = 3 * H + 2 * q_dim + 2 * kv_dim + 2 * ffn;
   if (m.bp.enabled()) per_token += 2 * H;
   int64_t logits = 0;
-  if (m.is_decoder()) logits = int64_t(m.vocab) * (limits.task == "score" ? T : std::min<int64_t>(T, limits.max_sequences));
+  if (last && m.is_decoder())
+    logits = int64_t(m.vocab) * (limits.task == "score" ? T : std::min<int64_t>(T, limits.max_sequences));
   mem.activations = f * (T * per_token + logits);
   return mem;
 }

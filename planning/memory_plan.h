@@ -11,6 +11,13 @@ namespace lowsync {
 // embeddings, final norm and LM head; the KV cache of the largest batch the limits allow
 // (generate: max_tokens of prompts + max_sequences x max_new_tokens, capped by the model's
 // positions; score and embed: max_tokens); the activations of a max_tokens pass and its logits.
-RankMemory rank_memory(const ModelConfig& model, const LayerShare& share, const PlanLimits& limits);
+// `layers`: the rank's pipeline stage; the first stage holds the embeddings, the last the final
+// norm and the LM head (the token embedding again when the head is tied to it).
+RankMemory rank_memory(const ModelConfig& model, const LayerShare& share, const PlanLimits& limits, const Span& layers,
+                       bool first_stage, bool last_stage);
+// One stage holding every layer.
+inline RankMemory rank_memory(const ModelConfig& model, const LayerShare& share, const PlanLimits& limits) {
+  return rank_memory(model, share, limits, {0, model.n_layers}, true, true);
+}
 
 }  // namespace lowsync

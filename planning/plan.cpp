@@ -36,10 +36,21 @@ int Plan::syncs_per_pass(const ModelConfig& model) const {
   return n;
 }
 
+int Plan::syncs_in_stage(int stage, const ModelConfig& model) const {
+  int n = 0;
+  for (int l = stages[stage].begin; l < stages[stage].end(); ++l) n += syncs_in_layer(l, model);
+  return n;
+}
+
 int Plan::dropped_layers() const { return static_cast<int>(std::count(spd_drop.begin(), spd_drop.end(), true)); }
 
 std::string Plan::describe() const {
   std::ostringstream s;
+  if (pp > 1) {
+    s << "pp=" << pp << " (layers ";
+    for (size_t i = 0; i < stages.size(); ++i) s << (i ? "+" : "") << stages[i].count;
+    s << ", " << micro_batches << " micro-batches) ";
+  }
   s << split_name(split) << "=" << group << " dp=" << dp;
   auto counts = [&](Span LayerShare::*span) {
     std::string out;
@@ -91,6 +102,10 @@ std::string Plan::to_yaml(const ModelConfig& model) const {
     e << YAML::EndMap;
   }
   e << YAML::EndSeq;
+  e << YAML::Key << "stages" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+  for (const Span& st : stages) span(st);
+  e << YAML::EndSeq;
+  e << YAML::Key << "micro_batches" << YAML::Value << micro_batches;
   std::vector<int> dropped, syncs;
   for (int l = 0; l < model.n_layers; ++l) {
     if (l < layers() && spd_drop[l]) dropped.push_back(l);
@@ -100,7 +115,8 @@ std::string Plan::to_yaml(const ModelConfig& model) const {
   e << YAML::Key << "syncs_per_layer" << YAML::Value << YAML::Flow << syncs;
   e << YAML::Key << "memory" << YAML::Value << YAML::BeginSeq;
   for (size_t r = 0; r < memory.size(); ++r)
-    e << YAML::Flow << YAML::BeginMap << YAML::Key << "rank" << YAML::Value << r << YAML::Key << "weights"
+    e << YAML::Flow << YAML::BeginMap << YAML::Key << "stage" << YAML::Value << r / group << YAML::Key << "rank"
+      << YAML::Value << r % group << YAML::Key << "weights"
       << YAML::Value << memory[r].weights << YAML::Key << "kv_cache" << YAML::Value << memory[r].kv_cache << YAML::Key
       << "activations" << YAML::Value << memory[r].activations << YAML::Key << "total" << YAML::Value
       << memory[r].total() << YAML::EndMap;
@@ -164,8 +180,7 @@ Plan Plan::parse(const std::string& yaml, const std::string& path) {
   p.group = get(grid, "group", "grid.", 0);
   p.dp = get(grid, "dp", "grid.", 0);
   p.pp = get(grid, "pp", "grid.", 0);
-  if (p.group < 1 || p.dp < 1 || p.pp != 1)
-    throw UserError(path + ": grid needs group >= 1, dp >= 1 and pp = 1 (pipelines are not available yet)");
+  if (p.group < 1 || p.dp < 1 || p.pp < 1) throw UserError(path + ": grid needs group, dp and pp >= 1");
   const YAML::Node shares = node(root, "shares", "");
   if (!shares.IsSequence() || static_cast<int>(shares.size()) != p.group)
     throw UserError(path + ": 'shares' must list " + std::to_string(p.group) + " ranks (grid.group)");
@@ -186,6 +201,22 @@ Plan Plan::parse(const std::string& yaml, const std::string& path) {
     }
     p.shares.push_back(s);
   }
+  // Stages: optional (a plan without a pipeline may leave them out: one stage of every layer).
+  if (root["stages"]) {
+    const YAML::Node stages = root["stages"];
+    if (!stages.IsSequence() || static_cast<int>(stages.size()) != p.pp)
+      throw UserError(path + ": 'stages' must list " + std::to_string(p.pp) + " [first layer, count] pairs (grid.pp)");
+    for (size_t i = 0; i < stages.size(); ++i) {
+      std::vector<int> v;
+      try {
+        v = stages[i].as<std::vector<int>>();
+      } catch (const YAML::Exception&) {
+      }
+      if (v.size() != 2) throw UserError(path + ": key 'stages[" + std::to_string(i) + "]' must be [first layer, count]");
+      p.stages.push_back({v[0], v[1]});
+    }
+  }
+  if (root["micro_batches"]) p.micro_batches = get(root, "micro_batches", "", 0);
   const std::vector<int> dropped = get(root, "spd_drop", "", std::vector<int>());
   p.spd_drop.assign(static_cast<size_t>(std::max(0, dropped.empty() ? 0 : *std::max_element(dropped.begin(), dropped.end()) + 1)), false);
   for (int l : dropped) {

@@ -4,9 +4,11 @@
 // the memory each rank needs. `run`, `calibrate` and `plan` all build it the same way
 // (planning/make_plan.h); layers receive their LayerShare from it and never compute one.
 //
-// Grid: world = dp x pp x group, world rank w is replica w / group and rank w % group inside its
-// replica (pp is 1 until the pipeline exists). A replica's ranks share layers either as tensor-
-// parallel shares of an ordinary model or as whole sub-blocks of a decoupled model.
+// Grid: world = dp x pp x group. World rank w is replica w / (pp x group), pipeline stage
+// (w / group) % pp and rank w % group inside its stage. A stage holds consecutive layers (the first
+// also embeds, the last also computes the final norm and the LM head); its ranks share those
+// layers either as tensor-parallel shares of an ordinary model or as whole sub-blocks of a
+// decoupled model.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -45,20 +47,28 @@ struct Plan {
   ReplicaSplit split = ReplicaSplit::Tensor;
   int dp = 1, pp = 1, group = 1;
 
-  std::vector<LayerShare> shares;  // [group rank], the same in every replica
+  std::vector<LayerShare> shares;  // [group rank], the same in every stage and replica
+  std::vector<Span> stages;        // [stage]: its layers, consecutive, covering the model
+  int micro_batches = 1;           // a batch's sequences split this many ways to keep stages busy
   std::vector<bool> spd_drop;      // [layer]: attention sync dropped (tensor split only)
-  std::vector<RankMemory> memory;  // [group rank]
+  std::vector<RankMemory> memory;  // [stage x group + group rank]
   std::string chosen_by;           // who decided: the job's parallel keys, a plan file, or the planner
 
-  int replica_of(int world_rank) const { return world_rank / group; }
+  int replica_of(int world_rank) const { return world_rank / (group * pp); }
+  int stage_of(int world_rank) const { return (world_rank / group) % pp; }
   int group_rank_of(int world_rank) const { return world_rank % group; }
   const LayerShare& share_of(int world_rank) const { return shares[group_rank_of(world_rank)]; }
+  const Span& layers_of(int world_rank) const { return stages[stage_of(world_rank)]; }
+  const RankMemory& memory_of(int world_rank) const { return memory[stage_of(world_rank) * group + group_rank_of(world_rank)]; }
   int layers() const { return static_cast<int>(spd_drop.size()); }
-  // The all-reduces layer l pays: 2 (TP), 1 (SPD, or the last layer of a decoupled segment), 0.
+  // The all-reduces layer l pays inside its stage: 2 (TP), 1 (SPD, or the last layer of a decoupled
+  // segment), 0.
   int syncs_in_layer(int l, const ModelConfig& model) const;
-  int syncs_per_pass(const ModelConfig& model) const;
+  int syncs_per_pass(const ModelConfig& model) const;  // summed over the stages
+  int syncs_in_stage(int stage, const ModelConfig& model) const;
   int dropped_layers() const;
-  // One line for logs and reports, e.g. "tp=2 dp=1: heads 6+3, kv heads 2+1, ffn 896+640; SPD drops 0/30".
+  // One line for logs and reports, e.g. "tp=2 dp=1: heads 6+3, kv heads 2+1, ffn 896+640; SPD drops 0/30"
+  // (with a pipeline: "pp=2 (layers 15+15, 4 micro-batches) tp=2 dp=1: ...").
   std::string describe() const;
 
   std::string to_yaml(const ModelConfig& model) const;

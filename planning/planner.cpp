@@ -1,5 +1,7 @@
 #include "planning/planner.h"
 
+#include "io/log.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -31,10 +33,10 @@ double phase_rate(const RankProfile& r, const JobConfig& job) {
 
 // Relative speed of each rank of a replica (averaged over replicas); empty when the ranks are
 // within 10% of each other, where even shares are as good.
-std::vector<double> replica_speeds(const Profile& profile, const JobConfig& job, int group, int dp) {
+std::vector<double> replica_speeds(const Profile& profile, const JobConfig& job, int group, int stages_times_dp) {
   std::vector<double> speed(group, 0.0);
-  for (int d = 0; d < dp; ++d)
-    for (int r = 0; r < group; ++r) speed[r] += phase_rate(profile.ranks[d * group + r], job) / dp;
+  for (int d = 0; d < stages_times_dp; ++d)
+    for (int r = 0; r < group; ++r) speed[r] += phase_rate(profile.ranks[d * group + r], job) / stages_times_dp;
   const auto [lo, hi] = std::minmax_element(speed.begin(), speed.end());
   if (*lo <= 0 || *hi / *lo < 1.1) return {};
   return speed;
@@ -61,10 +63,13 @@ Workload workload_of(const JobConfig& job, const ModelConfig& model) {
   w.new_tokens = is_generate(job) ? job.generate.max_new_tokens : 0;
   try {
     const PromptReader in(job.input, model.vocab, job.task == "score");
-    double tokens = 0;
-    for (int64_t r = 0; r < in.rows(); ++r)
+    double tokens = 0, targets = 0;
+    for (int64_t r = 0; r < in.rows(); ++r) {
       tokens += in.length(r) + (job.task == "score" ? std::max<int64_t>(in.target_length(r) - 1, 0) : 0);
+      if (job.task == "score") targets += in.target_length(r);
+    }
     if (in.rows() > 0) w.prompt_tokens = std::max(1, static_cast<int>(std::lround(tokens / in.rows())));
+    if (in.rows() > 0 && job.task == "score") w.scored_tokens = std::max(1, static_cast<int>(std::lround(targets / in.rows())));
   } catch (const std::exception&) {
     // No readable input yet (`lowsync plan` ahead of the data): keep the default prompt length.
   }
@@ -86,20 +91,22 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
   auto add = [&](Candidate c) {
     for (int w = 0; w < world; ++w)
       if (profile.ranks[w].usable_memory_bytes > 0 &&
-          c.plan.memory[c.plan.group_rank_of(w)].total() > profile.ranks[w].usable_memory_bytes)
+          c.plan.memory_of(w).total() > profile.ranks[w].usable_memory_bytes)
         c.fits = false;
     c.predicted = predict(c.plan, model, profile, work);
     result.candidates.push_back(std::move(c));
   };
-  for (int group = 1; group <= world; ++group) {
-    if (world % group) continue;
-    const int dp = world / group;
+  for (int group = 1; group <= world; ++group)
+  for (int pp = 1; pp * group <= world; ++pp) {
+    if (world % (group * pp)) continue;
+    const int dp = world / (group * pp);
+    if (pp > 1 && (model.bp.enabled() || pp > model.n_layers)) continue;  // pipelines: ordinary models
     const ReplicaSplit split = model.bp.enabled() ? ReplicaSplit::Block : ReplicaSplit::Tensor;
     if (split == ReplicaSplit::Block && group > model.bp.sub_blocks) continue;
     if (split == ReplicaSplit::Tensor && group > model.n_heads) continue;
     std::vector<std::vector<double>> speed_sets = {{}};
     if (group > 1) {
-      const std::vector<double> uneven = replica_speeds(profile, job, group, dp);
+      const std::vector<double> uneven = replica_speeds(profile, job, group, dp * pp);
       if (!uneven.empty()) speed_sets.push_back(uneven);
     }
     std::vector<std::vector<int>> drop_sets = {{}};
@@ -114,7 +121,7 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
         std::vector<bool> drop(model.n_layers, false);
         for (int l : dropped) drop[l] = true;
         try {
-          c.plan = make_plan(model, limits, world, split, group, dp, speeds, drop, "planner");
+          c.plan = make_plan(model, limits, world, split, group, dp, speeds, drop, "planner", {pp, {}, 0});
         } catch (const UserError&) {
           continue;  // a grid this model cannot take (e.g. more ranks than sub-blocks)
         }
@@ -122,7 +129,8 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
           c.kl = cal->prefix[dropped.size() - 1].kl;
           c.top1 = cal->prefix[dropped.size() - 1].top1;
         }
-        c.label = std::string(split_name(split)) + "=" + std::to_string(group) + " dp=" + std::to_string(dp);
+        c.label = (pp > 1 ? "pp=" + std::to_string(pp) + " " : std::string()) + split_name(split) + "=" +
+                  std::to_string(group) + " dp=" + std::to_string(dp);
         if (group > 1) c.label += " " + speeds_label(speeds);
         if (!dropped.empty()) c.label += ", SPD " + std::to_string(dropped.size()) + "/" + std::to_string(model.n_layers);
         add(std::move(c));
@@ -131,7 +139,8 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
   // The plan the job itself states (its parallel keys or a plan file), when it states one: so that
   // `lowsync plan` also predicts what the user asked for, and benchmarks can time any plan.
   const bool states_plan = !job.parallel.auto_plan &&
-                           (job.parallel.group() > 1 || job.parallel.dp != 1 || !job.parallel.plan.empty() ||
+                           (job.parallel.group() > 1 || job.parallel.dp != 1 || job.parallel.pp > 1 ||
+                            !job.parallel.plan.empty() ||
                             !job.parallel.spd.drop.empty() || !job.parallel.spd.from.empty());
   if (states_plan) {
     Candidate c;
@@ -237,8 +246,7 @@ Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& w
   });
   world.broadcast(&have, sizeof have, 0);
   if (!have) {
-    if (world.rank() == 0)
-      std::printf("lowsync: profiling %d rank(s) (no usable %s)\n", world.size(), job.plan.profile.c_str());
+    log::info("lowsync: profiling %d rank(s) (no usable %s)", world.size(), job.plan.profile.c_str());
     world.agree([&] {
       profile = measure_profile(model, backend, world, std::min(job.batch.max_tokens, 512), job.batch.max_sequences,
                                 job.threads, 15.0);
@@ -253,9 +261,10 @@ Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& w
     const auto t0 = std::chrono::steady_clock::now();
     const PlannerResult result = plan_candidates(job, model, profile, workload_of(job, model));
     const double planning_ms = 1e3 * std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("lowsync: plan candidates for %s on %d rank(s), objective %s (profile %s; planned in %.1f ms)\n%s",
-                job.model.c_str(), world.size(), job.plan.objective.c_str(), job.plan.profile.c_str(), planning_ms,
-                planner_table(result, job, model).c_str());
+    log::info("lowsync: plan candidates for %s on %d rank(s), objective %s (profile %s; planned in %.1f ms)",
+              job.model.c_str(), world.size(), job.plan.objective.c_str(), job.plan.profile.c_str(), planning_ms);
+    if (log::printing()) std::fputs(planner_table(result, job, model).c_str(), stdout);
+    std::fflush(stdout);
     if (!candidates_out.empty()) {
       std::ofstream f(candidates_out);
       f << candidates_json(result, model);

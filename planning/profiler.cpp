@@ -76,6 +76,8 @@ constexpr double kLoopSeconds = 2e-4;   // a link timing loop's length (about)
 // Loops per message size: at least 20, as on a loaded host a few loops in a row may all have been
 // preempted; at most 300, plenty where nothing is.
 constexpr int kLinkMinLoops = 20, kLinkMaxLoops = 300;
+constexpr int kMinOps = 4;              // operations per loop at least, unless one is long:
+constexpr double kLongOpSeconds = 1e-2;  // beyond this the start skew (a latency) no longer matters
 
 // The best rate (work per second) of `pass` over a few windows of back-to-back passes that together
 // take about `allowance_s`. Collective: the ranks run their windows at the same time.
@@ -307,7 +309,13 @@ std::vector<int64_t> message_sizes() {
 // `allowance_s` is spent. Short loops (about kLoopSeconds, long enough to dwarf the timer and the
 // barrier's skew) and the fastest of them, because on a shared host a loop during which either end
 // of the link was preempted times the scheduler, not the link; the shorter the loops, the more of
-// them run whole. Every rank of world calls it, `active` false on ranks idle in this measurement.
+// them run whole. A loop's time is its slowest rank's (an operation ends for the group when it ends
+// for its last rank), and each loop runs at least kMinOps operations where they are short: the
+// ranks leave the barrier up to a one-way latency apart, and on a link of 0.5 ms latency a rank
+// that starts its single all-reduce late finds its partner's data already there and times ~10 us.
+// Taking each rank's own fastest loop and then the slowest rank (as this did) kept exactly those
+// loops: over a 500 us link the all-reduce fitted 8 us of latency while a ping took 540 us.
+// Every rank of world calls it, `active` false on ranks idle in this measurement.
 // `per_op` divides a loop's time (2 for a ping-pong, to give one way).
 template <class Op>
 double time_op(Communicator& world, double allowance_s, Op&& op, bool active, double per_op = 1) {
@@ -321,20 +329,22 @@ double time_op(Communicator& world, double allowance_s, Op&& op, bool active, do
   }
   const auto start = Clock::now();
   double best = INFINITY;
-  for (int r = 0; r < kLinkMaxLoops; ++r) {
+  for (int r = 0;; ++r) {
     // The ranks must agree on each loop's length (at the slowest rank's latest rate) and on when to
     // stop (as soon as any rank has spent the allowance), or their operations would not match.
+    // The agreed rate is also the previous loop's time: its slowest rank's.
     int64_t agreed[2] = {static_cast<int64_t>(std::ceil(latest * 1e9)),
-                         r >= kLinkMinLoops && seconds_since(start) >= allowance_s ? 1 : 0};
+                         r >= kLinkMaxLoops || (r >= kLinkMinLoops && seconds_since(start) >= allowance_s) ? 1 : 0};
     world.all_reduce_max(agreed, 2);
+    if (r > 0) best = std::min(best, double(agreed[0]) * 1e-9);  // loop 0's figure is the warm-up's
     if (agreed[1]) break;
-    const int64_t ops = std::clamp<int64_t>(int64_t(kLoopSeconds / std::max(double(agreed[0]) * 1e-9, 1e-8)), 1, 20000);
+    const double op_s = std::max(double(agreed[0]) * 1e-9, 1e-8);
+    const int64_t ops = std::clamp<int64_t>(int64_t(kLoopSeconds / op_s), op_s < kLongOpSeconds ? kMinOps : 1, 20000);
     world.barrier();
     const auto t0 = Clock::now();
     if (active)
       for (int64_t i = 0; i < ops; ++i) op();
-    latest = seconds_since(t0) / double(ops);
-    best = std::min(best, latest);
+    latest = active ? seconds_since(t0) / double(ops) : 0.0;
   }
   return active ? best / per_op : 0.0;
 }

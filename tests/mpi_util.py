@@ -1,6 +1,7 @@
 """Running lowsync under mpirun from Python tests (ctest passes LOWSYNC_BIN)."""
 import os
 import subprocess
+import time
 
 LOWSYNC = os.environ.get("LOWSYNC_BIN", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                      "build", "lowsync"))
@@ -19,3 +20,17 @@ def mpirun(np_, args, check=True):
     if check and p.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} on {np_} ranks exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
     return p.stdout if check else p
+
+
+def open_when_released(path, seconds=30):
+    """h5py.File(path) once no process holds HDF5's lock on it: mpirun can return from an abort while
+    a killed rank is still exiting with the output open."""
+    import h5py
+    deadline = time.time() + seconds
+    while True:
+        try:
+            return h5py.File(path, "r")
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.25)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mpi_util import ENV, LOWSYNC, mpirun, mpirun_cmd  # noqa: E402
+from mpi_util import open_when_released, ENV, LOWSYNC, mpirun, mpirun_cmd  # noqa: E402
 
 failures = []
 
@@ -25,19 +25,6 @@ def check(what, ok, detail=""):
 
 def error_lines(p):
     return [l for l in p.stderr.splitlines() if l.startswith("lowsync: error:")]
-
-
-def open_when_released(path, seconds=30):
-    """h5py.File(path) once no process holds HDF5's lock on it: mpirun can return from an abort while
-    a killed rank is still exiting with the output open."""
-    deadline = time.time() + seconds
-    while True:
-        try:
-            return h5py.File(path, "r")
-        except OSError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.25)
 
 
 def main():

@@ -6,6 +6,8 @@
 #include "io/error.h"
 #include "io/job_config.h"
 
+#include <yaml-cpp/yaml.h>
+
 using namespace lowsync;
 
 namespace {
@@ -179,4 +181,79 @@ TEST(JobConfig, FingerprintHoldsTheRowRange) {
   EXPECT_NE(shard0.fingerprint().find("shard: {index: 0, count: 2, max_tokens: 2048, max_sequences: 32}\n"),
             std::string::npos);
   EXPECT_EQ(whole.fingerprint().find("rows"), std::string::npos);  // unchanged for whole-input jobs
+}
+
+// Issue 14: the stored job (`job_yaml`) is a job file: valid YAML, every key nested as in the job
+// reference, and loading it gives the same job.
+TEST(JobConfig, ToYamlRoundTrips) {
+  const std::string text = std::string(kBase) +
+                           "generate: {temperature: 0.7, top_p: 0.9, seed: 18446744073709551615}\n"
+                           "parallel: {tp: 2, speeds: [2, 1.5], spd: {from: cal.yaml, budget: {max_kl: 0.01}}}\n"
+                           "calibrate: {prompts: cal.h5, rows: 3}\nplan: {objective: latency}\nprogress: {every: 2.5}\n";
+  const auto a = load_job_config(write_yaml(text), {"threads=3"});
+  const std::string stored = a.to_yaml();
+  const YAML::Node root = YAML::Load(stored);
+  EXPECT_EQ(root["parallel"]["spd"]["budget"]["max_kl"].as<double>(), 0.01) << stored;
+  EXPECT_FALSE(root["parallel"]["spd"]["budget"]["min_top1"]) << stored;  // -1: the file's own
+  EXPECT_EQ(root["generate"]["temperature"].as<std::string>(), "0.7") << stored;
+  const auto b = load_job_config(write_yaml(stored), {});
+  EXPECT_EQ(a.fingerprint(), b.fingerprint()) << stored;
+  EXPECT_EQ(b.to_yaml(), stored);
+  EXPECT_EQ(b.threads, 3);
+  EXPECT_EQ(b.generate.seed, 18446744073709551615ull);
+  EXPECT_EQ(b.parallel.speeds, (std::vector<double>{2, 1.5}));
+  EXPECT_EQ(b.calibrate.rows, 3);
+  EXPECT_EQ(b.plan.objective, "latency");
+  EXPECT_DOUBLE_EQ(b.progress.every, 2.5);
+  EXPECT_EQ(b.output, a.output);
+
+  for (const char* extra : {"parallel: auto\n", "parallel: {auto: true, spd: {from: c.yaml}}\n",
+                            "parallel: {plan: p.yaml}\nbackend: cuda\ncuda: {device: 1, dtype: fp32}\n",
+                            "task: embed\nembed: {pooling: cls, normalize: true}\n",
+                            "threads: auto\nparallel: {tp: 2, dp: auto}\nrows: {first: 3}\n",
+                            "rows: {first: 3, count: 9}\n", "shard: {index: 1, count: 4}\n"}) {
+    std::string t = std::string(kBase) + extra;
+    if (t.find("task: embed") != std::string::npos) t.replace(t.find("task: generate\n"), 15, "");
+    const auto c = load_job_config(write_yaml(t), {});
+    const auto d = load_job_config(write_yaml(c.to_yaml()), {});
+    EXPECT_EQ(c.fingerprint(), d.fingerprint()) << c.to_yaml();
+    EXPECT_EQ(c.parallel.auto_plan, d.parallel.auto_plan);
+    EXPECT_EQ(c.cuda.device, d.cuda.device);
+    EXPECT_EQ(c.embed.pooling, d.embed.pooling);
+    EXPECT_EQ(c.threads, d.threads);
+    EXPECT_EQ(c.parallel.dp, d.parallel.dp);
+    EXPECT_EQ(c.row_range(100).first, d.row_range(100).first) << c.to_yaml();
+    EXPECT_EQ(c.row_range(100).end, d.row_range(100).end) << c.to_yaml();
+  }
+}
+
+// Relative paths in a job file are read from the job file's folder; --set paths from the working
+// directory; absolute paths and defaults are left alone.
+TEST(JobConfig, RelativePathsFollowTheJobFile) {
+  const auto dir = std::filesystem::temp_directory_path() / ("lowsync_jobdir_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir / "sub");
+  const auto job = dir / "sub" / "job.yaml";
+  std::ofstream(job) << "model: ../models/m\ntask: generate\ninput: in.h5\noutput: /abs/out.h5\n"
+                        "parallel: {plan: p.yaml, spd: {from: c.yaml}}\ncalibrate: {prompts: cal.h5, output: cal.yaml}\n"
+                        "plan: {profile: prof.yaml, output: out_plan.yaml}\n";
+  const auto c = load_job_config(job.string(), {"parallel.spd.from=mine.yaml"});
+  const std::string s = (dir / "sub").string() + "/";
+  EXPECT_EQ(c.model, dir.string() + "/models/m");
+  EXPECT_EQ(c.input, s + "in.h5");
+  EXPECT_EQ(c.output, "/abs/out.h5");
+  EXPECT_EQ(c.parallel.plan, s + "p.yaml");
+  EXPECT_EQ(c.parallel.spd.from, "mine.yaml");  // --set: the working directory's
+  EXPECT_EQ(c.calibrate.prompts, s + "cal.h5");
+  EXPECT_EQ(c.calibrate.output, s + "cal.yaml");
+  EXPECT_EQ(c.plan.profile, s + "prof.yaml");
+  EXPECT_EQ(c.plan.output, s + "out_plan.yaml");
+  const auto d = load_job_config(job.string(), {"parallel.spd.from=x", "plan.profile=q.yaml"});
+  EXPECT_EQ(d.plan.profile, "q.yaml");
+  // Defaults are not in the file: they stay relative to the working directory.
+  std::ofstream(job) << kBase;
+  const auto e = load_job_config(job.string(), {});
+  EXPECT_EQ(e.plan.profile, "profile.yaml");
+  EXPECT_EQ(e.calibrate.output, "calibration.yaml");
+  EXPECT_EQ(e.model, s + "m");
+  std::filesystem::remove_all(dir);
 }

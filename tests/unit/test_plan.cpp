@@ -282,3 +282,20 @@ TEST(Plan, AutoReplicasFillTheWorld) {
             std::string::npos);
 }
 
+TEST(Planner, PipelineWhenAReplicaDoesNotFitAndTheLinkIsSlow) {
+  const ModelConfig m = smollm2();
+  Profile p = uniform_profile(2, 1e-3, 12e6);  // 100 Mbit/s with a millisecond of latency
+  for (auto& r : p.ranks) r.usable_memory_bytes = 600ll << 20;  // a whole replica (~540 MB of weights + cache) fits on no rank
+  PointToPointLink l;
+  l.from = 0, l.to = 1, l.link = {1e-3, 12e6};
+  p.point_to_point.push_back(l);
+  const auto r = plan_candidates(job("throughput"), m, p, {128, 32, 32});
+  const Candidate& c = r.candidates[r.chosen];
+  EXPECT_EQ(c.plan.pp, 2) << planner_table(r, job("throughput"), m);
+  bool replicas_refused = false;
+  for (const Candidate& k : r.candidates)
+    if (k.plan.dp == 2) replicas_refused = !k.fits;
+  EXPECT_TRUE(replicas_refused);
+  // The pipeline's stages hold half the layers each: memory well under a whole replica's.
+  EXPECT_LT(c.plan.memory_of(0).weights, rank_memory(m, LayerShare::whole(m), c.plan.limits).weights * 0.7);
+}

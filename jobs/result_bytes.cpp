@@ -1,0 +1,52 @@
+#include "jobs/result_bytes.h"
+
+#include <cstring>
+
+namespace lowsync {
+
+// A batch's results as bytes: per row, its token ids, log-probs, embedding, sum and latency.
+std::vector<char> pack_results(int64_t index, const std::vector<RowResult>& rows) {
+  std::vector<char> out;
+  auto put = [&](const void* p, size_t n) { out.insert(out.end(), static_cast<const char*>(p), static_cast<const char*>(p) + n); };
+  auto put_vec = [&](const auto& v) {
+    int64_t n = static_cast<int64_t>(v.size());
+    put(&n, sizeof n);
+    put(v.data(), n * sizeof(v[0]));
+  };
+  put(&index, sizeof index);
+  int64_t n = static_cast<int64_t>(rows.size());
+  put(&n, sizeof n);
+  for (const auto& r : rows) {
+    put_vec(r.tokens);
+    put_vec(r.token_logprobs);
+    put_vec(r.embedding);
+    put(&r.sum_logprob, sizeof r.sum_logprob);
+    put(&r.latency_ms, sizeof r.latency_ms);
+  }
+  return out;
+}
+
+std::vector<RowResult> unpack_results(const std::vector<char>& in, int64_t& index) {
+  size_t at = 0;
+  auto get = [&](void* p, size_t n) { std::memcpy(p, in.data() + at, n); at += n; };
+  auto get_vec = [&](auto& v) {
+    int64_t n;
+    get(&n, sizeof n);
+    v.resize(n);
+    get(v.data(), n * sizeof(v[0]));
+  };
+  get(&index, sizeof index);
+  int64_t n;
+  get(&n, sizeof n);
+  std::vector<RowResult> rows(n);
+  for (auto& r : rows) {
+    get_vec(r.tokens);
+    get_vec(r.token_logprobs);
+    get_vec(r.embedding);
+    get(&r.sum_logprob, sizeof r.sum_logprob);
+    get(&r.latency_ms, sizeof r.latency_ms);
+  }
+  return rows;
+}
+
+}  // namespace lowsync
