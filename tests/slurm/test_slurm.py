@@ -12,12 +12,13 @@ Debian's slurm-wlm and munge, installed first when missing), with a tiny LLaMA
   run's, and the shards hold the rows their attributes say;
 - requeue.sbatch on a longer input: once a quarter of the rows are done, SIGUSR1 to the batch shell
   (`scancel --signal=USR1 --batch`, what --signal=B:USR1@120 does near the time limit): the script
-  passes it on, lowsync stops, the script requeues the job; then, in the second run, past 60% of the
-  rows, `scontrol requeue` from outside (as an administrator or preemption would: SIGTERM to the
-  job); the third run completes. After each stop the file's done rows equal the reference's, and
+  passes it on to mpirun, lowsync stops after its batch (exit 75), the script requeues the job;
+  then, in the second run, past 60% of the rows, `scontrol requeue` from outside (as an
+  administrator or preemption would: SIGTERM to every process of the job); the third run completes. After each stop the file's done rows equal the reference's, and
   the final file equals an uninterrupted run's, with Restarts = 2. (Slurm holds a requeued job back
   for a while; the test releases it at once with `scontrol update StartTime=now`.) This holds
-  whether lowsync stops at a batch boundary on the signal or is killed by it.
+  whether lowsync stops at a batch boundary on the signal or is killed by it (the output says which:
+  the script logs lowsync's exit status).
 
 All jobs run at the same time. The cluster is always torn down. Exit 77 (skipped) only where a
 cluster cannot be started at all (not root, no apt-get to install Slurm, a daemon that will not
