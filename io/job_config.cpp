@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
@@ -42,6 +43,35 @@ Setter spd_field(T SpdOptions::*member) {
   return [member](JobConfig& c, const YAML::Node& n) { c.parallel.spd.*member = n.as<T>(); };
 }
 
+// "2GiB", "500 MB", "123456789" (bytes), or "50%" / "0.5" (a share of the free memory).
+MemoryLimit parse_memory_limit(const std::string& text) {
+  MemoryLimit m;
+  size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    throw YAML::Exception(YAML::Mark::null_mark(), "not a memory size");
+  }
+  std::string unit = text.substr(used);
+  unit.erase(0, unit.find_first_not_of(' '));
+  if (!(value > 0) || !std::isfinite(value)) throw YAML::Exception(YAML::Mark::null_mark(), "not a memory size");
+  if (unit == "%") {
+    m.fraction = value / 100;
+  } else if (unit.empty() && value <= 1 && text.find('.') != std::string::npos) {
+    m.fraction = value;
+  } else {
+    static const std::map<std::string, double> units = {
+        {"", 1}, {"B", 1}, {"K", 1e3}, {"KB", 1e3}, {"KiB", 1024.0}, {"M", 1e6}, {"MB", 1e6}, {"MiB", 1048576.0},
+        {"G", 1e9}, {"GB", 1e9}, {"GiB", 1073741824.0}, {"T", 1e12}, {"TB", 1e12}, {"TiB", 1099511627776.0}};
+    const auto u = units.find(unit);
+    if (u == units.end()) throw YAML::Exception(YAML::Mark::null_mark(), "not a memory size");
+    m.bytes = static_cast<int64_t>(value * u->second);
+  }
+  if (m.fraction > 1) throw YAML::Exception(YAML::Mark::null_mark(), "not a memory size");
+  return m;
+}
+
 const std::map<std::string, Setter>& schema() {
   static const std::map<std::string, Setter> keys = {
       {"model", field(&JobConfig::model)},
@@ -51,6 +81,7 @@ const std::map<std::string, Setter>& schema() {
       {"threads", [](JobConfig& c, const YAML::Node& n) { c.threads = int_or_auto(n); }},
       {"backend", field(&JobConfig::backend)},
       {"trace", field(&JobConfig::trace)},
+      {"memory.limit", [](JobConfig& c, const YAML::Node& n) { c.memory_limit = parse_memory_limit(n.as<std::string>()); }},
       {"cuda.device", field(&JobConfig::cuda, &CudaOptions::device)},
       {"cuda.dtype", field(&JobConfig::cuda, &CudaOptions::dtype)},
       {"generate.max_new_tokens", field(&JobConfig::generate, &GenerateOptions::max_new_tokens)},
@@ -216,8 +247,11 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
     try {
       schema().at(key)(c, node);
     } catch (const YAML::Exception&) {
-      throw UserError(path + ": key '" + key + "' has value '" + (node.IsScalar() ? node.as<std::string>("") : "[...]") +
-                      "' of the wrong type");
+      const std::string value = node.IsScalar() ? node.as<std::string>("") : "[...]";
+      if (key == "memory.limit")
+        throw UserError(path + ": key 'memory.limit' is '" + value +
+                        "'; expected a size (bytes, or with a unit: 500MB, 2GiB) or a share of free memory (50%, 0.5)");
+      throw UserError(path + ": key '" + key + "' has value '" + value + "' of the wrong type");
     }
   }
 
@@ -369,6 +403,10 @@ std::string JobConfig::to_yaml() const {
   e << YAML::Key << "threads" << YAML::Value << or_auto(c.threads);
   e << YAML::Key << "backend" << YAML::Value << c.backend;
   if (!c.trace.empty()) e << YAML::Key << "trace" << YAML::Value << c.trace;
+  if (c.memory_limit.set())
+    e << YAML::Key << "memory" << YAML::Value << YAML::BeginMap << YAML::Key << "limit" << YAML::Value
+      << (c.memory_limit.bytes > 0 ? std::to_string(c.memory_limit.bytes) : shortest(100 * c.memory_limit.fraction) + "%")
+      << YAML::EndMap;
   e << YAML::Key << "cuda" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "device" << YAML::Value << c.cuda.device;
   e << YAML::Key << "dtype" << YAML::Value << c.cuda.dtype << YAML::EndMap;

@@ -78,6 +78,13 @@ struct ProgressOptions {
   double every = 10;
 };
 
+// `memory.limit`: the memory a rank may use; layers beyond it are streamed from the checkpoint.
+struct MemoryLimit {
+  int64_t bytes = 0;    // > 0: this many bytes
+  double fraction = 0;  // > 0: this share of the memory free on the rank's host, split among its ranks
+  bool set() const { return bytes > 0 || fraction > 0; }
+};
+
 // Which rows of the input a job computes: `rows: {first, count}` or `shard: {index, count}` (one of
 // them at most). The output then holds only those rows, in input order.
 struct RowsOptions {
@@ -106,6 +113,7 @@ struct JobConfig {
   ParallelOptions parallel;
   CalibrateOptions calibrate;
   PlanOptions plan;
+  MemoryLimit memory_limit;
   ProgressOptions progress;
   RowsOptions rows;
   ShardOptions shard;

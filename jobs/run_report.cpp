@@ -29,7 +29,9 @@ nlohmann::json per_rank_json(const Plan& plan, const std::vector<double>& all) {
                    {"planned_memory_bytes", plan.memory_of(r).total()},
                    {"prefill_s", f[9]}, {"prefill_passes", int64_t(f[10])}, {"decode_s", f[11]},
                    {"decode_steps", int64_t(f[12])}, {"stage", plan.stage_of(r)},
-                   {"pipeline_s", f[13]}, {"pipeline_bytes", int64_t(f[14])}});
+                   {"pipeline_s", f[13]}, {"pipeline_bytes", int64_t(f[14])},
+                   {"resident_layers", plan.resident_of(r)}, {"streamed_bytes", int64_t(f[15])},
+                   {"stream_stall_s", f[16]}});
   }
   return out;
 }
@@ -172,6 +174,9 @@ std::string run_report(const Plan& plan, const ModelConfig& model, const std::ve
       << (f[0] + f[1] > 0 ? 100 * f[1] / (f[0] + f[1]) : 0) << "%), " << static_cast<int64_t>(f[2])
       << " all-reduces over " << static_cast<int64_t>(f[4]) << " passes, " << per_token << " bytes sent per token, "
       << (plan.pp > 1 ? "pipeline sends/waits " + std::to_string(f[13]) + " s, " : std::string())
+      << (f[15] > 0 ? std::to_string(plan.layers_of(r).count - plan.resident_of(r)) + " layers streamed (" +
+                          std::to_string(f[15] / 1048576.0) + " MiB read, " + std::to_string(f[16]) + " s waited), "
+                    : std::string())
       << f[6] / 1048576.0 << " MiB of weights (planned memory " << plan.memory_of(r).total() / 1048576.0
       << " MiB), peak RSS " << f[7] << " MiB\n";
   }

@@ -11,8 +11,9 @@ namespace lowsync {
 
 // Per-rank figures, gathered to every rank: [compute s, replica comm s, all-reduces, bytes sent,
 // forward passes, tokens, weight bytes, peak resident MiB, anonymous resident MiB, prefill s,
-// prefill passes, decode s, decode steps, pipeline s, pipeline bytes sent].
-constexpr int kReportFields = 15;
+// prefill passes, decode s, decode steps, pipeline s, pipeline bytes sent, streamed layer bytes,
+// seconds stalled waiting for a streamed layer].
+constexpr int kReportFields = 17;
 
 // This run (one segment of the file: a --resume makes another).
 struct RunTotals {

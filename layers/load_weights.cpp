@@ -177,7 +177,7 @@ using LayerLoader = LayerWeights (*)(const ModelConfig&, Loader&, const std::str
 // its stage holds.
 struct RankPart {
   const LayerShare& share;
-  Span layers;
+  Span layers;       // read now: the stage's layers held in memory (streamed ones come later)
   bool first, last;  // first stage: embeddings; last stage: final norm and LM head
 };
 
@@ -242,11 +242,49 @@ ModelWeights load_bert(const ModelConfig& c, const RankPart& part, Loader& in) {
   return m;  // BertModel has no LM head
 }
 
+// Where each family's layers live in the checkpoint, and how to read one.
+struct FamilyLayers {
+  const char* probe;                           // a tensor that tells the key prefix
+  const char* prefixes[2];                     // where it may be (the first: the canonical key)
+  const char* layer_prefix;
+  LayerLoader load;
+};
+
+FamilyLayers family_layers(Family f) {
+  if (f == Family::Llama) return {"embed_tokens.weight", {"model.", ""}, "layers.", load_llama_layer};
+  if (f == Family::GPT2) return {"wte.weight", {"transformer.", ""}, "h.", load_gpt2_layer};
+  return {"embeddings.word_embeddings.weight", {"", "bert."}, "encoder.layer.", load_bert_layer};
+}
+
 }  // namespace
 
-ModelWeights load_weights(const ModelConfig& cfg, const LayerShare& share, const Span& layers, Backend& be) {
+struct LayerSource::Impl {
+  Impl(const ModelConfig& c, const LayerShare& s, Backend& be) : cfg(c), share(s), in(c, be), family(family_layers(c.family)) {
+    in.detect_prefix(family.probe, {family.prefixes[0], family.prefixes[1]});
+  }
+  const ModelConfig& cfg;
+  LayerShare share;
+  Loader in;
+  FamilyLayers family;
+};
+
+LayerSource::LayerSource(const ModelConfig& cfg, const LayerShare& share, Backend& be)
+    : impl_(std::make_unique<Impl>(cfg, share, be)) {}
+LayerSource::~LayerSource() = default;
+
+LayerWeights LayerSource::load(int layer) {
+  const int64_t before = impl_->in.bytes();
+  LayerWeights w = impl_->family.load(impl_->cfg, impl_->in, impl_->family.layer_prefix + std::to_string(layer) + ".",
+                                      Part::tp_share(impl_->cfg, impl_->share));
+  bytes_ += impl_->in.bytes() - before;
+  return w;
+}
+
+ModelWeights load_weights(const ModelConfig& cfg, const LayerShare& share, const Span& layers, int resident,
+                          Backend& be) {
   Loader in(cfg, be);
-  const RankPart part{share, layers, layers.begin == 0, layers.end() == cfg.n_layers};
+  const RankPart part{share, {layers.begin, std::min(resident, layers.count)}, layers.begin == 0,
+                      layers.end() == cfg.n_layers};
   ModelWeights m = cfg.family == Family::Llama ? load_llama(cfg, part, in)
                    : cfg.family == Family::GPT2 ? load_gpt2(cfg, part, in)
                                                 : load_bert(cfg, part, in);

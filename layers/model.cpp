@@ -1,6 +1,7 @@
 #include "layers/model.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "io/error.h"
 
@@ -17,15 +18,41 @@ BlockShape BlockShape::sub_block(const ModelConfig& cfg, int r) {
 }
 
 Transformer::Transformer(const ModelConfig& cfg, Backend& be, TensorParallelGroup tp, const LayerShare& share,
-                         const Span& layers, std::vector<bool> spd_drop)
+                         const Span& layers, std::vector<bool> spd_drop, int resident)
     : cfg_(cfg), be_(be), tp_(tp), layers_(layers) {
   if (cfg.bp.enabled()) {
     for (int r = share.sub_blocks.begin; r < share.sub_blocks.end(); ++r) sub_shapes_.push_back(BlockShape::sub_block(cfg, r));
   } else {
     local_ = BlockShape::of_share(cfg, share);
   }
-  w_ = load_weights(cfg, share, layers, be);
+  resident_ = resident < 0 || cfg.bp.enabled() ? layers.count : std::min(resident, layers.count);
+  w_ = load_weights(cfg, share, layers, resident_, be);
+  if (resident_ < layers.count) source_ = std::make_unique<LayerSource>(cfg, share, be);
   set_spd_drop(std::move(spd_drop));
+}
+
+Transformer::~Transformer() {
+  if (next_.valid()) next_.wait();  // a read-ahead still running uses this object's source
+}
+
+// Starts reading streamed layer l in the background.
+void Transformer::prefetch(int l) {
+  next_layer_ = l;
+  next_ = std::async(std::launch::async, [this, l] { return source_->load(l); });
+}
+
+// Layer l's weights: held ones directly; a streamed one from the read-ahead (waiting for it only if
+// it is not there yet: that wait is the stall the run report shows), starting the next streamed
+// layer's read (after the stage's last, the first streamed one again, for the next pass).
+const LayerWeights& Transformer::layer_weights(int l) {
+  const int local = l - layers_.begin;
+  if (local < resident_) return w_.layers[local];
+  if (next_layer_ != l) prefetch(l);  // the first pass, or an order the read-ahead did not expect
+  const auto t0 = std::chrono::steady_clock::now();
+  streamed_ = next_.get();
+  stall_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  prefetch(l + 1 < layers_.end() ? l + 1 : layers_.begin + resident_);
+  return streamed_;
 }
 
 void Transformer::set_spd_drop(std::vector<bool> drop) {
@@ -107,7 +134,7 @@ void Transformer::finish(Tensor& x) {
 
 // Pre-LN block:  x = x + Attn(norm1(x));  x = x + FFN(norm2(x))   (2 syncs)
 void Transformer::decoder_block(int l, Tensor& x, const BatchLayout& layout, KVCache& cache) {
-  const LayerWeights& w = w_.layers[l - layers_.begin];
+  const LayerWeights& w = layer_weights(l);
   Tensor h = be_.scratch(x.rows, x.cols);
   norm(x, w.norm1_w, w.norm1_b, h);
   Tensor a = attention_partial(w, local_, l - layers_.begin, h, layout, cache);
@@ -125,7 +152,7 @@ void Transformer::decoder_block(int l, Tensor& x, const BatchLayout& layout, KVC
 // attention partial a_r,  h_r = x + a_r + b_o,  m_r = FFN_r(norm2(h_r)),  then one all-reduce gives
 // y = x + sum_r (a_r + m_r) + b_o + b_down.
 void Transformer::decoder_block_spd(int l, Tensor& x, const BatchLayout& layout, KVCache& cache) {
-  const LayerWeights& w = w_.layers[l - layers_.begin];
+  const LayerWeights& w = layer_weights(l);
   Tensor h = be_.scratch(x.rows, x.cols);
   norm(x, w.norm1_w, w.norm1_b, h);
   Tensor a = attention_partial(w, local_, l - layers_.begin, h, layout, cache);
@@ -144,7 +171,7 @@ void Transformer::decoder_block_spd(int l, Tensor& x, const BatchLayout& layout,
 
 // Post-LN block:  x = norm1(x + Attn(x));  x = norm2(x + FFN(x))   (2 syncs)
 void Transformer::encoder_block(int l, Tensor& x, const BatchLayout& layout, KVCache& cache) {
-  const LayerWeights& w = w_.layers[l - layers_.begin];
+  const LayerWeights& w = layer_weights(l);
   Tensor a = attention_partial(w, local_, l - layers_.begin, x, layout, cache);
   tp_.all_reduce(a);
   add_bias(a, w.bo);

@@ -2,6 +2,9 @@
 // A transformer of one of the supported families, this rank's share of its weights on a backend,
 // and its forward pass over a packed batch. Blocks are written out per family shape: pre-LN
 // decoder (LLaMA, GPT-2), the same with its attention sync dropped (SPD), and post-LN encoder (BERT).
+#include <atomic>
+#include <future>
+#include <memory>
 #include <vector>
 
 #include "io/model_config.h"
@@ -41,16 +44,39 @@ struct BlockShape {
 };
 
 // Reads this rank's share of the Hugging Face checkpoint of cfg.dir and uploads it to the backend.
-// `layers`: this rank's pipeline stage. The first stage also reads the embeddings, the last the
-// final norm and the LM head.
-ModelWeights load_weights(const ModelConfig& cfg, const LayerShare& share, const Span& layers, Backend& be);
+// `layers`: this rank's pipeline stage, of which the first `resident` layers are read now (the
+// others are streamed in during each pass, see LayerSource). The first stage also reads the
+// embeddings, the last the final norm and the LM head.
+ModelWeights load_weights(const ModelConfig& cfg, const LayerShare& share, const Span& layers, int resident,
+                          Backend& be);
+
+// One layer of this rank's share at a time, read from the memory-mapped checkpoint when it is
+// needed (peer memory pooling with the host's page cache as the pool: layers beyond a rank's
+// memory.limit stay there and are fetched one layer ahead of use). Ordinary models only.
+class LayerSource {
+ public:
+  LayerSource(const ModelConfig& cfg, const LayerShare& share, Backend& be);
+  ~LayerSource();
+  LayerWeights load(int layer);  // safe to call from one background thread at a time
+  int64_t bytes_loaded() const { return bytes_; }
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::atomic<int64_t> bytes_{0};
+};
 
 class Transformer {
  public:
   // `share`: the part of every layer this rank computes and `layers` its pipeline stage (both the
   // Plan's); spd_drop[l]: layer l skips its attention all-reduce (Sync-Point Drop); empty = none.
+  // `resident`: how many of the stage's layers are held in memory (the rest are streamed from the
+  // checkpoint one layer ahead of use); -1: all.
   Transformer(const ModelConfig& cfg, Backend& be, TensorParallelGroup tp, const LayerShare& share, const Span& layers,
-              std::vector<bool> spd_drop = {});
+              std::vector<bool> spd_drop = {}, int resident = -1);
+  ~Transformer();
+  Transformer(const Transformer&) = delete;
+  Transformer& operator=(const Transformer&) = delete;
   // The whole model on one rank.
   Transformer(const ModelConfig& cfg, Backend& be)
       : Transformer(cfg, be, {}, LayerShare::whole(cfg), {0, cfg.n_layers}) {}
@@ -78,9 +104,14 @@ class Transformer {
   int64_t forward_passes() const { return passes_; }
   int64_t tokens_processed() const { return tokens_; }
   int64_t weight_bytes() const { return w_.bytes; }
+  // Streamed layers: bytes read from the checkpoint during passes, and seconds a pass waited for one.
+  int64_t streamed_bytes() const { return source_ ? source_->bytes_loaded() : 0; }
+  double stream_stall_seconds() const { return stall_s_; }
 
  private:
   void norm(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& out);
+  const LayerWeights& layer_weights(int l);  // held, or streamed in (and the next one asked for)
+  void prefetch(int l);
   void decoder_block(int l, Tensor& x, const BatchLayout& layout, KVCache& cache);
   void decoder_block_spd(int l, Tensor& x, const BatchLayout& layout, KVCache& cache);
   void encoder_block(int l, Tensor& x, const BatchLayout& layout, KVCache& cache);
@@ -101,6 +132,12 @@ class Transformer {
   std::vector<bool> spd_drop_;
   ModelWeights w_;
   int64_t passes_ = 0, tokens_ = 0;
+  int resident_ = 0;                      // layers [layers_.begin, layers_.begin + resident_) are held
+  std::unique_ptr<LayerSource> source_;   // the others come from here
+  std::future<LayerWeights> next_;        // the streamed layer being read ahead
+  int next_layer_ = -1;
+  LayerWeights streamed_;                 // the streamed layer in use
+  double stall_s_ = 0;
 };
 
 }  // namespace lowsync

@@ -57,11 +57,36 @@ void check_stages(const ModelConfig& model, const std::vector<Span>& stages, int
                     std::to_string(model.n_layers));
 }
 
-void fill_memory(Plan& p, const ModelConfig& model) {
+// Each rank's memory, and under memory.limit how many of its stage's layers it holds: the others
+// stay in the memory-mapped checkpoint (the host's page cache) and are streamed in one layer ahead
+// of use, through two layer buffers (the one in use and the one being read).
+void fill_memory(Plan& p, const ModelConfig& model, const std::string& where) {
   p.memory.clear();
+  p.resident_layers.clear();
   for (int st = 0; st < p.pp; ++st)
-    for (const LayerShare& s : p.shares)
-      p.memory.push_back(rank_memory(model, s, p.limits, p.stages[st], st == 0, st == p.pp - 1));
+    for (size_t r = 0; r < p.shares.size(); ++r) {
+      const Span& layers = p.stages[st];
+      const bool first = st == 0, last = st == p.pp - 1;
+      RankMemory m = rank_memory(model, p.shares[r], p.limits, layers, first, last);
+      int resident = layers.count;
+      if (p.memory_limit > 0 && m.total() > p.memory_limit) {
+        const RankMemory none = rank_memory(model, p.shares[r], p.limits, {layers.begin, 0}, first, last);
+        const int64_t layer = (m.weights - none.weights) / layers.count;  // one layer's weights
+        const int64_t fixed = m.total() - layers.count * layer;           // all but the layers' weights
+        if (model.bp.enabled())
+          throw UserError(where + ": memory.limit: stage " + std::to_string(st) + " rank " + std::to_string(r) +
+                          " needs " + std::to_string(m.total() >> 20) + " MiB; streaming layers needs an ordinary model");
+        if (fixed + 2 * layer > p.memory_limit)
+          throw UserError(where + ": memory.limit of " + std::to_string(p.memory_limit >> 20) + " MiB is below what stage " +
+                          std::to_string(st) + " rank " + std::to_string(r) + " needs with every layer streamed (" +
+                          std::to_string((fixed + 2 * layer) >> 20) + " MiB: embeddings, head, KV cache, activations, " +
+                          "two layer buffers); raise it, lower the batch limits, or add ranks");
+        resident = static_cast<int>(std::min<int64_t>(layers.count, (p.memory_limit - fixed - 2 * layer) / layer));
+        m.weights -= (layers.count - resident) * layer - 2 * layer;
+      }
+      p.memory.push_back(m);
+      p.resident_layers.push_back(resident);
+    }
 }
 
 void check_plan(const Plan& plan, const ModelConfig& model, int world, const std::string& where) {
@@ -84,7 +109,7 @@ void check_plan(const Plan& plan, const ModelConfig& model, int world, const std
 
 Plan make_plan(const ModelConfig& model, const PlanLimits& limits, int world, ReplicaSplit split, int group, int dp,
                const std::vector<double>& speeds, std::vector<bool> spd_drop, const std::string& where,
-               const PipelineChoice& pipeline) {
+               const PipelineChoice& pipeline, int64_t memory_limit) {
   if (model.bp.enabled() && group == 1) split = ReplicaSplit::Block;  // bp = 1 computes every sub-block in turn
   const int pp = pipeline.pp;
   check_grid(model, split, group, dp, pp, world, where);
@@ -115,7 +140,8 @@ Plan make_plan(const ModelConfig& model, const PlanLimits& limits, int world, Re
   spd_drop.resize(model.n_layers, false);
   p.spd_drop = std::move(spd_drop);
   check_plan(p, model, world, where);
-  fill_memory(p, model);
+  p.memory_limit = memory_limit;
+  fill_memory(p, model, where);
   return p;
 }
 
@@ -127,10 +153,10 @@ void complete_parsed_plan(Plan& p, const ModelConfig& model, int world, const st
   p.spd_drop.resize(model.n_layers, false);
   if (p.stages.empty() && p.pp == 1) p.stages.push_back({0, model.n_layers});
   check_plan(p, model, world, where);
-  fill_memory(p, model);
+  fill_memory(p, model, where);
 }
 
-Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world) {
+Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world, int64_t memory_limit) {
   if (!job.parallel.plan.empty()) {
     const std::string& file = job.parallel.plan;
     Plan p = Plan::load(file);
@@ -170,7 +196,7 @@ Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world) {
   check_grid(model, split, group, dp, job.parallel.pp, world, job.path);
   Plan p = make_plan(model, limits_of(job), world, split, group, dp, job.parallel.speeds,
                      resolve_spd_drop(job, model, group), job.path,
-                     {job.parallel.pp, job.parallel.stages, job.parallel.micro_batches});
+                     {job.parallel.pp, job.parallel.stages, job.parallel.micro_batches}, memory_limit);
   p.chosen_by = "the job's parallel keys";
   return p;
 }

@@ -28,7 +28,7 @@ struct PipelineChoice {
 // `where` names the source in errors (the job file, or a plan file).
 Plan make_plan(const ModelConfig& model, const PlanLimits& limits, int world, ReplicaSplit split, int group, int dp,
                const std::vector<double>& speeds, std::vector<bool> spd_drop, const std::string& where,
-               const PipelineChoice& pipeline = {});
+               const PipelineChoice& pipeline = {}, int64_t memory_limit = 0);
 
 // Checks a plan's grid and shares against the model and world (used for plans from files).
 void check_plan(const Plan& plan, const ModelConfig& model, int world, const std::string& where);
@@ -40,6 +40,8 @@ void complete_parsed_plan(Plan& plan, const ModelConfig& model, int world, const
 // The plan of a job that is not `parallel: auto`: from parallel.plan when given (refused, naming
 // what differs, if it was made for another model, rank count or job limits), else from the
 // parallel keys.
-Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world);
+// `memory_limit`: bytes a rank may use (memory.limit resolved; 0: none); layers beyond it are
+// streamed (Plan::resident_layers).
+Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world, int64_t memory_limit = 0);
 
 }  // namespace lowsync

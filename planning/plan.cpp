@@ -57,6 +57,11 @@ std::string Plan::describe() const {
     for (size_t r = 0; r < shares.size(); ++r) out += (r ? "+" : "") + std::to_string((shares[r].*span).count);
     return out;
   };
+  if (memory_limit > 0) {
+    int streamed = 0;
+    for (size_t i = 0; i < resident_layers.size(); ++i) streamed += stages[i / group].count - resident_layers[i];
+    if (streamed > 0) s << "[" << streamed << " layer shares streamed under memory.limit] ";
+  }
   if (group > 1) {
     if (split == ReplicaSplit::Tensor)
       s << ": heads " << counts(&LayerShare::heads) << ", kv heads " << counts(&LayerShare::kv_heads) << ", ffn "
@@ -106,6 +111,10 @@ std::string Plan::to_yaml(const ModelConfig& model) const {
   for (const Span& st : stages) span(st);
   e << YAML::EndSeq;
   e << YAML::Key << "micro_batches" << YAML::Value << micro_batches;
+  if (memory_limit > 0) {
+    e << YAML::Key << "memory_limit" << YAML::Value << memory_limit;
+    e << YAML::Key << "resident_layers" << YAML::Value << YAML::Flow << resident_layers;
+  }
   std::vector<int> dropped, syncs;
   for (int l = 0; l < model.n_layers; ++l) {
     if (l < layers() && spd_drop[l]) dropped.push_back(l);
@@ -217,6 +226,7 @@ Plan Plan::parse(const std::string& yaml, const std::string& path) {
     }
   }
   if (root["micro_batches"]) p.micro_batches = get(root, "micro_batches", "", 0);
+  if (root["memory_limit"]) p.memory_limit = get(root, "memory_limit", "", int64_t(0));
   const std::vector<int> dropped = get(root, "spd_drop", "", std::vector<int>());
   p.spd_drop.assign(static_cast<size_t>(std::max(0, dropped.empty() ? 0 : *std::max_element(dropped.begin(), dropped.end()) + 1)), false);
   for (int l : dropped) {

@@ -52,6 +52,8 @@ struct Plan {
   int micro_batches = 1;           // a batch's sequences split this many ways to keep stages busy
   std::vector<bool> spd_drop;      // [layer]: attention sync dropped (tensor split only)
   std::vector<RankMemory> memory;  // [stage x group + group rank]
+  int64_t memory_limit = 0;        // bytes a rank may use (memory.limit); 0: no limit
+  std::vector<int> resident_layers;  // [stage x group + group rank]: layers held; the others are streamed
   std::string chosen_by;           // who decided: the job's parallel keys, a plan file, or the planner
 
   int replica_of(int world_rank) const { return world_rank / (group * pp); }
@@ -59,6 +61,10 @@ struct Plan {
   int group_rank_of(int world_rank) const { return world_rank % group; }
   const LayerShare& share_of(int world_rank) const { return shares[group_rank_of(world_rank)]; }
   const Span& layers_of(int world_rank) const { return stages[stage_of(world_rank)]; }
+  int resident_of(int world_rank) const {
+    return resident_layers.empty() ? layers_of(world_rank).count
+                                   : resident_layers[stage_of(world_rank) * group + group_rank_of(world_rank)];
+  }
   const RankMemory& memory_of(int world_rank) const { return memory[stage_of(world_rank) * group + group_rank_of(world_rank)]; }
   int layers() const { return static_cast<int>(spd_drop.size()); }
   // The all-reduces layer l pays inside its stage: 2 (TP), 1 (SPD, or the last layer of a decoupled

@@ -285,6 +285,8 @@ int64_t cgroup_headroom_bytes() {
   return headroom;
 }
 
+}  // namespace
+
 // The memory this rank may use: what the host (and its cgroups) still have, shared evenly by the
 // ranks on the host. Collective over world.
 int64_t usable_memory_bytes(Communicator& world) {
@@ -294,6 +296,8 @@ int64_t usable_memory_bytes(Communicator& world) {
   const int ranks_here = Communicator(node, "profile_node").size();
   return std::min(mem_available_bytes(), cgroup_headroom_bytes()) / ranks_here;
 }
+
+namespace {
 
 // ---- links -----------------------------------------------------------------------------------
 

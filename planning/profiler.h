@@ -19,6 +19,10 @@ namespace lowsync {
 Profile measure_profile(const ModelConfig& model, Backend& be, Communicator& world, int prefill_rows, int decode_rows,
                         int threads, double budget_s);
 
+// The memory this rank may use: what its host (and cgroups) still have, shared evenly by the ranks
+// on the host. Collective over world.
+int64_t usable_memory_bytes(Communicator& world);
+
 // latency + bytes / bandwidth fitted to measured (bytes, seconds) samples, minimising the relative
 // error; latency >= 0 and bandwidth > 0 always (see profiler.cpp for why and how).
 LinkModel fit_link(const std::vector<LinkSample>& samples);

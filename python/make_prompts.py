@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Text to a lowsync prompts HDF5, with the model directory's own tokenizer (offline).
 
-    python/make_prompts.py MODEL_DIR TEXT_FILE OUT.h5 [--targets TARGETS_FILE] [--no-special-tokens]
+    python/make_prompts.py MODEL_DIR TEXT_FILE OUT.h5 [--targets TARGETS_FILE] [--no-special-tokens] [--chat]
 
 One prompt per line of TEXT_FILE (a trailing newline does not make an extra prompt; an empty line is
 an error, as lowsync needs at least one token per prompt unless special tokens are added). Writes
 /input_ids int32 and /offsets int64 (CSR). With --targets, TARGETS_FILE holds one target line per
 prompt, tokenized without special tokens, written as /targets int32 and /target_offsets int64 (for
 the score task). --no-special-tokens leaves out the tokenizer's special tokens ([CLS]/[SEP], BOS)
-from the prompts too.
+from the prompts too. --chat makes each line a user message in the tokenizer's chat template, ending
+with the assistant's turn (add_generation_prompt), for instruction-tuned models.
 """
 import argparse
 import os
@@ -28,10 +29,13 @@ def read_lines(path):
     return [line.rstrip("\r") for line in lines]
 
 
-def tokenize(tokenizer, lines, add_special_tokens, what, path):
+def tokenize(tokenizer, lines, add_special_tokens, what, path, chat=False):
     seqs = []
     for i, line in enumerate(lines):
-        ids = tokenizer(line, add_special_tokens=add_special_tokens)["input_ids"]
+        if chat:
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": line}], add_generation_prompt=True)
+        else:
+            ids = tokenizer(line, add_special_tokens=add_special_tokens)["input_ids"]
         if not ids:
             raise SystemExit(f"make_prompts: error: {path}: line {i + 1}: {what} has no tokens")
         seqs.append([int(t) for t in ids])
@@ -45,6 +49,7 @@ def main(argv=None):
     ap.add_argument("out", help="prompts HDF5 to write")
     ap.add_argument("--targets", help="one target line per prompt (score task); tokenized without special tokens")
     ap.add_argument("--no-special-tokens", action="store_true", help="do not add special tokens to the prompts")
+    ap.add_argument("--chat", action="store_true", help="each line as a user message in the tokenizer's chat template")
     a = ap.parse_args(argv)
 
     import h5py
@@ -52,7 +57,9 @@ def main(argv=None):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(a.model_dir)
-    prompts = tokenize(tok, read_lines(a.text_file), not a.no_special_tokens, "prompt", a.text_file)
+    if a.chat and not tok.chat_template:
+        raise SystemExit(f"make_prompts: error: {a.model_dir}: the tokenizer has no chat template (--chat)")
+    prompts = tokenize(tok, read_lines(a.text_file), not a.no_special_tokens, "prompt", a.text_file, a.chat)
     if not prompts:
         raise SystemExit(f"make_prompts: error: {a.text_file}: no prompts")
     targets = None

@@ -188,9 +188,10 @@ def hf_score(model, prompts, targets):
     return out
 
 
-def hf_generate(model, prompts, max_new_tokens, eos_token_id=None, stop_at_eos=True):
+def hf_generate(model, prompts, max_new_tokens, eos_token_id=None, stop_at_eos=True, per_step=False):
     """Greedy generation per prompt (unbatched), returning (new tokens, min top-1/top-2 logit margin
-    along the way) per row. Stops at EOS (kept) when stop_at_eos and the model has an EOS id."""
+    along the way) per row; with per_step, the margins of every step (a list per row) instead of
+    their minimum. Stops at EOS (kept) when stop_at_eos and the model has an EOS id."""
     import torch
     if eos_token_id is None:
         eos_token_id = model.config.eos_token_id
@@ -214,12 +215,12 @@ def hf_generate(model, prompts, max_new_tokens, eos_token_id=None, stop_at_eos=T
                 kw["min_new_tokens"] = 0
             r = model.generate(torch.tensor([p]), **kw)
             new = r.sequences[0, len(p):].tolist()
-            m = float("inf")
+            steps = []
             for s in r.scores:
                 top2 = torch.topk(s[0].float(), 2).values
-                m = min(m, float(top2[0] - top2[1]))
+                steps.append(float(top2[0] - top2[1]))
             gens.append(new)
-            margins.append(m)
+            margins.append(steps if per_step else min(steps, default=float("inf")))
     return gens, margins
 
 

@@ -4,7 +4,8 @@
   identical weights; the same seed gives identical weights; configs as documented (GQA, eos);
 - python/make_prompts.py: with all-MiniLM-L6-v2's tokenizer, ids equal the tokenizer's (with and
   without special tokens), targets tokenized without special tokens, dtypes int32/int64, and a
-  target file of the wrong length is an error;
+  target file of the wrong length is an error, and so is --chat with a tokenizer that has no chat
+  template (the chat template itself is checked on SmolLM2 in test_smollm2.py);
 - python/results_to_jsonl.py: on hand-written generate / score / embed results files, one JSON
   object per row with the documented fields (and decoded text with --model).
 
@@ -91,6 +92,10 @@ def main():
     p = tool("make_prompts.py", mdir, os.path.join(tmp, "p.txt"), os.path.join(tmp, "p3.h5"), "--targets",
              os.path.join(tmp, "t2.txt"), ok=False)
     check("make_prompts: wrong number of target lines is an error", p.returncode != 0, p.stderr.strip()[-200:])
+    p = tool("make_prompts.py", mdir, os.path.join(tmp, "p.txt"), os.path.join(tmp, "p4.h5"), "--chat", ok=False)
+    err = p.stderr.strip().splitlines()
+    check("make_prompts --chat without a chat template: one error line", p.returncode != 0 and len(err) == 1
+          and "no chat template" in err[0], " | ".join(err[-2:]))
 
     # results_to_jsonl.py on hand-written results files.
     gen_ids = [[7592, 2088, 102], [], [1996]]
