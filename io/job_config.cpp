@@ -3,6 +3,7 @@
 #include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -30,6 +31,13 @@ template <class S, class T>
 Setter field(S JobConfig::*group, T S::*member) {
   return [group, member](JobConfig& c, const YAML::Node& n) { (c.*group).*member = n.as<T>(); };
 }
+// An integer key that also takes `auto`, stored as 0 (a number below 1 as -1, which the checks refuse).
+int int_or_auto(const YAML::Node& n) {
+  if (n.IsScalar() && n.Scalar() == "auto") return 0;
+  const int v = n.as<int>();
+  return v < 1 ? -1 : v;
+}
+
 template <class T>
 Setter spd_field(T SpdOptions::*member) {
   return [member](JobConfig& c, const YAML::Node& n) { c.parallel.spd.*member = n.as<T>(); };
@@ -70,7 +78,7 @@ const std::map<std::string, Setter>& schema() {
       {"task", field(&JobConfig::task)},
       {"input", field(&JobConfig::input)},
       {"output", field(&JobConfig::output)},
-      {"threads", field(&JobConfig::threads)},
+      {"threads", [](JobConfig& c, const YAML::Node& n) { c.threads = int_or_auto(n); }},
       {"backend", field(&JobConfig::backend)},
       {"trace", field(&JobConfig::trace)},
       {"memory.limit", [](JobConfig& c, const YAML::Node& n) { c.memory_limit = parse_memory_limit(n.as<std::string>()); }},
@@ -88,7 +96,7 @@ const std::map<std::string, Setter>& schema() {
       {"batch.max_sequences", field(&JobConfig::batch, &BatchOptions::max_sequences)},
       {"batch.continuous", field(&JobConfig::batch, &BatchOptions::continuous)},
       {"parallel.tp", field(&JobConfig::parallel, &ParallelOptions::tp)},
-      {"parallel.dp", field(&JobConfig::parallel, &ParallelOptions::dp)},
+      {"parallel.dp", [](JobConfig& c, const YAML::Node& n) { c.parallel.dp = int_or_auto(n); }},
       {"parallel.bp", field(&JobConfig::parallel, &ParallelOptions::bp)},
       {"parallel.speeds", field(&JobConfig::parallel, &ParallelOptions::speeds)},
       {"parallel.pp", field(&JobConfig::parallel, &ParallelOptions::pp)},
@@ -103,6 +111,10 @@ const std::map<std::string, Setter>& schema() {
       {"parallel.spd.from", spd_field(&SpdOptions::from)},
       {"parallel.spd.budget.max_kl", spd_field(&SpdOptions::max_kl)},
       {"parallel.spd.budget.min_top1", spd_field(&SpdOptions::min_top1)},
+      {"rows.first", field(&JobConfig::rows, &RowsOptions::first)},
+      {"rows.count", field(&JobConfig::rows, &RowsOptions::count)},
+      {"shard.index", field(&JobConfig::shard, &ShardOptions::index)},
+      {"shard.count", field(&JobConfig::shard, &ShardOptions::count)},
       {"calibrate.prompts", field(&JobConfig::calibrate, &CalibrateOptions::prompts)},
       {"calibrate.rows", field(&JobConfig::calibrate, &CalibrateOptions::rows)},
       {"calibrate.max_kl", field(&JobConfig::calibrate, &CalibrateOptions::max_kl)},
@@ -252,7 +264,7 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   };
   expect(c.task == "generate" || c.task == "score" || c.task == "embed", "task",
          "is '" + c.task + "'; expected generate, score or embed");
-  expect(c.threads >= 1, "threads", "must be >= 1");
+  expect(c.threads >= 0, "threads", "must be >= 1, or auto");
   expect(c.backend == "cpu" || c.backend == "cuda", "backend", "is '" + c.backend + "'; expected cpu or cuda");
   expect(c.cuda.device == "auto" || c.cuda.device_index() >= 0, "cuda.device",
          "is '" + c.cuda.device + "'; expected auto or a device number (0, 1, ...)");
@@ -267,7 +279,7 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   expect(c.batch.max_tokens >= 1, "batch.max_tokens", "must be >= 1");
   expect(c.batch.max_sequences >= 1, "batch.max_sequences", "must be >= 1");
   expect(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");
-  expect(c.parallel.dp >= 1, "parallel.dp", "must be >= 1");
+  expect(c.parallel.dp >= 0, "parallel.dp", "must be >= 1, or auto");
   expect(c.parallel.bp >= 1, "parallel.bp", "must be >= 1");
   expect(c.parallel.pp >= 1, "parallel.pp", "must be >= 1");
   expect(c.parallel.micro_batches >= 0, "parallel.micro_batches", "must be >= 1 (or 0: twice the stages)");
@@ -278,7 +290,7 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   expect(c.parallel.spd.drop.empty() || c.parallel.spd.from.empty(), "parallel.spd",
          "has both 'drop' and 'from'; give one");
   expect(c.calibrate.rows >= 1, "calibrate.rows", "must be >= 1");
-  const bool hand_picked = c.parallel.tp > 1 || c.parallel.bp > 1 || c.parallel.dp > 1 || c.parallel.pp > 1 ||
+  const bool hand_picked = c.parallel.tp > 1 || c.parallel.bp > 1 || c.parallel.dp != 1 || c.parallel.pp > 1 ||
                            !c.parallel.speeds.empty();
   expect(!(c.parallel.auto_plan && !c.parallel.plan.empty()), "parallel.plan", "and parallel: auto both given; give one");
   expect(!((c.parallel.auto_plan || !c.parallel.plan.empty()) && hand_picked), "parallel",
@@ -287,10 +299,36 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   expect(c.parallel.speeds.empty() || static_cast<int>(c.parallel.speeds.size()) == c.parallel.group(), "parallel.speeds",
          "must list one relative speed per rank of a replica (" + std::to_string(c.parallel.group()) + ")");
   for (double v : c.parallel.speeds) expect(v > 0, "parallel.speeds", "must be positive numbers");
+  c.has_rows = values.count("rows.first") || values.count("rows.count");
+  const bool has_shard = values.count("shard.index") || values.count("shard.count");
+  expect(!(c.has_rows && has_shard), "rows", "and shard both given; they choose the rows in two ways, give one");
+  if (c.has_rows) {
+    expect(c.rows.first >= 0, "rows.first", "must be >= 0");
+    expect(c.rows.count >= 1 || !values.count("rows.count"), "rows.count", "must be >= 1");
+  }
+  if (has_shard) {
+    expect(values.count("shard.index") && values.count("shard.count"), "shard", "needs both index and count");
+    expect(c.shard.count >= 1, "shard.count", "must be >= 1");
+    expect(c.shard.index >= 0 && c.shard.index < c.shard.count, "shard.index",
+           "is " + std::to_string(c.shard.index) + "; expected 0 to shard.count - 1 (" + std::to_string(c.shard.count - 1) + ")");
+  }
   expect(c.plan.objective == "throughput" || c.plan.objective == "latency", "plan.objective",
          "is '" + c.plan.objective + "'; expected throughput or latency");
   expect(c.progress.every >= 0, "progress.every", "must be >= 0 (seconds between progress lines)");
   return c;
+}
+
+RowRange JobConfig::row_range(int64_t input_rows) const {
+  RowRange r{0, input_rows};
+  if (shard.count > 0) {
+    r = {shard.index * input_rows / shard.count, (shard.index + 1) * input_rows / shard.count};
+  } else if (has_rows) {
+    if (rows.first >= input_rows)
+      throw UserError(path + ": key 'rows.first' is " + std::to_string(rows.first) + " but " + input + " has " +
+                      std::to_string(input_rows) + " rows (0 to " + std::to_string(input_rows - 1) + ")");
+    r = {rows.first, rows.count < 0 ? input_rows : std::min(input_rows, rows.first + rows.count)};
+  }
+  return r;
 }
 
 int CudaOptions::device_index() const {
@@ -320,6 +358,12 @@ std::string JobConfig::fingerprint() const {
   s << "], from: '" << canonical(parallel.spd.from) << "', max_kl: " << parallel.spd.max_kl
     << ", min_top1: " << parallel.spd.min_top1 << "}, plan: '" << canonical(parallel.plan) << "', auto: "
     << (parallel.auto_plan ? "true" : "false") << "}\n";
+  // Which rows the output holds (absent for the whole input, as in files from before these keys).
+  if (has_rows) s << "rows: {first: " << rows.first << ", count: " << rows.count << "}\n";
+  // A shard's rows follow the batches (see run_job's shard_rows): the batch limits decide them too.
+  if (shard.count > 0)
+    s << "shard: {index: " << shard.index << ", count: " << shard.count << ", max_tokens: " << batch.max_tokens
+      << ", max_sequences: " << batch.max_sequences << "}\n";
   // The backend changes results beyond float rounding when it stores weights in 16 bits, so rows of
   // one output file all come from the same backend and dtype. The device does not matter.
   s << "backend: " << backend << "\n";
@@ -355,7 +399,8 @@ std::string JobConfig::to_yaml() const {
   e << YAML::Key << "task" << YAML::Value << c.task;
   e << YAML::Key << "input" << YAML::Value << c.input;
   e << YAML::Key << "output" << YAML::Value << c.output;
-  e << YAML::Key << "threads" << YAML::Value << c.threads;
+  auto or_auto = [](int v) { return v == 0 ? std::string("auto") : std::to_string(v); };
+  e << YAML::Key << "threads" << YAML::Value << or_auto(c.threads);
   e << YAML::Key << "backend" << YAML::Value << c.backend;
   if (!c.trace.empty()) e << YAML::Key << "trace" << YAML::Value << c.trace;
   if (c.memory_limit.set())
@@ -383,7 +428,7 @@ std::string JobConfig::to_yaml() const {
   e << YAML::Key << "parallel" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "tp" << YAML::Value << c.parallel.tp;
   e << YAML::Key << "bp" << YAML::Value << c.parallel.bp;
-  e << YAML::Key << "dp" << YAML::Value << c.parallel.dp;
+  e << YAML::Key << "dp" << YAML::Value << or_auto(c.parallel.dp);
   e << YAML::Key << "pp" << YAML::Value << c.parallel.pp;
   if (!c.parallel.stages.empty()) e << YAML::Key << "stages" << YAML::Value << YAML::Flow << c.parallel.stages;
   if (c.parallel.micro_batches > 0) e << YAML::Key << "micro_batches" << YAML::Value << c.parallel.micro_batches;
@@ -415,6 +460,17 @@ std::string JobConfig::to_yaml() const {
   e << YAML::Key << "objective" << YAML::Value << c.plan.objective;
   e << YAML::Key << "profile" << YAML::Value << c.plan.profile;
   e << YAML::Key << "output" << YAML::Value << c.plan.output << YAML::EndMap;
+  if (c.has_rows) {
+    e << YAML::Key << "rows" << YAML::Value << YAML::BeginMap;
+    e << YAML::Key << "first" << YAML::Value << c.rows.first;
+    if (c.rows.count >= 0) e << YAML::Key << "count" << YAML::Value << c.rows.count;
+    e << YAML::EndMap;
+  }
+  if (c.shard.count > 0) {
+    e << YAML::Key << "shard" << YAML::Value << YAML::BeginMap;
+    e << YAML::Key << "index" << YAML::Value << c.shard.index;
+    e << YAML::Key << "count" << YAML::Value << c.shard.count << YAML::EndMap;
+  }
   e << YAML::Key << "progress" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "every" << YAML::Value << shortest(c.progress.every) << YAML::EndMap;
   e << YAML::EndMap;

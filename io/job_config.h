@@ -1,6 +1,7 @@
 #pragma once
 // The job YAML: every key documented in README.md, unknown keys are errors, `--set key=value`
 // overrides (dotted paths for nested keys).
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -38,7 +39,7 @@ struct SpdOptions {
 struct ParallelOptions {
   int tp = 1;
   int bp = 1;  // ranks per replica for a decoupled model (each computes a share of its sub-blocks)
-  int dp = 1;
+  int dp = 1;  // 0: `auto`, every rank of the world in replicas (world / (group x pp)); resolved in plan_from_job
   int group() const { return tp * bp; }  // ranks per pipeline stage of a replica
   int pp = 1;                  // pipeline stages per replica
   std::vector<int> stages;     // layers per stage (empty: even)
@@ -84,10 +85,25 @@ struct MemoryLimit {
   bool set() const { return bytes > 0 || fraction > 0; }
 };
 
+// Which rows of the input a job computes: `rows: {first, count}` or `shard: {index, count}` (one of
+// them at most). The output then holds only those rows, in input order.
+struct RowsOptions {
+  int64_t first = 0;
+  int64_t count = -1;  // -1: to the end of the input
+};
+struct ShardOptions {
+  int index = 0;
+  int count = 0;  // 0: no shard given
+};
+struct RowRange {
+  int64_t first = 0, end = 0;  // input rows [first, end)
+  int64_t count() const { return end - first; }
+};
+
 struct JobConfig {
   std::string path;  // the YAML file
   std::string model, task, input, output;
-  int threads = 1;
+  int threads = 1;  // 0: `auto`, resolved on each rank by resolve_threads (jobs/make_backend.h)
   std::string backend = "cpu";  // cpu | cuda
   std::string trace;            // Chrome trace-event JSON to write (empty: none)
   CudaOptions cuda;
@@ -99,6 +115,17 @@ struct JobConfig {
   PlanOptions plan;
   MemoryLimit memory_limit;
   ProgressOptions progress;
+  RowsOptions rows;
+  ShardOptions shard;
+  bool has_rows = false;  // `rows` given
+
+  // True when the job computes a part of the input only (`rows` or `shard`).
+  bool subset() const { return has_rows || shard.count > 0; }
+  // The input rows this job computes, of an input of `input_rows` rows: `rows` (stopping at the
+  // input's end; UserError naming the key when it starts past it), or a shard's nominal rows
+  // [i N / n, (i + 1) N / n) (floor; n shards cover the input exactly, in order), which run_job then
+  // moves to batch boundaries (a shard takes the batches that start in it; may be empty).
+  RowRange row_range(int64_t input_rows) const;
 
   // The keys that decide what the results are (not where they go or how fast): a resumed job
   // must match the original on these.

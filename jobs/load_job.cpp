@@ -10,9 +10,11 @@
 
 namespace lowsync {
 
-LoadedJob load_job(const JobConfig& job, Communicator& world,
+LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
                    const std::function<void(const ModelConfig&, const Plan&)>& check) {
+  const JobConfig job = with_resolved_threads(job_as_given, world);  // `threads: auto` (collective)
   LoadedJob j;
+  j.threads = job.threads;
   world.agree([&] { j.model = load_model_config(job.model); });
   world.agree([&] { j.backend = make_backend(job, world); });
   // memory.limit as bytes: a share of the free memory is the smallest rank's share.

@@ -22,6 +22,7 @@ struct LoadedJob {
   std::unique_ptr<Backend> backend;
   std::unique_ptr<Transformer> transformer;
   double load_seconds = 0;
+  int threads = 1;  // this rank's BLAS threads (`threads: auto` resolved)
 };
 
 // `check` runs (agreed) after the plan is made and before any weight is read: the command's own

@@ -1,5 +1,12 @@
 #include "jobs/make_backend.h"
 
+#include <sched.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
 #include "layers/cuda_backend.h"
 
 namespace lowsync {
@@ -20,10 +27,53 @@ DType weight_dtype(const CudaOptions& c) {
   return DType::BF16;  // the job config admits nothing else
 }
 
+// The cores this process may run on.
+cpu_set_t affinity() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) != 0) CPU_ZERO(&set);
+  return set;
+}
+
 }  // namespace
 
+int resolve_threads(const JobConfig& job, const Communicator& world) {
+  if (job.threads != 0) return job.threads;
+  const cpu_set_t mine = affinity();
+  const int cores = std::max(1, CPU_COUNT(&mine));
+  if (const char* s = std::getenv("SLURM_CPUS_PER_TASK")) {
+    char* end = nullptr;
+    const long n = std::strtol(s, &end, 10);
+    if (end != s && *end == '\0' && n >= 1) return static_cast<int>(std::min<long>(n, cores));
+  }
+  // The other ranks on this host, and which of them may run on the same cores as this one.
+  MPI_Comm node;
+  if (MPI_Comm_split_type(world.raw(), MPI_COMM_TYPE_SHARED, world.rank(), MPI_INFO_NULL, &node) != MPI_SUCCESS)
+    return 1;
+  int n = 1;
+  MPI_Comm_size(node, &n);
+  std::vector<cpu_set_t> all(n);
+  int sharing = 1;
+  if (MPI_Allgather(&mine, sizeof mine, MPI_BYTE, all.data(), sizeof mine, MPI_BYTE, node) == MPI_SUCCESS) {
+    sharing = 0;
+    for (const cpu_set_t& other : all) {
+      cpu_set_t both;
+      CPU_AND(&both, &mine, &other);
+      sharing += CPU_COUNT(&both) > 0;
+    }
+  }
+  MPI_Comm_free(&node);
+  return std::max(1, cores / std::max(1, sharing));
+}
+
+JobConfig with_resolved_threads(const JobConfig& job, const Communicator& world) {
+  JobConfig resolved = job;
+  resolved.threads = resolve_threads(job, world);
+  return resolved;
+}
+
 std::unique_ptr<Backend> make_backend(const JobConfig& job, const Communicator& world) {
-  if (job.backend != "cuda") return make_cpu_backend(job.threads);
+  if (job.backend != "cuda") return make_cpu_backend(std::max(1, job.threads));  // 0 (auto) unresolved: 1
   const int local_rank = node_local_rank(world);
   return make_cuda_backend(job.cuda.device_index(), weight_dtype(job.cuda), world.rank(), local_rank);
 }

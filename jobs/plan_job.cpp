@@ -9,8 +9,9 @@
 
 namespace lowsync {
 
-void plan_job(const JobConfig& job, const std::string& out_path, const std::string& candidates_json) {
+void plan_job(const JobConfig& job_as_given, const std::string& out_path, const std::string& candidates_json) {
   Communicator world(MPI_COMM_WORLD, "world");
+  const JobConfig job = with_resolved_threads(job_as_given, world);  // `threads: auto` (collective)
   ModelConfig model;
   std::unique_ptr<Backend> backend;
   world.agree([&] {

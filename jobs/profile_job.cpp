@@ -54,8 +54,9 @@ void print_table(const Profile& p, const std::string& out_path) {
 
 }  // namespace
 
-void profile_job(const JobConfig& job, const std::string& out_path, double budget_s) {
+void profile_job(const JobConfig& job_as_given, const std::string& out_path, double budget_s) {
   Communicator world(MPI_COMM_WORLD, "world");
+  const JobConfig job = with_resolved_threads(job_as_given, world);  // `threads: auto` (collective)
   ModelConfig model;
   std::unique_ptr<Backend> backend;
   world.agree([&] {

@@ -131,6 +131,13 @@ void write_u8_attr(hid_t file, const char* name, uint8_t v) {
   h5(H5Awrite(attr, H5T_NATIVE_UINT8, &v));
 }
 
+void write_i64_attr(hid_t file, const char* name, int64_t v) {
+  Id space(H5Screate(H5S_SCALAR), H5Sclose);
+  if (h5(H5Aexists(file, name)) > 0) h5(H5Adelete(file, name));
+  Id attr(H5Acreate2(file, name, H5T_NATIVE_INT64, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  h5(H5Awrite(attr, H5T_NATIVE_INT64, &v));
+}
+
 // Writes `count` rows (of `row_len` elements) at row `first` of a dataset, growing it if needed.
 void write_rows(hid_t file, const char* name, hid_t type, int64_t first, int64_t count, int64_t row_len,
                 const void* data) {
@@ -295,8 +302,10 @@ std::string model_fingerprint(const ModelConfig& model) {
   return std::to_string(std::hash<std::string>{}(s));
 }
 
-ResultWriter::ResultWriter(const JobConfig& job, const ModelConfig& model, int64_t rows, bool resume)
-    : path_(job.output), task_(job.task), rows_(rows), hidden_(model.hidden) {
+ResultWriter::ResultWriter(const JobConfig& job, const ModelConfig& model, const RowRange& range, int64_t input_rows,
+                           bool resume)
+    : path_(job.output), task_(job.task), rows_(range.count()), first_input_row_(range.first),
+      input_rows_(input_rows), hidden_(model.hidden) {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // failures are reported in one line (hdf5_error_text)
   const bool exists = std::filesystem::exists(path_);
   if (resume && exists) {
@@ -338,6 +347,8 @@ void ResultWriter::create(const JobConfig& job, const ModelConfig& model) {
     write_string_attr(file_, "model_fingerprint", model_fingerprint(model));
     write_string_attr(file_, "lowsync_version", LOWSYNC_VERSION);
     write_string_attr(file_, "task", task_);
+    write_i64_attr(file_, "input_first_row", first_input_row_);
+    write_i64_attr(file_, "input_total_rows", input_rows_);
     write_u8_attr(file_, "complete", 0);
     h5(H5Fflush(file_, H5F_SCOPE_GLOBAL));
   } catch (const Hdf5Failure& e) {
@@ -488,7 +499,8 @@ void ResultWriter::append(const std::vector<RowResult>& results) {
   const int64_t first = next_row_, n = static_cast<int64_t>(results.size());
   if (first + n > rows_) throw std::logic_error("ResultWriter: more rows than the input has");
   if (file_ < 0) throw std::logic_error("ResultWriter: append after a failure or finish");
-  const std::string what = "writing rows " + std::to_string(first) + "-" + std::to_string(first + n - 1);
+  const std::string what = "writing rows " + std::to_string(first_input_row_ + first) + "-" +
+                           std::to_string(first_input_row_ + first + n - 1);
   std::vector<float> latency;
   for (const auto& r : results) latency.push_back(r.latency_ms);
 

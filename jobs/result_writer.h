@@ -38,8 +38,10 @@ struct RowResult {
 
 class ResultWriter {
  public:
-  // Creates the output (resume = false; it must not exist) or re-opens it (resume = true).
-  ResultWriter(const JobConfig& job, const ModelConfig& model, int64_t rows, bool resume);
+  // Creates the output (resume = false; it must not exist) or re-opens it (resume = true). Its rows
+  // are the input rows `range` of an input of `input_rows` rows (attributes `input_first_row` and
+  // `input_total_rows`); row i of the file is input row range.first + i.
+  ResultWriter(const JobConfig& job, const ModelConfig& model, const RowRange& range, int64_t input_rows, bool resume);
   ~ResultWriter();
   ResultWriter(const ResultWriter&) = delete;
   ResultWriter& operator=(const ResultWriter&) = delete;
@@ -64,7 +66,7 @@ class ResultWriter {
 
   std::string path_, task_;
   long long file_ = -1;  // hid_t
-  int64_t rows_ = 0, next_row_ = 0, values_ = 0, hidden_ = 0;
+  int64_t rows_ = 0, first_input_row_ = 0, input_rows_ = 0, next_row_ = 0, values_ = 0, hidden_ = 0;
   std::string previous_report_json_;
   bool can_reserve_ = true;  // false once the file system says it cannot (then failures are caught at the write)
 };

@@ -43,8 +43,9 @@ int64_t pass_length(const PromptReader& in, const std::string& task, int64_t row
   return in.length(row) + std::max<int64_t>(in.target_length(row) - 1, 0);
 }
 
-void check_rows(const PromptReader& in, const JobConfig& job, const ModelConfig& model) {
-  for (int64_t r = 0; r < in.rows(); ++r) {
+// The rows this job computes (README: `rows`, `shard`).
+void check_rows(const PromptReader& in, const JobConfig& job, const ModelConfig& model, const RowRange& range) {
+  for (int64_t r = range.first; r < range.end; ++r) {
     const std::string where = in.path() + ": row " + std::to_string(r) + ": ";
     if (in.length(r) == 0) throw UserError(where + "empty prompt; every row needs at least one token");
     const int64_t n = pass_length(in, job.task, r);
@@ -54,11 +55,13 @@ void check_rows(const PromptReader& in, const JobConfig& job, const ModelConfig&
   }
 }
 
-// Consecutive rows from `first`, each batch within max_tokens and max_sequences (a single longer
-// row forms a batch of its own).
-std::vector<Batch> plan_batches(const PromptReader& in, const JobConfig& job, int64_t first) {
+// Consecutive rows of the whole input from row 0, each batch within max_tokens and max_sequences
+// (a single longer row forms a batch of its own). Every run of a job cuts its rows along these
+// batches (below), so that a row is computed in the same batch, and so with the same float rounding,
+// whether the run covers the whole input, a shard of it or the rest of it after --resume.
+std::vector<Batch> plan_batches(const PromptReader& in, const JobConfig& job) {
   std::vector<Batch> out;
-  for (int64_t r0 = first; r0 < in.rows();) {
+  for (int64_t r0 = 0; r0 < in.rows();) {
     int64_t r1 = r0, tokens = 0;
     while (r1 < in.rows() && r1 - r0 < job.batch.max_sequences) {
       const int64_t n = pass_length(in, job.task, r1);
@@ -70,6 +73,32 @@ std::vector<Batch> plan_batches(const PromptReader& in, const JobConfig& job, in
     r0 = r1;
   }
   return out;
+}
+
+// The batches of `all` inside input rows [first, end), cut at first and end. Rows are input rows: a
+// row's sampling stream and its results do not depend on which rows the job computes.
+std::vector<Batch> batches_within(const std::vector<Batch>& all, int64_t first, int64_t end) {
+  std::vector<Batch> out;
+  for (const Batch& b : all)
+    if (b.end_row > first && b.first_row < end) out.push_back({std::max(b.first_row, first), std::min(b.end_row, end)});
+  return out;
+}
+
+// A shard's rows: the batches of `all` that start inside its nominal range [i N / n, (i + 1) N / n),
+// so that no batch is split between shards and merged shards equal a run over the whole input.
+RowRange shard_rows(const std::vector<Batch>& all, const RowRange& nominal, const JobConfig& job, int64_t input_rows) {
+  auto starts_at_or_after = [&](int64_t row) {
+    for (const Batch& b : all)
+      if (b.first_row >= row) return b.first_row;
+    return input_rows;
+  };
+  const RowRange r{starts_at_or_after(nominal.first), starts_at_or_after(nominal.end)};
+  if (r.count() == 0)
+    throw UserError(job.path + ": shard " + std::to_string(job.shard.index) + " of " + std::to_string(job.shard.count) +
+                    " holds no rows: no batch starts in its rows " + std::to_string(nominal.first) + "-" +
+                    std::to_string(nominal.end - 1) + " (batches of up to " + std::to_string(job.batch.max_sequences) +
+                    " rows, batch.max_sequences); use fewer shards or smaller batches");
+  return r;
 }
 
 // Fault injection for the fault tests: LOWSYNC_INJECT_FAULT=R:B makes world rank R throw when it
@@ -98,28 +127,32 @@ std::string clock_text(double seconds) {
 // and always one for the last row.
 class Progress {
  public:
-  Progress(const JobConfig& job, const PromptReader& in, int64_t first)
-      : job_(job), in_(in), first_(first), t0_(Clock::now()) {}
+  // range: the input rows of the output; first: the first input row this run computes.
+  Progress(const JobConfig& job, const PromptReader& in, const RowRange& range, int64_t first)
+      : job_(job), in_(in), range_(range), first_(first - range.first), t0_(Clock::now()) {}
 
+  // done: rows of the output written so far (the output's row i is input row range.first + i).
   void written(int64_t done, const std::vector<RowResult>& rows) {
+    const int64_t total = range_.count();
     for (size_t i = 0; i < rows.size(); ++i)
-      tokens_ += pass_length(in_, job_.task, done - static_cast<int64_t>(rows.size()) + static_cast<int64_t>(i)) +
+      tokens_ += pass_length(in_, job_.task, range_.first + done - static_cast<int64_t>(rows.size()) + static_cast<int64_t>(i)) +
                  static_cast<int64_t>(rows[i].tokens.size());
     const double s = seconds_since(t0_);
-    if (done < in_.rows() && last_ >= 0 && s - last_ < job_.progress.every) return;
+    if (done < total && last_ >= 0 && s - last_ < job_.progress.every) return;
     last_ = s;
     const double rows_per_s = (done - first_) / std::max(s, 1e-9);
-    const std::string eta = done == in_.rows() ? "0:00" : clock_text((in_.rows() - done) / std::max(rows_per_s, 1e-9));
+    const std::string eta = done == total ? "0:00" : clock_text((total - done) / std::max(rows_per_s, 1e-9));
     log::progress("lowsync: %lld/%lld rows (%.1f%%), %.1f tokens/s, %.2f rows/s, elapsed %s, ETA %s",
-                  static_cast<long long>(done), static_cast<long long>(in_.rows()),
-                  100.0 * done / std::max<int64_t>(in_.rows(), 1), tokens_ / std::max(s, 1e-9), rows_per_s,
+                  static_cast<long long>(done), static_cast<long long>(total),
+                  100.0 * done / std::max<int64_t>(total, 1), tokens_ / std::max(s, 1e-9), rows_per_s,
                   clock_text(s).c_str(), eta.c_str());
   }
 
  private:
   const JobConfig& job_;
   const PromptReader& in_;
-  int64_t first_;
+  RowRange range_;
+  int64_t first_;  // rows of the output done before this run
   Clock::time_point t0_;
   double last_ = -1;  // seconds into the run of the last line printed
   int64_t tokens_ = 0;
@@ -134,6 +167,8 @@ int run_job(const JobConfig& job, bool resume) {
   install_stop_handlers(world.rank() == 0, job.path);
   const bool root = world.rank() == 0;
   std::unique_ptr<PromptReader> input;
+  RowRange range;            // the input rows this job computes; the output's rows
+  std::vector<Batch> batches;  // of the whole input
   LoadedJob loaded = load_job(job, world, [&](const ModelConfig& model, const Plan&) {
     if (!model.is_decoder() && job.task != "embed")
       throw UserError(job.path + ": task '" + job.task + "' needs a decoder (llama or gpt2), but " + job.model +
@@ -141,7 +176,10 @@ int run_job(const JobConfig& job, bool resume) {
     if (root && !job.trace.empty() && !std::ofstream(job.trace))
       throw UserError(job.trace + ": cannot write the trace file (key 'trace')");
     input = std::make_unique<PromptReader>(job.input, model.vocab, job.task == "score");
-    check_rows(*input, job, model);
+    range = job.row_range(input->rows());
+    batches = plan_batches(*input, job);
+    if (job.shard.count > 0) range = shard_rows(batches, range, job, input->rows());
+    check_rows(*input, job, model, range);
   });
   const ModelConfig& model = loaded.model;
   const Plan& plan = loaded.plan;
@@ -152,13 +190,17 @@ int run_job(const JobConfig& job, bool resume) {
 
   std::unique_ptr<ResultWriter> writer;
   world.agree([&] {
-    if (root) writer = std::make_unique<ResultWriter>(job, model, input->rows(), resume);
+    if (root) writer = std::make_unique<ResultWriter>(job, model, range, input->rows(), resume);
   });
-  int64_t first = root ? writer->rows_done() : 0;
+  int64_t first = range.first + (root ? writer->rows_done() : 0);  // the first input row not done
   world.broadcast(&first, sizeof first, 0);
-  log::info("lowsync: %s %s (%s, %lld rows, %d layers) on %d rank(s), %s, %s backend; model loaded in %.2f s%s",
-            job.task.c_str(), job.model.c_str(), model.architecture.c_str(), static_cast<long long>(input->rows()),
-            model.n_layers, world.size(), plan.describe().c_str(), loaded.backend->name().c_str(), loaded.load_seconds,
+  const std::string rows = job.subset() ? "rows " + std::to_string(range.first) + "-" + std::to_string(range.end - 1) +
+                                              " of " + std::to_string(input->rows())
+                                        : std::to_string(input->rows()) + " rows";
+  const std::string threads = job.threads == 0 ? ", threads auto (" + std::to_string(loaded.threads) + " on rank 0)" : "";
+  log::info("lowsync: %s %s (%s, %s, %d layers) on %d rank(s), %s, %s backend%s; model loaded in %.2f s%s",
+            job.task.c_str(), job.model.c_str(), model.architecture.c_str(), rows.c_str(), model.n_layers, world.size(),
+            plan.describe().c_str(), loaded.backend->name().c_str(), threads.c_str(), loaded.load_seconds,
             resume ? (", resuming after row " + std::to_string(first)).c_str() : "");
 
   // From here on an error on one rank cannot be agreed (the others are inside collectives): the
@@ -169,7 +211,7 @@ int run_job(const JobConfig& job, bool resume) {
   PhaseTimes phases;
   int stopped_by = 0;  // rank 0: the signal that ended the run early
   try {
-    WorkQueue queue(groups, plan_batches(*input, job, first), writer.get());
+    WorkQueue queue(groups, batches_within(batches, first, range.end), writer.get());
     int64_t batches_started = 0;
     auto compute = [&](const Batch& b) {
       maybe_inject_fault(world.rank(), batches_started++);
@@ -198,12 +240,12 @@ int run_job(const JobConfig& job, bool resume) {
       }
       return results;
     };
-    Progress progress(job, *input, first);
+    Progress progress(job, *input, range, first);
     auto on_written = [&](int64_t done, const std::vector<RowResult>& rows) { progress.written(done, rows); };
     if (job.task == "generate" && job.batch.continuous && plan.pp == 1) {
       // Continuous batching: take batches while sequence slots are free, one pass at a time.
       int64_t longest = 0;
-      for (int64_t r = first; r < input->rows(); ++r)
+      for (int64_t r = first; r < range.end; ++r)
         longest = std::max(longest, ContinuousGenerator::row_need(model, job.generate, input->length(r)));
       const int64_t cache_rows = std::max<int64_t>(
           job.batch.max_tokens + int64_t(job.batch.max_sequences) * job.generate.max_new_tokens, longest);
@@ -249,9 +291,9 @@ int run_job(const JobConfig& job, bool resume) {
 
   // Every rank learns how the run ended (only rank 0 may know: a replica told "no more batches"
   // does not know why), so that all exit with the same status.
-  int64_t ending[2] = {stopped_by, root ? writer->rows_done() : 0};
+  int64_t ending[2] = {stopped_by, root ? range.first + writer->rows_done() : 0};  // input row where done rows end
   world.all_reduce_max(ending, 2);
-  const bool stopped = ending[1] < input->rows();
+  const bool stopped = ending[1] < range.end;
 
   // The run report: every rank's split of time and traffic, gathered to all.
   const CommCounters& c = groups.tp.counters();
@@ -282,7 +324,8 @@ int run_job(const JobConfig& job, bool resume) {
     if (stopped) {
       log::summary_block(report);
       log::notice("lowsync: %s after %lld/%lld rows; resume with: lowsync run %s --resume", how.c_str(),
-                  static_cast<long long>(ending[1]), static_cast<long long>(input->rows()), job.path.c_str());
+                  static_cast<long long>(ending[1] - range.first), static_cast<long long>(range.count()),
+                  job.path.c_str());
     } else {
       log::summary("lowsync: done; output %s", job.output.c_str());
       log::summary_block(report);

@@ -183,8 +183,18 @@ Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world, in
   ReplicaSplit split = job.parallel.bp > 1 ? ReplicaSplit::Block : ReplicaSplit::Tensor;
   if (model.bp.enabled() && job.parallel.tp == 1) split = ReplicaSplit::Block;
   const int group = job.parallel.group();
-  check_grid(model, split, group, job.parallel.dp, job.parallel.pp, world, job.path);
-  Plan p = make_plan(model, limits_of(job), world, split, group, job.parallel.dp, job.parallel.speeds,
+  int dp = job.parallel.dp;
+  if (dp == 0) {  // `parallel.dp: auto`: as many replicas as the world holds
+    const int replica = group * job.parallel.pp;
+    if (world % replica != 0)
+      throw UserError(job.path + ": parallel.dp: auto needs a rank count that is a multiple of " +
+                      (job.parallel.pp > 1 ? "parallel." + std::string(split_name(split)) + " x parallel.pp = "
+                                           : "parallel." + std::string(split_name(split)) + " = ") +
+                      std::to_string(replica) + ", but mpirun started " + std::to_string(world) + " ranks");
+    dp = world / replica;
+  }
+  check_grid(model, split, group, dp, job.parallel.pp, world, job.path);
+  Plan p = make_plan(model, limits_of(job), world, split, group, dp, job.parallel.speeds,
                      resolve_spd_drop(job, model, group), job.path,
                      {job.parallel.pp, job.parallel.stages, job.parallel.micro_batches}, memory_limit);
   p.chosen_by = "the job's parallel keys";

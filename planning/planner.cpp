@@ -139,7 +139,7 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
   // The plan the job itself states (its parallel keys or a plan file), when it states one: so that
   // `lowsync plan` also predicts what the user asked for, and benchmarks can time any plan.
   const bool states_plan = !job.parallel.auto_plan &&
-                           (job.parallel.group() > 1 || job.parallel.dp > 1 || job.parallel.pp > 1 ||
+                           (job.parallel.group() > 1 || job.parallel.dp != 1 || job.parallel.pp > 1 ||
                             !job.parallel.plan.empty() ||
                             !job.parallel.spd.drop.empty() || !job.parallel.spd.from.empty());
   if (states_plan) {

@@ -119,6 +119,70 @@ TEST(JobConfig, MalformedYamlIsAUserError) {
   }
 }
 
+TEST(JobConfig, AutoThreadsAndReplicas) {
+  auto c = load_job_config(write_yaml(std::string(kBase) + "threads: auto\nparallel: {tp: 2, dp: auto}\n"), {});
+  EXPECT_EQ(c.threads, 0);      // resolved per rank by resolve_threads
+  EXPECT_EQ(c.parallel.dp, 0);  // resolved by plan_from_job
+  EXPECT_NE(c.to_yaml().find("threads: auto"), std::string::npos) << c.to_yaml();
+  EXPECT_NE(c.to_yaml().find("dp: auto"), std::string::npos) << c.to_yaml();
+  c = load_job_config(write_yaml(kBase), {"threads=3", "parallel.dp=2"});
+  EXPECT_EQ(c.threads, 3);
+  EXPECT_EQ(c.parallel.dp, 2);
+  for (const char* bad : {"threads=0", "threads=-2", "parallel.dp=0", "threads=some"})
+    EXPECT_THROW(load_job_config(write_yaml(kBase), {bad}), UserError) << bad;
+  // dp: auto is a hand-picked grid: not with a plan file or parallel: auto.
+  EXPECT_THROW(load_job_config(write_yaml(kBase), {"parallel.auto=true", "parallel.dp=auto"}), UserError);
+}
+
+TEST(JobConfig, RowsAndShards) {
+  auto c = load_job_config(write_yaml(std::string(kBase) + "rows: {first: 10, count: 5}\n"), {});
+  EXPECT_TRUE(c.subset());
+  EXPECT_EQ(c.row_range(100).first, 10);
+  EXPECT_EQ(c.row_range(100).end, 15);
+  EXPECT_EQ(c.row_range(12).end, 12);  // stops at the input's end
+  EXPECT_THROW(c.row_range(10), UserError);  // first past the input
+  c = load_job_config(write_yaml(kBase), {"rows.first=7"});
+  EXPECT_EQ(c.row_range(20).first, 7);
+  EXPECT_EQ(c.row_range(20).end, 20);
+
+  // n shards cover the input exactly, in order, sizes within one row.
+  int64_t at = 0;
+  for (int i = 0; i < 3; ++i) {
+    c = load_job_config(write_yaml(kBase), {"shard.index=" + std::to_string(i), "shard.count=3"});
+    const RowRange r = c.row_range(50);
+    EXPECT_EQ(r.first, at);
+    EXPECT_GE(r.count(), 16);
+    EXPECT_LE(r.count(), 17);
+    at = r.end;
+  }
+  EXPECT_EQ(at, 50);
+  c = load_job_config(write_yaml(kBase), {"shard.index=0", "shard.count=4"});
+  EXPECT_EQ(c.row_range(3).count(), 0);  // more shards than rows: shard 0 of 4 holds none of 3 (run_job refuses it)
+
+  c = load_job_config(write_yaml(kBase), {});
+  EXPECT_FALSE(c.subset());
+  EXPECT_EQ(c.row_range(9).first, 0);
+  EXPECT_EQ(c.row_range(9).end, 9);
+
+  for (std::vector<std::string> bad : std::vector<std::vector<std::string>>{
+           {"rows.first=-1"}, {"rows.count=0"}, {"shard.index=2", "shard.count=2"}, {"shard.index=0"},
+           {"shard.count=0", "shard.index=0"}, {"rows.first=0", "shard.index=0", "shard.count=2"}})
+    EXPECT_THROW(load_job_config(write_yaml(kBase), bad), UserError) << bad[0];
+}
+
+TEST(JobConfig, FingerprintHoldsTheRowRange) {
+  auto whole = load_job_config(write_yaml(kBase), {});
+  auto shard0 = load_job_config(write_yaml(kBase), {"shard.index=0", "shard.count=2"});
+  auto shard1 = load_job_config(write_yaml(kBase), {"shard.index=1", "shard.count=2"});
+  auto rows = load_job_config(write_yaml(kBase), {"rows.first=0", "rows.count=4"});
+  EXPECT_NE(whole.fingerprint(), shard0.fingerprint());
+  EXPECT_NE(shard0.fingerprint(), shard1.fingerprint());
+  EXPECT_NE(whole.fingerprint(), rows.fingerprint());
+  EXPECT_NE(shard0.fingerprint().find("shard: {index: 0, count: 2, max_tokens: 2048, max_sequences: 32}\n"),
+            std::string::npos);
+  EXPECT_EQ(whole.fingerprint().find("rows"), std::string::npos);  // unchanged for whole-input jobs
+}
+
 // Issue 14: the stored job (`job_yaml`) is a job file: valid YAML, every key nested as in the job
 // reference, and loading it gives the same job.
 TEST(JobConfig, ToYamlRoundTrips) {
@@ -145,7 +209,9 @@ TEST(JobConfig, ToYamlRoundTrips) {
 
   for (const char* extra : {"parallel: auto\n", "parallel: {auto: true, spd: {from: c.yaml}}\n",
                             "parallel: {plan: p.yaml}\nbackend: cuda\ncuda: {device: 1, dtype: fp32}\n",
-                            "task: embed\nembed: {pooling: cls, normalize: true}\n"}) {
+                            "task: embed\nembed: {pooling: cls, normalize: true}\n",
+                            "threads: auto\nparallel: {tp: 2, dp: auto}\nrows: {first: 3}\n",
+                            "rows: {first: 3, count: 9}\n", "shard: {index: 1, count: 4}\n"}) {
     std::string t = std::string(kBase) + extra;
     if (t.find("task: embed") != std::string::npos) t.replace(t.find("task: generate\n"), 15, "");
     const auto c = load_job_config(write_yaml(t), {});
@@ -154,6 +220,10 @@ TEST(JobConfig, ToYamlRoundTrips) {
     EXPECT_EQ(c.parallel.auto_plan, d.parallel.auto_plan);
     EXPECT_EQ(c.cuda.device, d.cuda.device);
     EXPECT_EQ(c.embed.pooling, d.embed.pooling);
+    EXPECT_EQ(c.threads, d.threads);
+    EXPECT_EQ(c.parallel.dp, d.parallel.dp);
+    EXPECT_EQ(c.row_range(100).first, d.row_range(100).first) << c.to_yaml();
+    EXPECT_EQ(c.row_range(100).end, d.row_range(100).end) << c.to_yaml();
   }
 }
 

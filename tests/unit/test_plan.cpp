@@ -267,6 +267,21 @@ TEST(Planner, RefusesAJobThatFitsNowhereWithTheNumbers) {
   EXPECT_NE(why.find("64 MiB usable"), std::string::npos) << why;
 }
 
+TEST(Plan, AutoReplicasFillTheWorld) {
+  JobConfig job;
+  job.path = "job.yaml", job.task = "generate";
+  job.parallel.tp = 3, job.parallel.dp = 0;  // parallel: {tp: 3, dp: auto}
+  const Plan p = plan_from_job(job, smollm2(), 6);
+  EXPECT_EQ(p.dp, 2);
+  EXPECT_EQ(p.group, 3);
+  job.parallel.tp = 1;
+  EXPECT_EQ(plan_from_job(job, smollm2(), 5).dp, 5);
+  job.parallel.tp = 2;
+  EXPECT_NE(refusal([&] { plan_from_job(job, smollm2(), 5); })
+                .find("parallel.dp: auto needs a rank count that is a multiple of parallel.tp = 2, but mpirun started 5"),
+            std::string::npos);
+}
+
 TEST(Planner, PipelineWhenAReplicaDoesNotFitAndTheLinkIsSlow) {
   const ModelConfig m = smollm2();
   Profile p = uniform_profile(2, 1e-3, 12e6);  // 100 Mbit/s with a millisecond of latency
