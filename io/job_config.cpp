@@ -81,6 +81,7 @@ const std::map<std::string, Setter>& schema() {
       {"threads", [](JobConfig& c, const YAML::Node& n) { c.threads = int_or_auto(n); }},
       {"backend", field(&JobConfig::backend)},
       {"trace", field(&JobConfig::trace)},
+      {"mpi.timeout", field(&JobConfig::mpi_timeout)},
       {"memory.limit", [](JobConfig& c, const YAML::Node& n) { c.memory_limit = parse_memory_limit(n.as<std::string>()); }},
       {"cuda.device", field(&JobConfig::cuda, &CudaOptions::device)},
       {"cuda.dtype", field(&JobConfig::cuda, &CudaOptions::dtype)},
@@ -265,6 +266,7 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   expect(c.task == "generate" || c.task == "score" || c.task == "embed", "task",
          "is '" + c.task + "'; expected generate, score or embed");
   expect(c.threads >= 0, "threads", "must be >= 1, or auto");
+  expect(c.mpi_timeout >= 0, "mpi.timeout", "must be >= 0 seconds (0: never)");
   expect(c.backend == "cpu" || c.backend == "cuda", "backend", "is '" + c.backend + "'; expected cpu or cuda");
   expect(c.cuda.device == "auto" || c.cuda.device_index() >= 0, "cuda.device",
          "is '" + c.cuda.device + "'; expected auto or a device number (0, 1, ...)");
@@ -403,6 +405,8 @@ std::string JobConfig::to_yaml() const {
   e << YAML::Key << "threads" << YAML::Value << or_auto(c.threads);
   e << YAML::Key << "backend" << YAML::Value << c.backend;
   if (!c.trace.empty()) e << YAML::Key << "trace" << YAML::Value << c.trace;
+  e << YAML::Key << "mpi" << YAML::Value << YAML::BeginMap << YAML::Key << "timeout" << YAML::Value
+    << shortest(c.mpi_timeout) << YAML::EndMap;
   if (c.memory_limit.set())
     e << YAML::Key << "memory" << YAML::Value << YAML::BeginMap << YAML::Key << "limit" << YAML::Value
       << (c.memory_limit.bytes > 0 ? std::to_string(c.memory_limit.bytes) : shortest(100 * c.memory_limit.fraction) + "%")

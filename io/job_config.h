@@ -106,6 +106,7 @@ struct JobConfig {
   int threads = 1;  // 0: `auto`, resolved on each rank by resolve_threads (jobs/make_backend.h)
   std::string backend = "cpu";  // cpu | cuda
   std::string trace;            // Chrome trace-event JSON to write (empty: none)
+  double mpi_timeout = 1800;    // seconds an MPI call may wait before the job is aborted (0: never)
   CudaOptions cuda;
   GenerateOptions generate;
   EmbedOptions embed;

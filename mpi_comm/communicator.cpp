@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "mpi_comm/trace.h"
+#include "mpi_comm/watchdog.h"
 
 namespace lowsync {
 
@@ -19,8 +20,10 @@ struct Timer {
       : c(counters), group(group_name), call(call_name), bytes(sent) {
     ++c.calls;
     c.bytes += bytes;
+    watchdog::call_started(&group, call);
   }
   ~Timer() {
+    watchdog::call_ended();
     c.seconds += MPI_Wtime() - t0;
     if (trace::enabled())
       trace::complete("comm", group + "." + call, trace_start, trace::now_us() - trace_start,
@@ -130,8 +133,11 @@ bool Communicator::test(MPI_Request& req) {
 Communicator::Incoming Communicator::probe(bool block) {
   MPI_Status st;
   int flag = 1;
-  if (block)
+  if (block) {
+    watchdog::call_started(&name_, "Probe");
     check(MPI_Probe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, &st), "Probe");
+    watchdog::call_ended();
+  }
   else
     check(MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, &flag, &st), "Iprobe");
   if (!flag) return {};
@@ -150,7 +156,9 @@ MPI_Request Communicator::iall_reduce(float* data, int64_t n) {
 void Communicator::wait(MPI_Request& req) {
   const double t0 = MPI_Wtime();
   const double trace_start = trace::enabled() ? trace::now_us() : 0;
+  watchdog::call_started(&name_, "Wait");
   check(MPI_Wait(&req, MPI_STATUS_IGNORE), "Wait");
+  watchdog::call_ended();
   counters_.seconds += MPI_Wtime() - t0;
   if (trace::enabled()) trace::complete("comm", name_ + ".Wait", trace_start, trace::now_us() - trace_start);
 }
