@@ -10,6 +10,8 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <thread>
+#include <algorithm>
 
 #include "io/error.h"
 #include "io/files.h"
@@ -218,7 +220,13 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   };
   expect(c.task == "generate" || c.task == "score" || c.task == "embed", "task",
          "is '" + c.task + "'; expected generate, score or embed");
-  expect(c.threads >= 1, "threads", "must be >= 1");
+  // More BLAS threads than the machine has CPUs only oversubscribe it, and OpenBLAS hangs when it
+  // cannot allocate their buffers (found by tests/fuzz/fuzz_inputs.py: threads 100000 under a 4 GiB
+  // ulimit -v never ended). Small machines may still oversubscribe a little (tests do).
+  const int max_threads = std::max(16, static_cast<int>(std::thread::hardware_concurrency()));
+  expect(c.threads >= 1 && c.threads <= max_threads, "threads",
+         "is " + std::to_string(c.threads) + "; expected 1 to " + std::to_string(max_threads) +
+             " (the machine's CPUs, at least 16)");
   expect(c.backend == "cpu" || c.backend == "cuda", "backend", "is '" + c.backend + "'; expected cpu or cuda");
   expect(c.cuda.device == "auto" || c.cuda.device_index() >= 0, "cuda.device",
          "is '" + c.cuda.device + "'; expected auto or a device number (0, 1, ...)");
