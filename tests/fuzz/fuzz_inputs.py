@@ -23,7 +23,7 @@ Targets (each gets --minutes of wall time; `all` runs the three in turn):
 A fraction of the cases (--mpi-fraction, default 0.15) runs under `mpirun -np 2` with
 parallel.dp = 2 or parallel.tp = 2. Every case runs with a timeout (the whole process group is
 killed, and any process left with the case's marker in its environment) and a 4 GiB address-space
-limit per process. Each case is classified:
+limit per process (--mem-limit; 0 for a sanitizer build, which reserves terabytes of shadow). Each case is classified:
 
 - ok: exit 0 and a valid result (run: the output HDF5 complete, one row per prompt; inspect: its
   report on stdout);
@@ -87,7 +87,8 @@ def lowsync_bin():
 # ---------------------------------------------------------------------------------------------
 
 def _limits():
-    resource.setrlimit(resource.RLIMIT_AS, (MEM_LIMIT, MEM_LIMIT))
+    if MEM_LIMIT:
+        resource.setrlimit(resource.RLIMIT_AS, (MEM_LIMIT, MEM_LIMIT))
     resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
@@ -1051,8 +1052,12 @@ def main(argv=None):
     ap.add_argument("--keep", action="store_true", help="keep every case's folder under RESULTS/work/cases")
     ap.add_argument("--smoke", action="store_true",
                     help="quick check (ctest cli_fuzz_smoke): seed 14, 9 s per target; exit 1 on any crash or hang")
+    ap.add_argument("--mem-limit", type=float, default=4,
+                    help="address-space limit per process in GiB (0: none; an AddressSanitizer build needs 0)")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
+    global MEM_LIMIT
+    MEM_LIMIT = int(args.mem_limit * (1 << 30))
     if args.smoke:
         args.seed, args.minutes, args.target = 14, 0.15, "all"
     if args.case:
