@@ -12,6 +12,8 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <thread>
+#include <algorithm>
 
 #include "io/error.h"
 #include "io/files.h"
@@ -265,7 +267,13 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   };
   expect(c.task == "generate" || c.task == "score" || c.task == "embed", "task",
          "is '" + c.task + "'; expected generate, score or embed");
-  expect(c.threads >= 0, "threads", "must be >= 1, or auto");
+  // More BLAS threads than the machine has CPUs only oversubscribe it, and OpenBLAS hangs when it
+  // cannot allocate their buffers (found by tests/fuzz/fuzz_inputs.py: threads 100000 under a 4 GiB
+  // ulimit -v never ended). Small machines may still oversubscribe a little (tests do). 0: auto.
+  const int max_threads = std::max(16, static_cast<int>(std::thread::hardware_concurrency()));
+  expect(c.threads >= 0 && c.threads <= max_threads, "threads",
+         "is " + std::to_string(c.threads) + "; expected auto or 1 to " + std::to_string(max_threads) +
+             " (the machine's CPUs, at least 16)");
   expect(c.mpi_timeout >= 0, "mpi.timeout", "must be >= 0 seconds (0: never)");
   expect(c.backend == "cpu" || c.backend == "cuda", "backend", "is '" + c.backend + "'; expected cpu or cuda");
   expect(c.cuda.device == "auto" || c.cuda.device_index() >= 0, "cuda.device",

@@ -68,6 +68,26 @@ std::string unwritten_part(hid_t ds, int64_t n) {
   return "";  // compact: stored in the header, always whole
 }
 
+// "" when HDF5 can decode every filter of the dataset's pipeline, else the first it cannot, e.g.
+// "lzf (filter 32000)": h5py's own LZF is not part of the HDF5 library, and reading would fail with
+// no more than "cannot read".
+std::string missing_filter(hid_t ds) {
+  const hid_t plist = H5Dget_create_plist(ds);
+  std::string missing;
+  const int n = H5Pget_nfilters(plist);
+  for (int i = 0; i < n && missing.empty(); ++i) {
+    unsigned flags = 0;
+    size_t n_values = 0;
+    char name[80] = {};
+    const H5Z_filter_t id = H5Pget_filter2(plist, static_cast<unsigned>(i), &flags, &n_values, nullptr, sizeof name,
+                                           name, nullptr);
+    if (id < 0 || H5Zfilter_avail(id) > 0) continue;
+    missing = (name[0] ? std::string(name) + " " : std::string()) + "(filter " + std::to_string(id) + ")";
+  }
+  H5Pclose(plist);
+  return missing;
+}
+
 // One of the CSR datasets, checked before any value is read: it exists, is one-dimensional, has an
 // integer dtype (a float or bool would be converted silently), and every element was written (a
 // huge extent declared in a tiny file would otherwise be read as fill values, on every rank).
@@ -84,6 +104,7 @@ int64_t integer_dataset(hid_t file, const std::string& path, const std::string& 
   const std::string dtype = describe_type(type);
   const double logical = double(dims[0]) * double(H5Tget_size(type)), stored = double(H5Dget_storage_size(ds));
   const std::string unwritten = unwritten_part(ds, static_cast<int64_t>(dims[0]));
+  const std::string filter = missing_filter(ds);
   H5Tclose(type);
   H5Sclose(space);
   H5Dclose(ds);
@@ -91,6 +112,9 @@ int64_t integer_dataset(hid_t file, const std::string& path, const std::string& 
   if (!integer)
     throw UserError(path + ": dataset '" + name + "' has dtype " + dtype + "; expected an integer type (int32 " +
                     (name.find("offsets") != std::string::npos ? "or int64 offsets" : "token ids") + ")");
+  if (!filter.empty())
+    throw UserError(path + ": dataset '" + name + "' is compressed with " + filter +
+                    ", which this HDF5 library cannot decode; expected gzip, shuffle or no compression");
   const int64_t n = static_cast<int64_t>(dims[0]);
   if (rank == 1 && !unwritten.empty())
     throw UserError(path + ": dataset '" + name + "' declares " + std::to_string(n) + " entries but " + unwritten +

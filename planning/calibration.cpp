@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "io/error.h"
+#include "io/files.h"
 
 namespace lowsync {
 
@@ -49,7 +50,8 @@ void Calibration::save(const std::string& path) const {
 Calibration Calibration::load(const std::string& path) {
   YAML::Node n;
   try {
-    n = YAML::LoadFile(path);
+    // A regular file only: a directory, FIFO or device fails deep in the stream or never ends.
+    n = YAML::Load(read_regular_file(path, "the calibration file"));
   } catch (const YAML::Exception& e) {
     throw UserError(path + ": cannot read the calibration file (" + e.msg + ")");
   }

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "io/error.h"
+#include "io/files.h"
 
 namespace lowsync {
 
@@ -142,11 +143,7 @@ void Plan::save(const std::string& path, const ModelConfig& model) const {
 }
 
 Plan Plan::load(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) throw UserError(path + ": cannot open the plan file");
-  std::stringstream text;
-  text << f.rdbuf();
-  Plan p = parse(text.str(), path);
+  Plan p = parse(read_regular_file(path, "the plan file"), path);
   p.chosen_by = "plan file " + path + (p.chosen_by.empty() ? "" : " (" + p.chosen_by + ")");
   return p;
 }

@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "io/error.h"
+#include "io/files.h"
 
 namespace lowsync {
 
@@ -152,7 +153,7 @@ void Profile::save(const std::string& path) const {
 Profile Profile::load(const std::string& path) {
   YAML::Node n;
   try {
-    n = YAML::LoadFile(path);
+    n = YAML::Load(read_regular_file(path, "the profile"));
   } catch (const YAML::Exception& e) {
     throw UserError(path + ": cannot read the profile (" + e.msg + ")");
   }

@@ -15,16 +15,19 @@
 #                        the same time.
 #
 # Mechanism: the cgroup v1 `cpu` controller (mounted at /sys/fs/cgroup/cpu: cpu.cfs_period_us =
-# 100000, cpu.cfs_quota_us = period x percent / 100); where there is none, cgroup v2's cpu.max
+# 5000, cpu.cfs_quota_us = period x percent / 100); where there is none, cgroup v2's cpu.max
 # (pure v2 at /sys/fs/cgroup with the cpu controller enabled). Needs root. On the development
 # machine (hybrid cgroups: v1 cpu/cpuset, a v2 tree at /sys/fs/cgroup/unified without the cpu
 # controller) only the v1 path works, and it does: a busy loop in a 50% cgroup gets 0.50 CPU
-# seconds per second. The quota is enforced per 100 ms period, so a slowed rank runs at full speed
-# for the first 50 ms of each period: only timings over several periods see the slowdown.
+# seconds per second. The quota is enforced per period, and a slowed rank runs at full speed until
+# its quota is spent, then waits for the next period: with the default 100 ms period a rank at 50%
+# alternates 50 ms of full speed with 50 ms frozen, longer than a decode step, so work split in
+# proportion to speed does not help (the other rank waits out the frozen half at every sync). A
+# 5 ms period makes the slowed rank look like a slower processor at the time scale of a layer.
 set -euo pipefail
 
 NAME="${LOWSYNC_SLOW_CGROUP:-lowsync_slow}"
-PERIOD_US=100000
+PERIOD_US=5000
 
 # The cgroup tree to use: "v1 DIR" or "v2 DIR", or a reason why none can be used (exit 1).
 pick_tree() {

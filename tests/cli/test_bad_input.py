@@ -1,11 +1,11 @@
-"""Bad input is refused cleanly (tiny LLaMA, python/make_tiny_models.py). Each case must exit non-zero
-(not by a signal), print exactly one line starting with `lowsync: error:` on stderr, that line must
-name the culprit (file path, YAML key or row), and no complete-looking output may be left behind (an
-output file, if any, must not have every /done flag set). Cases: model directory without
-model.safetensors, unknown YAML key (in the file and via --set), bad task, missing input file, token
-id >= vocab size (row 3), negative token id (row 1), prompt longer than max_position_embeddings
-(row 2), offsets not monotone, targets missing for score, empty prompt (row 1), out-of-range or
-mistyped values (temperature, max_new_tokens, pooling, via --set), output path not writable, output exists
+"""Bad input is refused cleanly (tiny LLaMA, python/make_tiny_models.py). Each case must exit non-zero (not
+by a signal), print exactly one line starting with `lowsync: error:` on stderr, that line must name the
+culprit (file path, YAML key or row), and no complete-looking output may be left behind (an output file,
+if any, must not have every /done flag set). Cases: model directory without model.safetensors, unknown
+YAML key (in the file and via --set), bad task, missing input file, token id >= vocab size (row 3),
+negative token id (row 1), prompt longer than max_position_embeddings (row 2), offsets not monotone,
+targets missing for score, empty prompt (row 1), out-of-range or mistyped values (temperature,
+max_new_tokens, pooling, via --set, threads past the CPUs), output path not writable, output exists
 without --resume, and --resume against a different job (max_new_tokens changed in the YAML, or by
 --set): refused, and the existing output file is left unchanged.
 
@@ -14,8 +14,10 @@ config.json sizes of 0 (heads, n_head, and FFN width / token types with a matchi
 impossible values (rope_theta, norm epsilons, eos_token_id in config.json and generation_config.json);
 safetensors data_offsets out of range (negative start), of the wrong span or overlapping, wrong-typed
 header fields, a header length past the file, a wrong-typed index; a FIFO, directory or device in
-place of model.safetensors, config.json, the prompts or the job file; prompts declaring 2^38 ids (or
-offsets, or targets) never written; float, bool and too-large token ids, float and string offsets;
+place of model.safetensors, config.json, the prompts, the job file, the calibration file
+(parallel.spd.from) or the plan file (parallel.plan); prompts declaring 2^38 ids (or offsets, or
+targets) never written; float, bool and too-large token ids, float and string offsets; token ids
+compressed with a filter the HDF5 library lacks (h5py's LZF);
 NaN weights (at load) and finite weights that overflow float32 on one row (at run time, in
 generate, score and embed, also at tp = 2 and dp = 2); malformed job YAML (a list as a key, binary
 text, invalid YAML in --set).
@@ -241,6 +243,8 @@ def main():
     expect_error("embed.pooling max", base("pool", task="embed", embed={"pooling": "max"}), ["pooling"])
     expect_error("--set generate.max_new_tokens=4x", base("setbad"), ["max_new_tokens"],
                  sets=["generate.max_new_tokens=4x"])
+    # Found by tests/fuzz/fuzz_inputs.py: threads 100000 under a 4 GiB `ulimit -v` hung in OpenBLAS.
+    expect_error("threads 100000", base("threads"), ["threads", "100000"], sets=["threads=100000"])
 
     # Output problems.
     expect_error("output path not writable", base("x", output="/nonexistent_dir/out.h5"), ["/nonexistent_dir/out.h5"])
@@ -404,6 +408,14 @@ def issue14(check, expect_error, base, tmp, model_dir, good, good_in):
     fifo_job = os.path.join(tmp, "job_fifo.yaml")
     os.mkfifo(fifo_job)
     expect_error("job file is a FIFO", None, [fifo_job, "FIFO"], job_path=fifo_job, timeout=60)
+    # Found by tests/fuzz/fuzz_inputs.py: a directory as the calibration file printed the C++
+    # stream's "basic_filebuf::underflow error reading the file: Is a directory", naming nothing.
+    expect_error("parallel.spd.from is a directory", base("spd_dir", parallel={"spd": {"from": model_dir}}),
+                 [model_dir, "directory", "calibration"])
+    expect_error("parallel.plan is a directory", base("plan_dir", parallel={"plan": model_dir}),
+                 [model_dir, "directory", "plan"])
+    expect_error("parallel.spd.from is a FIFO", base("spd_fifo", parallel={"spd": {"from": fifo_job}}),
+                 [fifo_job, "FIFO"], timeout=60)
 
     # 5. A 2 KiB prompts file declaring 2^38 token ids (or offsets, or targets) never written.
     huge = 1 << 38
@@ -466,6 +478,12 @@ def issue14(check, expect_error, base, tmp, model_dir, good, good_in):
         inp = prompts_file(tag.replace(" ", "_") + ".h5",
                            lambda f: (f.__setitem__("input_ids", make_ids), f.__setitem__("offsets", make_offs)))
         expect_error(tag, base(tag.replace(" ", "_"), input=inp), [inp] + needles)
+
+    # Found by tests/fuzz/fuzz_inputs.py: h5py's LZF filter is not in the HDF5 library; reading failed
+    # with "cannot read dataset 'input_ids' ... as int64", not saying why.
+    inp = prompts_file("lzf_ids.h5", lambda f: (f.create_dataset("input_ids", data=ids, chunks=True, compression="lzf"),
+                                                f.__setitem__("offsets", offs)))
+    expect_error("input_ids compressed with h5py's LZF", base("lzf_ids", input=inp), [inp, "input_ids", "lzf"])
 
     # 7. NaN in a checkpoint: refused at load, naming the tensor and element.
     d = variant("nan_weight", model_dir, tensors=lambda t: t[norm].__setitem__(3, np.nan))
