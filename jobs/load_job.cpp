@@ -35,6 +35,17 @@ LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
     world.agree([&] { j.plan = plan_from_job(job, j.model, world.size(), limit); });
   }
   world.agree([&] { check(j.model, j.plan); });
+  // Refuse before any weight is read when the plan's memory exceeds what a rank has (a batch limit
+  // of millions of tokens would otherwise end in std::bad_alloc mid-run, or in swapping).
+  const int64_t usable = usable_memory_bytes(world);
+  world.agree([&] {
+    const int64_t need = j.plan.memory_of(world.rank()).total();
+    if (usable > 0 && need > usable)
+      throw UserError(job.path + ": rank " + std::to_string(world.rank()) + " needs " + std::to_string(need >> 20) +
+                      " MiB under this plan (weights, KV cache for batch.max_tokens / batch.max_sequences, activations)" +
+                      " but has " + std::to_string(usable >> 20) + " MiB usable; lower the batch limits, add ranks, or " +
+                      "set memory.limit to stream layers");
+  });
   j.groups = std::make_unique<ParallelGroups>(ParallelGroups::make(j.plan.group, j.plan.pp, j.plan.dp));
 
   const auto t0 = std::chrono::steady_clock::now();

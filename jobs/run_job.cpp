@@ -207,7 +207,7 @@ int run_job(const JobConfig& job, bool resume) {
   // From here on an error on one rank cannot be agreed (the others are inside collectives): the
   // failing rank reports and aborts every rank. Rows already written stay, marked done.
   if (!job.trace.empty()) trace::start(world);
-  watchdog::start(job.mpi_timeout, world.rank());
+  auto watch = std::make_unique<watchdog::Guard>(job.mpi_timeout, world.rank());
   const auto t_run = Clock::now();
   int64_t new_tokens = 0;
   PhaseTimes phases;
@@ -286,7 +286,7 @@ int run_job(const JobConfig& job, bool resume) {
     MPI_Abort(MPI_COMM_WORLD, 1);
   }
   const double wall_s = seconds_since(t_run);
-  watchdog::stop();
+  watch.reset();
   if (!job.trace.empty()) {
     const int64_t events = trace::finish(world, job.trace);
     if (root) std::printf("lowsync: trace of %lld events written to %s\n", static_cast<long long>(events), job.trace.c_str());

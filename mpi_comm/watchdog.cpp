@@ -33,10 +33,18 @@ void start(double seconds, int world_rank) {
   g_on = true;
   g_quit = false;
   g_thread = std::thread([seconds, world_rank] {
+    // The wait is counted in this thread's own ticks, not in wall time: a rank that was itself
+    // stopped (and is continued by mpirun on the way to killing it) has not been waiting, and
+    // must not report too.
+    constexpr double kTick = 0.5;
+    int64_t watched = 0;
+    int ticks = 0;
     std::unique_lock<std::mutex> lock(g_mutex);
     while (!g_wake.wait_for(lock, std::chrono::milliseconds(500), [] { return g_quit; })) {
       const int64_t since = g_since.load();
-      if (since == 0 || (now_ns() - since) * 1e-9 < seconds) continue;
+      ticks = since != 0 && since == watched ? ticks + 1 : 0;
+      watched = since;
+      if (since == 0 || ticks * kTick < seconds) continue;
       const std::string* group = g_group.load();
       const char* call = g_call.load();
       std::fprintf(stderr,

@@ -12,6 +12,14 @@ namespace lowsync::watchdog {
 void start(double seconds, int world_rank);
 void stop();
 
+// Watches from construction to destruction (also when an exception leaves the scope).
+struct Guard {
+  Guard(double seconds, int world_rank) { start(seconds, world_rank); }
+  ~Guard() { stop(); }
+  Guard(const Guard&) = delete;
+  Guard& operator=(const Guard&) = delete;
+};
+
 // Called by the Communicator around each call (cheap: a clock read and two stores).
 void call_started(const std::string* group, const char* call);
 void call_ended();
