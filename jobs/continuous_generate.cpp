@@ -32,17 +32,6 @@ bool ContinuousGenerator::wants_rows() const {
   return waiting_.empty() && static_cast<int>(running_.size()) < job_.batch.max_sequences;
 }
 
-// A row stops at EOS (if asked), at max_new_tokens, or at the model's last position.
-bool ContinuousGenerator::finished(const Row& r) const {
-  const ModelConfig& cfg = model_.config();
-  const std::vector<int32_t>& out = r.result.tokens;
-  const int64_t generated = static_cast<int64_t>(out.size());
-  const bool eos = job_.generate.stop_at_eos &&
-                   std::find(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end(), out.back()) != cfg.eos_token_ids.end();
-  return eos || generated >= job_.generate.max_new_tokens ||
-         static_cast<int64_t>(r.prompt.size()) + generated > cfg.max_positions;
-}
-
 ContinuousGenerator::Finished ContinuousGenerator::step() {
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
@@ -88,7 +77,7 @@ ContinuousGenerator::Finished ContinuousGenerator::step() {
     require_finite(model_, l, cfg.vocab, r.input_row, "generate",
                    "the logits for new token " + std::to_string(r.result.tokens.size()));
     r.result.tokens.push_back(r.sampler.next(l, cfg.vocab));
-    if (!finished(r)) {
+    if (!row_finished(cfg, job_.generate, r.prompt.size(), r.result.tokens)) {
       still.push_back(std::move(r));
       continue;
     }

@@ -55,7 +55,6 @@ class ContinuousGenerator {
     std::vector<RowResult> results;
     std::chrono::steady_clock::time_point start;
   };
-  bool finished(const Row& r) const;
 
   Transformer& model_;
   const JobConfig& job_;

@@ -18,6 +18,16 @@
 
 namespace lowsync {
 
+bool row_finished(const ModelConfig& cfg, const GenerateOptions& opt, size_t prompt_tokens,
+                  const std::vector<int32_t>& generated) {
+  const int32_t last = generated.back();
+  const bool eos =
+      opt.stop_at_eos && std::find(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end(), last) != cfg.eos_token_ids.end();
+  // The next pass would put the last token at position prompt + generated - 1.
+  const int64_t n = static_cast<int64_t>(generated.size());
+  return eos || n >= opt.max_new_tokens || static_cast<int64_t>(prompt_tokens) + n > cfg.max_positions;
+}
+
 namespace {
 
 // One micro-batch: its rows of the batch, those still running, its KV cache (this stage's layers)
@@ -56,20 +66,13 @@ std::vector<RowResult> generate_batch(PipelineStage& stage, const GenerateOption
     micro.push_back(std::move(mb));
   }
 
-  auto is_eos = [&](int t) {
-    return opt.stop_at_eos && std::find(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end(), t) != cfg.eos_token_ids.end();
-  };
   // Appends each running row's new token and keeps the rows that go on.
   auto apply = [&](MicroBatch& mb, const std::vector<int32_t>& sampled) {
     std::vector<size_t> still;
     for (size_t j = 0; j < mb.running.size(); ++j) {
       const size_t i = mb.running[j];
       out[i].tokens.push_back(sampled[j]);
-      // The next pass would put this token at position prompt + generated - 1.
-      const int64_t generated = static_cast<int64_t>(out[i].tokens.size());
-      const bool full = generated >= opt.max_new_tokens ||
-                        static_cast<int64_t>(prompts[i].size()) + generated > cfg.max_positions;
-      if (!is_eos(sampled[j]) && !full) still.push_back(i);
+      if (!row_finished(cfg, opt, prompts[i].size(), out[i].tokens)) still.push_back(i);
     }
     mb.running = std::move(still);
   };

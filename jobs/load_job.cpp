@@ -17,12 +17,13 @@ LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
   j.threads = job.threads;
   world.agree([&] { j.model = load_model_config(job.model); });
   world.agree([&] { j.backend = make_backend(job, world); });
+  const int64_t usable = usable_memory_bytes(world);
   // memory.limit as bytes: a share of the free memory is the smallest rank's share.
   int64_t limit = job.memory_limit.bytes;
   if (job.memory_limit.fraction > 0) {
-    int64_t free_bytes = -usable_memory_bytes(world);
-    world.all_reduce_max(&free_bytes, 1);
-    limit = static_cast<int64_t>(job.memory_limit.fraction * double(-free_bytes));
+    int64_t least = -usable;
+    world.all_reduce_max(&least, 1);
+    limit = static_cast<int64_t>(job.memory_limit.fraction * double(-least));
   }
   world.agree([&] {
     if (limit > 0 && job.backend != "cpu")
@@ -37,7 +38,6 @@ LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
   world.agree([&] { check(j.model, j.plan); });
   // Refuse before any weight is read when the plan's memory exceeds what a rank has (a batch limit
   // of millions of tokens would otherwise end in std::bad_alloc mid-run, or in swapping).
-  const int64_t usable = usable_memory_bytes(world);
   world.agree([&] {
     const int64_t need = j.plan.memory_of(world.rank()).total();
     if (usable > 0 && need > usable)

@@ -22,6 +22,12 @@ struct PhaseTimes {
 
 // New tokens per prompt (EOS included when it stops the row). Row i of the batch is input row
 // first_row + i, which seeds its sampler.
+// Whether a row with these new tokens stops: at EOS (if asked), at max_new_tokens, or when the
+// next pass would put its last token past the model's last position. Static and continuous
+// batching share it.
+bool row_finished(const ModelConfig& model, const GenerateOptions& opt, size_t prompt_tokens,
+                  const std::vector<int32_t>& generated);
+
 // Each task runs on every rank of a replica, through the rank's pipeline stage; the results are
 // complete on the replica's first stage (the replica's leader is there).
 std::vector<RowResult> generate_batch(PipelineStage& stage, const GenerateOptions& opt, const TokenRows& prompts,

@@ -1,6 +1,7 @@
 """Running lowsync under mpirun from Python tests (ctest passes LOWSYNC_BIN)."""
 import os
 import subprocess
+import sys
 import time
 
 LOWSYNC = os.environ.get("LOWSYNC_BIN", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -34,3 +35,31 @@ def open_when_released(path, seconds=30):
             if time.time() > deadline:
                 raise
             time.sleep(0.25)
+
+
+failures = []
+
+
+def check(what, ok, detail=""):
+    """Prints one verdict line; a failed check is remembered, and finish() fails the test."""
+    print(f"{what}: {detail}  {'ok' if ok else 'FAIL'}", flush=True)
+    if not ok:
+        failures.append(what)
+
+
+def finish(name):
+    if failures:
+        sys.exit("FAILED: " + ", ".join(failures))
+    print(f"{name}: all passed")
+
+
+def write_prompts(path, prompts, targets=None):
+    """A prompts HDF5 (README "Prompts"): CSR token ids, and targets for score when given."""
+    import h5py
+    import numpy as np
+    with h5py.File(path, "w") as f:
+        f["input_ids"] = np.concatenate(prompts).astype(np.int32)
+        f["offsets"] = np.cumsum([0] + [len(p) for p in prompts]).astype(np.int64)
+        if targets is not None:
+            f["targets"] = np.concatenate(targets).astype(np.int32)
+            f["target_offsets"] = np.cumsum([0] + [len(t) for t in targets]).astype(np.int64)

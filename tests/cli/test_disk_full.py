@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "python"
 sys.path.insert(0, os.path.dirname(HERE))
 import oracle  # noqa: E402  (sets HDF5_USE_FILE_LOCKING=FALSE before h5py is imported)
 import make_tiny_models  # noqa: E402
-from mpi_util import ENV, mpirun_cmd  # noqa: E402
+from mpi_util import ENV, mpirun_cmd, open_when_released  # noqa: E402
 
 ROWS = 1200
 NEW = 24
@@ -32,19 +32,6 @@ NEW = 24
 TMPFS_KIB = int(os.environ.get("LOWSYNC_DISK_FULL_KIB", "120"))
 KEYS = ("generated/token_ids", "generated/offsets", "done")
 SKIP = 77
-
-
-def open_when_released(path, seconds=30):
-    """h5py.File(path) once it can be opened: after an abort, killed ranks may still be exiting."""
-    import h5py
-    deadline = time.time() + seconds
-    while True:
-        try:
-            return h5py.File(path, "r")
-        except OSError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.25)
 
 
 def main():

@@ -13,15 +13,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mpi_util import mpirun, LOWSYNC  # noqa: E402
-
-failures = []
+from mpi_util import mpirun, LOWSYNC, check, finish, write_prompts  # noqa: E402
 
 
-def check(what, ok, detail=""):
-    print(f"{what}: {detail}  {'ok' if ok else 'FAIL'}", flush=True)
-    if not ok:
-        failures.append(what)
 
 
 def main():
@@ -33,9 +27,7 @@ def main():
                      ).save_pretrained(f"{tmp}/m", safe_serialization=True)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(3, 100, n) for n in (5, 8, 3, 9, 4, 6, 7, 2)]
-    with h5py.File(f"{tmp}/p.h5", "w") as f:
-        f["input_ids"] = np.concatenate(prompts).astype(np.int32)
-        f["offsets"] = np.cumsum([0] + [len(p) for p in prompts]).astype(np.int64)
+    write_prompts(f"{tmp}/p.h5", prompts)
 
     for ranks, tp, dp in ((2, 2, 1), (4, 2, 2)):
         tag = f"tp{tp}_dp{dp}"
@@ -66,9 +58,7 @@ def main():
         overlap = sum(max(x["ts"], y["ts"]) <= min(x["ts"] + x["dur"], y["ts"] + y["dur"]) + 50 for x, y in zip(a, b))
         check(f"{tag}: tracks aligned (k-th all-reduces of ranks 0 and 1 overlap, 50 us slack)",
               len(a) == len(b) and overlap >= 0.9 * len(a), f"{overlap}/{len(a)}")
-    if failures:
-        sys.exit("FAILED: " + ", ".join(failures))
-    print("trace: all passed")
+    finish("trace")
 
 
 if __name__ == "__main__":

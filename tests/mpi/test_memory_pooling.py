@@ -15,17 +15,11 @@ import torch
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mpi_util import mpirun, mpirun_cmd, ENV, LOWSYNC  # noqa: E402
+from mpi_util import mpirun, mpirun_cmd, ENV, LOWSYNC, check, finish, write_prompts  # noqa: E402
 
 NEW = 8
 LAYERS = 8
-failures = []
 
-
-def check(what, ok, detail=""):
-    print(f"{what}: {detail}  {'ok' if ok else 'FAIL'}", flush=True)
-    if not ok:
-        failures.append(what)
 
 
 def main():
@@ -43,11 +37,7 @@ def main():
     rng = np.random.default_rng(2)
     prompts = [rng.integers(3, 64, n).tolist() for n in (6, 3, 9, 4)]
     targets = [rng.integers(3, 64, n).tolist() for n in (3, 4, 2, 5)]
-    with h5py.File(f"{tmp}/p.h5", "w") as f:
-        f["input_ids"] = np.concatenate(prompts).astype(np.int32)
-        f["offsets"] = np.cumsum([0] + [len(p) for p in prompts]).astype(np.int64)
-        f["targets"] = np.concatenate(targets).astype(np.int32)
-        f["target_offsets"] = np.cumsum([0] + [len(t) for t in targets]).astype(np.int64)
+    write_prompts(f"{tmp}/p.h5", prompts, targets)
     with torch.no_grad():
         ref_lp = []
         for p, t in zip(prompts, targets):
@@ -101,9 +91,7 @@ def main():
     lines = [l for l in p.stderr.splitlines() if "lowsync: error" in l]
     check("a limit below every-layer-streamed is refused with the numbers",
           p.returncode == 1 and len(lines) == 1 and "memory.limit" in lines[0] and "MiB" in lines[0], " | ".join(lines))
-    if failures:
-        sys.exit("FAILED: " + ", ".join(failures))
-    print("memory pooling: all passed")
+    finish("memory pooling")
 
 
 if __name__ == "__main__":

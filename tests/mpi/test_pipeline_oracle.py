@@ -18,16 +18,10 @@ import torch
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mpi_util import mpirun, mpirun_cmd, open_when_released, ENV, LOWSYNC  # noqa: E402
+from mpi_util import mpirun, mpirun_cmd, open_when_released, ENV, LOWSYNC, check, finish, write_prompts  # noqa: E402
 
 NEW = 8
-failures = []
 
-
-def check(what, ok, detail=""):
-    print(f"{what}: {detail}  {'ok' if ok else 'FAIL'}", flush=True)
-    if not ok:
-        failures.append(what)
 
 
 def init(m, std=0.15):
@@ -99,11 +93,7 @@ def main():
     rng = np.random.default_rng(9)
     prompts = [rng.integers(3, 150, n).tolist() for n in (7, 3, 12, 1, 9, 5, 4)]
     targets = [rng.integers(3, 150, n).tolist() for n in (3, 5, 1, 4, 2, 2, 6)]
-    with h5py.File(f"{tmp}/p.h5", "w") as f:
-        f["input_ids"] = np.concatenate(prompts).astype(np.int32)
-        f["offsets"] = np.cumsum([0] + [len(p) for p in prompts]).astype(np.int64)
-        f["targets"] = np.concatenate(targets).astype(np.int32)
-        f["target_offsets"] = np.cumsum([0] + [len(t) for t in targets]).astype(np.int64)
+    write_prompts(f"{tmp}/p.h5", prompts, targets)
     ms = models(tmp)
 
     with torch.no_grad():
@@ -163,9 +153,7 @@ def main():
         complete = int(f.attrs["complete"])
     check("--resume completes it as the uninterrupted run", resumed == want and complete == 1)
 
-    if failures:
-        sys.exit("FAILED: " + ", ".join(failures))
-    print("pipeline oracle: all passed")
+    finish("pipeline oracle")
 
 
 if __name__ == "__main__":

@@ -21,16 +21,10 @@ import torch
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mpi_util import mpirun, mpirun_cmd, ENV, LOWSYNC  # noqa: E402
+from mpi_util import mpirun, mpirun_cmd, ENV, LOWSYNC, check, finish, write_prompts  # noqa: E402
 
 NEW = 10
-failures = []
 
-
-def check(what, ok, detail=""):
-    print(f"{what}: {detail}  {'ok' if ok else 'FAIL'}", flush=True)
-    if not ok:
-        failures.append(what)
 
 
 def init(m, std=0.15):
@@ -82,11 +76,7 @@ def main():
     rng = np.random.default_rng(5)
     prompts = [rng.integers(3, 200, n).tolist() for n in (7, 3, 15, 1, 10)]
     targets = [rng.integers(3, 200, n).tolist() for n in (3, 5, 1, 4, 2)]
-    with h5py.File(f"{tmp}/p.h5", "w") as f:
-        f["input_ids"] = np.concatenate(prompts).astype(np.int32)
-        f["offsets"] = np.cumsum([0] + [len(p) for p in prompts]).astype(np.int64)
-        f["targets"] = np.concatenate(targets).astype(np.int32)
-        f["target_offsets"] = np.cumsum([0] + [len(t) for t in targets]).astype(np.int64)
+    write_prompts(f"{tmp}/p.h5", prompts, targets)
     ms = models(tmp)
 
     # A plan file that splits kv group 1 between two ranks (heads 0-4 | 5-8): kv head 1 on both.
@@ -192,9 +182,7 @@ def main():
         check(f"lowsync plan at np {np_} writes a plan that runs",
               (g["generated/token_ids"][:] == tok).all() and "written to" in planned)
 
-    if failures:
-        sys.exit("FAILED: " + ", ".join(failures))
-    print("plan oracle: all passed")
+    finish("plan oracle")
 
 
 if __name__ == "__main__":
