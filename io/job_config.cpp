@@ -124,8 +124,15 @@ const std::map<std::string, Setter>& schema() {
       {"calibrate.min_top1", field(&JobConfig::calibrate, &CalibrateOptions::min_top1)},
       {"calibrate.output", field(&JobConfig::calibrate, &CalibrateOptions::output)},
       {"progress.every", field(&JobConfig::progress, &ProgressOptions::every)},
+      {"debug.dump", field(&JobConfig::debug, &DebugOptions::dump)},
+      {"debug.dump_file", field(&JobConfig::debug, &DebugOptions::dump_file)},
   };
   return keys;
+}
+
+// The keys whose value is a list.
+bool is_list_key(const std::string& key) {
+  return key == "parallel.spd.drop" || key == "parallel.speeds" || key == "parallel.stages" || key == "debug.dump";
 }
 
 bool is_group(const std::string& key) {
@@ -148,7 +155,7 @@ void flatten(const YAML::Node& node, const std::string& prefix, const std::strin
                       (prefix.empty() ? "" : "under '" + prefix + "' ") + "is a list or mapping; expected a name");
     const std::string key = prefix.empty() ? kv.first.as<std::string>() : prefix + "." + kv.first.as<std::string>();
     if (schema().count(key)) {
-      const bool is_list = key == "parallel.spd.drop" || key == "parallel.speeds" || key == "parallel.stages";
+      const bool is_list = is_list_key(key);
       if (is_list ? !kv.second.IsSequence() : !kv.second.IsScalar())
         throw UserError(file + ": key '" + key + "' must be " + (is_list ? "a list" : "a single value"));
       out[key] = kv.second;
@@ -202,7 +209,8 @@ std::vector<std::pair<const char*, std::string*>> path_keys(JobConfig& c) {
           {"calibrate.output", &c.calibrate.output},
           {"plan.profile", &c.plan.profile},
           {"plan.output", &c.plan.output},
-          {"trace", &c.trace}};
+          {"trace", &c.trace},
+          {"debug.dump_file", &c.debug.dump_file}};
 }
 
 // A job file is written next to its model and prompts more often than in the folder it is run
@@ -233,7 +241,7 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
     // named null, say): as in the job file, a key set must have a value.
     const YAML::Node value = parse_yaml(o.substr(eq + 1), "--set " + o);
     if (value.IsNull()) throw UserError("--set " + o + ": key '" + key + "' needs a value");
-    const bool is_list = key == "parallel.spd.drop" || key == "parallel.speeds" || key == "parallel.stages";
+    const bool is_list = is_list_key(key);
     if (is_list ? !value.IsSequence() : !value.IsScalar())
       throw UserError("--set " + o + ": key '" + key + "' must be " + (is_list ? "a list" : "a single value"));
     values[key] = value;
@@ -324,6 +332,13 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   }
   expect(c.plan.objective == "throughput" || c.plan.objective == "latency", "plan.objective",
          "is '" + c.plan.objective + "'; expected throughput or latency");
+  for (const std::string& p : c.debug.dump) expect(!p.empty(), "debug.dump", "lists an empty name");
+  if (!c.debug.dump.empty() && c.debug.dump_file.empty()) {
+    // Next to the output, named after it: results.h5 -> results.dump.h5.
+    const std::filesystem::path out(c.output);
+    c.debug.dump_file = (out.extension() == ".h5" ? out.parent_path() / out.stem() : out).string() + ".dump.h5";
+  }
+  expect(c.debug.dump.empty() || c.debug.dump_file != c.output, "debug.dump_file", "is the job's output; give another file");
   expect(c.progress.every >= 0, "progress.every", "must be >= 0 (seconds between progress lines)");
   return c;
 }
@@ -485,6 +500,11 @@ std::string JobConfig::to_yaml() const {
   }
   e << YAML::Key << "progress" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "every" << YAML::Value << shortest(c.progress.every) << YAML::EndMap;
+  if (!c.debug.dump.empty()) {
+    e << YAML::Key << "debug" << YAML::Value << YAML::BeginMap;
+    e << YAML::Key << "dump" << YAML::Value << YAML::Flow << c.debug.dump;
+    e << YAML::Key << "dump_file" << YAML::Value << c.debug.dump_file << YAML::EndMap;
+  }
   e << YAML::EndMap;
   return std::string(e.c_str()) + "\n";
 }

@@ -100,6 +100,13 @@ struct RowRange {
   int64_t count() const { return end - first; }
 };
 
+// `debug.dump`: named intermediate tensors of the first forward pass (layers/tensor_taps.h lists
+// the names), written to an HDF5 file for layer-by-layer comparison with a reference.
+struct DebugOptions {
+  std::vector<std::string> dump;  // names or shell-style globs; empty: no dump
+  std::string dump_file;          // where; empty in the YAML: the output's path with .dump.h5
+};
+
 struct JobConfig {
   std::string path;  // the YAML file
   std::string model, task, input, output;
@@ -118,6 +125,7 @@ struct JobConfig {
   ProgressOptions progress;
   RowsOptions rows;
   ShardOptions shard;
+  DebugOptions debug;
   bool has_rows = false;  // `rows` given
 
   // True when the job computes a part of the input only (`rows` or `shard`).

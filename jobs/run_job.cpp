@@ -24,6 +24,7 @@
 #include "jobs/result_writer.h"
 #include "jobs/run_report.h"
 #include "jobs/stop_signal.h"
+#include "jobs/tensor_dump.h"
 #include "jobs/tasks.h"
 #include "jobs/work_queue.h"
 #include "layers/model.h"
@@ -176,6 +177,12 @@ int run_job(const JobConfig& job, bool resume) {
                       " is an encoder (" + model.architecture + "); use task: embed");
     if (root && !job.trace.empty() && !std::ofstream(job.trace))
       throw UserError(job.trace + ": cannot write the trace file (key 'trace')");
+    if (root && !job.debug.dump.empty()) {  // before the run, not after it
+      const std::string probe = job.debug.dump_file + ".partial";
+      if (!std::ofstream(probe))
+        throw UserError(job.debug.dump_file + ": cannot write the tensor dump (key 'debug.dump_file')");
+      std::remove(probe.c_str());
+    }
     input = std::make_unique<PromptReader>(job.input, model.vocab, job.task == "score");
     range = job.row_range(input->rows());
     batches = plan_batches(*input, job);
@@ -188,6 +195,12 @@ int run_job(const JobConfig& job, bool resume) {
   Transformer& transformer = *loaded.transformer;
   StageLink link(groups.pp, *loaded.backend);
   PipelineStage stage{transformer, link, plan.micro_batches};
+  // debug.dump: the first replica's ranks tap their first pass (the others compute other rows).
+  std::unique_ptr<TensorTaps> taps;
+  if (!job.debug.dump.empty() && loaded.groups->replica_index == 0) {
+    taps = std::make_unique<TensorTaps>(job.debug.dump);
+    transformer.set_taps(taps.get());
+  }
 
   std::unique_ptr<ResultWriter> writer;
   world.agree([&] {
@@ -332,6 +345,16 @@ int run_job(const JobConfig& job, bool resume) {
     } else {
       log::summary("lowsync: done; output %s", job.output.c_str());
       log::summary_block(report);
+    }
+  }
+  if (!job.debug.dump.empty()) {
+    // Last, so that a dump that cannot be written costs none of the results above.
+    try {
+      const int n = write_tensor_dump(world, taps.get(), job.debug.dump_file);
+      if (root) log::summary("lowsync: debug.dump: %d tensors of the first pass written to %s", n, job.debug.dump_file.c_str());
+    } catch (const UserError& e) {
+      if (root) log::error(e.what());
+      return 1;
     }
   }
   return stopped ? kExitStopped : 0;

@@ -83,6 +83,13 @@ void Transformer::norm(const Tensor& x, const Tensor& w, const Tensor& b, Tensor
     be_.layernorm(x, w, b, cfg_.norm_eps, out);
 }
 
+void Transformer::tap(int l, const char* what, const Tensor& t, bool share) {
+  if (!tap_pass_ || (!share && tp_.rank() != 0)) return;
+  std::string name = l >= 0 ? "blk." + std::to_string(l) + "." + what : what;
+  if (share && tp_.size() > 1) name += ".tp" + std::to_string(tp_.rank());
+  taps_->take(name, be_, t);
+}
+
 // The bias of a row-parallel layer is added once, after the partial outputs are summed.
 void Transformer::add_bias(Tensor& x, const Tensor& bias) {
   if (!bias.empty()) be_.add_bias(x, bias);
@@ -98,6 +105,8 @@ Tensor Transformer::forward(const std::vector<int32_t>& tokens, const BatchLayou
 // The input of the first layer [tokens, hidden]: token (+ position, + token type) embeddings.
 Tensor Transformer::embed(const std::vector<int32_t>& tokens, const BatchLayout& layout) {
   const int64_t T = layout.tokens();
+  tap_pass_ = taps_ && passes_ == 0;
+  if (tap_pass_) taps_->set_tokens(tokens);
   Tensor x = be_.scratch(T, cfg_.hidden);
   be_.embedding(w_.tok_emb, tokens, x, false);
   if (!w_.pos_emb.empty()) be_.embedding(w_.pos_emb, layout.positions, x, true);
@@ -105,11 +114,14 @@ Tensor Transformer::embed(const std::vector<int32_t>& tokens, const BatchLayout&
     be_.embedding(w_.type_emb, std::vector<int32_t>(T, 0), x, true);  // token type 0 for every token
     norm(x, w_.emb_norm_w, w_.emb_norm_b, x);
   }
+  tap(-1, "token_embd", x);
   return x;
 }
 
 // This rank's layers (its pipeline stage's) over the hidden state x [tokens, hidden], in place.
 void Transformer::run_layers(Tensor& x, const BatchLayout& layout, KVCache& cache) {
+  tap_pass_ = taps_ && passes_ == 0;
+  if (tap_pass_) taps_->set_layout(layout);
   ++passes_;
   tokens_ += layout.tokens();
   if (cfg_.bp.enabled()) {
@@ -129,7 +141,9 @@ void Transformer::run_layers(Tensor& x, const BatchLayout& layout, KVCache& cach
 
 // After the last layer: the decoders' final norm.
 void Transformer::finish(Tensor& x) {
-  if (cfg_.is_decoder() && last_stage()) norm(x, w_.final_norm_w, w_.final_norm_b, x);
+  if (!cfg_.is_decoder() || !last_stage()) return;
+  norm(x, w_.final_norm_w, w_.final_norm_b, x);
+  tap(-1, "result_norm", x);
 }
 
 // Pre-LN block:  x = x + Attn(norm1(x));  x = x + FFN(norm2(x))   (2 syncs)
@@ -137,15 +151,21 @@ void Transformer::decoder_block(int l, Tensor& x, const BatchLayout& layout, KVC
   const LayerWeights& w = layer_weights(l);
   Tensor h = be_.scratch(x.rows, x.cols);
   norm(x, w.norm1_w, w.norm1_b, h);
-  Tensor a = attention_partial(w, local_, l - layers_.begin, h, layout, cache);
+  tap(l, "attn_norm", h);
+  Tensor a = attention_partial(w, local_, l - layers_.begin, h, layout, cache, l);
   tp_.all_reduce(a);
   add_bias(a, w.bo);
+  tap(l, "attn_out", a);
   be_.add(x, a);
+  tap(l, "ffn_inp", x);
   norm(x, w.norm2_w, w.norm2_b, h);
+  tap(l, "ffn_norm", h);
   Tensor m = ffn_partial(w, local_, h);
   tp_.all_reduce(m);
   add_bias(m, w.b_down);
+  tap(l, "ffn_out", m);
   be_.add(x, m);
+  tap(l, "l_out", x);
 }
 
 // The same block with its attention sync dropped (SPD, 1 sync): each rank carries on from its own
@@ -155,33 +175,41 @@ void Transformer::decoder_block_spd(int l, Tensor& x, const BatchLayout& layout,
   const LayerWeights& w = layer_weights(l);
   Tensor h = be_.scratch(x.rows, x.cols);
   norm(x, w.norm1_w, w.norm1_b, h);
-  Tensor a = attention_partial(w, local_, l - layers_.begin, h, layout, cache);
+  tap(l, "attn_norm", h);
+  Tensor a = attention_partial(w, local_, l - layers_.begin, h, layout, cache, l);
   Tensor h_r = be_.zeros(x.rows, x.cols);
   be_.add(h_r, x);
   be_.add(h_r, a);
   add_bias(h_r, w.bo);
+  tap(l, "ffn_inp", h_r, true);
   norm(h_r, w.norm2_w, w.norm2_b, h);
+  tap(l, "ffn_norm", h, true);
   Tensor m = ffn_partial(w, local_, h);
   be_.add(a, m);
   tp_.all_reduce(a);
   add_bias(a, w.bo);
   add_bias(a, w.b_down);
   be_.add(x, a);
+  tap(l, "l_out", x);
 }
 
 // Post-LN block:  x = norm1(x + Attn(x));  x = norm2(x + FFN(x))   (2 syncs)
 void Transformer::encoder_block(int l, Tensor& x, const BatchLayout& layout, KVCache& cache) {
   const LayerWeights& w = layer_weights(l);
-  Tensor a = attention_partial(w, local_, l - layers_.begin, x, layout, cache);
+  Tensor a = attention_partial(w, local_, l - layers_.begin, x, layout, cache, l);
   tp_.all_reduce(a);
   add_bias(a, w.bo);
+  tap(l, "attn_out", a);
   be_.add(x, a);
   norm(x, w.norm1_w, w.norm1_b, x);
+  tap(l, "ffn_inp", x);
   Tensor m = ffn_partial(w, local_, x);
   tp_.all_reduce(m);
   add_bias(m, w.b_down);
+  tap(l, "ffn_out", m);
   be_.add(x, m);
   norm(x, w.norm2_w, w.norm2_b, x);
+  tap(l, "l_out", x);
 }
 
 // A segment of a decoupled model (layers [first, last)): each of this rank's sub-blocks runs the
@@ -200,6 +228,7 @@ void Transformer::decoupled_segment(int first, int last, Tensor& x, const BatchL
   }
   tp_.all_reduce(delta);
   be_.add(x, delta);
+  tap(last - 1, "l_out", x);
 }
 
 // One sub-block of a decoupled layer on its own stream: pre-LN for decoders, post-LN for BERT.
@@ -229,16 +258,22 @@ void Transformer::decoupled_block(const LayerWeights& w, const BlockShape& s, in
 
 // Heads `s` of a layer: column-parallel Q/K/V, attention, row-parallel output projection (no bias).
 Tensor Transformer::attention_partial(const LayerWeights& w, const BlockShape& s, int cache_layer, const Tensor& h,
-                                      const BatchLayout& layout, KVCache& cache) {
+                                      const BatchLayout& layout, KVCache& cache, int tap_layer) {
   const int64_t T = h.rows;
   Tensor q = be_.scratch(T, s.q_dim()), k = be_.scratch(T, s.kv_dim()), v = be_.scratch(T, s.kv_dim());
   be_.matmul(h, w.wq, w.bq.empty() ? nullptr : &w.bq, q);
   be_.matmul(h, w.wk, w.bk.empty() ? nullptr : &w.bk, k);
   be_.matmul(h, w.wv, w.bv.empty() ? nullptr : &w.bv, v);
+  if (tap_layer >= 0) {
+    tap(tap_layer, "attn_q", q, true);
+    tap(tap_layer, "attn_k", k, true);
+    tap(tap_layer, "attn_v", v, true);
+  }
   if (cfg_.family == Family::Llama) be_.rope(q, k, layout.positions, cfg_.head_dim, cfg_.rope_theta);
   be_.store_kv(k, v, cache, cache_layer, layout);
   Tensor ctx = be_.scratch(T, s.q_dim());
   be_.attention(q, cache, cache_layer, layout, s.attention_heads(), cfg_.is_decoder(), ctx);
+  if (tap_layer >= 0) tap(tap_layer, "attn_ctx", ctx, true);
   Tensor out = be_.scratch(T, cfg_.hidden);
   be_.matmul(ctx, w.wo, nullptr, out);
   return out;

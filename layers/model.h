@@ -10,6 +10,7 @@
 #include "io/model_config.h"
 #include "layers/backend.h"
 #include "layers/layer_share.h"
+#include "layers/tensor_taps.h"
 #include "layers/tensor_parallel.h"
 
 namespace lowsync {
@@ -107,6 +108,9 @@ class Transformer {
   // Streamed layers: bytes read from the checkpoint during passes, and seconds a pass waited for one.
   int64_t streamed_bytes() const { return source_ ? source_->bytes_loaded() : 0; }
   double stream_stall_seconds() const { return stall_s_; }
+  // `debug.dump`: the named intermediate tensors of this rank's first pass are copied into `taps`
+  // (null: none, the default; a tap then costs one branch).
+  void set_taps(TensorTaps* taps) { taps_ = taps; }
 
  private:
   void norm(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& out);
@@ -118,10 +122,15 @@ class Transformer {
   void decoupled_segment(int first, int last, Tensor& x, const BatchLayout& layout, KVCache& cache);
   void decoupled_block(const LayerWeights& w, const BlockShape& s, int cache_layer, Tensor& x_r,
                        const BatchLayout& layout, KVCache& cache);
+  // tap_layer: the model layer whose Q/K/V are tapped (-1: a decoupled sub-block, not tapped).
   Tensor attention_partial(const LayerWeights& w, const BlockShape& s, int cache_layer, const Tensor& h,
-                           const BatchLayout& layout, KVCache& cache);
+                           const BatchLayout& layout, KVCache& cache, int tap_layer = -1);
   Tensor ffn_partial(const LayerWeights& w, const BlockShape& s, const Tensor& h);
   void add_bias(Tensor& x, const Tensor& bias);
+  // Tensor `blk.{l}.{what}` (l >= 0) or `what` (l < 0) for debug.dump, during the tapped pass only.
+  // `share`: the tensor is this rank's share (suffix .tp{r} under TP); whole tensors are taken on
+  // TP rank 0 only.
+  void tap(int l, const char* what, const Tensor& t, bool share = false);
 
   ModelConfig cfg_;
   Backend& be_;
@@ -138,6 +147,8 @@ class Transformer {
   int next_layer_ = -1;
   LayerWeights streamed_;                 // the streamed layer in use
   double stall_s_ = 0;
+  TensorTaps* taps_ = nullptr;
+  bool tap_pass_ = false;                 // the current pass is the tapped one (this rank's first)
 };
 
 }  // namespace lowsync

@@ -257,3 +257,20 @@ TEST(JobConfig, RelativePathsFollowTheJobFile) {
   EXPECT_EQ(e.model, s + "m");
   std::filesystem::remove_all(dir);
 }
+
+// debug.dump: a list of names; its file defaults to the output's name with .dump.h5 and is stored
+// by to_yaml; the dump does not change results, so it is not in the fingerprint.
+TEST(JobConfig, DebugDumpKeys) {
+  const auto a = load_job_config(write_yaml(std::string(kBase) + "debug: {dump: [\"blk.*.attn_out\", result_norm]}\n"), {});
+  EXPECT_EQ(a.debug.dump, (std::vector<std::string>{"blk.*.attn_out", "result_norm"}));
+  EXPECT_EQ(std::filesystem::path(a.debug.dump_file).filename(), "out.dump.h5");
+  const auto b = load_job_config(write_yaml(a.to_yaml()), {});
+  EXPECT_EQ(b.debug.dump, a.debug.dump);
+  EXPECT_EQ(std::filesystem::path(b.debug.dump_file).filename(), "out.dump.h5");
+  EXPECT_EQ(a.fingerprint(), load_job_config(write_yaml(kBase), {}).fingerprint());
+  const auto c = load_job_config(write_yaml(kBase), {"debug.dump=[\"*\"]", "debug.dump_file=d.h5"});
+  EXPECT_EQ(c.debug.dump_file, "d.h5");
+  EXPECT_THROW(load_job_config(write_yaml(std::string(kBase) + "debug: {dump: blk.0.l_out}\n"), {}), UserError);
+  EXPECT_THROW(load_job_config(write_yaml(std::string(kBase) + "debug: {dump: [\"*\"], dump_file: out.h5}\n"), {}),
+               UserError);
+}
