@@ -106,6 +106,11 @@ const std::map<std::string, Setter>& schema() {
       {"parallel.stages", field(&JobConfig::parallel, &ParallelOptions::stages)},
       {"parallel.micro_batches", field(&JobConfig::parallel, &ParallelOptions::micro_batches)},
       {"parallel.plan", field(&JobConfig::parallel, &ParallelOptions::plan)},
+      {"parallel.sync_dtype",
+       [](JobConfig& c, const YAML::Node& n) {
+         if (!parse_sync_dtype(n.as<std::string>(), c.parallel.sync_dtype))
+           throw YAML::Exception(YAML::Mark::null_mark(), "not a sync dtype");
+       }},
       {"parallel.auto", field(&JobConfig::parallel, &ParallelOptions::auto_plan)},
       {"plan.objective", field(&JobConfig::plan, &PlanOptions::objective)},
       {"plan.profile", field(&JobConfig::plan, &PlanOptions::profile)},
@@ -259,6 +264,8 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
       schema().at(key)(c, node);
     } catch (const YAML::Exception&) {
       const std::string value = node.IsScalar() ? node.as<std::string>("") : "[...]";
+      if (key == "parallel.sync_dtype")
+        throw UserError(path + ": key 'parallel.sync_dtype' is '" + value + "'; expected fp32, bf16 or q8");
       if (key == "memory.limit")
         throw UserError(path + ": key 'memory.limit' is '" + value +
                         "'; expected a size (bytes, or with a unit: 500MB, 2GiB) or a share of free memory (50%, 0.5)");
@@ -381,7 +388,8 @@ std::string JobConfig::fingerprint() const {
   s << "parallel: {tp: " << parallel.tp << ", bp: " << parallel.bp << ", spd: {drop: [";
   for (size_t i = 0; i < parallel.spd.drop.size(); ++i) s << (i ? ", " : "") << parallel.spd.drop[i];
   s << "], from: '" << canonical(parallel.spd.from) << "', max_kl: " << parallel.spd.max_kl
-    << ", min_top1: " << parallel.spd.min_top1 << "}, plan: '" << canonical(parallel.plan) << "', auto: "
+    << ", min_top1: " << parallel.spd.min_top1 << "}, sync_dtype: " << sync_dtype_name(parallel.sync_dtype)
+    << ", plan: '" << canonical(parallel.plan) << "', auto: "
     << (parallel.auto_plan ? "true" : "false") << "}\n";
   // Which rows the output holds (absent for the whole input, as in files from before these keys).
   if (has_rows) s << "rows: {first: " << rows.first << ", count: " << rows.count << "}\n";
@@ -464,6 +472,7 @@ std::string JobConfig::to_yaml() const {
     for (double v : c.parallel.speeds) e << shortest(v);
     e << YAML::EndSeq;
   }
+  e << YAML::Key << "sync_dtype" << YAML::Value << sync_dtype_name(c.parallel.sync_dtype);
   if (!c.parallel.plan.empty()) e << YAML::Key << "plan" << YAML::Value << c.parallel.plan;
   if (c.parallel.auto_plan) e << YAML::Key << "auto" << YAML::Value << true;
   e << YAML::Key << "spd" << YAML::Value << YAML::BeginMap;

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "mpi_comm/sync_codec.h"
+
 namespace lowsync {
 
 struct GenerateOptions {
@@ -46,6 +48,7 @@ struct ParallelOptions {
   int micro_batches = 0;       // a batch split this many ways in a pipeline (0: 2 x pp)
   std::vector<double> speeds;  // relative speed of each rank of a stage (empty: equal): uneven shares
   SpdOptions spd;
+  SyncDType sync_dtype = SyncDType::F32;  // how syncs' partial sums travel: fp32 (exact), bf16, q8
   std::string plan;            // a saved plan.yaml to run instead of the keys above
   bool auto_plan = false;      // `parallel: auto`: the planner chooses from a profile and the cost model
 };

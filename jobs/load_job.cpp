@@ -50,7 +50,7 @@ LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
 
   const auto t0 = std::chrono::steady_clock::now();
   world.agree([&] {
-    j.transformer = std::make_unique<Transformer>(j.model, *j.backend, TensorParallelGroup(&j.groups->tp, j.backend.get()),
+    j.transformer = std::make_unique<Transformer>(j.model, *j.backend, TensorParallelGroup(&j.groups->tp, j.backend.get(), j.plan.sync_dtype),
                                                   j.plan.share_of(world.rank()), j.plan.layers_of(world.rank()),
                                                   j.plan.spd_drop, j.plan.resident_of(world.rank()));
   });

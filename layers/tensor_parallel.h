@@ -13,17 +13,20 @@ namespace lowsync {
 class TensorParallelGroup {
  public:
   TensorParallelGroup() = default;  // one rank: nothing to share
-  TensorParallelGroup(Communicator* comm, Backend* be) : comm_(comm), be_(be) {}
+  // `sync`: how the partial sums travel (parallel.sync_dtype; fp32 is exact).
+  TensorParallelGroup(Communicator* comm, Backend* be, SyncDType sync = SyncDType::F32)
+      : comm_(comm), be_(be), sync_(sync) {}
 
   int rank() const { return comm_ ? comm_->rank() : 0; }
   int size() const { return comm_ ? comm_->size() : 1; }
+  SyncDType sync_dtype() const { return sync_; }
   Communicator* comm() const { return comm_; }
 
   // x = sum over ranks of x. Device tensors are staged through host memory.
   void all_reduce(Tensor& x) {
     if (size() == 1) return;
     if (float* host = be_->host_data(x)) {
-      comm_->all_reduce(host, x.numel());
+      comm_->all_reduce(host, x.numel(), sync_);
       return;
     }
     float* staged = be_->host_staging(x.numel());
@@ -32,13 +35,14 @@ class TensorParallelGroup {
       staged = staging_.data();
     }
     be_->to_host(x, staged);
-    comm_->all_reduce(staged, x.numel());
+    comm_->all_reduce(staged, x.numel(), sync_);
     be_->from_host(staged, x);
   }
 
  private:
   Communicator* comm_ = nullptr;
   Backend* be_ = nullptr;
+  SyncDType sync_ = SyncDType::F32;
   std::vector<float> staging_;
 };
 

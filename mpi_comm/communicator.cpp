@@ -1,5 +1,6 @@
 #include "mpi_comm/communicator.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "mpi_comm/trace.h"
@@ -54,6 +55,7 @@ Communicator& Communicator::operator=(Communicator&& o) noexcept {
   std::swap(size_, o.size_);
   std::swap(owned_, o.owned_);
   std::swap(counters_, o.counters_);
+  std::swap(sync_, o.sync_);
   return *this;
 }
 
@@ -69,6 +71,33 @@ void Communicator::check(int err, const char* call) const {
 void Communicator::all_reduce(float* data, int64_t n) {
   Timer t(counters_, n * 4, name_, "Allreduce");
   check(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT, MPI_SUM, comm_), "Allreduce");
+}
+
+void Communicator::all_reduce(float* data, int64_t n, SyncDType dtype) {
+  if (dtype == SyncDType::F32 || size_ == 1) return all_reduce(data, n);
+  // Rank r owns values [r chunk, (r + 1) chunk) of the zero-padded vector; a q8 block never
+  // straddles two chunks.
+  const int64_t grain = sync_grain(dtype);
+  const int64_t chunk = (n + size_ * grain - 1) / (size_ * grain) * grain;
+  const int64_t chunk_bytes = encoded_bytes(dtype, chunk);
+  Timer t(counters_, chunk_bytes * size_, name_, dtype == SyncDType::BF16 ? "Allreduce_bf16" : "Allreduce_q8");
+  std::vector<float>& v = sync_.values;
+  v.assign(static_cast<size_t>(chunk * size_), 0.f);
+  std::copy(data, data + n, v.begin());
+  sync_.send.resize(static_cast<size_t>(chunk_bytes * size_));
+  sync_.recv.resize(static_cast<size_t>(chunk_bytes * size_));
+  for (int r = 0; r < size_; ++r) encode(dtype, v.data() + r * chunk, chunk, sync_.send.data() + r * chunk_bytes);
+  check(MPI_Alltoall(sync_.send.data(), static_cast<int>(chunk_bytes), MPI_BYTE, sync_.recv.data(),
+                     static_cast<int>(chunk_bytes), MPI_BYTE, comm_), "Alltoall");
+  // This rank's chunk from every rank, summed in fp32 in rank order.
+  float* sum = v.data() + rank_ * chunk;
+  std::fill(sum, sum + chunk, 0.f);
+  for (int r = 0; r < size_; ++r) decode_add(dtype, sync_.recv.data() + r * chunk_bytes, chunk, sum);
+  encode(dtype, sum, chunk, sync_.send.data());
+  check(MPI_Allgather(sync_.send.data(), static_cast<int>(chunk_bytes), MPI_BYTE, sync_.recv.data(),
+                      static_cast<int>(chunk_bytes), MPI_BYTE, comm_), "Allgather");
+  for (int r = 0; r < size_; ++r) decode(dtype, sync_.recv.data() + r * chunk_bytes, chunk, v.data() + r * chunk);
+  std::copy(v.begin(), v.begin() + n, data);
 }
 
 void Communicator::all_reduce(double* data, int64_t n) {

@@ -139,8 +139,9 @@ Prediction predict(const Plan& plan, const ModelConfig& m, const Profile& profil
   PassShape decode_one{1, 1, 1, n + work.new_tokens / 2.0, 1, true};
 
   Prediction out;
-  const double token_bytes = double(m.hidden) * kFloat;
-  out.bytes_per_token = plan.syncs_per_pass(m) * token_bytes;  // summed over stages, as a rank of each sends
+  const double token_bytes = double(m.hidden) * kFloat;  // a pipeline hand-over
+  const double sync_token_bytes = double(m.hidden) * sync_bytes_per_value(plan.sync_dtype);  // a sync, compressed
+  out.bytes_per_token = plan.syncs_per_pass(m) * sync_token_bytes;  // summed over stages, as a rank of each sends
   double rows_per_s = 0, latency = 0;
   const double M = plan.micro_batches;
   for (int replica = 0; replica < plan.dp; ++replica) {
@@ -158,7 +159,7 @@ Prediction predict(const Plan& plan, const ModelConfig& m, const Profile& profil
       for (int r = 0; r < plan.group; ++r)
         slowest = std::max(slowest, rank_pass_seconds(m, profile.ranks[ranks[r]], work_of(m, plan.shares[r]), p,
                                                       decode_rows, plan.stages[st].count, st == plan.pp - 1));
-      double c = link ? plan.syncs_in_stage(st, m) * all_reduce_seconds(*link, p.tokens * token_bytes) : 0;
+      double c = link ? plan.syncs_in_stage(st, m) * all_reduce_seconds(*link, p.tokens * sync_token_bytes) : 0;
       if (st + 1 < plan.pp) c += send_seconds(profile, first, first + plan.group, p.tokens * token_bytes);
       if (compute) *compute = std::max(*compute, slowest);
       if (comm) *comm = std::max(*comm, c);

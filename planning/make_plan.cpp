@@ -177,6 +177,9 @@ Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world, in
                       ", generate.max_new_tokens " + std::to_string(p.limits.max_new_tokens) + "; the job has " +
                       want.task + " with " + std::to_string(want.max_tokens) + ", " +
                       std::to_string(want.max_sequences) + ", " + std::to_string(want.max_new_tokens));
+    if (job.parallel.sync_dtype != SyncDType::F32 && job.parallel.sync_dtype != p.sync_dtype)
+      throw UserError(job.path + ": parallel.sync_dtype is " + sync_dtype_name(job.parallel.sync_dtype) + " but the plan " +
+                      file + " says sync_dtype " + sync_dtype_name(p.sync_dtype) + "; give one");
     complete_parsed_plan(p, model, world, file);
     return p;
   }
@@ -197,6 +200,7 @@ Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world, in
   Plan p = make_plan(model, limits_of(job), world, split, group, dp, job.parallel.speeds,
                      resolve_spd_drop(job, model, group), job.path,
                      {job.parallel.pp, job.parallel.stages, job.parallel.micro_batches}, memory_limit);
+  p.sync_dtype = job.parallel.sync_dtype;
   p.chosen_by = "the job's parallel keys";
   return p;
 }

@@ -71,6 +71,7 @@ std::string Plan::describe() const {
       s << ": sub-blocks " << counts(&LayerShare::sub_blocks);
   }
   if (split == ReplicaSplit::Tensor && group > 1) s << "; SPD drops " << dropped_layers() << "/" << layers();
+  if (group > 1 && sync_dtype != SyncDType::F32) s << "; syncs in " << sync_dtype_name(sync_dtype);
   return s.str();
 }
 
@@ -123,6 +124,7 @@ std::string Plan::to_yaml(const ModelConfig& model) const {
   }
   e << YAML::Key << "spd_drop" << YAML::Value << YAML::Flow << dropped;
   e << YAML::Key << "syncs_per_layer" << YAML::Value << YAML::Flow << syncs;
+  e << YAML::Key << "sync_dtype" << YAML::Value << sync_dtype_name(sync_dtype);
   e << YAML::Key << "memory" << YAML::Value << YAML::BeginSeq;
   for (size_t r = 0; r < memory.size(); ++r)
     e << YAML::Flow << YAML::BeginMap << YAML::Key << "stage" << YAML::Value << r / group << YAML::Key << "rank"
@@ -229,6 +231,11 @@ Plan Plan::parse(const std::string& yaml, const std::string& path) {
   for (int l : dropped) {
     if (l < 0) throw UserError(path + ": spd_drop lists layer " + std::to_string(l));
     p.spd_drop[l] = true;
+  }
+  if (root["sync_dtype"]) {  // optional: fp32 when left out
+    const std::string name = get(root, "sync_dtype", "", std::string());
+    if (!parse_sync_dtype(name, p.sync_dtype))
+      throw UserError(path + ": key 'sync_dtype' is '" + name + "'; expected fp32, bf16 or q8");
   }
   if (root["chosen_by"] && root["chosen_by"].IsScalar()) p.chosen_by = root["chosen_by"].as<std::string>();
   return p;

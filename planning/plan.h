@@ -15,6 +15,7 @@
 
 #include "io/model_config.h"
 #include "layers/layer_share.h"
+#include "mpi_comm/sync_codec.h"
 
 namespace lowsync {
 
@@ -51,6 +52,7 @@ struct Plan {
   std::vector<Span> stages;        // [stage]: its layers, consecutive, covering the model
   int micro_batches = 1;           // a batch's sequences split this many ways to keep stages busy
   std::vector<bool> spd_drop;      // [layer]: attention sync dropped (tensor split only)
+  SyncDType sync_dtype = SyncDType::F32;  // how a sync's partial sums travel (parallel.sync_dtype)
   std::vector<RankMemory> memory;  // [stage x group + group rank]
   int64_t memory_limit = 0;        // bytes a rank may use (memory.limit); 0: no limit
   std::vector<int> resident_layers;  // [stage x group + group rank]: layers held; the others are streamed

@@ -122,6 +122,7 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
         for (int l : dropped) drop[l] = true;
         try {
           c.plan = make_plan(model, limits, world, split, group, dp, speeds, drop, "planner", {pp, {}, 0});
+          c.plan.sync_dtype = job.parallel.sync_dtype;  // an accuracy choice the job makes, as its SPD budget
         } catch (const UserError&) {
           continue;  // a grid this model cannot take (e.g. more ranks than sub-blocks)
         }

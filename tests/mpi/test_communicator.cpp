@@ -5,7 +5,10 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <algorithm>
 #include <numeric>
 #include <vector>
 
@@ -31,6 +34,79 @@ TEST(Communicator, AllReduceSumsFloatsAndDoubles) {
   EXPECT_FLOAT_EQ(f[1], float(R));
   EXPECT_FLOAT_EQ(f[2], -R * (R - 1) / 2.f);
   EXPECT_DOUBLE_EQ(d[0], 0.5 * R * (R - 1) / 2);
+}
+
+// Rank r's partial of a compressed-sync test: values spread over several magnitudes (some blocks
+// tiny, some large) and signs, the same on every rank for a given (r, n).
+std::vector<float> partial_of(int r, int64_t n) {
+  std::vector<float> x(static_cast<size_t>(n));
+  uint64_t s = 0x9e3779b97f4a7c15ull * (r + 1) + static_cast<uint64_t>(n);
+  for (auto& v : x) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    const double u = double(s >> 11) / double(1ull << 53) - 0.5;  // [-0.5, 0.5)
+    const double magnitude = std::pow(10.0, double((s >> 3) % 5) - 2);  // 1e-2 .. 1e2
+    v = static_cast<float>(u * magnitude);
+  }
+  return x;
+}
+
+// parallel.sync_dtype: the compressed all-reduce's result, on every rank identical, stays within
+// the error its encoding allows of the exact sum: bf16 rounds each partial and the sum once
+// (relative 2^-8 each, as bf16 keeps 8 significant bits), q8 at most half a block scale
+// (block max / 127) per partial and for the sum. fp32 is MPI's sum exactly. Sizes include ones
+// that are not a multiple of the ranks or of a q8 block.
+TEST(Communicator, CompressedAllReduceStaysWithinItsEncodingError) {
+  Communicator w = world();
+  const int R = w.size();
+  for (int64_t n : {1, 31, 33, 64 * R + 5, 4097}) {
+    std::vector<std::vector<float>> parts;
+    for (int r = 0; r < R; ++r) parts.push_back(partial_of(r, n));
+    std::vector<double> exact(n, 0.0), magnitude(n, 0.0);
+    for (int r = 0; r < R; ++r)
+      for (int64_t i = 0; i < n; ++i) {
+        exact[i] += parts[r][i];
+        magnitude[i] += std::fabs(parts[r][i]);
+      }
+    // Per q8 block (of the padded vector the chunks cut), half the scale of each partial, summed.
+    auto block_max = [&](const std::vector<float>& v, int64_t i) {
+      const int64_t b0 = i / 32 * 32;
+      float m = 0;
+      for (int64_t j = b0; j < std::min<int64_t>(b0 + 32, n); ++j) m = std::max(m, std::fabs(v[j]));
+      return double(m);
+    };
+    for (lowsync::SyncDType d : {lowsync::SyncDType::F32, lowsync::SyncDType::BF16, lowsync::SyncDType::Q8}) {
+      std::vector<float> x = parts[w.rank()];
+      const int64_t calls = w.counters().calls, bytes = w.counters().bytes;
+      w.all_reduce(x.data(), n, d);
+      EXPECT_EQ(w.counters().calls, calls + 1);
+      const int64_t grain = lowsync::sync_grain(d), chunk = (n + R * grain - 1) / (R * grain) * grain;
+      EXPECT_EQ(w.counters().bytes - bytes, d == lowsync::SyncDType::F32 ? 4 * n : lowsync::encoded_bytes(d, chunk * R))
+          << lowsync::sync_dtype_name(d) << " n=" << n;
+      double worst = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        double bound = 1e-6 * magnitude[i] + 1e-30;  // fp32 summation order
+        if (d == lowsync::SyncDType::BF16) bound += std::ldexp(magnitude[i] + std::fabs(exact[i]), -8) * 1.01;
+        if (d == lowsync::SyncDType::Q8) {
+          // Chunks start at multiples of 32, so a block of the padded vector is a block of x.
+          double b = 0;
+          for (int r = 0; r < R; ++r) b += block_max(parts[r], i) / 127 / 2;
+          double sum_max = 0;
+          for (int64_t j = i / 32 * 32; j < std::min<int64_t>(i / 32 * 32 + 32, n); ++j)
+            sum_max = std::max(sum_max, std::fabs(exact[j]) + 2 * b);
+          bound += 1.01 * (b + sum_max / 127 / 2);
+        }
+        const double err = std::fabs(x[i] - exact[i]);
+        worst = std::max(worst, err / bound);
+        ASSERT_LE(err, bound) << lowsync::sync_dtype_name(d) << " n=" << n << " i=" << i << " got " << x[i]
+                              << " exact " << exact[i];
+      }
+      if (d != lowsync::SyncDType::F32) EXPECT_GT(worst, 0.0) << "compression changed nothing: not used?";
+      // Identical on every rank: rank 0's copy broadcast and compared bit for bit.
+      std::vector<float> root = x;
+      w.broadcast(root.data(), n * 4, 0);
+      EXPECT_EQ(std::memcmp(root.data(), x.data(), n * 4), 0) << lowsync::sync_dtype_name(d) << " n=" << n;
+    }
+  }
 }
 
 TEST(Communicator, AllReduceMaxTakesTheLargest) {
