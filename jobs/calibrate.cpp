@@ -2,7 +2,7 @@
 // next-token distributions is measured at every position of the calibration prompts (mean
 // KL(reference || dropped) and top-1 agreement). Layers are ranked least sensitive first, every
 // prefix of that ranking is measured dropped together, and the longest prefix within the budget
-// is the drop set.
+// is the drop set. Compressed syncs (bf16, q8) are measured the same way, every layer synced.
 #include "jobs/calibrate.h"
 
 #include "io/log.h"
@@ -92,6 +92,10 @@ void calibrate_spd(const JobConfig& job) {
   Transformer& transformer = *loaded.transformer;
   const int L = model.n_layers, V = model.vocab;
 
+  // The reference syncs in fp32 whatever the job's parallel.sync_dtype: compressed syncs are
+  // measured against it below, as a drop set is.
+  const SyncDType job_sync = transformer.tp().sync_dtype();
+  transformer.tp().set_sync_dtype(SyncDType::F32);
   const std::vector<float> ref = next_token_logprobs(transformer, prompts);
   Calibration cal;
   cal.model = job.model;
@@ -122,6 +126,13 @@ void calibrate_spd(const JobConfig& job) {
     cal.prefix.push_back(deviation(ref, next_token_logprobs(transformer, prompts), V));
   }
   cal.drop = cal.drop_within(cal.max_kl, cal.min_top1);
+  // Compressed syncs against fp32 syncs, every layer synced (parallel.sync_dtype).
+  transformer.set_spd_drop({});
+  for (SyncDType d : {SyncDType::BF16, SyncDType::Q8}) {
+    transformer.tp().set_sync_dtype(d);
+    cal.sync_dtypes.push_back(deviation(ref, next_token_logprobs(transformer, prompts), V));
+  }
+  transformer.tp().set_sync_dtype(job_sync);
 
   if (world.rank() == 0) {
     cal.save(job.calibrate.output);
@@ -135,6 +146,8 @@ void calibrate_spd(const JobConfig& job) {
     }
     std::printf("  budget max_kl %g, min_top1 %g: drop %zu of %d layers -> %s\n", cal.max_kl, cal.min_top1,
                 cal.drop.size(), L, job.calibrate.output.c_str());
+    std::printf("  compressed syncs, no layer dropped: bf16 KL %.3g top-1 %.4f; q8 KL %.3g top-1 %.4f\n",
+                cal.sync_dtypes[0].kl, cal.sync_dtypes[0].top1, cal.sync_dtypes[1].kl, cal.sync_dtypes[1].top1);
     std::fflush(stdout);
   }
 }

@@ -20,6 +20,7 @@ class TensorParallelGroup {
   int rank() const { return comm_ ? comm_->rank() : 0; }
   int size() const { return comm_ ? comm_->size() : 1; }
   SyncDType sync_dtype() const { return sync_; }
+  void set_sync_dtype(SyncDType d) { sync_ = d; }  // calibration measures each
   Communicator* comm() const { return comm_; }
 
   // x = sum over ranks of x. Device tensors are staged through host memory.

@@ -41,6 +41,13 @@ void Calibration::save(const std::string& path) const {
   e << YAML::Key << "budget" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "max_kl" << YAML::Value
     << max_kl << YAML::Key << "min_top1" << YAML::Value << min_top1 << YAML::EndMap;
   e << YAML::Key << "drop" << YAML::Value << YAML::Flow << drop;
+  if (sync_dtypes.size() == 2) {
+    e << YAML::Key << "sync_dtypes" << YAML::Value << YAML::BeginMap;
+    for (int i = 0; i < 2; ++i)
+      e << YAML::Key << (i == 0 ? "bf16" : "q8") << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "kl"
+        << YAML::Value << sync_dtypes[i].kl << YAML::Key << "top1" << YAML::Value << sync_dtypes[i].top1 << YAML::EndMap;
+    e << YAML::EndMap;
+  }
   e << YAML::EndMap;
   std::ofstream out(path);
   if (!out) throw UserError(path + ": cannot write the calibration file");
@@ -68,6 +75,9 @@ Calibration Calibration::load(const std::string& path) {
     c.max_kl = n["budget"]["max_kl"].as<double>();
     c.min_top1 = n["budget"]["min_top1"].as<double>();
     c.drop = n["drop"].as<std::vector<int>>();
+    if (n["sync_dtypes"])
+      for (const char* d : {"bf16", "q8"})
+        c.sync_dtypes.push_back({0, n["sync_dtypes"][d]["kl"].as<double>(), n["sync_dtypes"][d]["top1"].as<double>()});
   } catch (const YAML::Exception& e) {
     throw UserError(path + ": not a lowsync calibration file (" + e.msg + "); expected keys model, tp, layers, order, prefix, budget, drop");
   }

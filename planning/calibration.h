@@ -23,6 +23,9 @@ struct Calibration {
   std::vector<LayerSensitivity> prefix;  // prefix[i]: the first i+1 layers of `order` dropped together
   double max_kl = 0, min_top1 = 0;       // the budget used for `drop`
   std::vector<int> drop;                 // the longest prefix within the budget
+  // Compressed syncs (parallel.sync_dtype), no layer dropped: [0] bf16, [1] q8 (layer unused).
+  // Empty in files from before they were measured.
+  std::vector<LayerSensitivity> sync_dtypes;
 
   // The longest prefix of `order` whose measured deviation is within the budget.
   std::vector<int> drop_within(double max_kl, double min_top1) const;

@@ -25,6 +25,30 @@ MODEL = os.path.join(ROOT, "examples", "models", "byte-gpt2")
 MAX_KL, MIN_TOP1 = 0.05, 0.9
 
 
+def compressed_sum(dtype):
+    """parallel.sync_dtype's all-reduce, from its definition (mpi_comm/sync_codec.h): every partial
+    encoded once, summed in fp32 in rank order, the sum encoded once. bf16: round to nearest even;
+    q8: blocks of 32 consecutive values of the flattened tensor, scale max|x| / 127, round half to
+    even, clamp to +-127."""
+    def code(t):
+        if dtype == "bf16":
+            return t.to(torch.bfloat16).float()
+        flat = t.reshape(-1)
+        pad = (-flat.numel()) % 32
+        blocks = torch.cat([flat, flat.new_zeros(pad)]).view(-1, 32)
+        scale = blocks.abs().amax(1, keepdim=True) / 127
+        inv = torch.where(scale > 0, 1 / scale, torch.zeros_like(scale))
+        q = torch.round(torch.clamp(blocks * inv, -127, 127))
+        return (q * scale).reshape(-1)[:flat.numel()].view_as(t)
+
+    def reduce(parts):
+        total = torch.zeros_like(parts[0])
+        for p in parts:
+            total = total + code(p)
+        return code(total)
+    return reduce
+
+
 def main():
     from transformers import GPT2LMHeadModel
     tmp = tempfile.mkdtemp(prefix="lowsync_cal_")
@@ -62,7 +86,25 @@ def main():
     print(f"re-measured with PyTorch: KL {kl:.4g} (budget {MAX_KL}), top-1 {top1:.4f} (budget {MIN_TOP1}), "
           f"lowsync's own measurement KL {a['prefix'][len(a['drop']) - 1]['kl'] if a['drop'] else 0:.4g}  "
           f"{'ok' if within and close else 'FAIL'}")
-    if not (ok and nonempty and within and close):
+    # Compressed syncs (no layer dropped): lowsync's KL / top-1 against a PyTorch emulation of the
+    # same all-reduce on the same prompts.
+    sync_ok = True
+    for dtype in ("bf16", "q8"):
+        kl, agree, n = 0.0, 0, 0
+        with torch.no_grad():
+            for line in lines:
+                ids = bytes_tokenizer.encode(line)
+                p = torch.log_softmax(m(torch.tensor([ids])).logits[0], -1)
+                q = torch.log_softmax(gpt2_spd_logits(m, ids, 2, set(), compressed_sum(dtype)), -1)
+                kl += float((p.exp() * (p - q)).sum())
+                agree += int((p.argmax(-1) == q.argmax(-1)).sum())
+                n += len(ids)
+        got = a["sync_dtypes"][dtype]
+        good = got["kl"] > 0 and abs(got["kl"] - kl / n) <= 0.1 * kl / n + 1e-6 and abs(got["top1"] - agree / n) <= 0.02
+        sync_ok = sync_ok and good
+        print(f"sync_dtype {dtype}: lowsync KL {got['kl']:.3g} top-1 {got['top1']:.4f}; PyTorch emulation "
+              f"KL {kl / n:.3g} top-1 {agree / n:.4f}  {'ok' if good else 'FAIL'}")
+    if not (ok and nonempty and within and close and sync_ok):
         sys.exit("FAILED")
     print("calibration: all passed")
 

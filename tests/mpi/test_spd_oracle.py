@@ -101,7 +101,8 @@ def llama_spd_logits(m, ids, R, drop):
     return m.lm_head(m.model.norm(x))
 
 
-def gpt2_spd_logits(m, ids, R, drop):
+def gpt2_spd_logits(m, ids, R, drop, reduce=sum):
+    """reduce: how the R partial sums of a sync are summed (a compressed all-reduce, say)."""
     c = m.config
     H, nh = c.n_embd, c.n_head
     hd, T = H // nh, len(ids)
@@ -128,11 +129,11 @@ def gpt2_spd_logits(m, ids, R, drop):
         h = block.ln_1(x)
         a = [attn_r(h, r) for r in range(R)]
         if li in drop:
-            x = x + sum(a[r] + ffn_r(block.ln_2(x + a[r] + bo), r) for r in range(R)) + bo + bpr
+            x = x + reduce([a[r] + ffn_r(block.ln_2(x + a[r] + bo), r) for r in range(R)]) + bo + bpr
         else:
-            x = x + sum(a) + bo
+            x = x + reduce(a) + bo
             h = block.ln_2(x)
-            x = x + sum(ffn_r(h, r) for r in range(R)) + bpr
+            x = x + reduce([ffn_r(h, r) for r in range(R)]) + bpr
     return m.lm_head(tr.ln_f(x))
 
 

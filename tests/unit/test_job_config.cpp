@@ -274,3 +274,19 @@ TEST(JobConfig, DebugDumpKeys) {
   EXPECT_THROW(load_job_config(write_yaml(std::string(kBase) + "debug: {dump: [\"*\"], dump_file: out.h5}\n"), {}),
                UserError);
 }
+
+// parallel.sync_dtype changes results (compressed sums): part of the fingerprint, stored by to_yaml,
+// an unknown name refused with the choices.
+TEST(JobConfig, SyncDtypeKey) {
+  const auto a = load_job_config(write_yaml(std::string(kBase) + "parallel: {tp: 2, sync_dtype: q8}\n"), {});
+  EXPECT_EQ(a.parallel.sync_dtype, SyncDType::Q8);
+  EXPECT_NE(a.fingerprint(), load_job_config(write_yaml(std::string(kBase) + "parallel: {tp: 2}\n"), {}).fingerprint());
+  EXPECT_EQ(load_job_config(write_yaml(a.to_yaml()), {}).parallel.sync_dtype, SyncDType::Q8);
+  try {
+    load_job_config(write_yaml(kBase), {"parallel.sync_dtype=fp8"});
+    FAIL() << "fp8 accepted";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("key 'parallel.sync_dtype' is 'fp8'; expected fp32, bf16 or q8"), std::string::npos)
+        << e.what();
+  }
+}

@@ -235,6 +235,37 @@ JobConfig job(const std::string& objective) {
 
 }  // namespace
 
+// parallel.sync_dtype: stored in plan.yaml (fp32 when left out), refused by name when unknown, and
+// the cost model counts a compressed sync's bytes.
+TEST(Plan, SyncDtypeRoundTripsAndShrinksPredictedBytes) {
+  const ModelConfig m = smollm2();
+  Plan p = make_plan(m, {"generate", 1024, 16, 64}, 2, ReplicaSplit::Tensor, 2, 1, {}, {}, "job.yaml");
+  const std::string fp32_yaml = p.to_yaml(m);
+  EXPECT_NE(fp32_yaml.find("sync_dtype: fp32"), std::string::npos);
+  p.sync_dtype = SyncDType::Q8;
+  Plan q = Plan::parse(p.to_yaml(m), "plan.yaml");
+  EXPECT_EQ(q.sync_dtype, SyncDType::Q8);
+  EXPECT_NE(p.describe().find("syncs in q8"), std::string::npos) << p.describe();
+  std::string without = fp32_yaml;
+  without.erase(without.find("sync_dtype: fp32\n"), std::string("sync_dtype: fp32\n").size());
+  EXPECT_EQ(Plan::parse(without, "p.yaml").sync_dtype, SyncDType::F32);
+  std::string bad = fp32_yaml;
+  bad.replace(bad.find("sync_dtype: fp32"), 16, "sync_dtype: int4");
+  EXPECT_NE(refusal([&] { Plan::parse(bad, "p.yaml"); }).find("p.yaml: key 'sync_dtype' is 'int4'"), std::string::npos);
+
+  const Profile slow = uniform_profile(2, 1e-3, 12e6);
+  Plan f = make_plan(m, {"generate", 1024, 16, 64}, 2, ReplicaSplit::Tensor, 2, 1, {}, {}, "job.yaml");
+  const Prediction exact = predict(f, m, slow, {128, 32, 32});
+  f.sync_dtype = SyncDType::BF16;
+  const Prediction bf16 = predict(f, m, slow, {128, 32, 32});
+  f.sync_dtype = SyncDType::Q8;
+  const Prediction q8 = predict(f, m, slow, {128, 32, 32});
+  EXPECT_DOUBLE_EQ(bf16.bytes_per_token * 2, exact.bytes_per_token);
+  EXPECT_DOUBLE_EQ(q8.bytes_per_token * 32 / 9, exact.bytes_per_token);
+  EXPECT_LT(q8.decode_step_s, bf16.decode_step_s);
+  EXPECT_LT(bf16.decode_step_s, exact.decode_step_s);
+}
+
 TEST(Planner, ReplicasForThroughputTensorForLatencyOnAFastLink) {
   const ModelConfig m = smollm2();
   const Profile fast = uniform_profile(2, 5e-6, 10e9);
