@@ -83,8 +83,8 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
   const PlanLimits limits = limits_of(job);
   PlannerResult result;
 
-  // SPD drop sets are offered only from a calibration, within the job's accuracy budget: without
-  // one the planner changes nothing about the model's function.
+  // SPD drop sets and compressed syncs are offered only from a calibration, within the job's
+  // accuracy budget: without one the planner changes nothing about the model's function.
   std::unique_ptr<Calibration> cal;
   if (!job.parallel.spd.from.empty()) cal = std::make_unique<Calibration>(Calibration::load(job.parallel.spd.from));
 
@@ -134,6 +134,23 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
                   std::to_string(group) + " dp=" + std::to_string(dp);
         if (group > 1) c.label += " " + speeds_label(speeds);
         if (!dropped.empty()) c.label += ", SPD " + std::to_string(dropped.size()) + "/" + std::to_string(model.n_layers);
+        // Compressed syncs from the calibration, within the budget, with every layer synced (the
+        // calibration measured them so; with a drop set on top their cost is not measured).
+        if (cal && cal->sync_dtypes.size() == 2 && dropped.empty() && c.plan.group == cal->tp &&
+            job.parallel.sync_dtype == SyncDType::F32) {
+          const double max_kl = job.parallel.spd.max_kl >= 0 ? job.parallel.spd.max_kl : cal->max_kl;
+          const double min_top1 = job.parallel.spd.min_top1 >= 0 ? job.parallel.spd.min_top1 : cal->min_top1;
+          for (int i = 0; i < 2; ++i) {
+            const LayerSensitivity& s = cal->sync_dtypes[i];
+            if (s.kl > max_kl || s.top1 < min_top1) continue;
+            Candidate z = c;
+            z.plan.sync_dtype = i == 0 ? SyncDType::BF16 : SyncDType::Q8;
+            z.kl = s.kl;
+            z.top1 = s.top1;
+            z.label += std::string(", syncs ") + sync_dtype_name(z.plan.sync_dtype);
+            add(std::move(z));
+          }
+        }
         add(std::move(c));
       }
   }

@@ -3,9 +3,11 @@
 // cause, plan.yaml round trips, and the planner's choices on constructed profiles.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <numeric>
 
 #include "io/error.h"
+#include "planning/calibration.h"
 #include "planning/make_plan.h"
 #include "planning/memory_plan.h"
 #include "planning/planner.h"
@@ -264,6 +266,46 @@ TEST(Plan, SyncDtypeRoundTripsAndShrinksPredictedBytes) {
   EXPECT_DOUBLE_EQ(q8.bytes_per_token * 32 / 9, exact.bytes_per_token);
   EXPECT_LT(q8.decode_step_s, bf16.decode_step_s);
   EXPECT_LT(bf16.decode_step_s, exact.decode_step_s);
+}
+
+// With a calibration that measured compressed syncs, the planner offers them within the job's
+// budget (and only then) and, on a link where tp wins latency but bytes still cost, picks the
+// smallest payload.
+TEST(Planner, CompressedSyncsFromACalibrationWithinTheBudget) {
+  const ModelConfig m = smollm2();
+  Calibration cal;
+  cal.model = "m";
+  cal.tp = 2;
+  for (int l = 0; l < 30; ++l) {
+    cal.layers.push_back({l, 1.0, 0.5});  // every drop far outside the budget
+    cal.order.push_back(l);
+    cal.prefix.push_back({0, 1.0 + l, 0.5});
+  }
+  cal.max_kl = 0.05;
+  cal.min_top1 = 0.9;
+  cal.sync_dtypes = {{0, 1e-6, 1.0}, {0, 1e-3, 0.99}};
+  const std::string path = (std::filesystem::temp_directory_path() / "lowsync_cal_sync.yaml").string();
+  cal.save(path);
+  JobConfig j = job("latency");
+  j.parallel.spd.from = path;
+  j.parallel.auto_plan = true;
+  const Profile slow = uniform_profile(2, 2e-5, 100e6);  // tp wins latency; the payload still costs
+  const auto r = plan_candidates(j, m, slow, {128, 32, 32});
+  int compressed = 0;
+  for (const Candidate& c : r.candidates)
+    if (c.plan.sync_dtype != SyncDType::F32) {
+      ++compressed;
+      EXPECT_EQ(c.plan.group, 2) << c.label;
+      EXPECT_EQ(c.plan.dropped_layers(), 0) << c.label;
+    }
+  EXPECT_EQ(compressed, 2);  // bf16 and q8 for tp=2 (equal ranks: one share set; no drop set fits)
+  const Candidate& best = r.candidates[r.chosen];
+  EXPECT_EQ(best.plan.sync_dtype, SyncDType::Q8) << best.label;
+  EXPECT_DOUBLE_EQ(best.kl, 1e-3);
+  j.parallel.spd.min_top1 = 0.995;  // q8 now outside the budget
+  const auto t = plan_candidates(j, m, slow, {128, 32, 32});
+  for (const Candidate& c : t.candidates) EXPECT_NE(c.plan.sync_dtype, SyncDType::Q8) << c.label;
+  std::filesystem::remove(path);
 }
 
 TEST(Planner, ReplicasForThroughputTensorForLatencyOnAFastLink) {
