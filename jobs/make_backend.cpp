@@ -14,12 +14,7 @@ namespace lowsync {
 namespace {
 
 // This rank's index among the ranks on its node, so that `auto` spreads a node's ranks over its GPUs.
-int node_local_rank(const Communicator& world) {
-  MPI_Comm node;
-  if (MPI_Comm_split_type(world.raw(), MPI_COMM_TYPE_SHARED, world.rank(), MPI_INFO_NULL, &node) != MPI_SUCCESS)
-    throw MpiError("rank " + std::to_string(world.rank()) + ": MPI_Comm_split_type(SHARED) failed");
-  return Communicator(node, "node").rank();
-}
+int node_local_rank(const Communicator& world) { return world.split_by_host("node").rank(); }
 
 DType weight_dtype(const CudaOptions& c) {
   if (c.dtype == "fp32") return DType::F32;
@@ -47,22 +42,15 @@ int resolve_threads(const JobConfig& job, const Communicator& world) {
     if (end != s && *end == '\0' && n >= 1) return static_cast<int>(std::min<long>(n, cores));
   }
   // The other ranks on this host, and which of them may run on the same cores as this one.
-  MPI_Comm node;
-  if (MPI_Comm_split_type(world.raw(), MPI_COMM_TYPE_SHARED, world.rank(), MPI_INFO_NULL, &node) != MPI_SUCCESS)
-    return 1;
-  int n = 1;
-  MPI_Comm_size(node, &n);
-  std::vector<cpu_set_t> all(n);
-  int sharing = 1;
-  if (MPI_Allgather(&mine, sizeof mine, MPI_BYTE, all.data(), sizeof mine, MPI_BYTE, node) == MPI_SUCCESS) {
-    sharing = 0;
-    for (const cpu_set_t& other : all) {
-      cpu_set_t both;
-      CPU_AND(&both, &mine, &other);
-      sharing += CPU_COUNT(&both) > 0;
-    }
+  Communicator node = world.split_by_host("node");
+  std::vector<cpu_set_t> all(node.size());
+  node.all_gather_bytes(&mine, sizeof mine, all.data());
+  int sharing = 0;
+  for (const cpu_set_t& other : all) {
+    cpu_set_t both;
+    CPU_AND(&both, &mine, &other);
+    sharing += CPU_COUNT(&both) > 0;
   }
-  MPI_Comm_free(&node);
   return std::max(1, cores / std::max(1, sharing));
 }
 

@@ -217,4 +217,16 @@ Communicator Communicator::split(int color, int key, const std::string& name) co
   return Communicator(out, name);
 }
 
+Communicator Communicator::split_by_host(const std::string& name) const {
+  MPI_Comm out;
+  check(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &out), "Comm_split_type");
+  return Communicator(out, name);
+}
+
+void Communicator::all_gather_bytes(const void* send, int64_t bytes, void* recv) {
+  Timer t(counters_, bytes, name_, "Allgather");
+  check(MPI_Allgather(send, static_cast<int>(bytes), MPI_BYTE, recv, static_cast<int>(bytes), MPI_BYTE, comm_),
+        "Allgather");
+}
+
 }  // namespace lowsync

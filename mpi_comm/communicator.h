@@ -82,6 +82,10 @@ class Communicator {
 
   // Splits this group: ranks with the same color form a new group, ordered by key.
   Communicator split(int color, int key, const std::string& name) const;
+  // The ranks of this group that share a host's memory (MPI_COMM_TYPE_SHARED), in rank order.
+  Communicator split_by_host(const std::string& name) const;
+  // Every rank's `bytes` bytes, in rank order (recv: bytes * size).
+  void all_gather_bytes(const void* send, int64_t bytes, void* recv);
 
  private:
   void check(int err, const char* call) const;
