@@ -17,7 +17,7 @@ std::unique_ptr<Backend> make_backend(const JobConfig& job, const Communicator& 
 // SLURM_CPUS_PER_TASK when set (at most the cores this rank may run on), else the cores this rank
 // may run on (sched_getaffinity) divided by the ranks of this host that share them, at least 1.
 // Collective over `world` when `threads` is auto (all ranks take the same branch, since they read
-// the same job); never throws, so call it outside Communicator::agree.
+// the same job); throws only when MPI itself fails, so call it outside Communicator::agree.
 int resolve_threads(const JobConfig& job, const Communicator& world);
 // `job` with `threads` resolved on this rank; collective like resolve_threads.
 JobConfig with_resolved_threads(const JobConfig& job, const Communicator& world);
