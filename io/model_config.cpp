@@ -149,10 +149,13 @@ RopeScaling read_rope_scaling(const ConfigJson& c) {
     r.type = RopeScaling::Type::Linear;
   } else if (type == "llama3") {
     r.type = RopeScaling::Type::Llama3;
-    r.low_freq_factor = s.real_or("low_freq_factor", -1.f, true);
-    r.high_freq_factor = s.real_or("high_freq_factor", -1.f, true);
-    r.original_max_positions = s.size("original_max_position_embeddings", kMaxPositions);
-    if (!s.has("low_freq_factor") || !s.has("high_freq_factor") || !(r.high_freq_factor > r.low_freq_factor))
+    const bool complete = s.has("low_freq_factor") && s.has("high_freq_factor") && s.has("original_max_position_embeddings");
+    if (complete) {
+      r.low_freq_factor = s.real_or("low_freq_factor", 1.f, true);
+      r.high_freq_factor = s.real_or("high_freq_factor", 4.f, true);
+      r.original_max_positions = s.size("original_max_position_embeddings", kMaxPositions);
+    }
+    if (!complete || !(r.high_freq_factor > r.low_freq_factor))
       throw UserError(c.path + ": key 'rope_scaling' of type llama3 needs low_freq_factor and high_freq_factor "
                       "(> low_freq_factor) and original_max_position_embeddings");
   } else if (type == "dynamic") {
@@ -210,7 +213,11 @@ void read_llama_variant(const ConfigJson& c, const std::string& model_type, Mode
   } else if (model_type == "phi3" ||
              (model_type == "qwen2" && c.get_or<bool>("use_sliding_window", false) &&
               c.size_or("max_window_layers", 28, kMaxPositions) < m.n_layers)) {
-    m.max_positions = std::min(m.max_positions, window);
+    if (window < m.max_positions) {
+      m.max_positions = window;
+      m.positions_note = "its sliding_window, which transformers 4.44 applies to " + model_type +
+                         " only under flash-attention (lowsync stays where both agree)";
+    }
   }
 }
 
@@ -314,7 +321,7 @@ ModelConfig load_model_config(const std::string& model_dir) {
     m.norm_eps = c.real_or("rms_norm_eps", 1e-6f, false);
     m.rope_theta = c.real_or("rope_theta", 10000.f, true);
     read_llama_variant(c, model_type, m);
-  } else if (model_type == "gpt2") {  } else if (model_type == "gpt2") {
+  } else if (model_type == "gpt2") {
     m.family = Family::GPT2;
     m.hidden = c.size("n_embd");
     m.n_layers = c.size("n_layer");

@@ -43,6 +43,7 @@ struct ModelConfig {
   Family family = Family::Llama;
   int hidden = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, intermediate = 0;
   int vocab = 0, max_positions = 0, type_vocab = 0;
+  std::string positions_note;       // why max_positions is less than max_position_embeddings, if it is
   float norm_eps = 1e-5f, rope_theta = 10000.f;
   Activation activation = Activation::SiLU;  // of the FFN; gated FFNs apply it to the gate
   Layout layout = Layout::Separate;
