@@ -11,8 +11,10 @@ transformers (python/make_tiny_models.py), lowsync against Hugging Face transfor
 
 Each: score log-probs within 1e-4 and greedy 32 new tokens identical (no stop at EOS, so every row
 runs past the window) at one rank, at tp 2 (2 query heads and 1 key/value head per rank, FFN
-columns halved) and at pp 2 (two pipeline stages).
+columns halved) and at pp 2 (two pipeline stages). Qwen2 also: a generation_config.json listing two
+EOS ids (as chat models do) that the greedy paths reach, against model.generate with both.
 """
+import json
 import os
 import shutil
 import sys
@@ -43,6 +45,28 @@ def run(tmp, model_dir, task, tag, ranks, parallel, extra):
     path = oracle.write_job(os.path.join(tmp, f"{tag}.yaml"), job)
     mpirun(ranks, [LOWSYNC, "run", path, "--quiet"])
     return oracle.read_results(out)
+
+
+def several_eos(check, tmp, model, model_dir, prompts, ref_gen):
+    """generation_config.json with eos_token_id [a, b]: each row stops at the first of either."""
+    import torch
+    a = next(int(t) for t in ref_gen[0][5:] if t >= 3)
+    b = next(int(t) for t in ref_gen[1][9:] if t != a and t >= 3)  # not a special id (pad 0)
+    eos_dir = os.path.join(tmp, "models", "qwen2_two_eos")
+    shutil.copytree(model_dir, eos_dir)
+    with open(os.path.join(eos_dir, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": 1, "eos_token_id": [a, b], "pad_token_id": 0}, f)
+    ref = []
+    with torch.no_grad():
+        for p in prompts:
+            out = model.generate(torch.tensor([list(map(int, p))]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                 do_sample=False, max_new_tokens=NEW, eos_token_id=[a, b], pad_token_id=0,
+                                 temperature=None, top_k=None, top_p=None)
+            ref.append(out[0, len(p):].tolist())
+    r = run(tmp, eos_dir, "generate", "gen_two_eos", 1, {}, {"generate": {"max_new_tokens": NEW}})
+    stopped = sum(1 for g in ref if len(g) < NEW)
+    check(f"generation_config.json eos_token_id [{a}, {b}]: greedy vs model.generate with both",
+          r["generated"] == ref and stopped >= 2, f"{stopped} rows stop early; lengths {[len(g) for g in r['generated']]}")
 
 
 def main(family):
@@ -79,6 +103,9 @@ def main(family):
                   f"(smallest top-1/top-2 margin {margins[i]:.2e})")
         check(f"{name}: greedy {NEW} tokens vs model.generate", not bad,
               f"{len(ref_gen)} rows " + ("identical" if not bad else f"{bad} differ"))
+
+    if family == "qwen2":
+        several_eos(check, tmp, model, model_dir, prompts, ref_gen)
 
     if os.environ.get("LOWSYNC_KEEP_TMP") is None and not check.failures:
         shutil.rmtree(tmp, ignore_errors=True)
