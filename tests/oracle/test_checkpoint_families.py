@@ -11,7 +11,8 @@ transformers (python/make_tiny_models.py), lowsync against Hugging Face transfor
 
 Each: score log-probs within 1e-4 and greedy 32 new tokens identical (no stop at EOS, so every row
 runs past the window) at one rank, at tp 2 (2 query heads and 1 key/value head per rank, FFN
-columns halved) and at pp 2 (two pipeline stages). Qwen2 also: a generation_config.json listing two
+columns halved), at pp 2 (two pipeline stages) and at one rank with every layer streamed from the
+checkpoint (memory.limit: the loader's split of fused tensors and Gemma's norm offset on that path). Qwen2 also: a generation_config.json listing two
 EOS ids (as chat models do) that the greedy paths reach, against model.generate with both.
 """
 import json
@@ -32,7 +33,7 @@ TOL = 1e-4
 NEW = 32
 PROMPT_LENS = (3, 11, 20, 7, 15, 5)
 TARGET_LENS = (1, 8, 4, 2, 6, 3)
-SETTINGS = (("np 1", 1, {}), ("tp 2", 2, {"tp": 2}), ("pp 2", 2, {"pp": 2}))
+SETTINGS = (("np 1", 1, {}), ("tp 2", 2, {"tp": 2}), ("pp 2", 2, {"pp": 2}), ("streamed", 1, {}))
 
 
 def run(tmp, model_dir, task, tag, ranks, parallel, extra):
@@ -87,16 +88,32 @@ def main(family):
 
     ref_lp = oracle.hf_score(model, prompts, targets)
     ref_gen, margins = oracle.hf_generate(model, prompts, NEW, stop_at_eos=False)
+    # A memory.limit that leaves room for half a layer besides what a rank cannot do without (as in
+    # tests/mpi/test_memory_pooling.py), so that every layer is streamed.
+    c = model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    layer_bytes = 4 * c.hidden_size * (2 * c.num_attention_heads * head_dim + 2 * c.num_key_value_heads * head_dim
+                                       + 3 * c.intermediate_size)
+    full = run(tmp, model_dir, "score", "score_plan", 1, {}, {})
+    need = max(r["planned_memory_bytes"] for r in json.loads(full["attrs"]["run_report_json"])["per_rank"])
+    streamed = {"memory": {"limit": str(int(need - (c.num_hidden_layers - 2.5) * layer_bytes))}}
+
     for name, ranks, parallel in SETTINGS:
         tag = name.replace(" ", "")
-        r = run(tmp, model_dir, "score", f"score_{tag}", ranks, parallel, {})
+        extra = streamed if name == "streamed" else {}
+        r = run(tmp, model_dir, "score", f"score_{tag}", ranks, parallel, extra)
+        if extra:
+            rep = json.loads(r["attrs"]["run_report_json"])["per_rank"][0]
+            check(f"{name}: every layer streamed under memory.limit {extra['memory']['limit']} B",
+                  rep["resident_layers"] == 0 and rep["streamed_bytes"] > 0,
+                  f"resident layers {rep['resident_layers']}, streamed {rep['streamed_bytes']} B")
         lens_ok = [len(x) for x in r["token_logprobs"]] == list(TARGET_LENS)
         worst = max(float(np.abs(np.asarray(g, np.float64) - e).max()) for g, e in zip(r["token_logprobs"], ref_lp)) \
             if lens_ok else float("inf")
         check(f"{name}: score log-probs vs transformers", lens_ok and worst <= TOL,
               f"{sum(TARGET_LENS)} log-probs, max |diff| {worst:.2e} (tolerance {TOL:g})")
         r = run(tmp, model_dir, "generate", f"gen_{tag}", ranks, parallel,
-                {"generate": {"max_new_tokens": NEW, "stop_at_eos": False}})
+                dict(extra, generate={"max_new_tokens": NEW, "stop_at_eos": False}))
         bad = [i for i in range(len(ref_gen)) if r["generated"][i] != ref_gen[i]]
         for i in bad:
             print(f"  row {i}: lowsync {r['generated'][i]}\n         transformers {ref_gen[i]} "
