@@ -1,7 +1,6 @@
 #include "io/model_config.h"
 
 #include <cmath>
-#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <limits>
