@@ -214,8 +214,8 @@ void read_llama_variant(const ConfigJson& c, const std::string& model_type, Mode
               c.size_or("max_window_layers", 28, kMaxPositions) < m.n_layers)) {
     if (window < m.max_positions) {
       m.max_positions = window;
-      m.positions_note = "its sliding_window, which transformers 4.44 applies to " + model_type +
-                         " only under flash-attention (lowsync stays where both agree)";
+      m.positions_note = "set by its sliding_window: transformers 4.44 applies " + model_type +
+                         "'s window only under flash-attention, so lowsync stays within it";
     }
   }
 }
