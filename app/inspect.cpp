@@ -23,9 +23,14 @@ void inspect_model(const std::string& model_dir) {
   std::printf("layers:         %d\n", m.n_layers);
   std::printf("hidden:         %d\n", m.hidden);
   std::printf("heads:          %d (key/value heads %d, head dim %d)\n", m.n_heads, m.n_kv_heads, m.head_dim);
-  std::printf("ffn:            %d (%s)\n", m.intermediate, m.gated_ffn() ? "gated SiLU" : "GELU");
+  const char* act = m.activation == Activation::SiLU ? "SiLU" : m.activation == Activation::GeluTanh ? "GELU (tanh)" : "GELU";
+  std::printf("ffn:            %d (%s%s)\n", m.intermediate, m.gated_ffn() ? "gated " : "", act);
   std::printf("vocab:          %d\n", m.vocab);
-  std::printf("max positions:  %d\n", m.max_positions);
+  std::printf("max positions:  %d%s%s\n", m.max_positions, m.positions_note.empty() ? "" : ": ", m.positions_note.c_str());
+  if (m.sliding_window) std::printf("sliding window: %d keys\n", m.sliding_window);
+  if (m.rope_scaling.type != RopeScaling::Type::None)
+    std::printf("rope scaling:   %s, factor %g\n", m.rope_scaling.type == RopeScaling::Type::Linear ? "linear" : "llama3",
+                m.rope_scaling.factor);
   std::printf("embeddings:     %s\n", m.tied_embeddings ? "tied to the LM head" : (m.is_decoder() ? "untied" : "no LM head"));
   std::printf("parameters:     %lld (%.1f M); checkpoint holds %lld values, %.1f MiB\n", static_cast<long long>(params),
               params / 1e6, static_cast<long long>(stored), stored_bytes / 1048576.0);

@@ -128,6 +128,155 @@ std::vector<int> eos_ids(const ConfigJson& c, int vocab) {
   return ids;
 }
 
+bool is_llama_shaped(const std::string& model_type) {
+  return model_type == "llama" || model_type == "mistral" || model_type == "qwen2" || model_type == "phi3" ||
+         model_type == "gemma";
+}
+
+// rope_scaling as LlamaConfig reads it (4.44 also accepts the older key 'type' for 'rope_type').
+// linear: every inverse frequency divided by `factor`; llama3: only the long wavelengths, with a
+// smooth band between (layers/rope_frequencies.cpp). Other types are refused by name.
+RopeScaling read_rope_scaling(const ConfigJson& c) {
+  RopeScaling r;
+  if (!c.has("rope_scaling")) return r;
+  const json& j = c.j["rope_scaling"];
+  if (!j.is_object()) throw UserError(c.path + ": key 'rope_scaling' is " + shown(j) + "; expected an object or null");
+  const ConfigJson s{j, c.path + " (key 'rope_scaling')"};
+  const std::string type = s.has("rope_type") ? s.get<std::string>("rope_type") : s.get_or<std::string>("type", "");
+  if (type == "default") return r;
+  if (type == "linear") {
+    r.type = RopeScaling::Type::Linear;
+  } else if (type == "llama3") {
+    r.type = RopeScaling::Type::Llama3;
+    const bool complete = s.has("low_freq_factor") && s.has("high_freq_factor") && s.has("original_max_position_embeddings");
+    if (complete) {
+      r.low_freq_factor = s.real_or("low_freq_factor", 1.f, true);
+      r.high_freq_factor = s.real_or("high_freq_factor", 4.f, true);
+      r.original_max_positions = s.size("original_max_position_embeddings", kMaxPositions);
+    }
+    if (!complete || !(r.high_freq_factor > r.low_freq_factor))
+      throw UserError(c.path + ": key 'rope_scaling' of type llama3 needs low_freq_factor and high_freq_factor "
+                      "(> low_freq_factor) and original_max_position_embeddings");
+  } else if (type == "dynamic") {
+    throw UserError(c.path + ": key 'rope_scaling' has type 'dynamic' (NTK scaling that changes with the sequence "
+                    "length); not supported: supported types are linear and llama3");
+  } else {
+    throw UserError(c.path + ": key 'rope_scaling' has type '" + type + "'; not supported: supported types are linear "
+                    "and llama3");
+  }
+  if (!s.has("factor")) throw UserError(c.path + ": key 'rope_scaling' of type " + type + " needs a 'factor'");
+  r.factor = s.real_or("factor", 1.f, true);
+  return r;
+}
+
+// What distinguishes the LLaMA-shaped families, after the shared sizes are read (transformers 4.44).
+void read_llama_variant(const ConfigJson& c, const std::string& model_type, ModelConfig& m) {
+  const std::string& path = c.path;
+  m.tied_embeddings = c.get_or<bool>("tie_word_embeddings", model_type == "gemma");
+  if (model_type == "gemma") {
+    // GemmaMLP ignores hidden_act: hidden_activation, or gelu_pytorch_tanh when it is null.
+    m.activation = parse_activation(c.get_or<std::string>("hidden_activation", "gelu_pytorch_tanh"), path);
+    m.embed_scale = static_cast<float>(std::sqrt(double(m.hidden)));  // as torch.tensor(hidden**0.5, float32)
+    m.norm_weight_offset = 1.f;  // GemmaRMSNorm: x_hat * (1 + weight)
+  } else {
+    m.activation = parse_activation(c.get_or<std::string>("hidden_act", "silu"), path);
+  }
+  // Qwen2Attention always has q/k/v biases (4.44 has no key for it); Phi-3 and Mistral never.
+  if (model_type == "qwen2") m.attention_bias = true;
+  else if (model_type == "llama" || model_type == "gemma") m.attention_bias = c.get_or<bool>("attention_bias", false);
+  if (model_type == "phi3") m.layout = Layout::Fused;
+  if (model_type == "llama") {
+    m.rope_scaling = read_rope_scaling(c);
+    if (c.get_or<bool>("mlp_bias", false))
+      throw UserError(path + ": key 'mlp_bias' is true; FFN biases are not supported for llama");
+  } else if (c.has("rope_scaling")) {
+    // Phi-3's long-context checkpoints use 'longrope' (or the older 'su', 'yarn'); Mistral, Qwen2
+    // and Gemma have no rope_scaling in 4.44 (transformers would ignore it; lowsync will not guess).
+    const json& j = c.j["rope_scaling"];
+    const std::string type = j.is_object() && j.contains("type") && j["type"].is_string() ? j["type"].get<std::string>()
+                             : j.is_object() && j.contains("rope_type") && j["rope_type"].is_string()
+                                 ? j["rope_type"].get<std::string>()
+                                 : shown(j);
+    throw UserError(path + ": key 'rope_scaling' has type '" + type + "'; not supported for " + model_type +
+                    " (only llama's linear and llama3 are)");
+  }
+  // Sliding-window attention. Mistral: every layer, in every attention implementation, which
+  // lowsync implements. Qwen2 (use_sliding_window: layers >= max_window_layers) and Phi-3: only
+  // transformers' flash-attention path applies the window, its CPU path does not, so the two
+  // disagree once a sequence is longer than the window; lowsync then takes the window as the
+  // context length, where both agree (prompts longer are refused, generation stops there).
+  if (!c.has("sliding_window")) return;
+  const int window = c.size("sliding_window", kMaxPositions);
+  if (model_type == "mistral") {
+    m.sliding_window = window;
+  } else if (model_type == "phi3" ||
+             (model_type == "qwen2" && c.get_or<bool>("use_sliding_window", false) &&
+              c.size_or("max_window_layers", 28, kMaxPositions) < m.n_layers)) {
+    if (window < m.max_positions) {
+      m.max_positions = window;
+      m.positions_note = "set by its sliding_window: transformers 4.44 applies " + model_type +
+                         "'s window only under flash-attention, so lowsync stays within it";
+    }
+  }
+}
+
+// Keys of later or other architectures that change the math and that no family above reads: a
+// config.json carrying one is refused by name rather than run as if it were absent.
+//
+// Walked through transformers 4.44's config classes (keys that only set training, dropout,
+// initialisation, caching or token ids other than EOS are omitted):
+//   LlamaConfig   hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
+//                 num_key_value_heads, hidden_act, max_position_embeddings, rms_norm_eps, rope_theta,
+//                 tie_word_embeddings, attention_bias: read. rope_scaling: linear, llama3 read,
+//                 dynamic and others refused. mlp_bias true: refused. pretraining_tp: only splits
+//                 the products (rounding), ignored.
+//   MistralConfig as llama, plus head_dim and sliding_window (implemented); no rope_scaling.
+//   Qwen2Config   as llama with q/k/v biases always; use_sliding_window, sliding_window,
+//                 max_window_layers: the window caps the context (see read_llama_variant).
+//   Phi3Config    as llama with fused qkv_proj / gate_up_proj; rope_scaling (longrope, su, yarn)
+//                 refused, original_max_position_embeddings used only by it; sliding_window as Qwen2's.
+//   GemmaConfig   as llama plus head_dim, hidden_activation (hidden_act ignored, as transformers
+//                 does), embeddings times sqrt(hidden), norm weight + 1, tied by default.
+//   GPT2Config    n_embd, n_layer, n_head, n_inner, n_positions, activation_function,
+//                 layer_norm_epsilon: read; scale_attn_weights false, scale_attn_by_inverse_layer_idx
+//                 true and tie_word_embeddings false refused; reorder_and_upcast_attn: numerics
+//                 only; summary_*: heads lowsync does not run.
+//   BertConfig    hidden_size, num_hidden_layers, num_attention_heads, intermediate_size,
+//                 hidden_act, max_position_embeddings, type_vocab_size, layer_norm_eps: read;
+//                 position_embedding_type other than absolute refused.
+// Below: keys of Gemma 2, Phi, GPT-NeoX, Falcon, Cohere and others that a converted or hand-edited
+// config might carry.
+void refuse_unhandled_keys(const ConfigJson& c, const std::string& model_type) {
+  static const char* const kChangesMath[] = {
+      "attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar", "logit_scale",
+      "rotary_pct", "rope_pct", "use_parallel_residual", "parallel_attn", "new_decoder_architecture",
+      "alibi", "qk_layernorm", "use_qk_norm", "clip_qkv", "embedding_multiplier", "residual_multiplier",
+      "attention_multiplier", "logits_scaling", "attention_chunk_size", "rope_local_base_freq",
+      "num_experts", "num_local_experts", "n_routed_experts"};
+  for (const char* key : kChangesMath)
+    if (c.has(key))
+      throw UserError(c.path + ": key '" + key + "' is set; " + model_type + " with '" + key +
+                      "' changes the model's math and is not supported");
+  if (c.has("partial_rotary_factor")) {
+    const json& v = c.j["partial_rotary_factor"];
+    if (!v.is_number() || v.get<double>() != 1.0)
+      throw UserError(c.path + ": key 'partial_rotary_factor' is " + shown(v) +
+                      "; expected 1 (RoPE on part of each head is not supported)");
+  }
+  // Newer transformers write every layer's kind; only full attention everywhere is the math above.
+  if (c.has("layer_types")) {
+    const json& v = c.j["layer_types"];
+    bool all_full = v.is_array();
+    if (all_full)
+      for (const json& t : v) all_full = all_full && t.is_string() && t.get<std::string>() == "full_attention";
+    if (!all_full)
+      throw UserError(c.path + ": key 'layer_types' is " + shown(v) +
+                      "; only 'full_attention' layers are supported (per-layer sliding windows are not)");
+  }
+  if (model_type != "qwen2" && c.get_or<bool>("use_sliding_window", false))
+    throw UserError(c.path + ": key 'use_sliding_window' is true; not supported for " + model_type);
+}
+
 }  // namespace
 
 ModelConfig load_model_config(const std::string& model_dir) {
@@ -149,7 +298,7 @@ ModelConfig load_model_config(const std::string& model_dir) {
   m.architecture = archs.empty() ? model_type : archs[0];
 
   // Every size is read and range-checked before anything divides by it or multiplies it.
-  if (model_type == "llama" || model_type == "mistral" || model_type == "qwen2") {
+  if (is_llama_shaped(model_type)) {
     m.family = Family::Llama;
     m.hidden = c.size("hidden_size");
     m.n_layers = c.size("num_hidden_layers");
@@ -170,11 +319,7 @@ ModelConfig load_model_config(const std::string& model_dir) {
     m.max_positions = c.size_or("max_position_embeddings", 2048, kMaxPositions);
     m.norm_eps = c.real_or("rms_norm_eps", 1e-6f, false);
     m.rope_theta = c.real_or("rope_theta", 10000.f, true);
-    m.activation = parse_activation(c.get_or<std::string>("hidden_act", "silu"), path);
-    m.tied_embeddings = c.get_or<bool>("tie_word_embeddings", false);
-    m.attention_bias = c.get_or<bool>("attention_bias", model_type == "qwen2");
-    if (c.has("rope_scaling"))
-      throw UserError(path + ": key 'rope_scaling' is set; scaled RoPE is not supported yet");
+    read_llama_variant(c, model_type, m);
   } else if (model_type == "gpt2") {
     m.family = Family::GPT2;
     m.hidden = c.size("n_embd");
@@ -193,6 +338,14 @@ ModelConfig load_model_config(const std::string& model_dir) {
     m.activation = parse_activation(c.get_or<std::string>("activation_function", "gelu_new"), path);
     m.tied_embeddings = c.get_or<bool>("tie_word_embeddings", true);
     m.attention_bias = true;
+    // GPT2Attention: scores divided by sqrt(head_dim) unless scale_attn_weights is false, and also
+    // by (layer + 1) when scale_attn_by_inverse_layer_idx is true. lowsync does the former only.
+    if (!c.get_or<bool>("scale_attn_weights", true))
+      throw UserError(path + ": key 'scale_attn_weights' is false; unscaled GPT-2 attention is not supported");
+    if (c.get_or<bool>("scale_attn_by_inverse_layer_idx", false))
+      throw UserError(path + ": key 'scale_attn_by_inverse_layer_idx' is true; attention scaled by layer is not supported");
+    if (!m.tied_embeddings)
+      throw UserError(path + ": key 'tie_word_embeddings' is false; lowsync reads GPT-2's head from its token embedding");
   } else if (model_type == "bert") {
     m.family = Family::Bert;
     m.hidden = c.size("hidden_size");
@@ -213,8 +366,9 @@ ModelConfig load_model_config(const std::string& model_dir) {
       throw UserError(path + ": position_embedding_type '" + pos + "' is not supported; expected absolute");
   } else {
     throw UserError(path + ": unknown architecture '" + m.architecture + "' (model_type '" + model_type +
-                    "'); supported: llama, gpt2, bert");
+                    "'); supported: llama, mistral, qwen2, phi3, gemma, gpt2, bert");
   }
+  refuse_unhandled_keys(c, model_type);
   if (m.n_heads % m.n_kv_heads)
     throw UserError(path + ": key 'num_attention_heads' (" + std::to_string(m.n_heads) +
                     ") is not a multiple of 'num_key_value_heads' (" + std::to_string(m.n_kv_heads) +

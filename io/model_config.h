@@ -1,6 +1,9 @@
 #pragma once
 // The shape of a model, read from a Hugging Face config.json. One struct serves the three
-// families; the flags say which variant of each block part the family uses.
+// families; the flags say which variant of each block part the family uses. The llama family
+// covers the LLaMA-shaped decoders (llama, mistral, qwen2, phi3, gemma): the fields below say how
+// each differs (checkpoint layout, activation, embedding scale, norm weight offset, sliding window,
+// RoPE scaling).
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -9,6 +12,21 @@ namespace lowsync {
 
 enum class Family { Llama, GPT2, Bert };
 enum class Activation { SiLU, GeluTanh, GeluErf };
+
+// How a checkpoint of the llama family names its projections.
+enum class Layout {
+  Separate,  // q_proj, k_proj, v_proj; gate_proj, up_proj (llama, mistral, qwen2, gemma)
+  Fused,     // Phi-3: qkv_proj = [q; k; v] and gate_up_proj = [gate; up] along the output rows
+};
+
+// RoPE frequency scaling (config.json's `rope_scaling`), as transformers 4.44 computes it.
+struct RopeScaling {
+  enum class Type { None, Linear, Llama3 };
+  Type type = Type::None;
+  float factor = 1.f;                    // Linear and Llama3: wavelengths stretched by this much
+  float low_freq_factor = 1.f, high_freq_factor = 4.f;  // Llama3: the band that is interpolated
+  int original_max_positions = 8192;     // Llama3: the context the model was trained at
+};
 
 // A decoupled model (block parallelism, DeTransformer): every layer is `sub_blocks` independent
 // sub-blocks, each with its own heads, FFN columns and residual stream; the streams merge with one
@@ -25,8 +43,14 @@ struct ModelConfig {
   Family family = Family::Llama;
   int hidden = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, intermediate = 0;
   int vocab = 0, max_positions = 0, type_vocab = 0;
+  std::string positions_note;       // why max_positions is less than max_position_embeddings, if it is
   float norm_eps = 1e-5f, rope_theta = 10000.f;
-  Activation activation = Activation::SiLU;
+  Activation activation = Activation::SiLU;  // of the FFN; gated FFNs apply it to the gate
+  Layout layout = Layout::Separate;
+  float embed_scale = 1.f;          // token embeddings are multiplied by this (Gemma: sqrt(hidden))
+  float norm_weight_offset = 0.f;   // RMSNorm scales by (offset + weight) (Gemma: 1; folded at load)
+  int sliding_window = 0;           // a query sees only the last this many keys (itself included); 0: all
+  RopeScaling rope_scaling;
   bool tied_embeddings = false;
   bool attention_bias = false;      // q/k/v/o biases (GPT-2, BERT; optional for LLaMA)
   std::vector<int> eos_token_ids;

@@ -179,6 +179,13 @@ CheckpointReader::CheckpointReader(const std::string& model_dir) : dir_(model_di
     }
   } else if (fs::exists(single) || fs::is_symlink(single)) {
     shards.push_back("model.safetensors");
+  } else if (fs::exists(dir / "pytorch_model.bin") || fs::exists(dir / "pytorch_model.bin.index.json")) {
+    // PyTorch's pickle format: lowsync maps safetensors only (a pickle is code to run, not data to map).
+    const std::string d = dir.string();
+    throw UserError(d + ": has pytorch_model.bin weights but no model.safetensors; convert once with: python3 -c \"import "
+                    "glob, torch; from safetensors.torch import save_file; sd = {}; [sd.update(torch.load(f, "
+                    "map_location='cpu')) for f in sorted(glob.glob('" + d + "/pytorch_model*.bin'))]; save_file({k: "
+                    "v.clone() for k, v in sd.items()}, '" + d + "/model.safetensors', metadata={'format': 'pt'})\"");
   } else {
     throw UserError(single.string() + ": no such file (nor model.safetensors.index.json); expected the model's safetensors weights");
   }

@@ -53,7 +53,8 @@ void check_rows(const PromptReader& in, const JobConfig& job, const ModelConfig&
     const int64_t n = pass_length(in, job.task, r);
     if (n > model.max_positions)
       throw UserError(where + (job.task == "score" ? "prompt + targets" : "prompt") + " of " + std::to_string(n) +
-                      " tokens exceeds the model's " + std::to_string(model.max_positions) + " positions");
+                      " tokens exceeds the model's " + std::to_string(model.max_positions) + " positions" +
+                      (model.positions_note.empty() ? "" : " (" + model.positions_note + ")"));
   }
 }
 

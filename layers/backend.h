@@ -19,6 +19,7 @@ struct AttentionHeads {
   int n_heads = 0, n_kv_heads = 0, head_dim = 0;
   int group = 1;     // query heads per kv head in the whole model
   int q_offset = 0;  // query heads of the first local kv head's group that belong to earlier ranks
+  int window = 0;    // sliding window: a query at position p sees keys p - window + 1 .. p; 0: all
   int kv_head(int h) const { return (h + q_offset) / group; }
 };
 
@@ -56,19 +57,29 @@ class Backend {
   virtual void layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps, Tensor& out) = 0;
   // Rotary position embedding (rotate-half form) on every head of q and k, in place.
   virtual void rope(Tensor& q, Tensor& k, const std::vector<int32_t>& positions, int head_dim, float theta) = 0;
+  // The same with given inverse frequencies (head_dim / 2; scaled RoPE, layers/rope_frequencies.h).
+  virtual void rope_scaled(Tensor& q, Tensor& k, const std::vector<int32_t>& positions, int head_dim,
+                           const std::vector<float>& inv_freq);
   // Writes this pass's k, v rows into the layer's cache at each sequence's slots.
   virtual void store_kv(const Tensor& k, const Tensor& v, KVCache& cache, int layer, const BatchLayout& layout) = 0;
   // Scaled dot-product attention of the new queries over each sequence's cached keys/values;
-  // causal: query at position p sees keys 0..p. q: [tokens, heads.n_heads * head_dim].
+  // causal: query at position p sees keys 0..p (p - heads.window + 1 .. p with a sliding window).
+  // q: [tokens, heads.n_heads * head_dim].
   virtual void attention(const Tensor& q, const KVCache& cache, int layer, const BatchLayout& layout,
                          const AttentionHeads& heads, bool causal, Tensor& out) = 0;
   virtual void gelu(Tensor& x, bool tanh_approximation) = 0;  // in place
   virtual void silu_mul(Tensor& gate, const Tensor& up) = 0;  // gate = silu(gate) * up
+  virtual void gelu_mul(Tensor& gate, const Tensor& up, bool tanh_approximation);  // gate = gelu(gate) * up (GeGLU)
+  virtual void scale(Tensor& x, float s);                     // x *= s
   virtual void add(Tensor& x, const Tensor& y) = 0;           // x += y
   virtual void axpy(float alpha, const Tensor& y, Tensor& x) = 0;  // x += alpha * y
   virtual void add_bias(Tensor& x, const Tensor& bias);       // every row of x += bias (1 x cols)
   // out[i] = x[rows[i]]
   virtual void gather_rows(const Tensor& x, const std::vector<int64_t>& rows, Tensor& out) = 0;
+  // Whether the backend implements the kernels (and the AttentionHeads fields) the checkpoint
+  // families after LLaMA brought: rope_scaled, gelu_mul, scale, sliding windows. The defaults of
+  // the first three throw; a model needing them is refused at load on a backend without them.
+  virtual bool has_extended_kernels() const { return false; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend(int threads);

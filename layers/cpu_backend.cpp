@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "io/error.h"
 #include "layers/backend.h"
 
 namespace lowsync {
@@ -21,6 +22,18 @@ KVCache Backend::make_kv_cache(int n_layers, int64_t capacity, int64_t kv_dim) {
   }
   return c;
 }
+
+namespace {
+[[noreturn]] void not_implemented(const Backend& be, const char* kernel) {
+  throw UserError(std::string("backend ") + be.name() + " has no " + kernel + " kernel yet; use backend: cpu");
+}
+}  // namespace
+
+void Backend::rope_scaled(Tensor&, Tensor&, const std::vector<int32_t>&, int, const std::vector<float>&) {
+  not_implemented(*this, "scaled RoPE");
+}
+void Backend::gelu_mul(Tensor&, const Tensor&, bool) { not_implemented(*this, "GeGLU"); }
+void Backend::scale(Tensor&, float) { not_implemented(*this, "scale"); }
 
 void Backend::add_bias(Tensor& x, const Tensor& bias) {
   Tensor rows = zeros(x.rows, x.cols);
@@ -170,10 +183,16 @@ class CpuBackend final : public Backend {
   }
 
   void rope(Tensor& q, Tensor& k, const std::vector<int32_t>& positions, int head_dim, float theta) override {
-    const int half = head_dim / 2;
     // The same float32 arithmetic as transformers: inv_freq in fp32, then position * inv_freq.
-    std::vector<float> inv_freq(half), cos_(half), sin_(half);
-    for (int i = 0; i < half; ++i) inv_freq[i] = 1.f / std::pow(theta, float(2 * i) / float(head_dim));
+    std::vector<float> inv_freq(head_dim / 2);
+    for (int i = 0; i < head_dim / 2; ++i) inv_freq[i] = 1.f / std::pow(theta, float(2 * i) / float(head_dim));
+    rope_scaled(q, k, positions, head_dim, inv_freq);
+  }
+
+  void rope_scaled(Tensor& q, Tensor& k, const std::vector<int32_t>& positions, int head_dim,
+                   const std::vector<float>& inv_freq) override {
+    const int half = head_dim / 2;
+    std::vector<float> cos_(half), sin_(half);
     for (size_t t = 0; t < positions.size(); ++t) {
       for (int i = 0; i < half; ++i) {
         const float angle = float(positions[t]) * inv_freq[i];
@@ -223,14 +242,18 @@ class CpuBackend final : public Backend {
         else
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s.n_new, ctx, head_dim, scale, Qh, q.cols, Kh, K.cols,
                       0.f, scores_.data(), ctx);
+        // Query i (position past + i) sees keys [first, visible): causal ends at itself, a
+        // sliding window starts `window` keys before that end.
         for (int64_t i = 0; i < s.n_new; ++i) {
           float* row = scores_.data() + i * ctx;
           const int64_t visible = causal ? s.past + i + 1 : ctx;
-          const float mx = *std::max_element(row, row + visible);
+          const int64_t first = heads.window > 0 ? std::max<int64_t>(0, visible - heads.window) : 0;
+          const float mx = *std::max_element(row + first, row + visible);
           float sum = 0;
-          for (int64_t j = 0; j < visible; ++j) sum += (row[j] = std::exp(row[j] - mx));
+          for (int64_t j = first; j < visible; ++j) sum += (row[j] = std::exp(row[j] - mx));
           const float inv = 1.f / sum;
-          for (int64_t j = 0; j < visible; ++j) row[j] *= inv;
+          for (int64_t j = first; j < visible; ++j) row[j] *= inv;
+          std::fill(row, row + first, 0.f);
           std::fill(row + visible, row + ctx, 0.f);
         }
         // out = softmax(scores) V  [n_new, head_dim]  (one new token: out = V^T p)
@@ -260,6 +283,17 @@ class CpuBackend final : public Backend {
     const float* u = up.f32();
     for (int64_t i = 0; i < gate.numel(); ++i) g[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
   }
+
+  void gelu_mul(Tensor& gate, const Tensor& up, bool tanh_approximation) override {
+    gelu(gate, tanh_approximation);
+    float* g = gate.f32();
+    const float* u = up.f32();
+    for (int64_t i = 0; i < gate.numel(); ++i) g[i] *= u[i];
+  }
+
+  void scale(Tensor& x, float s) override { cblas_sscal(x.numel(), s, x.f32(), 1); }
+
+  bool has_extended_kernels() const override { return true; }
 
   void add(Tensor& x, const Tensor& y) override { cblas_saxpy(x.numel(), 1.f, y.f32(), 1, x.f32(), 1); }
 

@@ -193,6 +193,7 @@ class CudaBackend final : public Backend {
                  const AttentionHeads& heads, bool causal, Tensor& out) override {
     const int n_heads = heads.n_heads, n_kv_heads = heads.n_kv_heads, head_dim = heads.head_dim;
     require(layer >= 0 && layer < static_cast<int>(cache.k.size()), "attention: layer out of range");
+    require(heads.window == 0, "attention: sliding windows are not implemented on cuda");  // refused at load before this
     const Tensor& K = cache.k[layer];
     require(int64_t(n_heads) * head_dim <= q.cols && int64_t(n_heads) * head_dim <= out.cols &&
                 int64_t(n_kv_heads) * head_dim <= K.cols && q.rows >= layout.tokens() && out.rows >= layout.tokens(),

@@ -40,6 +40,14 @@ class Loader {
     check_shape(name, rows, cols);
     return upload(ckpt_.read(prefix_ + name), cols ? rows : 1, cols ? cols : rows);
   }
+  // An RMSNorm weight of n elements with the config's offset added: Gemma's norm scales by
+  // (1 + weight); folding the 1 in here, once, lets every family share one rmsnorm kernel.
+  Tensor norm_weight(const std::string& name, int64_t n) {
+    check_shape(name, n, 0);
+    std::vector<float> w = ckpt_.read(prefix_ + name);
+    for (float& x : w) x += cfg_.norm_weight_offset;
+    return upload(w, 1, n);
+  }
   // Rows `part` of a [rows, cols] matrix (cols = 0: elements of a vector).
   Tensor rows(const std::string& name, int64_t rows, int64_t cols, Range part) {
     check_shape(name, rows, cols);
@@ -104,13 +112,28 @@ struct Part {
   }
 };
 
+// The llama family. Phi-3 stores q, k, v as one qkv_proj [q_dim + 2 kv_dim, H] and gate, up as one
+// gate_up_proj [2 I, H]; a rank takes its rows of each part, so its share is the same as from
+// separate tensors.
 LayerWeights load_llama_layer(const ModelConfig& c, Loader& in, const std::string& p, const Part& s) {
   const int64_t H = c.hidden;
   LayerWeights w;
-  w.norm1_w = in.whole(p + "input_layernorm.weight", H);
-  w.wq = in.rows(p + "self_attn.q_proj.weight", s.q_total, H, s.q);
-  w.wk = in.rows(p + "self_attn.k_proj.weight", s.kv_total, H, s.kv);
-  w.wv = in.rows(p + "self_attn.v_proj.weight", s.kv_total, H, s.kv);
+  w.norm1_w = in.norm_weight(p + "input_layernorm.weight", H);
+  if (c.layout == Layout::Fused) {
+    const int64_t Q = s.q_total, KV = s.kv_total, I = s.ffn_total;
+    const std::string qkv = p + "self_attn.qkv_proj.weight", gate_up = p + "mlp.gate_up_proj.weight";
+    w.wq = in.rows(qkv, Q + 2 * KV, H, s.q);
+    w.wk = in.rows(qkv, Q + 2 * KV, H, {Q + s.kv.begin, s.kv.size});
+    w.wv = in.rows(qkv, Q + 2 * KV, H, {Q + KV + s.kv.begin, s.kv.size});
+    w.w_gate = in.rows(gate_up, 2 * I, H, s.ffn);
+    w.w_up = in.rows(gate_up, 2 * I, H, {I + s.ffn.begin, s.ffn.size});
+  } else {
+    w.wq = in.rows(p + "self_attn.q_proj.weight", s.q_total, H, s.q);
+    w.wk = in.rows(p + "self_attn.k_proj.weight", s.kv_total, H, s.kv);
+    w.wv = in.rows(p + "self_attn.v_proj.weight", s.kv_total, H, s.kv);
+    w.w_gate = in.rows(p + "mlp.gate_proj.weight", s.ffn_total, H, s.ffn);
+    w.w_up = in.rows(p + "mlp.up_proj.weight", s.ffn_total, H, s.ffn);
+  }
   w.wo = in.cols(p + "self_attn.o_proj.weight", H, s.q_total, s.q);
   if (c.attention_bias) {
     w.bq = in.rows(p + "self_attn.q_proj.bias", s.q_total, 0, s.q);
@@ -118,9 +141,7 @@ LayerWeights load_llama_layer(const ModelConfig& c, Loader& in, const std::strin
     w.bv = in.rows(p + "self_attn.v_proj.bias", s.kv_total, 0, s.kv);
     if (in.has(p + "self_attn.o_proj.bias")) w.bo = in.whole(p + "self_attn.o_proj.bias", H);
   }
-  w.norm2_w = in.whole(p + "post_attention_layernorm.weight", H);
-  w.w_gate = in.rows(p + "mlp.gate_proj.weight", s.ffn_total, H, s.ffn);
-  w.w_up = in.rows(p + "mlp.up_proj.weight", s.ffn_total, H, s.ffn);
+  w.norm2_w = in.norm_weight(p + "post_attention_layernorm.weight", H);
   w.w_down = in.cols(p + "mlp.down_proj.weight", H, s.ffn_total, s.ffn);
   return w;
 }
@@ -203,7 +224,7 @@ ModelWeights load_llama(const ModelConfig& c, const RankPart& part, Loader& in) 
   if (part.first || (part.last && c.tied_embeddings)) m.tok_emb = in.whole("embed_tokens.weight", c.vocab, H);
   load_layers(c, part, in, "layers.", load_llama_layer, m);
   if (!part.last) return m;
-  m.final_norm_w = in.whole("norm.weight", H);
+  m.final_norm_w = in.norm_weight("norm.weight", H);
   if (c.tied_embeddings) {
     m.lm_head = m.tok_emb;
   } else {

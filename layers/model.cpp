@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "io/error.h"
+#include "layers/rope_frequencies.h"
 
 namespace lowsync {
 
@@ -17,9 +18,24 @@ BlockShape BlockShape::sub_block(const ModelConfig& cfg, int r) {
   return {cfg.bp.heads[r], cfg.bp.kv_heads[r], cfg.bp.ffn[r], cfg.head_dim, cfg.bp.heads[r] / cfg.bp.kv_heads[r], 0};
 }
 
+namespace {
+// The first thing this model needs that only backends with the extended kernels have, or null.
+const char* needs_extended_kernels(const ModelConfig& c) {
+  if (c.sliding_window > 0) return "sliding-window attention";
+  if (c.rope_scaling.type != RopeScaling::Type::None) return "scaled RoPE (rope_scaling)";
+  if (c.gated_ffn() && c.activation != Activation::SiLU) return "a GELU-gated FFN (GeGLU)";
+  if (c.embed_scale != 1.f) return "scaled token embeddings";
+  return nullptr;
+}
+}  // namespace
+
 Transformer::Transformer(const ModelConfig& cfg, Backend& be, TensorParallelGroup tp, const LayerShare& share,
                          const Span& layers, std::vector<bool> spd_drop, int resident)
     : cfg_(cfg), be_(be), tp_(tp), layers_(layers) {
+  if (const char* what = needs_extended_kernels(cfg); what && !be.has_extended_kernels())
+    throw UserError(cfg.dir + ": " + cfg.architecture + " needs " + what + ", which backend " + be.name() +
+                    " does not implement yet; use backend: cpu");
+  if (cfg.rope_scaling.type != RopeScaling::Type::None) rope_inv_freq_ = rope_inv_freq(cfg);
   if (cfg.bp.enabled()) {
     for (int r = share.sub_blocks.begin; r < share.sub_blocks.end(); ++r) sub_shapes_.push_back(BlockShape::sub_block(cfg, r));
   } else {
@@ -102,13 +118,15 @@ Tensor Transformer::forward(const std::vector<int32_t>& tokens, const BatchLayou
   return x;
 }
 
-// The input of the first layer [tokens, hidden]: token (+ position, + token type) embeddings.
+// The input of the first layer [tokens, hidden]: token (+ position, + token type) embeddings;
+// Gemma's token embeddings times sqrt(hidden).
 Tensor Transformer::embed(const std::vector<int32_t>& tokens, const BatchLayout& layout) {
   const int64_t T = layout.tokens();
   tap_pass_ = taps_ && passes_ == 0;
   if (tap_pass_) taps_->set_tokens(tokens);
   Tensor x = be_.scratch(T, cfg_.hidden);
   be_.embedding(w_.tok_emb, tokens, x, false);
+  if (cfg_.embed_scale != 1.f) be_.scale(x, cfg_.embed_scale);
   if (!w_.pos_emb.empty()) be_.embedding(w_.pos_emb, layout.positions, x, true);
   if (cfg_.family == Family::Bert) {
     be_.embedding(w_.type_emb, std::vector<int32_t>(T, 0), x, true);  // token type 0 for every token
@@ -269,10 +287,17 @@ Tensor Transformer::attention_partial(const LayerWeights& w, const BlockShape& s
     tap(tap_layer, "attn_k", k, true);
     tap(tap_layer, "attn_v", v, true);
   }
-  if (cfg_.family == Family::Llama) be_.rope(q, k, layout.positions, cfg_.head_dim, cfg_.rope_theta);
+  if (cfg_.family == Family::Llama) {
+    if (rope_inv_freq_.empty())
+      be_.rope(q, k, layout.positions, cfg_.head_dim, cfg_.rope_theta);
+    else
+      be_.rope_scaled(q, k, layout.positions, cfg_.head_dim, rope_inv_freq_);
+  }
   be_.store_kv(k, v, cache, cache_layer, layout);
   Tensor ctx = be_.scratch(T, s.q_dim());
-  be_.attention(q, cache, cache_layer, layout, s.attention_heads(), cfg_.is_decoder(), ctx);
+  AttentionHeads heads = s.attention_heads();
+  heads.window = cfg_.sliding_window;  // Mistral: each query sees the last `window` keys
+  be_.attention(q, cache, cache_layer, layout, heads, cfg_.is_decoder(), ctx);
   if (tap_layer >= 0) tap(tap_layer, "attn_ctx", ctx, true);
   Tensor out = be_.scratch(T, cfg_.hidden);
   be_.matmul(ctx, w.wo, nullptr, out);
@@ -280,13 +305,17 @@ Tensor Transformer::attention_partial(const LayerWeights& w, const BlockShape& s
 }
 
 // FFN columns `s` of a layer: column-parallel up (and gate), activation, row-parallel down (no bias).
+// Gated (llama family): act(h W_gate^T) * (h W_up^T), act SiLU (SwiGLU) or GELU (Gemma's GeGLU).
 Tensor Transformer::ffn_partial(const LayerWeights& w, const BlockShape& s, const Tensor& h) {
   Tensor up = be_.scratch(h.rows, s.intermediate);
   be_.matmul(h, w.w_up, w.b_up.empty() ? nullptr : &w.b_up, up);
   if (cfg_.gated_ffn()) {
     Tensor gate = be_.scratch(h.rows, s.intermediate);
     be_.matmul(h, w.w_gate, nullptr, gate);
-    be_.silu_mul(gate, up);
+    if (cfg_.activation == Activation::SiLU)
+      be_.silu_mul(gate, up);
+    else
+      be_.gelu_mul(gate, up, cfg_.activation == Activation::GeluTanh);
     up = gate;
   } else {
     be_.gelu(up, cfg_.activation == Activation::GeluTanh);

@@ -139,6 +139,7 @@ class Transformer {
   BlockShape local_;        // ordinary model: this rank's TP share
   std::vector<BlockShape> sub_shapes_;  // decoupled model: this rank's sub-blocks
   std::vector<bool> spd_drop_;
+  std::vector<float> rope_inv_freq_;  // scaled RoPE's frequencies (empty: unscaled, from rope_theta)
   ModelWeights w_;
   int64_t passes_ = 0, tokens_ = 0;
   int resident_ = 0;                      // layers [layers_.begin, layers_.begin + resident_) are held

@@ -10,7 +10,7 @@ model order; then the first tensor (in that order) whose difference exceeds --to
 engines part. Exits 1 when one does, 0 when all agree. Tensors that are one rank's share under
 tensor parallelism (suffix .tpR) are listed as not compared.
 
-Families: llama-style decoders (llama, mistral, qwen2), gpt2, bert.
+Families: llama-style decoders (llama, mistral, qwen2, phi3, gemma), gpt2, bert.
 """
 import argparse
 import os
@@ -39,7 +39,8 @@ def order_key(name):
 
 def hooks_for(model):
     """{dump name: (module, kind)} with kind 'out' (the module's output, or its first element),
-    'in' (its first input) or ('slice', i) (third i of a fused QKV output)."""
+    'in' (its first input), ('slice', i) (third i of GPT-2's fused QKV output) or ('split', sizes, i)
+    (part i of Phi-3's fused QKV output)."""
     arch = model.config.model_type
     points = {}
     if arch == "gpt2":
@@ -71,13 +72,20 @@ def hooks_for(model):
             points[f"blk.{i}.l_out"] = (b, "out")
     else:  # llama-style
         body = model.model
-        points["token_embd"] = (body.embed_tokens, "out")
+        # The first layer's input: Gemma scales the embeddings after embed_tokens, so not its output.
+        points["token_embd"] = (body.layers[0], "in")
+        cfg = model.config
+        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        sizes = [cfg.num_attention_heads * hd, kv * hd, kv * hd]
         for i, b in enumerate(body.layers):
             a = b.self_attn
             points[f"blk.{i}.attn_norm"] = (b.input_layernorm, "out")
-            points[f"blk.{i}.attn_q"] = (a.q_proj, "out")
-            points[f"blk.{i}.attn_k"] = (a.k_proj, "out")
-            points[f"blk.{i}.attn_v"] = (a.v_proj, "out")
+            for j, n in enumerate("qkv"):
+                if hasattr(a, "qkv_proj"):  # Phi-3: fused
+                    points[f"blk.{i}.attn_{n}"] = (a.qkv_proj, ("split", sizes, j))
+                else:
+                    points[f"blk.{i}.attn_{n}"] = (getattr(a, f"{n}_proj"), "out")
             points[f"blk.{i}.attn_ctx"] = (a.o_proj, "in")
             points[f"blk.{i}.attn_out"] = (a, "out")
             points[f"blk.{i}.ffn_inp"] = (b.post_attention_layernorm, "in")
@@ -102,8 +110,10 @@ def reference(model, seqs, names):
                 t = args[0]
             else:
                 t = out[0] if isinstance(out, tuple) else out
-                if isinstance(kind, tuple):
+                if isinstance(kind, tuple) and kind[0] == "slice":
                     t = t.chunk(3, dim=-1)[kind[1]]
+                elif isinstance(kind, tuple):
+                    t = t.split(kind[1], dim=-1)[kind[2]]
             got[name].append(t.detach()[0].double().numpy())
         handles.append(module.register_forward_hook(hook))
     try:

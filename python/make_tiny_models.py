@@ -5,7 +5,12 @@
 
 writes OUT_DIR/llama (LlamaForCausalLM, GQA 4 query / 2 key-value heads), OUT_DIR/gpt2
 (GPT2LMHeadModel) and OUT_DIR/bert (BertModel), each with save_pretrained (config.json +
-model.safetensors). Weights are seeded (torch.manual_seed) and drawn wider than Hugging Face's
+model.safetensors). `--only` also takes the checkpoint families of CHECKPOINT_FAMILIES (not made
+by default): mistral (sliding window 8, shorter than the test sequences), qwen2 (q/k/v biases,
+tied head), phi3 (fused qkv_proj and gate_up_proj), gemma (GeGLU, explicit head_dim 24 != hidden /
+heads, embeddings times sqrt(hidden), norm weight + 1, tied), llama3_rope and linear_rope (LLaMA
+with rope_scaling llama3 / linear). Their norm weights are random too (1 + N(0, 0.2), Gemma's
+stored offset N(0, 0.2)), so a mis-applied norm weight shows. Weights are seeded (torch.manual_seed) and drawn wider than Hugging Face's
 default (std 0.2 for matrices and embeddings) so that logits are well separated and greedy
 decoding has no near-ties. Token ids: LLaMA pad 0 / bos 1 / eos 2; GPT-2 bos = eos = 255 (its
 convention: the last id), pad 0; BERT pad 0. Prompts in the tests avoid ids < 3.
@@ -20,6 +25,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 VOCAB = 256
 MAX_POS = 128
 FAMILIES = ("llama", "gpt2", "bert")
+CHECKPOINT_FAMILIES = ("mistral", "qwen2", "phi3", "gemma", "llama3_rope", "linear_rope")
 
 
 def widen(model, std=0.2, bias_std=0.05):
@@ -59,9 +65,46 @@ def build(family, seed=0):
                          intermediate_size=128, max_position_embeddings=MAX_POS, type_vocab_size=2,
                          pad_token_id=0)
         m = BertModel(cfg)
+    elif family in CHECKPOINT_FAMILIES:
+        return build_checkpoint_family(family)
     else:
-        raise ValueError(f"unknown family {family!r} (one of {', '.join(FAMILIES)})")
+        raise ValueError(f"unknown family {family!r} (one of {', '.join(FAMILIES + CHECKPOINT_FAMILIES)})")
     return widen(m)
+
+
+def build_checkpoint_family(family):
+    """The later LLaMA-shaped families (see the module docstring), GQA 4 query / 2 key-value heads."""
+    import torch
+    import transformers as t
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POS,
+                  rms_norm_eps=1e-6, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if family == "mistral":
+        m = t.MistralForCausalLM(t.MistralConfig(sliding_window=8, tie_word_embeddings=False, **common))
+    elif family == "qwen2":
+        m = t.Qwen2ForCausalLM(t.Qwen2Config(tie_word_embeddings=True, rope_theta=1e5, **common))
+    elif family == "phi3":
+        m = t.Phi3ForCausalLM(t.Phi3Config(tie_word_embeddings=False, **common))
+    elif family == "gemma":
+        m = t.GemmaForCausalLM(t.GemmaConfig(head_dim=24, hidden_activation="gelu_pytorch_tanh", **common))
+    elif family == "llama3_rope":
+        # original context 64: wavelengths < 16 kept, > 64 stretched 8x, between interpolated
+        # (head_dim 16, theta 1e4: wavelengths 6.3, 19.9, 62.8, 199, ...), so every branch is used.
+        m = t.LlamaForCausalLM(t.LlamaConfig(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                           "high_freq_factor": 4.0,
+                                                           "original_max_position_embeddings": 64},
+                                             tie_word_embeddings=False, **common))
+    else:  # linear_rope
+        m = t.LlamaForCausalLM(t.LlamaConfig(rope_scaling={"type": "linear", "factor": 4.0}, tie_word_embeddings=False,
+                                             **common))
+    widen(m)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "norm" in name:
+                p.normal_(0.0, 0.2)
+                if family != "gemma":  # Gemma stores w with the norm scaling by 1 + w
+                    p.add_(1.0)
+    return m.eval()
 
 
 def save(model, out_dir):
@@ -84,7 +127,8 @@ def make(out_dir, families=FAMILIES, seed=0):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir")
-    ap.add_argument("--only", default=",".join(FAMILIES), help="comma-separated families")
+    ap.add_argument("--only", default=",".join(FAMILIES),
+                    help=f"comma-separated families, of {', '.join(FAMILIES + CHECKPOINT_FAMILIES)}")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     fams = [f for f in a.only.split(",") if f]

@@ -61,3 +61,97 @@ TEST(ModelConfig, BadSizesAndValuesNameTheKey) {
   // With an explicit head_dim the hidden size need not divide.
   EXPECT_EQ(load_error(R"(, "num_attention_heads": 5, "num_key_value_heads": 5, "head_dim": 16)"), "");
 }
+
+namespace {
+// The LLaMA config above with `extra` keys (later keys win), loaded.
+ModelConfig load_with(const std::string& extra) {
+  static int n = 0;
+  fs::path dir = fs::temp_directory_path() / ("lowsync_cfgv_" + std::to_string(::getpid()) + "_" + std::to_string(n++));
+  fs::create_directories(dir);
+  std::ofstream(dir / "config.json") << "{" << kLlama << extra << "}";
+  return load_model_config(dir.string());
+}
+}  // namespace
+
+// The checkpoint families after LLaMA: what each config key turns into.
+TEST(ModelConfig, LlamaShapedFamilies) {
+  const ModelConfig mistral = load_with(R"(, "model_type": "mistral", "sliding_window": 4096)");
+  EXPECT_EQ(mistral.sliding_window, 4096);
+  EXPECT_EQ(mistral.max_positions, 128);
+  EXPECT_EQ(load_with(R"(, "model_type": "mistral", "sliding_window": null)").sliding_window, 0);
+
+  const ModelConfig qwen2 = load_with(R"(, "model_type": "qwen2", "attention_bias": false)");
+  EXPECT_TRUE(qwen2.attention_bias);  // Qwen2Attention's q/k/v biases are not optional in 4.44
+  // Qwen2's window, where transformers applies it at all (flash-attention, layers >= max_window_layers),
+  // caps the context instead of changing the math: the CPU path of transformers has no window.
+  const ModelConfig qwen2_window =
+      load_with(R"(, "model_type": "qwen2", "use_sliding_window": true, "sliding_window": 32, "max_window_layers": 1)");
+  EXPECT_EQ(qwen2_window.sliding_window, 0);
+  EXPECT_EQ(qwen2_window.max_positions, 32);
+  EXPECT_NE(qwen2_window.positions_note.find("sliding_window"), std::string::npos);
+  EXPECT_EQ(load_with(R"(, "model_type": "qwen2", "use_sliding_window": true, "sliding_window": 32, "max_window_layers": 2)")
+                .max_positions,
+            128);  // no layer is windowed
+  EXPECT_EQ(load_with(R"(, "model_type": "qwen2", "use_sliding_window": false, "sliding_window": 32)").max_positions, 128);
+
+  const ModelConfig phi3 = load_with(R"(, "model_type": "phi3", "sliding_window": 47)");
+  EXPECT_EQ(phi3.layout, Layout::Fused);
+  EXPECT_EQ(phi3.max_positions, 47);
+  EXPECT_EQ(phi3.sliding_window, 0);
+
+  const ModelConfig gemma = load_with(R"(, "model_type": "gemma", "head_dim": 24, "hidden_act": "silu")");
+  EXPECT_EQ(gemma.head_dim, 24);
+  EXPECT_EQ(gemma.activation, Activation::GeluTanh);  // hidden_act is ignored, as GemmaMLP does
+  EXPECT_FLOAT_EQ(gemma.embed_scale, 8.f);
+  EXPECT_EQ(gemma.norm_weight_offset, 1.f);
+  EXPECT_TRUE(gemma.tied_embeddings);
+  EXPECT_EQ(load_with(R"(, "model_type": "gemma", "hidden_activation": "gelu")").activation, Activation::GeluErf);
+
+  const ModelConfig llama3 = load_with(
+      R"(, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})");
+  EXPECT_EQ(llama3.rope_scaling.type, RopeScaling::Type::Llama3);
+  EXPECT_EQ(llama3.rope_scaling.factor, 8.f);
+  EXPECT_EQ(llama3.rope_scaling.original_max_positions, 8192);
+  const ModelConfig linear = load_with(R"(, "rope_scaling": {"type": "linear", "factor": 2.0})");
+  EXPECT_EQ(linear.rope_scaling.type, RopeScaling::Type::Linear);
+  EXPECT_EQ(load_with(R"(, "rope_scaling": null)").rope_scaling.type, RopeScaling::Type::None);
+  EXPECT_EQ(load_with(R"(, "layer_types": ["full_attention", "full_attention"])").sliding_window, 0);
+}
+
+// Keys that change the math and are not implemented are refused by name, never ignored.
+TEST(ModelConfig, UnhandledMathKeysAreRefusedByName) {
+  const struct {
+    const char* extra;
+    const char* needle;
+  } cases[] = {
+      {R"(, "rope_scaling": {"rope_type": "dynamic", "factor": 2.0})", "'dynamic'"},
+      {R"(, "rope_scaling": {"rope_type": "yarn", "factor": 2.0})", "'yarn'"},
+      {R"(, "rope_scaling": {"rope_type": "llama3", "factor": 8.0})", "llama3 needs low_freq_factor"},
+      {R"(, "rope_scaling": {"rope_type": "linear"})", "needs a 'factor'"},
+      {R"(, "rope_scaling": 2)", "'rope_scaling' is 2"},
+      {R"(, "model_type": "phi3", "rope_scaling": {"type": "longrope", "short_factor": [1], "long_factor": [1]})",
+       "'longrope'; not supported for phi3"},
+      {R"(, "model_type": "phi3", "rope_scaling": {"type": "su"})", "'su'"},
+      {R"(, "model_type": "mistral", "rope_scaling": {"type": "linear", "factor": 2.0})", "not supported for mistral"},
+      {R"(, "mlp_bias": true)", "'mlp_bias'"},
+      {R"(, "attn_logit_softcapping": 50.0)", "'attn_logit_softcapping'"},
+      {R"(, "final_logit_softcapping": 30.0)", "'final_logit_softcapping'"},
+      {R"(, "query_pre_attn_scalar": 256)", "'query_pre_attn_scalar'"},
+      {R"(, "partial_rotary_factor": 0.5)", "'partial_rotary_factor' is 0.5"},
+      {R"(, "layer_types": ["sliding_attention", "full_attention"])", "'layer_types'"},
+      {R"(, "model_type": "mistral", "use_sliding_window": true)", "'use_sliding_window'"},
+      {R"(, "model_type": "gemma2")", "unknown architecture"},
+      {R"(, "model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 64, "scale_attn_weights": false)",
+       "'scale_attn_weights'"},
+      {R"(, "model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 64, "scale_attn_by_inverse_layer_idx": true)",
+       "'scale_attn_by_inverse_layer_idx'"},
+      {R"(, "model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 64, "tie_word_embeddings": false)",
+       "'tie_word_embeddings'"},
+  };
+  for (const auto& c : cases) {
+    const std::string msg = load_error(c.extra);
+    EXPECT_NE(msg.find(c.needle), std::string::npos) << c.extra << " -> " << msg;
+    EXPECT_NE(msg.find("config.json"), std::string::npos) << msg;
+  }
+  EXPECT_EQ(load_error(R"(, "partial_rotary_factor": 1.0)"), "");
+}
