@@ -1,6 +1,6 @@
 """Named-tensor taps (`debug.dump`) against transformers' own intermediate tensors, via hooks.
 
-The tiny random LLaMA (GQA) and GPT-2 and BERT of python/make_tiny_models.py run one batch of
+The tiny random LLaMA (GQA), GPT-2, BERT, Phi-3 and Gemma of python/make_tiny_models.py run one batch of
 ragged prompts with `debug.dump: ["*"]`, at np 1 and (decoders) at tp 2 and pp 2; python/
 compare_dump.py then runs transformers with forward hooks on the same prompts and every tensor the
 dump holds must agree within 1e-4, layer by layer, with all of a block's names present. Then the
@@ -26,7 +26,11 @@ import compare_dump  # noqa: E402
 import make_tiny_models  # noqa: E402
 
 TOL = 1e-4
-BLOCK = {"llama": ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_ctx", "attn_out", "ffn_inp", "ffn_norm",
+BLOCK = {"phi3": ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_ctx", "attn_out", "ffn_inp", "ffn_norm",
+                  "ffn_out", "l_out"],
+         "gemma": ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_ctx", "attn_out", "ffn_inp", "ffn_norm",
+                   "ffn_out", "l_out"],
+         "llama": ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_ctx", "attn_out", "ffn_inp", "ffn_norm",
                    "ffn_out", "l_out"],
          "gpt2": ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_ctx", "attn_out", "ffn_inp", "ffn_norm",
                   "ffn_out", "l_out"],
@@ -55,9 +59,12 @@ def main():
     prompts = [rng.integers(3, 250, n).tolist() for n in (5, 9, 2, 7)]
     write_prompts(f"{tmp}/p.h5", prompts)
     models = make_tiny_models.make(f"{tmp}/models")
+    models.update(make_tiny_models.make(f"{tmp}/models", ["phi3", "gemma"]))
     settings = {"llama": [("np1", 1, {}), ("tp2", 2, {"tp": 2}), ("pp2", 2, {"pp": 2})],
                 "gpt2": [("np1", 1, {}), ("tp2", 2, {"tp": 2})],
-                "bert": [("np1", 1, {})]}
+                "bert": [("np1", 1, {})],
+                "phi3": [("np1", 1, {})],  # fused QKV
+                "gemma": [("np1", 1, {})]}  # scaled embeddings, GeGLU
     for family, runs in settings.items():
         model, model_dir = models[family]
         n_layers = model.config.num_hidden_layers if family != "gpt2" else model.config.n_layer
