@@ -10,6 +10,13 @@
 
 namespace lowsync {
 
+int64_t memory_limit_bytes(const JobConfig& job, Communicator& world) {
+  if (job.memory_limit.fraction <= 0) return job.memory_limit.bytes;
+  int64_t least = -usable_memory_bytes(world);
+  world.all_reduce_max(&least, 1);
+  return static_cast<int64_t>(job.memory_limit.fraction * double(-least));
+}
+
 LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
                    const std::function<void(const ModelConfig&, const Plan&)>& check) {
   const JobConfig job = with_resolved_threads(job_as_given, world);  // `threads: auto` (collective)
@@ -18,20 +25,14 @@ LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
   world.agree([&] { j.model = load_model_config(job.model); });
   world.agree([&] { j.backend = make_backend(job, world); });
   const int64_t usable = usable_memory_bytes(world);
-  // memory.limit as bytes: a share of the free memory is the smallest rank's share.
-  int64_t limit = job.memory_limit.bytes;
-  if (job.memory_limit.fraction > 0) {
-    int64_t least = -usable;
-    world.all_reduce_max(&least, 1);
-    limit = static_cast<int64_t>(job.memory_limit.fraction * double(-least));
-  }
+  const int64_t limit = memory_limit_bytes(job, world);
   world.agree([&] {
     if (limit > 0 && job.backend != "cpu")
       throw UserError(job.path + ": memory.limit streams layers from the memory-mapped checkpoint, which the " +
                       job.backend + " backend does not do yet; use backend: cpu");
   });
   if (job.parallel.auto_plan) {
-    j.plan = choose_plan(job, j.model, world, *j.backend);  // collective; agreed inside
+    j.plan = choose_plan(job, j.model, world, *j.backend, limit);  // collective; agreed inside
   } else {
     world.agree([&] { j.plan = plan_from_job(job, j.model, world.size(), limit); });
   }

@@ -25,6 +25,10 @@ struct LoadedJob {
   int threads = 1;  // this rank's BLAS threads (`threads: auto` resolved)
 };
 
+// memory.limit in bytes (0: none): a share of the free memory is the smallest rank's share.
+// Collective over world.
+int64_t memory_limit_bytes(const JobConfig& job, Communicator& world);
+
 // `check` runs (agreed) after the plan is made and before any weight is read: the command's own
 // conditions on the model and plan.
 LoadedJob load_job(const JobConfig& job, Communicator& world,

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 
+#include "jobs/load_job.h"
 #include "jobs/make_backend.h"
 #include "planning/planner.h"
 
@@ -18,7 +19,7 @@ void plan_job(const JobConfig& job_as_given, const std::string& out_path, const 
     model = load_model_config(job.model);
     backend = make_backend(job, world);
   });
-  const Plan plan = choose_plan(job, model, world, *backend, candidates_json);
+  const Plan plan = choose_plan(job, model, world, *backend, memory_limit_bytes(job, world), candidates_json);
   world.agree([&] {
     if (world.rank() != 0) return;
     plan.save(out_path, model);

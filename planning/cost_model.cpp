@@ -156,9 +156,16 @@ Prediction predict(const Plan& plan, const ModelConfig& m, const Profile& profil
         throw UserError("the profile has no all-reduce measurement for ranks " + std::to_string(ranks.front()) + ".." +
                         std::to_string(ranks.back()) + "; profile again");
       double slowest = 0;
-      for (int r = 0; r < plan.group; ++r)
-        slowest = std::max(slowest, rank_pass_seconds(m, profile.ranks[ranks[r]], work_of(m, plan.shares[r]), p,
-                                                      decode_rows, plan.stages[st].count, st == plan.pp - 1));
+      for (int r = 0; r < plan.group; ++r) {
+        const RankProfile& rp = profile.ranks[ranks[r]];
+        const RankWork w = work_of(m, plan.shares[r]);
+        const double compute = rank_pass_seconds(m, rp, w, p, decode_rows, plan.stages[st].count, st == plan.pp - 1);
+        // Layers beyond memory.limit are copied out of the page cache once per pass, by a thread that
+        // overlaps the copy with compute (a copy reads and writes: half the read bandwidth).
+        const int streamed = plan.stages[st].count - plan.resident_of(ranks[r]);
+        const double stream = streamed * w.layer_parameters * kFloat / (std::max(rp.read_bytes_per_s, 1e6) / 2);
+        slowest = std::max(slowest, std::max(compute, stream));
+      }
       double c = link ? plan.syncs_in_stage(st, m) * all_reduce_seconds(*link, p.tokens * sync_token_bytes) : 0;
       if (st + 1 < plan.pp) c += send_seconds(profile, first, first + plan.group, p.tokens * token_bytes);
       if (compute) *compute = std::max(*compute, slowest);

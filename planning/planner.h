@@ -32,8 +32,10 @@ struct PlannerResult {
 
 // Pure: every candidate, predicted, and the choice. UserError when no candidate fits in memory
 // (with each candidate's largest need against the smallest rank's usable memory).
+// `memory_limit` (bytes, 0: none): memory.limit; candidates then stream the layers beyond it
+// (Plan::resident_layers) and the cost model counts the streaming.
 PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, const Profile& profile,
-                              const Workload& work);
+                              const Workload& work, int64_t memory_limit = 0);
 
 // The workload a job implies (mean prompt length from the input when it can be read, else a guess).
 Workload workload_of(const JobConfig& job, const ModelConfig& model);
@@ -47,7 +49,7 @@ std::string planner_table(const PlannerResult& result, const JobConfig& job, con
 // `backend` is the job's: the profile times its kernels. `candidates_json`, when not empty, is
 // where rank 0 writes every candidate (label, plan YAML, prediction, memory) for benchmarks.
 Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& world, Backend& backend,
-                 const std::string& candidates_json = "");
+                 int64_t memory_limit = 0, const std::string& candidates_json = "");
 
 // Every candidate as JSON: label, chosen, fits, kl, top1, the prediction's figures and the plan's YAML.
 std::string candidates_json(const PlannerResult& result, const ModelConfig& model);

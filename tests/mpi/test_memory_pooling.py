@@ -87,6 +87,18 @@ def main():
                 tok, off = f["generated/token_ids"][:], f["generated/offsets"][:]
                 gen = [tok[off[i]:off[i + 1]].tolist() for i in range(len(prompts))]
                 check(f"{tag} generate with streamed layers = transformers", gen == ref_gen)
+    # parallel: auto plans with memory.limit: at np 2 under the one-rank limit above, the chosen plan
+    # streams what does not fit (whatever grid it picks) and still equals transformers.
+    one = json.loads(run("auto_full", 1, "score", {}).attrs["run_report_json"])
+    limit = int(max(r["planned_memory_bytes"] for r in one["per_rank"]) - (LAYERS - 2.5) * layer_bytes)
+    f = run("auto", 2, "score", "auto", limit)
+    rep = json.loads(f.attrs["run_report_json"])
+    planned = max(r["planned_memory_bytes"] for r in rep["per_rank"])
+    got, off = f["scores/token_logprobs"][:], f["scores/offsets"][:]
+    worst = max(float(np.abs(got[off[i]:off[i + 1]] - r).max()) for i, r in enumerate(ref_lp))
+    check(f"parallel: auto with memory.limit {limit} B: planned within it, = transformers",
+          planned <= limit and worst < 1e-4 and "planner" in rep["plan_chosen_by"],
+          f"plan {rep['plan']}; planned {planned} B; max |diff| {worst:.2e}")
     p = run("too_small", 1, "score", {}, "100KB", check_ok=False)
     lines = [l for l in p.stderr.splitlines() if "lowsync: error" in l]
     check("a limit below every-layer-streamed is refused with the numbers",

@@ -308,6 +308,47 @@ TEST(Planner, CompressedSyncsFromACalibrationWithinTheBudget) {
   std::filesystem::remove(path);
 }
 
+// memory.limit: candidates stream the layers beyond it, the cost model charges the copies, and a
+// limit below every plan's floor is refused naming the key.
+TEST(Planner, PlansWithMemoryLimit) {
+  const ModelConfig m = smollm2();
+  const Profile p = uniform_profile(2, 5e-6, 10e9);
+  const auto free = plan_candidates(job("throughput"), m, p, {128, 32, 32});
+  const int64_t one_rank = free.candidates[0].plan.memory_of(0).total();
+  // The tightest limit, in tenths of one rank's need, that some plan still fits by streaming.
+  int64_t limit = 0;
+  for (int tenths = 1; tenths < 10 && limit == 0; ++tenths) {
+    try {
+      plan_candidates(job("throughput"), m, p, {128, 32, 32}, one_rank * tenths / 10);
+      limit = one_rank * tenths / 10;
+    } catch (const UserError&) {
+    }
+  }
+  ASSERT_GT(limit, 0);
+  const auto tight = plan_candidates(job("throughput"), m, p, {128, 32, 32}, limit);
+  bool streams = false;
+  for (const Candidate& c : tight.candidates)
+    for (int w = 0; w < 2; ++w) {
+      EXPECT_LE(c.plan.memory_of(w).total(), limit) << c.label;
+      if (c.plan.resident_of(w) < c.plan.layers_of(w).count) streams = true;
+    }
+  EXPECT_TRUE(streams);
+  // The same grid streaming is predicted no faster than holding every layer, and slower where the
+  // copies cannot hide behind compute (a grid that streams most of its layers, one sequence's decode
+  // step reading each weight once).
+  bool slower = false;
+  for (const Candidate& c : tight.candidates)
+    for (const Candidate& f : free.candidates)
+      if (c.label == f.label && c.plan.resident_of(0) < c.plan.layers_of(0).count) {
+        EXPECT_GE(c.predicted.decode_step_s, f.predicted.decode_step_s) << c.label;
+        EXPECT_GE(c.predicted.decode_step_one_s, f.predicted.decode_step_one_s) << c.label;
+        slower = slower || c.predicted.decode_step_one_s > f.predicted.decode_step_one_s;
+      }
+  EXPECT_TRUE(slower);
+  EXPECT_NE(refusal([&] { plan_candidates(job("throughput"), m, p, {128, 32, 32}, 1 << 20); }).find("memory.limit of 1 MiB"),
+            std::string::npos);
+}
+
 TEST(Planner, ReplicasForThroughputTensorForLatencyOnAFastLink) {
   const ModelConfig m = smollm2();
   const Profile fast = uniform_profile(2, 5e-6, 10e9);
