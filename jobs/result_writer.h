@@ -19,6 +19,7 @@
 #include "io/error.h"
 #include "io/job_config.h"
 #include "io/model_config.h"
+#include "jobs/finish_reason.h"
 
 namespace lowsync {
 
@@ -29,8 +30,11 @@ struct OutputError : UserError {
 };
 
 struct RowResult {
-  std::vector<int32_t> tokens;       // generate
-  std::vector<float> token_logprobs;  // score
+  std::vector<int32_t> tokens;        // generate
+  std::vector<float> token_logprobs;  // score: of each target; generate: of each new token (jobs/logprobs.h)
+  std::vector<int32_t> top_ids;       // generate, logprobs K > 0: [tokens, K] the most likely tokens at each step
+  std::vector<float> top_logprobs;    // generate, logprobs K > 0: [tokens, K] their log-probs
+  FinishReason finish_reason = FinishReason::length;  // generate
   double sum_logprob = 0;             // score
   std::vector<float> embedding;       // embed
   float latency_ms = 0;
@@ -67,6 +71,7 @@ class ResultWriter {
   std::string path_, task_;
   long long file_ = -1;  // hid_t
   int64_t rows_ = 0, first_input_row_ = 0, input_rows_ = 0, next_row_ = 0, values_ = 0, hidden_ = 0;
+  int top_k_ = 0;  // generate: alternatives per new token (/generated/top_ids, top_logprobs)
   std::string previous_report_json_;
   bool can_reserve_ = true;  // false once the file system says it cannot (then failures are caught at the write)
 };

@@ -20,6 +20,7 @@
 #include "io/model_config.h"
 #include "io/prompts.h"
 #include "jobs/continuous_generate.h"
+#include "jobs/stopping.h"
 #include "jobs/load_job.h"
 #include "jobs/result_writer.h"
 #include "jobs/run_report.h"
@@ -170,6 +171,7 @@ int run_job(const JobConfig& job, bool resume) {
   std::unique_ptr<PromptReader> input;
   RowRange range;            // the input rows this job computes; the output's rows
   std::vector<Batch> batches;  // of the whole input
+  GenerateOptions gen;         // generate: the job's options with their stop rules for this model and input
   LoadedJob loaded = load_job(job, world, [&](const ModelConfig& model, const Plan&) {
     if (!model.is_decoder() && job.task != "embed")
       throw UserError(job.path + ": task '" + job.task + "' needs a decoder (llama or gpt2), but " + job.model +
@@ -181,6 +183,7 @@ int run_job(const JobConfig& job, bool resume) {
     batches = plan_batches(*input, job);
     if (job.shard.count > 0) range = shard_rows(batches, range, job, input->rows());
     check_rows(*input, job, model, range);
+    if (job.task == "generate") gen = resolve_stops(job.generate, model, *input, job.path);
   });
   const ModelConfig& model = loaded.model;
   const Plan& plan = loaded.plan;
@@ -226,7 +229,7 @@ int run_job(const JobConfig& job, bool resume) {
       std::vector<RowResult> results;
       trace::Span span("batch", "batch " + std::to_string(b.first_row) + "-" + std::to_string(b.end_row - 1));
       if (job.task == "generate")
-        results = generate_batch(stage, job.generate, prompts, b.first_row, phases);
+        results = generate_batch(stage, gen, prompts, b.first_row, phases);
       else if (job.task == "score")
         results = score_batch(stage, prompts, targets, b.first_row);
       else
@@ -251,7 +254,7 @@ int run_job(const JobConfig& job, bool resume) {
         longest = std::max(longest, ContinuousGenerator::row_need(model, job.generate, input->length(r)));
       const int64_t cache_rows = std::max<int64_t>(
           job.batch.max_tokens + int64_t(job.batch.max_sequences) * job.generate.max_new_tokens, longest);
-      ContinuousGenerator generator(transformer, job, *input, cache_rows, phases);
+      ContinuousGenerator generator(transformer, job, gen, *input, cache_rows, phases);
       queue.set_on_written(on_written);
       for (bool more = true;;) {
         while (more && generator.wants_rows()) {
