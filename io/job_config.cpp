@@ -104,6 +104,8 @@ const std::map<std::string, Setter>& schema() {
       {"generate.frequency_penalty", field(&JobConfig::generate, &GenerateOptions::frequency_penalty)},
       {"generate.min_p", field(&JobConfig::generate, &GenerateOptions::min_p)},
       {"generate.logprobs", field(&JobConfig::generate, &GenerateOptions::logprobs)},
+      {"score.window", field(&JobConfig::score, &ScoreOptions::window)},
+      {"score.stride", field(&JobConfig::score, &ScoreOptions::stride)},
       {"embed.pooling", field(&JobConfig::embed, &EmbedOptions::pooling)},
       {"embed.normalize", field(&JobConfig::embed, &EmbedOptions::normalize)},
       {"batch.max_tokens", field(&JobConfig::batch, &BatchOptions::max_tokens)},
@@ -311,6 +313,11 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   expect(c.generate.min_p >= 0 && c.generate.min_p <= 1, "generate.min_p", "must be in [0, 1]");
   expect(c.generate.logprobs >= 0 && c.generate.logprobs <= 1000, "generate.logprobs",
          "must be 0 to 1000 (top alternatives per new token)");
+  expect(c.score.window >= 0, "score.window", "must be >= 0 (0: no windows)");
+  if (c.score.window > 0 && c.score.stride == 0) c.score.stride = c.score.window / 2;
+  expect(c.score.window == 0 || (c.score.stride >= 1 && c.score.stride < c.score.window), "score.stride",
+         "must be 1 to score.window - 1 (every target needs a token of context in its window)");
+  expect(c.score.window > 0 || c.score.stride == 0, "score.stride", "needs score.window");
   expect(c.embed.pooling == "mean" || c.embed.pooling == "cls", "embed.pooling",
          "is '" + c.embed.pooling + "'; expected mean or cls");
   expect(c.batch.max_tokens >= 1, "batch.max_tokens", "must be >= 1");
@@ -406,6 +413,7 @@ std::string JobConfig::fingerprint() const {
     s << "generate: {max_new_tokens: " << generate.max_new_tokens << ", temperature: " << generate.temperature
       << ", top_k: " << generate.top_k << ", top_p: " << generate.top_p << ", seed: " << generate.seed
       << ", stop_at_eos: " << (generate.stop_at_eos ? "true" : "false") << generate_controls(generate) << "}\n";
+  if (task == "score" && score.window > 0) s << "score: {window: " << score.window << ", stride: " << score.stride << "}\n";
   if (task == "embed")
     s << "embed: {pooling: " << embed.pooling << ", normalize: " << (embed.normalize ? "true" : "false") << "}\n";
   // Tensor parallelism changes results only by float rounding, but with Sync-Point Drop the split
@@ -484,6 +492,9 @@ std::string JobConfig::to_yaml() const {
   e << YAML::Key << "frequency_penalty" << YAML::Value << shortest(c.generate.frequency_penalty);
   e << YAML::Key << "min_p" << YAML::Value << shortest(c.generate.min_p);
   e << YAML::Key << "logprobs" << YAML::Value << c.generate.logprobs << YAML::EndMap;
+  e << YAML::Key << "score" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "window" << YAML::Value << c.score.window;
+  e << YAML::Key << "stride" << YAML::Value << c.score.stride << YAML::EndMap;
   e << YAML::Key << "embed" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "pooling" << YAML::Value << c.embed.pooling;
   e << YAML::Key << "normalize" << YAML::Value << c.embed.normalize << YAML::EndMap;

@@ -28,6 +28,12 @@ struct GenerateOptions {
   std::vector<std::vector<int32_t>> stop_sequences;
 };
 
+// score: rows longer than a window are scored in overlapping windows (jobs/score_windows.h).
+struct ScoreOptions {
+  int window = 0;  // tokens per window (0: every row in one pass)
+  int stride = 0;  // tokens between window starts, 1 .. window - 1 (0: window / 2)
+};
+
 struct EmbedOptions {
   std::string pooling = "mean";  // mean | cls
   bool normalize = false;
@@ -121,6 +127,7 @@ struct JobConfig {
   double mpi_timeout = 1800;    // seconds an MPI call may wait before the job is aborted (0: never)
   CudaOptions cuda;
   GenerateOptions generate;
+  ScoreOptions score;
   EmbedOptions embed;
   BatchOptions batch;
   ParallelOptions parallel;

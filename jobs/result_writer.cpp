@@ -7,6 +7,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cerrno>
+#include <cmath>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -160,6 +161,13 @@ void write_i64_attr(hid_t file, const char* name, int64_t v) {
   if (h5(H5Aexists(file, name)) > 0) h5(H5Adelete(file, name));
   Id attr(H5Acreate2(file, name, H5T_NATIVE_INT64, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
   h5(H5Awrite(attr, H5T_NATIVE_INT64, &v));
+}
+
+void write_f64_attr(hid_t file, const char* name, double v) {
+  Id space(H5Screate(H5S_SCALAR), H5Sclose);
+  if (h5(H5Aexists(file, name)) > 0) h5(H5Adelete(file, name));
+  Id attr(H5Acreate2(file, name, H5T_NATIVE_DOUBLE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  h5(H5Awrite(attr, H5T_NATIVE_DOUBLE, &v));
 }
 
 // Writes `count` rows (of `row_len` elements) at row `first` of a dataset, growing it if needed.
@@ -353,9 +361,11 @@ void ResultWriter::create(const JobConfig& job, const ModelConfig& model) {
       create_dataset(file_, values_dataset(task_), vtype, {0}, {unlimited}, {4096});
       create_dataset(file_, offsets_dataset(task_), H5T_NATIVE_INT64, {N + 1}, {N + 1},
                      {std::min<hsize_t>(N + 1, 4096)});
-      if (task_ == "score")
-        create_dataset(file_, "/scores/sum_logprob", H5T_NATIVE_DOUBLE, {N}, {N},
-                       {std::max<hsize_t>(1, std::min<hsize_t>(N, 4096))});
+      if (task_ == "score") {
+        const hsize_t chunk = std::max<hsize_t>(1, std::min<hsize_t>(N, 4096));
+        create_dataset(file_, "/scores/sum_logprob", H5T_NATIVE_DOUBLE, {N}, {N}, {chunk});
+        create_dataset(file_, "/scores/num_tokens", H5T_NATIVE_INT32, {N}, {N}, {chunk});
+      }
       if (task_ == "generate") create_generate_extras(file_, N, top_k_);
     } else {
       const hsize_t H = hidden_;
@@ -420,7 +430,10 @@ void ResultWriter::reopen(const JobConfig& job, const ModelConfig& model) {
     if (task_ == "generate" || task_ == "score") {
       expected.push_back({values_dataset(task_), task_ == "generate" ? "int32 [*]" : "float32 [*]"});
       expected.push_back({offsets_dataset(task_), "int64 [" + N1 + "]"});
-      if (task_ == "score") expected.push_back({"/scores/sum_logprob", "float64 [" + N + "]"});
+      if (task_ == "score") {
+        expected.push_back({"/scores/sum_logprob", "float64 [" + N + "]"});
+        expected.push_back({"/scores/num_tokens", "int32 [" + N + "]"});
+      }
       if (task_ == "generate") {
         const std::string K = std::to_string(top_k_);
         expected.push_back({"/generated/logprobs", "float32 [*]"});
@@ -454,6 +467,10 @@ void ResultWriter::reopen(const JobConfig& job, const ModelConfig& model) {
       for (int64_t r = 0; r < next_row_; ++r) fits = fits && offsets[r] <= offsets[r + 1];
       if (task_ == "generate")
         for (const char* name : per_token_extras(top_k_)) fits = fits && values_ <= length_of(file_, name);
+      if (task_ == "score") {
+        const auto sums = read_all<double>(file_, "/scores/sum_logprob", H5T_NATIVE_DOUBLE);
+        for (int64_t r = 0; r < next_row_; ++r) sum_logprob_ += sums[r];
+      }
       if (!fits)
         refuse("the file is damaged: the done rows' " + std::string(offsets_dataset(task_)) + " do not fit " +
                values_dataset(task_));
@@ -554,6 +571,7 @@ void ResultWriter::append(const std::vector<RowResult>& results) {
   std::vector<float> logprobs, top_logprobs, emb;
   std::vector<double> sums;
   std::vector<uint8_t> reasons;
+  std::vector<int32_t> counts;  // score: targets per row
   int64_t end = values_;
   for (const auto& r : results) {
     end += task_ == "generate" ? r.tokens.size() : r.token_logprobs.size();
@@ -561,6 +579,7 @@ void ResultWriter::append(const std::vector<RowResult>& results) {
     tokens.insert(tokens.end(), r.tokens.begin(), r.tokens.end());
     logprobs.insert(logprobs.end(), r.token_logprobs.begin(), r.token_logprobs.end());
     sums.push_back(r.sum_logprob);
+    counts.push_back(static_cast<int32_t>(r.token_logprobs.size()));
     top_ids.insert(top_ids.end(), r.top_ids.begin(), r.top_ids.end());
     top_logprobs.insert(top_logprobs.end(), r.top_logprobs.begin(), r.top_logprobs.end());
     reasons.push_back(static_cast<uint8_t>(r.finish_reason));
@@ -572,7 +591,9 @@ void ResultWriter::append(const std::vector<RowResult>& results) {
     if (task_ == "generate" || task_ == "score")
       need += new_chunk_bytes(file_, values_dataset(task_), values_, end - values_) +
               new_chunk_bytes(file_, offsets_dataset(task_), first + 1, n) +
-              (task_ == "score" ? new_chunk_bytes(file_, "/scores/sum_logprob", first, n) : 0);
+              (task_ == "score" ? new_chunk_bytes(file_, "/scores/sum_logprob", first, n) +
+                                      new_chunk_bytes(file_, "/scores/num_tokens", first, n)
+                                : 0);
     else
       need += new_chunk_bytes(file_, "/embeddings", first, n);
     if (task_ == "generate") {
@@ -599,7 +620,10 @@ void ResultWriter::append(const std::vector<RowResult>& results) {
       }
       write_rows(file_, "/generated/finish_reason", H5T_NATIVE_UINT8, first, n, 1, reasons.data());
     }
-    if (task_ == "score") write_rows(file_, "/scores/sum_logprob", H5T_NATIVE_DOUBLE, first, n, 1, sums.data());
+    if (task_ == "score") {
+      write_rows(file_, "/scores/sum_logprob", H5T_NATIVE_DOUBLE, first, n, 1, sums.data());
+      write_rows(file_, "/scores/num_tokens", H5T_NATIVE_INT32, first, n, 1, counts.data());
+    }
     if (task_ == "embed") write_rows(file_, "/embeddings", H5T_NATIVE_FLOAT, first, n, hidden_, emb.data());
     write_rows(file_, "/latency_ms", H5T_NATIVE_FLOAT, first, n, 1, latency.data());
     h5(H5Fflush(file_, H5F_SCOPE_GLOBAL));  // the data is on disk before any of its rows is marked done
@@ -612,6 +636,8 @@ void ResultWriter::append(const std::vector<RowResult>& results) {
   }
   values_ = end;
   next_row_ += n;
+  if (task_ == "score")
+    for (double v : sums) sum_logprob_ += v;
 }
 
 void ResultWriter::finish(const std::string& report, const std::string& report_json, const std::string& plan_yaml) {
@@ -624,6 +650,12 @@ void ResultWriter::finish(const std::string& report, const std::string& report_j
     write_string_attr(file_, "plan", plan_yaml);
     write_string_attr(file_, "run_report", report);
     write_string_attr(file_, "run_report_json", report_json);
+    if (task_ == "score") {  // over the done rows
+      const double mean_nll = values_ > 0 ? -sum_logprob_ / double(values_) : 0.0;
+      write_i64_attr(file_, "scored_tokens", values_);
+      write_f64_attr(file_, "mean_nll", mean_nll);
+      write_f64_attr(file_, "perplexity", std::exp(mean_nll));
+    }
     write_u8_attr(file_, "complete", next_row_ == rows_ ? 1 : 0);
     h5(H5Fflush(file_, H5F_SCOPE_GLOBAL));
     const hid_t file = file_;

@@ -27,9 +27,10 @@ struct PhaseTimes {
 // complete on the replica's first stage (the replica's leader is there).
 std::vector<RowResult> generate_batch(PipelineStage& stage, const GenerateOptions& opt, const TokenRows& prompts,
                                       int64_t first_row, PhaseTimes& times);
-// log p(target j | prompt, targets before j) for every target token.
-std::vector<RowResult> score_batch(PipelineStage& stage, const TokenRows& prompts, const TokenRows& targets,
-                                   int64_t first_row);
+// log p(target j | prompt, targets before j) for every target token (with score.window: given the
+// tokens of its window before it).
+std::vector<RowResult> score_batch(PipelineStage& stage, const ScoreOptions& opt, const TokenRows& prompts,
+                                   const TokenRows& targets, int64_t first_row);
 // Pooled last hidden state per prompt.
 std::vector<RowResult> embed_batch(PipelineStage& stage, const EmbedOptions& opt, const TokenRows& prompts,
                                    int64_t first_row);
