@@ -305,6 +305,8 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   expect(c.generate.top_p > 0 && c.generate.top_p <= 1, "generate.top_p", "must be in (0, 1]");
   for (int id : c.generate.stop_token_ids)
     expect(id >= 0, "generate.stop_token_ids", "holds " + std::to_string(id) + "; expected token ids >= 0");
+  expect(c.generate.stop_at_eos || c.generate.stop_token_ids.empty(), "generate.stop_token_ids",
+         "is given with generate.stop_at_eos: false, which turns stop token ids off; leave one of them out");
   expect(c.generate.min_new_tokens >= 0, "generate.min_new_tokens", "must be >= 0");
   expect(c.generate.repetition_penalty > 0 && std::isfinite(c.generate.repetition_penalty), "generate.repetition_penalty",
          "must be > 0 (1: none)");

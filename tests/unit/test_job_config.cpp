@@ -289,4 +289,6 @@ TEST(JobConfig, GenerationControlsAndScoreWindowsRoundTripAndFingerprint) {
   EXPECT_THROW(load_job_config(write_yaml(std::string(kBase) + "score: {stride: 4}\n"), {}), UserError);
   EXPECT_THROW(load_job_config(write_yaml(kBase), {"generate.min_p=1.5"}), UserError);
   EXPECT_THROW(load_job_config(write_yaml(kBase), {"generate.stop_token_ids=3"}), UserError);
+  EXPECT_THROW(load_job_config(write_yaml(kBase), {"generate.stop_token_ids=[2]", "generate.stop_at_eos=false"}),
+               UserError);
 }
