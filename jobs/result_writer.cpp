@@ -447,7 +447,15 @@ void ResultWriter::reopen(const JobConfig& job, const ModelConfig& model) {
       expected.push_back({"/embeddings", "float32 [" + N + ", " + std::to_string(hidden_) + "]"});
     }
     for (const auto& [name, want] : expected) {
-      if (!path_exists(file_, name)) refuse("the file is damaged: dataset " + name + " is missing");
+      if (!path_exists(file_, name)) {
+        // Files from before log-probs, finish reasons and num_tokens lack them without being damaged.
+        const bool newer = name == "/generated/logprobs" || name == "/generated/finish_reason" ||
+                           name == "/scores/num_tokens";
+        if (newer && path_exists(file_, values_dataset(task_)))
+          refuse("the file has no " + name + ": it was written by an earlier lowsync; finish it with that version, "
+                 "or start a new output");
+        refuse("the file is damaged: dataset " + name + " is missing");
+      }
       std::string got = describe_dataset(file_, name.c_str());
       if (want.find("[*") != std::string::npos && got.find('[') != std::string::npos) {  // any length
         const size_t open = got.find('['), end = got.find_first_of(",]", open);
