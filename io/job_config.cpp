@@ -93,6 +93,19 @@ const std::map<std::string, Setter>& schema() {
       {"generate.top_p", field(&JobConfig::generate, &GenerateOptions::top_p)},
       {"generate.seed", field(&JobConfig::generate, &GenerateOptions::seed)},
       {"generate.stop_at_eos", field(&JobConfig::generate, &GenerateOptions::stop_at_eos)},
+      {"generate.stop_token_ids",
+       [](JobConfig& c, const YAML::Node& n) {
+         c.generate.stop_token_ids = n.as<std::vector<int>>();
+         c.generate.has_stop_token_ids = true;
+       }},
+      {"generate.min_new_tokens", field(&JobConfig::generate, &GenerateOptions::min_new_tokens)},
+      {"generate.repetition_penalty", field(&JobConfig::generate, &GenerateOptions::repetition_penalty)},
+      {"generate.presence_penalty", field(&JobConfig::generate, &GenerateOptions::presence_penalty)},
+      {"generate.frequency_penalty", field(&JobConfig::generate, &GenerateOptions::frequency_penalty)},
+      {"generate.min_p", field(&JobConfig::generate, &GenerateOptions::min_p)},
+      {"generate.logprobs", field(&JobConfig::generate, &GenerateOptions::logprobs)},
+      {"score.window", field(&JobConfig::score, &ScoreOptions::window)},
+      {"score.stride", field(&JobConfig::score, &ScoreOptions::stride)},
       {"embed.pooling", field(&JobConfig::embed, &EmbedOptions::pooling)},
       {"embed.normalize", field(&JobConfig::embed, &EmbedOptions::normalize)},
       {"batch.max_tokens", field(&JobConfig::batch, &BatchOptions::max_tokens)},
@@ -135,9 +148,10 @@ const std::map<std::string, Setter>& schema() {
   return keys;
 }
 
-// The keys whose value is a list.
+// Keys whose value is a list; every other key takes a single value.
 bool is_list_key(const std::string& key) {
-  return key == "parallel.spd.drop" || key == "parallel.speeds" || key == "parallel.stages" || key == "debug.dump";
+  return key == "parallel.spd.drop" || key == "parallel.speeds" || key == "parallel.stages" ||
+         key == "generate.stop_token_ids" || key == "debug.dump";
 }
 
 bool is_group(const std::string& key) {
@@ -299,6 +313,23 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   expect(c.generate.temperature >= 0, "generate.temperature", "must be >= 0");
   expect(c.generate.top_k >= 0, "generate.top_k", "must be >= 0");
   expect(c.generate.top_p > 0 && c.generate.top_p <= 1, "generate.top_p", "must be in (0, 1]");
+  for (int id : c.generate.stop_token_ids)
+    expect(id >= 0, "generate.stop_token_ids", "holds " + std::to_string(id) + "; expected token ids >= 0");
+  expect(c.generate.stop_at_eos || c.generate.stop_token_ids.empty(), "generate.stop_token_ids",
+         "is given with generate.stop_at_eos: false, which turns stop token ids off; leave one of them out");
+  expect(c.generate.min_new_tokens >= 0, "generate.min_new_tokens", "must be >= 0");
+  expect(c.generate.repetition_penalty > 0 && std::isfinite(c.generate.repetition_penalty), "generate.repetition_penalty",
+         "must be > 0 (1: none)");
+  expect(std::isfinite(c.generate.presence_penalty), "generate.presence_penalty", "must be a finite number");
+  expect(std::isfinite(c.generate.frequency_penalty), "generate.frequency_penalty", "must be a finite number");
+  expect(c.generate.min_p >= 0 && c.generate.min_p <= 1, "generate.min_p", "must be in [0, 1]");
+  expect(c.generate.logprobs >= 0 && c.generate.logprobs <= 1000, "generate.logprobs",
+         "must be 0 to 1000 (top alternatives per new token)");
+  expect(c.score.window >= 0, "score.window", "must be >= 0 (0: no windows)");
+  if (c.score.window > 0 && c.score.stride == 0) c.score.stride = c.score.window / 2;
+  expect(c.score.window == 0 || (c.score.stride >= 1 && c.score.stride < c.score.window), "score.stride",
+         "must be 1 to score.window - 1 (every target needs a token of context in its window)");
+  expect(c.score.window > 0 || c.score.stride == 0, "score.stride", "needs score.window");
   expect(c.embed.pooling == "mean" || c.embed.pooling == "cls", "embed.pooling",
          "is '" + c.embed.pooling + "'; expected mean or cls");
   expect(c.batch.max_tokens >= 1, "batch.max_tokens", "must be >= 1");
@@ -368,6 +399,26 @@ int CudaOptions::device_index() const {
   return std::stoi(device);
 }
 
+namespace {
+// The generation controls that differ from their defaults, as ", key: value" (absent ones keep the
+// fingerprints of files written before these keys).
+std::string generate_controls(const GenerateOptions& g) {
+  std::ostringstream s;
+  if (g.has_stop_token_ids) {
+    s << ", stop_token_ids: [";
+    for (size_t i = 0; i < g.stop_token_ids.size(); ++i) s << (i ? ", " : "") << g.stop_token_ids[i];
+    s << "]";
+  }
+  if (g.min_new_tokens) s << ", min_new_tokens: " << g.min_new_tokens;
+  if (g.repetition_penalty != 1.f) s << ", repetition_penalty: " << g.repetition_penalty;
+  if (g.presence_penalty) s << ", presence_penalty: " << g.presence_penalty;
+  if (g.frequency_penalty) s << ", frequency_penalty: " << g.frequency_penalty;
+  if (g.min_p) s << ", min_p: " << g.min_p;
+  if (g.logprobs) s << ", logprobs: " << g.logprobs;  // decides which datasets the file holds
+  return s.str();
+}
+}  // namespace
+
 std::string JobConfig::fingerprint() const {
   // Paths as canonical absolute paths: ./x.h5 and x.h5 name the same file.
   auto canonical = [](const std::string& path) {
@@ -380,7 +431,8 @@ std::string JobConfig::fingerprint() const {
   if (task == "generate")
     s << "generate: {max_new_tokens: " << generate.max_new_tokens << ", temperature: " << generate.temperature
       << ", top_k: " << generate.top_k << ", top_p: " << generate.top_p << ", seed: " << generate.seed
-      << ", stop_at_eos: " << (generate.stop_at_eos ? "true" : "false") << "}\n";
+      << ", stop_at_eos: " << (generate.stop_at_eos ? "true" : "false") << generate_controls(generate) << "}\n";
+  if (task == "score" && score.window > 0) s << "score: {window: " << score.window << ", stride: " << score.stride << "}\n";
   if (task == "embed")
     s << "embed: {pooling: " << embed.pooling << ", normalize: " << (embed.normalize ? "true" : "false") << "}\n";
   // Tensor parallelism changes results only by float rounding, but with Sync-Point Drop the split
@@ -451,7 +503,18 @@ std::string JobConfig::to_yaml() const {
   e << YAML::Key << "top_k" << YAML::Value << c.generate.top_k;
   e << YAML::Key << "top_p" << YAML::Value << shortest(c.generate.top_p);
   e << YAML::Key << "seed" << YAML::Value << c.generate.seed;
-  e << YAML::Key << "stop_at_eos" << YAML::Value << c.generate.stop_at_eos << YAML::EndMap;
+  e << YAML::Key << "stop_at_eos" << YAML::Value << c.generate.stop_at_eos;
+  if (c.generate.has_stop_token_ids)
+    e << YAML::Key << "stop_token_ids" << YAML::Value << YAML::Flow << c.generate.stop_token_ids;
+  e << YAML::Key << "min_new_tokens" << YAML::Value << c.generate.min_new_tokens;
+  e << YAML::Key << "repetition_penalty" << YAML::Value << shortest(c.generate.repetition_penalty);
+  e << YAML::Key << "presence_penalty" << YAML::Value << shortest(c.generate.presence_penalty);
+  e << YAML::Key << "frequency_penalty" << YAML::Value << shortest(c.generate.frequency_penalty);
+  e << YAML::Key << "min_p" << YAML::Value << shortest(c.generate.min_p);
+  e << YAML::Key << "logprobs" << YAML::Value << c.generate.logprobs << YAML::EndMap;
+  e << YAML::Key << "score" << YAML::Value << YAML::BeginMap;
+  e << YAML::Key << "window" << YAML::Value << c.score.window;
+  e << YAML::Key << "stride" << YAML::Value << c.score.stride << YAML::EndMap;
   e << YAML::Key << "embed" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "pooling" << YAML::Value << c.embed.pooling;
   e << YAML::Key << "normalize" << YAML::Value << c.embed.normalize << YAML::EndMap;

@@ -16,6 +16,24 @@ struct GenerateOptions {
   float top_p = 1.f;
   uint64_t seed = 0;
   bool stop_at_eos = true;
+  // Token ids that end a row (finish reason eos). Not given: the model's EOS ids (config.json and
+  // generation_config.json). stop_at_eos: false turns them all off.
+  std::vector<int> stop_token_ids;
+  bool has_stop_token_ids = false;
+  int min_new_tokens = 0;          // stop token ids are masked until a row has this many new tokens
+  float repetition_penalty = 1.f;  // > 1 discourages tokens of the prompt and the output (CTRL, as transformers)
+  float presence_penalty = 0.f;    // subtracted from the logit of each token the output holds (OpenAI)
+  float frequency_penalty = 0.f;   // subtracted once per occurrence in the output (OpenAI)
+  float min_p = 0.f;               // sampling keeps tokens of probability >= min_p x the top one's
+  int logprobs = 0;                // top alternatives written per new token (the token's own log-prob always is)
+  // Not a key: the prompts file's stop sequences (/stop_ids), set by resolve_stops (jobs/stopping.h).
+  std::vector<std::vector<int32_t>> stop_sequences;
+};
+
+// score: rows longer than a window are scored in overlapping windows (jobs/score_windows.h).
+struct ScoreOptions {
+  int window = 0;  // tokens per window (0: every row in one pass)
+  int stride = 0;  // tokens between window starts, 1 .. window - 1 (0: window / 2)
 };
 
 struct EmbedOptions {
@@ -119,6 +137,7 @@ struct JobConfig {
   double mpi_timeout = 1800;    // seconds an MPI call may wait before the job is aborted (0: never)
   CudaOptions cuda;
   GenerateOptions generate;
+  ScoreOptions score;
   EmbedOptions embed;
   BatchOptions batch;
   ParallelOptions parallel;

@@ -214,6 +214,24 @@ PromptReader::PromptReader(const std::string& path, int vocab, bool need_targets
   }
   check_ids(file_, path, "input_ids", offsets_, vocab);
   if (need_targets) check_ids(file_, path, "targets", target_offsets_, vocab);
+
+  // Stop sequences (make_prompts.py --stop): a row of generate stops when its new tokens end with one.
+  const bool has_stops = H5Lexists(file_, "stop_ids", H5P_DEFAULT) > 0;
+  if (has_stops || H5Lexists(file_, "stop_offsets", H5P_DEFAULT) > 0) {
+    const int64_t n_ids = integer_dataset(file_, path, "stop_ids");
+    const int64_t n_off = integer_dataset(file_, path, "stop_offsets");
+    if (n_off < 1 || n_off - 1 > n_ids)
+      throw UserError(path + ": dataset 'stop_offsets' has " + std::to_string(n_off) + " entries for " +
+                      std::to_string(n_ids) + " tokens in 'stop_ids'; expected S+1 entries for S non-empty stop sequences");
+    const auto off = read_range<int64_t>(file_, path, "stop_offsets", 0, n_off);
+    check_offsets(off, n_ids, path, "stop_offsets", "stop_ids");
+    check_ids(file_, path, "stop_ids", off, vocab);
+    for (int64_t s = 0; s + 1 < n_off; ++s) {
+      if (off[s + 1] == off[s])
+        throw UserError(path + ": stop sequence " + std::to_string(s) + " (stop_offsets) is empty; expected at least one token");
+      stop_sequences_.push_back(read_range<int32_t>(file_, path, "stop_ids", off[s], off[s + 1]));
+    }
+  }
 }
 
 PromptReader::~PromptReader() {

@@ -1,5 +1,6 @@
 #pragma once
-// The prompts HDF5 (README "Prompts"): ragged int32 token rows in CSR form, optional targets.
+// The prompts HDF5 (README "Prompts"): ragged int32 token rows in CSR form, optional targets and
+// stop sequences.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -21,11 +22,14 @@ class PromptReader {
   std::vector<int32_t> tokens(int64_t row) const;
   std::vector<int32_t> targets(int64_t row) const;
   const std::string& path() const { return path_; }
+  // Token sequences that stop a generated row (/stop_ids, /stop_offsets; none when absent).
+  const std::vector<std::vector<int32_t>>& stop_sequences() const { return stop_sequences_; }
 
  private:
   std::string path_;
   long long file_ = -1;  // hid_t
   std::vector<int64_t> offsets_, target_offsets_;
+  std::vector<std::vector<int32_t>> stop_sequences_;
 };
 
 }  // namespace lowsync

@@ -3,6 +3,8 @@
 #include <algorithm>
 
 #include "jobs/finite.h"
+#include "jobs/logprobs.h"
+#include "jobs/stopping.h"
 #include "mpi_comm/trace.h"
 
 namespace lowsync {
@@ -11,9 +13,9 @@ int64_t ContinuousGenerator::row_need(const ModelConfig& model, const GenerateOp
   return std::min<int64_t>(prompt_tokens + opt.max_new_tokens, model.max_positions);
 }
 
-ContinuousGenerator::ContinuousGenerator(Transformer& model, const JobConfig& job, const PromptReader& input,
-                                         int64_t cache_rows, PhaseTimes& times)
-    : model_(model), job_(job), input_(input), times_(times), cache_(model.make_cache(cache_rows)), arena_(cache_rows) {}
+ContinuousGenerator::ContinuousGenerator(Transformer& model, const JobConfig& job, const GenerateOptions& gen,
+                                         const PromptReader& input, int64_t cache_rows, PhaseTimes& times)
+    : model_(model), job_(job), gen_(gen), input_(input), times_(times), cache_(model.make_cache(cache_rows)), arena_(cache_rows) {}
 
 void ContinuousGenerator::admit(int64_t index, const Batch& batch) {
   BatchState& b = batches_[index];
@@ -24,7 +26,7 @@ void ContinuousGenerator::admit(int64_t index, const Batch& batch) {
   for (int64_t r = batch.first_row; r < batch.end_row; ++r) {
     std::vector<int32_t> prompt = input_.tokens(r);
     const int64_t need = row_need(model_.config(), job_.generate, static_cast<int64_t>(prompt.size()));
-    waiting_.push_back({r, index, std::move(prompt), Sampler(job_.generate, job_.generate.seed, r), -1, need, {}});
+    waiting_.push_back({r, index, std::move(prompt), Sampler(gen_, gen_.seed, r), -1, need, {}});
   }
 }
 
@@ -76,11 +78,14 @@ ContinuousGenerator::Finished ContinuousGenerator::step() {
     const float* l = logits_host_.data() + j * cfg.vocab;
     require_finite(model_, l, cfg.vocab, r.input_row, "generate",
                    "the logits for new token " + std::to_string(r.result.tokens.size()));
-    r.result.tokens.push_back(r.sampler.next(l, cfg.vocab));
-    if (!row_finished(cfg, job_.generate, r.prompt.size(), r.result.tokens)) {
+    r.result.tokens.push_back(r.sampler.next(l, cfg.vocab, r.prompt, r.result.tokens));
+    record_logprobs(l, cfg.vocab, r.result.tokens.back(), gen_.logprobs, r.result);
+    const std::optional<FinishReason> reason = finish_reason(cfg, gen_, r.prompt.size(), r.result.tokens);
+    if (!reason) {
       still.push_back(std::move(r));
       continue;
     }
+    r.result.finish_reason = *reason;
     arena_.give_back(r.base, r.need);
     BatchState& b = batches_[r.batch];
     b.results[r.input_row - b.first_row] = std::move(r.result);

@@ -25,8 +25,9 @@ class ContinuousGenerator {
  public:
   // cache_rows: KV cache rows shared by all running sequences; at least one row's prompt and new
   // tokens (longest_row_need), and room for a full batch in the usual case.
-  ContinuousGenerator(Transformer& model, const JobConfig& job, const PromptReader& input, int64_t cache_rows,
-                      PhaseTimes& times);
+  // gen: the job's generate options with their stop rules resolved (resolve_stops).
+  ContinuousGenerator(Transformer& model, const JobConfig& job, const GenerateOptions& gen, const PromptReader& input,
+                      int64_t cache_rows, PhaseTimes& times);
 
   // Queues the rows of a batch the work queue handed out.
   void admit(int64_t index, const Batch& batch);
@@ -58,6 +59,7 @@ class ContinuousGenerator {
 
   Transformer& model_;
   const JobConfig& job_;
+  const GenerateOptions& gen_;
   const PromptReader& input_;
   PhaseTimes& times_;
   KVCache cache_;

@@ -1,6 +1,6 @@
 // Generation: each micro-batch of rows gets one packed prefill pass, then decode passes in which
-// only its rows still running take part. A row stops at EOS (if asked), at max_new_tokens, or at
-// the model's last position.
+// only its rows still running take part. A row stops as jobs/stopping.h says: at a stop token or
+// stop sequence, at max_new_tokens, or at the model's last position.
 //
 // Pipelined (several stages): every stage visits the micro-batches in turn. The first stage embeds
 // micro-batch m's next tokens and goes on to m + 1 while m travels through the later stages; the
@@ -12,21 +12,13 @@
 #include <chrono>
 
 #include "jobs/finite.h"
+#include "jobs/logprobs.h"
 #include "jobs/sampler.h"
+#include "jobs/stopping.h"
 #include "jobs/tasks.h"
 #include "mpi_comm/trace.h"
 
 namespace lowsync {
-
-bool row_finished(const ModelConfig& cfg, const GenerateOptions& opt, size_t prompt_tokens,
-                  const std::vector<int32_t>& generated) {
-  const int32_t last = generated.back();
-  const bool eos =
-      opt.stop_at_eos && std::find(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end(), last) != cfg.eos_token_ids.end();
-  // The next pass would put the last token at position prompt + generated - 1.
-  const int64_t n = static_cast<int64_t>(generated.size());
-  return eos || n >= opt.max_new_tokens || static_cast<int64_t>(prompt_tokens) + n > cfg.max_positions;
-}
 
 namespace {
 
@@ -72,7 +64,11 @@ std::vector<RowResult> generate_batch(PipelineStage& stage, const GenerateOption
     for (size_t j = 0; j < mb.running.size(); ++j) {
       const size_t i = mb.running[j];
       out[i].tokens.push_back(sampled[j]);
-      if (!row_finished(cfg, opt, prompts[i].size(), out[i].tokens)) still.push_back(i);
+      const std::optional<FinishReason> reason = finish_reason(cfg, opt, prompts[i].size(), out[i].tokens);
+      if (reason)
+        out[i].finish_reason = *reason;
+      else
+        still.push_back(i);
     }
     mb.running = std::move(still);
   };
@@ -90,7 +86,8 @@ std::vector<RowResult> generate_batch(PipelineStage& stage, const GenerateOption
       const float* l = logits_host.data() + j * cfg.vocab;
       require_finite(model, l, cfg.vocab, first_row + static_cast<int64_t>(i), "generate",
                      "the logits for new token " + std::to_string(out[i].tokens.size()));
-      sampled.push_back(samplers[i].next(l, cfg.vocab));
+      sampled.push_back(samplers[i].next(l, cfg.vocab, prompts[i], out[i].tokens));
+      record_logprobs(l, cfg.vocab, sampled.back(), opt.logprobs, out[i]);
     }
     return sampled;
   };
@@ -141,7 +138,10 @@ std::vector<RowResult> generate_batch(PipelineStage& stage, const GenerateOption
       ++times.decode_steps;
     }
   }
-  return out;
+  if (link.stages() == 1) return out;
+  // The log-probs are the last stage's: its results (the same tokens) go to the first stage.
+  if (link.last()) link.send_results(out);
+  return link.first() ? link.receive_results() : out;
 }
 
 }  // namespace lowsync

@@ -4,7 +4,8 @@
 
 namespace lowsync {
 
-// A batch's results as bytes: per row, its token ids, log-probs, embedding, sum and latency.
+// A batch's results as bytes: per row, its token ids, log-probs, embedding, top alternatives,
+// finish reason, sum and latency.
 std::vector<char> pack_results(int64_t index, const std::vector<RowResult>& rows) {
   std::vector<char> out;
   auto put = [&](const void* p, size_t n) { out.insert(out.end(), static_cast<const char*>(p), static_cast<const char*>(p) + n); };
@@ -20,6 +21,9 @@ std::vector<char> pack_results(int64_t index, const std::vector<RowResult>& rows
     put_vec(r.tokens);
     put_vec(r.token_logprobs);
     put_vec(r.embedding);
+    put_vec(r.top_ids);
+    put_vec(r.top_logprobs);
+    put(&r.finish_reason, sizeof r.finish_reason);
     put(&r.sum_logprob, sizeof r.sum_logprob);
     put(&r.latency_ms, sizeof r.latency_ms);
   }
@@ -43,6 +47,9 @@ std::vector<RowResult> unpack_results(const std::vector<char>& in, int64_t& inde
     get_vec(r.tokens);
     get_vec(r.token_logprobs);
     get_vec(r.embedding);
+    get_vec(r.top_ids);
+    get_vec(r.top_logprobs);
+    get(&r.finish_reason, sizeof r.finish_reason);
     get(&r.sum_logprob, sizeof r.sum_logprob);
     get(&r.latency_ms, sizeof r.latency_ms);
   }

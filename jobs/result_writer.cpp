@@ -7,6 +7,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cerrno>
+#include <cmath>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -103,6 +104,30 @@ void create_dataset(hid_t file, const char* name, hid_t type, std::vector<hsize_
   Id ds(H5Dcreate2(file, name, type, space, lcpl, dcpl, H5P_DEFAULT), H5Dclose);
 }
 
+void write_string_attr(hid_t file, const char* name, const std::string& value);
+
+// generate's datasets besides the token ids: each new token's log-prob (aligned with
+// /generated/token_ids), its top-K alternatives when asked, and each row's finish reason.
+void create_generate_extras(hid_t file, hsize_t N, int top_k) {
+  const hsize_t unlimited = H5S_UNLIMITED, K = top_k;
+  create_dataset(file, "/generated/logprobs", H5T_NATIVE_FLOAT, {0}, {unlimited}, {4096});
+  if (K > 0) {
+    const hsize_t chunk = std::max<hsize_t>(1, 4096 / K);
+    create_dataset(file, "/generated/top_ids", H5T_NATIVE_INT32, {0, K}, {unlimited, K}, {chunk, K});
+    create_dataset(file, "/generated/top_logprobs", H5T_NATIVE_FLOAT, {0, K}, {unlimited, K}, {chunk, K});
+  }
+  create_dataset(file, "/generated/finish_reason", H5T_NATIVE_UINT8, {N}, {N},
+                 {std::max<hsize_t>(1, std::min<hsize_t>(N, 4096))});
+  Id ds(H5Dopen2(file, "/generated/finish_reason", H5P_DEFAULT), H5Dclose);
+  write_string_attr(ds, "codes", kFinishReasonCodes);
+}
+
+// The datasets that hold one entry per generated token besides /generated/token_ids.
+std::vector<const char*> per_token_extras(int top_k) {
+  if (top_k == 0) return {"/generated/logprobs"};
+  return {"/generated/logprobs", "/generated/top_ids", "/generated/top_logprobs"};
+}
+
 void write_string_attr(hid_t file, const char* name, const std::string& value) {
   Id type(H5Tcopy(H5T_C_S1), H5Tclose);
   h5(H5Tset_size(type, std::max<size_t>(value.size(), 1)));
@@ -136,6 +161,13 @@ void write_i64_attr(hid_t file, const char* name, int64_t v) {
   if (h5(H5Aexists(file, name)) > 0) h5(H5Adelete(file, name));
   Id attr(H5Acreate2(file, name, H5T_NATIVE_INT64, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
   h5(H5Awrite(attr, H5T_NATIVE_INT64, &v));
+}
+
+void write_f64_attr(hid_t file, const char* name, double v) {
+  Id space(H5Screate(H5S_SCALAR), H5Sclose);
+  if (h5(H5Aexists(file, name)) > 0) h5(H5Adelete(file, name));
+  Id attr(H5Acreate2(file, name, H5T_NATIVE_DOUBLE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  h5(H5Awrite(attr, H5T_NATIVE_DOUBLE, &v));
 }
 
 // Writes `count` rows (of `row_len` elements) at row `first` of a dataset, growing it if needed.
@@ -305,7 +337,7 @@ std::string model_fingerprint(const ModelConfig& model) {
 ResultWriter::ResultWriter(const JobConfig& job, const ModelConfig& model, const RowRange& range, int64_t input_rows,
                            bool resume)
     : path_(job.output), task_(job.task), rows_(range.count()), first_input_row_(range.first),
-      input_rows_(input_rows), hidden_(model.hidden) {
+      input_rows_(input_rows), hidden_(model.hidden), top_k_(job.task == "generate" ? job.generate.logprobs : 0) {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // failures are reported in one line (hdf5_error_text)
   const bool exists = std::filesystem::exists(path_);
   if (resume && exists) {
@@ -329,9 +361,12 @@ void ResultWriter::create(const JobConfig& job, const ModelConfig& model) {
       create_dataset(file_, values_dataset(task_), vtype, {0}, {unlimited}, {4096});
       create_dataset(file_, offsets_dataset(task_), H5T_NATIVE_INT64, {N + 1}, {N + 1},
                      {std::min<hsize_t>(N + 1, 4096)});
-      if (task_ == "score")
-        create_dataset(file_, "/scores/sum_logprob", H5T_NATIVE_DOUBLE, {N}, {N},
-                       {std::max<hsize_t>(1, std::min<hsize_t>(N, 4096))});
+      if (task_ == "score") {
+        const hsize_t chunk = std::max<hsize_t>(1, std::min<hsize_t>(N, 4096));
+        create_dataset(file_, "/scores/sum_logprob", H5T_NATIVE_DOUBLE, {N}, {N}, {chunk});
+        create_dataset(file_, "/scores/num_tokens", H5T_NATIVE_INT32, {N}, {N}, {chunk});
+      }
+      if (task_ == "generate") create_generate_extras(file_, N, top_k_);
     } else {
       const hsize_t H = hidden_;
       create_dataset(file_, "/embeddings", H5T_NATIVE_FLOAT, {N, H}, {N, H},
@@ -395,14 +430,37 @@ void ResultWriter::reopen(const JobConfig& job, const ModelConfig& model) {
     if (task_ == "generate" || task_ == "score") {
       expected.push_back({values_dataset(task_), task_ == "generate" ? "int32 [*]" : "float32 [*]"});
       expected.push_back({offsets_dataset(task_), "int64 [" + N1 + "]"});
-      if (task_ == "score") expected.push_back({"/scores/sum_logprob", "float64 [" + N + "]"});
+      if (task_ == "score") {
+        expected.push_back({"/scores/sum_logprob", "float64 [" + N + "]"});
+        expected.push_back({"/scores/num_tokens", "int32 [" + N + "]"});
+      }
+      if (task_ == "generate") {
+        const std::string K = std::to_string(top_k_);
+        expected.push_back({"/generated/logprobs", "float32 [*]"});
+        if (top_k_ > 0) {
+          expected.push_back({"/generated/top_ids", "int32 [*, " + K + "]"});
+          expected.push_back({"/generated/top_logprobs", "float32 [*, " + K + "]"});
+        }
+        expected.push_back({"/generated/finish_reason", "uint8 [" + N + "]"});
+      }
     } else {
       expected.push_back({"/embeddings", "float32 [" + N + ", " + std::to_string(hidden_) + "]"});
     }
     for (const auto& [name, want] : expected) {
-      if (!path_exists(file_, name)) refuse("the file is damaged: dataset " + name + " is missing");
+      if (!path_exists(file_, name)) {
+        // Files from before log-probs, finish reasons and num_tokens lack them without being damaged.
+        const bool newer = name == "/generated/logprobs" || name == "/generated/finish_reason" ||
+                           name == "/scores/num_tokens";
+        if (newer && path_exists(file_, values_dataset(task_)))
+          refuse("the file has no " + name + ": it was written by an earlier lowsync; finish it with that version, "
+                 "or start a new output");
+        refuse("the file is damaged: dataset " + name + " is missing");
+      }
       std::string got = describe_dataset(file_, name.c_str());
-      if (want.ends_with("[*]") && got.find(',') == std::string::npos) got = got.substr(0, got.find('[')) + "[*]";
+      if (want.find("[*") != std::string::npos && got.find('[') != std::string::npos) {  // any length
+        const size_t open = got.find('['), end = got.find_first_of(",]", open);
+        got = got.substr(0, open + 1) + "*" + got.substr(end);
+      }
       if (got != want) refuse("the file is damaged: dataset " + name + " is " + got + ", expected " + want);
     }
 
@@ -415,6 +473,12 @@ void ResultWriter::reopen(const JobConfig& job, const ModelConfig& model) {
       values_ = offsets[next_row_];
       bool fits = offsets[0] == 0 && values_ <= length_of(file_, values_dataset(task_));
       for (int64_t r = 0; r < next_row_; ++r) fits = fits && offsets[r] <= offsets[r + 1];
+      if (task_ == "generate")
+        for (const char* name : per_token_extras(top_k_)) fits = fits && values_ <= length_of(file_, name);
+      if (task_ == "score") {
+        const auto sums = read_all<double>(file_, "/scores/sum_logprob", H5T_NATIVE_DOUBLE);
+        for (int64_t r = 0; r < next_row_; ++r) sum_logprob_ += sums[r];
+      }
       if (!fits)
         refuse("the file is damaged: the done rows' " + std::string(offsets_dataset(task_)) + " do not fit " +
                values_dataset(task_));
@@ -431,6 +495,12 @@ void ResultWriter::reopen(const JobConfig& job, const ModelConfig& model) {
       hsize_t dims[1] = {hsize_t(values_)};
       h5(H5Dset_extent(ds, dims));
     }
+    if (task_ == "generate")
+      for (const char* name : per_token_extras(top_k_)) {
+        Id ds(H5Dopen2(file_, name, H5P_DEFAULT), H5Dclose);
+        hsize_t dims[2] = {hsize_t(values_), hsize_t(top_k_)};  // the second only for top_*
+        h5(H5Dset_extent(ds, dims));
+      }
     write_u8_attr(file_, "complete", 0);
     h5(H5Fflush(file_, H5F_SCOPE_GLOBAL));
   } catch (const Hdf5Failure& e) {
@@ -505,9 +575,11 @@ void ResultWriter::append(const std::vector<RowResult>& results) {
   for (const auto& r : results) latency.push_back(r.latency_ms);
 
   std::vector<int64_t> offsets;
-  std::vector<int32_t> tokens;
-  std::vector<float> logprobs, emb;
+  std::vector<int32_t> tokens, top_ids;
+  std::vector<float> logprobs, top_logprobs, emb;
   std::vector<double> sums;
+  std::vector<uint8_t> reasons;
+  std::vector<int32_t> counts;  // score: targets per row
   int64_t end = values_;
   for (const auto& r : results) {
     end += task_ == "generate" ? r.tokens.size() : r.token_logprobs.size();
@@ -515,6 +587,10 @@ void ResultWriter::append(const std::vector<RowResult>& results) {
     tokens.insert(tokens.end(), r.tokens.begin(), r.tokens.end());
     logprobs.insert(logprobs.end(), r.token_logprobs.begin(), r.token_logprobs.end());
     sums.push_back(r.sum_logprob);
+    counts.push_back(static_cast<int32_t>(r.token_logprobs.size()));
+    top_ids.insert(top_ids.end(), r.top_ids.begin(), r.top_ids.end());
+    top_logprobs.insert(top_logprobs.end(), r.top_logprobs.begin(), r.top_logprobs.end());
+    reasons.push_back(static_cast<uint8_t>(r.finish_reason));
     emb.insert(emb.end(), r.embedding.begin(), r.embedding.end());
   }
   try {
@@ -523,9 +599,15 @@ void ResultWriter::append(const std::vector<RowResult>& results) {
     if (task_ == "generate" || task_ == "score")
       need += new_chunk_bytes(file_, values_dataset(task_), values_, end - values_) +
               new_chunk_bytes(file_, offsets_dataset(task_), first + 1, n) +
-              (task_ == "score" ? new_chunk_bytes(file_, "/scores/sum_logprob", first, n) : 0);
+              (task_ == "score" ? new_chunk_bytes(file_, "/scores/sum_logprob", first, n) +
+                                      new_chunk_bytes(file_, "/scores/num_tokens", first, n)
+                                : 0);
     else
       need += new_chunk_bytes(file_, "/embeddings", first, n);
+    if (task_ == "generate") {
+      for (const char* name : per_token_extras(top_k_)) need += new_chunk_bytes(file_, name, values_, end - values_);
+      need += new_chunk_bytes(file_, "/generated/finish_reason", first, n);
+    }
     const std::string reason = reserve(need);
     if (!reason.empty()) fail(what, reason);
 
@@ -535,7 +617,21 @@ void ResultWriter::append(const std::vector<RowResult>& results) {
       write_rows(file_, values_dataset(task_), H5T_NATIVE_FLOAT, values_, logprobs.size(), 1, logprobs.data());
     if (task_ == "generate" || task_ == "score")
       write_rows(file_, offsets_dataset(task_), H5T_NATIVE_INT64, first + 1, n, 1, offsets.data());
-    if (task_ == "score") write_rows(file_, "/scores/sum_logprob", H5T_NATIVE_DOUBLE, first, n, 1, sums.data());
+    if (task_ == "generate") {
+      if (logprobs.size() != tokens.size() || top_ids.size() != tokens.size() * top_k_)
+        throw std::logic_error("ResultWriter: log-probs not aligned with the generated tokens");
+      write_rows(file_, "/generated/logprobs", H5T_NATIVE_FLOAT, values_, logprobs.size(), 1, logprobs.data());
+      if (top_k_ > 0) {
+        write_rows(file_, "/generated/top_ids", H5T_NATIVE_INT32, values_, tokens.size(), top_k_, top_ids.data());
+        write_rows(file_, "/generated/top_logprobs", H5T_NATIVE_FLOAT, values_, tokens.size(), top_k_,
+                   top_logprobs.data());
+      }
+      write_rows(file_, "/generated/finish_reason", H5T_NATIVE_UINT8, first, n, 1, reasons.data());
+    }
+    if (task_ == "score") {
+      write_rows(file_, "/scores/sum_logprob", H5T_NATIVE_DOUBLE, first, n, 1, sums.data());
+      write_rows(file_, "/scores/num_tokens", H5T_NATIVE_INT32, first, n, 1, counts.data());
+    }
     if (task_ == "embed") write_rows(file_, "/embeddings", H5T_NATIVE_FLOAT, first, n, hidden_, emb.data());
     write_rows(file_, "/latency_ms", H5T_NATIVE_FLOAT, first, n, 1, latency.data());
     h5(H5Fflush(file_, H5F_SCOPE_GLOBAL));  // the data is on disk before any of its rows is marked done
@@ -548,6 +644,8 @@ void ResultWriter::append(const std::vector<RowResult>& results) {
   }
   values_ = end;
   next_row_ += n;
+  if (task_ == "score")
+    for (double v : sums) sum_logprob_ += v;
 }
 
 void ResultWriter::finish(const std::string& report, const std::string& report_json, const std::string& plan_yaml) {
@@ -560,6 +658,12 @@ void ResultWriter::finish(const std::string& report, const std::string& report_j
     write_string_attr(file_, "plan", plan_yaml);
     write_string_attr(file_, "run_report", report);
     write_string_attr(file_, "run_report_json", report_json);
+    if (task_ == "score") {  // over the done rows
+      const double mean_nll = values_ > 0 ? -sum_logprob_ / double(values_) : 0.0;
+      write_i64_attr(file_, "scored_tokens", values_);
+      write_f64_attr(file_, "mean_nll", mean_nll);
+      write_f64_attr(file_, "perplexity", std::exp(mean_nll));
+    }
     write_u8_attr(file_, "complete", next_row_ == rows_ ? 1 : 0);
     h5(H5Fflush(file_, H5F_SCOPE_GLOBAL));
     const hid_t file = file_;

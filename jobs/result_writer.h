@@ -19,6 +19,7 @@
 #include "io/error.h"
 #include "io/job_config.h"
 #include "io/model_config.h"
+#include "jobs/finish_reason.h"
 
 namespace lowsync {
 
@@ -29,8 +30,11 @@ struct OutputError : UserError {
 };
 
 struct RowResult {
-  std::vector<int32_t> tokens;       // generate
-  std::vector<float> token_logprobs;  // score
+  std::vector<int32_t> tokens;        // generate
+  std::vector<float> token_logprobs;  // score: of each target; generate: of each new token (jobs/logprobs.h)
+  std::vector<int32_t> top_ids;       // generate, logprobs K > 0: [tokens, K] the most likely tokens at each step
+  std::vector<float> top_logprobs;    // generate, logprobs K > 0: [tokens, K] their log-probs
+  FinishReason finish_reason = FinishReason::length;  // generate
   double sum_logprob = 0;             // score
   std::vector<float> embedding;       // embed
   float latency_ms = 0;
@@ -50,11 +54,15 @@ class ResultWriter {
   // Appends rows [rows_done(), rows_done() + results.size()). Throws OutputError if they cannot be
   // written; the writer is then closed and rows_done() rows stay in the file.
   void append(const std::vector<RowResult>& results);
-  // Stores the plan that ran and the run report (attributes `plan`, `run_report`, `run_report_json`), marks the file complete
+  // Stores the plan that ran and the run report (attributes `plan`, `run_report`, `run_report_json`;
+  // score: also `scored_tokens`, `mean_nll` and `perplexity` over the done rows), marks the file complete
   // (`complete` = 1) if every row is done, and closes it. A run stopped early stores its report
   // too, so that the report of the --resume that completes the file can cover every segment.
   // Throws OutputError if that cannot be written.
   void finish(const std::string& report, const std::string& report_json, const std::string& plan_yaml);
+  // score: targets scored in the done rows, and the sum of their log-probs (the file's perplexity).
+  int64_t scored_tokens() const { return task_ == "score" ? values_ : 0; }
+  double sum_logprob() const { return sum_logprob_; }
   // The `run_report_json` a re-opened file held ("" for a new file or one without a report).
   const std::string& previous_report_json() const { return previous_report_json_; }
 
@@ -67,6 +75,8 @@ class ResultWriter {
   std::string path_, task_;
   long long file_ = -1;  // hid_t
   int64_t rows_ = 0, first_input_row_ = 0, input_rows_ = 0, next_row_ = 0, values_ = 0, hidden_ = 0;
+  int top_k_ = 0;
+  double sum_logprob_ = 0;  // score: over the done rows  // generate: alternatives per new token (/generated/top_ids, top_logprobs)
   std::string previous_report_json_;
   bool can_reserve_ = true;  // false once the file system says it cannot (then failures are caught at the write)
 };

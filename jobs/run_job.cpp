@@ -20,6 +20,8 @@
 #include "io/model_config.h"
 #include "io/prompts.h"
 #include "jobs/continuous_generate.h"
+#include "jobs/score_windows.h"
+#include "jobs/stopping.h"
 #include "jobs/load_job.h"
 #include "jobs/result_writer.h"
 #include "jobs/run_report.h"
@@ -39,10 +41,19 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// Tokens a row puts through the model in one pass.
-int64_t pass_length(const PromptReader& in, const std::string& task, int64_t row) {
-  if (task != "score") return in.length(row);
-  return in.length(row) + std::max<int64_t>(in.target_length(row) - 1, 0);
+// Tokens a row puts through the model in one pass (score: over all its windows), and the longest
+// sequence among them, which must fit the model's positions.
+struct PassTokens {
+  int64_t total = 0, longest = 0;
+};
+PassTokens pass_length(const PromptReader& in, const JobConfig& job, int64_t row) {
+  if (job.task != "score") return {in.length(row), in.length(row)};
+  PassTokens p;
+  for (const ScoreWindow& w : score_windows(in.length(row), in.target_length(row), job.score)) {
+    p.total += w.fed_end - w.begin;
+    p.longest = std::max(p.longest, w.fed_end - w.begin);
+  }
+  return p;
 }
 
 // The rows this job computes (README: `rows`, `shard`).
@@ -50,11 +61,14 @@ void check_rows(const PromptReader& in, const JobConfig& job, const ModelConfig&
   for (int64_t r = range.first; r < range.end; ++r) {
     const std::string where = in.path() + ": row " + std::to_string(r) + ": ";
     if (in.length(r) == 0) throw UserError(where + "empty prompt; every row needs at least one token");
-    const int64_t n = pass_length(in, job.task, r);
+    const int64_t n = pass_length(in, job, r).longest;
     if (n > model.max_positions)
       throw UserError(where + (job.task == "score" ? "prompt + targets" : "prompt") + " of " + std::to_string(n) +
                       " tokens exceeds the model's " + std::to_string(model.max_positions) + " positions" +
-                      (model.positions_note.empty() ? "" : " (" + model.positions_note + ")"));
+                      (model.positions_note.empty() ? "" : " (" + model.positions_note + ")") +
+                      (job.task == "score" && job.score.window == 0
+                           ? " (score.window scores a longer row in windows)"
+                           : job.task == "score" ? " (score.window is " + std::to_string(job.score.window) + ")" : ""));
   }
 }
 
@@ -67,7 +81,7 @@ std::vector<Batch> plan_batches(const PromptReader& in, const JobConfig& job) {
   for (int64_t r0 = 0; r0 < in.rows();) {
     int64_t r1 = r0, tokens = 0;
     while (r1 < in.rows() && r1 - r0 < job.batch.max_sequences) {
-      const int64_t n = pass_length(in, job.task, r1);
+      const int64_t n = pass_length(in, job, r1).total;
       if (r1 > r0 && tokens + n > job.batch.max_tokens) break;
       tokens += n;
       ++r1;
@@ -137,9 +151,10 @@ class Progress {
   // done: rows of the output written so far (the output's row i is input row range.first + i).
   void written(int64_t done, const std::vector<RowResult>& rows) {
     const int64_t total = range_.count();
-    for (size_t i = 0; i < rows.size(); ++i)
-      tokens_ += pass_length(in_, job_.task, range_.first + done - static_cast<int64_t>(rows.size()) + static_cast<int64_t>(i)) +
-                 static_cast<int64_t>(rows[i].tokens.size());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const int64_t row = range_.first + done - static_cast<int64_t>(rows.size()) + static_cast<int64_t>(i);
+      tokens_ += pass_length(in_, job_, row).total + static_cast<int64_t>(rows[i].tokens.size());
+    }
     const double s = seconds_since(t0_);
     if (done < total && last_ >= 0 && s - last_ < job_.progress.every) return;
     last_ = s;
@@ -172,6 +187,7 @@ int run_job(const JobConfig& job, bool resume) {
   std::unique_ptr<PromptReader> input;
   RowRange range;            // the input rows this job computes; the output's rows
   std::vector<Batch> batches;  // of the whole input
+  GenerateOptions gen;         // generate: the job's options with their stop rules for this model and input
   LoadedJob loaded = load_job(job, world, [&](const ModelConfig& model, const Plan&) {
     if (!model.is_decoder() && job.task != "embed")
       throw UserError(job.path + ": task '" + job.task + "' needs a decoder (llama or gpt2), but " + job.model +
@@ -189,6 +205,7 @@ int run_job(const JobConfig& job, bool resume) {
     batches = plan_batches(*input, job);
     if (job.shard.count > 0) range = shard_rows(batches, range, job, input->rows());
     check_rows(*input, job, model, range);
+    if (job.task == "generate") gen = resolve_stops(job.generate, model, *input, job.path);
   });
   const ModelConfig& model = loaded.model;
   const Plan& plan = loaded.plan;
@@ -240,9 +257,9 @@ int run_job(const JobConfig& job, bool resume) {
       std::vector<RowResult> results;
       trace::Span span("batch", "batch " + std::to_string(b.first_row) + "-" + std::to_string(b.end_row - 1));
       if (job.task == "generate")
-        results = generate_batch(stage, job.generate, prompts, b.first_row, phases);
+        results = generate_batch(stage, gen, prompts, b.first_row, phases);
       else if (job.task == "score")
-        results = score_batch(stage, prompts, targets, b.first_row);
+        results = score_batch(stage, job.score, prompts, targets, b.first_row);
       else
         results = embed_batch(stage, job.embed, prompts, b.first_row);
       const float ms = static_cast<float>(seconds_since(t0) * 1e3);
@@ -265,7 +282,7 @@ int run_job(const JobConfig& job, bool resume) {
         longest = std::max(longest, ContinuousGenerator::row_need(model, job.generate, input->length(r)));
       const int64_t cache_rows = std::max<int64_t>(
           job.batch.max_tokens + int64_t(job.batch.max_sequences) * job.generate.max_new_tokens, longest);
-      ContinuousGenerator generator(transformer, job, *input, cache_rows, phases);
+      ContinuousGenerator generator(transformer, job, gen, *input, cache_rows, phases);
       queue.set_on_written(on_written);
       for (bool more = true;;) {
         while (more && generator.wants_rows()) {
@@ -336,6 +353,8 @@ int run_job(const JobConfig& job, bool resume) {
     totals.first_row = first;
     totals.ended = how;
     totals.previous_json = writer->previous_report_json();
+    totals.scored_tokens = writer->scored_tokens();
+    totals.sum_logprob = writer->sum_logprob();
     const std::string report = run_report(plan, model, all, totals);
     writer->finish(report, run_report_json(plan, model, all, totals), plan.to_yaml(model));
     if (stopped) {

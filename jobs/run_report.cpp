@@ -1,6 +1,7 @@
 #include "jobs/run_report.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -59,6 +60,9 @@ nlohmann::json all_segments(const Plan& plan, const std::vector<double>& all, co
                       {"per_rank", per_rank_json(plan, all)}});
   return segments;
 }
+
+// score: the mean negative log-likelihood per scored token (0 when none was scored).
+double mean_nll(const RunTotals& t) { return t.scored_tokens > 0 ? -t.sum_logprob / double(t.scored_tokens) : 0.0; }
 
 struct FileTotals {
   int64_t rows = 0;           // every segment's
@@ -125,6 +129,11 @@ std::string run_report_json(const Plan& plan, const ModelConfig& model, const st
   j["rows"] = f.rows;
   j["new_tokens"] = f.new_tokens;
   j["tokens"] = f.tokens;
+  if (t.task == "score") {
+    j["scored_tokens"] = t.scored_tokens;
+    j["mean_nll"] = mean_nll(t);
+    j["perplexity"] = std::exp(mean_nll(t));
+  }
   j["per_rank"] = per_rank_json(plan, all);
   j["segments"] = segments;
   return j.dump();
@@ -152,6 +161,9 @@ std::string run_report(const Plan& plan, const ModelConfig& model, const std::ve
   s << " in " << f.wall_s << " s, " << f.tokens / std::max(f.wall_s, 1e-9) << " tokens/s through the model";
   if (t.task == "generate") s << ", " << f.new_tokens / std::max(f.wall_s, 1e-9) << " new tokens/s";
   s << "\n";
+  if (t.task == "score")
+    s << "perplexity: " << std::exp(mean_nll(t)) << " (mean NLL " << mean_nll(t) << " nats over " << t.scored_tokens
+      << " scored tokens)\n";
   if (segments.size() > 1) {
     for (size_t i = 0; i < segments.size(); ++i) {
       const auto& g = segments[i];

@@ -24,6 +24,9 @@ struct RunTotals {
   std::string ended = "complete";  // or "stopped by SIGTERM", ...
   // The output's `run_report_json` before this run ("" if none): its segments come first.
   std::string previous_json;
+  // score: the targets scored in the whole file so far and the sum of their log-probs (perplexity).
+  int64_t scored_tokens = 0;
+  double sum_logprob = 0;
 };
 
 // The report covers the whole file: totals (rows, time, tokens, rates) over every segment with
@@ -31,7 +34,8 @@ struct RunTotals {
 // per-rank lines are this run's.
 std::string run_report(const Plan& plan, const ModelConfig& model, const std::vector<double>& per_rank,
                        const RunTotals& totals);
-// Top level: the plan, totals over the file (`rows`, `wall_s`, `new_tokens`, `tokens`) and this
+// Top level: the plan, totals over the file (`rows`, `wall_s`, `new_tokens`, `tokens`; score:
+// `scored_tokens`, `mean_nll`, `perplexity`) and this
 // run's `per_rank`; `segments`: every run that wrote rows to the file, in order, with its own
 // figures (`first_row`, `rows`, `wall_s`, `new_tokens`, `tokens`, `ended`, `plan`, `per_rank`).
 std::string run_report_json(const Plan& plan, const ModelConfig& model, const std::vector<double>& per_rank,

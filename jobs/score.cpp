@@ -1,15 +1,17 @@
 // Scoring: one packed pass over prompt + targets (all but the last target, which is only
 // predicted) per micro-batch; the logits at position (prompt_len - 1 + j) give log p(target j).
+// With score.window, a long row is several sequences of the pass, its windows (jobs/score_windows.h).
 // In a pipeline the last stage computes them and hands the batch's results to the first.
 #include <cmath>
 
 #include "jobs/finite.h"
+#include "jobs/score_windows.h"
 #include "jobs/tasks.h"
 
 namespace lowsync {
 
-std::vector<RowResult> score_batch(PipelineStage& stage, const TokenRows& prompts, const TokenRows& targets,
-                                   int64_t first_row) {
+std::vector<RowResult> score_batch(PipelineStage& stage, const ScoreOptions& opt, const TokenRows& prompts,
+                                   const TokenRows& targets, int64_t first_row) {
   Transformer& model = stage.model;
   const int vocab = model.config().vocab;
   Backend& be = model.backend();
@@ -22,17 +24,18 @@ std::vector<RowResult> score_batch(PipelineStage& stage, const TokenRows& prompt
   std::vector<std::pair<size_t, int32_t>> owner;  // (batch row, target token) per entry of `rows`
   int64_t cache_rows = 0;
   for (size_t i : micro[m]) {
-    const auto& p = prompts[i];
-    const auto& t = targets[i];
-    const int64_t n = static_cast<int64_t>(p.size() + t.size()) - (t.empty() ? 0 : 1);
-    const int64_t begin = layout.tokens();
-    layout.add(n, 0, cache_rows);
-    cache_rows += n;
-    tokens.insert(tokens.end(), p.begin(), p.end());
-    if (!t.empty()) tokens.insert(tokens.end(), t.begin(), t.end() - 1);
-    for (size_t j = 0; j < t.size(); ++j) {
-      rows.push_back(begin + static_cast<int64_t>(p.size()) - 1 + static_cast<int64_t>(j));
-      owner.push_back({i, t[j]});
+    // The row's tokens, prompt then targets; each window a sequence of its own (one without score.window).
+    std::vector<int32_t> row = prompts[i];
+    row.insert(row.end(), targets[i].begin(), targets[i].end());
+    for (const ScoreWindow& w : score_windows(prompts[i].size(), targets[i].size(), opt)) {
+      const int64_t begin = layout.tokens();
+      layout.add(w.fed_end - w.begin, 0, cache_rows);
+      cache_rows += w.fed_end - w.begin;
+      tokens.insert(tokens.end(), row.begin() + w.begin, row.begin() + w.fed_end);
+      for (int64_t t = w.first_scored; t <= w.fed_end && t < static_cast<int64_t>(row.size()); ++t) {
+        rows.push_back(begin + (t - 1 - w.begin));
+        owner.push_back({i, row[t]});
+      }
     }
   }
   KVCache cache = model.make_cache(cache_rows);

@@ -20,21 +20,17 @@ struct PhaseTimes {
   int64_t prefill_passes = 0, decode_steps = 0;
 };
 
-// New tokens per prompt (EOS included when it stops the row). Row i of the batch is input row
-// first_row + i, which seeds its sampler.
-// Whether a row with these new tokens stops: at EOS (if asked), at max_new_tokens, or when the
-// next pass would put its last token past the model's last position. Static and continuous
-// batching share it.
-bool row_finished(const ModelConfig& model, const GenerateOptions& opt, size_t prompt_tokens,
-                  const std::vector<int32_t>& generated);
-
+// New tokens per prompt (a stop token or stop sequence included when it ends the row), with their
+// log-probs and finish reason (jobs/stopping.h). Row i of the batch is input row first_row + i,
+// which seeds its sampler. opt: with its stop rules resolved (resolve_stops).
 // Each task runs on every rank of a replica, through the rank's pipeline stage; the results are
 // complete on the replica's first stage (the replica's leader is there).
 std::vector<RowResult> generate_batch(PipelineStage& stage, const GenerateOptions& opt, const TokenRows& prompts,
                                       int64_t first_row, PhaseTimes& times);
-// log p(target j | prompt, targets before j) for every target token.
-std::vector<RowResult> score_batch(PipelineStage& stage, const TokenRows& prompts, const TokenRows& targets,
-                                   int64_t first_row);
+// log p(target j | prompt, targets before j) for every target token (with score.window: given the
+// tokens of its window before it).
+std::vector<RowResult> score_batch(PipelineStage& stage, const ScoreOptions& opt, const TokenRows& prompts,
+                                   const TokenRows& targets, int64_t first_row);
 // Pooled last hidden state per prompt.
 std::vector<RowResult> embed_batch(PipelineStage& stage, const EmbedOptions& opt, const TokenRows& prompts,
                                    int64_t first_row);

@@ -2,6 +2,7 @@
 """Text to a lowsync prompts HDF5, with the model directory's own tokenizer (offline).
 
     python/make_prompts.py MODEL_DIR TEXT_FILE OUT.h5 [--targets TARGETS_FILE] [--no-special-tokens] [--chat]
+                           [--stop STRING ...]
 
 One prompt per line of TEXT_FILE (a trailing newline does not make an extra prompt; an empty line is
 an error, as lowsync needs at least one token per prompt unless special tokens are added). Writes
@@ -9,12 +10,15 @@ an error, as lowsync needs at least one token per prompt unless special tokens a
 prompt, tokenized without special tokens, written as /targets int32 and /target_offsets int64 (for
 the score task). --no-special-tokens leaves out the tokenizer's special tokens ([CLS]/[SEP], BOS)
 from the prompts too. --chat makes each line a user message in the tokenizer's chat template, ending
-with the assistant's turn (add_generation_prompt), for instruction-tuned models.
+with the assistant's turn (add_generation_prompt), for instruction-tuned models. --stop STRING
+(repeatable) writes the string's token-id sequences as /stop_ids, /stop_offsets (stop_sequences.py).
 """
 import argparse
 import os
 import warnings
 import sys
+
+import stop_sequences
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -50,6 +54,8 @@ def main(argv=None):
     ap.add_argument("--targets", help="one target line per prompt (score task); tokenized without special tokens")
     ap.add_argument("--no-special-tokens", action="store_true", help="do not add special tokens to the prompts")
     ap.add_argument("--chat", action="store_true", help="each line as a user message in the tokenizer's chat template")
+    ap.add_argument("--stop", action="append", default=[], help="a stop string for generate (repeatable; "
+                    "python/stop_sequences.py)")
     a = ap.parse_args(argv)
 
     import h5py
@@ -78,6 +84,8 @@ def main(argv=None):
         f["input_ids"], f["offsets"] = csr(prompts)
         if targets is not None:
             f["targets"], f["target_offsets"] = csr(targets)
+        if a.stop:
+            stop_sequences.write(f, stop_sequences.token_sequences(tok, a.stop))
     n_tok = sum(len(p) for p in prompts)
     extra = f", {sum(len(t) for t in targets)} target tokens" if targets is not None else ""
     print(f"{a.out}: {len(prompts)} prompts, {n_tok} tokens{extra}")

@@ -15,7 +15,8 @@ row's own batch, and the task's results), and the attributes of an unsharded run
 `job_fingerprint` without the row range (so `lowsync run JOB --resume --set output=OUT.h5` of the
 unsharded job accepts it, and finds nothing left to do), `model*`, `lowsync_version`, `task`,
 `complete` = 1, `input_first_row` = 0, `input_total_rows`; `merged_from` lists the shards and their
-rows, `run_report` holds each shard's report, and `plan` is kept when every shard ran the same plan.
+rows, `run_report` holds each shard's report, and `plan` is kept when every shard ran the same plan;
+for score, `scored_tokens`, `mean_nll` and `perplexity` are those of every shard's targets together.
 """
 import os
 import re
@@ -28,10 +29,13 @@ import numpy as np  # noqa: E402
 
 # Per task: the datasets indexed by row, and the CSR (values, offsets) pair if any.
 TASKS = {
-    "generate": (["latency_ms", "done"], ("generated/token_ids", "generated/offsets")),
-    "score": (["latency_ms", "done", "scores/sum_logprob"], ("scores/token_logprobs", "scores/offsets")),
+    "generate": (["latency_ms", "done", "generated/finish_reason"], ("generated/token_ids", "generated/offsets")),
+    "score": (["latency_ms", "done", "scores/sum_logprob", "scores/num_tokens"],
+              ("scores/token_logprobs", "scores/offsets")),
     "embed": (["latency_ms", "done", "embeddings"], None),
 }
+# Datasets with a row per CSR value (the same offsets), where the shards have them (top_*: logprobs K > 0).
+ALIGNED = ("generated/logprobs", "generated/top_ids", "generated/top_logprobs")
 RANGE_LINE = re.compile(r"^(rows|shard): \{.*\}\n", re.M)
 
 
@@ -137,6 +141,19 @@ def merge(out, shards):
                 o.create_dataset(values_name, data=values, maxshape=(None,), chunks=(4096,))
                 offs = np.concatenate(offsets)
                 o.create_dataset(offsets_name, data=offs, chunks=(min(len(offs), 4096),))
+                for name in ALIGNED:
+                    if name in files[0]:
+                        data = np.concatenate([f[name][: f[offsets_name][-1]] for f in files])
+                        o.create_dataset(name, data=data, maxshape=(None,) + data.shape[1:],
+                                         chunks=(max(1, 4096 // max(1, int(np.prod(data.shape[1:])))),) + data.shape[1:])
+                if "generated/finish_reason" in files[0]:
+                    o["generated/finish_reason"].attrs["codes"] = files[0]["generated/finish_reason"].attrs["codes"]
+                if task == "score":  # the file's perplexity over every shard's targets
+                    n = int(offs[-1])
+                    mean_nll = -float(o["scores/sum_logprob"][()].sum()) / n if n else 0.0
+                    o.attrs["scored_tokens"] = np.int64(n)
+                    o.attrs["mean_nll"] = mean_nll
+                    o.attrs["perplexity"] = float(np.exp(mean_nll))
             first = shards[0].attrs
             for k in ("model", "model_architecture", "model_fingerprint", "lowsync_version", "task"):
                 if first.get(k) is not None:

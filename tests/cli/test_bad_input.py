@@ -467,6 +467,27 @@ def issue14(check, expect_error, base, tmp, model_dir, good, good_in):
     expect_error("target_offsets of 2^38 never-written entries (score)",
                  base("huge_toffsets", input=inp, task="score"), [inp, "target_offsets"], timeout=60)
 
+    # Generation controls and stop sequences (issue 12).
+    def stops(stop_ids, stop_offsets):
+        return lambda f: (f.__setitem__("input_ids", ids), f.__setitem__("offsets", offs),
+                          f.__setitem__("stop_ids", np.array(stop_ids, dtype=np.int32)),
+                          f.__setitem__("stop_offsets", np.array(stop_offsets, dtype=np.int64)))
+    inp = prompts_file("stop_empty.h5", stops([5, 6], [0, 0, 2]))
+    expect_error("an empty stop sequence", base("stop_empty", input=inp), [inp, "stop sequence 0", "empty"])
+    inp = prompts_file("stop_vocab.h5", stops([5, 99999], [0, 2]))
+    expect_error("a stop sequence id past the vocabulary", base("stop_vocab", input=inp), [inp, "stop_ids", "99999"])
+    inp = prompts_file("stop_offsets.h5", stops([5, 6], [0, 3]))
+    expect_error("stop_offsets past stop_ids", base("stop_offsets", input=inp), [inp, "stop_offsets"])
+    expect_error("generate.stop_token_ids past the vocabulary",
+                 base("stop_token_ids", generate={"stop_token_ids": [3, 99999]}), ["generate.stop_token_ids", "99999"])
+    expect_error("generate.stop_token_ids not a list", base("stop_token_ids2", generate={"stop_token_ids": 3}),
+                 ["generate.stop_token_ids", "a list"])
+    expect_error("generate.min_p 2", base("min_p", generate={"min_p": 2}), ["generate.min_p"])
+    expect_error("generate.repetition_penalty 0", base("rep", generate={"repetition_penalty": 0}),
+                 ["generate.repetition_penalty"])
+    expect_error("generate.logprobs past the vocabulary", base("logprobs", generate={"logprobs": 999}),
+                 ["generate.logprobs", "999"])
+
     # 6. Dtypes: converted silently before.
     for tag, make_ids, make_offs, needles in [
             ("float32 token ids", ids.astype(np.float32), offs, ["input_ids", "float32"]),

@@ -7,7 +7,8 @@ under mpirun (rank 0 writes, rank 1 waits in the work queue). Each time:
   no "done" line and no crash;
 - h5py opens the file, the rows marked done are a prefix (some, not all) and equal a reference run
   on a normal disk, and `complete` is 0;
-- `--resume` on a copy of the file on a normal disk finishes it identically to the reference.
+- `--resume` on a copy of the file on a normal disk finishes it identically to the reference (token
+  ids, offsets, finish reasons, done flags).
 
 Run (as root): LOWSYNC_BIN=build/lowsync .venv/bin/python tests/cli/test_disk_full.py
 """
@@ -30,7 +31,7 @@ ROWS = 1200
 NEW = 24
 # Room for the file's first few hundred rows (about 160 KiB in all): the job runs out part-way.
 TMPFS_KIB = int(os.environ.get("LOWSYNC_DISK_FULL_KIB", "120"))
-KEYS = ("generated/token_ids", "generated/offsets", "done")
+KEYS = ("generated/token_ids", "generated/offsets", "generated/finish_reason", "done")
 SKIP = 77
 
 

@@ -3,6 +3,7 @@
 
 - --resume on a damaged output (a dataset deleted, or one of the wrong type): refused, naming the
   file and the dataset;
+- --resume of a file from an earlier lowsync (no /generated/logprobs): refused saying so;
 - --resume compares paths canonically: a job naming its input ./p.h5 resumes a file written with
   p.h5 (and finishes it identically to an uninterrupted run); a job that differs is refused naming
   the differing keys;
@@ -76,6 +77,12 @@ def main():
     p = run(tmp, ["run", base, "--set", f"output={out}", "--resume"])
     check("--resume with /generated/offsets deleted: refused naming the file and the dataset",
           one_error(p, out, "/generated/offsets", "missing"), summary(p))
+    out = half_done("older.h5")
+    with h5py.File(os.path.join(tmp, out), "a") as f:
+        del f["generated/logprobs"], f["generated/finish_reason"]
+    p = run(tmp, ["run", base, "--set", f"output={out}", "--resume"])
+    check("--resume of a file from before /generated/logprobs: refused saying an earlier lowsync wrote it",
+          one_error(p, out, "/generated/logprobs", "earlier lowsync"), summary(p))
     out = half_done("retyped.h5")
     with h5py.File(os.path.join(tmp, out), "a") as f:
         del f["done"]

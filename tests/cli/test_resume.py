@@ -5,8 +5,10 @@ file shows about a quarter of the rows done (polled read-only), and then:
 - the killed file opens, and every row with done = 1 equals the uninterrupted run's row;
 - `run --resume` is started and SIGKILLed again part-way (a resume of a resumed file), if it is
   still running by then;
-- a final `run --resume` completes, and the file's /generated/token_ids, /generated/offsets and
-  /done equal the uninterrupted run's exactly, with complete = 1.
+- a final `run --resume` completes, and the file's /generated/token_ids, /generated/offsets,
+  /generated/finish_reason, /generated/top_ids and /done equal the uninterrupted run's exactly, with
+  complete = 1, and /generated/logprobs and /generated/top_logprobs (generate.logprobs 3) within 1e-5
+  (a row's neighbours in its pass differ after a resume, which may change float rounding).
 
 Run: LOWSYNC_BIN=build/lowsync .venv/bin/python tests/cli/test_resume.py
 """
@@ -26,7 +28,8 @@ import make_tiny_models  # noqa: E402
 
 ROWS = int(os.environ.get("LOWSYNC_RESUME_ROWS", "1200"))
 NEW = 48
-KEYS = ("generated/token_ids", "generated/offsets", "done")
+KEYS = ("generated/token_ids", "generated/offsets", "generated/finish_reason", "generated/top_ids", "done")
+FLOAT_KEYS = ("generated/logprobs", "generated/top_logprobs")
 
 
 def read_done(path):
@@ -75,7 +78,7 @@ def main():
     rng = np.random.default_rng(4)
     prompts = oracle.random_prompts(rng, rng.integers(2, 40, ROWS), 256)
     inp = oracle.write_prompts_h5(os.path.join(tmp, "prompts.h5"), prompts)
-    gen = {"max_new_tokens": NEW, "stop_at_eos": False}
+    gen = {"max_new_tokens": NEW, "stop_at_eos": False, "logprobs": 3}
     ref_out, out = os.path.join(tmp, "ref.h5"), os.path.join(tmp, "out.h5")
     ref_job = oracle.write_job(os.path.join(tmp, "ref.yaml"), {"model": model_dir, "task": "generate", "input": inp,
                                                                "output": ref_out, "generate": gen,
@@ -90,7 +93,7 @@ def main():
     oracle.run_lowsync(ref_job)
     t_ref = time.time() - t
     with h5py.File(ref_out, "r") as f:
-        ref = {k: f[k][()] for k in KEYS}
+        ref = {k: f[k][()] for k in KEYS + FLOAT_KEYS}
     ref_rows = [ref["generated/token_ids"][ref["generated/offsets"][i]:ref["generated/offsets"][i + 1]]
                 for i in range(ROWS)]
     print(f"uninterrupted run: {t_ref:.2f} s", flush=True)
@@ -140,11 +143,15 @@ def main():
           ("" if p.returncode == 0 else f"\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}"))
     if p.returncode == 0:
         with h5py.File(out, "r") as f:
-            got = {k: f[k][()] for k in KEYS}
+            got = {k: f[k][()] for k in KEYS + FLOAT_KEYS}
             complete = f.attrs.get("complete")
         for k in KEYS:
             same = got[k].dtype == ref[k].dtype and np.array_equal(got[k], ref[k])
             check(f"resumed /{k} equals the uninterrupted run's", same,
+                  f"{got[k].dtype}{list(got[k].shape)} vs {ref[k].dtype}{list(ref[k].shape)}")
+        for k in FLOAT_KEYS:
+            same = got[k].dtype == ref[k].dtype and got[k].shape == ref[k].shape and np.allclose(got[k], ref[k], 0, 1e-5)
+            check(f"resumed /{k} equals the uninterrupted run's within 1e-5", same,
                   f"{got[k].dtype}{list(got[k].shape)} vs {ref[k].dtype}{list(ref[k].shape)}")
         check("resumed file complete = 1", complete is not None and int(complete) == 1, f"complete = {complete}")
 

@@ -5,7 +5,8 @@
 - python/make_prompts.py: with all-MiniLM-L6-v2's tokenizer, ids equal the tokenizer's (with and
   without special tokens), targets tokenized without special tokens, dtypes int32/int64, and a
   target file of the wrong length is an error, and so is --chat with a tokenizer that has no chat
-  template (the chat template itself is checked on SmolLM2 in test_smollm2.py);
+  template (the chat template itself is checked on SmolLM2 in test_smollm2.py); --stop writes each
+  string's distinct token sequences (as is, after a space) as /stop_ids, /stop_offsets;
 - python/results_to_jsonl.py: on hand-written generate / score / embed results files, one JSON
   object per row with the documented fields (and decoded text with --model).
 
@@ -96,6 +97,18 @@ def main():
     err = p.stderr.strip().splitlines()
     check("make_prompts --chat without a chat template: one error line", p.returncode != 0 and len(err) == 1
           and "no chat template" in err[0], " | ".join(err[-2:]))
+    out5 = os.path.join(tmp, "p5.h5")
+    tool("make_prompts.py", mdir, os.path.join(tmp, "p.txt"), out5, "--stop", "User:", "--stop", "###")
+    with h5py.File(out5, "r") as f:
+        stops = [x.tolist() for x in oracle.split_csr(f["stop_ids"][()], f["stop_offsets"][()])]
+        dt = (f["stop_ids"].dtype, f["stop_offsets"].dtype)
+    want = []
+    for s in ("User:", "###"):  # as is and after a space (WordPiece drops the space: one entry each)
+        for ids in (tok(s, add_special_tokens=False)["input_ids"], tok(" " + s, add_special_tokens=False)["input_ids"]):
+            if ids not in want:
+                want.append(ids)
+    check("make_prompts --stop: /stop_ids, /stop_offsets hold each string's tokens, distinct",
+          stops == want and dt == (np.int32, np.int64), f"{stops} {dt}")
 
     # results_to_jsonl.py on hand-written results files.
     gen_ids = [[7592, 2088, 102], [], [1996]]

@@ -290,3 +290,38 @@ TEST(JobConfig, SyncDtypeKey) {
         << e.what();
   }
 }
+
+TEST(JobConfig, GenerationControlsAndScoreWindowsRoundTripAndFingerprint) {
+  const std::string text = std::string(kBase) +
+                           "generate: {stop_token_ids: [2, 7], min_new_tokens: 3, repetition_penalty: 1.2, "
+                           "presence_penalty: 0.5, frequency_penalty: -0.25, min_p: 0.05, logprobs: 4}\n";
+  const auto a = load_job_config(write_yaml(text), {});
+  EXPECT_EQ(a.generate.stop_token_ids, (std::vector<int>{2, 7}));
+  EXPECT_TRUE(a.generate.has_stop_token_ids);
+  const auto b = load_job_config(write_yaml(a.to_yaml()), {});
+  EXPECT_EQ(a.fingerprint(), b.fingerprint()) << a.to_yaml();
+  EXPECT_EQ(b.to_yaml(), a.to_yaml());
+  EXPECT_EQ(b.generate.stop_token_ids, a.generate.stop_token_ids);
+  EXPECT_FLOAT_EQ(b.generate.frequency_penalty, -0.25f);
+  EXPECT_EQ(b.generate.logprobs, 4);
+  // Each control changes what is generated (or written): the fingerprint holds it; defaults leave
+  // the fingerprint of files written before these keys.
+  const auto plain = load_job_config(write_yaml(kBase), {});
+  EXPECT_EQ(plain.fingerprint().find("min_p"), std::string::npos) << plain.fingerprint();
+  for (const char* set : {"generate.stop_token_ids=[2]", "generate.stop_token_ids=[]", "generate.min_new_tokens=1",
+                          "generate.repetition_penalty=1.1", "generate.presence_penalty=0.1",
+                          "generate.frequency_penalty=0.1", "generate.min_p=0.1", "generate.logprobs=1"})
+    EXPECT_NE(load_job_config(write_yaml(kBase), {set}).fingerprint(), plain.fingerprint()) << set;
+
+  const std::string score = "model: m\ntask: score\ninput: in.h5\noutput: out.h5\nscore: {window: 64}\n";
+  const auto s = load_job_config(write_yaml(score), {});
+  EXPECT_EQ(s.score.stride, 32);  // window / 2
+  EXPECT_EQ(load_job_config(write_yaml(s.to_yaml()), {}).fingerprint(), s.fingerprint());
+  EXPECT_NE(load_job_config(write_yaml(score), {"score.stride=16"}).fingerprint(), s.fingerprint());
+  EXPECT_THROW(load_job_config(write_yaml(score), {"score.stride=64"}), UserError);
+  EXPECT_THROW(load_job_config(write_yaml(std::string(kBase) + "score: {stride: 4}\n"), {}), UserError);
+  EXPECT_THROW(load_job_config(write_yaml(kBase), {"generate.min_p=1.5"}), UserError);
+  EXPECT_THROW(load_job_config(write_yaml(kBase), {"generate.stop_token_ids=3"}), UserError);
+  EXPECT_THROW(load_job_config(write_yaml(kBase), {"generate.stop_token_ids=[2]", "generate.stop_at_eos=false"}),
+               UserError);
+}

@@ -1,0 +1,30 @@
+#include "jobs/logprobs.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace lowsync {
+
+void record_logprobs(const float* logits, int vocab, int token, int k, RowResult& row) {
+  // log_softmax in double: the log-sum-exp over a large vocabulary is where fp32 loses digits.
+  double mx = logits[0];
+  for (int v = 1; v < vocab; ++v) mx = std::max(mx, double(logits[v]));
+  double sum = 0;
+  for (int v = 0; v < vocab; ++v) sum += std::exp(double(logits[v]) - mx);
+  const double log_z = mx + std::log(sum);
+  row.token_logprobs.push_back(static_cast<float>(double(logits[token]) - log_z));
+  if (k == 0) return;
+
+  k = std::min(k, vocab);
+  std::vector<int> ids(vocab);
+  for (int v = 0; v < vocab; ++v) ids[v] = v;
+  std::partial_sort(ids.begin(), ids.begin() + k, ids.end(),
+                    [&](int a, int b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+  for (int j = 0; j < k; ++j) {
+    row.top_ids.push_back(ids[j]);
+    row.top_logprobs.push_back(static_cast<float>(double(logits[ids[j]]) - log_z));
+  }
+}
+
+}  // namespace lowsync
