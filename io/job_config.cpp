@@ -284,8 +284,8 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   expect(c.generate.temperature >= 0, "generate.temperature", "must be >= 0");
   expect(c.generate.top_k >= 0, "generate.top_k", "must be >= 0");
   expect(c.generate.top_p > 0 && c.generate.top_p <= 1, "generate.top_p", "must be in (0, 1]");
-  expect(c.embed.pooling == "mean" || c.embed.pooling == "cls", "embed.pooling",
-         "is '" + c.embed.pooling + "'; expected mean or cls");
+  expect(c.embed.pooling == "mean" || c.embed.pooling == "cls" || c.embed.pooling == "last", "embed.pooling",
+         "is '" + c.embed.pooling + "'; expected mean, cls or last");
   expect(c.batch.max_tokens >= 1, "batch.max_tokens", "must be >= 1");
   expect(c.batch.max_sequences >= 1, "batch.max_sequences", "must be >= 1");
   expect(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");

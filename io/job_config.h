@@ -17,7 +17,7 @@ struct GenerateOptions {
 };
 
 struct EmbedOptions {
-  std::string pooling = "mean";  // mean | cls
+  std::string pooling = "mean";  // mean | cls | last (the last token: decoder embedding models)
   bool normalize = false;
 };
 

@@ -103,19 +103,36 @@ void create_dataset(hid_t file, const char* name, hid_t type, std::vector<hsize_
   Id ds(H5Dcreate2(file, name, type, space, lcpl, dcpl, H5P_DEFAULT), H5Dclose);
 }
 
-void write_string_attr(hid_t file, const char* name, const std::string& value) {
+// String attributes are UTF-8 variable-length strings, which h5py reads as `str` (a fixed-length
+// one reads as bytes). Attributes on `obj`: the file, or a dataset.
+void write_string_attr(hid_t obj, const char* name, const std::string& value) {
   Id type(H5Tcopy(H5T_C_S1), H5Tclose);
-  h5(H5Tset_size(type, std::max<size_t>(value.size(), 1)));
+  h5(H5Tset_size(type, H5T_VARIABLE));
+  h5(H5Tset_cset(type, H5T_CSET_UTF8));
   Id space(H5Screate(H5S_SCALAR), H5Sclose);
-  if (h5(H5Aexists(file, name)) > 0) h5(H5Adelete(file, name));
-  Id attr(H5Acreate2(file, name, type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-  h5(H5Awrite(attr, type, value.c_str()));
+  if (h5(H5Aexists(obj, name)) > 0) h5(H5Adelete(obj, name));
+  Id attr(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  const char* text = value.c_str();
+  h5(H5Awrite(attr, type, &text));
 }
 
+// Reads a string attribute, variable-length or fixed-length (files written before lowsync wrote
+// UTF-8 variable-length strings, and h5py's fixed-length ones).
 std::string read_string_attr(hid_t file, const char* name) {
   if (h5(H5Aexists(file, name)) <= 0) return "";
   Id attr(H5Aopen(file, name, H5P_DEFAULT), H5Aclose);
   Id type(H5Aget_type(attr), H5Tclose);
+  if (H5Tget_class(type) != H5T_STRING) return "";
+  if (h5(H5Tis_variable_str(type)) > 0) {
+    Id mem(H5Tcopy(H5T_C_S1), H5Tclose);
+    h5(H5Tset_size(mem, H5T_VARIABLE));
+    h5(H5Tset_cset(mem, H5Tget_cset(type)));
+    char* text = nullptr;
+    h5(H5Aread(attr, mem, &text));
+    std::string value = text ? text : "";
+    H5free_memory(text);
+    return value;
+  }
   std::string value(H5Tget_size(type), '\0');
   Id mem(H5Tcopy(H5T_C_S1), H5Tclose);
   h5(H5Tset_size(mem, value.size()));
@@ -290,6 +307,58 @@ std::string fingerprint_difference(const std::string& file, const std::string& j
   return diff;
 }
 
+// Each dataset's `description` attribute: what a reader of the file needs to know without the
+// README (README "Results" says more). Datasets a task does not have are skipped.
+const std::vector<std::pair<const char*, const char*>> kDescriptions = {
+    {"/ids", "row i's id, copied unchanged from the input's /ids"},
+    {"/done", "1 when row i's results are complete and on disk; a row not done holds nothing meaningful"},
+    {"/latency_ms", "milliseconds from the moment row i's batch reached its replica to the end of the batch's "
+                    "last row (every row of a batch has the same value; queueing and writing not included)"},
+    {"/generated/token_ids", "new tokens of every row concatenated (CSR values; the prompt is not repeated)"},
+    {"/generated/offsets", "row i's new tokens are token_ids[offsets[i]:offsets[i+1]]"},
+    {"/scores/token_logprobs", "natural-log probability of each target token given the prompt and the targets "
+                               "before it, every row's concatenated (CSR values)"},
+    {"/scores/offsets", "row i's target log-probs are token_logprobs[offsets[i]:offsets[i+1]]"},
+    {"/scores/sum_logprob", "sum of row i's target log-probs"},
+    {"/embeddings", "row i's pooled final hidden state (job key embed.pooling; L2-normalised if embed.normalize)"},
+};
+
+// Sets the `description` of every dataset of the table that the file has.
+void describe_datasets(hid_t file) {
+  for (const auto& [name, text] : kDescriptions) {
+    if (!path_exists(file, name)) continue;
+    Id ds(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
+    write_string_attr(ds, "description", text);
+  }
+}
+
+// /ids: the rows' ids as the input holds them, integers in the input's integer dtype or text as
+// UTF-8 variable-length strings. Written whole when the file is created (ids need no compute).
+void write_ids(hid_t file, const RowIds& ids) {
+  const hsize_t n = ids.kind == RowIds::Kind::integer ? ids.integers.size() : ids.texts.size();
+  Id space(H5Screate_simple(1, &n, nullptr), H5Sclose);
+  if (ids.kind == RowIds::Kind::integer) {
+    Id ds(H5Dcreate2(file, "/ids", static_cast<hid_t>(ids.file_type), space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+          H5Dclose);
+    if (n > 0) h5(H5Dwrite(ds, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, ids.integers.data()));
+    return;
+  }
+  Id type(H5Tcopy(H5T_C_S1), H5Tclose);
+  h5(H5Tset_size(type, H5T_VARIABLE));
+  h5(H5Tset_cset(type, H5T_CSET_UTF8));
+  Id ds(H5Dcreate2(file, "/ids", type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+  std::vector<const char*> texts;
+  for (const std::string& t : ids.texts) texts.push_back(t.c_str());
+  if (n > 0) h5(H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, texts.data()));
+}
+
+// The file space /ids takes, at most (variable-length strings live in a global heap).
+int64_t ids_bytes(const RowIds& ids) {
+  int64_t bytes = 8 * static_cast<int64_t>(ids.integers.size());
+  for (const std::string& t : ids.texts) bytes += 32 + static_cast<int64_t>(t.size());
+  return bytes;
+}
+
 }  // namespace
 
 std::string model_fingerprint(const ModelConfig& model) {
@@ -303,25 +372,25 @@ std::string model_fingerprint(const ModelConfig& model) {
 }
 
 ResultWriter::ResultWriter(const JobConfig& job, const ModelConfig& model, const RowRange& range, int64_t input_rows,
-                           bool resume)
+                           const RowIds& ids, bool resume)
     : path_(job.output), task_(job.task), rows_(range.count()), first_input_row_(range.first),
       input_rows_(input_rows), hidden_(model.hidden) {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // failures are reported in one line (hdf5_error_text)
   const bool exists = std::filesystem::exists(path_);
   if (resume && exists) {
-    reopen(job, model);
+    reopen(job, model, ids);
   } else if (exists) {
     throw UserError(path_ + ": the output file exists; pass --resume to continue it, or choose another output");
   } else {
-    create(job, model);
+    create(job, model, ids);
   }
 }
 
-void ResultWriter::create(const JobConfig& job, const ModelConfig& model) {
+void ResultWriter::create(const JobConfig& job, const ModelConfig& model, const RowIds& ids) {
   file_ = H5Fcreate(path_.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT);
   if (file_ < 0) throw UserError(path_ + ": cannot create the output file: " + hdf5_error_text());
   try {
-    const std::string reason = reserve(kMetadataReserve);
+    const std::string reason = reserve(kMetadataReserve + ids_bytes(ids));
     if (!reason.empty()) throw Hdf5Failure(reason);
     const hsize_t N = rows_, unlimited = H5S_UNLIMITED;
     if (task_ == "generate" || task_ == "score") {
@@ -340,6 +409,8 @@ void ResultWriter::create(const JobConfig& job, const ModelConfig& model) {
     const hsize_t chunk = std::max<hsize_t>(1, std::min<hsize_t>(N, 4096));
     create_dataset(file_, "/latency_ms", H5T_NATIVE_FLOAT, {N}, {N}, {chunk});
     create_dataset(file_, "/done", H5T_NATIVE_UINT8, {N}, {N}, {chunk});
+    if (ids.kind != RowIds::Kind::none) write_ids(file_, ids);
+    describe_datasets(file_);
     write_string_attr(file_, "job_yaml", job.to_yaml());
     write_string_attr(file_, "job_fingerprint", job.fingerprint());
     write_string_attr(file_, "model", model.dir);
@@ -362,7 +433,7 @@ void ResultWriter::create(const JobConfig& job, const ModelConfig& model) {
   }
 }
 
-void ResultWriter::reopen(const JobConfig& job, const ModelConfig& model) {
+void ResultWriter::reopen(const JobConfig& job, const ModelConfig& model, const RowIds& ids) {
   // A rank of the interrupted run may still be exiting with the file open (HDF5 locks it): give
   // it a few seconds before calling the file unreadable.
   file_ = H5Fopen(path_.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
@@ -424,8 +495,11 @@ void ResultWriter::reopen(const JobConfig& job, const ModelConfig& model) {
   }
 
   try {
-    const std::string reason = reserve(kMetadataReserve);
+    const std::string reason = reserve(kMetadataReserve + ids_bytes(ids));
     if (!reason.empty()) throw Hdf5Failure(reason);
+    // A file written before lowsync carried ids gains them (and its datasets' descriptions).
+    if (ids.kind != RowIds::Kind::none && !path_exists(file_, "/ids")) write_ids(file_, ids);
+    describe_datasets(file_);
     if (task_ == "generate" || task_ == "score") {
       Id ds(H5Dopen2(file_, values_dataset(task_), H5P_DEFAULT), H5Dclose);
       hsize_t dims[1] = {hsize_t(values_)};

@@ -19,6 +19,7 @@
 #include "io/error.h"
 #include "io/job_config.h"
 #include "io/model_config.h"
+#include "io/prompts.h"
 
 namespace lowsync {
 
@@ -40,8 +41,10 @@ class ResultWriter {
  public:
   // Creates the output (resume = false; it must not exist) or re-opens it (resume = true). Its rows
   // are the input rows `range` of an input of `input_rows` rows (attributes `input_first_row` and
-  // `input_total_rows`); row i of the file is input row range.first + i.
-  ResultWriter(const JobConfig& job, const ModelConfig& model, const RowRange& range, int64_t input_rows, bool resume);
+  // `input_total_rows`); row i of the file is input row range.first + i. `ids` are those rows' ids
+  // from the input (kind none: the input has no /ids), written to /ids as they are.
+  ResultWriter(const JobConfig& job, const ModelConfig& model, const RowRange& range, int64_t input_rows,
+               const RowIds& ids, bool resume);
   ~ResultWriter();
   ResultWriter(const ResultWriter&) = delete;
   ResultWriter& operator=(const ResultWriter&) = delete;
@@ -59,8 +62,8 @@ class ResultWriter {
   const std::string& previous_report_json() const { return previous_report_json_; }
 
  private:
-  void create(const JobConfig& job, const ModelConfig& model);
-  void reopen(const JobConfig& job, const ModelConfig& model);
+  void create(const JobConfig& job, const ModelConfig& model, const RowIds& ids);
+  void reopen(const JobConfig& job, const ModelConfig& model, const RowIds& ids);
   std::string reserve(int64_t bytes);
   [[noreturn]] void fail(const std::string& what, const std::string& cause);
 
