@@ -66,13 +66,22 @@ std::vector<RowResult> generate_batch(PipelineStage& stage, const GenerateOption
     micro.push_back(std::move(mb));
   }
 
-  // Appends each running row's new token and keeps the rows that go on.
+  // Appends each running row's new token and keeps the rows that go on; a row's first and last
+  // tokens end its prefill_ms and decode_ms.
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  auto ms_since_start = [&] { return std::chrono::duration<float, std::milli>(Clock::now() - start).count(); };
   auto apply = [&](MicroBatch& mb, const std::vector<int32_t>& sampled) {
+    const float now_ms = ms_since_start();
     std::vector<size_t> still;
     for (size_t j = 0; j < mb.running.size(); ++j) {
       const size_t i = mb.running[j];
       out[i].tokens.push_back(sampled[j]);
-      if (!row_finished(cfg, opt, prompts[i].size(), out[i].tokens)) still.push_back(i);
+      if (out[i].tokens.size() == 1) out[i].prefill_ms = now_ms;
+      if (!row_finished(cfg, opt, prompts[i].size(), out[i].tokens))
+        still.push_back(i);
+      else
+        out[i].decode_ms = now_ms - out[i].prefill_ms;
     }
     mb.running = std::move(still);
   };
@@ -96,7 +105,6 @@ std::vector<RowResult> generate_batch(PipelineStage& stage, const GenerateOption
   };
 
   // Rounds: every micro-batch that still runs takes one pass (the first round prefills).
-  using Clock = std::chrono::steady_clock;
   for (bool prefill = true;; prefill = false) {
     bool any = false;
     const auto t0 = Clock::now();

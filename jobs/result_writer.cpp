@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <map>
 #include <thread>
 
@@ -314,6 +315,11 @@ const std::vector<std::pair<const char*, const char*>> kDescriptions = {
     {"/done", "1 when row i's results are complete and on disk; a row not done holds nothing meaningful"},
     {"/latency_ms", "milliseconds from the moment row i's batch reached its replica to the end of the batch's "
                     "last row (every row of a batch has the same value; queueing and writing not included)"},
+    {"/prefill_ms", "generate: milliseconds from row i's batch reaching its replica to the end of the pass that "
+                    "produced the row's first new token (its prompt's prefill; with continuous batching also its "
+                    "wait for a sequence slot); NaN if not measured"},
+    {"/decode_ms", "generate: milliseconds from row i's first new token to the end of the pass that produced its "
+                   "last (0 for one new token); NaN if not measured"},
     {"/generated/token_ids", "new tokens of every row concatenated (CSR values; the prompt is not repeated)"},
     {"/generated/offsets", "row i's new tokens are token_ids[offsets[i]:offsets[i+1]]"},
     {"/scores/token_logprobs", "natural-log probability of each target token given the prompt and the targets "
@@ -330,6 +336,28 @@ void describe_datasets(hid_t file) {
     Id ds(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
     write_string_attr(ds, "description", text);
   }
+}
+
+// Per-row float32 timings beside /latency_ms, by task: generate's time to first token and decode
+// time (score and embed compute a row in one pass, which /latency_ms already is). Rows written
+// before a file had them (a --resume of an older file) read NaN.
+struct RowTiming {
+  const char* name;
+  float RowResult::*value;
+};
+std::vector<RowTiming> row_timings(const std::string& task) {
+  if (task == "generate") return {{"/prefill_ms", &RowResult::prefill_ms}, {"/decode_ms", &RowResult::decode_ms}};
+  return {};
+}
+
+void create_timing(hid_t file, const char* name, hsize_t rows) {
+  Id space(H5Screate_simple(1, &rows, nullptr), H5Sclose);
+  Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  const hsize_t chunk = std::max<hsize_t>(1, std::min<hsize_t>(rows, 4096));
+  h5(H5Pset_chunk(dcpl, 1, &chunk));
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  h5(H5Pset_fill_value(dcpl, H5T_NATIVE_FLOAT, &nan));
+  Id ds(H5Dcreate2(file, name, H5T_NATIVE_FLOAT, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), H5Dclose);
 }
 
 // /ids: the rows' ids as the input holds them, integers in the input's integer dtype or text as
@@ -409,6 +437,7 @@ void ResultWriter::create(const JobConfig& job, const ModelConfig& model, const 
     const hsize_t chunk = std::max<hsize_t>(1, std::min<hsize_t>(N, 4096));
     create_dataset(file_, "/latency_ms", H5T_NATIVE_FLOAT, {N}, {N}, {chunk});
     create_dataset(file_, "/done", H5T_NATIVE_UINT8, {N}, {N}, {chunk});
+    for (const RowTiming& t : row_timings(task_)) create_timing(file_, t.name, N);
     if (ids.kind != RowIds::Kind::none) write_ids(file_, ids);
     describe_datasets(file_);
     write_string_attr(file_, "job_yaml", job.to_yaml());
@@ -470,6 +499,8 @@ void ResultWriter::reopen(const JobConfig& job, const ModelConfig& model, const 
     } else {
       expected.push_back({"/embeddings", "float32 [" + N + ", " + std::to_string(hidden_) + "]"});
     }
+    for (const RowTiming& t : row_timings(task_))  // absent from files written before they existed
+      if (path_exists(file_, t.name)) expected.push_back({t.name, "float32 [" + N + "]"});
     for (const auto& [name, want] : expected) {
       if (!path_exists(file_, name)) refuse("the file is damaged: dataset " + name + " is missing");
       std::string got = describe_dataset(file_, name.c_str());
@@ -499,6 +530,8 @@ void ResultWriter::reopen(const JobConfig& job, const ModelConfig& model, const 
     if (!reason.empty()) throw Hdf5Failure(reason);
     // A file written before lowsync carried ids gains them (and its datasets' descriptions).
     if (ids.kind != RowIds::Kind::none && !path_exists(file_, "/ids")) write_ids(file_, ids);
+    for (const RowTiming& t : row_timings(task_))
+      if (!path_exists(file_, t.name)) create_timing(file_, t.name, rows_);
     describe_datasets(file_);
     if (task_ == "generate" || task_ == "score") {
       Id ds(H5Dopen2(file_, values_dataset(task_), H5P_DEFAULT), H5Dclose);
@@ -594,6 +627,7 @@ void ResultWriter::append(const std::vector<RowResult>& results) {
   try {
     int64_t need = kMetadataReserve + new_chunk_bytes(file_, "/latency_ms", first, n) +
                    new_chunk_bytes(file_, "/done", first, n);
+    for (const RowTiming& t : row_timings(task_)) need += new_chunk_bytes(file_, t.name, first, n);
     if (task_ == "generate" || task_ == "score")
       need += new_chunk_bytes(file_, values_dataset(task_), values_, end - values_) +
               new_chunk_bytes(file_, offsets_dataset(task_), first + 1, n) +
@@ -612,6 +646,11 @@ void ResultWriter::append(const std::vector<RowResult>& results) {
     if (task_ == "score") write_rows(file_, "/scores/sum_logprob", H5T_NATIVE_DOUBLE, first, n, 1, sums.data());
     if (task_ == "embed") write_rows(file_, "/embeddings", H5T_NATIVE_FLOAT, first, n, hidden_, emb.data());
     write_rows(file_, "/latency_ms", H5T_NATIVE_FLOAT, first, n, 1, latency.data());
+    for (const RowTiming& t : row_timings(task_)) {
+      std::vector<float> values;
+      for (const auto& r : results) values.push_back(r.*t.value);
+      write_rows(file_, t.name, H5T_NATIVE_FLOAT, first, n, 1, values.data());
+    }
     h5(H5Fflush(file_, H5F_SCOPE_GLOBAL));  // the data is on disk before any of its rows is marked done
 
     std::vector<uint8_t> done(n, 1);

@@ -35,6 +35,10 @@ struct RowResult {
   double sum_logprob = 0;             // score
   std::vector<float> embedding;       // embed
   float latency_ms = 0;
+  // generate: time to the row's first new token from its batch's arrival at the replica (its
+  // prompt's prefill, and in continuous batching its wait for a sequence slot), then from there to
+  // its last new token.
+  float prefill_ms = 0, decode_ms = 0;
 };
 
 class ResultWriter {

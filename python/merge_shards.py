@@ -11,7 +11,8 @@ count) must cover the input exactly once. Otherwise nothing is written and one l
 printed (exit status 1).
 
 OUT.h5 holds every dataset of the task, equal to an unsharded run's (`done`, `latency_ms` of each
-row's own batch, `ids` when the input had them, and the task's results, with their `description`s), and the attributes of an unsharded run: `job_yaml` and
+row's own batch, generate's `prefill_ms` and `decode_ms`, `ids` when the input had them, and the
+task's results, with their `description`s), and the attributes of an unsharded run: `job_yaml` and
 `job_fingerprint` without the row range (so `lowsync run JOB --resume --set output=OUT.h5` of the
 unsharded job accepts it, and finds nothing left to do), `model*`, `lowsync_version`, `task`,
 `complete` = 1, `input_first_row` = 0, `input_total_rows`; `merged_from` lists the shards and their
@@ -32,6 +33,8 @@ TASKS = {
     "score": (["latency_ms", "done", "scores/sum_logprob"], ("scores/token_logprobs", "scores/offsets")),
     "embed": (["latency_ms", "done", "embeddings"], None),
 }
+# Per-row datasets merged when every shard has them (files written before they existed lack them).
+OPTIONAL_PER_ROW = ["prefill_ms", "decode_ms"]
 RANGE_LINE = re.compile(r"^(rows|shard): \{.*\}\n", re.M)
 
 
@@ -118,6 +121,11 @@ def merge(out, shards):
             for name in per_row:
                 data = np.concatenate([f[name][()] for f in files])
                 o.create_dataset(name, data=data, chunks=(max(1, min(len(data), 4096)),) + data.shape[1:])
+            # Per-row timings a task may have (generate's prefill_ms and decode_ms), when every shard has them.
+            for name in OPTIONAL_PER_ROW:
+                if all(name in f for f in files):
+                    data = np.concatenate([f[name][()] for f in files])
+                    o.create_dataset(name, data=data, chunks=(max(1, min(len(data), 4096)),))
             # The rows' ids (the input's /ids), as the shards hold them: same dtype, in input order.
             if all("ids" in f for f in files):
                 o.create_dataset("ids", data=np.concatenate([f["ids"][()] for f in files]), dtype=files[0]["ids"].dtype)

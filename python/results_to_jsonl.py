@@ -4,7 +4,8 @@
     python/results_to_jsonl.py RESULTS.h5 [--model MODEL_DIR] [--prompts PROMPTS.h5] [--rows A:B]
                                [--skip-special-tokens]
 
-Each object: {"id": ..., "row": i, "done": bool, "latency_ms": float, ...}. "id" is the row's id
+Each object: {"id": ..., "row": i, "done": bool, "latency_ms": float, ...} ("prefill_ms" and
+"decode_ms" too for generate when the file has them). "id" is the row's id
 from /ids (an integer or a string, as the prompts file held it; make_prompts.py writes them), else
 the input row number. By task:
   generate  "token_ids" (new tokens), "text" (their decoding, with --model); when the file has them,
@@ -80,7 +81,7 @@ def main(argv=None):
     except OSError as e:
         fail(f"{a.results}: cannot open it ({e})")
     with f:
-        for name in ("done", "latency_ms", "generated/token_ids", "generated/offsets", "generated/logprobs",
+        for name in ("done", "latency_ms", "prefill_ms", "decode_ms", "generated/token_ids", "generated/offsets", "generated/logprobs",
                      "generated/top_ids", "generated/top_logprobs", "scores/token_logprobs", "scores/offsets",
                      "scores/sum_logprob", "embeddings"):
             if name in f:
@@ -117,8 +118,9 @@ def main(argv=None):
     out = sys.stdout
     for i in range(lo, hi):
         rec = {"id": ids[i] if ids is not None else first_row + i, "row": i, "done": bool(d["done"][i])}
-        if "latency_ms" in d:
-            rec["latency_ms"] = num(d["latency_ms"][i])
+        for name in ("latency_ms", "prefill_ms", "decode_ms"):
+            if name in d:
+                rec[name] = num(d[name][i])
         if prompts is not None:
             pids, poff = prompts
             rec["prompt"] = decode([int(t) for t in pids[poff[first_row + i]:poff[first_row + i + 1]]])

@@ -46,8 +46,16 @@ def tool(*args, ok=True):
     return p
 
 
+TIMINGS = ("latency_ms", "prefill_ms", "decode_ms")
+
+
 def jsonl(path, *extra):
     return [json.loads(line) for line in tool("results_to_jsonl.py", path, *extra).stdout.splitlines()]
+
+
+def untimed(recs):
+    """The records without their timings (which differ from run to run)."""
+    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in recs]
 
 
 def run(tmp, tag, model_dir, prompts, sets=(), check=True):
@@ -125,11 +133,13 @@ def main():
                                                                         for d in described.values()),
           ", ".join(f"{k}: {str(v)[:30]}" for k, v in described.items()))
     check("string attributes read as str (job_yaml)", isinstance(job_yaml, str), type(job_yaml).__name__)
-    full = [{k: v for k, v in r.items() if k != "latency_ms"} for r in recs]
+    check("prefill_ms > 0, decode_ms >= 0, their sum within latency_ms (continuous batching)",
+          all(r["prefill_ms"] > 0 and r["decode_ms"] >= 0 and r["prefill_ms"] + r["decode_ms"] <= r["latency_ms"] + 0.01
+              for r in recs), str([(r["prefill_ms"], r["decode_ms"], r["latency_ms"]) for r in recs[:2]]))
 
     # rows: only its rows' ids; integer ids stay int64.
     sub = run(tmp, "rows", model_dir, prompts, sets=["rows.first=2", "rows.count=3"])
-    sub_recs = jsonl(sub, "--model", model_dir)
+    sub_recs = jsonl(sub)
     check("rows 2-4: their ids and tokens", [r["id"] for r in sub_recs] == ids[2:5]
           and [r["token_ids"] for r in sub_recs] == ref[2:5], str([r["id"] for r in sub_recs]))
     iout = run(tmp, "ints", model_dir, int_prompts)
@@ -141,9 +151,9 @@ def main():
     shards = [run(tmp, f"shard{i}", model_dir, prompts, sets=[f"shard.index={i}", "shard.count=2"]) for i in (0, 1)]
     merged = os.path.join(tmp, "merged.h5")
     tool("merge_shards.py", merged, *shards)
-    mrecs = [{k: v for k, v in r.items() if k != "latency_ms"}
-             for r in jsonl(merged, "--model", model_dir, "--prompts", prompts)]
-    check("two shards merged: ids, tokens, text and prompts equal the whole run's", mrecs == full,
+    full = untimed(jsonl(out))  # without --model: no tokenizer to load again (text follows the tokens)
+    mrecs = untimed(jsonl(merged))
+    check("two shards merged: ids and tokens equal the whole run's", mrecs == full,
           f"{len(mrecs)} rows")
 
     # --resume of a file without /ids (and rows 3.. not done) restores them.
@@ -157,8 +167,7 @@ def main():
         "model": model_dir, "task": "generate", "input": prompts, "output": old,
         "generate": {"max_new_tokens": NEW, "stop_at_eos": False}, "batch": {"max_sequences": 2}})
     oracle.run_lowsync(job, resume=True)
-    rrecs = [{k: v for k, v in r.items() if k != "latency_ms"}
-             for r in jsonl(old, "--model", model_dir, "--prompts", prompts)]
+    rrecs = untimed(jsonl(old))
     check("--resume of a file without /ids: ids restored, rows completed as the whole run", rrecs == full,
           str([r["id"] for r in rrecs]))
 

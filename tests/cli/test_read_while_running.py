@@ -85,6 +85,12 @@ def main():
     bad = [(i, n) for n, (done, rows) in enumerate(snaps) for i, toks in rows.items() if toks != final[1].get(i)]
     check("every row seen done mid-run holds its final tokens", final is not None and not bad,
           f"{sum(len(r) for _, r in snaps)} done rows seen; mismatches {bad[:5]}")
+    import h5py
+    with h5py.File(out, "r") as f:
+        lat, pre, dec = f["latency_ms"][()], f["prefill_ms"][()], f["decode_ms"][()]
+    check("static batches: prefill_ms > 0, decode_ms > 0, their sum within latency_ms",
+          bool((pre > 0).all() and (dec > 0).all() and (pre + dec <= lat + 0.01).all()),
+          f"row 0: prefill {pre[0]:.2f} + decode {dec[0]:.2f} ms, latency {lat[0]:.2f} ms")
     ok = jsonl_mid is not None and jsonl_mid[0] == 0
     recs = [json.loads(line) for line in jsonl_mid[1].splitlines()] if ok else []
     check("results_to_jsonl prints a file mid-run (rows not done say done: false)",
