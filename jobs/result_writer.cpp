@@ -134,7 +134,9 @@ std::string read_string_attr(hid_t file, const char* name) {
     H5free_memory(text);
     return value;
   }
-  std::string value(H5Tget_size(type), '\0');
+  // One byte more than stored: a null-padded string (h5py's) that fills its size keeps its last
+  // character when converted to a null-terminated one.
+  std::string value(H5Tget_size(type) + 1, '\0');
   Id mem(H5Tcopy(H5T_C_S1), H5Tclose);
   h5(H5Tset_size(mem, value.size()));
   h5(H5Aread(attr, mem, value.data()));

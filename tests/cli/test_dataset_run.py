@@ -9,7 +9,8 @@ all-MiniLM-L6-v2's tokenizer (python/oracle.py text_llama).
 - results_to_jsonl: ids and order preserved, token_ids equal transformers' greedy generation,
   "text" equal to the tokenizer's decode of them, "prompt" the decode of the row's prompt;
 - `rows` keeps only its rows' ids; two shards merged (merge_shards.py) give the whole run's JSON;
-  --resume of a file that lost /ids (as one written before lowsync carried them) restores them;
+  --resume of a file as lowsync wrote them before (no /ids, fixed-length string attributes)
+  restores the ids;
 - a bad /ids (wrong length, float dtype) is refused with one line naming the file and dataset.
 
 Run: .venv/bin/python tests/cli/test_dataset_run.py
@@ -163,12 +164,15 @@ def main():
         del f["ids"]
         f["done"][3:] = 0
         f.attrs["complete"] = np.uint8(0)
+        for name in ("job_fingerprint", "model_fingerprint"):  # fixed-length, as lowsync wrote them before
+            f.attrs[name] = np.bytes_(f.attrs[name].encode())
     job = oracle.write_job(os.path.join(tmp, "old.yaml"), {
         "model": model_dir, "task": "generate", "input": prompts, "output": old,
         "generate": {"max_new_tokens": NEW, "stop_at_eos": False}, "batch": {"max_sequences": 2}})
     oracle.run_lowsync(job, resume=True)
     rrecs = untimed(jsonl(old))
-    check("--resume of a file without /ids: ids restored, rows completed as the whole run", rrecs == full,
+    check("--resume of a file without /ids and with fixed-length string attributes: ids restored, rows "
+          "completed as the whole run", rrecs == full,
           str([r["id"] for r in rrecs]))
 
     # Bad /ids.
