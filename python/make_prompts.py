@@ -114,8 +114,8 @@ def read_csv(path, a):
                 fail(f"{path}: the header has no column {needed!r} ({flag}); it has {reader.fieldnames}")
         for row in reader:
             where = f"record {len(records) + 1} (ending on line {reader.line_num})"
-            if None in row or any(v is None for v in row.values()):
-                fail(f"{path}: {where}: has {len(row) - (None in row)} fields, the header "
+            if None in row or any(v is None for v in row.values()):  # csv's marks of too many / too few fields
+                fail(f"{path}: {where}: has {'more' if None in row else 'fewer'} fields than the header's "
                      f"{len(reader.fieldnames)}; expected one field per column")
             rid = row[a.id_field] if a.id_field else len(records)
             records.append(Record(where, row[a.field], rid, row[a.target_field] if a.target_field else None))
