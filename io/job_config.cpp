@@ -330,8 +330,8 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   expect(c.score.window == 0 || (c.score.stride >= 1 && c.score.stride < c.score.window), "score.stride",
          "must be 1 to score.window - 1 (every target needs a token of context in its window)");
   expect(c.score.window > 0 || c.score.stride == 0, "score.stride", "needs score.window");
-  expect(c.embed.pooling == "mean" || c.embed.pooling == "cls", "embed.pooling",
-         "is '" + c.embed.pooling + "'; expected mean or cls");
+  expect(c.embed.pooling == "mean" || c.embed.pooling == "cls" || c.embed.pooling == "last", "embed.pooling",
+         "is '" + c.embed.pooling + "'; expected mean, cls or last");
   expect(c.batch.max_tokens >= 1, "batch.max_tokens", "must be >= 1");
   expect(c.batch.max_sequences >= 1, "batch.max_sequences", "must be >= 1");
   expect(c.parallel.tp >= 1, "parallel.tp", "must be >= 1");

@@ -37,7 +37,7 @@ struct ScoreOptions {
 };
 
 struct EmbedOptions {
-  std::string pooling = "mean";  // mean | cls
+  std::string pooling = "mean";  // mean | cls | last (the last token: decoder embedding models)
   bool normalize = false;
 };
 

@@ -181,6 +181,38 @@ void check_ids(hid_t file, const std::string& path, const std::string& name, con
   }
 }
 
+// /ids, when present: one-dimensional, one entry per prompt, integers or strings (h5py's
+// string_dtype(), or fixed-length strings), fully written. Returns its kind.
+RowIds::Kind check_row_ids(hid_t file, const std::string& path, int64_t rows) {
+  if (H5Lexists(file, "ids", H5P_DEFAULT) <= 0) return RowIds::Kind::none;
+  const hid_t ds = H5Dopen2(file, "ids", H5P_DEFAULT);
+  if (ds < 0) throw UserError(path + ": 'ids' is not a dataset");
+  const hid_t space = H5Dget_space(ds), type = H5Dget_type(ds);
+  const int rank = H5Sget_simple_extent_ndims(space);
+  hsize_t dims[H5S_MAX_RANK] = {};
+  if (rank > 0) H5Sget_simple_extent_dims(space, dims, nullptr);
+  const H5T_class_t cls = H5Tget_class(type);
+  const std::string dtype = describe_type(type);
+  const std::string unwritten = rank == 1 ? unwritten_part(ds, static_cast<int64_t>(dims[0])) : "";
+  const std::string filter = missing_filter(ds);
+  H5Tclose(type);
+  H5Sclose(space);
+  H5Dclose(ds);
+  if (rank != 1) throw UserError(path + ": dataset 'ids' must be one-dimensional (one id per prompt)");
+  if (cls != H5T_INTEGER && cls != H5T_STRING)
+    throw UserError(path + ": dataset 'ids' has dtype " + dtype + "; expected integers or strings (one id per prompt)");
+  if (static_cast<int64_t>(dims[0]) != rows)
+    throw UserError(path + ": dataset 'ids' has " + std::to_string(dims[0]) + " entries but the file has " +
+                    std::to_string(rows) + " prompts; expected one id per prompt");
+  if (!filter.empty())
+    throw UserError(path + ": dataset 'ids' is compressed with " + filter +
+                    ", which this HDF5 library cannot decode; expected gzip, shuffle or no compression");
+  if (!unwritten.empty())
+    throw UserError(path + ": dataset 'ids' declares " + std::to_string(rows) + " entries but " + unwritten +
+                    "; expected a fully written dataset");
+  return cls == H5T_INTEGER ? RowIds::Kind::integer : RowIds::Kind::text;
+}
+
 }  // namespace
 
 PromptReader::PromptReader(const std::string& path, int vocab, bool need_targets) : path_(path) {
@@ -232,10 +264,54 @@ PromptReader::PromptReader(const std::string& path, int vocab, bool need_targets
       stop_sequences_.push_back(read_range<int32_t>(file_, path, "stop_ids", off[s], off[s + 1]));
     }
   }
+  ids_kind_ = check_row_ids(file_, path, rows());
+  if (ids_kind_ == RowIds::Kind::integer) {
+    const hid_t ds = H5Dopen2(file_, "ids", H5P_DEFAULT);
+    ids_type_ = H5Dget_type(ds);  // the output's /ids gets the same dtype
+    H5Dclose(ds);
+  }
 }
 
 PromptReader::~PromptReader() {
+  if (ids_type_ >= 0) H5Tclose(ids_type_);
   if (file_ >= 0) H5Fclose(file_);
+}
+
+RowIds PromptReader::ids(int64_t first, int64_t count) const {
+  RowIds out;
+  out.kind = ids_kind_;
+  if (ids_kind_ == RowIds::Kind::none) return out;
+  if (ids_kind_ == RowIds::Kind::integer) {
+    out.integers = read_range<int64_t>(file_, path_, "ids", first, first + count);
+    out.file_type = ids_type_;
+    return out;
+  }
+  // Strings, variable-length (h5py's string_dtype()) or fixed-length, read as variable-length C
+  // strings (HDF5 converts fixed-length ones).
+  out.texts.resize(count);
+  if (count == 0) return out;
+  const hid_t ds = H5Dopen2(file_, "ids", H5P_DEFAULT);
+  const hid_t space = H5Dget_space(ds);
+  hsize_t start = first, n = count;
+  H5Sselect_hyperslab(space, H5S_SELECT_SET, &start, nullptr, &n, nullptr);
+  const hid_t mem = H5Screate_simple(1, &n, nullptr);
+  const hid_t file_type = H5Dget_type(ds);
+  const hid_t str = H5Tcopy(H5T_C_S1);
+  H5Tset_size(str, H5T_VARIABLE);
+  H5Tset_cset(str, H5Tget_cset(file_type));
+  std::vector<char*> raw(count, nullptr);
+  const herr_t err = H5Dread(ds, str, mem, space, H5P_DEFAULT, raw.data());
+  for (int64_t i = 0; i < count && err >= 0; ++i) out.texts[i] = raw[i] ? raw[i] : "";
+  if (err >= 0) H5Dvlen_reclaim(str, mem, H5P_DEFAULT, raw.data());
+  H5Tclose(str);
+  H5Tclose(file_type);
+  H5Sclose(mem);
+  H5Sclose(space);
+  H5Dclose(ds);
+  if (err < 0)
+    throw UserError(path_ + ": cannot read dataset 'ids' entries " + std::to_string(first) + " to " +
+                    std::to_string(first + count) + " as strings");
+  return out;
 }
 
 std::vector<int32_t> PromptReader::tokens(int64_t row) const {

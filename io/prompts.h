@@ -7,6 +7,16 @@
 
 namespace lowsync {
 
+// The rows' ids (/ids, README "Prompts"), carried to the output unchanged: integers (kept in the
+// input's integer dtype) or text (written as UTF-8 variable-length strings).
+struct RowIds {
+  enum class Kind { none, integer, text };
+  Kind kind = Kind::none;
+  long long file_type = -1;        // hid_t: the input's integer dtype (kind integer), owned by PromptReader
+  std::vector<int64_t> integers;   // kind integer: one per row
+  std::vector<std::string> texts;  // kind text: one per row
+};
+
 class PromptReader {
  public:
   // Opens the file and checks the whole of it against the contract (offsets start at 0, never
@@ -24,12 +34,16 @@ class PromptReader {
   const std::string& path() const { return path_; }
   // Token sequences that stop a generated row (/stop_ids, /stop_offsets; none when absent).
   const std::vector<std::vector<int32_t>>& stop_sequences() const { return stop_sequences_; }
+  // The ids of rows [first, first + count); kind none when the file has no /ids.
+  RowIds ids(int64_t first, int64_t count) const;
 
  private:
   std::string path_;
   long long file_ = -1;  // hid_t
   std::vector<int64_t> offsets_, target_offsets_;
   std::vector<std::vector<int32_t>> stop_sequences_;
+  RowIds::Kind ids_kind_ = RowIds::Kind::none;
+  long long ids_type_ = -1;  // hid_t of /ids' dtype (kind integer)
 };
 
 }  // namespace lowsync

@@ -26,7 +26,7 @@ void ContinuousGenerator::admit(int64_t index, const Batch& batch) {
   for (int64_t r = batch.first_row; r < batch.end_row; ++r) {
     std::vector<int32_t> prompt = input_.tokens(r);
     const int64_t need = row_need(model_.config(), job_.generate, static_cast<int64_t>(prompt.size()));
-    waiting_.push_back({r, index, std::move(prompt), Sampler(gen_, gen_.seed, r), -1, need, {}});
+    waiting_.push_back({r, index, std::move(prompt), Sampler(gen_, gen_.seed, r), -1, need, {}, {}});
   }
 }
 
@@ -73,6 +73,8 @@ ContinuousGenerator::Finished ContinuousGenerator::step() {
 
   Finished done;
   std::vector<Row> still;
+  const auto now = Clock::now();
+  auto ms = [](Clock::duration d) { return std::chrono::duration<float, std::milli>(d).count(); };
   for (size_t j = 0; j < running_.size(); ++j) {
     Row& r = running_[j];
     const float* l = logits_host_.data() + j * cfg.vocab;
@@ -80,12 +82,17 @@ ContinuousGenerator::Finished ContinuousGenerator::step() {
                    "the logits for new token " + std::to_string(r.result.tokens.size()));
     r.result.tokens.push_back(r.sampler.next(l, cfg.vocab, r.prompt, r.result.tokens));
     record_logprobs(l, cfg.vocab, r.result.tokens.back(), gen_.logprobs, r.result);
+    if (r.result.tokens.size() == 1) {  // its prompt's pass: time to first token, waiting included
+      r.first_token = now;
+      r.result.prefill_ms = ms(now - batches_[r.batch].start);
+    }
     const std::optional<FinishReason> reason = finish_reason(cfg, gen_, r.prompt.size(), r.result.tokens);
     if (!reason) {
       still.push_back(std::move(r));
       continue;
     }
     r.result.finish_reason = *reason;
+    r.result.decode_ms = ms(now - r.first_token);
     arena_.give_back(r.base, r.need);
     BatchState& b = batches_[r.batch];
     b.results[r.input_row - b.first_row] = std::move(r.result);

@@ -50,6 +50,7 @@ class ContinuousGenerator {
     Sampler sampler;
     int64_t base = -1, need = 0;  // its cache rows [base, base + need)
     RowResult result;
+    std::chrono::steady_clock::time_point first_token;  // when its prefill pass ended
   };
   struct BatchState {
     int64_t first_row = 0, rows_left = 0;

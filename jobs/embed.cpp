@@ -1,5 +1,5 @@
-// Embedding: one packed pass, then each sequence's last hidden state pooled (mean over its tokens
-// or its first token) and optionally L2-normalised.
+// Embedding: one packed pass, then each sequence's last hidden state pooled (mean over its tokens,
+// its first token or its last token) and optionally L2-normalised.
 #include <cmath>
 
 #include "jobs/finite.h"
@@ -29,9 +29,13 @@ std::vector<RowResult> embed_batch(PipelineStage& stage, const EmbedOptions& opt
   for (size_t k = 0; k < micro[m].size(); ++k) {
     const size_t i = micro[m][k];
     const SequenceSlot& s = layout.seqs[k];
-    const int64_t n = opt.pooling == "cls" ? 1 : s.n_new;
+    // The tokens pooled: all (mean), the first (cls), or the last (last: a decoder's only token
+    // that has seen the whole sequence).
+    int64_t from = 0, n = s.n_new;
+    if (opt.pooling == "cls") n = 1;
+    if (opt.pooling == "last") from = s.n_new - 1, n = 1;
     std::vector<double> acc(H, 0.0);
-    for (int64_t t = 0; t < n; ++t)
+    for (int64_t t = from; t < from + n; ++t)
       for (int c = 0; c < H; ++c) acc[c] += h[(s.token_begin + t) * H + c];
     double norm = 0;
     for (int c = 0; c < H; ++c) norm += (acc[c] /= n) * acc[c];

@@ -58,17 +58,25 @@ std::vector<RowResult> generate_batch(PipelineStage& stage, const GenerateOption
     micro.push_back(std::move(mb));
   }
 
-  // Appends each running row's new token and keeps the rows that go on.
+  // Appends each running row's new token and keeps the rows that go on; a row's first and last
+  // tokens end its prefill_ms and decode_ms.
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  auto ms_since_start = [&] { return std::chrono::duration<float, std::milli>(Clock::now() - start).count(); };
   auto apply = [&](MicroBatch& mb, const std::vector<int32_t>& sampled) {
+    const float now_ms = ms_since_start();
     std::vector<size_t> still;
     for (size_t j = 0; j < mb.running.size(); ++j) {
       const size_t i = mb.running[j];
       out[i].tokens.push_back(sampled[j]);
+      if (out[i].tokens.size() == 1) out[i].prefill_ms = now_ms;
       const std::optional<FinishReason> reason = finish_reason(cfg, opt, prompts[i].size(), out[i].tokens);
-      if (reason)
+      if (reason) {
         out[i].finish_reason = *reason;
-      else
+        out[i].decode_ms = now_ms - out[i].prefill_ms;
+      } else {
         still.push_back(i);
+      }
     }
     mb.running = std::move(still);
   };
@@ -93,7 +101,6 @@ std::vector<RowResult> generate_batch(PipelineStage& stage, const GenerateOption
   };
 
   // Rounds: every micro-batch that still runs takes one pass (the first round prefills).
-  using Clock = std::chrono::steady_clock;
   for (bool prefill = true;; prefill = false) {
     bool any = false;
     const auto t0 = Clock::now();

@@ -5,10 +5,15 @@
 namespace lowsync {
 
 // A batch's results as bytes: per row, its token ids, log-probs, embedding, top alternatives,
-// finish reason, sum and latency.
+// finish reason, sum and timings.
 std::vector<char> pack_results(int64_t index, const std::vector<RowResult>& rows) {
   std::vector<char> out;
-  auto put = [&](const void* p, size_t n) { out.insert(out.end(), static_cast<const char*>(p), static_cast<const char*>(p) + n); };
+  // resize + memcpy rather than insert: GCC 12 warns (-Wstringop-overflow) about the inlined insert.
+  auto put = [&](const void* p, size_t n) {
+    const size_t at = out.size();
+    out.resize(at + n);
+    if (n > 0) std::memcpy(out.data() + at, p, n);
+  };
   auto put_vec = [&](const auto& v) {
     int64_t n = static_cast<int64_t>(v.size());
     put(&n, sizeof n);
@@ -26,6 +31,8 @@ std::vector<char> pack_results(int64_t index, const std::vector<RowResult>& rows
     put(&r.finish_reason, sizeof r.finish_reason);
     put(&r.sum_logprob, sizeof r.sum_logprob);
     put(&r.latency_ms, sizeof r.latency_ms);
+    put(&r.prefill_ms, sizeof r.prefill_ms);
+    put(&r.decode_ms, sizeof r.decode_ms);
   }
   return out;
 }
@@ -52,6 +59,8 @@ std::vector<RowResult> unpack_results(const std::vector<char>& in, int64_t& inde
     get(&r.finish_reason, sizeof r.finish_reason);
     get(&r.sum_logprob, sizeof r.sum_logprob);
     get(&r.latency_ms, sizeof r.latency_ms);
+    get(&r.prefill_ms, sizeof r.prefill_ms);
+    get(&r.decode_ms, sizeof r.decode_ms);
   }
   return rows;
 }

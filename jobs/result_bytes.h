@@ -1,6 +1,6 @@
 #pragma once
 // A batch's results as bytes and back: what a replica sends to world rank 0, and what a pipeline's
-// last stage sends to its first. Per row: its token ids, log-probs, embedding, sum and latency.
+// last stage sends to its first. Per row: its token ids, log-probs, embedding, sum and timings.
 #include <cstdint>
 #include <vector>
 

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <map>
 #include <thread>
 
@@ -128,20 +129,39 @@ std::vector<const char*> per_token_extras(int top_k) {
   return {"/generated/logprobs", "/generated/top_ids", "/generated/top_logprobs"};
 }
 
-void write_string_attr(hid_t file, const char* name, const std::string& value) {
+// String attributes are UTF-8 variable-length strings, which h5py reads as `str` (a fixed-length
+// one reads as bytes). Attributes on `obj`: the file, or a dataset.
+void write_string_attr(hid_t obj, const char* name, const std::string& value) {
   Id type(H5Tcopy(H5T_C_S1), H5Tclose);
-  h5(H5Tset_size(type, std::max<size_t>(value.size(), 1)));
+  h5(H5Tset_size(type, H5T_VARIABLE));
+  h5(H5Tset_cset(type, H5T_CSET_UTF8));
   Id space(H5Screate(H5S_SCALAR), H5Sclose);
-  if (h5(H5Aexists(file, name)) > 0) h5(H5Adelete(file, name));
-  Id attr(H5Acreate2(file, name, type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-  h5(H5Awrite(attr, type, value.c_str()));
+  if (h5(H5Aexists(obj, name)) > 0) h5(H5Adelete(obj, name));
+  Id attr(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  const char* text = value.c_str();
+  h5(H5Awrite(attr, type, &text));
 }
 
+// Reads a string attribute, variable-length or fixed-length (files written before lowsync wrote
+// UTF-8 variable-length strings, and h5py's fixed-length ones).
 std::string read_string_attr(hid_t file, const char* name) {
   if (h5(H5Aexists(file, name)) <= 0) return "";
   Id attr(H5Aopen(file, name, H5P_DEFAULT), H5Aclose);
   Id type(H5Aget_type(attr), H5Tclose);
-  std::string value(H5Tget_size(type), '\0');
+  if (H5Tget_class(type) != H5T_STRING) return "";
+  if (h5(H5Tis_variable_str(type)) > 0) {
+    Id mem(H5Tcopy(H5T_C_S1), H5Tclose);
+    h5(H5Tset_size(mem, H5T_VARIABLE));
+    h5(H5Tset_cset(mem, H5Tget_cset(type)));
+    char* text = nullptr;
+    h5(H5Aread(attr, mem, &text));
+    std::string value = text ? text : "";
+    H5free_memory(text);
+    return value;
+  }
+  // One byte more than stored: a null-padded string (h5py's) that fills its size keeps its last
+  // character when converted to a null-terminated one.
+  std::string value(H5Tget_size(type) + 1, '\0');
   Id mem(H5Tcopy(H5T_C_S1), H5Tclose);
   h5(H5Tset_size(mem, value.size()));
   h5(H5Aread(attr, mem, value.data()));
@@ -322,6 +342,92 @@ std::string fingerprint_difference(const std::string& file, const std::string& j
   return diff;
 }
 
+// Each dataset's `description` attribute: what a reader of the file needs to know without the
+// README (README "Results" says more). Datasets a task does not have are skipped.
+const std::vector<std::pair<const char*, const char*>> kDescriptions = {
+    {"/ids", "row i's id, copied unchanged from the input's /ids"},
+    {"/done", "1 when row i's results are complete and on disk; a row not done holds nothing meaningful"},
+    {"/latency_ms", "milliseconds from the moment row i's batch reached its replica to the end of the batch's "
+                    "last row (every row of a batch has the same value; queueing and writing not included)"},
+    {"/prefill_ms", "generate: milliseconds from row i's batch reaching its replica to the end of the pass that "
+                    "produced the row's first new token (its prompt's prefill; with continuous batching also its "
+                    "wait for a sequence slot); NaN if not measured"},
+    {"/decode_ms", "generate: milliseconds from row i's first new token to the end of the pass that produced its "
+                   "last (0 for one new token); NaN if not measured"},
+    {"/generated/token_ids", "new tokens of every row concatenated (CSR values; the prompt is not repeated)"},
+    {"/generated/offsets", "row i's new tokens are token_ids[offsets[i]:offsets[i+1]]"},
+    {"/scores/token_logprobs", "natural-log probability of each target token given the prompt and the targets "
+                               "before it, every row's concatenated (CSR values)"},
+    {"/scores/offsets", "row i's target log-probs are token_logprobs[offsets[i]:offsets[i+1]]"},
+    {"/scores/sum_logprob", "sum of row i's target log-probs"},
+    {"/embeddings", "row i's pooled final hidden state (job key embed.pooling; L2-normalised if embed.normalize)"},
+    {"/generated/logprobs", "natural-log probability of each new token under the model's own distribution "
+                            "(log_softmax of the logits, before temperature, penalties and cuts); aligned with "
+                            "token_ids"},
+    {"/generated/top_ids", "per new token, the generate.logprobs most likely token ids, most likely first"},
+    {"/generated/top_logprobs", "their log-probs, aligned with top_ids"},
+    {"/generated/finish_reason", "why row i stopped: 0 length, 1 eos, 2 stop, 3 context (attribute codes)"},
+    {"/scores/num_tokens", "number of target tokens scored in row i"},
+};
+
+// Sets the `description` of every dataset of the table that the file has.
+void describe_datasets(hid_t file) {
+  for (const auto& [name, text] : kDescriptions) {
+    if (!path_exists(file, name)) continue;
+    Id ds(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
+    write_string_attr(ds, "description", text);
+  }
+}
+
+// Per-row float32 timings beside /latency_ms, by task: generate's time to first token and decode
+// time (score and embed compute a row in one pass, which /latency_ms already is). Rows written
+// before a file had them (a --resume of an older file) read NaN.
+struct RowTiming {
+  const char* name;
+  float RowResult::*value;
+};
+std::vector<RowTiming> row_timings(const std::string& task) {
+  if (task == "generate") return {{"/prefill_ms", &RowResult::prefill_ms}, {"/decode_ms", &RowResult::decode_ms}};
+  return {};
+}
+
+void create_timing(hid_t file, const char* name, hsize_t rows) {
+  Id space(H5Screate_simple(1, &rows, nullptr), H5Sclose);
+  Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  const hsize_t chunk = std::max<hsize_t>(1, std::min<hsize_t>(rows, 4096));
+  h5(H5Pset_chunk(dcpl, 1, &chunk));
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  h5(H5Pset_fill_value(dcpl, H5T_NATIVE_FLOAT, &nan));
+  Id ds(H5Dcreate2(file, name, H5T_NATIVE_FLOAT, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), H5Dclose);
+}
+
+// /ids: the rows' ids as the input holds them, integers in the input's integer dtype or text as
+// UTF-8 variable-length strings. Written whole when the file is created (ids need no compute).
+void write_ids(hid_t file, const RowIds& ids) {
+  const hsize_t n = ids.kind == RowIds::Kind::integer ? ids.integers.size() : ids.texts.size();
+  Id space(H5Screate_simple(1, &n, nullptr), H5Sclose);
+  if (ids.kind == RowIds::Kind::integer) {
+    Id ds(H5Dcreate2(file, "/ids", static_cast<hid_t>(ids.file_type), space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+          H5Dclose);
+    if (n > 0) h5(H5Dwrite(ds, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, ids.integers.data()));
+    return;
+  }
+  Id type(H5Tcopy(H5T_C_S1), H5Tclose);
+  h5(H5Tset_size(type, H5T_VARIABLE));
+  h5(H5Tset_cset(type, H5T_CSET_UTF8));
+  Id ds(H5Dcreate2(file, "/ids", type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+  std::vector<const char*> texts;
+  for (const std::string& t : ids.texts) texts.push_back(t.c_str());
+  if (n > 0) h5(H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, texts.data()));
+}
+
+// The file space /ids takes, at most (variable-length strings live in a global heap).
+int64_t ids_bytes(const RowIds& ids) {
+  int64_t bytes = 8 * static_cast<int64_t>(ids.integers.size());
+  for (const std::string& t : ids.texts) bytes += 32 + static_cast<int64_t>(t.size());
+  return bytes;
+}
+
 }  // namespace
 
 std::string model_fingerprint(const ModelConfig& model) {
@@ -335,25 +441,25 @@ std::string model_fingerprint(const ModelConfig& model) {
 }
 
 ResultWriter::ResultWriter(const JobConfig& job, const ModelConfig& model, const RowRange& range, int64_t input_rows,
-                           bool resume)
+                           const RowIds& ids, bool resume)
     : path_(job.output), task_(job.task), rows_(range.count()), first_input_row_(range.first),
       input_rows_(input_rows), hidden_(model.hidden), top_k_(job.task == "generate" ? job.generate.logprobs : 0) {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // failures are reported in one line (hdf5_error_text)
   const bool exists = std::filesystem::exists(path_);
   if (resume && exists) {
-    reopen(job, model);
+    reopen(job, model, ids);
   } else if (exists) {
     throw UserError(path_ + ": the output file exists; pass --resume to continue it, or choose another output");
   } else {
-    create(job, model);
+    create(job, model, ids);
   }
 }
 
-void ResultWriter::create(const JobConfig& job, const ModelConfig& model) {
+void ResultWriter::create(const JobConfig& job, const ModelConfig& model, const RowIds& ids) {
   file_ = H5Fcreate(path_.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT);
   if (file_ < 0) throw UserError(path_ + ": cannot create the output file: " + hdf5_error_text());
   try {
-    const std::string reason = reserve(kMetadataReserve);
+    const std::string reason = reserve(kMetadataReserve + ids_bytes(ids));
     if (!reason.empty()) throw Hdf5Failure(reason);
     const hsize_t N = rows_, unlimited = H5S_UNLIMITED;
     if (task_ == "generate" || task_ == "score") {
@@ -375,6 +481,9 @@ void ResultWriter::create(const JobConfig& job, const ModelConfig& model) {
     const hsize_t chunk = std::max<hsize_t>(1, std::min<hsize_t>(N, 4096));
     create_dataset(file_, "/latency_ms", H5T_NATIVE_FLOAT, {N}, {N}, {chunk});
     create_dataset(file_, "/done", H5T_NATIVE_UINT8, {N}, {N}, {chunk});
+    for (const RowTiming& t : row_timings(task_)) create_timing(file_, t.name, N);
+    if (ids.kind != RowIds::Kind::none) write_ids(file_, ids);
+    describe_datasets(file_);
     write_string_attr(file_, "job_yaml", job.to_yaml());
     write_string_attr(file_, "job_fingerprint", job.fingerprint());
     write_string_attr(file_, "model", model.dir);
@@ -397,7 +506,7 @@ void ResultWriter::create(const JobConfig& job, const ModelConfig& model) {
   }
 }
 
-void ResultWriter::reopen(const JobConfig& job, const ModelConfig& model) {
+void ResultWriter::reopen(const JobConfig& job, const ModelConfig& model, const RowIds& ids) {
   // A rank of the interrupted run may still be exiting with the file open (HDF5 locks it): give
   // it a few seconds before calling the file unreadable.
   file_ = H5Fopen(path_.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
@@ -446,6 +555,8 @@ void ResultWriter::reopen(const JobConfig& job, const ModelConfig& model) {
     } else {
       expected.push_back({"/embeddings", "float32 [" + N + ", " + std::to_string(hidden_) + "]"});
     }
+    for (const RowTiming& t : row_timings(task_))  // absent from files written before they existed
+      if (path_exists(file_, t.name)) expected.push_back({t.name, "float32 [" + N + "]"});
     for (const auto& [name, want] : expected) {
       if (!path_exists(file_, name)) {
         // Files from before log-probs, finish reasons and num_tokens lack them without being damaged.
@@ -488,8 +599,13 @@ void ResultWriter::reopen(const JobConfig& job, const ModelConfig& model) {
   }
 
   try {
-    const std::string reason = reserve(kMetadataReserve);
+    const std::string reason = reserve(kMetadataReserve + ids_bytes(ids));
     if (!reason.empty()) throw Hdf5Failure(reason);
+    // A file written before lowsync carried ids gains them (and its datasets' descriptions).
+    if (ids.kind != RowIds::Kind::none && !path_exists(file_, "/ids")) write_ids(file_, ids);
+    for (const RowTiming& t : row_timings(task_))
+      if (!path_exists(file_, t.name)) create_timing(file_, t.name, rows_);
+    describe_datasets(file_);
     if (task_ == "generate" || task_ == "score") {
       Id ds(H5Dopen2(file_, values_dataset(task_), H5P_DEFAULT), H5Dclose);
       hsize_t dims[1] = {hsize_t(values_)};
@@ -596,6 +712,7 @@ void ResultWriter::append(const std::vector<RowResult>& results) {
   try {
     int64_t need = kMetadataReserve + new_chunk_bytes(file_, "/latency_ms", first, n) +
                    new_chunk_bytes(file_, "/done", first, n);
+    for (const RowTiming& t : row_timings(task_)) need += new_chunk_bytes(file_, t.name, first, n);
     if (task_ == "generate" || task_ == "score")
       need += new_chunk_bytes(file_, values_dataset(task_), values_, end - values_) +
               new_chunk_bytes(file_, offsets_dataset(task_), first + 1, n) +
@@ -634,6 +751,11 @@ void ResultWriter::append(const std::vector<RowResult>& results) {
     }
     if (task_ == "embed") write_rows(file_, "/embeddings", H5T_NATIVE_FLOAT, first, n, hidden_, emb.data());
     write_rows(file_, "/latency_ms", H5T_NATIVE_FLOAT, first, n, 1, latency.data());
+    for (const RowTiming& t : row_timings(task_)) {
+      std::vector<float> values;
+      for (const auto& r : results) values.push_back(r.*t.value);
+      write_rows(file_, t.name, H5T_NATIVE_FLOAT, first, n, 1, values.data());
+    }
     h5(H5Fflush(file_, H5F_SCOPE_GLOBAL));  // the data is on disk before any of its rows is marked done
 
     std::vector<uint8_t> done(n, 1);

@@ -20,6 +20,7 @@
 #include "io/job_config.h"
 #include "io/model_config.h"
 #include "jobs/finish_reason.h"
+#include "io/prompts.h"
 
 namespace lowsync {
 
@@ -38,14 +39,20 @@ struct RowResult {
   double sum_logprob = 0;             // score
   std::vector<float> embedding;       // embed
   float latency_ms = 0;
+  // generate: time to the row's first new token from its batch's arrival at the replica (its
+  // prompt's prefill, and in continuous batching its wait for a sequence slot), then from there to
+  // its last new token.
+  float prefill_ms = 0, decode_ms = 0;
 };
 
 class ResultWriter {
  public:
   // Creates the output (resume = false; it must not exist) or re-opens it (resume = true). Its rows
   // are the input rows `range` of an input of `input_rows` rows (attributes `input_first_row` and
-  // `input_total_rows`); row i of the file is input row range.first + i.
-  ResultWriter(const JobConfig& job, const ModelConfig& model, const RowRange& range, int64_t input_rows, bool resume);
+  // `input_total_rows`); row i of the file is input row range.first + i. `ids` are those rows' ids
+  // from the input (kind none: the input has no /ids), written to /ids as they are.
+  ResultWriter(const JobConfig& job, const ModelConfig& model, const RowRange& range, int64_t input_rows,
+               const RowIds& ids, bool resume);
   ~ResultWriter();
   ResultWriter(const ResultWriter&) = delete;
   ResultWriter& operator=(const ResultWriter&) = delete;
@@ -67,8 +74,8 @@ class ResultWriter {
   const std::string& previous_report_json() const { return previous_report_json_; }
 
  private:
-  void create(const JobConfig& job, const ModelConfig& model);
-  void reopen(const JobConfig& job, const ModelConfig& model);
+  void create(const JobConfig& job, const ModelConfig& model, const RowIds& ids);
+  void reopen(const JobConfig& job, const ModelConfig& model, const RowIds& ids);
   std::string reserve(int64_t bytes);
   [[noreturn]] void fail(const std::string& what, const std::string& cause);
 

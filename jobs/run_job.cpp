@@ -222,7 +222,9 @@ int run_job(const JobConfig& job, bool resume) {
 
   std::unique_ptr<ResultWriter> writer;
   world.agree([&] {
-    if (root) writer = std::make_unique<ResultWriter>(job, model, range, input->rows(), resume);
+    if (root)
+      writer = std::make_unique<ResultWriter>(job, model, range, input->rows(), input->ids(range.first, range.count()),
+                                              resume);
   });
   int64_t first = range.first + (root ? writer->rows_done() : 0);  // the first input row not done
   world.broadcast(&first, sizeof first, 0);

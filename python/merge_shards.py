@@ -11,7 +11,8 @@ count) must cover the input exactly once. Otherwise nothing is written and one l
 printed (exit status 1).
 
 OUT.h5 holds every dataset of the task, equal to an unsharded run's (`done`, `latency_ms` of each
-row's own batch, and the task's results), and the attributes of an unsharded run: `job_yaml` and
+row's own batch, generate's `prefill_ms` and `decode_ms`, `ids` when the input had them, and the
+task's results, with their `description`s), and the attributes of an unsharded run: `job_yaml` and
 `job_fingerprint` without the row range (so `lowsync run JOB --resume --set output=OUT.h5` of the
 unsharded job accepts it, and finds nothing left to do), `model*`, `lowsync_version`, `task`,
 `complete` = 1, `input_first_row` = 0, `input_total_rows`; `merged_from` lists the shards and their
@@ -36,6 +37,8 @@ TASKS = {
 }
 # Datasets with a row per CSR value (the same offsets), where the shards have them (top_*: logprobs K > 0).
 ALIGNED = ("generated/logprobs", "generated/top_ids", "generated/top_logprobs")
+# Per-row datasets merged when every shard has them (files written before they existed lack them).
+OPTIONAL_PER_ROW = ["prefill_ms", "decode_ms"]
 RANGE_LINE = re.compile(r"^(rows|shard): \{.*\}\n", re.M)
 
 
@@ -45,15 +48,8 @@ def attr(f, name):
 
 
 def set_string(f, name, text):
-    """A string attribute as lowsync writes one (fixed-length, C string type), so that lowsync can read it."""
-    data = (text or "").encode()
-    size = max(len(data), 1)
-    tid = h5py.h5t.C_S1.copy()
-    tid.set_size(size)
-    if name in f.attrs:
-        del f.attrs[name]
-    attr = h5py.h5a.create(f.id, name.encode(), tid, h5py.h5s.create(h5py.h5s.SCALAR))
-    attr.write(np.array(data.ljust(size, b"\0"), dtype=f"S{size}"), mtype=tid)
+    """A string attribute as lowsync writes one (a UTF-8 variable-length string: h5py reads str)."""
+    f.attrs.create(name, text or "", dtype=h5py.string_dtype())
 
 
 def without_range(text):
@@ -129,6 +125,19 @@ def merge(out, shards):
             for name in per_row:
                 data = np.concatenate([f[name][()] for f in files])
                 o.create_dataset(name, data=data, chunks=(max(1, min(len(data), 4096)),) + data.shape[1:])
+            # Per-row timings a task may have (generate's prefill_ms and decode_ms), when every shard has them.
+            for name in OPTIONAL_PER_ROW:
+                if all(name in f for f in files):
+                    data = np.concatenate([f[name][()] for f in files])
+                    o.create_dataset(name, data=data, chunks=(max(1, min(len(data), 4096)),))
+            # The rows' ids (the input's /ids), as the shards hold them: same dtype, in input order.
+            if all("ids" in f for f in files):
+                o.create_dataset("ids", data=np.concatenate([f["ids"][()] for f in files]), dtype=files[0]["ids"].dtype)
+            # Each dataset's description, as lowsync wrote it.
+            def copy_description(name, obj):
+                if name in o and "description" in obj.attrs:
+                    set_string(o[name], "description", attr(obj, "description"))
+            files[0].visititems(copy_description)
             if csr:
                 values_name, offsets_name = csr
                 values, offsets = [], [np.zeros(1, np.int64)]

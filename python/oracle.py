@@ -283,3 +283,21 @@ def minilm_dir():
 def random_prompts(rng, lengths, vocab, low=3):
     """Random token lists of the given lengths, ids in [low, vocab)."""
     return [rng.integers(low, vocab, int(n)).tolist() for n in lengths]
+
+
+def text_llama(out_dir, hidden=64, layers=2, seed=0):
+    """A small random LLaMA that has a real tokenizer: all-MiniLM-L6-v2's (BERT WordPiece, 30522 ids)
+    copied beside it, with [SEP] (102) as EOS, so that text goes in (python/make_prompts.py) and
+    comes out (python/results_to_jsonl.py). Returns (model, out_dir)."""
+    import shutil
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=30522, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6,
+                      tie_word_embeddings=False, pad_token_id=0, bos_token_id=101, eos_token_id=102)
+    model = LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(os.path.join(minilm_dir(), name), out_dir)
+    return model, out_dir

@@ -3,7 +3,8 @@ be started): tiny LLaMA generating with sampling, and a tiny BERT embedding.
 
 - shards 0..2 of 3 (`--set shard.index/count`) and `python/merge_shards.py` (shards given out of
   order): every dataset of the merged file equals the unsharded run's, bit for bit, for generate
-  (sampling) and embed (latency_ms: shape and > 0); by their attributes the shards hold the batches
+  (sampling) and embed (timings, measured anew by each run: latency_ms, prefill_ms and decode_ms
+  by shape and sign); by their attributes the shards hold the batches
   (of the whole input's run) that start in input rows [i N / 3, (i + 1) N / 3); the merged file
   resumes with the unsharded job (`--resume`, nothing left to do, unchanged);
 - an empty shard (more shards than batches) is refused naming it;
@@ -48,9 +49,9 @@ def differences(got, ref):
     diff = [f"datasets {sorted(got)} vs {sorted(ref)}"] if sorted(got) != sorted(ref) else []
     for k in sorted(set(got) & set(ref)):
         a, b = got[k], ref[k]
-        if k == "latency_ms":
-            if a.shape != b.shape or a.dtype != b.dtype or not (a > 0).all():
-                diff.append(f"/latency_ms {a.dtype}{list(a.shape)}")
+        if k in ("latency_ms", "prefill_ms", "decode_ms"):  # timings: measured anew by every run
+            if a.shape != b.shape or a.dtype != b.dtype or not (a >= 0).all() or (k != "decode_ms" and not (a > 0).all()):
+                diff.append(f"/{k} {a.dtype}{list(a.shape)}")
         elif a.dtype != b.dtype or a.shape != b.shape or not np.array_equal(a, b):
             diff.append(f"/{k} {a.dtype}{list(a.shape)} vs {b.dtype}{list(b.shape)}")
     return diff

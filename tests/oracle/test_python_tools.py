@@ -8,7 +8,10 @@
   template (the chat template itself is checked on SmolLM2 in test_smollm2.py); --stop writes each
   string's distinct token sequences (as is, after a space) as /stop_ids, /stop_offsets;
 - python/results_to_jsonl.py: on hand-written generate / score / embed results files, one JSON
-  object per row with the documented fields (and decoded text with --model).
+  object per row with the documented fields (and decoded text with --model), including generate's
+  optional ids, finish reasons and log-probs (README "Results");
+- make_prompts on a text file writes /ids = the 0-based line numbers (int64); JSONL and CSV input
+  are checked end to end in tests/cli/test_dataset_run.py.
 
 Run: .venv/bin/python tests/oracle/test_python_tools.py
 """
@@ -140,6 +143,35 @@ def main():
         f["done"] = np.array([1, 1], np.uint8)
     recs = [json.loads(line) for line in tool("results_to_jsonl.py", r).stdout.splitlines()]
     check("results_to_jsonl embed", [x["embedding"] for x in recs] == emb.tolist(), json.dumps(recs[1]))
+
+    # results_to_jsonl with generate's optional datasets (ids, finish reasons, log-probs): as written
+    # by lowsync (README "Results"), with and without the `codes` attribute.
+    r = os.path.join(tmp, "gen_lp.h5")
+    gen_ids = [[5, 6], [7]]
+    lps = np.array([-0.5, -1.5, -0.25], np.float32)
+    top_ids = np.array([[5, 9], [6, 1], [7, 3]], np.int32)
+    top_lps = np.array([[-0.5, -2.0], [-1.5, -1.75], [-0.25, -3.0]], np.float32)
+    for codes in (True, False):
+        with h5py.File(r, "w") as f:
+            f["generated/token_ids"], f["generated/offsets"] = oracle.csr(gen_ids)
+            f["generated/finish_reason"] = np.array([1, 3], np.uint8)
+            if codes:
+                f["generated/finish_reason"].attrs["codes"] = "length,eos,stop,context"
+            f["generated/logprobs"], f["generated/top_ids"], f["generated/top_logprobs"] = lps, top_ids, top_lps
+            f["ids"] = np.array(["a", "é"], dtype=h5py.string_dtype())
+            f["latency_ms"] = np.array([1, 1], np.float32)
+            f["done"] = np.array([1, 1], np.uint8)
+        recs = [json.loads(line) for line in tool("results_to_jsonl.py", r).stdout.splitlines()]
+        check(f"results_to_jsonl generate with finish_reason ({'codes attribute' if codes else 'default codes'}), "
+              "logprobs, top_logprobs and string ids",
+              [x["id"] for x in recs] == ["a", "é"] and [x["finish_reason"] for x in recs] == ["eos", "context"]
+              and recs[0]["logprobs"] == [-0.5, -1.5] and recs[1]["logprobs"] == [-0.25]
+              and recs[0]["top_logprobs"] == [[[5, -0.5], [9, -2.0]], [[6, -1.5], [1, -1.75]]]
+              and recs[1]["top_logprobs"] == [[[7, -0.25], [3, -3.0]]], json.dumps(recs[0]))
+    with h5py.File(out, "r") as f:
+        line_ids, dt = f["ids"][()].tolist(), f["ids"].dtype
+    check("make_prompts text file: /ids are the 0-based line numbers, int64", line_ids == [0, 1, 2]
+          and dt == np.int64, f"{line_ids} {dt}")
 
     if os.environ.get("LOWSYNC_KEEP_TMP") is None and not check.failures:
         shutil.rmtree(tmp, ignore_errors=True)

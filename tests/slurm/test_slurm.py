@@ -6,7 +6,7 @@ Debian's slurm-wlm and munge, installed first when missing), with a tiny LLaMA
 - single_node.sbatch (2 ranks, parallel.dp: auto, threads: auto), multi_node_mpirun.sbatch and
   multi_node_srun.sbatch (srun --mpi=pmix; 2 nodes x 1 rank), each with `sbatch --wait`: exit 0, the
   log shows the world lowsync saw (2 ranks, dp=2, 1 thread from --cpus-per-task), and every
-  dataset of the output equals a direct unsharded run's (latency_ms: same shape, positive);
+  dataset of the output equals a direct unsharded run's (timings: same shape, positive);
 - array.sbatch (--array=0-2: 3 shards) and then python/merge_shards.py in a job that depends on the
   array (afterok, as the template's comment says): the merged file's datasets equal the unsharded
   run's, and the shards hold the rows their attributes say;
@@ -69,7 +69,8 @@ def datasets(path):
 
 
 def same_as_reference(check, what, path, ref):
-    """Every dataset equal to the reference's (dtype, shape, values); latency_ms: shape, positive."""
+    """Every dataset equal to the reference's (dtype, shape, values); timings (latency_ms, prefill_ms,
+    decode_ms): shape, positive (decode_ms non-negative)."""
     try:
         got = datasets(path)
     except Exception as e:  # noqa: BLE001
@@ -80,9 +81,9 @@ def same_as_reference(check, what, path, ref):
         diff.append(f"datasets {sorted(got)} vs {sorted(ref)}")
     for k in sorted(set(got) & set(ref)):
         a, b = got[k], ref[k]
-        if k == "latency_ms":
-            if a.shape != b.shape or a.dtype != b.dtype or not (a > 0).all():
-                diff.append(f"/latency_ms {a.dtype}{list(a.shape)} (min {a.min() if a.size else None})")
+        if k in ("latency_ms", "prefill_ms", "decode_ms"):  # timings: measured anew by every run
+            if a.shape != b.shape or a.dtype != b.dtype or not (a >= 0).all() or (k != "decode_ms" and not (a > 0).all()):
+                diff.append(f"/{k} {a.dtype}{list(a.shape)} (min {a.min() if a.size else None})")
         elif a.dtype != b.dtype or a.shape != b.shape or not np.array_equal(a, b):
             diff.append(f"/{k} {a.dtype}{list(a.shape)} vs {b.dtype}{list(b.shape)}")
     check(f"{what}: every dataset equals the unsharded run's", not diff,
