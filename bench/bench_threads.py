@@ -111,6 +111,7 @@ def main():
                      f"prefill_s of rank 0); decode: generate job, greedy, {a.decode_steps + 1} new tokens after "
                      f"16-token prompts (decode_s / decode_steps of rank 0); settings interleaved in {a.rounds} "
                      "rounds, medians; MPI over shared memory, ranks not bound",
+           "load_average_1_5_15min_at_end": os.getloadavg(),
            "greedy_tokens_identical_across_settings": same_tokens, "results": results}
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:

@@ -44,9 +44,30 @@ Tensor host_tensor(int64_t rows, int64_t cols, bool zero) {
   return t;
 }
 
+// A decode pass's attention products (one query row over a few hundred cached keys, per head) run
+// on one OpenBLAS thread: OpenBLAS would split those of over ~150 keys over `threads`, and its
+// woken worker then busy-waits for more work on a core that the few-rows kernel's next product
+// needs (measured with OpenMP threads, which also busy-wait: decode steps 5x slower at 2 threads
+// on 2 cores). Products this small gain nothing from a second thread.
+class OneBlasThreadWhileDecoding {
+ public:
+  OneBlasThreadWhileDecoding(const BatchLayout& layout, int threads) : threads_(threads) {
+    decoding_ = threads > 1 && std::all_of(layout.seqs.begin(), layout.seqs.end(),
+                                           [](const SequenceSlot& s) { return s.n_new == 1; });
+    if (decoding_) openblas_set_num_threads(1);
+  }
+  ~OneBlasThreadWhileDecoding() {
+    if (decoding_) openblas_set_num_threads(threads_);
+  }
+
+ private:
+  const int threads_;
+  bool decoding_ = false;
+};
+
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) : threads_(threads), simd_(best_simd_level()) {
+  explicit CpuBackend(int threads) : threads_(threads), simd_(best_simd_level()), workers_(threads) {
     openblas_set_num_threads(threads);
   }
   std::string name() const override { return "cpu"; }
@@ -81,7 +102,7 @@ class CpuBackend final : public Backend {
       for (int64_t i = 0; i < M; ++i) std::memcpy(y.row(i), bias->f32(), sizeof(float) * N);
     }
     if (M <= kFewRows && simd_ != SimdLevel::Scalar) {  // decode steps: every weight read once for all rows
-      few_rows_matmul(simd_, threads_, x.f32(), M, K, w.f32(), N, y.f32(), bias != nullptr);
+      few_rows_matmul(simd_, workers_, x.f32(), M, K, w.f32(), N, y.f32(), bias != nullptr);
       return;
     }
     if (M == 1) {  // one row, no SIMD kernel: y = w x streams w at memory speed, sgemm does not
@@ -158,6 +179,7 @@ class CpuBackend final : public Backend {
     const Tensor& K = cache.k[layer];
     const Tensor& V = cache.v[layer];
     const float scale = 1.f / std::sqrt(float(head_dim));
+    OneBlasThreadWhileDecoding one_thread(layout, threads_);
     for (const SequenceSlot& s : layout.seqs) {
       const int64_t ctx = s.past + s.n_new;
       scores_.resize(s.n_new * ctx);
@@ -225,6 +247,7 @@ class CpuBackend final : public Backend {
  private:
   const int threads_;      // the rank's `threads`: OpenBLAS's and the few-rows kernel's
   const SimdLevel simd_;   // the few-rows kernel's instruction set (scalar: OpenBLAS instead)
+  WorkerThreads workers_;  // the few-rows kernel's threads
   std::vector<float> scores_;
 };
 

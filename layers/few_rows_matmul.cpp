@@ -168,17 +168,16 @@ void columns(SimdLevel level, const float* x, int64_t M, int64_t K, const float*
 
 }  // namespace
 
-void few_rows_matmul(SimdLevel level, int threads, const float* x, int64_t M, int64_t K, const float* w, int64_t N,
-                     float* y, bool accumulate) {
+void few_rows_matmul(SimdLevel level, WorkerThreads& workers, const float* x, int64_t M, int64_t K, const float* w,
+                     int64_t N, float* y, bool accumulate) {
   // Thread t computes columns [t * per, (t + 1) * per): a contiguous slice of w (each weight is
   // still read once), whole 4-row blocks so that only the last slice has a ragged end.
-  const int64_t blocks = (N + 3) / 4;
+  const int64_t threads = workers.size(), blocks = (N + 3) / 4;
   const int64_t per = 4 * ((blocks + threads - 1) / threads);
-#pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
-  for (int t = 0; t < threads; ++t) {
+  workers.run([&](int t) {
     const int64_t n0 = std::min(N, t * per), n1 = std::min(N, n0 + per);
     columns(level, x, M, K, w, N, y, accumulate, n0, n1);
-  }
+  });
 }
 
 }  // namespace lowsync

@@ -8,8 +8,10 @@
 // One build runs on any x86-64: the vector code is compiled per instruction set with target
 // attributes and picked at run time (best_simd_level). Each dot product runs over k in the same
 // order whatever M and the thread count are, so a row's result depends neither on the other rows
-// of its batch nor on `threads`.
+// of its batch nor on the thread count.
 #include <cstdint>
+
+#include "layers/worker_threads.h"
 
 namespace lowsync {
 
@@ -25,9 +27,9 @@ const char* simd_level_name(SimdLevel level);  // "avx512", "avx2", "scalar"
 constexpr int64_t kFewRows = 32;
 
 // y[M, N] = x[M, K] w[N, K]^T, or y += x w^T when accumulate (y holding a bias). Row-major, dense.
-// `threads` (>= 1) split the N output columns into contiguous slices of w, one per thread.
+// The threads of `workers` split the N output columns into contiguous slices of w, one each.
 // `level` must be one the CPU runs (cpu_runs).
-void few_rows_matmul(SimdLevel level, int threads, const float* x, int64_t M, int64_t K, const float* w, int64_t N,
-                     float* y, bool accumulate);
+void few_rows_matmul(SimdLevel level, WorkerThreads& workers, const float* x, int64_t M, int64_t K, const float* w,
+                     int64_t N, float* y, bool accumulate);
 
 }  // namespace lowsync

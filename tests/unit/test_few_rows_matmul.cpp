@@ -64,8 +64,9 @@ TEST(FewRowsMatmul, MatchesNaiveLoopOnEveryPathThisCpuRuns) {
           const Reference ref = naive(x, M, K, w, N, {});
           std::vector<float> at_one_thread;
           for (int threads : {1, 2, 3, 8}) {
+            WorkerThreads workers(threads);
             std::vector<float> y(M * N, std::nanf(""));  // every element must be written
-            few_rows_matmul(level, threads, x.data(), M, K, w.data(), N, y.data(), false);
+            few_rows_matmul(level, workers, x.data(), M, K, w.data(), N, y.data(), false);
             for (int64_t i = 0; i < M * N; ++i)
               ASSERT_LE(std::abs(y[i] - ref.y[i]), ref.bound[i])
                   << simd_level_name(level) << " M=" << M << " N=" << N << " K=" << K << " threads=" << threads
@@ -87,7 +88,8 @@ TEST(FewRowsMatmul, AccumulatesIntoY) {
     const auto x = random_values(M * K, 3), w = random_values(N * K, 4), y0 = random_values(M * N, 5);
     const Reference ref = naive(x, M, K, w, N, y0);
     std::vector<float> y = y0;
-    few_rows_matmul(level, 2, x.data(), M, K, w.data(), N, y.data(), true);
+    WorkerThreads two(2);
+    few_rows_matmul(level, two, x.data(), M, K, w.data(), N, y.data(), true);
     for (int64_t i = 0; i < M * N; ++i) ASSERT_LE(std::abs(y[i] - ref.y[i]), ref.bound[i]) << simd_level_name(level);
   }
 }
@@ -99,9 +101,10 @@ TEST(FewRowsMatmul, RowResultIndependentOfBatch) {
     const int64_t M = 33, N = 13, K = 45;
     const auto x = random_values(M * K, 6), w = random_values(N * K, 7);
     std::vector<float> all(M * N), one(N);
-    few_rows_matmul(level, 1, x.data(), M, K, w.data(), N, all.data(), false);
+    WorkerThreads single(1);
+    few_rows_matmul(level, single, x.data(), M, K, w.data(), N, all.data(), false);
     for (int64_t m = 0; m < M; ++m) {
-      few_rows_matmul(level, 1, x.data() + m * K, 1, K, w.data(), N, one.data(), false);
+      few_rows_matmul(level, single, x.data() + m * K, 1, K, w.data(), N, one.data(), false);
       for (int64_t n = 0; n < N; ++n) ASSERT_EQ(one[n], all[m * N + n]) << simd_level_name(level) << " row " << m;
     }
   }
