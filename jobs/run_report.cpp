@@ -24,7 +24,8 @@ nlohmann::json per_rank_json(const Plan& plan, const std::vector<double>& all) {
   for (int r = 0; r < plan.world; ++r) {
     const double* f = &all[r * kReportFields];
     out.push_back({{"rank", r}, {"compute_s", f[0]}, {"comm_s", f[1]}, {"allreduces", int64_t(f[2])},
-                   {"message_bytes", int64_t(f[3])}, {"wire_bytes", int64_t(f[17])}, {"threads", int64_t(f[18])}, {"passes", int64_t(f[4])}, {"tokens", int64_t(f[5])},
+                   {"message_bytes", int64_t(f[3])}, {"wire_bytes", int64_t(f[17])}, {"threads", int64_t(f[18])},
+                   {"passes", int64_t(f[4])}, {"tokens", int64_t(f[5])},
                    {"weight_bytes", int64_t(f[6])}, {"peak_rss_mib", f[7]}, {"rss_anon_mib", f[8]},
                    {"planned_memory_bytes", plan.memory_of(r).total()},
                    {"prefill_s", f[9]}, {"prefill_passes", int64_t(f[10])}, {"decode_s", f[11]},
