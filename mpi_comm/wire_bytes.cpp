@@ -50,9 +50,10 @@ double allreduce_wire_bytes(int ranks, int64_t bytes) {
       // and gets the result back.
       return (p2 * steps * n + 2 * extra * n) / P;
     case AllReduceAlgorithm::Rabenseifner:
-      // Recursive halving then doubling: 2 (p2-1)/p2 x n per rank of the power-of-two part, plus
-      // the extra ranks' message out and result back.
-      return (2 * (p2 - 1) * n + 2 * extra * n) / P;
+      // Recursive halving then doubling: 2 (p2-1)/p2 x n per rank of the power-of-two part. Each
+      // extra rank and its partner first swap halves (n/2 each), the extra rank hands its reduced
+      // half over (n/2) and gets the result back (n): 2.5 n per extra rank.
+      return (2 * (p2 - 1) * n + 2.5 * extra * n) / P;
   }
   return 0;
 }

@@ -37,6 +37,10 @@ TEST(WireBytes, ThreeRanksFoldOneIntoAPartner) {
   EXPECT_DOUBLE_EQ(allreduce_wire_bytes(3, 3072), 4.0 * 3072 / 3);
   // Ring at 3 ranks (4-8 KiB): 2 x 2/3 messages.
   EXPECT_DOUBLE_EQ(allreduce_wire_bytes(3, 6000), 4.0 * 6000 / 3);
+  // Rabenseifner from 256 KiB: the pair's swap of halves, the handover and the result back
+  // (2.5 n) on top of the two-rank part's 2 x 1/2 x n each: (2 n + 2.5 n) / 3.
+  EXPECT_EQ(open_mpi_allreduce_algorithm(3, 1 << 20), AllReduceAlgorithm::Rabenseifner);
+  EXPECT_DOUBLE_EQ(allreduce_wire_bytes(3, 1 << 20), 1.5 * (1 << 20));
 }
 
 TEST(WireBytes, AlgorithmIndependentCollectives) {
