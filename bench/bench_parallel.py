@@ -201,7 +201,9 @@ def main():
                         "prefill_tokens_per_s": r0p["tokens"] / pre["wall_s"],
                         "decode_ms_per_step": 1e3 * dec["wall_s"] / a.decode_steps,
                         "decode_batch": a.decode_batch,
-                        "bytes_per_token": r0p["bytes_sent"] / max(r0p["tokens"], 1),
+                        # The all-reduced message, and what rank 0 sends of it (ring/tree factor: run report).
+                        "message_bytes_per_token": r0p["message_bytes"] / max(r0p["tokens"], 1),
+                        "wire_bytes_per_token": r0p["wire_bytes"] / max(r0p["tokens"], 1),
                         "comm_fraction_decode": r0d["comm_s"] / max(r0d["comm_s"] + r0d["compute_s"], 1e-9),
                         "kl_vs_tp": dev["kl"] if dev else None, "top1_vs_tp": dev["top1"] if dev else None,
                     }

@@ -105,7 +105,7 @@ def main():
                     rep = bench.run(a.np, net, job, {"parallel.sync_dtype": d})
                     step = bp.measured_phase(rep, "decode")
                     pre = bp.measured_phase(rep, "prefill")
-                    bytes_tok = max(r["bytes_sent"] / max(r["tokens"], 1) for r in rep["per_rank"])
+                    bytes_tok = max(r["wire_bytes"] / max(r["tokens"], 1) for r in rep["per_rank"])
                     print(f"{net} round {rnd} {d}: decode {step * 1e3:.1f} ms/step, prefill {pre:.2f} s/pass",
                           flush=True)
                     best = results[net][d]
@@ -116,7 +116,7 @@ def main():
         subprocess.run([bp.CLUSTER, "down"], capture_output=True)
 
     summary = {net: {d: {"decode_ms_per_step": r["decode_ms_per_step"], "prefill_s_per_pass": r["prefill_s_per_pass"],
-                         "bytes_sent_per_token": r["bytes_per_token"],
+                         "wire_bytes_per_token": r["bytes_per_token"],
                          "decode_speedup_vs_fp32": results[net]["fp32"]["decode_ms_per_step"] / r["decode_ms_per_step"]}
                      for d, r in res.items()} for net, res in results.items()}
     doc = {"model": "SmolLM2-135M-Instruct", "np": a.np, "tp": a.np, "rows": a.rows, "prompt_tokens": a.length,

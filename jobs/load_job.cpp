@@ -47,7 +47,8 @@ LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
                       " but has " + std::to_string(usable >> 20) + " MiB usable; lower the batch limits, add ranks, or " +
                       "set memory.limit to stream layers");
   });
-  j.groups = std::make_unique<ParallelGroups>(ParallelGroups::make(j.plan.group, j.plan.pp, j.plan.dp));
+  j.groups = std::make_unique<ParallelGroups>(
+      ParallelGroups::make(j.plan.group, j.plan.pp, j.plan.dp, split_name(j.plan.split)));
 
   const auto t0 = std::chrono::steady_clock::now();
   world.agree([&] {

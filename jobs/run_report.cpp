@@ -25,7 +25,8 @@ nlohmann::json per_rank_json(const Plan& plan, const std::vector<double>& all) {
   for (int r = 0; r < plan.world; ++r) {
     const double* f = &all[r * kReportFields];
     out.push_back({{"rank", r}, {"compute_s", f[0]}, {"comm_s", f[1]}, {"allreduces", int64_t(f[2])},
-                   {"bytes_sent", int64_t(f[3])}, {"passes", int64_t(f[4])}, {"tokens", int64_t(f[5])},
+                   {"message_bytes", int64_t(f[3])}, {"wire_bytes", int64_t(f[17])}, {"threads", int64_t(f[18])},
+                   {"passes", int64_t(f[4])}, {"tokens", int64_t(f[5])},
                    {"weight_bytes", int64_t(f[6])}, {"peak_rss_mib", f[7]}, {"rss_anon_mib", f[8]},
                    {"planned_memory_bytes", plan.memory_of(r).total()},
                    {"prefill_s", f[9]}, {"prefill_passes", int64_t(f[10])}, {"decode_s", f[11]},
@@ -179,12 +180,16 @@ std::string run_report(const Plan& plan, const ModelConfig& model, const std::ve
     s << "per rank, this run:\n";
   }
   const char* axis = plan.split == ReplicaSplit::Tensor ? "tp" : "bp";
+  if (plan.group > 1)
+    s << "bytes per token: the all-reduced message, and what this rank sends of it on the wire (Open MPI 4.1 "
+         "tuned's algorithm for the message size: ring or Rabenseifner 2(P-1)/P x, recursive doubling log2(P) x)\n";
   for (int r = 0; r < plan.world; ++r) {
     const double* f = &all[r * kReportFields];
-    const double per_token = f[5] > 0 ? f[3] / f[5] : 0;
-    s << "rank " << r << ": compute " << f[0] << " s, " << axis << " communication " << f[1] << " s ("
-      << (f[0] + f[1] > 0 ? 100 * f[1] / (f[0] + f[1]) : 0) << "%), " << static_cast<int64_t>(f[2])
-      << " all-reduces over " << static_cast<int64_t>(f[4]) << " passes, " << per_token << " bytes sent per token, "
+    const double message = f[5] > 0 ? f[3] / f[5] : 0, wire = f[5] > 0 ? f[17] / f[5] : 0;
+    s << "rank " << r << ": " << static_cast<int64_t>(f[18]) << " threads, compute " << f[0] << " s, " << axis
+      << " communication " << f[1] << " s (" << (f[0] + f[1] > 0 ? 100 * f[1] / (f[0] + f[1]) : 0) << "%), "
+      << static_cast<int64_t>(f[2]) << " all-reduces over " << static_cast<int64_t>(f[4]) << " passes, " << message
+      << " bytes all-reduced per token (" << wire << " sent on the wire), "
       << (plan.pp > 1 ? "pipeline sends/waits " + std::to_string(f[13]) + " s, " : std::string())
       << (f[15] > 0 ? std::to_string(plan.layers_of(r).count - plan.resident_of(r)) + " layers streamed (" +
                           std::to_string(f[15] / 1048576.0) + " MiB read, " + std::to_string(f[16]) + " s waited), "

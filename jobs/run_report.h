@@ -9,11 +9,12 @@
 
 namespace lowsync {
 
-// Per-rank figures, gathered to every rank: [compute s, replica comm s, all-reduces, bytes sent,
-// forward passes, tokens, weight bytes, peak resident MiB, anonymous resident MiB, prefill s,
-// prefill passes, decode s, decode steps, pipeline s, pipeline bytes sent, streamed layer bytes,
-// seconds stalled waiting for a streamed layer].
-constexpr int kReportFields = 17;
+// Per-rank figures, gathered to every rank: [compute s, replica comm s, all-reduces, all-reduce
+// message bytes, forward passes, tokens, weight bytes, peak resident MiB, anonymous resident MiB,
+// prefill s, prefill passes, decode s, decode steps, pipeline s, pipeline bytes sent, streamed
+// layer bytes, seconds stalled waiting for a streamed layer, replica sync bytes on the wire
+// (mpi_comm/wire_bytes.h), threads].
+constexpr int kReportFields = 19;
 
 // This run (one segment of the file: a --resume makes another).
 struct RunTotals {

@@ -1,7 +1,7 @@
-// CPU kernels: fp32, OpenBLAS for every matrix product (projections and attention), plain loops
-// for the element-wise parts.
+// CPU kernels: fp32, OpenBLAS for matrix products (projections of many rows, attention), lowsync's
+// few-rows kernel (layers/few_rows_matmul.h) for projections of up to 32 rows, plain loops for the
+// element-wise parts. `threads` is both OpenBLAS's thread count and the few-rows kernel's.
 #include <cblas.h>
-#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
@@ -10,6 +10,7 @@
 
 #include "io/error.h"
 #include "layers/backend.h"
+#include "layers/few_rows_matmul.h"
 
 namespace lowsync {
 
@@ -56,61 +57,30 @@ Tensor host_tensor(int64_t rows, int64_t cols, bool zero) {
   return t;
 }
 
-// y = x w^T (accumulate: y += x w^T) for a few rows of x (decode steps), AVX-512: OpenBLAS's sgemm
-// streams w at a quarter of memory speed when x has few rows. Here each block of NR rows of w is
-// read from memory once and multiplied by every row of x (which stays in cache), MR x NR dot
-// products at a time. Each dot product runs over k in the same order whatever M is, so a row's
-// result does not depend on the other rows of its batch.
-
-// 16 values of k of every dot product of the tile (fewer at the end: the others read as 0).
-template <int MR, int NR>
-__attribute__((target("avx512f,fma"), always_inline)) inline void dot_step(const float* x, int64_t K, const float* w,
-                                                                          __m512 (&c)[MR][NR], __mmask16 live) {
-  __m512 b[NR];
-  for (int j = 0; j < NR; ++j) b[j] = _mm512_maskz_loadu_ps(live, w + j * K);
-  for (int i = 0; i < MR; ++i) {
-    const __m512 a = _mm512_maskz_loadu_ps(live, x + i * K);
-    for (int j = 0; j < NR; ++j) c[i][j] = _mm512_fmadd_ps(a, b[j], c[i][j]);
+// A decode pass's attention products (one query row over a few hundred cached keys, per head) run
+// on one OpenBLAS thread: OpenBLAS would split those of over ~150 keys over `threads`, and its
+// woken worker then busy-waits for more work on a core that the few-rows kernel's next product
+// needs (measured with OpenMP threads, which also busy-wait: decode steps 5x slower at 2 threads
+// on 2 cores). Products this small gain nothing from a second thread.
+class OneBlasThreadWhileDecoding {
+ public:
+  OneBlasThreadWhileDecoding(const BatchLayout& layout, int threads) : threads_(threads) {
+    decoding_ = threads > 1 && std::all_of(layout.seqs.begin(), layout.seqs.end(),
+                                           [](const SequenceSlot& s) { return s.n_new == 1; });
+    if (decoding_) openblas_set_num_threads(1);
   }
-}
+  ~OneBlasThreadWhileDecoding() {
+    if (decoding_) openblas_set_num_threads(threads_);
+  }
 
-template <int MR, int NR>
-__attribute__((target("avx512f,fma"))) void dot_tile(const float* x, int64_t K, const float* w, float* y,
-                                                     int64_t ldy, bool accumulate) {
-  __m512 c[MR][NR];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) c[i][j] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 16 <= K; k += 16) dot_step<MR, NR>(x + k, K, w + k, c, 0xffff);
-  if (k < K) dot_step<MR, NR>(x + k, K, w + k, c, __mmask16((1u << (K - k)) - 1));
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) {
-      const float d = _mm512_reduce_add_ps(c[i][j]);
-      y[i * ldy + j] = accumulate ? y[i * ldy + j] + d : d;
-    }
-}
-
-template <int NR>
-void dot_weight_rows(const float* x, int64_t M, int64_t K, const float* w, float* y, int64_t N, bool accumulate) {
-  int64_t m = 0;
-  for (; m + 4 <= M; m += 4) dot_tile<4, NR>(x + m * K, K, w, y + m * N, N, accumulate);
-  if (M - m == 3) dot_tile<3, NR>(x + m * K, K, w, y + m * N, N, accumulate);
-  if (M - m == 2) dot_tile<2, NR>(x + m * K, K, w, y + m * N, N, accumulate);
-  if (M - m == 1) dot_tile<1, NR>(x + m * K, K, w, y + m * N, N, accumulate);
-}
-
-constexpr int64_t kFewRows = 32;  // up to here the kernel beats sgemm (measured: 2-4x at M = 2..16)
-
-void few_rows_matmul(const float* x, int64_t M, int64_t K, const float* w, int64_t N, float* y, bool accumulate) {
-  int64_t n = 0;
-  for (; n + 4 <= N; n += 4) dot_weight_rows<4>(x, M, K, w + n * K, y + n, N, accumulate);
-  for (; n < N; ++n) dot_weight_rows<1>(x, M, K, w + n * K, y + n, N, accumulate);
-}
+ private:
+  const int threads_;
+  bool decoding_ = false;
+};
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads)
-      : few_rows_kernel_(threads == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) {
+  explicit CpuBackend(int threads) : threads_(threads), simd_(best_simd_level()), workers_(threads) {
     openblas_set_num_threads(threads);
   }
   std::string name() const override { return "cpu"; }
@@ -144,11 +114,11 @@ class CpuBackend final : public Backend {
     if (bias) {
       for (int64_t i = 0; i < M; ++i) std::memcpy(y.row(i), bias->f32(), sizeof(float) * N);
     }
-    if (M <= kFewRows && few_rows_kernel_) {  // decode steps: every weight read once for all rows
-      few_rows_matmul(x.f32(), M, K, w.f32(), N, y.f32(), bias != nullptr);
+    if (M <= kFewRows && simd_ != SimdLevel::Scalar) {  // decode steps: every weight read once for all rows
+      few_rows_matmul(simd_, workers_, x.f32(), M, K, w.f32(), N, y.f32(), bias != nullptr);
       return;
     }
-    if (M == 1) {  // one row (a decode step of one sequence): y = w x streams w at memory speed, sgemm does not
+    if (M == 1) {  // one row, no SIMD kernel: y = w x streams w at memory speed, sgemm does not
       cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.f, w.f32(), K, x.f32(), 1, bias ? 1.f : 0.f, y.f32(), 1);
       return;
     }
@@ -228,6 +198,7 @@ class CpuBackend final : public Backend {
     const Tensor& K = cache.k[layer];
     const Tensor& V = cache.v[layer];
     const float scale = 1.f / std::sqrt(float(head_dim));
+    OneBlasThreadWhileDecoding one_thread(layout, threads_);
     for (const SequenceSlot& s : layout.seqs) {
       const int64_t ctx = s.past + s.n_new;
       scores_.resize(s.n_new * ctx);
@@ -308,7 +279,9 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  const bool few_rows_kernel_;  // one thread (the kernel is single-threaded) on a CPU with AVX-512
+  const int threads_;      // the rank's `threads`: OpenBLAS's and the few-rows kernel's
+  const SimdLevel simd_;   // the few-rows kernel's instruction set (scalar: OpenBLAS instead)
+  WorkerThreads workers_;  // the few-rows kernel's threads
   std::vector<float> scores_;
 };
 

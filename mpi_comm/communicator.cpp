@@ -5,6 +5,7 @@
 
 #include "mpi_comm/trace.h"
 #include "mpi_comm/watchdog.h"
+#include "mpi_comm/wire_bytes.h"
 
 namespace lowsync {
 
@@ -17,10 +18,12 @@ struct Timer {
   int64_t bytes;
   double t0 = MPI_Wtime();
   double trace_start = trace::enabled() ? trace::now_us() : 0;
-  Timer(CommCounters& counters, int64_t sent, const std::string& group_name, const char* call_name)
+  // sent: the message this rank hands to MPI; wire: what the algorithm sends (mpi_comm/wire_bytes.h).
+  Timer(CommCounters& counters, int64_t sent, double wire, const std::string& group_name, const char* call_name)
       : c(counters), group(group_name), call(call_name), bytes(sent) {
     ++c.calls;
     c.bytes += bytes;
+    c.wire_bytes += wire;
     watchdog::call_started(&group, call);
   }
   ~Timer() {
@@ -69,7 +72,7 @@ void Communicator::check(int err, const char* call) const {
 }
 
 void Communicator::all_reduce(float* data, int64_t n) {
-  Timer t(counters_, n * 4, name_, "Allreduce");
+  Timer t(counters_, n * 4, allreduce_wire_bytes(size_, n * 4), name_, "Allreduce");
   check(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT, MPI_SUM, comm_), "Allreduce");
 }
 
@@ -80,7 +83,10 @@ void Communicator::all_reduce(float* data, int64_t n, SyncDType dtype) {
   const int64_t grain = sync_grain(dtype);
   const int64_t chunk = (n + size_ * grain - 1) / (size_ * grain) * grain;
   const int64_t chunk_bytes = encoded_bytes(dtype, chunk);
-  Timer t(counters_, chunk_bytes * size_, name_, dtype == SyncDType::BF16 ? "Allreduce_bf16" : "Allreduce_q8");
+  // On the wire: the all-to-all sends the P-1 chunks other ranks own, the all-gather this rank's
+  // summed chunk to the P-1 others.
+  Timer t(counters_, chunk_bytes * size_, double(size_ - 1) * chunk_bytes + allgather_wire_bytes(size_, chunk_bytes),
+          name_, dtype == SyncDType::BF16 ? "Allreduce_bf16" : "Allreduce_q8");
   std::vector<float>& v = sync_.values;
   v.assign(static_cast<size_t>(chunk * size_), 0.f);
   std::copy(data, data + n, v.begin());
@@ -101,53 +107,54 @@ void Communicator::all_reduce(float* data, int64_t n, SyncDType dtype) {
 }
 
 void Communicator::all_reduce(double* data, int64_t n) {
-  Timer t(counters_, n * 8, name_, "Allreduce");
+  Timer t(counters_, n * 8, allreduce_wire_bytes(size_, n * 8), name_, "Allreduce");
   check(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, comm_), "Allreduce");
 }
 
 void Communicator::all_reduce_max(int64_t* data, int64_t n) {
-  Timer t(counters_, n * 8, name_, "Allreduce");
+  Timer t(counters_, n * 8, allreduce_wire_bytes(size_, n * 8), name_, "Allreduce");
   check(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_INT64_T, MPI_MAX, comm_), "Allreduce");
 }
 
 void Communicator::all_gather(const float* send, int64_t n, float* recv) {
-  Timer t(counters_, n * 4, name_, "Allgather");
+  Timer t(counters_, n * 4, allgather_wire_bytes(size_, n * 4), name_, "Allgather");
   check(MPI_Allgather(send, static_cast<int>(n), MPI_FLOAT, recv, static_cast<int>(n), MPI_FLOAT, comm_), "Allgather");
 }
 
 void Communicator::all_gather(const double* send, int64_t n, double* recv) {
-  Timer t(counters_, n * 8, name_, "Allgather");
+  Timer t(counters_, n * 8, allgather_wire_bytes(size_, n * 8), name_, "Allgather");
   check(MPI_Allgather(send, static_cast<int>(n), MPI_DOUBLE, recv, static_cast<int>(n), MPI_DOUBLE, comm_), "Allgather");
 }
 
 void Communicator::reduce_scatter(const float* send, float* recv, int64_t n_per_rank) {
-  Timer t(counters_, n_per_rank * size_ * 4, name_, "Reduce_scatter_block");
+  Timer t(counters_, n_per_rank * size_ * 4, reduce_scatter_wire_bytes(size_, n_per_rank * size_ * 4), name_,
+          "Reduce_scatter_block");
   check(MPI_Reduce_scatter_block(send, recv, static_cast<int>(n_per_rank), MPI_FLOAT, MPI_SUM, comm_),
         "Reduce_scatter_block");
 }
 
 void Communicator::broadcast(void* data, int64_t bytes, int root) {
-  Timer t(counters_, rank_ == root ? bytes : 0, name_, "Bcast");
+  Timer t(counters_, rank_ == root ? bytes : 0, broadcast_wire_bytes(size_, bytes), name_, "Bcast");
   check(MPI_Bcast(data, static_cast<int>(bytes), MPI_BYTE, root, comm_), "Bcast");
 }
 
 void Communicator::barrier() {
-  Timer t(counters_, 0, name_, "Barrier");
+  Timer t(counters_, 0, 0, name_, "Barrier");
   check(MPI_Barrier(comm_), "Barrier");
 }
 
 void Communicator::send(const void* data, int64_t bytes, int dest, int tag) {
-  Timer t(counters_, bytes, name_, "Send");
+  Timer t(counters_, bytes, double(bytes), name_, "Send");
   check(MPI_Send(data, static_cast<int>(bytes), MPI_BYTE, dest, tag, comm_), "Send");
 }
 
 void Communicator::recv(void* data, int64_t bytes, int source, int tag) {
-  Timer t(counters_, 0, name_, "Recv");
+  Timer t(counters_, 0, 0, name_, "Recv");
   check(MPI_Recv(data, static_cast<int>(bytes), MPI_BYTE, source, tag, comm_, MPI_STATUS_IGNORE), "Recv");
 }
 
 MPI_Request Communicator::isend(const void* data, int64_t bytes, int dest, int tag) {
-  Timer t(counters_, bytes, name_, "Isend");
+  Timer t(counters_, bytes, double(bytes), name_, "Isend");
   MPI_Request req;
   check(MPI_Isend(data, static_cast<int>(bytes), MPI_BYTE, dest, tag, comm_, &req), "Isend");
   return req;
@@ -176,7 +183,8 @@ Communicator::Incoming Communicator::probe(bool block) {
 }
 
 MPI_Request Communicator::iall_reduce(float* data, int64_t n) {
-  Timer t(counters_, n * 4, name_, "Iallreduce");
+  // libnbc, not tuned, runs it; counted as tuned's choice (lowsync sends none in a pass today).
+  Timer t(counters_, n * 4, allreduce_wire_bytes(size_, n * 4), name_, "Iallreduce");
   MPI_Request req;
   check(MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT, MPI_SUM, comm_, &req), "Iallreduce");
   return req;
@@ -224,7 +232,7 @@ Communicator Communicator::split_by_host(const std::string& name) const {
 }
 
 void Communicator::all_gather_bytes(const void* send, int64_t bytes, void* recv) {
-  Timer t(counters_, bytes, name_, "Allgather");
+  Timer t(counters_, bytes, allgather_wire_bytes(size_, bytes), name_, "Allgather");
   check(MPI_Allgather(send, static_cast<int>(bytes), MPI_BYTE, recv, static_cast<int>(bytes), MPI_BYTE, comm_),
         "Allgather");
 }

@@ -25,7 +25,8 @@ struct AgreedError : std::runtime_error {
 
 struct CommCounters {
   int64_t calls = 0;
-  int64_t bytes = 0;   // payload bytes this rank handed to MPI
+  int64_t bytes = 0;   // payload bytes this rank handed to MPI (an all-reduce's message, once)
+  double wire_bytes = 0;  // bytes the collectives' algorithms send from this rank (mpi_comm/wire_bytes.h)
   double seconds = 0;  // wall time inside MPI calls (waiting included)
 };
 

@@ -2,7 +2,7 @@
 
 namespace lowsync {
 
-ParallelGroups ParallelGroups::make(int group_size, int pp_size, int dp_size) {
+ParallelGroups ParallelGroups::make(int group_size, int pp_size, int dp_size, const std::string& group_name) {
   ParallelGroups g;
   g.world = Communicator(MPI_COMM_WORLD, "world");
   if (g.world.size() != group_size * pp_size * dp_size)
@@ -13,7 +13,7 @@ ParallelGroups ParallelGroups::make(int group_size, int pp_size, int dp_size) {
   g.stage = (w / group_size) % pp_size;
   g.stages = pp_size;
   const int group_rank = w % group_size;
-  g.tp = g.world.split(g.replica_index * pp_size + g.stage, w, "tp");
+  g.tp = g.world.split(g.replica_index * pp_size + g.stage, w, group_name);
   g.pp = g.world.split(g.replica_index * group_size + group_rank, w, "pp");
   g.dp = g.world.split(g.stage * group_size + group_rank, w, "dp");
   g.replica = g.world.split(g.replica_index, w, "replica");

@@ -1,0 +1,183 @@
+// The few-rows matmul (see the header): one register tile of MR rows of x by NR rows of w at a
+// time, accumulating SIMD-wide partial dot products over k and reducing them at the end. The
+// AVX-512 and AVX2 versions are the same loops at 16 and 8 lanes; the scalar one is the plain
+// triple loop, for CPUs with neither.
+#include "layers/few_rows_matmul.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+
+namespace lowsync {
+
+bool cpu_runs(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::Avx512: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+    case SimdLevel::Avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case SimdLevel::Scalar: return true;
+  }
+  return false;
+}
+
+SimdLevel best_simd_level() {
+  for (SimdLevel l : {SimdLevel::Avx512, SimdLevel::Avx2})
+    if (cpu_runs(l)) return l;
+  return SimdLevel::Scalar;
+}
+
+const char* simd_level_name(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::Avx512: return "avx512";
+    case SimdLevel::Avx2: return "avx2";
+    case SimdLevel::Scalar: return "scalar";
+  }
+  return "?";
+}
+
+namespace {
+
+// ---- AVX-512: 16 lanes; a 4 x 4 tile keeps 16 accumulators + 4 weight vectors in 32 registers.
+
+// 16 values of k of every dot product of the tile (fewer at the end: the others read as 0).
+template <int MR, int NR>
+__attribute__((target("avx512f,fma"), always_inline)) inline void dot_step_avx512(const float* x, int64_t K,
+                                                                                  const float* w,
+                                                                                  __m512 (&c)[MR][NR],
+                                                                                  __mmask16 live) {
+  __m512 b[NR];
+  for (int j = 0; j < NR; ++j) b[j] = _mm512_maskz_loadu_ps(live, w + j * K);
+  for (int i = 0; i < MR; ++i) {
+    const __m512 a = _mm512_maskz_loadu_ps(live, x + i * K);
+    for (int j = 0; j < NR; ++j) c[i][j] = _mm512_fmadd_ps(a, b[j], c[i][j]);
+  }
+}
+
+// y[i, j] (+)= x[i, :] . w[j, :] for i < MR, j < NR.
+template <int MR, int NR>
+__attribute__((target("avx512f,fma"))) void dot_tile_avx512(const float* x, int64_t K, const float* w, float* y,
+                                                            int64_t ldy, bool accumulate) {
+  __m512 c[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) c[i][j] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) dot_step_avx512<MR, NR>(x + k, K, w + k, c, 0xffff);
+  if (k < K) dot_step_avx512<MR, NR>(x + k, K, w + k, c, __mmask16((1u << (K - k)) - 1));
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      const float d = _mm512_reduce_add_ps(c[i][j]);
+      y[i * ldy + j] = accumulate ? y[i * ldy + j] + d : d;
+    }
+}
+
+// NR rows of w against every row of x: tiles of 4 rows of x, then the 1-3 left.
+template <int NR>
+void weight_rows_avx512(const float* x, int64_t M, int64_t K, const float* w, float* y, int64_t N, bool accumulate) {
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) dot_tile_avx512<4, NR>(x + m * K, K, w, y + m * N, N, accumulate);
+  if (M - m == 3) dot_tile_avx512<3, NR>(x + m * K, K, w, y + m * N, N, accumulate);
+  if (M - m == 2) dot_tile_avx512<2, NR>(x + m * K, K, w, y + m * N, N, accumulate);
+  if (M - m == 1) dot_tile_avx512<1, NR>(x + m * K, K, w, y + m * N, N, accumulate);
+}
+
+// ---- AVX2: 8 lanes, 16 registers; a 2 x 4 tile keeps 8 accumulators + 4 weight vectors.
+
+// Lane i of the mask is live when i < n (maskload reads the top bit of each 32-bit lane).
+__attribute__((target("avx2"))) inline __m256i first_lanes(int64_t n) {
+  alignas(32) static const int32_t table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + 8 - n));
+}
+
+__attribute__((target("avx2"))) inline float sum_lanes(__m256 v) {
+  const __m128 four = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+  return _mm_cvtss_f32(_mm_add_ss(two, _mm_movehdup_ps(two)));
+}
+
+template <int MR, int NR>
+__attribute__((target("avx2,fma"), always_inline)) inline void dot_step_avx2(const float* x, int64_t K, const float* w,
+                                                                             __m256 (&c)[MR][NR]) {
+  __m256 b[NR];
+  for (int j = 0; j < NR; ++j) b[j] = _mm256_loadu_ps(w + j * K);
+  for (int i = 0; i < MR; ++i) {
+    const __m256 a = _mm256_loadu_ps(x + i * K);
+    for (int j = 0; j < NR; ++j) c[i][j] = _mm256_fmadd_ps(a, b[j], c[i][j]);
+  }
+}
+
+template <int MR, int NR>
+__attribute__((target("avx2,fma"), always_inline)) inline void dot_tail_avx2(const float* x, int64_t K, const float* w,
+                                                                             __m256 (&c)[MR][NR], __m256i live) {
+  __m256 b[NR];
+  for (int j = 0; j < NR; ++j) b[j] = _mm256_maskload_ps(w + j * K, live);
+  for (int i = 0; i < MR; ++i) {
+    const __m256 a = _mm256_maskload_ps(x + i * K, live);
+    for (int j = 0; j < NR; ++j) c[i][j] = _mm256_fmadd_ps(a, b[j], c[i][j]);
+  }
+}
+
+template <int MR, int NR>
+__attribute__((target("avx2,fma"))) void dot_tile_avx2(const float* x, int64_t K, const float* w, float* y,
+                                                       int64_t ldy, bool accumulate) {
+  __m256 c[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) c[i][j] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) dot_step_avx2<MR, NR>(x + k, K, w + k, c);
+  if (k < K) dot_tail_avx2<MR, NR>(x + k, K, w + k, c, first_lanes(K - k));
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      const float d = sum_lanes(c[i][j]);
+      y[i * ldy + j] = accumulate ? y[i * ldy + j] + d : d;
+    }
+}
+
+template <int NR>
+void weight_rows_avx2(const float* x, int64_t M, int64_t K, const float* w, float* y, int64_t N, bool accumulate) {
+  int64_t m = 0;
+  for (; m + 2 <= M; m += 2) dot_tile_avx2<2, NR>(x + m * K, K, w, y + m * N, N, accumulate);
+  if (M - m == 1) dot_tile_avx2<1, NR>(x + m * K, K, w, y + m * N, N, accumulate);
+}
+
+// ---- Scalar: one dot product at a time.
+void weight_row_scalar(const float* x, int64_t M, int64_t K, const float* w, float* y, int64_t N, bool accumulate) {
+  for (int64_t m = 0; m < M; ++m) {
+    float d = 0;
+    for (int64_t k = 0; k < K; ++k) d += x[m * K + k] * w[k];
+    y[m * N] = accumulate ? y[m * N] + d : d;
+  }
+}
+
+// Output columns [n0, n1) of y: blocks of 4 rows of w, then single rows.
+void columns(SimdLevel level, const float* x, int64_t M, int64_t K, const float* w, int64_t N, float* y,
+             bool accumulate, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  switch (level) {
+    case SimdLevel::Avx512:
+      for (; n + 4 <= n1; n += 4) weight_rows_avx512<4>(x, M, K, w + n * K, y + n, N, accumulate);
+      for (; n < n1; ++n) weight_rows_avx512<1>(x, M, K, w + n * K, y + n, N, accumulate);
+      break;
+    case SimdLevel::Avx2:
+      for (; n + 4 <= n1; n += 4) weight_rows_avx2<4>(x, M, K, w + n * K, y + n, N, accumulate);
+      for (; n < n1; ++n) weight_rows_avx2<1>(x, M, K, w + n * K, y + n, N, accumulate);
+      break;
+    case SimdLevel::Scalar:
+      for (; n < n1; ++n) weight_row_scalar(x, M, K, w + n * K, y + n, N, accumulate);
+      break;
+  }
+}
+
+}  // namespace
+
+void few_rows_matmul(SimdLevel level, WorkerThreads& workers, const float* x, int64_t M, int64_t K, const float* w,
+                     int64_t N, float* y, bool accumulate) {
+  // Thread t computes columns [t * per, (t + 1) * per): a contiguous slice of w (each weight is
+  // still read once), whole 4-row blocks so that only the last slice has a ragged end.
+  const int64_t threads = workers.size(), blocks = (N + 3) / 4;
+  const int64_t per = 4 * ((blocks + threads - 1) / threads);
+  workers.run([&](int t) {
+    const int64_t n0 = std::min(N, t * per), n1 = std::min(N, n0 + per);
+    columns(level, x, M, K, w, N, y, accumulate, n0, n1);
+  });
+}
+
+}  // namespace lowsync

@@ -1,0 +1,35 @@
+#pragma once
+// y = x w^T for a few rows of x (decode steps), reading every weight from memory once for all rows.
+// OpenBLAS's sgemm streams w at a fraction of memory speed when x has few rows (it packs w for
+// large M), and sgemv handles one row only; a decode step of a batch is M = 1..32 rows, so it gets
+// its own kernel: each block of 4 rows of w is read once and multiplied by every row of x (which
+// stays in cache).
+//
+// One build runs on any x86-64: the vector code is compiled per instruction set with target
+// attributes and picked at run time (best_simd_level). Each dot product runs over k in the same
+// order whatever M and the thread count are, so a row's result depends neither on the other rows
+// of its batch nor on the thread count.
+#include <cstdint>
+
+#include "layers/worker_threads.h"
+
+namespace lowsync {
+
+enum class SimdLevel { Scalar, Avx2, Avx512 };
+
+// The best level this CPU runs: AVX-512 (avx512f + fma), AVX2 (avx2 + fma) or scalar.
+SimdLevel best_simd_level();
+// Whether this CPU runs `level` (scalar always).
+bool cpu_runs(SimdLevel level);
+const char* simd_level_name(SimdLevel level);  // "avx512", "avx2", "scalar"
+
+// Up to this many rows the kernel beats OpenBLAS (measured at one thread: 2-4x at M = 2..16).
+constexpr int64_t kFewRows = 32;
+
+// y[M, N] = x[M, K] w[N, K]^T, or y += x w^T when accumulate (y holding a bias). Row-major, dense.
+// The threads of `workers` split the N output columns into contiguous slices of w, one each.
+// `level` must be one the CPU runs (cpu_runs).
+void few_rows_matmul(SimdLevel level, WorkerThreads& workers, const float* x, int64_t M, int64_t K, const float* w,
+                     int64_t N, float* y, bool accumulate);
+
+}  // namespace lowsync

@@ -1,0 +1,114 @@
+// The few-rows matmul (layers/few_rows_matmul.h) against a naive double-precision loop, on every
+// instruction set this CPU runs, at the edges of its tiling: 1, 31, 32 and 33 rows (kFewRows is
+// 32; the kernel itself takes any M), odd column counts (ragged 4-column blocks and thread
+// slices), odd K (masked SIMD tails), 1-8 threads.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "layers/few_rows_matmul.h"
+
+namespace lowsync {
+namespace {
+
+std::vector<float> random_values(int64_t n, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> d(-1.f, 1.f);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(gen);
+  return v;
+}
+
+std::vector<SimdLevel> levels_this_cpu_runs() {
+  std::vector<SimdLevel> out;
+  for (SimdLevel l : {SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512})
+    if (cpu_runs(l)) out.push_back(l);
+  return out;
+}
+
+// y = x w^T in double, with the error bound of any fp32 summation order of K products: each
+// result within gamma_K * sum_k |x_mk w_nk| (gamma_K = K u / (1 - K u), u = 2^-24; Higham,
+// Accuracy and Stability of Numerical Algorithms, 2nd ed., eq. 3.5), rounding of the products
+// included.
+struct Reference {
+  std::vector<double> y, bound;
+};
+Reference naive(const std::vector<float>& x, int64_t M, int64_t K, const std::vector<float>& w, int64_t N,
+                const std::vector<float>& y0) {
+  const double u = std::ldexp(1.0, -24), gamma = (K + 1) * u / (1 - (K + 1) * u);
+  Reference r{std::vector<double>(M * N), std::vector<double>(M * N)};
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double d = y0.empty() ? 0 : y0[m * N + n], a = y0.empty() ? 0 : std::abs(y0[m * N + n]);
+      for (int64_t k = 0; k < K; ++k) {
+        d += double(x[m * K + k]) * w[n * K + k];
+        a += std::abs(double(x[m * K + k]) * w[n * K + k]);
+      }
+      r.y[m * N + n] = d;
+      r.bound[m * N + n] = gamma * a + std::numeric_limits<float>::denorm_min();
+    }
+  return r;
+}
+
+TEST(FewRowsMatmul, MatchesNaiveLoopOnEveryPathThisCpuRuns) {
+  const std::vector<SimdLevel> levels = levels_this_cpu_runs();
+  ASSERT_EQ(levels.back(), best_simd_level());
+  for (SimdLevel level : levels) {
+    for (int64_t M : {1, 31, 32, 33})
+      for (int64_t N : {1, 3, 5, 33, 67})
+        for (int64_t K : {1, 7, 16, 17, 100, 257}) {
+          const auto x = random_values(M * K, 1 + M), w = random_values(N * K, 2 + N);
+          const Reference ref = naive(x, M, K, w, N, {});
+          std::vector<float> at_one_thread;
+          for (int threads : {1, 2, 3, 8}) {
+            WorkerThreads workers(threads);
+            std::vector<float> y(M * N, std::nanf(""));  // every element must be written
+            few_rows_matmul(level, workers, x.data(), M, K, w.data(), N, y.data(), false);
+            for (int64_t i = 0; i < M * N; ++i)
+              ASSERT_LE(std::abs(y[i] - ref.y[i]), ref.bound[i])
+                  << simd_level_name(level) << " M=" << M << " N=" << N << " K=" << K << " threads=" << threads
+                  << " element " << i;
+            // Threads split columns, never a dot product: the same bits at any thread count.
+            if (threads == 1)
+              at_one_thread = y;
+            else
+              ASSERT_EQ(y, at_one_thread) << simd_level_name(level) << " M=" << M << " N=" << N << " K=" << K
+                                          << " threads=" << threads;
+          }
+        }
+  }
+}
+
+TEST(FewRowsMatmul, AccumulatesIntoY) {
+  for (SimdLevel level : levels_this_cpu_runs()) {
+    const int64_t M = 5, N = 7, K = 19;
+    const auto x = random_values(M * K, 3), w = random_values(N * K, 4), y0 = random_values(M * N, 5);
+    const Reference ref = naive(x, M, K, w, N, y0);
+    std::vector<float> y = y0;
+    WorkerThreads two(2);
+    few_rows_matmul(level, two, x.data(), M, K, w.data(), N, y.data(), true);
+    for (int64_t i = 0; i < M * N; ++i) ASSERT_LE(std::abs(y[i] - ref.y[i]), ref.bound[i]) << simd_level_name(level);
+  }
+}
+
+// A row's result does not depend on the other rows of its batch (the batch-independence the
+// generate tests rely on): row m of a 33-row product is bit-equal to that row computed alone.
+TEST(FewRowsMatmul, RowResultIndependentOfBatch) {
+  for (SimdLevel level : levels_this_cpu_runs()) {
+    const int64_t M = 33, N = 13, K = 45;
+    const auto x = random_values(M * K, 6), w = random_values(N * K, 7);
+    std::vector<float> all(M * N), one(N);
+    WorkerThreads single(1);
+    few_rows_matmul(level, single, x.data(), M, K, w.data(), N, all.data(), false);
+    for (int64_t m = 0; m < M; ++m) {
+      few_rows_matmul(level, single, x.data() + m * K, 1, K, w.data(), N, one.data(), false);
+      for (int64_t n = 0; n < N; ++n) ASSERT_EQ(one[n], all[m * N + n]) << simd_level_name(level) << " row " << m;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace lowsync
