@@ -67,9 +67,11 @@ def main():
     with h5py.File(f"{tmp}/ref.h5") as f:
         ref = {k: f[k][:] for k in ("generated/token_ids", "generated/offsets", "done")}
 
-    # World rank 3 (replica 1's second tp rank) throws at its third batch.
+    # World rank 3 (replica 1's second tp rank) throws at its second batch. Replicas take batches as
+    # they become free, so on a loaded machine replica 1 may get few of the 12: its second comes
+    # surely, a third did not always (the fault then never fired).
     out = f"{tmp}/c.h5"
-    env = dict(ENV, LOWSYNC_INJECT_FAULT="3:2")
+    env = dict(ENV, LOWSYNC_INJECT_FAULT="3:1")
     p = subprocess.run(mpirun_cmd(4, ["-x", "LOWSYNC_INJECT_FAULT", LOWSYNC, "run", job(out, 2, 2)]), env=env,
                        capture_output=True, text=True, timeout=300)
     lines = error_lines(p)
