@@ -99,6 +99,7 @@ const std::map<std::string, Setter>& schema() {
          c.generate.has_stop_token_ids = true;
        }},
       {"generate.min_new_tokens", field(&JobConfig::generate, &GenerateOptions::min_new_tokens)},
+      {"generate.n", field(&JobConfig::generate, &GenerateOptions::n)},
       {"generate.repetition_penalty", field(&JobConfig::generate, &GenerateOptions::repetition_penalty)},
       {"generate.presence_penalty", field(&JobConfig::generate, &GenerateOptions::presence_penalty)},
       {"generate.frequency_penalty", field(&JobConfig::generate, &GenerateOptions::frequency_penalty)},
@@ -318,6 +319,9 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   expect(c.generate.stop_at_eos || c.generate.stop_token_ids.empty(), "generate.stop_token_ids",
          "is given with generate.stop_at_eos: false, which turns stop token ids off; leave one of them out");
   expect(c.generate.min_new_tokens >= 0, "generate.min_new_tokens", "must be >= 0");
+  expect(c.generate.n >= 1 && c.generate.n <= 1000000, "generate.n", "must be >= 1 (samples per prompt)");
+  expect(c.generate.n == 1 || c.task == "generate", "generate.n", "is " + std::to_string(c.generate.n) +
+         " but the task is " + c.task + "; samples per prompt are for generate"); 
   expect(c.generate.repetition_penalty > 0 && std::isfinite(c.generate.repetition_penalty), "generate.repetition_penalty",
          "must be > 0 (1: none)");
   expect(std::isfinite(c.generate.presence_penalty), "generate.presence_penalty", "must be a finite number");
@@ -415,6 +419,7 @@ std::string generate_controls(const GenerateOptions& g) {
   if (g.frequency_penalty) s << ", frequency_penalty: " << g.frequency_penalty;
   if (g.min_p) s << ", min_p: " << g.min_p;
   if (g.logprobs) s << ", logprobs: " << g.logprobs;  // decides which datasets the file holds
+  if (g.n != 1) s << ", n: " << g.n;                   // the output's rows
   return s.str();
 }
 }  // namespace
@@ -511,7 +516,8 @@ std::string JobConfig::to_yaml() const {
   e << YAML::Key << "presence_penalty" << YAML::Value << shortest(c.generate.presence_penalty);
   e << YAML::Key << "frequency_penalty" << YAML::Value << shortest(c.generate.frequency_penalty);
   e << YAML::Key << "min_p" << YAML::Value << shortest(c.generate.min_p);
-  e << YAML::Key << "logprobs" << YAML::Value << c.generate.logprobs << YAML::EndMap;
+  e << YAML::Key << "logprobs" << YAML::Value << c.generate.logprobs;
+  e << YAML::Key << "n" << YAML::Value << c.generate.n << YAML::EndMap;
   e << YAML::Key << "score" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "window" << YAML::Value << c.score.window;
   e << YAML::Key << "stride" << YAML::Value << c.score.stride << YAML::EndMap;

@@ -26,6 +26,7 @@ struct GenerateOptions {
   float frequency_penalty = 0.f;   // subtracted once per occurrence in the output (OpenAI)
   float min_p = 0.f;               // sampling keeps tokens of probability >= min_p x the top one's
   int logprobs = 0;                // top alternatives written per new token (the token's own log-prob always is)
+  int n = 1;                       // samples per prompt: output rows prompt x sample (/sample says which)
   // Not a key: the prompts file's stop sequences (/stop_ids), set by resolve_stops (jobs/stopping.h).
   std::vector<std::vector<int32_t>> stop_sequences;
 };

@@ -215,7 +215,8 @@ RowIds::Kind check_row_ids(hid_t file, const std::string& path, int64_t rows) {
 
 }  // namespace
 
-PromptReader::PromptReader(const std::string& path, int vocab, bool need_targets) : path_(path) {
+PromptReader::PromptReader(const std::string& path, int vocab, bool need_targets, int samples)
+    : path_(path), samples_(std::max(samples, 1)) {
   static QuietHdf5 quiet;
   require_regular_file(path, "the job's input prompts");
   if (H5Fis_hdf5(path.c_str()) <= 0) throw UserError(path + ": not found or not an HDF5 file (the job's input)");
@@ -264,7 +265,7 @@ PromptReader::PromptReader(const std::string& path, int vocab, bool need_targets
       stop_sequences_.push_back(read_range<int32_t>(file_, path, "stop_ids", off[s], off[s + 1]));
     }
   }
-  ids_kind_ = check_row_ids(file_, path, rows());
+  ids_kind_ = check_row_ids(file_, path, prompts());
   if (ids_kind_ == RowIds::Kind::integer) {
     const hid_t ds = H5Dopen2(file_, "ids", H5P_DEFAULT);
     ids_type_ = H5Dget_type(ds);  // the output's /ids gets the same dtype
@@ -278,6 +279,21 @@ PromptReader::~PromptReader() {
 }
 
 RowIds PromptReader::ids(int64_t first, int64_t count) const {
+  if (samples_ == 1 || count == 0) return prompt_ids(first, count);
+  // Each prompt's id once per sample.
+  const int64_t p0 = prompt_of(first), p1 = prompt_of(first + count - 1) + 1;
+  const RowIds per_prompt = prompt_ids(p0, p1 - p0);
+  RowIds out;
+  out.kind = per_prompt.kind;
+  out.file_type = per_prompt.file_type;
+  for (int64_t r = first; r < first + count; ++r) {
+    if (out.kind == RowIds::Kind::integer) out.integers.push_back(per_prompt.integers[prompt_of(r) - p0]);
+    if (out.kind == RowIds::Kind::text) out.texts.push_back(per_prompt.texts[prompt_of(r) - p0]);
+  }
+  return out;
+}
+
+RowIds PromptReader::prompt_ids(int64_t first, int64_t count) const {
   RowIds out;
   out.kind = ids_kind_;
   if (ids_kind_ == RowIds::Kind::none) return out;
@@ -315,11 +331,13 @@ RowIds PromptReader::ids(int64_t first, int64_t count) const {
 }
 
 std::vector<int32_t> PromptReader::tokens(int64_t row) const {
-  return read_range<int32_t>(file_, path_, "input_ids", offsets_[row], offsets_[row + 1]);
+  const int64_t p = prompt_of(row);
+  return read_range<int32_t>(file_, path_, "input_ids", offsets_[p], offsets_[p + 1]);
 }
 
 std::vector<int32_t> PromptReader::targets(int64_t row) const {
-  return read_range<int32_t>(file_, path_, "targets", target_offsets_[row], target_offsets_[row + 1]);
+  const int64_t p = prompt_of(row);
+  return read_range<int32_t>(file_, path_, "targets", target_offsets_[p], target_offsets_[p + 1]);
 }
 
 }  // namespace lowsync

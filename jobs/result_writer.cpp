@@ -345,7 +345,8 @@ std::string fingerprint_difference(const std::string& file, const std::string& j
 // Each dataset's `description` attribute: what a reader of the file needs to know without the
 // README (README "Results" says more). Datasets a task does not have are skipped.
 const std::vector<std::pair<const char*, const char*>> kDescriptions = {
-    {"/ids", "row i's id, copied unchanged from the input's /ids"},
+    {"/ids", "row i's id, copied unchanged from the input's /ids (with generate.n, its prompt's id)"},
+    {"/sample", "generate.n: which sample of its prompt row i is (0-based; row i is input prompt i / n)"},
     {"/done", "1 when row i's results are complete and on disk; a row not done holds nothing meaningful"},
     {"/latency_ms", "milliseconds from the moment row i's batch reached its replica to the end of the batch's "
                     "last row (every row of a batch has the same value; queueing and writing not included)"},
@@ -483,6 +484,14 @@ void ResultWriter::create(const JobConfig& job, const ModelConfig& model, const 
     create_dataset(file_, "/done", H5T_NATIVE_UINT8, {N}, {N}, {chunk});
     for (const RowTiming& t : row_timings(task_)) create_timing(file_, t.name, N);
     if (ids.kind != RowIds::Kind::none) write_ids(file_, ids);
+    if (task_ == "generate" && job.generate.n > 1) {
+      // Which sample of its prompt each row is: job row r is prompt r / n, sample r % n.
+      std::vector<int32_t> sample(N);
+      for (hsize_t i = 0; i < N; ++i) sample[i] = static_cast<int32_t>((first_input_row_ + int64_t(i)) % job.generate.n);
+      Id space(H5Screate_simple(1, &N, nullptr), H5Sclose);
+      Id ds(H5Dcreate2(file_, "/sample", H5T_NATIVE_INT32, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+      if (N > 0) h5(H5Dwrite(ds, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, sample.data()));
+    }
     describe_datasets(file_);
     write_string_attr(file_, "job_yaml", job.to_yaml());
     write_string_attr(file_, "job_fingerprint", job.fingerprint());
@@ -493,6 +502,7 @@ void ResultWriter::create(const JobConfig& job, const ModelConfig& model, const 
     write_string_attr(file_, "task", task_);
     write_i64_attr(file_, "input_first_row", first_input_row_);
     write_i64_attr(file_, "input_total_rows", input_rows_);
+    write_i64_attr(file_, "samples_per_prompt", task_ == "generate" ? job.generate.n : 1);
     write_u8_attr(file_, "complete", 0);
     h5(H5Fflush(file_, H5F_SCOPE_GLOBAL));
   } catch (const Hdf5Failure& e) {

@@ -200,7 +200,7 @@ int run_job(const JobConfig& job, bool resume) {
         throw UserError(job.debug.dump_file + ": cannot write the tensor dump (key 'debug.dump_file')");
       std::remove(probe.c_str());
     }
-    input = std::make_unique<PromptReader>(job.input, model.vocab, job.task == "score");
+    input = std::make_unique<PromptReader>(job.input, model.vocab, job.task == "score", job.generate.n);
     range = job.row_range(input->rows());
     batches = plan_batches(*input, job);
     if (job.shard.count > 0) range = shard_rows(batches, range, job, input->rows());

@@ -38,7 +38,7 @@ TASKS = {
 # Datasets with a row per CSR value (the same offsets), where the shards have them (top_*: logprobs K > 0).
 ALIGNED = ("generated/logprobs", "generated/top_ids", "generated/top_logprobs")
 # Per-row datasets merged when every shard has them (files written before they existed lack them).
-OPTIONAL_PER_ROW = ["prefill_ms", "decode_ms"]
+OPTIONAL_PER_ROW = ["prefill_ms", "decode_ms", "sample"]
 RANGE_LINE = re.compile(r"^(rows|shard): \{.*\}\n", re.M)
 
 

@@ -4,7 +4,8 @@
     python/results_to_jsonl.py RESULTS.h5 [--model MODEL_DIR] [--prompts PROMPTS.h5] [--rows A:B]
                                [--skip-special-tokens]
 
-Each object: {"id": ..., "row": i, "done": bool, "latency_ms": float, ...} ("prefill_ms" and
+Each object: {"id": ..., "row": i, "done": bool, "latency_ms": float, ...} ("sample" with generate.n;
+"prefill_ms" and
 "decode_ms" too for generate when the file has them). "id" is the row's id
 from /ids (an integer or a string, as the prompts file held it; make_prompts.py writes them), else
 the input row number. By task:
@@ -92,6 +93,8 @@ def main(argv=None):
             names = finish_names(f["generated/finish_reason"])
             reasons = [names[c] if c < len(names) else f"code {c}" for c in f["generated/finish_reason"][()]]
         first_row = int(f.attrs.get("input_first_row", 0))
+        samples = int(f.attrs.get("samples_per_prompt", 1))  # generate.n: job row r is prompt r // n
+        sample = f["sample"][()] if "sample" in f else None
     if "done" not in d:
         fail(f"{a.results}: no /done dataset (not a lowsync results file?)")
     n = len(d["done"])
@@ -103,7 +106,7 @@ def main(argv=None):
     if a.prompts:
         with h5py.File(a.prompts, "r") as p:
             pids, poff = p["input_ids"][()], p["offsets"][()]
-        if len(poff) - 1 < first_row + n:
+        if len(poff) - 1 < (first_row + n - 1) // samples + 1:
             fail(f"{a.prompts}: has {len(poff) - 1} prompts, but {a.results} holds input rows "
                  f"{first_row}-{first_row + n - 1}; expected the job's input")
         prompts = (pids, poff)
@@ -118,12 +121,15 @@ def main(argv=None):
     out = sys.stdout
     for i in range(lo, hi):
         rec = {"id": ids[i] if ids is not None else first_row + i, "row": i, "done": bool(d["done"][i])}
+        if sample is not None:
+            rec["sample"] = int(sample[i])
         for name in ("latency_ms", "prefill_ms", "decode_ms"):
             if name in d:
                 rec[name] = num(d[name][i])
         if prompts is not None:
             pids, poff = prompts
-            rec["prompt"] = decode([int(t) for t in pids[poff[first_row + i]:poff[first_row + i + 1]]])
+            prompt = (first_row + i) // samples
+            rec["prompt"] = decode([int(t) for t in pids[poff[prompt]:poff[prompt + 1]]])
         if "generated/token_ids" in d:
             o = d["generated/offsets"]
             ids_i = [int(t) for t in d["generated/token_ids"][o[i]:o[i + 1]]]

@@ -321,6 +321,9 @@ TEST(JobConfig, GenerationControlsAndScoreWindowsRoundTripAndFingerprint) {
   EXPECT_THROW(load_job_config(write_yaml(score), {"score.stride=64"}), UserError);
   EXPECT_THROW(load_job_config(write_yaml(std::string(kBase) + "score: {stride: 4}\n"), {}), UserError);
   EXPECT_THROW(load_job_config(write_yaml(kBase), {"generate.min_p=1.5"}), UserError);
+  EXPECT_NE(load_job_config(write_yaml(kBase), {"generate.n=3"}).fingerprint(), plain.fingerprint());
+  EXPECT_EQ(load_job_config(write_yaml(load_job_config(write_yaml(kBase), {"generate.n=3"}).to_yaml()), {}).generate.n, 3);
+  EXPECT_THROW(load_job_config(write_yaml(kBase), {"generate.n=0"}), UserError);
   EXPECT_THROW(load_job_config(write_yaml(kBase), {"generate.stop_token_ids=3"}), UserError);
   EXPECT_THROW(load_job_config(write_yaml(kBase), {"generate.stop_token_ids=[2]", "generate.stop_at_eos=false"}),
                UserError);
