@@ -144,6 +144,21 @@ def median_table(rounds):
     return {k: statistics.median(v) for k, v in rounds.items()}
 
 
+def markdown_table(doc):
+    """The README's table: medians, and lowsync / llama.cpp as speeds (x above 1: lowsync faster)."""
+    dtypes = doc["config"]["dtypes"]
+    rows = [("prefill, %d-token prompt (tokens/s)" % doc["config"]["prefill_tokens"], "prefill_tokens_per_s")] + [
+        (f"decode, batch {b} (ms/step)", f"decode_ms_per_step_b{b}") for b in doc["config"]["decode_batches"]]
+    lines = ["| threads | | lowsync F32 | " + " | ".join(f"llama.cpp {d}" for d in dtypes) + " |",
+             "|---|---|---|" + "---|" * len(dtypes)]
+    for T in map(str, doc["config"]["threads"]):
+        m = doc["medians"][T]
+        for name, key in rows:
+            cells = [f"{m[f'llama.cpp {d}'][key]:.1f} (x{doc['ratios'][T][d][key]:.2f})" for d in dtypes]
+            lines.append(f"| {T} | {name} | {m['lowsync F32'][key]:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(doc, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -297,6 +312,7 @@ def main():
         json.dump(doc, f, indent=1)
     plot(doc, a.png)
     print(f"load average before {load_before}, after {load_after}; wrote {a.out} and {a.png}")
+    print(markdown_table(doc))
     for T in medians:
         for e, m in medians[T].items():
             print(f"{T} thread(s) {e:16s} prefill {m['prefill_tokens_per_s']:7.1f} tok/s  " + "  ".join(
