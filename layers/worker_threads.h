@@ -1,10 +1,11 @@
 #pragma once
-// A rank's own threads for its kernels (the few-rows matmul): `threads` - 1 workers that sleep
-// until a task comes, plus the calling thread. They block instead of busy-waiting between tasks
-// (as OpenMP's threads do by default): on a node whose cores are shared (other ranks, OpenBLAS's
-// own threads, other jobs) a spinning thread takes the core another needs, and a decode step of
-// ~100 short parallel products then waits a scheduler slice at each (measured: 10x slower steps
-// at 2 threads on a loaded 2-core machine). Waking a sleeping worker costs some microseconds.
+// A rank's own threads for its kernels (the few-rows matmul): `threads` - 1 workers plus the
+// calling thread. Between tasks a worker spins for a few tens of microseconds (a decode step runs
+// ~200 short parallel products back to back, and waking a sleeping thread costs ~10 us each), then
+// blocks: it never busy-waits for long, as OpenMP's threads do by default, which on a node whose
+// cores are shared (other ranks, OpenBLAS's own threads, other jobs) takes the core another needs
+// (measured: 10x slower decode steps at 2 threads on a loaded 2-core machine).
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -32,10 +33,10 @@ class WorkerThreads {
 
   std::mutex mutex_;
   std::condition_variable start_, finished_;
-  const std::function<void(int)>* task_ = nullptr;
-  int64_t generation_ = 0;  // runs started; a worker runs each generation once
-  int pending_ = 0;         // workers still running the current generation
-  bool quit_ = false;
+  std::atomic<const std::function<void(int)>*> task_{nullptr};
+  std::atomic<int64_t> generation_{0};  // runs started; a worker runs each generation once
+  std::atomic<int> pending_{0};         // workers still running the current generation
+  bool quit_ = false;                   // under mutex_
   std::vector<std::thread> workers_;
 };
 
