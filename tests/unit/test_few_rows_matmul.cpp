@@ -57,7 +57,7 @@ TEST(FewRowsMatmul, MatchesNaiveLoopOnEveryPathThisCpuRuns) {
   const std::vector<SimdLevel> levels = levels_this_cpu_runs();
   ASSERT_EQ(levels.back(), best_simd_level());
   for (SimdLevel level : levels) {
-    for (int64_t M : {1, 31, 32, 33})
+    for (int64_t M : {1, 2, 3, 31, 32, 33})
       for (int64_t N : {1, 3, 5, 33, 67})
         for (int64_t K : {1, 7, 16, 17, 100, 257}) {
           const auto x = random_values(M * K, 1 + M), w = random_values(N * K, 2 + N);
