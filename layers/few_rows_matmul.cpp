@@ -153,10 +153,6 @@ void columns(SimdLevel level, const float* x, int64_t M, int64_t K, const float*
   int64_t n = n0;
   switch (level) {
     case SimdLevel::Avx512:
-      // One or two rows of x (a decode step of one or two sequences) are bound by reading w: eight
-      // rows of w at a time keep more loads in flight (8 accumulators per row of x still fit).
-      if (M <= 2)
-        for (; n + 8 <= n1; n += 8) weight_rows_avx512<8>(x, M, K, w + n * K, y + n, N, accumulate);
       for (; n + 4 <= n1; n += 4) weight_rows_avx512<4>(x, M, K, w + n * K, y + n, N, accumulate);
       for (; n < n1; ++n) weight_rows_avx512<1>(x, M, K, w + n * K, y + n, N, accumulate);
       break;
