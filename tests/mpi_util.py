@@ -63,3 +63,14 @@ def write_prompts(path, prompts, targets=None):
         if targets is not None:
             f["targets"] = np.concatenate(targets).astype(np.int32)
             f["target_offsets"] = np.cumsum([0] + [len(t) for t in targets]).astype(np.int64)
+
+
+def widen_init(m, std=0.15):
+    """A random model's matrices and biases (not its norms) drawn with `std`, in eval mode: logits
+    far apart, so that greedy paths have no near-ties between engines."""
+    import torch
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if p.dim() == 2 or (n.endswith("bias") and "ln_" not in n and "LayerNorm" not in n):
+                p.normal_(0, std)
+    return m.eval()

@@ -247,8 +247,15 @@ class Base:
             f["target_offsets"] = np.cumsum([0] + [len(p) for p in targets]).astype(np.int64)
 
 
-def job_text(job):
-    """A job dict as YAML (flow values through json, which YAML reads)."""
+class Raw(str):
+    """A YAML value written as is."""
+
+
+def yaml_text(job):
+    """A job dict as YAML: values through json (which YAML reads), Raw ones as they are."""
+    def val(v):
+        return str(v) if isinstance(v, Raw) else json.dumps(v)
+
     def emit(d, indent):
         lines = []
         for k, v in d.items():
@@ -256,7 +263,7 @@ def job_text(job):
                 lines.append(" " * indent + f"{k}:")
                 lines += emit(v, indent + 2)
             else:
-                lines.append(" " * indent + f"{k}: {json.dumps(v)}")
+                lines.append(" " * indent + f"{k}: {val(v)}")
         return lines
     return "\n".join(emit(job, 0)) + "\n"
 
@@ -477,7 +484,7 @@ def make_safetensors_case(rng, base, case_dir, mpi):
     if not mpi and rng.random() < 0.4:
         return {"mutations": log, "command": ["inspect", "model"], "task": None}
     with open(os.path.join(case_dir, "job.yaml"), "w") as f:
-        f.write(job_text(base_job(task)))
+        f.write(yaml_text(base_job(task)))
     return {"mutations": log, "command": ["run", "job.yaml"], "task": task, "output": "out.h5", "input": "prompts.h5"}
 
 
@@ -732,7 +739,7 @@ def make_prompts_case(rng, base, case_dir, mpi):
         mutate_prompts(rng, spec, log, task)
     spec.write(os.path.join(case_dir, "prompts.h5"), rng)
     with open(os.path.join(case_dir, "job.yaml"), "w") as f:
-        f.write(job_text(base_job(task)))
+        f.write(yaml_text(base_job(task)))
     return {"mutations": log, "command": ["run", "job.yaml"], "task": task, "output": "out.h5", "input": "prompts.h5"}
 
 
@@ -773,26 +780,6 @@ def set_key(job, dotted, value):
             d[p] = {}
         d = d[p]
     d[parts[-1]] = value
-
-
-class Raw(str):
-    """A YAML value written as is."""
-
-
-def yaml_text(job):
-    def val(v):
-        return str(v) if isinstance(v, Raw) else json.dumps(v)
-
-    def emit(d, indent):
-        lines = []
-        for k, v in d.items():
-            if isinstance(v, dict) and v:
-                lines.append(" " * indent + f"{k}:")
-                lines += emit(v, indent + 2)
-            else:
-                lines.append(" " * indent + f"{k}: {val(v)}")
-        return lines
-    return "\n".join(emit(job, 0)) + "\n"
 
 
 PLAUSIBLE = {

@@ -18,31 +18,22 @@ import torch
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mpi_util import mpirun, mpirun_cmd, open_when_released, ENV, LOWSYNC, check, finish, write_prompts  # noqa: E402
+from mpi_util import widen_init, mpirun, mpirun_cmd, open_when_released, ENV, LOWSYNC, check, finish, write_prompts  # noqa: E402
 
 NEW = 8
-
-
-
-def init(m, std=0.15):
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if p.dim() == 2 or (n.endswith("bias") and "ln_" not in n and "LayerNorm" not in n):
-                p.normal_(0, std)
-    return m.eval()
 
 
 def models(tmp):
     from transformers import (BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM)
     torch.manual_seed(2)
     out = {
-        "llama": init(LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=4,
-                                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=150,
-                                                   max_position_embeddings=64, tie_word_embeddings=False,
-                                                   eos_token_id=2, bos_token_id=1))),
-        "gpt2": init(GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=4, n_head=4, n_positions=64, vocab_size=150))),
-        "bert": init(BertModel(BertConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                                          intermediate_size=96, vocab_size=150, max_position_embeddings=64)), 0.1),
+        "llama": widen_init(LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+                                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=150,
+                                                         max_position_embeddings=64, tie_word_embeddings=False,
+                                                         eos_token_id=2, bos_token_id=1))),
+        "gpt2": widen_init(GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=4, n_head=4, n_positions=64, vocab_size=150))),
+        "bert": widen_init(BertModel(BertConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                                                intermediate_size=96, vocab_size=150, max_position_embeddings=64)), 0.1),
     }
     for name, m in out.items():
         m.save_pretrained(f"{tmp}/{name}", safe_serialization=True)

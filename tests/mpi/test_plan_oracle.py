@@ -21,29 +21,20 @@ import torch
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mpi_util import mpirun, mpirun_cmd, ENV, LOWSYNC, check, finish, write_prompts  # noqa: E402
+from mpi_util import widen_init, mpirun, mpirun_cmd, ENV, LOWSYNC, check, finish, write_prompts  # noqa: E402
 
 NEW = 10
-
-
-
-def init(m, std=0.15):
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if p.dim() == 2 or (n.endswith("bias") and "ln_" not in n):
-                p.normal_(0, std)
-    return m.eval()
 
 
 def models(tmp):
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
     torch.manual_seed(1)
     out = {
-        "smol": init(LlamaForCausalLM(LlamaConfig(hidden_size=144, intermediate_size=96, num_hidden_layers=2,
-                                                  num_attention_heads=9, num_key_value_heads=3, vocab_size=200,
-                                                  max_position_embeddings=64, tie_word_embeddings=True,
-                                                  eos_token_id=2, bos_token_id=1))),
-        "gpt2": init(GPT2LMHeadModel(GPT2Config(n_embd=80, n_layer=2, n_head=5, n_positions=64, vocab_size=200))),
+        "smol": widen_init(LlamaForCausalLM(LlamaConfig(hidden_size=144, intermediate_size=96, num_hidden_layers=2,
+                                                        num_attention_heads=9, num_key_value_heads=3, vocab_size=200,
+                                                        max_position_embeddings=64, tie_word_embeddings=True,
+                                                        eos_token_id=2, bos_token_id=1))),
+        "gpt2": widen_init(GPT2LMHeadModel(GPT2Config(n_embd=80, n_layer=2, n_head=5, n_positions=64, vocab_size=200))),
     }
     for name, m in out.items():
         m.save_pretrained(f"{tmp}/{name}", safe_serialization=True)

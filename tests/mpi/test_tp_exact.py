@@ -11,32 +11,24 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mpi_util import mpirun, LOWSYNC  # noqa: E402
+from mpi_util import widen_init, mpirun, LOWSYNC  # noqa: E402
 
 SETTINGS = ((1, 1), (2, 1), (4, 1), (2, 2), (1, 2))
 NEW = 12
-
-
-def init(m, std=0.15):
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if p.dim() == 2 or (n.endswith("bias") and "LayerNorm" not in n and "ln_" not in n):
-                p.normal_(0, std)
-    return m.eval()
 
 
 def models(tmp):
     from transformers import (BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM)
     torch.manual_seed(0)
     out = {
-        "llama": init(LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                                   num_attention_heads=8, num_key_value_heads=4, vocab_size=200,
-                                                   max_position_embeddings=64, tie_word_embeddings=False,
-                                                   eos_token_id=2, bos_token_id=1))),
-        "gpt2": init(GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=200))),
-        "bert": init(BertModel(BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                          intermediate_size=128, vocab_size=200, max_position_embeddings=64)),
-                     std=0.1),
+        "llama": widen_init(LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                         num_attention_heads=8, num_key_value_heads=4, vocab_size=200,
+                                                         max_position_embeddings=64, tie_word_embeddings=False,
+                                                         eos_token_id=2, bos_token_id=1))),
+        "gpt2": widen_init(GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=200))),
+        "bert": widen_init(BertModel(BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                intermediate_size=128, vocab_size=200, max_position_embeddings=64)),
+                           std=0.1),
     }
     for name, m in out.items():
         m.save_pretrained(f"{tmp}/{name}", safe_serialization=True)
