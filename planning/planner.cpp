@@ -236,8 +236,8 @@ std::string planner_table(const PlannerResult& result, const JobConfig& job, con
                   c.predicted.bytes_per_token, most / 1048576.0, c.fits ? "yes" : "no", c.kl, c.top1, value);
     s << line;
   }
-  s << "  prefill: one pass of the batch; decode: one step of the batch; B/token: all-reduce bytes a rank sends per "
-       "token; * = chosen ("
+  s << "  prefill: one pass of the batch; decode: one step of the batch; B/token: all-reduce (and split-head "
+       "all-gather) bytes a rank sends per token; * = chosen ("
     << result.why << ")\n";
   (void)model;
   return s.str();
