@@ -51,6 +51,16 @@ def run(tmp, model, np_, split, new, tag):
     return 1e3 * r0["decode_s"] / max(r0["decode_steps"], 1), compute, tokens
 
 
+def add_speedups(result, np_):
+    """The split's speedup in each round (replicated / split, the two run back to back), and the median."""
+    out = {}
+    for key, name in (("decode_ms_per_token", "decode"), ("compute_ms_per_pass_slowest_rank", "compute")):
+        rep, spl = result[key][f"np{np_}_split_false"]["rounds"], result[key][f"np{np_}_split_true"]["rounds"]
+        out[f"{name}_rounds"] = [a / b for a, b in zip(rep, spl)]
+        out[f"{name}_median"] = statistics.median(out[f"{name}_rounds"])
+    result[f"np{np_}_speedup"] = out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -83,10 +93,11 @@ def main():
               "compute_ms_per_pass_slowest_rank": {f"np{np_}_split_{split}": {"median": statistics.median(v), "rounds": v}
                                                    for (np_, split), v in compute.items()}}
     for np_ in (2, 3):
-        r = statistics.median(ms[(np_, "false")]) / statistics.median(ms[(np_, "true")])
-        result[f"np{np_}_speedup"] = r
+        add_speedups(result, np_)
         print(f"np {np_}: replicated {statistics.median(ms[(np_, 'false')]):.1f} ms/token, split "
-              f"{statistics.median(ms[(np_, 'true')]):.1f} ms/token: {r:.2f}x; same tokens: {same}")
+              f"{statistics.median(ms[(np_, 'true')]):.1f} ms/token; split's speedup, median of the rounds: "
+              f"{result[f'np{np_}_speedup']['decode_median']:.2f}x (compute "
+              f"{result[f'np{np_}_speedup']['compute_median']:.2f}x); same tokens: {same}")
     with open(a.out, "w") as f:
         json.dump(result, f, indent=1)
     if not same:
