@@ -78,6 +78,9 @@ void calibrate_spd(const JobConfig& job) {
     if (!model.is_decoder())
       throw UserError(job.path + ": Sync-Point Drop needs a pre-LN decoder (llama, gpt2); " + model.architecture +
                       " is a post-LN encoder");
+    if (model.spd_checkpoint.present())
+      throw UserError(job.path + ": " + job.model + " was recovered for one Sync-Point Drop set (config.json "
+                      "'lowsync_spd'); calibrate the model it was made from");
     if (plan.group < 2)
       throw UserError(job.path + ": calibrate needs parallel.tp >= 2; on one rank Sync-Point Drop changes nothing");
     PromptReader in(prompts_path, model.vocab, false);

@@ -7,6 +7,7 @@
 #include "planning/make_plan.h"
 #include "planning/planner.h"
 #include "planning/profiler.h"
+#include "planning/spd_checkpoint.h"
 
 namespace lowsync {
 
@@ -36,6 +37,7 @@ LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
   } else {
     world.agree([&] { j.plan = plan_from_job(job, j.model, world.size(), limit); });
   }
+  world.agree([&] { check_spd_checkpoint(j.model, j.plan, job.path); });
   world.agree([&] { check(j.model, j.plan); });
   // Refuse before any weight is read when the plan's memory exceeds what a rank has (a batch limit
   // of millions of tokens would otherwise end in std::bad_alloc mid-run, or in swapping).
