@@ -7,9 +7,11 @@ heads in 3 key/value groups, FFN 96, tied embeddings) at tp 3:
    with hooks (no code shared), and is far from full TP (so the comparison has teeth);
 3. lowsync at tp 3 with the same parallel.spd.drop scores within 1e-4 of it, and its plan's shares
    are spd_model.tp_shares's;
-4. head grouping (python/spd_head_grouping.py) permutes a block without changing full TP's output,
+4. `lowsync calibrate` with calibrate.method progressive gives the same progressive perplexity
+   increases as python/spd_sensitivity.py (within 1e-4);
+5. head grouping (python/spd_head_grouping.py) permutes a block without changing full TP's output,
    and lowers that block's SPD deviation on the activations it was computed from.
-Together 2 and 3 validate both the Python reference and lowsync's SPD blocks.
+Together 2, 3 and 4 validate both the Python reference and lowsync's SPD blocks.
 """
 import os
 import sys
@@ -28,6 +30,7 @@ from mpi_util import LOWSYNC, check, finish, mpirun, widen_init, write_prompts  
 import spd_hf_reference  # noqa: E402
 import spd_head_grouping  # noqa: E402
 import spd_model  # noqa: E402
+import spd_sensitivity  # noqa: E402
 
 TP, DROP, CONTEXT, TOL = 3, [0, 2], 4, 1e-4
 
@@ -79,6 +82,23 @@ def main():
     check(f"lowsync at tp {TP} with parallel.spd.drop {DROP} against spd_model", err < TOL, f"max |logprob diff| {err:.2e}")
     shares = [{"heads": (s["heads"][0], sum(s["heads"])), "ffn": (s["ffn"][0], sum(s["ffn"]))} for s in plan["shares"]]
     check("lowsync's shares are spd_model.tp_shares's", shares == spd_model.tp_shares(ref.cfg, TP), f"{shares}")
+
+    with h5py.File(f"{tmp}/cal.h5", "w") as f:  # the same rows, whole, as calibration prompts
+        f["input_ids"] = ids.numpy().astype(np.int32).ravel()
+        f["offsets"] = (np.arange(ids.shape[0] + 1) * ids.shape[1]).astype(np.int64)
+    with open(f"{tmp}/job.yaml", "w") as f:
+        yaml.safe_dump({"model": f"{tmp}/tiny", "task": "score", "input": f"{tmp}/cal.h5", "output": f"{tmp}/unused.h5",
+                        "parallel": {"tp": TP}, "calibrate": {"method": "progressive", "sensitive": 0.01,
+                                                              "extreme": 0.1, "output": f"{tmp}/cal.yaml"}}, f)
+    mpirun(TP, [LOWSYNC, "calibrate", f"{tmp}/job.yaml", "--quiet"])
+    with open(f"{tmp}/cal.yaml") as f:
+        got = yaml.safe_load(f)["progressive"]
+    want = spd_sensitivity.progressive(ref, ids, log=lambda s: None)
+    err = max(abs(g["increase"] - w["increase"]) for g, w in zip(got, want))
+    same_layers = [g["layer"] for g in got] == [w["layer"] for w in want]
+    classes = [g["class"] == spd_sensitivity.classify(w["increase"], 0.01, 0.1).value for g, w in zip(got, want)]
+    check("lowsync calibrate (progressive) against spd_sensitivity.progressive", same_layers and err < TOL and all(classes),
+          f"increases {[round(g['increase'], 4) for g in got]}, max diff {err:.1e}")
 
     with torch.no_grad():
         x = ref.hidden_states(ids)[1]
