@@ -128,8 +128,7 @@ def main():
         base_ppl = math.exp(-lp.mean().item())
     log(f"full TP perplexity {base_ppl:.3f}")
 
-    sens_model = model  # the progressive procedure on the first sens-rows calibration rows
-    sens = spd_sensitivity.progressive(sens_model, cal_ids[:a.sens_rows], log=log)
+    sens = spd_sensitivity.progressive(model, cal_ids[:a.sens_rows], log=log)  # on the first sens-rows rows
     classes = {r["layer"]: spd_sensitivity.classify(r["increase"], a.sensitive, a.extreme) for r in sens}
     log("classes: " + ", ".join(f"{l}:{c.name[0]}" for l, c in sorted(classes.items())))
 

@@ -197,14 +197,13 @@ class SpdLlama(nn.Module):
         b = self.blocks[0]
         return rope_tables(T, b.d, self.cfg.get("rope_theta", 10000.0))
 
-    def hidden_states(self, ids, drop=(), upto=None):
-        """Block inputs: [x_0, x_1, ..., x_upto] (x_l [B, T, H] enters block l; default: all blocks,
-        the last entry being the last block's output)."""
+    def hidden_states(self, ids, drop=()):
+        """[x_0, x_1, ..., x_L]: x_l [B, T, H] enters block l, x_L is the last block's output."""
         drop = set(drop)
         cos, sin = self.rope(ids.shape[1])
         x = F.embedding(ids, self.embed)
         out = [x]
-        for l, b in enumerate(self.blocks[:upto]):
+        for l, b in enumerate(self.blocks):
             x = b(x, cos, sin, spd=l in drop)
             out.append(x)
         return out
@@ -217,15 +216,3 @@ class SpdLlama(nn.Module):
         """ids [B, T] (int64) -> logits [B, T, vocab], the blocks in `drop` with their sync dropped."""
         return self.logits_of(self.hidden_states(ids, drop)[-1])
 
-
-@torch.no_grad()
-def mean_nll(model, rows, drop=(), batch=8):
-    """Mean next-token negative log-likelihood (nats) over rows [N, T] (every position predicting the
-    next), as `lowsync score` computes perplexity = exp(mean_nll)."""
-    total, count = 0.0, 0
-    for i in range(0, rows.shape[0], batch):
-        ids = rows[i:i + batch]
-        lp = model(ids, drop).log_softmax(-1)[:, :-1]
-        total += -lp.gather(-1, ids[:, 1:, None]).sum().item()
-        count += ids[:, 1:].numel()
-    return total / count
