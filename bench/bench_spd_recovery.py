@@ -88,6 +88,30 @@ def lowsync_perplexity(tmp, model_dir, eval_ids, tp, drop):
         return float(f.attrs["perplexity"])
 
 
+def plot(doc, path):
+    """Perplexity increase and top-1 agreement against the share dropped, one line per method."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    results = doc["results"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for variant, style in zip(METHODS, ("o-", "s-", "^-")):
+        rows = [results[0]] + [r for r in results if r["method"] == variant]
+        ax1.plot([r["share_percent"] for r in rows], [r["perplexity_increase_percent"] for r in rows], style, label=variant)
+        ax2.plot([r["share_percent"] for r in rows], [r["top1"] for r in rows], style, label=variant)
+    ax1.axhline(2, color="gray", ls="--", lw=0.8)
+    ax1.set_yscale("symlog", linthresh=1)
+    ax1.set_ylim(bottom=0)
+    ax1.set_xlabel("blocks whose attention sync is dropped (%)")
+    ax1.set_ylabel("held-out perplexity increase (%)")
+    ax2.set_xlabel("blocks whose attention sync is dropped (%)")
+    ax2.set_ylabel("top-1 agreement with full TP")
+    ax1.legend()
+    fig.suptitle(f"SmolLM2-135M, tp={doc['tp']}: SPD zero-shot vs recovered (PyTorch SPD forward)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tp", type=int, default=3)
@@ -101,7 +125,11 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--no-lowsync", action="store_true", help="skip the lowsync check of one checkpoint")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "spd_recovery.json"))
+    ap.add_argument("--replot", action="store_true", help="only draw the figure again from --out")
     a = ap.parse_args()
+    if a.replot:
+        with open(a.out) as f:
+            return plot(json.load(f), os.path.splitext(a.out)[0] + ".png")
     torch.set_num_threads(1)
     import smollm2
     from transformers import AutoTokenizer
@@ -191,24 +219,7 @@ def main():
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(doc, f, indent=1)
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for variant, style in zip(METHODS, ("o-", "s-", "^-")):
-        rows = [results[0]] + [r for r in results if r["method"] == variant]
-        ax1.plot([r["share_percent"] for r in rows], [r["perplexity_increase_percent"] for r in rows], style, label=variant)
-        ax2.plot([r["share_percent"] for r in rows], [r["top1"] for r in rows], style, label=variant)
-    ax1.axhline(2, color="gray", ls="--", lw=0.8)
-    ax1.set_yscale("symlog", linthresh=1)
-    ax1.set_xlabel("blocks whose attention sync is dropped (%)")
-    ax1.set_ylabel("held-out perplexity increase (%)")
-    ax2.set_xlabel("blocks whose attention sync is dropped (%)")
-    ax2.set_ylabel("top-1 agreement with full TP")
-    ax1.legend()
-    fig.suptitle(f"SmolLM2-135M, tp={a.tp}: SPD zero-shot vs recovered (PyTorch SPD forward)")
-    fig.tight_layout()
-    fig.savefig(os.path.splitext(a.out)[0] + ".png", dpi=120)
+    plot(doc, os.path.splitext(a.out)[0] + ".png")
     log(f"wrote {a.out}")
 
 
