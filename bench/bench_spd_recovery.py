@@ -215,7 +215,7 @@ def main():
                                                                                            "batch_rows": 4},
            "progressive_sensitivity": [dict(r, **{"class": classes[r["layer"]].value}) for r in sens],
            "distilled_blocks": {f"{l}:{m.value}": n for (l, m), (_, n) in recovered.items()},
-           "results": results, "lowsync_check": check, "cpu_seconds": time.time() - T0}
+           "results": results, "lowsync_check": check, "wall_seconds": time.time() - T0}
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(doc, f, indent=1)
