@@ -1,7 +1,7 @@
 """A checkpoint recovered for Sync-Point Drop (python/spd_recover.py) runs in lowsync with the tp and
 drop set it records (config.json 'lowsync_spd'), and only so.
 
-On a SmolLM2-shaped tiny random LLaMA at tp 3: spd_recover.py with head grouping + 40 steps of
+On a SmolLM2-shaped tiny random LLaMA at tp 3: spd_recover.py with head grouping + 25 steps of
 block-to-block distillation for blocks 1 and 2 must lower each block's MSE against the original
 block; lowsync at tp 3 with parallel.spd.drop [1, 2] must score the recovered checkpoint within 1e-4
 of the PyTorch SPD forward of the same checkpoint (python/spd_model.py, itself checked against
@@ -10,7 +10,6 @@ other drop sets, another tp, uneven shares and calibrate are each refused with o
 """
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -24,9 +23,10 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 PYTHON = os.path.join(os.path.dirname(os.path.dirname(HERE)), "python")
 sys.path.insert(0, PYTHON)
-from mpi_util import ENV, LOWSYNC, check, finish, mpirun, write_prompts  # noqa: E402
+from mpi_util import LOWSYNC, check, finish, mpirun, write_prompts  # noqa: E402
 from test_spd_reference import tiny_model  # noqa: E402
 import spd_model  # noqa: E402
+import spd_recover  # noqa: E402
 
 TP, DROP, CONTEXT, TOL = 3, [1, 2], 4, 1e-4
 
@@ -53,12 +53,10 @@ def main():
     write_prompts(f"{tmp}/prompts.h5", [r[:CONTEXT] for r in ids.numpy()], [r[CONTEXT:] for r in ids.numpy()])
 
     rec = f"{tmp}/recovered"
-    p = subprocess.run([sys.executable, f"{PYTHON}/spd_recover.py", f"{tmp}/tiny", rec, "--tp", str(TP),
-                        "--prompts", f"{tmp}/cal.h5", "--length", "24", "--drop", ",".join(map(str, DROP)),
-                        "--method", "head-grouping", "--steps", "40", "--lr", "3e-4"],
-                       env=ENV, capture_output=True, text=True, timeout=120)
-    print(p.stdout + p.stderr, flush=True)
-    check("spd_recover.py writes the checkpoint", p.returncode == 0, f"exit {p.returncode}")
+    code = spd_recover.main([f"{tmp}/tiny", rec, "--tp", str(TP), "--prompts", f"{tmp}/cal.h5", "--length", "24",
+                             "--drop", ",".join(map(str, DROP)), "--method", "head-grouping", "--steps", "25",
+                             "--lr", "3e-4"])
+    check("spd_recover.py writes the checkpoint", code == 0, f"exit {code}")
     with open(f"{rec}/config.json") as f:
         recorded = json.load(f)["lowsync_spd"]
     check("config.json records tp, drop set and shares", recorded == {"tp": TP, "drop": DROP, "heads": [3, 3, 3],
