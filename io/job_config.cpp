@@ -150,6 +150,14 @@ const std::map<std::string, Setter>& schema() {
       {"calibrate.max_kl", field(&JobConfig::calibrate, &CalibrateOptions::max_kl)},
       {"calibrate.min_top1", field(&JobConfig::calibrate, &CalibrateOptions::min_top1)},
       {"calibrate.output", field(&JobConfig::calibrate, &CalibrateOptions::output)},
+      {"calibrate.method",
+       [](JobConfig& c, const YAML::Node& n) {
+         const std::string m = n.as<std::string>();
+         if (m != "kl" && m != "progressive") throw YAML::Exception(YAML::Mark::null_mark(), "not a method");
+         c.calibrate.method = m == "kl" ? CalibrateMethod::Kl : CalibrateMethod::Progressive;
+       }},
+      {"calibrate.sensitive", field(&JobConfig::calibrate, &CalibrateOptions::sensitive)},
+      {"calibrate.extreme", field(&JobConfig::calibrate, &CalibrateOptions::extreme)},
       {"progress.every", field(&JobConfig::progress, &ProgressOptions::every)},
       {"debug.dump", field(&JobConfig::debug, &DebugOptions::dump)},
       {"debug.dump_file", field(&JobConfig::debug, &DebugOptions::dump_file)},
@@ -255,6 +263,8 @@ void resolve_paths(JobConfig& c, const std::set<std::string>& from_file) {
 
 }  // namespace
 
+const char* calibrate_method_name(CalibrateMethod m) { return m == CalibrateMethod::Kl ? "kl" : "progressive"; }
+
 JobConfig load_job_config(const std::string& path, const std::vector<std::string>& overrides) {
   // A FIFO, directory or device in place of the job file would hang or fail inside yaml-cpp.
   const YAML::Node root = parse_yaml(read_regular_file(path, "the job file"), path);
@@ -291,6 +301,8 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
         throw UserError(path + ": key 'parallel.sync_dtype' is '" + value + "'; expected fp32, bf16 or q8");
       if (key == "parallel.split_head")
         throw UserError(path + ": key 'parallel.split_head' is '" + value + "'; expected true, false or auto");
+      if (key == "calibrate.method")
+        throw UserError(path + ": key 'calibrate.method' is '" + value + "'; expected kl or progressive");
       if (key == "memory.limit")
         throw UserError(path + ": key 'memory.limit' is '" + value +
                         "'; expected a size (bytes, or with a unit: 500MB, 2GiB) or a share of free memory (50%, 0.5)");
@@ -360,6 +372,8 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   expect(c.parallel.spd.drop.empty() || c.parallel.spd.from.empty(), "parallel.spd",
          "has both 'drop' and 'from'; give one");
   expect(c.calibrate.rows >= 1, "calibrate.rows", "must be >= 1");
+  expect(c.calibrate.sensitive >= 0 && c.calibrate.extreme >= c.calibrate.sensitive, "calibrate.extreme",
+         "must be >= calibrate.sensitive >= 0");
   const bool hand_picked = c.parallel.tp > 1 || c.parallel.bp > 1 || c.parallel.dp != 1 || c.parallel.pp > 1 ||
                            !c.parallel.speeds.empty();
   expect(!(c.parallel.auto_plan && !c.parallel.plan.empty()), "parallel.plan", "and parallel: auto both given; give one");
@@ -580,6 +594,9 @@ std::string JobConfig::to_yaml() const {
   e << YAML::Key << "rows" << YAML::Value << c.calibrate.rows;
   e << YAML::Key << "max_kl" << YAML::Value << shortest(c.calibrate.max_kl);
   e << YAML::Key << "min_top1" << YAML::Value << shortest(c.calibrate.min_top1);
+  e << YAML::Key << "method" << YAML::Value << calibrate_method_name(c.calibrate.method);
+  e << YAML::Key << "sensitive" << YAML::Value << shortest(c.calibrate.sensitive);
+  e << YAML::Key << "extreme" << YAML::Value << shortest(c.calibrate.extreme);
   e << YAML::Key << "output" << YAML::Value << c.calibrate.output << YAML::EndMap;
   e << YAML::Key << "plan" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "objective" << YAML::Value << c.plan.objective;

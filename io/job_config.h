@@ -85,8 +85,17 @@ struct PlanOptions {
   std::string output = "plan.yaml";      // where `lowsync plan` writes the chosen plan
 };
 
+// How `lowsync calibrate` orders the layers: `kl`, each layer dropped alone, by the next-token KL
+// it causes; `progressive` (the SPD paper's), from the last layer backwards with every later
+// layer already dropped, by the perplexity increase when this one drops too.
+enum class CalibrateMethod { Kl, Progressive };
+const char* calibrate_method_name(CalibrateMethod m);
+
 // `lowsync calibrate`: measures each layer's sensitivity to SPD on calibration prompts.
 struct CalibrateOptions {
+  CalibrateMethod method = CalibrateMethod::Kl;
+  // progressive: relative perplexity increases from which a layer is sensitive / extremely sensitive
+  double sensitive = 0.005, extreme = 0.03;
   std::string prompts;    // prompts HDF5; empty: the job's input
   int rows = 16;          // prompts used at most
   double max_kl = 0.05;   // budget: mean next-token KL(full TP || SPD) at most

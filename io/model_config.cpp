@@ -410,6 +410,30 @@ ModelConfig load_model_config(const std::string& model_dir) {
                         " heads for " + std::to_string(d.kv_heads[r]) + " key/value heads; expected a multiple");
   }
 
+  if (c.has("lowsync_spd")) {
+    if (!j["lowsync_spd"].is_object()) throw UserError(path + ": key 'lowsync_spd' must be an object");
+    const ConfigJson sc{j["lowsync_spd"], path + " (key 'lowsync_spd')"};
+    SpdCheckpoint& s = m.spd_checkpoint;
+    s.tp = sc.integer("tp", 2, kMaxSize);
+    s.heads = sc.sizes("heads");
+    s.ffn = sc.sizes("ffn");
+    if (!sc.has("drop") || !sc.j["drop"].is_array())
+      throw UserError(path + ": key 'lowsync_spd': 'drop' must be a list of layer numbers");
+    for (const json& v : sc.j["drop"]) {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= m.n_layers ||
+          (!s.drop.empty() && v.get<int64_t>() <= s.drop.back()))
+        throw UserError(path + ": key 'lowsync_spd': 'drop' holds " + shown(v) + "; expected ascending layers in [0, " +
+                        std::to_string(m.n_layers - 1) + "]");
+      s.drop.push_back(v.get<int>());
+    }
+    int64_t heads = 0, ffn = 0;
+    for (int h : s.heads) heads += h;
+    for (int f : s.ffn) ffn += f;
+    if (s.heads.size() != size_t(s.tp) || s.ffn.size() != size_t(s.tp) || heads != m.n_heads || ffn != m.intermediate)
+      throw UserError(path + ": key 'lowsync_spd': 'heads' and 'ffn' must list tp entries summing to the model's " +
+                      "num_attention_heads and intermediate size");
+  }
+
   m.eos_token_ids = eos_ids(c, m.vocab);
   // As transformers' generate(): generation_config.json, where it gives eos_token_id, overrides
   // config.json's (chat models list their end-of-turn token there).

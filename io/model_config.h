@@ -37,6 +37,16 @@ struct DecoupledSpec {
   bool enabled() const { return sub_blocks > 0; }
 };
 
+// A checkpoint whose blocks were recovered for Sync-Point Drop at one tensor-parallel split
+// (python/spd_recover.py: distilled and regrouped blocks, config.json key 'lowsync_spd'): its weights
+// are right only with exactly these ranks, shares and dropped syncs. Empty (tp = 0) otherwise.
+struct SpdCheckpoint {
+  int tp = 0;
+  std::vector<int> drop;        // layers whose attention sync is dropped, ascending
+  std::vector<int> heads, ffn;  // query heads and FFN columns of each rank, in rank order
+  bool present() const { return tp > 0; }
+};
+
 struct ModelConfig {
   std::string dir;
   std::string architecture;  // e.g. "LlamaForCausalLM"
@@ -56,6 +66,7 @@ struct ModelConfig {
   std::vector<int> eos_token_ids;
   std::string json_text;            // config.json as read, for fingerprints
   DecoupledSpec bp;
+  SpdCheckpoint spd_checkpoint;
 
   bool is_decoder() const { return family != Family::Bert; }
   bool gated_ffn() const { return family == Family::Llama; }

@@ -3,6 +3,9 @@
 // KL(reference || dropped) and top-1 agreement). Layers are ranked least sensitive first, every
 // prefix of that ranking is measured dropped together, and the longest prefix within the budget
 // is the drop set. Compressed syncs (bf16, q8) are measured the same way, every layer synced.
+// calibrate.method progressive ranks the layers instead by the SPD paper's progressive measure
+// (perplexity increase from the last layer backwards, later layers already dropped) and sorts them
+// into its three classes; the prefixes and the budget work as before.
 #include "jobs/calibrate.h"
 
 #include "io/log.h"
@@ -64,6 +67,44 @@ LayerSensitivity deviation(const std::vector<float>& ref, const std::vector<floa
   return {0, kl / positions, agree / positions};
 }
 
+// Mean negative log-likelihood of each prompt's next tokens (nats), from next_token_logprobs.
+double mean_nll(const std::vector<float>& lp, const std::vector<std::vector<int32_t>>& prompts, int V) {
+  double nll = 0;
+  int64_t first = 0, count = 0;
+  for (const auto& p : prompts) {
+    for (size_t i = 0; i + 1 < p.size(); ++i) nll -= lp[(first + int64_t(i)) * V + p[i + 1]];
+    first += static_cast<int64_t>(p.size());
+    count += static_cast<int64_t>(p.size()) - 1;
+  }
+  return count > 0 ? nll / count : 0;
+}
+
+// The SPD paper's procedure: from the last layer backwards, with every later layer already
+// dropped, the perplexity increase when layer l drops too. By layer index.
+std::vector<ProgressiveStep> progressive_sensitivity(Transformer& transformer,
+                                                     const std::vector<std::vector<int32_t>>& prompts,
+                                                     const std::vector<float>& ref, const CalibrateOptions& opt) {
+  const int L = transformer.config().n_layers, V = transformer.config().vocab;
+  std::vector<ProgressiveStep> steps(L);
+  std::vector<bool> drop(L, false);
+  double before = mean_nll(ref, prompts, V);
+  for (int l = L - 1; l >= 0; --l) {
+    drop[l] = true;
+    transformer.set_spd_drop(drop);
+    const double after = mean_nll(next_token_logprobs(transformer, prompts), prompts, V);
+    ProgressiveStep& s = steps[l];
+    s.layer = l;
+    s.ppl_before = std::exp(before);
+    s.ppl_after = std::exp(after);
+    s.increase = std::exp(after - before) - 1;
+    s.cls = s.increase < opt.sensitive ? SpdClass::Insensitive
+            : s.increase < opt.extreme ? SpdClass::Sensitive
+                                       : SpdClass::Extreme;
+    before = after;
+  }
+  return steps;
+}
+
 }  // namespace
 
 void calibrate_spd(const JobConfig& job) {
@@ -78,6 +119,9 @@ void calibrate_spd(const JobConfig& job) {
     if (!model.is_decoder())
       throw UserError(job.path + ": Sync-Point Drop needs a pre-LN decoder (llama, gpt2); " + model.architecture +
                       " is a post-LN encoder");
+    if (model.spd_checkpoint.present())
+      throw UserError(job.path + ": " + job.model + " was recovered for one Sync-Point Drop set (config.json "
+                      "'lowsync_spd'); calibrate the model it was made from");
     if (plan.group < 2)
       throw UserError(job.path + ": calibrate needs parallel.tp >= 2; on one rank Sync-Point Drop changes nothing");
     PromptReader in(prompts_path, model.vocab, false);
@@ -119,6 +163,13 @@ void calibrate_spd(const JobConfig& job) {
     const auto &x = cal.layers[a], &y = cal.layers[b];
     return x.kl < y.kl || (x.kl == y.kl && x.top1 > y.top1);
   });
+  if (job.calibrate.method == CalibrateMethod::Progressive) {
+    cal.progressive = progressive_sensitivity(transformer, prompts, ref, job.calibrate);
+    cal.sensitive = job.calibrate.sensitive;
+    cal.extreme = job.calibrate.extreme;
+    std::stable_sort(cal.order.begin(), cal.order.end(),
+                     [&](int a, int b) { return cal.progressive[a].increase < cal.progressive[b].increase; });
+  }
   std::vector<bool> drop(L, false);
   for (int i = 0; i < L; ++i) {
     drop[cal.order[i]] = true;
@@ -144,6 +195,9 @@ void calibrate_spd(const JobConfig& job) {
       std::printf("  %4d  %5d  %9.3g  %11.4f  %10.3g  %12.4f\n", i, s.layer, s.kl, s.top1, cal.prefix[i].kl,
                   cal.prefix[i].top1);
     }
+    for (const ProgressiveStep& p : cal.progressive)
+      std::printf("  progressive: layer %2d (later layers dropped): perplexity %.4g -> %.4g (%+.3f%%), %s\n", p.layer,
+                  p.ppl_before, p.ppl_after, 100 * p.increase, spd_class_name(p.cls));
     std::printf("  budget max_kl %g, min_top1 %g: drop %zu of %d layers -> %s\n", cal.max_kl, cal.min_top1,
                 cal.drop.size(), L, job.calibrate.output.c_str());
     std::printf("  compressed syncs, no layer dropped: bf16 KL %.3g top-1 %.4f; q8 KL %.3g top-1 %.4f\n",

@@ -7,6 +7,7 @@
 #include "planning/make_plan.h"
 #include "planning/planner.h"
 #include "planning/profiler.h"
+#include "planning/spd_checkpoint.h"
 
 namespace lowsync {
 
@@ -36,6 +37,7 @@ LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
   } else {
     world.agree([&] { j.plan = plan_from_job(job, j.model, world.size(), limit); });
   }
+  world.agree([&] { check_spd_checkpoint(j.model, j.plan, job.path); });
   world.agree([&] { check(j.model, j.plan); });
   world.agree([&] {
     if (j.plan.head_split() && job.backend != "cpu")

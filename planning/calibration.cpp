@@ -9,6 +9,10 @@
 
 namespace lowsync {
 
+const char* spd_class_name(SpdClass c) {
+  return c == SpdClass::Insensitive ? "insensitive" : c == SpdClass::Sensitive ? "sensitive" : "extremely sensitive";
+}
+
 std::vector<int> Calibration::drop_within(double kl_budget, double top1_budget) const {
   std::vector<int> out;
   for (size_t i = 0; i < prefix.size() && i < order.size(); ++i) {
@@ -36,6 +40,17 @@ void Calibration::save(const std::string& path) const {
     e << YAML::EndSeq;
   };
   seq("layers", layers, true);
+  if (!progressive.empty()) {
+    e << YAML::Key << "progressive" << YAML::Value << YAML::BeginSeq;
+    for (const ProgressiveStep& p : progressive)
+      e << YAML::Flow << YAML::BeginMap << YAML::Key << "layer" << YAML::Value << p.layer << YAML::Key << "ppl_before"
+        << YAML::Value << p.ppl_before << YAML::Key << "ppl_after" << YAML::Value << p.ppl_after << YAML::Key
+        << "increase" << YAML::Value << p.increase << YAML::Key << "class" << YAML::Value << spd_class_name(p.cls)
+        << YAML::EndMap;
+    e << YAML::EndSeq;
+    e << YAML::Key << "thresholds" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "sensitive"
+      << YAML::Value << sensitive << YAML::Key << "extreme" << YAML::Value << extreme << YAML::EndMap;
+  }
   e << YAML::Key << "order" << YAML::Value << YAML::Flow << order;
   seq("prefix", prefix, false);  // prefix[i]: order[0..i] dropped together
   e << YAML::Key << "budget" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "max_kl" << YAML::Value

@@ -13,13 +13,29 @@ struct LayerSensitivity {
   double top1 = 1;  // fraction of positions whose argmax agrees with full TP
 };
 
+// The SPD paper's classes of a layer by its progressive perplexity increase (calibrate.sensitive,
+// calibrate.extreme): dropped as it is, recovered by distillation, or by head grouping first
+// (python/spd_recover.py does the recovering).
+enum class SpdClass { Insensitive, Sensitive, Extreme };
+const char* spd_class_name(SpdClass c);
+
+// One step of the progressive measurement: layer `layer` dropped with every later layer already
+// dropped; perplexities of the calibration prompts before and after, increase = after / before - 1.
+struct ProgressiveStep {
+  int layer = 0;
+  double ppl_before = 0, ppl_after = 0, increase = 0;
+  SpdClass cls = SpdClass::Insensitive;
+};
+
 struct Calibration {
   std::string model;
   int tp = 1;
   std::string prompts;
   int rows = 0, tokens = 0;
   std::vector<LayerSensitivity> layers;  // by layer index, each dropped alone
-  std::vector<int> order;                // least sensitive first
+  std::vector<ProgressiveStep> progressive;  // calibrate.method progressive only, by layer index
+  double sensitive = 0, extreme = 0;         // its class thresholds
+  std::vector<int> order;                // least sensitive first (KL alone, or the progressive increase)
   std::vector<LayerSensitivity> prefix;  // prefix[i]: the first i+1 layers of `order` dropped together
   double max_kl = 0, min_top1 = 0;       // the budget used for `drop`
   std::vector<int> drop;                 // the longest prefix within the budget

@@ -155,3 +155,26 @@ TEST(ModelConfig, UnhandledMathKeysAreRefusedByName) {
   }
   EXPECT_EQ(load_error(R"(, "partial_rotary_factor": 1.0)"), "");
 }
+
+// A checkpoint recovered for Sync-Point Drop records its split (python/spd_checkpoint.py); a
+// malformed record is refused naming the key and what was expected.
+TEST(ModelConfig, SpdCheckpointKey) {
+  EXPECT_EQ(load_error(R"(, "lowsync_spd": {"tp": 2, "drop": [0, 1], "heads": [2, 2], "ffn": [80, 80]})"), "");
+  const struct {
+    const char* extra;
+    const char* needle;
+  } cases[] = {
+      {R"(, "lowsync_spd": [2])", "'lowsync_spd' must be an object"},
+      {R"(, "lowsync_spd": {"tp": 1, "drop": [0], "heads": [4], "ffn": [160]})", "'tp' is 1"},
+      {R"(, "lowsync_spd": {"tp": 2, "drop": [2], "heads": [2, 2], "ffn": [80, 80]})", "ascending layers in [0, 1]"},
+      {R"(, "lowsync_spd": {"tp": 2, "drop": [1, 0], "heads": [2, 2], "ffn": [80, 80]})", "ascending layers"},
+      {R"(, "lowsync_spd": {"tp": 2, "heads": [2, 2], "ffn": [80, 80]})", "'drop' must be a list"},
+      {R"(, "lowsync_spd": {"tp": 2, "drop": [0], "heads": [3, 2], "ffn": [80, 80]})", "summing to"},
+      {R"(, "lowsync_spd": {"tp": 2, "drop": [0], "heads": [4], "ffn": [160]})", "tp entries"},
+  };
+  for (const auto& c : cases) {
+    const std::string msg = load_error(c.extra);
+    EXPECT_NE(msg.find(c.needle), std::string::npos) << c.extra << " -> " << msg;
+    EXPECT_NE(msg.find("lowsync_spd"), std::string::npos) << msg;
+  }
+}
