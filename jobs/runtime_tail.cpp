@@ -1,0 +1,127 @@
+#include "jobs/runtime_tail.h"
+
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "io/error.h"
+#include "io/log.h"
+#include "jobs/continuous_generate.h"
+#include "planning/cost_model.h"
+#include "planning/make_plan.h"
+#include "planning/planner.h"
+
+namespace lowsync {
+
+namespace {
+
+// LOWSYNC_RUNTIME_SWITCH_AT=B: switch at batch B of the run whatever the prediction (tests: rows
+// computed in both modes); -1 when unset.
+int64_t forced_switch() {
+  const char* s = std::getenv("LOWSYNC_RUNTIME_SWITCH_AT");
+  return s && *s ? std::atoll(s) : -1;
+}
+
+nlohmann::json pass_json(const PassCost& c) {
+  return {{"fixed_s", c.fixed}, {"per_row_s", c.per_row}, {"per_prompt_token_s", c.per_token}};
+}
+
+}  // namespace
+
+std::unique_ptr<RuntimeTail> make_runtime_tail(const JobConfig& job, const ModelConfig& model, const Plan& plan,
+                                               Communicator& world, Backend& backend, const PromptReader& input,
+                                               const std::vector<Batch>& batches) {
+  auto t = std::make_unique<RuntimeTail>();
+  t->batches = batches;
+  world.agree([&] {
+    const std::string where = job.path + ": plan.runtime";
+    if (plan.split != ReplicaSplit::Tensor || plan.group != 1 || plan.pp != 1 || plan.dp < 2)
+      throw UserError(where + " turns a data-parallel job's tail tensor-parallel, so it needs replicas of one rank "
+                      "each, at least 2 (parallel: {dp: auto}); the plan is " + plan.describe());
+    if (job.backend != "cpu")
+      throw UserError(where + " needs backend: cpu (the tp group slices the fp32 weights each rank holds)");
+    if (model.bp.enabled())
+      throw UserError(where + ": " + job.model + " is a decoupled model; the tp tail needs an ordinary one");
+    if (plan.resident_of(world.rank()) < model.n_layers)
+      throw UserError(where + " needs every layer held on every rank; memory.limit streams some");
+    t->plan = make_plan(model, limits_of(job), world.size(), ReplicaSplit::Tensor, world.size(), 1, {}, {}, where);
+    t->plan.chosen_by = "the runtime planner (the job's tail)";
+  });
+  t->groups = std::make_unique<ParallelGroups>(ParallelGroups::make(world.size(), 1, 1, "tp"));
+  // The cost model's priors: one replica's pass and the tp group's, on the job's profile.
+  const Profile profile = job_profile(job, model, world, backend);
+  world.agree([&] {
+    if (world.rank() != 0) return;
+    const Workload w = workload_of(job, model);
+    const Prediction dp = predict(plan, model, profile, w), tp = predict(t->plan, model, profile, w);
+    t->planner = std::make_unique<RuntimePlanner>(plan.dp, job.batch.max_sequences, pass_cost_of(dp, w),
+                                                  tensor_parallel_ratios(dp, tp, w.batch_sequences), forced_switch());
+    for (const Batch& b : batches) {
+      RowsWork rows;
+      for (int64_t r = b.first_row; r < b.end_row; ++r)
+        rows.add(input.length(r), ContinuousGenerator::row_need(model, job.generate, input.length(r)) - input.length(r));
+      t->work.push_back(rows);
+    }
+  });
+  return t;
+}
+
+void RuntimeTail::attach(WorkQueue& queue, std::chrono::steady_clock::time_point t0) {
+  queue.set_hand_out_rule([this, t0](int64_t next) {
+    const double now = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const size_t known = planner->decisions().size();
+    const RuntimeMode mode = planner->decide(next, {work.begin() + next, work.end()}, now);
+    if (planner->decisions().size() > known) {
+      const RuntimeDecision& d = planner->decisions().back();
+      log::info("lowsync: runtime plan at row %lld (%lld rows left): %s; predicted dp %.3f s, tp %.3f s (%s)",
+                static_cast<long long>(batches[next].first_row), static_cast<long long>(d.rows_left),
+                runtime_mode_name(d.chosen), d.predicted_dp_s, d.predicted_tp_s, d.why.c_str());
+    }
+    if (mode == RuntimeMode::TensorParallel) return false;
+    planner->handed_out(next, work[next], now);
+    return true;
+  });
+  queue.set_on_result([this](int64_t batch) { planner->completed(batch); });
+}
+
+std::string RuntimeTail::json() const {
+  nlohmann::json j;
+  nlohmann::json decisions = nlohmann::json::array();
+  for (const RuntimeDecision& d : planner->decisions())
+    decisions.push_back({{"at_s", d.at_s},
+                         {"first_row", batches[d.batch].first_row},
+                         {"rows_left", d.rows_left},
+                         {"chosen", runtime_mode_name(d.chosen)},
+                         {"predicted_dp_s", d.predicted_dp_s},
+                         {"predicted_tp_s", d.predicted_tp_s},
+                         {"predicted_s", d.chosen == RuntimeMode::DataParallel ? d.predicted_dp_s : d.predicted_tp_s},
+                         {"measured_s", d.measured_s},
+                         {"dp_pass", pass_json(d.dp_pass)},
+                         {"tp_pass", pass_json(d.tp_pass)},
+                         {"why", d.why}});
+  j["decisions"] = decisions;
+  j["evaluations"] = planner->evaluations();
+  j["tail_first_row"] = tail_first >= 0 ? nlohmann::json(batches[tail_first].first_row) : nlohmann::json(nullptr);
+  j["switch_s"] = switch_s;
+  for (RuntimeMode m : {RuntimeMode::DataParallel, RuntimeMode::TensorParallel}) {
+    const PassFit& f = planner->fit(m);
+    nlohmann::json p = {{"passes", f.passes()}, {"seconds", f.seconds()}};
+    if (f.passes() > 0) p["fit"] = pass_json(m == RuntimeMode::DataParallel ? planner->dp_cost() : planner->tp_cost());
+    j[std::string("measured_") + runtime_mode_name(m)] = p;
+  }
+  return j.dump();
+}
+
+std::string RuntimeTail::text() const {
+  std::ostringstream s;
+  s << "runtime plan: " << planner->evaluations() << " hand-outs decided, " << planner->decisions().size()
+    << " decision(s) (remaining time predicted / measured):\n";
+  for (const RuntimeDecision& d : planner->decisions())
+    s << "  at " << d.at_s << " s, row " << batches[d.batch].first_row << " (" << d.rows_left << " rows left): "
+      << runtime_mode_name(d.chosen) << ", predicted " << (d.chosen == RuntimeMode::DataParallel ? d.predicted_dp_s : d.predicted_tp_s)
+      << " s (the other mode " << (d.chosen == RuntimeMode::DataParallel ? d.predicted_tp_s : d.predicted_dp_s)
+      << " s), measured " << d.measured_s << " s\n";
+  return s.str();
+}
+
+}  // namespace lowsync
