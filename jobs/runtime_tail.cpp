@@ -1,5 +1,6 @@
 #include "jobs/runtime_tail.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -20,6 +21,27 @@ namespace {
 int64_t forced_switch() {
   const char* s = std::getenv("LOWSYNC_RUNTIME_SWITCH_AT");
   return s && *s ? std::atoll(s) : -1;
+}
+
+// What an all-reduce over the tp group costs now: of one token's activation row and of 64 rows,
+// each the median of back-to-back calls, as latency + seconds per token. On a shared machine a sync
+// waits for every rank to be scheduled, which the profile (measured another time) does not see.
+void time_syncs(Communicator& tp, int hidden, TensorParallelCosts& out) {
+  auto median_seconds = [&](int tokens) {
+    std::vector<float> x(static_cast<size_t>(tokens) * hidden, 1.f);
+    std::vector<double> t;
+    for (int i = 0; i < 18; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      tp.all_reduce(x.data(), static_cast<int64_t>(x.size()));
+      if (i >= 3) t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+  };
+  const double one = median_seconds(1), many = median_seconds(64);
+  out.sync_s_per_token = std::max(0.0, (many - one) / 63);
+  out.sync_latency_s = std::max(0.0, one - out.sync_s_per_token);
+  tp.counters() = {};  // a probe, not the job's syncs
 }
 
 nlohmann::json pass_json(const PassCost& c) {
@@ -48,14 +70,21 @@ std::unique_ptr<RuntimeTail> make_runtime_tail(const JobConfig& job, const Model
     t->plan.chosen_by = "the runtime planner (the job's tail)";
   });
   t->groups = std::make_unique<ParallelGroups>(ParallelGroups::make(world.size(), 1, 1, "tp"));
+  TensorParallelCosts tp_costs;
+  tp_costs.syncs_per_pass = t->plan.syncs_per_pass(model);
+  time_syncs(t->groups->tp, model.hidden, tp_costs);
   // The cost model's priors: one replica's pass and the tp group's, on the job's profile.
   const Profile profile = job_profile(job, model, world, backend);
   world.agree([&] {
     if (world.rank() != 0) return;
     const Workload w = workload_of(job, model);
     const Prediction dp = predict(plan, model, profile, w), tp = predict(t->plan, model, profile, w);
-    t->planner = std::make_unique<RuntimePlanner>(plan.dp, job.batch.max_sequences, pass_cost_of(dp, w),
-                                                  tensor_parallel_ratios(dp, tp, w.batch_sequences), forced_switch());
+    tp_costs.compute_ratio = tp_compute_ratio(dp, tp);
+    t->planner = std::make_unique<RuntimePlanner>(plan.dp, job.batch.max_sequences, pass_cost_of(dp, w), tp_costs,
+                                                  forced_switch());
+    log::info("lowsync: runtime plan: a tp rank computes %.2f of a replica's work (cost model); an all-reduce over %d "
+              "ranks takes %.0f us + %.2f us per token now (timed)", tp_costs.compute_ratio, world.size(),
+              1e6 * tp_costs.sync_latency_s, 1e6 * tp_costs.sync_s_per_token);
     for (const Batch& b : batches) {
       RowsWork rows;
       for (int64_t r = b.first_row; r < b.end_row; ++r)
@@ -103,6 +132,9 @@ std::string RuntimeTail::json() const {
   j["evaluations"] = planner->evaluations();
   j["tail_first_row"] = tail_first >= 0 ? nlohmann::json(batches[tail_first].first_row) : nlohmann::json(nullptr);
   j["switch_s"] = switch_s;
+  const TensorParallelCosts& c = planner->tp_costs();
+  j["tp_costs"] = {{"compute_ratio", c.compute_ratio}, {"syncs_per_pass", c.syncs_per_pass},
+                   {"sync_latency_s", c.sync_latency_s}, {"sync_s_per_token", c.sync_s_per_token}};
   for (RuntimeMode m : {RuntimeMode::DataParallel, RuntimeMode::TensorParallel}) {
     const PassFit& f = planner->fit(m);
     nlohmann::json p = {{"passes", f.passes()}, {"seconds", f.seconds()}};

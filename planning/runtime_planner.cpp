@@ -74,10 +74,8 @@ double run_seconds(const PassCost& c, const RowsWork& w, int slots) {
   return c.fixed * steps + c.per_row * w.new_tokens + c.per_token * w.prompt_tokens;
 }
 
-TensorParallelRatios tensor_parallel_ratios(const Prediction& dp, const Prediction& tp, int batch) {
-  auto ratio = [](double t, double d) { return d > 0 && t > 0 ? t / d : 1.0; };
-  return {ratio(tp.decode_step_one_s, dp.decode_step_one_s), ratio(tp.decode_step_s, dp.decode_step_s),
-          ratio(tp.prefill_pass_s, dp.prefill_pass_s), std::max(batch, 1)};
+double tp_compute_ratio(const Prediction& dp, const Prediction& tp) {
+  return dp.compute_s > 0 && tp.compute_s > 0 ? tp.compute_s / dp.compute_s : 1.0;
 }
 
 PassCost pass_cost_of(const Prediction& p, const Workload& work) {
@@ -89,26 +87,23 @@ PassCost pass_cost_of(const Prediction& p, const Workload& work) {
   return c;
 }
 
-RuntimePlanner::RuntimePlanner(int replicas, int slots, const PassCost& dp_prior, const TensorParallelRatios& ratios,
+RuntimePlanner::RuntimePlanner(int replicas, int slots, const PassCost& dp_prior, const TensorParallelCosts& tp,
                                int64_t switch_at)
-    : replicas_(std::max(replicas, 1)), slots_(std::max(slots, 1)), dp_prior_(dp_prior), ratios_(ratios),
+    : replicas_(std::max(replicas, 1)), slots_(std::max(slots, 1)), dp_prior_(dp_prior), tp_(tp),
       switch_at_(switch_at) {}
 
 void RuntimePlanner::measured(RuntimeMode mode, int decode_rows, int64_t prefill_tokens, double seconds) {
   fit_[mode == RuntimeMode::DataParallel ? 0 : 1].add(decode_rows, prefill_tokens, seconds);
 }
 
-// A tp pass as the cost model sees it against a dp pass: the measured dp line through one row and
-// a full batch, each end scaled by the cost model's factor for it.
+// A tp pass: the measured dp pass's compute at the tp rank's share, plus its syncs: each pays the
+// measured latency and its activation rows (one per decode row and per prompt token).
 PassCost RuntimePlanner::tp_predicted() const {
   const PassCost dp = dp_cost();
-  const double B = ratios_.batch;
-  const double one = ratios_.decode_one * dp.seconds(1, 0), full = ratios_.decode_batch * dp.seconds(B, 0);
-  PassCost tp;
-  tp.per_row = B > 1 ? std::max(0.0, (full - one) / (B - 1)) : dp.per_row * ratios_.decode_one;
-  tp.fixed = std::max(0.0, one - tp.per_row);
-  tp.per_token = dp.per_token * ratios_.prefill;
-  return tp;
+  const double syncs = tp_.syncs_per_pass;
+  return {tp_.compute_ratio * dp.fixed + syncs * tp_.sync_latency_s,
+          tp_.compute_ratio * dp.per_row + syncs * tp_.sync_s_per_token,
+          tp_.compute_ratio * dp.per_token + syncs * tp_.sync_s_per_token};
 }
 
 PassCost RuntimePlanner::tp_cost() const { return fit_[1].cost(tp_predicted()); }

@@ -72,27 +72,32 @@ struct RuntimeDecision {
   RuntimeMode chosen = RuntimeMode::DataParallel;
   double predicted_dp_s = 0, predicted_tp_s = 0;  // remaining time of the run, each way
   double measured_s = -1;    // the remaining time it took (from at_s to the end of the run); -1: unknown yet
-  PassCost dp_pass, tp_pass;  // the pass costs the prediction used (dp: fitted so far; tp: dp's scaled)
+  PassCost dp_pass, tp_pass;  // the pass costs the prediction used (dp: fitted so far; tp: from it)
   std::string why;
 };
 
-// The cost model's view of a tp pass against one replica's dp pass of the same rows (both on the
-// job's profile): factors for a one-row decode step, a full-batch decode step and a prefill pass.
-struct TensorParallelRatios {
-  double decode_one = 1, decode_batch = 1, prefill = 1;
-  int batch = 1;  // the rows of the full-batch figures
+// A tp pass as the planner predicts it from one replica's measured dp pass: the cost model's ratio
+// of a tp rank's compute to a whole replica's (its share of the products, the replicated head), and
+// the pass's syncs at what an all-reduce over the tp group costs now (timed when the job starts: on
+// a shared machine a sync waits for the other ranks to be scheduled, which no profile foresees).
+struct TensorParallelCosts {
+  double compute_ratio = 1;     // tp rank's compute / one replica's, for the same rows
+  int syncs_per_pass = 0;       // all-reduces in a tp pass
+  double sync_latency_s = 0;    // one all-reduce, fixed part (measured)
+  double sync_s_per_token = 0;  // one all-reduce, per token of the pass (its activation row; measured)
 };
 
-// The factors from the cost model's predictions of the two plans for the same workload; `dp_prior`
-// is one replica's pass cost as the cost model predicts it (the fit replaces it as passes are measured).
-TensorParallelRatios tensor_parallel_ratios(const Prediction& dp, const Prediction& tp, int batch);
+// The ratio from the cost model's predictions of the two plans' decode steps for the same workload;
+// `dp_prior` is one replica's pass cost as the cost model predicts it (the fit replaces it as
+// passes are measured).
+double tp_compute_ratio(const Prediction& dp, const Prediction& tp);
 PassCost pass_cost_of(const Prediction& p, const Workload& work);
 
 class RuntimePlanner {
  public:
   // replicas: of the dp grid (= ranks of the tp group); slots: batch.max_sequences; switch_at >= 0:
   // switch at that batch whatever the prediction (tests; LOWSYNC_RUNTIME_SWITCH_AT).
-  RuntimePlanner(int replicas, int slots, const PassCost& dp_prior, const TensorParallelRatios& ratios,
+  RuntimePlanner(int replicas, int slots, const PassCost& dp_prior, const TensorParallelCosts& tp,
                  int64_t switch_at = -1);
 
   // A pass this rank's replica measured in the current mode.
@@ -109,8 +114,9 @@ class RuntimePlanner {
   const std::vector<RuntimeDecision>& decisions() const { return decisions_; }
   int64_t evaluations() const { return evaluations_; }
   PassCost dp_cost() const { return fit_[0].cost(dp_prior_); }
-  PassCost tp_cost() const;  // the fitted tp passes once measured, else dp's scaled by the ratios
-  PassCost tp_predicted() const;  // dp's fit scaled by the cost model's ratios (what the decision used)
+  PassCost tp_cost() const;  // the fitted tp passes once measured, else tp_predicted
+  PassCost tp_predicted() const;  // from dp's fit and the tp costs (what the decision used)
+  const TensorParallelCosts& tp_costs() const { return tp_; }
   const PassFit& fit(RuntimeMode m) const { return fit_[m == RuntimeMode::DataParallel ? 0 : 1]; }
 
  private:
@@ -121,7 +127,7 @@ class RuntimePlanner {
 
   int replicas_, slots_;
   PassCost dp_prior_;
-  TensorParallelRatios ratios_;
+  TensorParallelCosts tp_;
   int64_t switch_at_;
   RuntimeMode mode_ = RuntimeMode::DataParallel;
   PassFit fit_[2];

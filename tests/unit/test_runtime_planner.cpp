@@ -39,23 +39,22 @@ TEST(RunSeconds, StepsAreTheFullestSlotOrTheLongestRow) {
   EXPECT_EQ(run_seconds(c, RowsWork{}, 4), 0);
 }
 
-TEST(TensorParallelRatios, ComeFromTheTwoPredictions) {
+TEST(TensorParallel, ComputeRatioFromTheTwoPredictionsAndSyncsOnTop) {
   Prediction dp, tp;
-  dp.decode_step_one_s = 0.02;
-  tp.decode_step_one_s = 0.012;
-  dp.decode_step_s = 0.1;
-  tp.decode_step_s = 0.06;
-  dp.prefill_pass_s = 1;
-  tp.prefill_pass_s = 0.55;
-  const TensorParallelRatios r = tensor_parallel_ratios(dp, tp, 8);
-  EXPECT_NEAR(r.decode_one, 0.6, 1e-12);
-  EXPECT_NEAR(r.decode_batch, 0.6, 1e-12);
-  EXPECT_NEAR(r.prefill, 0.55, 1e-12);
+  dp.compute_s = 0.1;
+  tp.compute_s = 0.06;
+  EXPECT_NEAR(tp_compute_ratio(dp, tp), 0.6, 1e-12);
+  RuntimePlanner p(2, 4, {0.01, 0.001, 0.0001}, {0.5, 4, 0.001, 0.0002});
+  const PassCost c = p.tp_predicted();
+  EXPECT_NEAR(c.fixed, 0.005 + 4 * 0.001, 1e-12);
+  EXPECT_NEAR(c.per_row, 0.0005 + 4 * 0.0002, 1e-12);
+  EXPECT_NEAR(c.per_token, 0.00005 + 4 * 0.0002, 1e-12);
 }
 
-// Two replicas, a decode step fixed-cost dominated; tp at 0.6 of a replica's step.
+// Two replicas, a decode step fixed-cost dominated; a tp rank computes 0.6 of a replica's work and
+// its syncs cost nothing (the ratio alone decides).
 RuntimePlanner two_replicas(int64_t switch_at = -1) {
-  return RuntimePlanner(2, 4, {0.01, 0.001, 0.0001}, {0.6, 0.6, 0.6, 4}, switch_at);
+  return RuntimePlanner(2, 4, {0.01, 0.001, 0.0001}, {0.6, 16, 0, 0}, switch_at);
 }
 
 RowsWork rows(int n, int64_t new_tokens) {
@@ -91,6 +90,13 @@ TEST(RuntimePlanner, TensorParallelForOneLongBatchLeft) {
   EXPECT_EQ(p.decisions().size(), 2u);
   p.finish(5.0);
   EXPECT_NEAR(p.decisions()[1].measured_s, 4.0, 1e-12);
+}
+
+TEST(RuntimePlanner, SlowSyncsKeepTheTailDataParallel) {
+  // The same tail as above, but each of a tp pass's 16 syncs costs 1 ms: tp's step is 22 ms, dp's 11.
+  RuntimePlanner p(2, 4, {0.01, 0.001, 0.0001}, {0.6, 16, 0.001, 0});
+  EXPECT_EQ(p.decide(0, {rows(1, 200)}, 0), RuntimeMode::DataParallel);
+  EXPECT_GT(p.decisions()[0].predicted_tp_s, 1.9 * p.decisions()[0].predicted_dp_s);
 }
 
 TEST(RuntimePlanner, WaitingForHeldRowsCanOutweighTheTail) {
