@@ -377,6 +377,7 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
          "is '" + c.plan.objective + "'; expected throughput or latency");
   expect(!c.plan.runtime || (c.task == "generate" && c.batch.continuous), "plan.runtime",
          "decides between continuous-batching passes of a generate job; needs task: generate and batch.continuous: true");
+  expect(!c.plan.runtime || c.debug.dump.empty(), "plan.runtime", "and debug.dump both given; dump without plan.runtime");
   expect(!c.plan.runtime || !c.parallel.auto_plan, "plan.runtime",
          "needs a data-parallel grid whose ranks hold the whole model (parallel: {dp: auto}), not parallel: auto");
   for (const std::string& p : c.debug.dump) expect(!p.empty(), "debug.dump", "lists an empty name");

@@ -232,7 +232,10 @@ int run_job(const JobConfig& job, bool resume) {
   // plan.runtime: the runtime planner, and the tp group the job's tail may run on.
   std::unique_ptr<RuntimeTail> runtime;
   if (job.plan.runtime)
-    runtime = make_runtime_tail(job, model, plan, world, *loaded.backend, *input, batches_within(batches, first, range.end));
+    runtime = make_runtime_tail(job, model, plan, world, *loaded.backend, transformer, *input,
+                                batches_within(batches, first, range.end));
+  // The passes the runtime planner timed at its start are not the job's (the run report's counts).
+  const int64_t timed_passes = transformer.forward_passes(), timed_tokens = transformer.tokens_processed();
   const std::string rows = job.subset() ? "rows " + std::to_string(range.first) + "-" + std::to_string(range.end - 1) +
                                               " of " + std::to_string(input->rows())
                                         : std::to_string(input->rows()) + " rows";
@@ -325,18 +328,15 @@ int run_job(const JobConfig& job, bool resume) {
         world.broadcast(tail, sizeof tail, 0);
         if (tail[1] == 0 && tail[0] < static_cast<int64_t>(runtime->batches.size())) {
           // The tail: every rank in one tp group, its share viewed from the whole model it holds.
-          const auto t_switch = Clock::now();
           runtime->tail_first = tail[0];
-          Transformer tail_model(transformer,
-                                 TensorParallelGroup(&runtime->groups->tp, loaded.backend.get(), plan.sync_dtype),
-                                 runtime->plan.share_of(world.rank()));
-          runtime->switch_s = seconds_since(t_switch);
+          Transformer& tail_model = *runtime->model;
+          const int64_t passes0 = tail_model.forward_passes(), tokens0 = tail_model.tokens_processed();
           WorkQueue tail_queue(*runtime->groups, {runtime->batches.begin() + tail[0], runtime->batches.end()},
                                writer.get());
           run_continuous(tail_queue, tail_model, RuntimeMode::TensorParallel);
           stopped_by = tail_queue.stopped_by();
-          tail_passes = tail_model.forward_passes();
-          tail_tokens = tail_model.tokens_processed();
+          tail_passes = tail_model.forward_passes() - passes0;  // the job's, not the timed ones at the start
+          tail_tokens = tail_model.tokens_processed() - tokens0;
         }
       }
     } else {
@@ -377,8 +377,8 @@ int run_job(const JobConfig& job, bool resume) {
     c.wire_bytes += t.wire_bytes;
   }
   const double mine[kReportFields] = {wall_s - c.seconds - groups.pp.counters().seconds, c.seconds, double(c.calls), double(c.bytes),
-                                      double(transformer.forward_passes() + tail_passes),
-                                      double(transformer.tokens_processed() + tail_tokens),
+                                      double(transformer.forward_passes() - timed_passes + tail_passes),
+                                      double(transformer.tokens_processed() - timed_tokens + tail_tokens),
                                       double(transformer.weight_bytes()), proc_status_mib("VmHWM"),
                                       proc_status_mib("RssAnon"), phases.prefill_s, double(phases.prefill_passes),
                                       phases.decode_s, double(phases.decode_steps), groups.pp.counters().seconds,

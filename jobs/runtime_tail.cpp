@@ -44,6 +44,27 @@ void time_syncs(Communicator& tp, int hidden, TensorParallelCosts& out) {
   tp.counters() = {};  // a probe, not the job's syncs
 }
 
+// The median seconds of decode passes of `rows` rows through `model` (each row one token at position
+// 0 of its own cache rows: the products and the head are a real step's; attention over one key is
+// cheaper than mid-generation, alike in both modes). Collective over the model's tp group.
+double time_decode_passes(Transformer& model, int rows) {
+  KVCache cache = model.make_cache(rows);
+  BatchLayout layout;
+  for (int r = 0; r < rows; ++r) layout.add(1, 0, r);
+  const std::vector<int32_t> tokens(rows, 0);
+  std::vector<int64_t> last(rows);
+  for (int r = 0; r < rows; ++r) last[r] = r;
+  std::vector<double> t;
+  for (int i = 0; i < 4; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const Tensor hidden = model.forward(tokens, layout, cache);
+    const Tensor logits = model.logits(hidden, last);
+    if (i > 0) t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
 nlohmann::json pass_json(const PassCost& c) {
   return {{"fixed_s", c.fixed}, {"per_row_s", c.per_row}, {"per_prompt_token_s", c.per_token}};
 }
@@ -51,8 +72,8 @@ nlohmann::json pass_json(const PassCost& c) {
 }  // namespace
 
 std::unique_ptr<RuntimeTail> make_runtime_tail(const JobConfig& job, const ModelConfig& model, const Plan& plan,
-                                               Communicator& world, Backend& backend, const PromptReader& input,
-                                               const std::vector<Batch>& batches) {
+                                               Communicator& world, Backend& backend, Transformer& whole,
+                                               const PromptReader& input, const std::vector<Batch>& batches) {
   auto t = std::make_unique<RuntimeTail>();
   t->batches = batches;
   world.agree([&] {
@@ -70,9 +91,25 @@ std::unique_ptr<RuntimeTail> make_runtime_tail(const JobConfig& job, const Model
     t->plan.chosen_by = "the runtime planner (the job's tail)";
   });
   t->groups = std::make_unique<ParallelGroups>(ParallelGroups::make(world.size(), 1, 1, "tp"));
+  const auto t0 = std::chrono::steady_clock::now();
+  world.agree([&] {
+    t->model = std::make_unique<Transformer>(whole, TensorParallelGroup(&t->groups->tp, &backend, plan.sync_dtype),
+                                             t->plan.share_of(world.rank()));
+  });
   TensorParallelCosts tp_costs;
   tp_costs.syncs_per_pass = t->plan.syncs_per_pass(model);
   time_syncs(t->groups->tp, model.hidden, tp_costs);
+  // Side by side, now: every rank its whole model at once (as the replicas will run), then the tp group.
+  tp_costs.batch = std::max(1, job.batch.max_sequences);
+  world.barrier();
+  tp_costs.dp_one_s = time_decode_passes(whole, 1);
+  tp_costs.dp_batch_s = time_decode_passes(whole, tp_costs.batch);
+  world.barrier();
+  tp_costs.tp_one_s = time_decode_passes(*t->model, 1);
+  tp_costs.tp_batch_s = time_decode_passes(*t->model, tp_costs.batch);
+  // Not the job's work: the report counts the job's passes and syncs.
+  t->groups->tp.counters() = {};
+  t->setup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   // The cost model's priors: one replica's pass and the tp group's, on the job's profile.
   const Profile profile = job_profile(job, model, world, backend);
   world.agree([&] {
@@ -80,11 +117,16 @@ std::unique_ptr<RuntimeTail> make_runtime_tail(const JobConfig& job, const Model
     const Workload w = workload_of(job, model);
     const Prediction dp = predict(plan, model, profile, w), tp = predict(t->plan, model, profile, w);
     tp_costs.compute_ratio = tp_compute_ratio(dp, tp);
-    t->planner = std::make_unique<RuntimePlanner>(plan.dp, job.batch.max_sequences, pass_cost_of(dp, w), tp_costs,
-                                                  forced_switch());
-    log::info("lowsync: runtime plan: a tp rank computes %.2f of a replica's work (cost model); an all-reduce over %d "
-              "ranks takes %.0f us + %.2f us per token now (timed)", tp_costs.compute_ratio, world.size(),
-              1e6 * tp_costs.sync_latency_s, 1e6 * tp_costs.sync_s_per_token);
+    // The dp prior: the passes just timed, the prompt tokens' cost from the cost model.
+    PassCost prior = pass_cost_of(dp, w);
+    const double B = tp_costs.batch;
+    prior.per_row = B > 1 ? std::max(0.0, (tp_costs.dp_batch_s - tp_costs.dp_one_s) / (B - 1)) : prior.per_row;
+    prior.fixed = std::max(0.0, tp_costs.dp_one_s - prior.per_row);
+    t->planner = std::make_unique<RuntimePlanner>(plan.dp, job.batch.max_sequences, prior, tp_costs, forced_switch());
+    log::info("lowsync: runtime plan: decode pass of 1 / %d rows: dp %.1f / %.1f ms, tp %.1f / %.1f ms (timed side by "
+              "side); cost model: a tp rank computes %.2f of a replica's work, %d syncs per pass",
+              tp_costs.batch, 1e3 * tp_costs.dp_one_s, 1e3 * tp_costs.dp_batch_s, 1e3 * tp_costs.tp_one_s,
+              1e3 * tp_costs.tp_batch_s, tp_costs.compute_ratio, tp_costs.syncs_per_pass);
     for (const Batch& b : batches) {
       RowsWork rows;
       for (int64_t r = b.first_row; r < b.end_row; ++r)
@@ -131,10 +173,12 @@ std::string RuntimeTail::json() const {
   j["decisions"] = decisions;
   j["evaluations"] = planner->evaluations();
   j["tail_first_row"] = tail_first >= 0 ? nlohmann::json(batches[tail_first].first_row) : nlohmann::json(nullptr);
-  j["switch_s"] = switch_s;
+  j["setup_s"] = setup_s;
   const TensorParallelCosts& c = planner->tp_costs();
   j["tp_costs"] = {{"compute_ratio", c.compute_ratio}, {"syncs_per_pass", c.syncs_per_pass},
-                   {"sync_latency_s", c.sync_latency_s}, {"sync_s_per_token", c.sync_s_per_token}};
+                   {"sync_latency_s", c.sync_latency_s}, {"sync_s_per_token", c.sync_s_per_token},
+                   {"timed_rows", c.batch}, {"dp_one_s", c.dp_one_s}, {"dp_batch_s", c.dp_batch_s},
+                   {"tp_one_s", c.tp_one_s}, {"tp_batch_s", c.tp_batch_s}};
   for (RuntimeMode m : {RuntimeMode::DataParallel, RuntimeMode::TensorParallel}) {
     const PassFit& f = planner->fit(m);
     nlohmann::json p = {{"passes", f.passes()}, {"seconds", f.seconds()}};

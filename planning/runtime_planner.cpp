@@ -96,10 +96,20 @@ void RuntimePlanner::measured(RuntimeMode mode, int decode_rows, int64_t prefill
   fit_[mode == RuntimeMode::DataParallel ? 0 : 1].add(decode_rows, prefill_tokens, seconds);
 }
 
-// A tp pass: the measured dp pass's compute at the tp rank's share, plus its syncs: each pays the
-// measured latency and its activation rows (one per decode row and per prompt token).
+// A tp pass. Measured at the start: the tp line through its one-row and full passes, scaled by how
+// the dp passes have drifted since (the machine's load moves both), the prompt tokens at the full
+// passes' ratio. Else the cost model's: the dp pass's compute at the tp rank's share, plus its
+// syncs, each paying the timed latency and its activation rows.
 PassCost RuntimePlanner::tp_predicted() const {
   const PassCost dp = dp_cost();
+  if (tp_.batch > 0 && tp_.dp_batch_s > 0) {
+    const double B = tp_.batch, drift = dp.seconds(B, 0) / tp_.dp_batch_s;
+    PassCost tp;
+    tp.per_row = B > 1 ? std::max(0.0, (tp_.tp_batch_s - tp_.tp_one_s) / (B - 1)) * drift : 0;
+    tp.fixed = std::max(0.0, tp_.tp_one_s * drift - tp.per_row);
+    tp.per_token = dp.per_token * tp_.tp_batch_s / tp_.dp_batch_s;
+    return tp;
+  }
   const double syncs = tp_.syncs_per_pass;
   return {tp_.compute_ratio * dp.fixed + syncs * tp_.sync_latency_s,
           tp_.compute_ratio * dp.per_row + syncs * tp_.sync_s_per_token,

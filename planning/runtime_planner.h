@@ -76,15 +76,19 @@ struct RuntimeDecision {
   std::string why;
 };
 
-// A tp pass as the planner predicts it from one replica's measured dp pass: the cost model's ratio
-// of a tp rank's compute to a whole replica's (its share of the products, the replicated head), and
-// the pass's syncs at what an all-reduce over the tp group costs now (timed when the job starts: on
-// a shared machine a sync waits for the other ranks to be scheduled, which no profile foresees).
+// What a tp pass costs against one replica's dp pass. Measured side by side when the job starts
+// (decode passes of one row and of `batch` rows: every rank its whole model at once, then the tp
+// group), because on a shared machine a tp pass also waits at each sync for the other ranks to be
+// scheduled, which neither the profile nor the cost model sees. The cost model's view (a tp rank's
+// share of the compute, the pass's syncs at a timed all-reduce) is kept for the report, and used
+// when nothing was measured (batch 0).
 struct TensorParallelCosts {
-  double compute_ratio = 1;     // tp rank's compute / one replica's, for the same rows
+  double compute_ratio = 1;     // cost model: a tp rank's compute / one replica's, for the same rows
   int syncs_per_pass = 0;       // all-reduces in a tp pass
-  double sync_latency_s = 0;    // one all-reduce, fixed part (measured)
-  double sync_s_per_token = 0;  // one all-reduce, per token of the pass (its activation row; measured)
+  double sync_latency_s = 0;    // one all-reduce of one token's row, back to back (timed)
+  double sync_s_per_token = 0;  // and per further token
+  int batch = 0;                // rows of the measured full passes; 0: none measured
+  double dp_one_s = 0, dp_batch_s = 0, tp_one_s = 0, tp_batch_s = 0;  // measured passes (medians)
 };
 
 // The ratio from the cost model's predictions of the two plans' decode steps for the same workload;
