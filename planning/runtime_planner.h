@@ -88,7 +88,7 @@ struct TensorParallelCosts {
   double sync_latency_s = 0;    // one all-reduce of one token's row, back to back (timed)
   double sync_s_per_token = 0;  // and per further token
   int batch = 0;                // rows of the measured full passes; 0: none measured
-  double dp_one_s = 0, dp_batch_s = 0, tp_one_s = 0, tp_batch_s = 0;  // measured passes (medians)
+  double dp_one_s = 0, dp_batch_s = 0, tp_one_s = 0, tp_batch_s = 0;  // measured passes (best of two)
 };
 
 // The ratio from the cost model's predictions of the two plans' decode steps for the same workload;
