@@ -109,6 +109,17 @@ def main(np_list):
           "; ".join(f"row {d['first_row']}: {d['chosen']} dp {d['predicted_dp_s']:.3g} s tp {d['predicted_tp_s']:.3g} s "
                     f"measured {d['measured_s']:.3g} s" for d in ds))
 
+    # A grid the planner cannot turn tensor-parallel: one error line naming the key, no output.
+    with open(f"{tmp}/bad.yaml", "w") as f:
+        yaml.safe_dump({"model": f"{tmp}/m", "task": "generate", "input": f"{tmp}/p.h5", "output": f"{tmp}/bad.h5",
+                        "parallel": {"tp": 2}, "plan": {"runtime": True, "profile": f"{tmp}/profile2.yaml"}}, f)
+    p = subprocess.run(mpirun_cmd(2, [LOWSYNC, "run", f"{tmp}/bad.yaml"]), env=ENV, capture_output=True, text=True,
+                       timeout=120)
+    errors = [line for line in p.stderr.splitlines() if line.startswith("lowsync: error:")]
+    check("plan.runtime on a tp grid is refused with one line naming the key",
+          p.returncode == 1 and len(errors) == 1 and "plan.runtime" in errors[0] and "replicas" in errors[0],
+          errors[0] if errors else p.stderr[-300:])
+
     # A rank failing in the tp tail stops every rank; done rows stay valid; --resume completes the file.
     p = run("fault", 2, switch_at=3, extra_env={"LOWSYNC_INJECT_FAULT": "1:3"}, expect_ok=False)
     got, done, _ = rows_of("fault")
