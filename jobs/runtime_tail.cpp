@@ -102,10 +102,8 @@ std::unique_ptr<RuntimeTail> make_runtime_tail(const JobConfig& job, const Model
   // Side by side, now: every rank its whole model at once (as the replicas will run), then the tp group.
   tp_costs.batch = std::max(1, job.batch.max_sequences);
   world.barrier();
-  tp_costs.dp_one_s = time_decode_passes(whole, 1);
   tp_costs.dp_batch_s = time_decode_passes(whole, tp_costs.batch);
   world.barrier();
-  tp_costs.tp_one_s = time_decode_passes(*t->model, 1);
   tp_costs.tp_batch_s = time_decode_passes(*t->model, tp_costs.batch);
   // Not the job's work: the report counts the job's passes and syncs.
   t->groups->tp.counters() = {};
@@ -117,16 +115,16 @@ std::unique_ptr<RuntimeTail> make_runtime_tail(const JobConfig& job, const Model
     const Workload w = workload_of(job, model);
     const Prediction dp = predict(plan, model, profile, w), tp = predict(t->plan, model, profile, w);
     tp_costs.compute_ratio = tp_compute_ratio(dp, tp);
-    // The dp prior: the passes just timed, the prompt tokens' cost from the cost model.
+    // The dp prior: the cost model's pass, scaled to the pass just timed (the machine as it is now).
     PassCost prior = pass_cost_of(dp, w);
-    const double B = tp_costs.batch;
-    prior.per_row = B > 1 ? std::max(0.0, (tp_costs.dp_batch_s - tp_costs.dp_one_s) / (B - 1)) : prior.per_row;
-    prior.fixed = std::max(0.0, tp_costs.dp_one_s - prior.per_row);
+    const double predicted = prior.seconds(tp_costs.batch, 0);
+    const double scale = predicted > 0 && tp_costs.dp_batch_s > 0 ? tp_costs.dp_batch_s / predicted : 1;
+    prior = {prior.fixed * scale, prior.per_row * scale, prior.per_token * scale};
     t->planner = std::make_unique<RuntimePlanner>(plan.dp, job.batch.max_sequences, prior, tp_costs, forced_switch());
-    log::info("lowsync: runtime plan: decode pass of 1 / %d rows: dp %.1f / %.1f ms, tp %.1f / %.1f ms (timed side by "
-              "side); cost model: a tp rank computes %.2f of a replica's work, %d syncs per pass",
-              tp_costs.batch, 1e3 * tp_costs.dp_one_s, 1e3 * tp_costs.dp_batch_s, 1e3 * tp_costs.tp_one_s,
-              1e3 * tp_costs.tp_batch_s, tp_costs.compute_ratio, tp_costs.syncs_per_pass);
+    log::info("lowsync: runtime plan: a decode pass of %d rows takes %.1f ms in dp, %.1f ms in tp (timed side by side; "
+              "the cost model: a tp rank computes %.2f of a replica's work, plus %d syncs)",
+              tp_costs.batch, 1e3 * tp_costs.dp_batch_s, 1e3 * tp_costs.tp_batch_s, tp_costs.compute_ratio,
+              tp_costs.syncs_per_pass);
     for (const Batch& b : batches) {
       RowsWork rows;
       for (int64_t r = b.first_row; r < b.end_row; ++r)
@@ -177,8 +175,12 @@ std::string RuntimeTail::json() const {
   const TensorParallelCosts& c = planner->tp_costs();
   j["tp_costs"] = {{"compute_ratio", c.compute_ratio}, {"syncs_per_pass", c.syncs_per_pass},
                    {"sync_latency_s", c.sync_latency_s}, {"sync_s_per_token", c.sync_s_per_token},
-                   {"timed_rows", c.batch}, {"dp_one_s", c.dp_one_s}, {"dp_batch_s", c.dp_batch_s},
-                   {"tp_one_s", c.tp_one_s}, {"tp_batch_s", c.tp_batch_s}};
+                   {"timed_rows", c.batch}, {"dp_pass_s", c.dp_batch_s}, {"tp_pass_s", c.tp_batch_s}};
+  const RuntimeDecision& last = planner->last_evaluation();
+  if (planner->evaluations() > 0)
+    j["last_evaluation"] = {{"first_row", batches[last.batch].first_row}, {"rows_left", last.rows_left},
+                            {"chosen", runtime_mode_name(last.chosen)}, {"predicted_dp_s", last.predicted_dp_s},
+                            {"predicted_tp_s", last.predicted_tp_s}, {"measured_s", last.measured_s}};
   for (RuntimeMode m : {RuntimeMode::DataParallel, RuntimeMode::TensorParallel}) {
     const PassFit& f = planner->fit(m);
     nlohmann::json p = {{"passes", f.passes()}, {"seconds", f.seconds()}};

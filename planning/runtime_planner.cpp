@@ -96,19 +96,14 @@ void RuntimePlanner::measured(RuntimeMode mode, int decode_rows, int64_t prefill
   fit_[mode == RuntimeMode::DataParallel ? 0 : 1].add(decode_rows, prefill_tokens, seconds);
 }
 
-// A tp pass. Measured at the start: the tp line through its one-row and full passes, scaled by how
-// the dp passes have drifted since (the machine's load moves both), the prompt tokens at the full
-// passes' ratio. Else the cost model's: the dp pass's compute at the tp rank's share, plus its
-// syncs, each paying the timed latency and its activation rows.
+// A tp pass: the dp pass (as fitted so far) times the ratio the side-by-side passes measured at
+// the start; else the cost model's: the dp pass's compute at the tp rank's share, plus its syncs,
+// each paying the timed latency and its activation rows.
 PassCost RuntimePlanner::tp_predicted() const {
   const PassCost dp = dp_cost();
   if (tp_.batch > 0 && tp_.dp_batch_s > 0) {
-    const double B = tp_.batch, drift = dp.seconds(B, 0) / tp_.dp_batch_s;
-    PassCost tp;
-    tp.per_row = B > 1 ? std::max(0.0, (tp_.tp_batch_s - tp_.tp_one_s) / (B - 1)) * drift : 0;
-    tp.fixed = std::max(0.0, tp_.tp_one_s * drift - tp.per_row);
-    tp.per_token = dp.per_token * tp_.tp_batch_s / tp_.dp_batch_s;
-    return tp;
+    const double r = tp_.tp_batch_s / tp_.dp_batch_s;
+    return {r * dp.fixed, r * dp.per_row, r * dp.per_token};
   }
   const double syncs = tp_.syncs_per_pass;
   return {tp_.compute_ratio * dp.fixed + syncs * tp_.sync_latency_s,
@@ -159,8 +154,8 @@ RuntimeMode RuntimePlanner::decide(int64_t next, const std::vector<RowsWork>& ba
     std::snprintf(why, sizeof why, "dp predicted %.3g s against tp %.3g s for the %lld rows left", dp_s, tp_s,
                   static_cast<long long>(rest.rows));
   }
-  if (decisions_.empty() || chosen != mode_)
-    decisions_.push_back({now_s, next, static_cast<int64_t>(rest.rows), chosen, dp_s, tp_s, -1, dp, tp, why});
+  last_ = {now_s, next, static_cast<int64_t>(rest.rows), chosen, dp_s, tp_s, -1, dp, tp, why};
+  if (decisions_.empty() || chosen != mode_) decisions_.push_back(last_);
   mode_ = chosen;
   return chosen;
 }
@@ -173,6 +168,7 @@ void RuntimePlanner::completed(int64_t batch) { in_flight_.erase(batch); }
 
 void RuntimePlanner::finish(double end_s) {
   for (RuntimeDecision& d : decisions_) d.measured_s = end_s - d.at_s;
+  if (evaluations_ > 0) last_.measured_s = end_s - last_.at_s;
 }
 
 }  // namespace lowsync

@@ -76,19 +76,19 @@ struct RuntimeDecision {
   std::string why;
 };
 
-// What a tp pass costs against one replica's dp pass. Measured side by side when the job starts
-// (decode passes of one row and of `batch` rows: every rank its whole model at once, then the tp
-// group), because on a shared machine a tp pass also waits at each sync for the other ranks to be
-// scheduled, which neither the profile nor the cost model sees. The cost model's view (a tp rank's
-// share of the compute, the pass's syncs at a timed all-reduce) is kept for the report, and used
-// when nothing was measured (batch 0).
+// What a tp pass costs against one replica's dp pass. Measured side by side when the job starts (a
+// decode pass of `batch` rows: every rank its whole model at once, then the tp group), because on a
+// shared machine a tp pass also waits at each sync for the other ranks to be scheduled, which
+// neither the profile nor the cost model sees. The cost model's view (a tp rank's share of the
+// compute, the pass's syncs at a timed all-reduce) is kept for the report, and used when nothing
+// was measured (batch 0).
 struct TensorParallelCosts {
   double compute_ratio = 1;     // cost model: a tp rank's compute / one replica's, for the same rows
   int syncs_per_pass = 0;       // all-reduces in a tp pass
   double sync_latency_s = 0;    // one all-reduce of one token's row, back to back (timed)
   double sync_s_per_token = 0;  // and per further token
-  int batch = 0;                // rows of the measured full passes; 0: none measured
-  double dp_one_s = 0, dp_batch_s = 0, tp_one_s = 0, tp_batch_s = 0;  // measured passes (best of two)
+  int batch = 0;                // rows of the timed passes; 0: none timed
+  double dp_batch_s = 0, tp_batch_s = 0;  // the timed passes
 };
 
 // The ratio from the cost model's predictions of the two plans' decode steps for the same workload;
@@ -118,6 +118,8 @@ class RuntimePlanner {
   const std::vector<RuntimeDecision>& decisions() const { return decisions_; }
   int64_t evaluations() const { return evaluations_; }
   PassCost dp_cost() const { return fit_[0].cost(dp_prior_); }
+  // The last hand-out's prediction (recorded or not), to compare with what the rest took.
+  const RuntimeDecision& last_evaluation() const { return last_; }
   PassCost tp_cost() const;  // the fitted tp passes once measured, else tp_predicted
   PassCost tp_predicted() const;  // from dp's fit and the tp costs (what the decision used)
   const TensorParallelCosts& tp_costs() const { return tp_; }
@@ -137,6 +139,7 @@ class RuntimePlanner {
   PassFit fit_[2];
   std::map<int64_t, InFlight> in_flight_;
   std::vector<RuntimeDecision> decisions_;
+  RuntimeDecision last_;
   int64_t evaluations_ = 0;
 };
 

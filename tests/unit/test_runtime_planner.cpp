@@ -95,17 +95,18 @@ TEST(RuntimePlanner, TensorParallelForOneLongBatchLeft) {
 TEST(TensorParallel, TimedPassesWinOverTheCostModel) {
   TensorParallelCosts c{0.5, 16, 0, 0};
   c.batch = 4;
-  c.dp_one_s = 0.011, c.dp_batch_s = 0.014;  // the dp prior's own line: no drift
-  c.tp_one_s = 0.020, c.tp_batch_s = 0.026;  // slower than dp, whatever the compute ratio says
+  c.dp_batch_s = 0.014, c.tp_batch_s = 0.028;  // tp twice as slow as dp, whatever the compute ratio says
   RuntimePlanner p(2, 4, {0.01, 0.001, 0.0001}, c);
   PassCost tp = p.tp_predicted();
+  EXPECT_NEAR(tp.fixed, 0.02, 1e-12);
   EXPECT_NEAR(tp.per_row, 0.002, 1e-12);
-  EXPECT_NEAR(tp.fixed, 0.018, 1e-12);
-  EXPECT_NEAR(tp.per_token, 0.0001 * 0.026 / 0.014, 1e-12);
+  EXPECT_NEAR(tp.per_token, 0.0002, 1e-12);
   for (int i = 0; i < 4; ++i) p.measured(RuntimeMode::DataParallel, 1 + 3 * (i % 2), 0, 2 * (i % 2 ? 0.014 : 0.011));
   tp = p.tp_predicted();  // the machine got twice as slow since: so does the tp prediction
-  EXPECT_NEAR(tp.fixed, 0.036, 1e-9);
+  EXPECT_NEAR(tp.fixed, 0.04, 1e-9);
   EXPECT_EQ(p.decide(0, {rows(1, 200)}, 0), RuntimeMode::DataParallel);
+  p.finish(3.0);
+  EXPECT_EQ(p.last_evaluation().measured_s, 3.0);
 }
 
 TEST(RuntimePlanner, SlowSyncsKeepTheTailDataParallel) {
