@@ -137,6 +137,7 @@ const std::map<std::string, Setter>& schema() {
       {"plan.objective", field(&JobConfig::plan, &PlanOptions::objective)},
       {"plan.profile", field(&JobConfig::plan, &PlanOptions::profile)},
       {"plan.output", field(&JobConfig::plan, &PlanOptions::output)},
+      {"plan.runtime", field(&JobConfig::plan, &PlanOptions::runtime)},
       {"parallel.spd.drop", spd_field(&SpdOptions::drop)},
       {"parallel.spd.from", spd_field(&SpdOptions::from)},
       {"parallel.spd.budget.max_kl", spd_field(&SpdOptions::max_kl)},
@@ -398,6 +399,11 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   }
   expect(c.plan.objective == "throughput" || c.plan.objective == "latency", "plan.objective",
          "is '" + c.plan.objective + "'; expected throughput or latency");
+  expect(!c.plan.runtime || (c.task == "generate" && c.batch.continuous), "plan.runtime",
+         "decides between continuous-batching passes of a generate job; needs task: generate and batch.continuous: true");
+  expect(!c.plan.runtime || c.debug.dump.empty(), "plan.runtime", "and debug.dump both given; dump without plan.runtime");
+  expect(!c.plan.runtime || !c.parallel.auto_plan, "plan.runtime",
+         "needs a data-parallel grid whose ranks hold the whole model (parallel: {dp: auto}), not parallel: auto");
   for (const std::string& p : c.debug.dump) expect(!p.empty(), "debug.dump", "lists an empty name");
   if (!c.debug.dump.empty() && c.debug.dump_file.empty()) {
     // Next to the output, named after it: results.h5 -> results.dump.h5.
@@ -601,7 +607,9 @@ std::string JobConfig::to_yaml() const {
   e << YAML::Key << "plan" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "objective" << YAML::Value << c.plan.objective;
   e << YAML::Key << "profile" << YAML::Value << c.plan.profile;
-  e << YAML::Key << "output" << YAML::Value << c.plan.output << YAML::EndMap;
+  e << YAML::Key << "output" << YAML::Value << c.plan.output;
+  if (c.plan.runtime) e << YAML::Key << "runtime" << YAML::Value << true;  // left out when off: older files compare equal
+  e << YAML::EndMap;
   if (c.has_rows) {
     e << YAML::Key << "rows" << YAML::Value << YAML::BeginMap;
     e << YAML::Key << "first" << YAML::Value << c.rows.first;

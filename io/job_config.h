@@ -83,6 +83,7 @@ struct PlanOptions {
   std::string objective = "throughput";  // throughput (tokens/s of the whole job) | latency (one sequence)
   std::string profile = "profile.yaml";  // read if present, else measured (and written) first
   std::string output = "plan.yaml";      // where `lowsync plan` writes the chosen plan
+  bool runtime = false;  // generate on a dp grid: the runtime planner may turn the job's tail tensor-parallel
 };
 
 // How `lowsync calibrate` orders the layers: `kl`, each layer dropped alone, by the next-token KL

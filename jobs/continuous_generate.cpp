@@ -118,6 +118,7 @@ ContinuousGenerator::Finished ContinuousGenerator::step() {
   running_ = std::move(still);
 
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  last_pass_ = {static_cast<int>(decoding), prefill_tokens, seconds};
   if (decoding) {
     times_.decode_s += seconds;
     ++times_.decode_steps;

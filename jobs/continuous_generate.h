@@ -40,6 +40,14 @@ class ContinuousGenerator {
   // Returns the batches whose last row finished in it, with their results.
   Finished step();
 
+  // The last pass's shape and time (the runtime planner fits its pass costs to these).
+  struct PassRecord {
+    int decoding = 0;            // rows that decoded one token
+    int64_t prefill_tokens = 0;  // prompt tokens of the rows that started
+    double seconds = 0;
+  };
+  const PassRecord& last_pass() const { return last_pass_; }
+
   // Cache rows one row needs at most: its prompt and new tokens, within the model's positions.
   static int64_t row_need(const ModelConfig& model, const GenerateOptions& opt, int64_t prompt_tokens);
 
@@ -69,6 +77,7 @@ class ContinuousGenerator {
   std::vector<Row> running_;
   std::map<int64_t, BatchState> batches_;
   std::vector<float> logits_host_;
+  PassRecord last_pass_;
 };
 
 }  // namespace lowsync

@@ -25,6 +25,7 @@
 #include "jobs/load_job.h"
 #include "jobs/result_writer.h"
 #include "jobs/run_report.h"
+#include "jobs/runtime_tail.h"
 #include "jobs/stop_signal.h"
 #include "jobs/tensor_dump.h"
 #include "jobs/tasks.h"
@@ -228,6 +229,13 @@ int run_job(const JobConfig& job, bool resume) {
   });
   int64_t first = range.first + (root ? writer->rows_done() : 0);  // the first input row not done
   world.broadcast(&first, sizeof first, 0);
+  // plan.runtime: the runtime planner, and the tp group the job's tail may run on.
+  std::unique_ptr<RuntimeTail> runtime;
+  if (job.plan.runtime)
+    runtime = make_runtime_tail(job, model, plan, world, *loaded.backend, transformer, *input,
+                                batches_within(batches, first, range.end));
+  // The passes the runtime planner timed at its start are not the job's (the run report's counts).
+  const int64_t timed_passes = transformer.forward_passes(), timed_tokens = transformer.tokens_processed();
   const std::string rows = job.subset() ? "rows " + std::to_string(range.first) + "-" + std::to_string(range.end - 1) +
                                               " of " + std::to_string(input->rows())
                                         : std::to_string(input->rows()) + " rows";
@@ -243,6 +251,7 @@ int run_job(const JobConfig& job, bool resume) {
   auto watch = std::make_unique<watchdog::Guard>(job.mpi_timeout, world.rank());
   const auto t_run = Clock::now();
   int64_t new_tokens = 0;
+  int64_t tail_passes = 0, tail_tokens = 0;  // plan.runtime: the tp tail's forward passes and tokens
   PhaseTimes phases;
   int stopped_by = 0;  // rank 0: the signal that ended the run early
   try {
@@ -284,29 +293,56 @@ int run_job(const JobConfig& job, bool resume) {
         longest = std::max(longest, ContinuousGenerator::row_need(model, job.generate, input->length(r)));
       const int64_t cache_rows = std::max<int64_t>(
           job.batch.max_tokens + int64_t(job.batch.max_sequences) * job.generate.max_new_tokens, longest);
-      ContinuousGenerator generator(transformer, job, gen, *input, cache_rows, phases);
-      queue.set_on_written(on_written);
-      for (bool more = true;;) {
-        while (more && generator.wants_rows()) {
-          const int64_t index = queue.take();
-          if (index < 0) {
-            more = false;
-            break;
+      // `q`'s batches through `model`; rank 0 tells the runtime planner (if any) every pass it timed.
+      auto run_continuous = [&](WorkQueue& q, Transformer& model, RuntimeMode mode) {
+        ContinuousGenerator generator(model, job, gen, *input, cache_rows, phases);
+        q.set_on_written(on_written);
+        for (bool more = true;;) {
+          while (more && generator.wants_rows()) {
+            const int64_t index = q.take();
+            if (index < 0) {
+              more = false;
+              break;
+            }
+            maybe_inject_fault(world.rank(), batches_started++);
+            generator.admit(index, q.batch(index));
           }
-          maybe_inject_fault(world.rank(), batches_started++);
-          generator.admit(index, queue.batch(index));
+          if (generator.idle()) break;
+          for (auto& [index, results] : generator.step()) {
+            for (const RowResult& r : results) new_tokens += static_cast<int64_t>(r.tokens.size());
+            q.complete(index, std::move(results));
+          }
+          if (runtime && root) {
+            const ContinuousGenerator::PassRecord& p = generator.last_pass();
+            runtime->planner->measured(mode, p.decoding, p.prefill_tokens, p.seconds);
+          }
         }
-        if (generator.idle()) break;
-        for (auto& [index, results] : generator.step()) {
-          for (const RowResult& r : results) new_tokens += static_cast<int64_t>(r.tokens.size());
-          queue.complete(index, std::move(results));
+        q.finish();
+      };
+      if (runtime && root) runtime->attach(queue, t_run);
+      run_continuous(queue, transformer, RuntimeMode::DataParallel);
+      stopped_by = queue.stopped_by();
+      if (runtime) {
+        // Rank 0's queue knows where the runtime planner held the batches back (if it did).
+        int64_t tail[2] = {root ? queue.handed_out() : 0, stopped_by};
+        world.broadcast(tail, sizeof tail, 0);
+        if (tail[1] == 0 && tail[0] < static_cast<int64_t>(runtime->batches.size())) {
+          // The tail: every rank in one tp group, its share viewed from the whole model it holds.
+          runtime->tail_first = tail[0];
+          Transformer& tail_model = *runtime->model;
+          const int64_t passes0 = tail_model.forward_passes(), tokens0 = tail_model.tokens_processed();
+          WorkQueue tail_queue(*runtime->groups, {runtime->batches.begin() + tail[0], runtime->batches.end()},
+                               writer.get());
+          run_continuous(tail_queue, tail_model, RuntimeMode::TensorParallel);
+          stopped_by = tail_queue.stopped_by();
+          tail_passes = tail_model.forward_passes() - passes0;  // the job's, not the timed ones at the start
+          tail_tokens = tail_model.tokens_processed() - tokens0;
         }
       }
-      queue.finish();
     } else {
       queue.run(compute, on_written);
+      stopped_by = queue.stopped_by();
     }
-    stopped_by = queue.stopped_by();
   } catch (const OutputError& e) {
     // Only rank 0 writes, and its message names the file: no rank needed. The writer has closed
     // the output; on one rank the error can end the process normally, else it must stop the others
@@ -332,10 +368,19 @@ int run_job(const JobConfig& job, bool resume) {
   const bool stopped = ending[1] < range.end;
 
   // The run report: every rank's split of time and traffic, gathered to all.
-  const CommCounters& c = groups.tp.counters();
+  CommCounters c = groups.tp.counters();
+  if (runtime) {  // the tail's tp syncs count as the replica's communication
+    const CommCounters& t = runtime->groups->tp.counters();
+    c.seconds += t.seconds;
+    c.calls += t.calls;
+    c.bytes += t.bytes;
+    c.wire_bytes += t.wire_bytes;
+  }
   const double mine[kReportFields] = {wall_s - c.seconds - groups.pp.counters().seconds, c.seconds, double(c.calls), double(c.bytes),
-                                      double(transformer.forward_passes()), double(transformer.tokens_processed()),
-                                      double(transformer.weight_bytes()), proc_status_mib("VmHWM"),
+                                      double(transformer.forward_passes() - timed_passes + tail_passes),
+                                      double(transformer.tokens_processed() - timed_tokens + tail_tokens),
+                                      double(transformer.weight_bytes() + (runtime ? runtime->model->weight_bytes() : 0)),
+                                      proc_status_mib("VmHWM"),
                                       proc_status_mib("RssAnon"), phases.prefill_s, double(phases.prefill_passes),
                                       phases.decode_s, double(phases.decode_steps), groups.pp.counters().seconds,
                                       double(groups.pp.counters().bytes), double(transformer.streamed_bytes()),
@@ -357,6 +402,11 @@ int run_job(const JobConfig& job, bool resume) {
     totals.previous_json = writer->previous_report_json();
     totals.scored_tokens = writer->scored_tokens();
     totals.sum_logprob = writer->sum_logprob();
+    if (runtime) {
+      runtime->planner->finish(wall_s);
+      totals.runtime_json = runtime->json();
+      totals.runtime_text = runtime->text();
+    }
     const std::string report = run_report(plan, model, all, totals);
     writer->finish(report, run_report_json(plan, model, all, totals), plan.to_yaml(model));
     if (stopped) {

@@ -28,6 +28,8 @@ struct RunTotals {
   // score: the targets scored in the whole file so far and the sum of their log-probs (perplexity).
   int64_t scored_tokens = 0;
   double sum_logprob = 0;
+  // plan.runtime: the runtime planner's decisions (JSON object, and lines of text); "" when off.
+  std::string runtime_json, runtime_text;
 };
 
 // The report covers the whole file: totals (rows, time, tokens, rates) over every segment with

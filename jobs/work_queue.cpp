@@ -24,7 +24,12 @@ WorkQueue::WorkQueue(ParallelGroups& groups, std::vector<Batch> batches, ResultW
 }
 
 int64_t WorkQueue::take_next_on_root() {
-  return stopped_by_ == 0 && next_ < static_cast<int64_t>(batches_.size()) ? next_++ : -1;
+  if (stopped_by_ != 0 || held_back_ || next_ >= static_cast<int64_t>(batches_.size())) return -1;
+  if (hand_out_ && !hand_out_(next_)) {
+    held_back_ = true;
+    return -1;
+  }
+  return next_++;
 }
 
 void WorkQueue::stop_on_root(int sig) {
@@ -70,6 +75,7 @@ void WorkQueue::serve_requests(bool block) {
 
 // Root: keeps results until every earlier batch is written, then appends in input order.
 void WorkQueue::deliver(int64_t index, std::vector<RowResult> results) {
+  if (on_result_) on_result_(index);
   pending_[index] = std::move(results);
   while (pending_.count(written_) && (first_given_back_ < 0 || written_ < first_given_back_)) {
     {
@@ -139,9 +145,10 @@ void WorkQueue::finish() {
   if (g_.world.rank() != 0) return;
   // No batches left here: serve the others until each has left and its results are in.
   while (leaders_left_ > 0 || outstanding_ > 0) serve_requests(true);
-  // Without a stop every batch was handed out and has come back, so all are written.
-  if (stopped_by_ == 0 && written_ != static_cast<int64_t>(batches_.size()))
-    throw std::logic_error("WorkQueue: " + std::to_string(batches_.size() - written_) + " batches never written");
+  // Without a stop every batch handed out (all of them unless the rule held some back) has come
+  // back, so all are written.
+  if (stopped_by_ == 0 && written_ != next_)
+    throw std::logic_error("WorkQueue: " + std::to_string(next_ - written_) + " batches never written");
 }
 
 void WorkQueue::run(const std::function<std::vector<RowResult>(const Batch&)>& compute,

@@ -5,6 +5,7 @@
 
 #include "io/error.h"
 #include "layers/rope_frequencies.h"
+#include "layers/weight_views.h"
 
 namespace lowsync {
 
@@ -48,6 +49,21 @@ Transformer::Transformer(const ModelConfig& cfg, Backend& be, TensorParallelGrou
   w_ = load_weights(cfg, share, layers, resident_, be, head_rows());
   if (resident_ < layers.count) source_ = std::make_unique<LayerSource>(cfg, share, be);
   set_spd_drop(std::move(spd_drop));
+}
+
+Transformer::Transformer(const Transformer& whole, TensorParallelGroup tp, const LayerShare& share)
+    : cfg_(whole.cfg_), be_(whole.be_), tp_(tp), layers_(whole.layers_), local_(BlockShape::of_share(whole.cfg_, share)),
+      rope_inv_freq_(whole.rope_inv_freq_) {
+  if (cfg_.bp.enabled() || whole.tp_.size() > 1 || whole.layers_.count != cfg_.n_layers ||
+      whole.resident_ < whole.layers_.count)
+    throw UserError(cfg_.dir + ": a tensor-parallel share of held weights needs every layer held whole on the rank "
+                    "(an ordinary model, no tp, pp or streamed layers)");
+  w_ = whole.w_;  // embeddings, final norm and LM head: the same tensors
+  w_.bytes = 0;   // this copy's own bytes: the row-parallel columns
+  for (size_t l = 0; l < whole.w_.layers.size(); ++l)
+    w_.layers[l] = share_view(whole.w_.layers[l], cfg_, share, be_, w_.bytes);
+  resident_ = layers_.count;
+  set_spd_drop({});
 }
 
 Transformer::~Transformer() {

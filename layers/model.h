@@ -85,6 +85,10 @@ class Transformer {
   // The whole model on one rank.
   Transformer(const ModelConfig& cfg, Backend& be)
       : Transformer(cfg, be, {}, LayerShare::whole(cfg), {0, cfg.n_layers}) {}
+  // The model `whole` holds (every layer, whole: an ordinary model on one rank) computed as
+  // tensor-parallel share `share` over `tp`, from views of whole's weights (layers/weight_views.h);
+  // no checkpoint read. The runtime planner's tp tail; `whole` must outlive it.
+  Transformer(const Transformer& whole, TensorParallelGroup tp, const LayerShare& share);
 
   const ModelConfig& config() const { return cfg_; }
   Backend& backend() { return be_; }

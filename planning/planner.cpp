@@ -260,8 +260,7 @@ std::string candidates_json(const PlannerResult& result, const ModelConfig& mode
   return out.dump(1);
 }
 
-Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& world, Backend& backend,
-                 int64_t memory_limit, const std::string& candidates_out) {
+Profile job_profile(const JobConfig& job, const ModelConfig& model, Communicator& world, Backend& backend) {
   // Rank 0 reads the profile if it fits this world and model; otherwise every rank measures.
   Profile profile;
   int64_t have = 0;
@@ -282,6 +281,13 @@ Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& w
       if (world.rank() == 0) profile.save(job.plan.profile);
     });
   }
+
+  return profile;
+}
+
+Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& world, Backend& backend,
+                 int64_t memory_limit, const std::string& candidates_out) {
+  const Profile profile = job_profile(job, model, world, backend);
 
   // Rank 0 plans and hands the plan to every rank as YAML, so that all run the same one.
   std::string yaml;

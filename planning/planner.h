@@ -43,6 +43,11 @@ Workload workload_of(const JobConfig& job, const ModelConfig& model);
 // The table `lowsync plan` prints: one row per candidate, the choice marked.
 std::string planner_table(const PlannerResult& result, const JobConfig& job, const ModelConfig& model);
 
+// Collective over world: plan.profile when it was made for this world and model (read by rank 0
+// only: the others return an empty profile), else measured (and written there) by every rank.
+// Agreed: errors are printed once.
+Profile job_profile(const JobConfig& job, const ModelConfig& model, Communicator& world, Backend& backend);
+
 // Collective over world: reads plan.profile (measuring it first, and writing it, when the file is
 // missing or was made for another world or model), plans, prints the table on rank 0, and returns
 // the chosen plan on every rank. Agreed: errors are printed once.

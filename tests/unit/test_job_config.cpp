@@ -352,3 +352,19 @@ TEST(JobConfig, SplitHead) {
               std::string::npos) << e.what();
   }
 }
+
+TEST(JobConfig, RuntimePlanKey) {
+  auto c = load_job_config(write_yaml(std::string(kBase) + "parallel: {dp: auto}\nplan: {runtime: true}\n"), {});
+  EXPECT_TRUE(c.plan.runtime);
+  EXPECT_FALSE(load_job_config(write_yaml(kBase), {}).plan.runtime);
+  // A speed key: a resumed job may turn it on or off.
+  EXPECT_EQ(c.fingerprint(), load_job_config(write_yaml(kBase), {"parallel.dp=auto"}).fingerprint());
+  for (const char* bad : {"task=score", "batch.continuous=false", "parallel.auto=true"}) {
+    try {
+      load_job_config(write_yaml(std::string(kBase) + "plan: {runtime: true}\n"), {bad});
+      FAIL() << bad << ": no error";
+    } catch (const UserError& e) {
+      EXPECT_NE(std::string(e.what()).find("plan.runtime"), std::string::npos) << e.what();
+    }
+  }
+}

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""A runtime-planned job against the best fixed strategy on a job with a long tail (issue 10, item 5).
+
+The job: a random LLaMA-shaped model continues BULK prompts of 144 tokens (each makes 17 new
+tokens: the model has 160 positions) and then TAIL prompts of 8 tokens that each make
+max_new_tokens new tokens, no stop token: many short rows, then a few long generations. At np
+ranks over shared memory, the same job runs three ways, taking turns over rounds:
+  dp       parallel.dp: auto (every rank a replica, batches handed out dynamically)
+  tp       parallel.tp: np (one replica over every rank)
+  runtime  parallel.dp: auto + plan.runtime: true (the runtime planner may turn the tail tp)
+Each setting keeps its best round (the machine is shared; best-of filters other users' bursts);
+every round is in the JSON. Measured: the job's wall time (load and write included). The profile
+that gives the runtime planner the cost model's priors is measured once first (not timed).
+Tokens are compared across settings (greedy; tp rounds floats differently, so a near-tie may flip).
+Writes bench/results/runtime_plan.json and .png.
+
+  .venv/bin/python bench/bench_runtime.py [--np 2] [--rounds 3] [--bulk 32] [--tail 2] [--new 96]
+"""
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import h5py
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOWSYNC = os.environ.get("LOWSYNC_BIN", os.path.join(ROOT, "build", "lowsync"))
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OPENBLAS_NUM_THREADS="1",
+           OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+VOCAB, POSITIONS = 8000, 160
+SHAPE = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=12,
+             num_key_value_heads=4)
+
+
+def mpirun(np_, args):
+    return ["mpirun", "--oversubscribe", "-np", str(np_), "-x", "OPENBLAS_NUM_THREADS=1", "-x", "OMP_NUM_THREADS=1",
+            "--mca", "btl", "self,vader,tcp"] + args
+
+
+def make_model(path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, max_position_embeddings=POSITIONS, tie_word_embeddings=True,
+                                     eos_token_id=None, bos_token_id=None, **SHAPE))
+    m.save_pretrained(path, safe_serialization=True)
+
+
+def run(np_, job, tmp, tag, sets):
+    out = f"{tmp}/{tag}.h5"
+    if os.path.exists(out):
+        os.remove(out)
+    t0 = time.time()
+    p = subprocess.run(mpirun(np_, [LOWSYNC, "run", job, "--set", f"output={out}"] + sum((["--set", s] for s in sets), [])),
+                       env=ENV, capture_output=True, text=True)
+    wall = time.time() - t0
+    if p.returncode != 0:
+        sys.exit(f"{tag}: exited {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    with h5py.File(out, "r") as f:
+        tok, off = f["generated/token_ids"][:], f["generated/offsets"][:]
+        rep = json.loads(f.attrs["run_report_json"])
+    rows = [tok[off[i]:off[i + 1]].tolist() for i in range(len(off) - 1)]
+    res = {"wall_s": wall, "report_wall_s": rep["wall_s"], "new_tokens": int(len(tok))}
+    if "runtime_plan" in rep:
+        res["runtime_plan"] = rep["runtime_plan"]
+    return res, rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--np", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--bulk", type=int, default=32)
+    ap.add_argument("--tail", type=int, default=2)
+    ap.add_argument("--new", type=int, default=96)
+    ap.add_argument("--max-sequences", type=int, default=8)
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "runtime_plan.json"))
+    a = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="lowsync_bench_runtime_")
+    make_model(f"{tmp}/m")
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, VOCAB, POSITIONS - 16).tolist() for _ in range(a.bulk)]
+    prompts += [rng.integers(0, VOCAB, 8).tolist() for _ in range(a.tail)]
+    with h5py.File(f"{tmp}/p.h5", "w") as f:
+        f["input_ids"] = np.concatenate(prompts).astype(np.int32)
+        f["offsets"] = np.cumsum([0] + [len(p) for p in prompts]).astype(np.int64)
+    job = f"{tmp}/job.yaml"
+    with open(job, "w") as f:
+        f.write(f"model: {tmp}/m\ntask: generate\ninput: {tmp}/p.h5\noutput: {tmp}/x.h5\n"
+                f"generate: {{max_new_tokens: {a.new}, stop_at_eos: false}}\n"
+                f"batch: {{max_sequences: {a.max_sequences}}}\nprogress: {{every: 1000}}\n"
+                f"plan: {{profile: {tmp}/profile.yaml}}\n")
+    t0 = time.time()
+    subprocess.run(mpirun(a.np, [LOWSYNC, "profile", job, "--quiet", "--budget", "10", "--out", f"{tmp}/profile.yaml"]),
+                   env=ENV, check=True, capture_output=True)
+    print(f"profile measured in {time.time() - t0:.1f} s", flush=True)
+
+    settings = {"dp": ["parallel.dp=auto"], "tp": [f"parallel.tp={a.np}"],
+                "runtime": ["parallel.dp=auto", "plan.runtime=true"]}
+    best, rounds, outputs = {}, [], {}
+    for r in range(a.rounds):
+        for tag, sets in settings.items():
+            res, rows = run(a.np, job, tmp, tag, sets)
+            outputs[tag] = rows
+            rounds.append(dict(res, setting=tag, round=r))
+            extra = ""
+            if "runtime_plan" in res:
+                extra = "; " + ", ".join(f"row {d['first_row']}: {d['chosen']}" for d in res["runtime_plan"]["decisions"])
+            print(f"round {r}: {tag}: {res['wall_s']:.2f} s{extra}", flush=True)
+            if tag not in best or res["wall_s"] < best[tag]["wall_s"]:
+                best[tag] = res
+    fixed = min(("dp", "tp"), key=lambda t: best[t]["wall_s"])
+    speedup = best[fixed]["wall_s"] / best["runtime"]["wall_s"]
+    same = {t: sum(x == y for x, y in zip(outputs[t], outputs["dp"])) for t in ("tp", "runtime")}
+    load = os.getloadavg()
+    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "method": f"np {a.np} over shared memory (mpirun, vader), OPENBLAS_NUM_THREADS=1, one thread per rank; "
+                        "settings take turns over rounds, each keeps its best round; wall time of mpirun (load, "
+                        "compute, write)",
+              "machine": f"{os.cpu_count()} cores shared with other users; load average at the end {load[0]:.1f}",
+              "model": f"random LLaMA: hidden 768, 8 layers, 12/4 heads, FFN 2048, vocab {VOCAB}, {POSITIONS} positions",
+              "job": {"bulk_rows": a.bulk, "bulk_prompt_tokens": POSITIONS - 16, "bulk_new_tokens": 17,
+                      "tail_rows": a.tail, "tail_prompt_tokens": 8, "tail_new_tokens": a.new,
+                      "max_sequences": a.max_sequences},
+              "best": best, "rounds": rounds, "best_fixed": fixed,
+              "speedup_vs_best_fixed": speedup, "goal": ">= 1.15x faster end to end",
+              "rows_equal_to_dp": same, "rows": len(prompts)}
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(result, f, indent=1)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    names = ["dp", "tp", "runtime"]
+    ax.bar(names, [best[n]["wall_s"] for n in names], color=["#999999", "#999999", "#2a7ab9"])
+    for i, n in enumerate(names):
+        ax.plot([i] * sum(1 for x in rounds if x["setting"] == n), [x["wall_s"] for x in rounds if x["setting"] == n],
+                "k.", ms=4)
+    ax.set_ylabel("job wall time, s (bar: best round; dots: every round)")
+    ax.set_title(f"np {a.np}: {a.bulk} short rows + {a.tail} long: runtime x{speedup:.2f} vs {fixed}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.splitext(a.out)[0] + ".png", dpi=110)
+    print(json.dumps({"best_s": {n: round(best[n]["wall_s"], 2) for n in names}, "speedup": round(speedup, 3),
+                      "rows_equal_to_dp": same}))
+
+
+if __name__ == "__main__":
+    main()

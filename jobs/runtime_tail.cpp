@@ -1,0 +1,205 @@
+#include "jobs/runtime_tail.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "io/error.h"
+#include "io/log.h"
+#include "jobs/continuous_generate.h"
+#include "planning/cost_model.h"
+#include "planning/make_plan.h"
+#include "planning/planner.h"
+
+namespace lowsync {
+
+namespace {
+
+// LOWSYNC_RUNTIME_SWITCH_AT=B: switch at batch B of the run whatever the prediction (tests: rows
+// computed in both modes); -1 when unset.
+int64_t forced_switch() {
+  const char* s = std::getenv("LOWSYNC_RUNTIME_SWITCH_AT");
+  return s && *s ? std::atoll(s) : -1;
+}
+
+// What an all-reduce over the tp group costs now: of one token's activation row and of 64 rows,
+// each the median of back-to-back calls, as latency + seconds per token. On a shared machine a sync
+// waits for every rank to be scheduled, which the profile (measured another time) does not see.
+void time_syncs(Communicator& tp, int hidden, TensorParallelCosts& out) {
+  auto median_seconds = [&](int tokens) {
+    std::vector<float> x(static_cast<size_t>(tokens) * hidden, 1.f);
+    std::vector<double> t;
+    for (int i = 0; i < 18; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      tp.all_reduce(x.data(), static_cast<int64_t>(x.size()));
+      if (i >= 3) t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+  };
+  const double one = median_seconds(1), many = median_seconds(64);
+  out.sync_s_per_token = std::max(0.0, (many - one) / 63);
+  out.sync_latency_s = std::max(0.0, one - out.sync_s_per_token);
+  tp.counters() = {};  // a probe, not the job's syncs
+}
+
+// The seconds of a decode pass of `rows` rows through `model` (each row one token at position
+// 0 of its own cache rows: the products and the head are a real step's; attention over one key is
+// cheaper than mid-generation, alike in both modes). Collective over the model's tp group.
+double time_decode_passes(Transformer& model, int rows) {
+  KVCache cache = model.make_cache(rows);
+  BatchLayout layout;
+  for (int r = 0; r < rows; ++r) layout.add(1, 0, r);
+  const std::vector<int32_t> tokens(rows, 0);
+  std::vector<int64_t> last(rows);
+  for (int r = 0; r < rows; ++r) last[r] = r;
+  double best = 0;
+  for (int i = 0; i < 3; ++i) {  // the first warms the caches up; the faster of the other two (other users' bursts)
+    const auto t0 = std::chrono::steady_clock::now();
+    const Tensor hidden = model.forward(tokens, layout, cache);
+    const Tensor logits = model.logits(hidden, last);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (i == 1 || (i > 1 && s < best)) best = s;
+  }
+  return best;
+}
+
+nlohmann::json pass_json(const PassCost& c) {
+  return {{"fixed_s", c.fixed}, {"per_row_s", c.per_row}, {"per_prompt_token_s", c.per_token}};
+}
+
+}  // namespace
+
+std::unique_ptr<RuntimeTail> make_runtime_tail(const JobConfig& job, const ModelConfig& model, const Plan& plan,
+                                               Communicator& world, Backend& backend, Transformer& whole,
+                                               const PromptReader& input, const std::vector<Batch>& batches) {
+  auto t = std::make_unique<RuntimeTail>();
+  t->batches = batches;
+  world.agree([&] {
+    const std::string where = job.path + ": plan.runtime";
+    if (plan.split != ReplicaSplit::Tensor || plan.group != 1 || plan.pp != 1 || plan.dp < 2)
+      throw UserError(where + " turns a data-parallel job's tail tensor-parallel, so it needs replicas of one rank "
+                      "each, at least 2 (parallel: {dp: auto}); the plan is " + plan.describe());
+    if (job.backend != "cpu")
+      throw UserError(where + " needs backend: cpu (the tp group slices the fp32 weights each rank holds)");
+    if (model.bp.enabled())
+      throw UserError(where + ": " + job.model + " is a decoupled model; the tp tail needs an ordinary one");
+    if (plan.resident_of(world.rank()) < model.n_layers)
+      throw UserError(where + " needs every layer held on every rank; memory.limit streams some");
+    t->plan = make_plan(model, limits_of(job), world.size(), ReplicaSplit::Tensor, world.size(), 1, {}, {}, where);
+    t->plan.chosen_by = "the runtime planner (the job's tail)";
+  });
+  t->groups = std::make_unique<ParallelGroups>(ParallelGroups::make(world.size(), 1, 1, "tp"));
+  const auto t0 = std::chrono::steady_clock::now();
+  world.agree([&] {
+    t->model = std::make_unique<Transformer>(whole, TensorParallelGroup(&t->groups->tp, &backend, plan.sync_dtype),
+                                             t->plan.share_of(world.rank()));
+  });
+  TensorParallelCosts tp_costs;
+  tp_costs.syncs_per_pass = t->plan.syncs_per_pass(model);
+  time_syncs(t->groups->tp, model.hidden, tp_costs);
+  // Side by side, now: every rank its whole model at once (as the replicas will run), then the tp group.
+  tp_costs.batch = std::max(1, job.batch.max_sequences);
+  world.barrier();
+  tp_costs.dp_batch_s = time_decode_passes(whole, tp_costs.batch);
+  world.barrier();
+  tp_costs.tp_batch_s = time_decode_passes(*t->model, tp_costs.batch);
+  // Not the job's work: the report counts the job's passes and syncs.
+  t->groups->tp.counters() = {};
+  t->setup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  // The cost model's priors: one replica's pass and the tp group's, on the job's profile.
+  const Profile profile = job_profile(job, model, world, backend);
+  world.agree([&] {
+    if (world.rank() != 0) return;
+    const Workload w = workload_of(job, model);
+    const Prediction dp = predict(plan, model, profile, w), tp = predict(t->plan, model, profile, w);
+    tp_costs.compute_ratio = tp_compute_ratio(dp, tp);
+    // The dp prior: the cost model's pass, scaled to the pass just timed (the machine as it is now).
+    PassCost prior = pass_cost_of(dp, w);
+    const double predicted = prior.seconds(tp_costs.batch, 0);
+    const double scale = predicted > 0 && tp_costs.dp_batch_s > 0 ? tp_costs.dp_batch_s / predicted : 1;
+    prior = {prior.fixed * scale, prior.per_row * scale, prior.per_token * scale};
+    t->planner = std::make_unique<RuntimePlanner>(plan.dp, job.batch.max_sequences, prior, tp_costs, forced_switch());
+    log::info("lowsync: runtime plan: a decode pass of %d rows takes %.1f ms in dp, %.1f ms in tp (timed side by side; "
+              "the cost model: a tp rank computes %.2f of a replica's work, plus %d syncs)",
+              tp_costs.batch, 1e3 * tp_costs.dp_batch_s, 1e3 * tp_costs.tp_batch_s, tp_costs.compute_ratio,
+              tp_costs.syncs_per_pass);
+    for (const Batch& b : batches) {
+      RowsWork rows;
+      for (int64_t r = b.first_row; r < b.end_row; ++r)
+        rows.add(input.length(r), ContinuousGenerator::row_need(model, job.generate, input.length(r)) - input.length(r));
+      t->work.push_back(rows);
+    }
+  });
+  return t;
+}
+
+void RuntimeTail::attach(WorkQueue& queue, std::chrono::steady_clock::time_point t0) {
+  queue.set_hand_out_rule([this, t0](int64_t next) {
+    const double now = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const size_t known = planner->decisions().size();
+    const RuntimeMode mode = planner->decide(next, {work.begin() + next, work.end()}, now);
+    if (planner->decisions().size() > known) {
+      const RuntimeDecision& d = planner->decisions().back();
+      log::info("lowsync: runtime plan at row %lld (%lld rows left): %s; predicted dp %.3f s, tp %.3f s (%s)",
+                static_cast<long long>(batches[next].first_row), static_cast<long long>(d.rows_left),
+                runtime_mode_name(d.chosen), d.predicted_dp_s, d.predicted_tp_s, d.why.c_str());
+    }
+    if (mode == RuntimeMode::TensorParallel) return false;
+    planner->handed_out(next, work[next], now);
+    return true;
+  });
+  queue.set_on_result([this](int64_t batch) { planner->completed(batch); });
+}
+
+std::string RuntimeTail::json() const {
+  nlohmann::json j;
+  nlohmann::json decisions = nlohmann::json::array();
+  for (const RuntimeDecision& d : planner->decisions())
+    decisions.push_back({{"at_s", d.at_s},
+                         {"first_row", batches[d.batch].first_row},
+                         {"rows_left", d.rows_left},
+                         {"chosen", runtime_mode_name(d.chosen)},
+                         {"predicted_dp_s", d.predicted_dp_s},
+                         {"predicted_tp_s", d.predicted_tp_s},
+                         {"predicted_s", d.chosen == RuntimeMode::DataParallel ? d.predicted_dp_s : d.predicted_tp_s},
+                         {"measured_s", d.measured_s},
+                         {"dp_pass", pass_json(d.dp_pass)},
+                         {"tp_pass", pass_json(d.tp_pass)},
+                         {"why", d.why}});
+  j["decisions"] = decisions;
+  j["evaluations"] = planner->evaluations();
+  j["tail_first_row"] = tail_first >= 0 ? nlohmann::json(batches[tail_first].first_row) : nlohmann::json(nullptr);
+  j["setup_s"] = setup_s;
+  const TensorParallelCosts& c = planner->tp_costs();
+  j["tp_costs"] = {{"compute_ratio", c.compute_ratio}, {"syncs_per_pass", c.syncs_per_pass},
+                   {"sync_latency_s", c.sync_latency_s}, {"sync_s_per_token", c.sync_s_per_token},
+                   {"timed_rows", c.batch}, {"dp_pass_s", c.dp_batch_s}, {"tp_pass_s", c.tp_batch_s}};
+  const RuntimeDecision& last = planner->last_evaluation();
+  if (planner->evaluations() > 0)
+    j["last_evaluation"] = {{"first_row", batches[last.batch].first_row}, {"rows_left", last.rows_left},
+                            {"chosen", runtime_mode_name(last.chosen)}, {"predicted_dp_s", last.predicted_dp_s},
+                            {"predicted_tp_s", last.predicted_tp_s}, {"measured_s", last.measured_s}};
+  for (RuntimeMode m : {RuntimeMode::DataParallel, RuntimeMode::TensorParallel}) {
+    const PassFit& f = planner->fit(m);
+    nlohmann::json p = {{"passes", f.passes()}, {"seconds", f.seconds()}};
+    if (f.passes() > 0) p["fit"] = pass_json(m == RuntimeMode::DataParallel ? planner->dp_cost() : planner->tp_cost());
+    j[std::string("measured_") + runtime_mode_name(m)] = p;
+  }
+  return j.dump();
+}
+
+std::string RuntimeTail::text() const {
+  std::ostringstream s;
+  s << "runtime plan: " << planner->evaluations() << " hand-outs decided, " << planner->decisions().size()
+    << " decision(s) (remaining time predicted / measured):\n";
+  for (const RuntimeDecision& d : planner->decisions())
+    s << "  at " << d.at_s << " s, row " << batches[d.batch].first_row << " (" << d.rows_left << " rows left): "
+      << runtime_mode_name(d.chosen) << ", predicted " << (d.chosen == RuntimeMode::DataParallel ? d.predicted_dp_s : d.predicted_tp_s)
+      << " s (the other mode " << (d.chosen == RuntimeMode::DataParallel ? d.predicted_tp_s : d.predicted_dp_s)
+      << " s), measured " << d.measured_s << " s\n";
+  return s.str();
+}
+
+}  // namespace lowsync

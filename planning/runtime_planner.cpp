@@ -1,0 +1,174 @@
+#include "planning/runtime_planner.h"
+
+#include <algorithm>
+#include <cstdio>
+
+namespace lowsync {
+
+const char* runtime_mode_name(RuntimeMode m) { return m == RuntimeMode::DataParallel ? "dp" : "tp"; }
+
+void PassFit::add(int decode_rows, int64_t prefill_tokens, double seconds) {
+  ++passes_;
+  seconds_ += seconds;
+  if (prefill_tokens > 0) {
+    prefills_.emplace_back(decode_rows, seconds);
+    prefill_tokens_ += static_cast<double>(prefill_tokens);
+    return;
+  }
+  if (decode_rows <= 0) return;
+  const double x = decode_rows;
+  n_ += 1;
+  sx_ += x;
+  sy_ += seconds;
+  sxx_ += x * x;
+  sxy_ += x * seconds;
+  min_rows_ = min_rows_ < 0 ? decode_rows : std::min<int64_t>(min_rows_, decode_rows);
+  max_rows_ = std::max<int64_t>(max_rows_, decode_rows);
+}
+
+PassCost PassFit::cost(const PassCost& prior) const {
+  PassCost c = prior;
+  if (n_ >= 2 && max_rows_ > min_rows_) {
+    // Least squares of seconds = fixed + per_row x rows over the decode-only passes.
+    const double slope = (n_ * sxy_ - sx_ * sy_) / (n_ * sxx_ - sx_ * sx_);
+    c.per_row = std::max(0.0, slope);
+    c.fixed = (sy_ - c.per_row * sx_) / n_;
+    if (c.fixed < 0) {  // noise: a line through the origin instead
+      c.fixed = 0;
+      c.per_row = sxy_ / sxx_;
+    }
+  } else if (n_ > 0) {
+    // One row count measured: the prior's shape, scaled to the measured mean.
+    const double predicted = prior.seconds(sx_ / n_, 0);
+    const double scale = predicted > 0 ? (sy_ / n_) / predicted : 1;
+    c.fixed = prior.fixed * scale;
+    c.per_row = prior.per_row * scale;
+  }
+  if (prefill_tokens_ > 0) {
+    // What the prefill passes took beyond their decode rows' share, per prompt token.
+    double beyond = 0;
+    for (const auto& [rows, seconds] : prefills_) beyond += seconds - (rows > 0 ? c.seconds(rows, 0) : c.fixed);
+    c.per_token = std::max(0.0, beyond / prefill_tokens_);
+  }
+  return c;
+}
+
+void RowsWork::add(int64_t prompt, int64_t new_tokens_at_most) {
+  rows += 1;
+  prompt_tokens += static_cast<double>(prompt);
+  new_tokens += static_cast<double>(new_tokens_at_most);
+  longest = std::max(longest, static_cast<double>(new_tokens_at_most));
+}
+
+void RowsWork::add(const RowsWork& w) {
+  rows += w.rows;
+  prompt_tokens += w.prompt_tokens;
+  new_tokens += w.new_tokens;
+  longest = std::max(longest, w.longest);
+}
+
+double run_seconds(const PassCost& c, const RowsWork& w, int slots) {
+  if (w.rows <= 0) return 0;
+  const double filled = std::max(1.0, std::min<double>(slots, w.rows));
+  const double steps = std::max(w.new_tokens / filled, w.longest);
+  return c.fixed * steps + c.per_row * w.new_tokens + c.per_token * w.prompt_tokens;
+}
+
+double tp_compute_ratio(const Prediction& dp, const Prediction& tp) {
+  return dp.compute_s > 0 && tp.compute_s > 0 ? tp.compute_s / dp.compute_s : 1.0;
+}
+
+PassCost pass_cost_of(const Prediction& p, const Workload& work) {
+  const double B = std::max(work.batch_sequences, 1);
+  PassCost c;
+  c.per_row = B > 1 ? std::max(0.0, (p.decode_step_s - p.decode_step_one_s) / (B - 1)) : 0;
+  c.fixed = std::max(0.0, p.decode_step_one_s - c.per_row);
+  c.per_token = p.prefill_pass_s / (B * std::max(work.prompt_tokens, 1));
+  return c;
+}
+
+RuntimePlanner::RuntimePlanner(int replicas, int slots, const PassCost& dp_prior, const TensorParallelCosts& tp,
+                               int64_t switch_at)
+    : replicas_(std::max(replicas, 1)), slots_(std::max(slots, 1)), dp_prior_(dp_prior), tp_(tp),
+      switch_at_(switch_at) {}
+
+void RuntimePlanner::measured(RuntimeMode mode, int decode_rows, int64_t prefill_tokens, double seconds) {
+  fit_[mode == RuntimeMode::DataParallel ? 0 : 1].add(decode_rows, prefill_tokens, seconds);
+}
+
+// A tp pass: the dp pass (as fitted so far) times the ratio the side-by-side passes measured at
+// the start; else the cost model's: the dp pass's compute at the tp rank's share, plus its syncs,
+// each paying the timed latency and its activation rows.
+PassCost RuntimePlanner::tp_predicted() const {
+  const PassCost dp = dp_cost();
+  if (tp_.batch > 0 && tp_.dp_batch_s > 0) {
+    const double r = tp_.tp_batch_s / tp_.dp_batch_s;
+    return {r * dp.fixed, r * dp.per_row, r * dp.per_token};
+  }
+  const double syncs = tp_.syncs_per_pass;
+  return {tp_.compute_ratio * dp.fixed + syncs * tp_.sync_latency_s,
+          tp_.compute_ratio * dp.per_row + syncs * tp_.sync_s_per_token,
+          tp_.compute_ratio * dp.per_token + syncs * tp_.sync_s_per_token};
+}
+
+PassCost RuntimePlanner::tp_cost() const { return fit_[1].cost(tp_predicted()); }
+
+RuntimeMode RuntimePlanner::decide(int64_t next, const std::vector<RowsWork>& batches, double now_s) {
+  ++evaluations_;
+  if (mode_ == RuntimeMode::TensorParallel) return mode_;
+  const PassCost dp = dp_cost(), tp = tp_predicted();
+  RowsWork rest;
+  double largest_batch = 0;  // seconds of the batch that takes a replica longest
+  for (const RowsWork& b : batches) {
+    rest.add(b);
+    largest_batch = std::max(largest_batch, run_seconds(dp, b, slots_));
+  }
+  // What the replicas still hold: each batch in flight, its predicted time less what has passed.
+  double held = 0, longest_held = 0;
+  for (const auto& [index, f] : in_flight_) {
+    const double left = std::max(0.0, f.predicted_s - (now_s - f.handed_s));
+    held += left;
+    longest_held = std::max(longest_held, left);
+  }
+  // dp: the replicas share the held and the remaining work, but a batch runs on one replica, so
+  // the run lasts at least its largest batch (and what a replica still holds).
+  RowsWork share = rest;  // one replica's part of the rest
+  share.rows /= replicas_;
+  share.prompt_tokens /= replicas_;
+  share.new_tokens /= replicas_;
+  const double pool = held + replicas_ * run_seconds(dp, share, slots_);
+  const double dp_s = std::max(pool / replicas_, std::max(longest_held, largest_batch));
+  // tp: the replicas first finish what they hold, then every rank runs the rest together.
+  const double tp_s = longest_held + run_seconds(tp, rest, slots_);
+
+  RuntimeMode chosen = RuntimeMode::DataParallel;
+  char why[256];
+  if (switch_at_ >= 0) {
+    chosen = next >= switch_at_ ? RuntimeMode::TensorParallel : RuntimeMode::DataParallel;
+    std::snprintf(why, sizeof why, "forced at batch %lld (LOWSYNC_RUNTIME_SWITCH_AT)", static_cast<long long>(switch_at_));
+  } else if (tp_s < 0.95 * dp_s) {  // the switch is one-way: only for a clear gain
+    chosen = RuntimeMode::TensorParallel;
+    std::snprintf(why, sizeof why, "tp predicted %.3g s against dp %.3g s for the %lld rows left", tp_s, dp_s,
+                  static_cast<long long>(rest.rows));
+  } else {
+    std::snprintf(why, sizeof why, "dp predicted %.3g s against tp %.3g s for the %lld rows left", dp_s, tp_s,
+                  static_cast<long long>(rest.rows));
+  }
+  last_ = {now_s, next, static_cast<int64_t>(rest.rows), chosen, dp_s, tp_s, -1, dp, tp, why};
+  if (decisions_.empty() || chosen != mode_) decisions_.push_back(last_);
+  mode_ = chosen;
+  return chosen;
+}
+
+void RuntimePlanner::handed_out(int64_t batch, const RowsWork& work, double now_s) {
+  in_flight_[batch] = {work, now_s, run_seconds(dp_cost(), work, slots_)};
+}
+
+void RuntimePlanner::completed(int64_t batch) { in_flight_.erase(batch); }
+
+void RuntimePlanner::finish(double end_s) {
+  for (RuntimeDecision& d : decisions_) d.measured_s = end_s - d.at_s;
+  if (evaluations_ > 0) last_.measured_s = end_s - last_.at_s;
+}
+
+}  // namespace lowsync

@@ -1,0 +1,146 @@
+#pragma once
+// The runtime planner (`plan.runtime: true`): while a data-parallel generate job runs, it decides
+// between batches whether the rows not yet handed out still go to the replicas one batch at a time
+// (dp), or whether the replicas, once the rows they hold have finished, join into one
+// tensor-parallel group over every rank that generates the rest (tp). The classic case is a job's
+// tail: while many prompts wait, dp keeps every rank busy without a sync; when a few long rows are
+// left, dp runs them on one rank each while the others idle, and tp splits them over all ranks.
+//
+// Every rank of a dp job holds the whole model, so the tp group needs no new weights: each rank
+// computes its tp share from views of what it holds (layers/weight_views.h). The switch is one-way
+// (a row in flight keeps its replica's KV cache until it ends).
+//
+// Pure data: jobs/ feeds it the passes it measures and asks it before each hand-out; it answers
+// with a mode and keeps a record of every change of mode, with the remaining time it predicted for
+// both modes, for the run report.
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "planning/cost_model.h"
+
+namespace lowsync {
+
+enum class RuntimeMode { DataParallel, TensorParallel };
+const char* runtime_mode_name(RuntimeMode m);  // "dp" | "tp"
+
+// Seconds of one continuous-batching pass of a group (a replica, or the tp group) with
+// `rows` rows decoding and `tokens` prompt tokens starting: fixed + per_row x rows + per_token x tokens.
+struct PassCost {
+  double fixed = 0, per_row = 0, per_token = 0;
+  double seconds(double rows, double tokens) const { return fixed + per_row * rows + per_token * tokens; }
+};
+
+// The measured passes of one mode, fitted: decode-only passes by least squares in their rows;
+// the prompt tokens' cost from passes with prefill, after their decode rows' share.
+class PassFit {
+ public:
+  void add(int decode_rows, int64_t prefill_tokens, double seconds);
+  // The fit where the measurements pin it (two distinct decode row counts; some prefill), `prior` elsewhere.
+  PassCost cost(const PassCost& prior) const;
+  int64_t passes() const { return passes_; }
+  double seconds() const { return seconds_; }
+
+ private:
+  double n_ = 0, sx_ = 0, sy_ = 0, sxx_ = 0, sxy_ = 0;  // decode-only passes: rows x, seconds y
+  int64_t min_rows_ = -1, max_rows_ = -1;
+  std::vector<std::pair<double, double>> prefills_;  // (decode rows, seconds per prompt token) pending the fit
+  double prefill_tokens_ = 0;
+  int64_t passes_ = 0;
+  double seconds_ = 0;
+};
+
+// Rows as the planner sees them: the prompt tokens and the new tokens they may make at most
+// (max_new_tokens within the model's positions; a stop token may end a row sooner).
+struct RowsWork {
+  double rows = 0, prompt_tokens = 0, new_tokens = 0, longest = 0;  // longest: one row's new tokens, at most
+  void add(int64_t prompt, int64_t new_tokens);
+  void add(const RowsWork& w);
+};
+
+// Seconds one group needs for `w` with continuous batching over `slots` sequence slots: a step per
+// new token of the fullest slot (at least the longest row's), each paying the fixed cost, plus
+// every row-step and prompt token once.
+double run_seconds(const PassCost& c, const RowsWork& w, int slots);
+
+// One change of mode (or the first choice), with what was predicted and what it cost.
+struct RuntimeDecision {
+  double at_s = 0;           // seconds into the run
+  int64_t batch = 0;         // the first batch (of this run's) the decision applies to
+  int64_t rows_left = 0;     // rows not yet handed out, from that batch on
+  RuntimeMode chosen = RuntimeMode::DataParallel;
+  double predicted_dp_s = 0, predicted_tp_s = 0;  // remaining time of the run, each way
+  double measured_s = -1;    // the remaining time it took (from at_s to the end of the run); -1: unknown yet
+  PassCost dp_pass, tp_pass;  // the pass costs the prediction used (dp: fitted so far; tp: from it)
+  std::string why;
+};
+
+// What a tp pass costs against one replica's dp pass. Measured side by side when the job starts (a
+// decode pass of `batch` rows: every rank its whole model at once, then the tp group), because on a
+// shared machine a tp pass also waits at each sync for the other ranks to be scheduled, which
+// neither the profile nor the cost model sees. The cost model's view (a tp rank's share of the
+// compute, the pass's syncs at a timed all-reduce) is kept for the report, and used when nothing
+// was measured (batch 0).
+struct TensorParallelCosts {
+  double compute_ratio = 1;     // cost model: a tp rank's compute / one replica's, for the same rows
+  int syncs_per_pass = 0;       // all-reduces in a tp pass
+  double sync_latency_s = 0;    // one all-reduce of one token's row, back to back (timed)
+  double sync_s_per_token = 0;  // and per further token
+  int batch = 0;                // rows of the timed passes; 0: none timed
+  double dp_batch_s = 0, tp_batch_s = 0;  // the timed passes
+};
+
+// The ratio from the cost model's predictions of the two plans' decode steps for the same workload;
+// `dp_prior` is one replica's pass cost as the cost model predicts it (the fit replaces it as
+// passes are measured).
+double tp_compute_ratio(const Prediction& dp, const Prediction& tp);
+PassCost pass_cost_of(const Prediction& p, const Workload& work);
+
+class RuntimePlanner {
+ public:
+  // replicas: of the dp grid (= ranks of the tp group); slots: batch.max_sequences; switch_at >= 0:
+  // switch at that batch whatever the prediction (tests; LOWSYNC_RUNTIME_SWITCH_AT).
+  RuntimePlanner(int replicas, int slots, const PassCost& dp_prior, const TensorParallelCosts& tp,
+                 int64_t switch_at = -1);
+
+  // A pass this rank's replica measured in the current mode.
+  void measured(RuntimeMode mode, int decode_rows, int64_t prefill_tokens, double seconds);
+  // Before handing out `next`: dp (hand it out) or tp (keep it and every later batch for the tp group).
+  // rest: the work of batch `next` and of every later one, in order.
+  RuntimeMode decide(int64_t next, const std::vector<RowsWork>& rest, double now_s);
+  void handed_out(int64_t batch, const RowsWork& work, double now_s);
+  void completed(int64_t batch);
+  // At the end of the run: every decision's measured remaining time.
+  void finish(double end_s);
+
+  RuntimeMode mode() const { return mode_; }
+  const std::vector<RuntimeDecision>& decisions() const { return decisions_; }
+  int64_t evaluations() const { return evaluations_; }
+  PassCost dp_cost() const { return fit_[0].cost(dp_prior_); }
+  // The last hand-out's prediction (recorded or not), to compare with what the rest took.
+  const RuntimeDecision& last_evaluation() const { return last_; }
+  PassCost tp_cost() const;  // the fitted tp passes once measured, else tp_predicted
+  PassCost tp_predicted() const;  // from dp's fit and the tp costs (what the decision used)
+  const TensorParallelCosts& tp_costs() const { return tp_; }
+  const PassFit& fit(RuntimeMode m) const { return fit_[m == RuntimeMode::DataParallel ? 0 : 1]; }
+
+ private:
+  struct InFlight {
+    RowsWork work;
+    double handed_s = 0, predicted_s = 0;
+  };
+
+  int replicas_, slots_;
+  PassCost dp_prior_;
+  TensorParallelCosts tp_;
+  int64_t switch_at_;
+  RuntimeMode mode_ = RuntimeMode::DataParallel;
+  PassFit fit_[2];
+  std::map<int64_t, InFlight> in_flight_;
+  std::vector<RuntimeDecision> decisions_;
+  RuntimeDecision last_;
+  int64_t evaluations_ = 0;
+};
+
+}  // namespace lowsync
