@@ -1,11 +1,15 @@
 // CPU kernels: fp32, OpenBLAS for matrix products (projections of many rows, attention), lowsync's
 // few-rows kernel (layers/few_rows_matmul.h) for projections of up to 32 rows, plain loops for the
 // element-wise parts. `threads` is both OpenBLAS's thread count and the few-rows kernel's.
+// Weight matrices may be stored in bf16 or fp16 (`weights.dtype`): decode products widen them in
+// registers (few-rows kernel), larger products widen a panel of rows at a time for sgemm, and
+// embedding lookups widen the rows they copy. Products always multiply and sum in fp32.
 #include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "io/error.h"
@@ -80,18 +84,25 @@ class OneBlasThreadWhileDecoding {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) : threads_(threads), simd_(best_simd_level()), workers_(threads) {
+  CpuBackend(int threads, DType weights)
+      : threads_(threads), weights_(weights), simd_(best_simd_level()), workers_(threads) {
     openblas_set_num_threads(threads);
   }
   std::string name() const override { return "cpu"; }
+  DType weight_dtype() const override { return weights_; }
 
   Tensor zeros(int64_t rows, int64_t cols) override { return host_tensor(rows, cols, true); }
   Tensor scratch(int64_t rows, int64_t cols) override { return host_tensor(rows, cols, false); }
 
+  // Matrices in the weight dtype, rounded to nearest; vectors (norm weights, biases) in fp32.
   Tensor upload_weight(const std::vector<float>& host, int64_t rows, int64_t cols) override {
-    Tensor t = host_tensor(rows, cols, false);
-    std::memcpy(t.ptr, host.data(), sizeof(float) * rows * cols);
-    return t;
+    if (rows == 1 || weights_ == DType::F32) {
+      Tensor t = host_tensor(rows, cols, false);
+      std::memcpy(t.ptr, host.data(), sizeof(float) * rows * cols);
+      return t;
+    }
+    if (weights_ == DType::BF16) return narrow_tensor<BFloat16>(host, rows, cols, to_bf16);
+    return narrow_tensor<Half>(host, rows, cols, to_half);
   }
 
   void to_host(const Tensor& t, float* dst) override { std::memcpy(dst, t.ptr, sizeof(float) * t.numel()); }
@@ -99,6 +110,7 @@ class CpuBackend final : public Backend {
   float* host_data(Tensor& t) override { return t.f32(); }
 
   void embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& out, bool accumulate) override {
+    if (table.dtype != DType::F32) return narrow_embedding(table, ids, out, accumulate);
     for (size_t i = 0; i < ids.size(); ++i) {
       const float* src = table.row(ids[i]);
       float* dst = out.row(i);
@@ -114,6 +126,8 @@ class CpuBackend final : public Backend {
     if (bias) {
       for (int64_t i = 0; i < M; ++i) std::memcpy(y.row(i), bias->f32(), sizeof(float) * N);
     }
+    if (w.dtype == DType::BF16) return narrow_matmul(x, static_cast<const BFloat16*>(w.ptr), N, K, bias != nullptr, y);
+    if (w.dtype == DType::F16) return narrow_matmul(x, static_cast<const Half*>(w.ptr), N, K, bias != nullptr, y);
     if (M <= kFewRows && simd_ != SimdLevel::Scalar) {  // decode steps: every weight read once for all rows
       few_rows_matmul(simd_, workers_, x.f32(), M, K, w.f32(), N, y.f32(), bias != nullptr);
       return;
@@ -279,14 +293,64 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  template <typename W>
+  static Tensor narrow_tensor(const std::vector<float>& host, int64_t rows, int64_t cols, W (*narrow)(float)) {
+    std::shared_ptr<W[]> mem(new W[rows * cols]);
+    for (int64_t i = 0; i < rows * cols; ++i) mem[i] = narrow(host[i]);
+    Tensor t;
+    t.storage = std::static_pointer_cast<void>(std::shared_ptr<W>(mem, mem.get()));
+    t.ptr = mem.get();
+    t.rows = rows;
+    t.cols = cols;
+    t.dtype = std::is_same_v<W, BFloat16> ? DType::BF16 : DType::F16;
+    return t;
+  }
+
+  void narrow_embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& out, bool accumulate) {
+    for (size_t i = 0; i < ids.size(); ++i) {
+      float* dst = out.row(i);
+      for (int64_t c = 0; c < out.cols; ++c) {
+        const int64_t at = int64_t(ids[i]) * table.cols + c;
+        const float v = table.dtype == DType::BF16 ? to_float(static_cast<const BFloat16*>(table.ptr)[at])
+                                                   : to_float(static_cast<const Half*>(table.ptr)[at]);
+        dst[c] = accumulate ? dst[c] + v : v;
+      }
+    }
+  }
+
+  // y[M, N] (+)= x[M, K] w[N, K]^T with 16-bit w. Decode-sized passes: the few-rows kernel (its
+  // scalar path too: OpenBLAS has no 16-bit-weight product). Larger ones: kPanel rows of w at a
+  // time widened to fp32 and multiplied by sgemm; the widening (N K conversions) is small beside
+  // the product's M N K multiply-adds once M is over kFewRows.
+  template <typename W>
+  void narrow_matmul(const Tensor& x, const W* w, int64_t N, int64_t K, bool accumulate, Tensor& y) {
+    const int64_t M = x.rows;
+    if (M <= kFewRows) {
+      few_rows_matmul(simd_, workers_, x.f32(), M, K, w, N, y.f32(), accumulate);
+      return;
+    }
+    constexpr int64_t kPanel = 256;
+    panel_.resize(kPanel * K);
+    for (int64_t n0 = 0; n0 < N; n0 += kPanel) {
+      const int64_t n = std::min(kPanel, N - n0);
+      for (int64_t i = 0; i < n * K; ++i) panel_[i] = to_float(w[n0 * K + i]);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, n, K, 1.f, x.f32(), K, panel_.data(), K,
+                  accumulate ? 1.f : 0.f, y.f32() + n0, N);
+    }
+  }
+
   const int threads_;      // the rank's `threads`: OpenBLAS's and the few-rows kernel's
+  const DType weights_;    // weight matrices' storage type
   const SimdLevel simd_;   // the few-rows kernel's instruction set (scalar: OpenBLAS instead)
   WorkerThreads workers_;  // the few-rows kernel's threads
   std::vector<float> scores_;
+  std::vector<float> panel_;  // narrow_matmul's widened rows of w
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend>(threads); }
+std::unique_ptr<Backend> make_cpu_backend(int threads, DType weights) {
+  return std::make_unique<CpuBackend>(threads, weights);
+}
 
 }  // namespace lowsync

@@ -63,6 +63,7 @@ class CudaBackend final : public Backend {
   std::string name() const override {
     return "cuda (device " + std::to_string(device_) + ": " + device_name_ + ", " + dtype_name(dtype_) + " weights)";
   }
+  DType weight_dtype() const override { return dtype_; }
 
   // ---- memory ----
 

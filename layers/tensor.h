@@ -1,6 +1,7 @@
 #pragma once
 // A 2-D row-major tensor whose memory belongs to a backend (host or device). Vectors are 1 x n.
-// Weights may be stored in a narrower type on devices that compute in it; activations are fp32.
+// Weight matrices may be stored in a narrower type (`weights.dtype` on the CPU, `cuda.dtype` on a
+// GPU; layers/narrow_float.h); activations, norm weights and biases are fp32.
 #include <cstdint>
 #include <memory>
 
@@ -16,6 +17,7 @@ struct Tensor {
 
   bool empty() const { return ptr == nullptr; }
   int64_t numel() const { return rows * cols; }
+  int64_t bytes() const { return numel() * (dtype == DType::F32 ? 4 : 2); }  // as stored
   float* f32() const { return static_cast<float*>(ptr); }
   float* row(int64_t r) const { return f32() + r * cols; }
 };
