@@ -10,7 +10,8 @@ Face transformers running the same 16-bit weights, on the small random LLaMA of 
   as lowsync keeps them);
 
 each: score log-probs within 1e-4 absolute, greedy generate 32 tokens identical, and the run
-report's weight bytes those of 16-bit matrices and fp32 norm weights.
+report's weight bytes those of 16-bit matrices and fp32 norm weights; and a weight beyond fp16's
+range refused under `weights.dtype: fp16` with one line naming the tensor.
 
 Tolerance: transformers loads the 16-bit weights into fp32 (exactly) and computes in fp32, and
 lowsync widens the same 16-bit values to fp32 in registers and computes in fp32 too: the weights are
@@ -117,6 +118,21 @@ def main():
         bad = [j for j in range(len(ref_gen)) if r["generated"][j] != ref_gen[j]]
         check(f"{what}: greedy {NEW} tokens vs model.generate", not bad,
               f"{len(ref_gen)} rows, differing rows {bad} (smallest top-2 logit margin {min(margins):.3f})")
+
+    # A weight beyond fp16's range is refused at load, naming the tensor, not turned into infinity.
+    big = copy.deepcopy(model)
+    with torch.no_grad():
+        big.model.layers[1].mlp.up_proj.weight[3, 5] = 1e5
+    big_dir = os.path.join(tmp, "models", "llama_big")
+    big.save_pretrained(big_dir, safe_serialization=True)
+    job = oracle.write_job(os.path.join(tmp, "big.yaml"), {
+        "model": big_dir, "task": "score", "input": os.path.join(tmp, "prompts.h5"),
+        "output": os.path.join(tmp, "big.h5"), "weights": {"dtype": "fp16"}})
+    p = oracle.run_lowsync(job, check=False)
+    lines = oracle.error_lines(p.stdout + p.stderr)
+    check("fp16 weights: a value beyond 65504 refused naming the tensor",
+          p.returncode != 0 and len(lines) == 1 and "model.layers.1.mlp.up_proj.weight" in lines[0]
+          and "fp16's range" in lines[0], f"exit {p.returncode}, {lines}")
 
     if os.environ.get("LOWSYNC_KEEP_TMP") is None and not check.failures:
         shutil.rmtree(tmp, ignore_errors=True)
