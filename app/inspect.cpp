@@ -40,9 +40,9 @@ void inspect_model(const std::string& model_dir) {
   const int64_t vectors = m.vector_parameter_count(), matrices = params - vectors;
   const int64_t unread = m.is_decoder() && !m.tied_embeddings ? int64_t(m.vocab) * m.hidden : 0;
   std::printf("KV cache:       %.1f KiB per token (fp32)\n", 2.0 * m.n_layers * m.kv_dim() * 4 / 1024.0);
-  for (WeightsDType d : {WeightsDType::F32, WeightsDType::BF16, WeightsDType::F16}) {
-    const double b = double(weights_dtype_bytes(d));
-    std::printf("weights %s:   %.1f MiB per replica; a decode step reads %.1f MiB per token\n", weights_dtype_name(d),
+  for (WeightsDType d : {WeightsDType::F32, WeightsDType::BF16, WeightsDType::F16, WeightsDType::Q8_0}) {
+    const double b = weights_dtype_bytes(d);
+    std::printf("weights %-5s  %.1f MiB per replica; a decode step reads %.1f MiB per token\n", weights_dtype_name(d),
                 (b * matrices + 4.0 * vectors) / 1048576.0, (b * (matrices - unread) + 4.0 * vectors) / 1048576.0);
   }
 }

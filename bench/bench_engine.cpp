@@ -147,7 +147,7 @@ int run(int argc, char** argv) {
   opts.add_options()("help,h", "this help")(
       "model", po::value(&model_dir)->default_value("out/bench/llama-200m"), "LLaMA-family model directory")(
       "threads", po::value(&threads)->default_value(1), "BLAS threads (engine and sgemm probe)")(
-      "weights-dtype", po::value(&weights_name)->default_value("fp32"), "weight matrices stored as fp32, bf16 or fp16")(
+      "weights-dtype", po::value(&weights_name)->default_value("fp32"), "weight matrices stored as fp32, bf16, fp16 or q8_0")(
       "prefill-tokens", po::value(&prefill_tokens)->default_value(1024), "tokens in one packed prefill pass")(
       "prefill-seqs", po::value(&prefill_seqs)->default_value(4), "prompts the prefill tokens are split into")(
       "prefill-reps", po::value(&prefill_reps)->default_value(2), "prefill passes per round (the fastest counts)")(
@@ -175,7 +175,10 @@ int run(int argc, char** argv) {
   WeightsDType weights = WeightsDType::F32;
   if (!parse_weights_dtype(weights_name, weights) || weights == WeightsDType::Auto)
     throw UserError("--weights-dtype is '" + weights_name + "'; expected fp32, bf16 or fp16");
-  const DType dtype = weights == WeightsDType::BF16 ? DType::BF16 : weights == WeightsDType::F16 ? DType::F16 : DType::F32;
+  const DType dtype = weights == WeightsDType::BF16  ? DType::BF16
+                      : weights == WeightsDType::F16 ? DType::F16
+                      : weights == WeightsDType::Q8_0 ? DType::Q8_0
+                                                      : DType::F32;
   std::unique_ptr<Backend> be = make_cpu_backend(threads, dtype);
   auto probes = bench::make_cpu_probes(threads, bw_mib << 20);
   const auto t_load = Clock::now();
@@ -222,7 +225,7 @@ int run(int argc, char** argv) {
   for (double t : pre_s) pre_eff.push_back(flops / t / 1e9 / sgemm_limit);
   for (size_t b = 0; b < decode_batches.size(); ++b)
     for (double t : step_s[b])
-      dec_eff[b].push_back(decode_weight_bytes(cfg, decode_batches[b], double(weights_dtype_bytes(weights))) / t / bw_limit);
+      dec_eff[b].push_back(decode_weight_bytes(cfg, decode_batches[b], weights_dtype_bytes(weights)) / t / bw_limit);
 
   auto map = [](const std::vector<double>& v, auto f) {
     std::vector<double> o;
@@ -279,7 +282,7 @@ int run(int argc, char** argv) {
   j["decode"] = json::array();
   for (size_t b = 0; b < decode_batches.size(); ++b) {
     const int64_t B = decode_batches[b];
-    const double bytes = decode_weight_bytes(cfg, B, double(weights_dtype_bytes(weights)));
+    const double bytes = decode_weight_bytes(cfg, B, weights_dtype_bytes(weights));
     j["decode"].push_back({{"batch", B},
                            {"prompt", decode_prompt},
                            {"steps", decode_steps},
@@ -313,7 +316,7 @@ int run(int argc, char** argv) {
     const int64_t B = decode_batches[b];
     const std::string d = "decode batch " + std::to_string(B);
     line((d + " ms/token").c_str(), map(step_s[b], [&](double t) { return 1e3 * t / B; }), 1, "ms");
-    line((d + " weight GB/s").c_str(), map(step_s[b], [&](double t) { return decode_weight_bytes(cfg, B, double(weights_dtype_bytes(weights))) / t; }),
+    line((d + " weight GB/s").c_str(), map(step_s[b], [&](double t) { return decode_weight_bytes(cfg, B, weights_dtype_bytes(weights)) / t; }),
          1e-9, "GB/s");
     line((d + " efficiency" + (b == 0 ? " (floor 0.5)" : "")).c_str(), dec_eff[b], 1, "");
   }

@@ -287,7 +287,7 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
       if (key == "parallel.sync_dtype")
         throw UserError(path + ": key 'parallel.sync_dtype' is '" + value + "'; expected fp32, bf16 or q8");
       if (key == "weights.dtype")
-        throw UserError(path + ": key 'weights.dtype' is '" + value + "'; expected auto, fp32, bf16 or fp16");
+        throw UserError(path + ": key 'weights.dtype' is '" + value + "'; expected auto, fp32, bf16, fp16 or q8_0");
       if (key == "memory.limit")
         throw UserError(path + ": key 'memory.limit' is '" + value +
                         "'; expected a size (bytes, or with a unit: 500MB, 2GiB) or a share of free memory (50%, 0.5)");

@@ -28,6 +28,7 @@ DType weight_dtype(WeightsDType d) {
   switch (d) {
     case WeightsDType::BF16: return DType::BF16;
     case WeightsDType::F16: return DType::F16;
+    case WeightsDType::Q8_0: return DType::Q8_0;
     case WeightsDType::Auto:  // resolved before (with_resolved_weights); fp32 is the safe reading
     case WeightsDType::F32: return DType::F32;
   }

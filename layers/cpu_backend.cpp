@@ -1,7 +1,7 @@
 // CPU kernels: fp32, OpenBLAS for matrix products (projections of many rows, attention), lowsync's
 // few-rows kernel (layers/few_rows_matmul.h) for projections of up to 32 rows, plain loops for the
 // element-wise parts. `threads` is both OpenBLAS's thread count and the few-rows kernel's.
-// Weight matrices may be stored in bf16 or fp16 (`weights.dtype`): decode products widen them in
+// Weight matrices may be stored in bf16, fp16 or q8_0 (`weights.dtype`): decode products widen them in
 // registers (few-rows kernel), larger products widen a panel of rows at a time for sgemm, and
 // embedding lookups widen the rows they copy. Products always multiply and sum in fp32.
 #include <cblas.h>
@@ -102,6 +102,7 @@ class CpuBackend final : public Backend {
       return t;
     }
     if (weights_ == DType::BF16) return narrow_tensor<BFloat16>(host, rows, cols, to_bf16);
+    if (weights_ == DType::Q8_0) return q8_0_tensor(host, rows, cols);
     return narrow_tensor<Half>(host, rows, cols, to_half);
   }
 
@@ -128,6 +129,7 @@ class CpuBackend final : public Backend {
     }
     if (w.dtype == DType::BF16) return narrow_matmul(x, static_cast<const BFloat16*>(w.ptr), N, K, bias != nullptr, y);
     if (w.dtype == DType::F16) return narrow_matmul(x, static_cast<const Half*>(w.ptr), N, K, bias != nullptr, y);
+    if (w.dtype == DType::Q8_0) return narrow_matmul(x, q8_0_of(w), N, K, bias != nullptr, y);
     if (M <= kFewRows && simd_ != SimdLevel::Scalar) {  // decode steps: every weight read once for all rows
       few_rows_matmul(simd_, workers_, x.f32(), M, K, w.f32(), N, y.f32(), bias != nullptr);
       return;
@@ -311,29 +313,60 @@ class CpuBackend final : public Backend {
       float* dst = out.row(i);
       for (int64_t c = 0; c < out.cols; ++c) {
         const int64_t at = int64_t(ids[i]) * table.cols + c;
-        const float v = table.dtype == DType::BF16 ? to_float(static_cast<const BFloat16*>(table.ptr)[at])
-                                                   : to_float(static_cast<const Half*>(table.ptr)[at]);
+        const float v = table.dtype == DType::BF16  ? to_float(static_cast<const BFloat16*>(table.ptr)[at])
+                        : table.dtype == DType::F16 ? to_float(static_cast<const Half*>(table.ptr)[at])
+                                                    : q8_0_of(table)[at];
         dst[c] = accumulate ? dst[c] + v : v;
       }
     }
   }
 
-  // y[M, N] (+)= x[M, K] w[N, K]^T with 16-bit w. Decode-sized passes: the few-rows kernel (its
+  // Rows of 32-value blocks (the loader has checked that cols is a multiple of 32).
+  static Tensor q8_0_tensor(const std::vector<float>& host, int64_t rows, int64_t cols) {
+    const int64_t blocks = rows * cols / kQ8_0Block;
+    std::shared_ptr<BlockQ8_0[]> mem(new BlockQ8_0[blocks]);
+    for (int64_t b = 0; b < blocks; ++b) mem[b] = quantize_q8_0(host.data() + b * kQ8_0Block);
+    Tensor t;
+    t.storage = std::static_pointer_cast<void>(std::shared_ptr<BlockQ8_0>(mem, mem.get()));
+    t.ptr = mem.get();
+    t.rows = rows;
+    t.cols = cols;
+    t.dtype = DType::Q8_0;
+    return t;
+  }
+  static Q8_0Ptr q8_0_of(const Tensor& t) { return {static_cast<const BlockQ8_0*>(t.ptr)}; }
+  // out[0, n) = the stored values [from, from + n) as fp32.
+  template <typename T>
+  static void widen(const T* w, int64_t from, int64_t n, float* out) {
+    for (int64_t i = 0; i < n; ++i) out[i] = to_float(w[from + i]);
+  }
+  static void widen(Q8_0Ptr w, int64_t from, int64_t n, float* out) {  // whole blocks: from, n multiples of 32
+    for (int64_t b = from / kQ8_0Block; b < (from + n) / kQ8_0Block; ++b, out += kQ8_0Block) {
+      const float d = to_float(w.blocks[b].d);
+      for (int64_t i = 0; i < kQ8_0Block; ++i) out[i] = float(w.blocks[b].q[i]) * d;
+    }
+  }
+  // What the few-rows kernel takes: the stored array.
+  template <typename T>
+  static const T* stored(const T* w) { return w; }
+  static const BlockQ8_0* stored(Q8_0Ptr w) { return w.blocks; }
+
+  // y[M, N] (+)= x[M, K] w[N, K]^T with 16-bit or q8_0 w (W: a pointer, or Q8_0Ptr). Decode-sized passes: the few-rows kernel (its
   // scalar path too: OpenBLAS has no 16-bit-weight product). Larger ones: kPanel rows of w at a
   // time widened to fp32 and multiplied by sgemm; the widening (N K conversions) is small beside
   // the product's M N K multiply-adds once M is over kFewRows.
   template <typename W>
-  void narrow_matmul(const Tensor& x, const W* w, int64_t N, int64_t K, bool accumulate, Tensor& y) {
+  void narrow_matmul(const Tensor& x, W w, int64_t N, int64_t K, bool accumulate, Tensor& y) {
     const int64_t M = x.rows;
     if (M <= kFewRows) {
-      few_rows_matmul(simd_, workers_, x.f32(), M, K, w, N, y.f32(), accumulate);
+      few_rows_matmul(simd_, workers_, x.f32(), M, K, stored(w), N, y.f32(), accumulate);
       return;
     }
     constexpr int64_t kPanel = 256;
     panel_.resize(kPanel * K);
     for (int64_t n0 = 0; n0 < N; n0 += kPanel) {
       const int64_t n = std::min(kPanel, N - n0);
-      for (int64_t i = 0; i < n * K; ++i) panel_[i] = to_float(w[n0 * K + i]);
+      widen(w, n0 * K, n * K, panel_.data());
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, n, K, 1.f, x.f32(), K, panel_.data(), K,
                   accumulate ? 1.f : 0.f, y.f32() + n0, N);
     }

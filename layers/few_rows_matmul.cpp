@@ -1,9 +1,10 @@
 // The few-rows matmul (see the header): one register tile of MR rows of x by NR rows of w at a
 // time, accumulating SIMD-wide partial dot products over k and reducing them at the end. The
 // AVX-512 and AVX2 versions are the same loops at 16 and 8 lanes; the scalar one is the plain
-// triple loop, for CPUs with neither. Every loop is a template over the weights' type W (float,
-// BFloat16, Half): a narrow weight is widened to fp32 in registers as it is loaded (bf16: a 16-bit
-// shift; half: the F16C conversion), then multiplied in fp32 like a float weight.
+// triple loop, for CPUs with neither. Every loop is a template over the weights' pointer type W
+// (float*, BFloat16*, Half*, Q8_0Ptr): a narrow weight is widened to fp32 in registers as it is
+// loaded (bf16: a 16-bit shift; half: the F16C conversion; q8_0: int8 to fp32 times the block's
+// scale), then multiplied in fp32 like a float weight.
 #include "layers/few_rows_matmul.h"
 
 #include <immintrin.h>
@@ -55,10 +56,15 @@ LOWSYNC_AVX512 inline __m512 load16(const BFloat16* w, __mmask16 live) {
 LOWSYNC_AVX512 inline __m512 load16(const Half* w, __mmask16 live) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, w));
 }
+// Q8_0: 16 values of one block (steps of 16 from a block's start never straddle two), scaled.
+LOWSYNC_AVX512 inline __m512 load16(Q8_0Ptr w, __mmask16 live) {
+  const __m512i q = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(live, w.q()));
+  return _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(w.scale()));
+}
 
 // 16 values of k of every dot product of the tile (fewer at the end: the others read as 0).
 template <int MR, int NR, typename W>
-LOWSYNC_AVX512 __attribute__((always_inline)) inline void dot_step_avx512(const float* x, int64_t K, const W* w,
+LOWSYNC_AVX512 __attribute__((always_inline)) inline void dot_step_avx512(const float* x, int64_t K, W w,
                                                                           __m512 (&c)[MR][NR], __mmask16 live) {
   __m512 b[NR];
   for (int j = 0; j < NR; ++j) b[j] = load16(w + j * K, live);
@@ -70,7 +76,7 @@ LOWSYNC_AVX512 __attribute__((always_inline)) inline void dot_step_avx512(const 
 
 // y[i, j] (+)= x[i, :] . w[j, :] for i < MR, j < NR.
 template <int MR, int NR, typename W>
-LOWSYNC_AVX512 void dot_tile_avx512(const float* x, int64_t K, const W* w, float* y, int64_t ldy, bool accumulate) {
+LOWSYNC_AVX512 void dot_tile_avx512(const float* x, int64_t K, W w, float* y, int64_t ldy, bool accumulate) {
   __m512 c[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) c[i][j] = _mm512_setzero_ps();
@@ -86,7 +92,7 @@ LOWSYNC_AVX512 void dot_tile_avx512(const float* x, int64_t K, const W* w, float
 
 // NR rows of w against every row of x: tiles of 4 rows of x, then the 1-3 left.
 template <int NR, typename W>
-void weight_rows_avx512(const float* x, int64_t M, int64_t K, const W* w, float* y, int64_t N, bool accumulate) {
+void weight_rows_avx512(const float* x, int64_t M, int64_t K, W w, float* y, int64_t N, bool accumulate) {
   int64_t m = 0;
   for (; m + 4 <= M; m += 4) dot_tile_avx512<4, NR>(x + m * K, K, w, y + m * N, N, accumulate);
   if (M - m == 3) dot_tile_avx512<3, NR>(x + m * K, K, w, y + m * N, N, accumulate);
@@ -126,9 +132,19 @@ LOWSYNC_AVX2 inline __m256 load8_tail(const W* w, int64_t n, __m256i) {
   std::copy(w, w + n, buf);
   return load8(buf);
 }
+// Q8_0: 8 values of one block, scaled (a row's length is whole blocks, so there is no tail).
+LOWSYNC_AVX2 inline __m256 load8(Q8_0Ptr w) {
+  const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.q())));
+  return _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(w.scale()));
+}
+LOWSYNC_AVX2 inline __m256 load8_tail(Q8_0Ptr w, int64_t n, __m256i) {
+  alignas(32) float buf[8] = {};
+  for (int64_t i = 0; i < n; ++i) buf[i] = w[i];
+  return _mm256_load_ps(buf);
+}
 
 template <int MR, int NR, typename W>
-LOWSYNC_AVX2 __attribute__((always_inline)) inline void dot_step_avx2(const float* x, int64_t K, const W* w,
+LOWSYNC_AVX2 __attribute__((always_inline)) inline void dot_step_avx2(const float* x, int64_t K, W w,
                                                                       __m256 (&c)[MR][NR]) {
   __m256 b[NR];
   for (int j = 0; j < NR; ++j) b[j] = load8(w + j * K);
@@ -139,7 +155,7 @@ LOWSYNC_AVX2 __attribute__((always_inline)) inline void dot_step_avx2(const floa
 }
 
 template <int MR, int NR, typename W>
-LOWSYNC_AVX2 __attribute__((always_inline)) inline void dot_tail_avx2(const float* x, int64_t K, const W* w,
+LOWSYNC_AVX2 __attribute__((always_inline)) inline void dot_tail_avx2(const float* x, int64_t K, W w,
                                                                       __m256 (&c)[MR][NR], int64_t n) {
   const __m256i live = first_lanes(n);
   __m256 b[NR];
@@ -151,7 +167,7 @@ LOWSYNC_AVX2 __attribute__((always_inline)) inline void dot_tail_avx2(const floa
 }
 
 template <int MR, int NR, typename W>
-LOWSYNC_AVX2 void dot_tile_avx2(const float* x, int64_t K, const W* w, float* y, int64_t ldy, bool accumulate) {
+LOWSYNC_AVX2 void dot_tile_avx2(const float* x, int64_t K, W w, float* y, int64_t ldy, bool accumulate) {
   __m256 c[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) c[i][j] = _mm256_setzero_ps();
@@ -166,7 +182,7 @@ LOWSYNC_AVX2 void dot_tile_avx2(const float* x, int64_t K, const W* w, float* y,
 }
 
 template <int NR, typename W>
-void weight_rows_avx2(const float* x, int64_t M, int64_t K, const W* w, float* y, int64_t N, bool accumulate) {
+void weight_rows_avx2(const float* x, int64_t M, int64_t K, W w, float* y, int64_t N, bool accumulate) {
   int64_t m = 0;
   for (; m + 2 <= M; m += 2) dot_tile_avx2<2, NR>(x + m * K, K, w, y + m * N, N, accumulate);
   if (M - m == 1) dot_tile_avx2<1, NR>(x + m * K, K, w, y + m * N, N, accumulate);
@@ -174,17 +190,17 @@ void weight_rows_avx2(const float* x, int64_t M, int64_t K, const W* w, float* y
 
 // ---- Scalar: one dot product at a time.
 template <typename W>
-void weight_row_scalar(const float* x, int64_t M, int64_t K, const W* w, float* y, int64_t N, bool accumulate) {
+void weight_row_scalar(const float* x, int64_t M, int64_t K, W w, float* y, int64_t N, bool accumulate) {
   for (int64_t m = 0; m < M; ++m) {
     float d = 0;
-    for (int64_t k = 0; k < K; ++k) d += x[m * K + k] * to_float(w[k]);
+    for (int64_t k = 0; k < K; ++k) d += x[m * K + k] * to_float(w[k]);  // Q8_0Ptr's [] dequantises
     y[m * N] = accumulate ? y[m * N] + d : d;
   }
 }
 
 // Output columns [n0, n1) of y: blocks of 4 rows of w, then single rows.
 template <typename W>
-void columns(SimdLevel level, const float* x, int64_t M, int64_t K, const W* w, int64_t N, float* y, bool accumulate,
+void columns(SimdLevel level, const float* x, int64_t M, int64_t K, W w, int64_t N, float* y, bool accumulate,
              int64_t n0, int64_t n1) {
   int64_t n = n0;
   switch (level) {
@@ -203,7 +219,7 @@ void columns(SimdLevel level, const float* x, int64_t M, int64_t K, const W* w, 
 }
 
 template <typename W>
-void split_over_threads(SimdLevel level, WorkerThreads& workers, const float* x, int64_t M, int64_t K, const W* w,
+void split_over_threads(SimdLevel level, WorkerThreads& workers, const float* x, int64_t M, int64_t K, W w,
                         int64_t N, float* y, bool accumulate) {
   // Thread t computes columns [t * per, (t + 1) * per): a contiguous slice of w (each weight is
   // still read once), whole 4-row blocks so that only the last slice has a ragged end.
@@ -228,6 +244,10 @@ void few_rows_matmul(SimdLevel level, WorkerThreads& workers, const float* x, in
 void few_rows_matmul(SimdLevel level, WorkerThreads& workers, const float* x, int64_t M, int64_t K, const Half* w,
                      int64_t N, float* y, bool accumulate) {
   split_over_threads(level, workers, x, M, K, w, N, y, accumulate);
+}
+void few_rows_matmul(SimdLevel level, WorkerThreads& workers, const float* x, int64_t M, int64_t K,
+                     const BlockQ8_0* w, int64_t N, float* y, bool accumulate) {
+  split_over_threads(level, workers, x, M, K, Q8_0Ptr{w}, N, y, accumulate);
 }
 
 }  // namespace lowsync

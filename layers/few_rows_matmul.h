@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "layers/narrow_float.h"
+#include "layers/q8_0.h"
 #include "layers/worker_threads.h"
 
 namespace lowsync {
@@ -40,5 +41,9 @@ void few_rows_matmul(SimdLevel level, WorkerThreads& workers, const float* x, in
                      int64_t N, float* y, bool accumulate);
 void few_rows_matmul(SimdLevel level, WorkerThreads& workers, const float* x, int64_t M, int64_t K, const Half* w,
                      int64_t N, float* y, bool accumulate);
+// Q8_0 weights (`weights.dtype: q8_0`; K a multiple of 32), dequantised in registers (q x d, exact in
+// fp32) and multiplied by the fp32 x: the same products as fp32 weights holding the dequantised values.
+void few_rows_matmul(SimdLevel level, WorkerThreads& workers, const float* x, int64_t M, int64_t K,
+                     const BlockQ8_0* w, int64_t N, float* y, bool accumulate);
 
 }  // namespace lowsync

@@ -59,12 +59,14 @@ class Loader {
   // Columns `part` of a [rows, cols] matrix.
   Tensor cols(const std::string& name, int64_t rows, int64_t cols, Range part) {
     check_shape(name, rows, cols);
+    check_whole_blocks(name, part);
     return upload(name, ckpt_.read_cols(prefix_ + name, part.begin, part.begin + part.size), rows, part.size);
   }
   // GPT-2's Conv1D stores W^T [in, out]; lowsync keeps [out, in]. Takes outputs `out_part`
   // (column-parallel) and inputs `in_part` (row-parallel) of it.
   Tensor conv1d(const std::string& name, int64_t in, int64_t out, Range out_part, Range in_part) {
     check_shape(name, in, out);
+    check_whole_blocks(name, in_part);
     std::vector<float> src = ckpt_.read_cols(prefix_ + name, out_part.begin, out_part.begin + out_part.size);
     std::vector<float> dst(out_part.size * in_part.size);
     for (int64_t i = 0; i < in_part.size; ++i)
@@ -86,6 +88,15 @@ class Loader {
     throw UserError(cfg_.dir + ": tensor '" + key + "' has shape " + got + "]; expected [" + std::to_string(rows) +
                     (cols ? ", " + std::to_string(cols) : "") + "]");
   }
+  // q8_0 quantises 32 consecutive values of a row together: a rank's slice of the rows must be whole
+  // blocks of the whole row, so that its blocks are the checkpoint's (a tensor-parallel share).
+  void check_whole_blocks(const std::string& name, Range part) {
+    if (be_.weight_dtype() == DType::Q8_0 && (part.begin % 32 != 0 || part.size % 32 != 0))
+      throw UserError(cfg_.dir + ": tensor '" + prefix_ + name + "': this rank's share is columns " +
+                      std::to_string(part.begin) + ".." + std::to_string(part.begin + part.size - 1) +
+                      ", not whole 32-value q8_0 blocks; q8_0 needs tensor-parallel shares (heads x head_dim, " +
+                      "FFN columns) in multiples of 32: use tp 1 or weights.dtype: bf16");
+  }
   // A matrix stored in fp16 must fit its range (a bf16 or fp32 one always fits bf16).
   Tensor upload(const std::string& name, const std::vector<float>& host, int64_t rows, int64_t cols) {
     if (rows > 1 && be_.weight_dtype() == DType::F16)
@@ -93,6 +104,9 @@ class Loader {
         if (std::fabs(host[i]) > kHalfMax)
           throw UserError(cfg_.dir + ": tensor '" + prefix_ + name + "' holds " + std::to_string(host[i]) +
                           " at element " + std::to_string(i) + ", beyond fp16's range (65504); use weights.dtype: bf16 or fp32");
+    if (rows > 1 && be_.weight_dtype() == DType::Q8_0 && cols % 32 != 0)
+      throw UserError(cfg_.dir + ": tensor '" + prefix_ + name + "' has rows of " + std::to_string(cols) +
+                      " values here, not a multiple of q8_0's 32-value blocks; use weights.dtype: bf16 or fp32");
     Tensor t = be_.upload_weight(host, rows, cols);
     bytes_ += t.bytes();
     return t;

@@ -7,7 +7,8 @@
 
 namespace lowsync {
 
-enum class DType { F32, F16, BF16 };
+// Q8_0: GGUF's blocks of 32 int8 with one fp16 scale along each row (layers/q8_0.h); CPU only.
+enum class DType { F32, F16, BF16, Q8_0 };
 
 struct Tensor {
   std::shared_ptr<void> storage;  // keeps the memory alive; null for an empty tensor
@@ -17,7 +18,9 @@ struct Tensor {
 
   bool empty() const { return ptr == nullptr; }
   int64_t numel() const { return rows * cols; }
-  int64_t bytes() const { return numel() * (dtype == DType::F32 ? 4 : 2); }  // as stored
+  int64_t bytes() const {  // as stored
+    return dtype == DType::Q8_0 ? numel() / 32 * 34 : numel() * (dtype == DType::F32 ? 4 : 2);
+  }
   float* f32() const { return static_cast<float*>(ptr); }
   float* row(int64_t r) const { return f32() + r * cols; }
 };

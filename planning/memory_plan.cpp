@@ -60,7 +60,7 @@ RankMemory rank_memory(const ModelConfig& m, const LayerShare& share, const Plan
   if (first && m.family == Family::Bert) shared.vectors += 2 * H;                               // embedding norm
   if (last && m.is_decoder()) shared.vectors += (m.family == Family::Llama ? 1 : 2) * H;       // final norm
   if (last && m.is_decoder() && !tied_head) shared.matrices += int64_t(m.vocab) * H;           // head
-  mem.weights = weights_dtype_bytes(limits.weights) * (L * per_layer.matrices + shared.matrices) +
+  mem.weights = int64_t(weights_dtype_bytes(limits.weights) * double(L * per_layer.matrices + shared.matrices)) +
                 f * (L * per_layer.vectors + shared.vectors);
 
   // KV cache: one per (layer, local sub-block), as wide as the widest (Transformer::make_cache).

@@ -186,7 +186,7 @@ Plan Plan::parse(const std::string& yaml, const std::string& path) {
   if (made["weights_dtype"]) {
     const std::string d = get(made, "weights_dtype", "made_for.", std::string());
     if (!parse_weights_dtype(d, p.limits.weights) || p.limits.weights == WeightsDType::Auto)
-      throw UserError(path + ": key 'made_for.weights_dtype' is '" + d + "'; expected fp32, bf16 or fp16");
+      throw UserError(path + ": key 'made_for.weights_dtype' is '" + d + "'; expected fp32, bf16, fp16 or q8_0");
   }
   const YAML::Node grid = node(root, "grid", "");
   const std::string split = get(grid, "split", "grid.", std::string());

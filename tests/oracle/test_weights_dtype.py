@@ -8,14 +8,17 @@ Face transformers running the same 16-bit weights, on the small random LLaMA of 
 - the fp32 checkpoint under `weights.dtype: bf16` (rounded at load), against transformers on the
   fp32 model whose 2-D parameters were rounded with torch's .to(bfloat16) (norm weights stay fp32,
   as lowsync keeps them);
+- the fp32 checkpoint under `weights.dtype: q8_0` (quantised at load), against transformers on the
+  model whose 2-D parameters went through the `gguf` package's Q8_0 quantize + dequantize;
 
 each: score log-probs within 1e-4 absolute, greedy generate 32 tokens identical, and the run
 report's weight bytes those of 16-bit matrices and fp32 norm weights; and a weight beyond fp16's
-range refused under `weights.dtype: fp16` with one line naming the tensor.
+range refused under `weights.dtype: fp16`, and q8_0 at tp 2 where a share starts inside a block,
+each with one line naming the tensor.
 
 Tolerance: transformers loads the 16-bit weights into fp32 (exactly) and computes in fp32, and
 lowsync widens the same 16-bit values to fp32 in registers and computes in fp32 too: the weights are
-bit-identical and only the summation order differs, so the fp32 oracles' 1e-4 applies unchanged
+bit-identical (a q8_0 value q x d is exact in fp32) and only the summation order differs, so the fp32 oracles' 1e-4 applies unchanged
 (transformers with torch_dtype=bfloat16 would round every activation to bf16 as well, a different
 computation whose error is ~1e-2 per log-prob; lowsync does not do that).
 
@@ -88,6 +91,15 @@ def main():
         for p in rounded.parameters():
             if p.dim() == 2:
                 p.copy_(p.to(torch.bfloat16).float())
+    # q8_0: the `gguf` package's Q8_0 (bit-exact with ggml's reference) on every 2-D parameter,
+    # dequantised to fp32 as llama.cpp's dequantisation does.
+    import gguf
+    quantised = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in quantised.parameters():
+            if p.dim() == 2:
+                q = gguf.quants.quantize(p.numpy(), gguf.GGMLQuantizationType.Q8_0)
+                p.copy_(torch.from_numpy(gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0)).reshape(p.shape))
     stored = {name: {json.load(open(os.path.join(d, "config.json"))).get("torch_dtype")} for name, d in dirs.items()}
     check("16-bit checkpoints written", stored == {"bf16": {"bfloat16"}, "fp16": {"float16"}}, str(stored))
 
@@ -96,6 +108,7 @@ def main():
         ("bf16 checkpoint, weights.dtype auto, tp 2", dirs["bf16"], {"parallel": {"tp": 2}}, refs["bf16"], 2, "bf16"),
         ("fp16 checkpoint, weights.dtype auto", dirs["fp16"], {}, refs["fp16"], 1, "fp16"),
         ("fp32 checkpoint, weights.dtype bf16", fp32_dir, {"weights": {"dtype": "bf16"}}, rounded, 1, "bf16"),
+        ("fp32 checkpoint, weights.dtype q8_0", fp32_dir, {"weights": {"dtype": "q8_0"}}, quantised, 1, "q8_0"),
     ]
     for i, (what, model_dir, keys, ref_model, ranks, dtype) in enumerate(cases):
         ref = oracle.hf_score(ref_model, prompts, targets)
@@ -107,7 +120,7 @@ def main():
               f"{sum(TARGET_LENS)} log-probs, max |diff| {worst:.2e} (tolerance {TOL:g})")
         report = json.loads(r["attrs"]["run_report_json"])
         got_bytes = report["per_rank"][0]["weight_bytes"]
-        want_bytes = expected_weight_bytes(ref_model, 2) if ranks == 1 else None
+        want_bytes = expected_weight_bytes(ref_model, 34 / 32 if dtype == "q8_0" else 2) if ranks == 1 else None
         check(f"{what}: run report says {dtype} weights" + (f", {want_bytes} bytes" if want_bytes else ""),
               report.get("weights_dtype") == dtype and (want_bytes is None or got_bytes == want_bytes),
               f"weights_dtype {report.get('weights_dtype')}, weight_bytes {got_bytes}")
@@ -133,6 +146,18 @@ def main():
     check("fp16 weights: a value beyond 65504 refused naming the tensor",
           p.returncode != 0 and len(lines) == 1 and "model.layers.1.mlp.up_proj.weight" in lines[0]
           and "fp16's range" in lines[0], f"exit {p.returncode}, {lines}")
+
+    # q8_0 at tp 2: the FFN's 160 columns split 80 + 80, and column 80 is inside a 32-value block.
+    import subprocess
+    job = oracle.write_job(os.path.join(tmp, "q8tp.yaml"), {
+        "model": fp32_dir, "task": "score", "input": os.path.join(tmp, "prompts.h5"),
+        "output": os.path.join(tmp, "q8tp.h5"), "weights": {"dtype": "q8_0"}, "parallel": {"tp": 2}})
+    p = subprocess.run(mpirun_cmd(2, [oracle.LOWSYNC_BIN, "run", job]), env=ENV, capture_output=True, text=True,
+                       timeout=300)
+    lines = oracle.error_lines(p.stdout + p.stderr)
+    check("q8_0 at tp 2 with a share inside a block: refused in one line naming the tensor",
+          p.returncode != 0 and len(lines) == 1 and "mlp.down_proj.weight" in lines[0] and "not whole 32-value q8_0 blocks" in lines[0],
+          f"exit {p.returncode}, {lines}")
 
     if os.environ.get("LOWSYNC_KEEP_TMP") is None and not check.failures:
         shutil.rmtree(tmp, ignore_errors=True)

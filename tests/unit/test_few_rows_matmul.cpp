@@ -98,6 +98,54 @@ TEST(FewRowsMatmul, MatchesNaiveLoopOnEveryPathThisCpuRuns) { check_every_path(k
 TEST(FewRowsMatmul, Bf16WeightsMatchNaiveLoopOnEveryPathThisCpuRuns) { check_every_path(to_bf16, "bf16"); }
 TEST(FewRowsMatmul, Fp16WeightsMatchNaiveLoopOnEveryPathThisCpuRuns) { check_every_path(to_half, "fp16"); }
 
+// Q8_0 weights: rows quantised block by block; the kernel against the naive loop on the
+// dequantised values (q x d, exact in fp32), K whole blocks.
+TEST(FewRowsMatmul, Q8_0WeightsMatchNaiveLoopOnEveryPathThisCpuRuns) {
+  for (SimdLevel level : levels_this_cpu_runs())
+    for (int64_t M : {1, 2, 3, 31, 32, 33})
+      for (int64_t N : {1, 3, 5, 33, 67})
+        for (int64_t K : {32, 64, 96, 288}) {
+          const auto x = random_values(M * K, 1 + M), wf = random_values(N * K, 2 + N);
+          std::vector<BlockQ8_0> w(N * K / kQ8_0Block);
+          for (size_t b = 0; b < w.size(); ++b) w[b] = quantize_q8_0(wf.data() + b * kQ8_0Block);
+          std::vector<float> dequantised(N * K);
+          for (int64_t i = 0; i < N * K; ++i) dequantised[i] = Q8_0Ptr{w.data()}[i];
+          const Reference ref = naive(x, M, K, dequantised, N, {});
+          for (int threads : {1, 3}) {
+            WorkerThreads workers(threads);
+            std::vector<float> y(M * N, std::nanf(""));
+            few_rows_matmul(level, workers, x.data(), M, K, w.data(), N, y.data(), false);
+            for (int64_t i = 0; i < M * N; ++i)
+              ASSERT_LE(std::abs(y[i] - ref.y[i]), ref.bound[i])
+                  << "q8_0 " << simd_level_name(level) << " M=" << M << " N=" << N << " K=" << K << " element " << i;
+          }
+        }
+}
+
+// A block's scale is its largest magnitude / 127 (as fp16), that value quantises to +-127, and
+// every value is within half a step (plus the scale's fp16 rounding) of its dequantised self.
+TEST(NarrowFloat, Q8_0Blocks) {
+  const auto v = random_values(32 * 100, 13);
+  for (int64_t b = 0; b < 100; ++b) {
+    const float* x = v.data() + b * 32;
+    const BlockQ8_0 q = quantize_q8_0(x);
+    float amax = 0;
+    int qmax = 0;
+    for (int i = 0; i < 32; ++i) {
+      amax = std::max(amax, std::abs(x[i]));
+      qmax = std::max(qmax, std::abs(int(q.q[i])));
+    }
+    ASSERT_EQ(q.d.bits, to_half(amax / 127.f).bits);
+    ASSERT_EQ(qmax, 127);
+    const float d = to_float(q.d);
+    for (int i = 0; i < 32; ++i) ASSERT_LE(std::abs(Q8_0Ptr{&q}[i] - x[i]), 0.5f * d + 127 * std::abs(d - amax / 127.f));
+  }
+  const float zeros[32] = {};
+  const BlockQ8_0 z = quantize_q8_0(zeros);
+  EXPECT_EQ(z.d.bits, 0);
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(z.q[i], 0);
+}
+
 // Every finite half converts to fp32 as the CPU's own F16C instruction does, and back to itself;
 // fp32 values between two halves round to the nearer (ties to the even one), as F16C's
 // round-to-nearest conversion does.

@@ -312,7 +312,7 @@ TEST(JobConfig, WeightsDtypeKey) {
     }
     return std::string("accepted");
   };
-  EXPECT_NE(refused(kBase, {"weights.dtype=int4"}).find("key 'weights.dtype' is 'int4'; expected auto, fp32, bf16 or fp16"),
+  EXPECT_NE(refused(kBase, {"weights.dtype=int4"}).find("key 'weights.dtype' is 'int4'; expected auto, fp32, bf16, fp16 or q8_0"),
             std::string::npos);
   EXPECT_NE(refused(std::string(kBase) + "backend: cuda\ncuda: {dtype: bf16}\nweights: {dtype: fp16}\n", {})
                 .find("weights.dtype"),
