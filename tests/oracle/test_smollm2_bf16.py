@@ -4,7 +4,8 @@ fp32), against transformers on the same model with every 2-D parameter rounded b
 .to(bfloat16) (the tied embedding / LM head once) and computing in fp32:
 
 - score: the 8 English continuations of test_smollm2.py, log-probs within 1e-3 (the fp32 oracle's
-  tolerance: the weights are bit-identical and both compute in fp32, see README "Weights in 16 bits");
+  tolerance: the weights are bit-identical and both compute in fp32, see README "Narrow weights: bf16,
+  fp16, q8_0");
 - generate: the 5 plain English prompts, greedy 32 new tokens stopping at EOS: identical;
 
 at np 1 and tp 2 (6 + 3 heads), with the run report saying bf16 and half the fp32 weight bytes.
