@@ -10,6 +10,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <type_traits>
 
 namespace lowsync {
 
@@ -17,7 +18,7 @@ bool cpu_runs(SimdLevel level) {
   switch (level) {
     case SimdLevel::Avx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     case SimdLevel::Avx2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     case SimdLevel::Scalar: return true;
@@ -42,7 +43,7 @@ const char* simd_level_name(SimdLevel level) {
 
 namespace {
 
-#define LOWSYNC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#define LOWSYNC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c")))
 #define LOWSYNC_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 // ---- AVX-512: 16 lanes; a 4 x 4 tile keeps 16 accumulators + 4 weight vectors in 32 registers.
@@ -57,9 +58,11 @@ LOWSYNC_AVX512 inline __m512 load16(const Half* w, __mmask16 live) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, w));
 }
 // Q8_0: 16 values of one block (steps of 16 from a block's start never straddle two), scaled.
+// The scale by F16C's conversion (one instruction; to_float(Half) is a portable software one).
 LOWSYNC_AVX512 inline __m512 load16(Q8_0Ptr w, __mmask16 live) {
-  const __m512i q = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(live, w.q()));
-  return _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(w.scale()));
+  const BlockQ8_0& b = w.block();
+  const __m512i q = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(live, b.q + w.at % kQ8_0Block));
+  return _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(_cvtsh_ss(b.d.bits)));
 }
 
 // 16 values of k of every dot product of the tile (fewer at the end: the others read as 0).
@@ -90,9 +93,51 @@ LOWSYNC_AVX512 void dot_tile_avx512(const float* x, int64_t K, W w, float* y, in
     }
 }
 
+// The tile for Q8_0 rows, a block (32 values) per step: each row's block scale is converted once
+// and its 32 int8 widened and scaled into two vectors, shared by the MR rows of x. The same fp32
+// operations in the same order as the generic tile over load16(Q8_0Ptr), without its per-load
+// block arithmetic. w: the first block of the tile's first row (rows are K / 32 blocks apart).
+template <int MR, int NR>
+LOWSYNC_AVX512 void dot_tile_q8_0_avx512(const float* x, int64_t K, const BlockQ8_0* w, float* y, int64_t ldy,
+                                         bool accumulate) {
+  const int64_t blocks = K / kQ8_0Block;
+  __m512 c[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) c[i][j] = _mm512_setzero_ps();
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    __m512 lo[NR], hi[NR];
+    for (int j = 0; j < NR; ++j) {
+      const BlockQ8_0& b = w[j * blocks + blk];
+      const __m512 d = _mm512_set1_ps(_cvtsh_ss(b.d.bits));
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.q));
+      lo[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q))), d);
+      hi[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1))), d);
+    }
+    for (int i = 0; i < MR; ++i) {
+      const __m512 a0 = _mm512_loadu_ps(x + i * K + blk * kQ8_0Block);
+      const __m512 a1 = _mm512_loadu_ps(x + i * K + blk * kQ8_0Block + 16);
+      for (int j = 0; j < NR; ++j) c[i][j] = _mm512_fmadd_ps(a1, hi[j], _mm512_fmadd_ps(a0, lo[j], c[i][j]));
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      const float d = _mm512_reduce_add_ps(c[i][j]);
+      y[i * ldy + j] = accumulate ? y[i * ldy + j] + d : d;
+    }
+}
+
 // NR rows of w against every row of x: tiles of 4 rows of x, then the 1-3 left.
 template <int NR, typename W>
 void weight_rows_avx512(const float* x, int64_t M, int64_t K, W w, float* y, int64_t N, bool accumulate) {
+  if constexpr (std::is_same_v<W, Q8_0Ptr>) {
+    const BlockQ8_0* b = w.blocks + w.at / kQ8_0Block;
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4) dot_tile_q8_0_avx512<4, NR>(x + m * K, K, b, y + m * N, N, accumulate);
+    if (M - m == 3) dot_tile_q8_0_avx512<3, NR>(x + m * K, K, b, y + m * N, N, accumulate);
+    if (M - m == 2) dot_tile_q8_0_avx512<2, NR>(x + m * K, K, b, y + m * N, N, accumulate);
+    if (M - m == 1) dot_tile_q8_0_avx512<1, NR>(x + m * K, K, b, y + m * N, N, accumulate);
+    return;
+  }
   int64_t m = 0;
   for (; m + 4 <= M; m += 4) dot_tile_avx512<4, NR>(x + m * K, K, w, y + m * N, N, accumulate);
   if (M - m == 3) dot_tile_avx512<3, NR>(x + m * K, K, w, y + m * N, N, accumulate);
@@ -134,8 +179,9 @@ LOWSYNC_AVX2 inline __m256 load8_tail(const W* w, int64_t n, __m256i) {
 }
 // Q8_0: 8 values of one block, scaled (a row's length is whole blocks, so there is no tail).
 LOWSYNC_AVX2 inline __m256 load8(Q8_0Ptr w) {
-  const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.q())));
-  return _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(w.scale()));
+  const BlockQ8_0& b = w.block();
+  const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.q + w.at % kQ8_0Block)));
+  return _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(_cvtsh_ss(b.d.bits)));
 }
 LOWSYNC_AVX2 inline __m256 load8_tail(Q8_0Ptr w, int64_t n, __m256i) {
   alignas(32) float buf[8] = {};

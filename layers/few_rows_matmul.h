@@ -19,7 +19,7 @@ namespace lowsync {
 
 enum class SimdLevel { Scalar, Avx2, Avx512 };
 
-// The best level this CPU runs: AVX-512 (avx512f, bw, vl + fma), AVX2 (avx2 + fma + f16c) or
+// The best level this CPU runs: AVX-512 (avx512f, bw, vl + fma + f16c), AVX2 (avx2 + fma + f16c) or
 // scalar. (bw, vl and f16c: the 16-bit weight loads and conversions; every CPU with avx512f but
 // Xeon Phi has bw and vl, every one with avx2 has f16c.)
 SimdLevel best_simd_level();
