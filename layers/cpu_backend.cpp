@@ -102,7 +102,12 @@ class CpuBackend final : public Backend {
       return t;
     }
     if (weights_ == DType::BF16) return narrow_tensor<BFloat16>(host, rows, cols, to_bf16);
-    if (weights_ == DType::Q8_0) return q8_0_tensor(host, rows, cols);
+    if (weights_ == DType::Q8_0) {
+      if (cols % kQ8_0Block != 0)  // the loader names the tensor first; this guards other callers (profiler)
+        throw UserError("weights.dtype q8_0: a weight matrix has rows of " + std::to_string(cols) +
+                        " values, not whole 32-value blocks");
+      return q8_0_tensor(host, rows, cols);
+    }
     return narrow_tensor<Half>(host, rows, cols, to_half);
   }
 
