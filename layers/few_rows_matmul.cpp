@@ -251,6 +251,11 @@ void columns(SimdLevel level, const float* x, int64_t M, int64_t K, W w, int64_t
   int64_t n = n0;
   switch (level) {
     case SimdLevel::Avx512:
+      // q8_0 at one or two rows of x: 8 rows of w per tile, so that enough independent accumulators
+      // hide the FMA latency of its two products per block (each dot product's order is the same).
+      if constexpr (std::is_same_v<W, Q8_0Ptr>)
+        if (M <= 2)
+          for (; n + 8 <= n1; n += 8) weight_rows_avx512<8>(x, M, K, w + n * K, y + n, N, accumulate);
       for (; n + 4 <= n1; n += 4) weight_rows_avx512<4>(x, M, K, w + n * K, y + n, N, accumulate);
       for (; n < n1; ++n) weight_rows_avx512<1>(x, M, K, w + n * K, y + n, N, accumulate);
       break;
