@@ -146,6 +146,34 @@ TEST(NarrowFloat, Q8_0Blocks) {
   for (int i = 0; i < 32; ++i) EXPECT_EQ(z.q[i], 0);
 }
 
+// The same for q8_0 and bf16 weights (q8_0 takes 8 rows of w per tile at 1-2 rows of x, 4 otherwise).
+TEST(FewRowsMatmul, NarrowRowResultIndependentOfBatch) {
+  for (SimdLevel level : levels_this_cpu_runs()) {
+    const int64_t M = 33, N = 21, K = 96;
+    const auto x = random_values(M * K, 8), wf = random_values(N * K, 9);
+    std::vector<BlockQ8_0> q(N * K / kQ8_0Block);
+    for (size_t b = 0; b < q.size(); ++b) q[b] = quantize_q8_0(wf.data() + b * kQ8_0Block);
+    const std::vector<BFloat16> h = narrowed(wf, to_bf16);
+    WorkerThreads single(1);
+    std::vector<float> all(M * N), one(2 * N);
+    for (int type = 0; type < 2; ++type) {
+      auto product = [&](const float* xs, int64_t rows, float* y) {
+        if (type == 0) few_rows_matmul(level, single, xs, rows, K, q.data(), N, y, false);
+        else few_rows_matmul(level, single, xs, rows, K, h.data(), N, y, false);
+      };
+      product(x.data(), M, all.data());
+      for (int64_t m = 0; m + 1 < M; ++m)
+        for (int64_t rows : {1, 2}) {
+          product(x.data() + m * K, rows, one.data());
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t n = 0; n < N; ++n)
+              ASSERT_EQ(one[r * N + n], all[(m + r) * N + n]) << (type ? "bf16 " : "q8_0 ") << simd_level_name(level)
+                                                              << " row " << m + r;
+        }
+    }
+  }
+}
+
 // Every finite half converts to fp32 as the CPU's own F16C instruction does, and back to itself;
 // fp32 values between two halves round to the nearer (ties to the even one), as F16C's
 // round-to-nearest conversion does.
