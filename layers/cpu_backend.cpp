@@ -1,9 +1,9 @@
 // CPU kernels: fp32, OpenBLAS for matrix products (projections of many rows, attention), lowsync's
 // few-rows kernel (layers/few_rows_matmul.h) for projections of up to 32 rows, plain loops for the
 // element-wise parts. `threads` is both OpenBLAS's thread count and the few-rows kernel's.
-// Weight matrices may be stored in bf16, fp16 or q8_0 (`weights.dtype`): decode products widen them in
-// registers (few-rows kernel), larger products widen a panel of rows at a time for sgemm, and
-// embedding lookups widen the rows they copy. Products always multiply and sum in fp32.
+// Weight matrices may be stored in bf16, fp16 or q8_0 (`weights.dtype`): decode products widen
+// them in registers (few-rows kernel), larger products widen a panel of rows at a time for sgemm,
+// and embedding lookups widen the rows they copy. Products always multiply and sum in fp32.
 #include <cblas.h>
 
 #include <algorithm>
@@ -356,10 +356,10 @@ class CpuBackend final : public Backend {
   static const T* stored(const T* w) { return w; }
   static const BlockQ8_0* stored(Q8_0Ptr w) { return w.blocks; }
 
-  // y[M, N] (+)= x[M, K] w[N, K]^T with 16-bit or q8_0 w (W: a pointer, or Q8_0Ptr). Decode-sized passes: the few-rows kernel (its
-  // scalar path too: OpenBLAS has no 16-bit-weight product). Larger ones: kPanel rows of w at a
-  // time widened to fp32 and multiplied by sgemm; the widening (N K conversions) is small beside
-  // the product's M N K multiply-adds once M is over kFewRows.
+  // y[M, N] (+)= x[M, K] w[N, K]^T with 16-bit or q8_0 w (W: a pointer, or Q8_0Ptr). Decode-sized
+  // passes: the few-rows kernel (its scalar path too: OpenBLAS has no narrow-weight product).
+  // Larger ones: kPanel rows of w at a time widened to fp32 and multiplied by sgemm; the widening
+  // (N K conversions) is small beside the product's M N K multiply-adds once M is over kFewRows.
   template <typename W>
   void narrow_matmul(const Tensor& x, W w, int64_t N, int64_t K, bool accumulate, Tensor& y) {
     const int64_t M = x.rows;

@@ -57,14 +57,6 @@ LOWSYNC_AVX512 inline __m512 load16(const BFloat16* w, __mmask16 live) {
 LOWSYNC_AVX512 inline __m512 load16(const Half* w, __mmask16 live) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, w));
 }
-// Q8_0: 16 values of one block (steps of 16 from a block's start never straddle two), scaled.
-// The scale by F16C's conversion (one instruction; to_float(Half) is a portable software one).
-LOWSYNC_AVX512 inline __m512 load16(Q8_0Ptr w, __mmask16 live) {
-  const BlockQ8_0& b = w.block();
-  const __m512i q = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(live, b.q + w.at % kQ8_0Block));
-  return _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(_cvtsh_ss(b.d.bits)));
-}
-
 // 16 values of k of every dot product of the tile (fewer at the end: the others read as 0).
 template <int MR, int NR, typename W>
 LOWSYNC_AVX512 __attribute__((always_inline)) inline void dot_step_avx512(const float* x, int64_t K, W w,
@@ -94,9 +86,9 @@ LOWSYNC_AVX512 void dot_tile_avx512(const float* x, int64_t K, W w, float* y, in
 }
 
 // The tile for Q8_0 rows, a block (32 values) per step: each row's block scale is converted once
-// and its 32 int8 widened and scaled into two vectors, shared by the MR rows of x. The same fp32
-// operations in the same order as the generic tile over load16(Q8_0Ptr), without its per-load
-// block arithmetic. w: the first block of the tile's first row (rows are K / 32 blocks apart).
+// (by F16C) and its 32 int8 widened and scaled into two vectors, shared by the MR rows of x. Each
+// dot product runs over k in order, 16 lanes at a time, as the generic tile's do. w: the first
+// block of the tile's first row (rows are K / 32 blocks apart).
 template <int MR, int NR>
 LOWSYNC_AVX512 void dot_tile_q8_0_avx512(const float* x, int64_t K, const BlockQ8_0* w, float* y, int64_t ldy,
                                          bool accumulate) {
@@ -136,13 +128,13 @@ void weight_rows_avx512(const float* x, int64_t M, int64_t K, W w, float* y, int
     if (M - m == 3) dot_tile_q8_0_avx512<3, NR>(x + m * K, K, b, y + m * N, N, accumulate);
     if (M - m == 2) dot_tile_q8_0_avx512<2, NR>(x + m * K, K, b, y + m * N, N, accumulate);
     if (M - m == 1) dot_tile_q8_0_avx512<1, NR>(x + m * K, K, b, y + m * N, N, accumulate);
-    return;
+  } else {
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4) dot_tile_avx512<4, NR>(x + m * K, K, w, y + m * N, N, accumulate);
+    if (M - m == 3) dot_tile_avx512<3, NR>(x + m * K, K, w, y + m * N, N, accumulate);
+    if (M - m == 2) dot_tile_avx512<2, NR>(x + m * K, K, w, y + m * N, N, accumulate);
+    if (M - m == 1) dot_tile_avx512<1, NR>(x + m * K, K, w, y + m * N, N, accumulate);
   }
-  int64_t m = 0;
-  for (; m + 4 <= M; m += 4) dot_tile_avx512<4, NR>(x + m * K, K, w, y + m * N, N, accumulate);
-  if (M - m == 3) dot_tile_avx512<3, NR>(x + m * K, K, w, y + m * N, N, accumulate);
-  if (M - m == 2) dot_tile_avx512<2, NR>(x + m * K, K, w, y + m * N, N, accumulate);
-  if (M - m == 1) dot_tile_avx512<1, NR>(x + m * K, K, w, y + m * N, N, accumulate);
 }
 
 // ---- AVX2: 8 lanes, 16 registers; a 2 x 4 tile keeps 8 accumulators + 4 weight vectors.
