@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <vector>
 
@@ -35,8 +36,14 @@ DType weight_dtype(WeightsDType d) {
   return DType::F32;
 }
 
-// The type holding most values of the checkpoint's matrices (2-D tensors): what `auto` keeps.
+// The type holding most values of the checkpoint's matrices (2-D tensors): what `auto` keeps. A
+// directory without safetensors (`lowsync profile` and `plan` need only config.json) gives fp32;
+// `run` then refuses it when it reads the weights.
 WeightsDType checkpoint_matrix_dtype(const std::string& model_dir) {
+  namespace fs = std::filesystem;
+  if (!fs::exists(fs::path(model_dir) / "model.safetensors") &&
+      !fs::exists(fs::path(model_dir) / "model.safetensors.index.json"))
+    return WeightsDType::F32;
   const CheckpointReader ckpt(model_dir);
   std::map<std::string, int64_t> values;
   for (const std::string& name : ckpt.names()) {
