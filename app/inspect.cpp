@@ -4,6 +4,7 @@
 
 #include "io/model_config.h"
 #include "io/safetensors.h"
+#include "io/weights_dtype.h"
 
 namespace lowsync {
 
@@ -34,8 +35,16 @@ void inspect_model(const std::string& model_dir) {
   std::printf("embeddings:     %s\n", m.tied_embeddings ? "tied to the LM head" : (m.is_decoder() ? "untied" : "no LM head"));
   std::printf("parameters:     %lld (%.1f M); checkpoint holds %lld values, %.1f MiB\n", static_cast<long long>(params),
               params / 1e6, static_cast<long long>(stored), stored_bytes / 1048576.0);
-  std::printf("memory (fp32):  %.1f MiB of weights per replica; KV cache %.1f KiB per token\n",
-              params * 4 / 1048576.0, 2.0 * m.n_layers * m.kv_dim() * 4 / 1024.0);
+  // weights.dtype stores the matrices narrower; norm weights and biases stay fp32. A decode step
+  // reads every weight once, but of an untied input embedding only its few rows.
+  const int64_t vectors = m.vector_parameter_count(), matrices = params - vectors;
+  const int64_t unread = m.is_decoder() && !m.tied_embeddings ? int64_t(m.vocab) * m.hidden : 0;
+  std::printf("KV cache:       %.1f KiB per token (fp32)\n", 2.0 * m.n_layers * m.kv_dim() * 4 / 1024.0);
+  for (WeightsDType d : {WeightsDType::F32, WeightsDType::BF16, WeightsDType::F16, WeightsDType::Q8_0}) {
+    const double b = weights_dtype_bytes(d);
+    std::printf("weights %-5s  %.1f MiB per replica; a decode step reads %.1f MiB per token\n", weights_dtype_name(d),
+                (b * matrices + 4.0 * vectors) / 1048576.0, (b * (matrices - unread) + 4.0 * vectors) / 1048576.0);
+  }
 }
 
 }  // namespace lowsync

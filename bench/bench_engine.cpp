@@ -29,6 +29,7 @@
 #include "bench/machine_probes.h"
 #include "io/error.h"
 #include "io/model_config.h"
+#include "io/weights_dtype.h"
 #include "layers/model.h"
 
 namespace po = boost::program_options;
@@ -68,10 +69,11 @@ double prefill_flops(const ModelConfig& c, int64_t S, int64_t n) {
 
 // fp32 bytes of weights one decode step of B sequences must read: every layer's matrices and norms,
 // the final norm and the LM head whole, and B rows of the token embedding.
-double decode_weight_bytes(const ModelConfig& c, int64_t B) {
+// `bytes_per_weight`: 4 for fp32 weights, 2 for bf16 / fp16 (norm weights, a sliver, counted alike).
+double decode_weight_bytes(const ModelConfig& c, int64_t B, double bytes_per_weight) {
   const int64_t H = c.hidden, V = c.vocab;
   const int64_t untouched = c.tied_embeddings ? 0 : V * H;  // the embedding table, but for B rows
-  return 4.0 * double(c.parameter_count() - untouched + B * H);
+  return bytes_per_weight * double(c.parameter_count() - untouched + B * H);
 }
 
 struct Engine {
@@ -137,7 +139,7 @@ json stats(const std::vector<double>& v) {
 }
 
 int run(int argc, char** argv) {
-  std::string model_dir, out_path;
+  std::string model_dir, out_path, weights_name;
   int threads, decode_steps, rounds, prefill_reps;
   int64_t prefill_tokens, prefill_seqs, decode_prompt, bw_mib;
   std::vector<int64_t> decode_batches;
@@ -145,6 +147,7 @@ int run(int argc, char** argv) {
   opts.add_options()("help,h", "this help")(
       "model", po::value(&model_dir)->default_value("out/bench/llama-200m"), "LLaMA-family model directory")(
       "threads", po::value(&threads)->default_value(1), "BLAS threads (engine and sgemm probe)")(
+      "weights-dtype", po::value(&weights_name)->default_value("fp32"), "weight matrices stored as fp32, bf16, fp16 or q8_0")(
       "prefill-tokens", po::value(&prefill_tokens)->default_value(1024), "tokens in one packed prefill pass")(
       "prefill-seqs", po::value(&prefill_seqs)->default_value(4), "prompts the prefill tokens are split into")(
       "prefill-reps", po::value(&prefill_reps)->default_value(2), "prefill passes per round (the fastest counts)")(
@@ -169,7 +172,14 @@ int run(int argc, char** argv) {
   const ModelConfig cfg = load_model_config(model_dir);
   if (cfg.family != Family::Llama || cfg.bp.enabled())
     throw UserError(model_dir + ": bench_engine measures LLaMA-family models (FLOP and byte counts assume one)");
-  std::unique_ptr<Backend> be = make_cpu_backend(threads);
+  WeightsDType weights = WeightsDType::F32;
+  if (!parse_weights_dtype(weights_name, weights) || weights == WeightsDType::Auto)
+    throw UserError("--weights-dtype is '" + weights_name + "'; expected fp32, bf16 or fp16");
+  const DType dtype = weights == WeightsDType::BF16  ? DType::BF16
+                      : weights == WeightsDType::F16 ? DType::F16
+                      : weights == WeightsDType::Q8_0 ? DType::Q8_0
+                                                      : DType::F32;
+  std::unique_ptr<Backend> be = make_cpu_backend(threads, dtype);
   auto probes = bench::make_cpu_probes(threads, bw_mib << 20);
   const auto t_load = Clock::now();
   Transformer model(cfg, *be);
@@ -214,7 +224,8 @@ int run(int argc, char** argv) {
   std::vector<std::vector<double>> dec_eff(decode_batches.size());
   for (double t : pre_s) pre_eff.push_back(flops / t / 1e9 / sgemm_limit);
   for (size_t b = 0; b < decode_batches.size(); ++b)
-    for (double t : step_s[b]) dec_eff[b].push_back(decode_weight_bytes(cfg, decode_batches[b]) / t / bw_limit);
+    for (double t : step_s[b])
+      dec_eff[b].push_back(decode_weight_bytes(cfg, decode_batches[b], weights_dtype_bytes(weights)) / t / bw_limit);
 
   auto map = [](const std::vector<double>& v, auto f) {
     std::vector<double> o;
@@ -235,6 +246,7 @@ int run(int argc, char** argv) {
       "reported: median [min, max] over rounds";
   j["machine"] = probes->info();
   j["threads"] = threads;
+  j["weights_dtype"] = weights_dtype_name(weights);
   j["model"] = {{"dir", model_dir},
                 {"architecture", cfg.architecture},
                 {"parameters", cfg.parameter_count()},
@@ -270,7 +282,7 @@ int run(int argc, char** argv) {
   j["decode"] = json::array();
   for (size_t b = 0; b < decode_batches.size(); ++b) {
     const int64_t B = decode_batches[b];
-    const double bytes = decode_weight_bytes(cfg, B);
+    const double bytes = decode_weight_bytes(cfg, B, weights_dtype_bytes(weights));
     j["decode"].push_back({{"batch", B},
                            {"prompt", decode_prompt},
                            {"steps", decode_steps},
@@ -304,7 +316,7 @@ int run(int argc, char** argv) {
     const int64_t B = decode_batches[b];
     const std::string d = "decode batch " + std::to_string(B);
     line((d + " ms/token").c_str(), map(step_s[b], [&](double t) { return 1e3 * t / B; }), 1, "ms");
-    line((d + " weight GB/s").c_str(), map(step_s[b], [&](double t) { return decode_weight_bytes(cfg, B) / t; }),
+    line((d + " weight GB/s").c_str(), map(step_s[b], [&](double t) { return decode_weight_bytes(cfg, B, weights_dtype_bytes(weights)) / t; }),
          1e-9, "GB/s");
     line((d + " efficiency" + (b == 0 ? " (floor 0.5)" : "")).c_str(), dec_eff[b], 1, "");
   }

@@ -87,6 +87,11 @@ const std::map<std::string, Setter>& schema() {
       {"memory.limit", [](JobConfig& c, const YAML::Node& n) { c.memory_limit = parse_memory_limit(n.as<std::string>()); }},
       {"cuda.device", field(&JobConfig::cuda, &CudaOptions::device)},
       {"cuda.dtype", field(&JobConfig::cuda, &CudaOptions::dtype)},
+      {"weights.dtype",
+       [](JobConfig& c, const YAML::Node& n) {
+         if (!parse_weights_dtype(n.as<std::string>(), c.weights_dtype))
+           throw YAML::Exception(YAML::Mark::null_mark(), "not a weights dtype");
+       }},
       {"generate.max_new_tokens", field(&JobConfig::generate, &GenerateOptions::max_new_tokens)},
       {"generate.temperature", field(&JobConfig::generate, &GenerateOptions::temperature)},
       {"generate.top_k", field(&JobConfig::generate, &GenerateOptions::top_k)},
@@ -304,6 +309,8 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
         throw UserError(path + ": key 'parallel.split_head' is '" + value + "'; expected true, false or auto");
       if (key == "calibrate.method")
         throw UserError(path + ": key 'calibrate.method' is '" + value + "'; expected kl or progressive");
+      if (key == "weights.dtype")
+        throw UserError(path + ": key 'weights.dtype' is '" + value + "'; expected auto, fp32, bf16, fp16 or q8_0");
       if (key == "memory.limit")
         throw UserError(path + ": key 'memory.limit' is '" + value +
                         "'; expected a size (bytes, or with a unit: 500MB, 2GiB) or a share of free memory (50%, 0.5)");
@@ -333,6 +340,10 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
          "is '" + c.cuda.device + "'; expected auto or a device number (0, 1, ...)");
   expect(c.cuda.dtype == "bf16" || c.cuda.dtype == "fp16" || c.cuda.dtype == "fp32", "cuda.dtype",
          "is '" + c.cuda.dtype + "'; expected bf16, fp16 or fp32");
+  // On a GPU cuda.dtype says how matrices are stored; weights.dtype may only repeat it.
+  expect(c.backend != "cuda" || c.weights_dtype == WeightsDType::Auto || c.cuda.dtype == weights_dtype_name(c.weights_dtype),
+         "weights.dtype", std::string("is ") + weights_dtype_name(c.weights_dtype) + " but cuda.dtype is " + c.cuda.dtype +
+             "; with backend: cuda the weights are stored in cuda.dtype: give one of them, or the same in both");
   expect(c.generate.max_new_tokens >= 1, "generate.max_new_tokens", "must be >= 1");
   expect(c.generate.temperature >= 0, "generate.temperature", "must be >= 0");
   expect(c.generate.top_k >= 0, "generate.top_k", "must be >= 0");
@@ -496,6 +507,10 @@ std::string JobConfig::fingerprint() const {
   // one output file all come from the same backend and dtype. The device does not matter.
   s << "backend: " << backend << "\n";
   if (backend == "cuda") s << "cuda: {dtype: " << cuda.dtype << "}\n";
+  // 16-bit CPU weights likewise (fp32 ones: absent, as in files from before the key). `auto` is
+  // resolved from the checkpoint before a run writes this (with_resolved_weights).
+  if (backend == "cpu" && weights_dtype != WeightsDType::F32 && weights_dtype != WeightsDType::Auto)
+    s << "weights: {dtype: " << weights_dtype_name(weights_dtype) << "}\n";
   return s.str();
 }
 
@@ -540,6 +555,8 @@ std::string JobConfig::to_yaml() const {
   e << YAML::Key << "cuda" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "device" << YAML::Value << c.cuda.device;
   e << YAML::Key << "dtype" << YAML::Value << c.cuda.dtype << YAML::EndMap;
+  e << YAML::Key << "weights" << YAML::Value << YAML::BeginMap << YAML::Key << "dtype" << YAML::Value
+    << weights_dtype_name(c.weights_dtype) << YAML::EndMap;
   e << YAML::Key << "generate" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "max_new_tokens" << YAML::Value << c.generate.max_new_tokens;
   e << YAML::Key << "temperature" << YAML::Value << shortest(c.generate.temperature);

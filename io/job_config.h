@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "io/weights_dtype.h"
 #include "mpi_comm/sync_codec.h"
 
 namespace lowsync {
@@ -153,6 +154,7 @@ struct JobConfig {
   std::string trace;            // Chrome trace-event JSON to write (empty: none)
   double mpi_timeout = 1800;    // seconds an MPI call may wait before the job is aborted (0: never)
   CudaOptions cuda;
+  WeightsDType weights_dtype = WeightsDType::Auto;
   GenerateOptions generate;
   ScoreOptions score;
   EmbedOptions embed;

@@ -466,4 +466,12 @@ int64_t ModelConfig::parameter_count() const {
   return total;
 }
 
+int64_t ModelConfig::vector_parameter_count() const {
+  const int64_t H = hidden;
+  int64_t per_layer = family != Family::Llama ? intermediate + H + 4 * H : 2 * H;  // biases, norms
+  if (attention_bias) per_layer += q_dim() + 2 * kv_dim() + H;
+  if (family == Family::Llama) return per_layer * n_layers + H;  // + final norm
+  return per_layer * n_layers + 2 * H;                            // + final or embedding LayerNorm
+}
+
 }  // namespace lowsync

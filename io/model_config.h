@@ -73,6 +73,8 @@ struct ModelConfig {
   int q_dim() const { return n_heads * head_dim; }
   int kv_dim() const { return n_kv_heads * head_dim; }
   int64_t parameter_count() const;
+  // Of those, the norm weights and biases (fp32 whatever weights.dtype is; the rest are matrices).
+  int64_t vector_parameter_count() const;
 };
 
 // Reads MODEL_DIR/config.json; an unknown architecture or a missing key is a UserError naming it.

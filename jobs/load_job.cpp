@@ -20,10 +20,12 @@ int64_t memory_limit_bytes(const JobConfig& job, Communicator& world) {
 
 LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
                    const std::function<void(const ModelConfig&, const Plan&)>& check) {
-  const JobConfig job = with_resolved_threads(job_as_given, world);  // `threads: auto` (collective)
+  JobConfig job = with_resolved_threads(job_as_given, world);  // `threads: auto` (collective)
   LoadedJob j;
   j.threads = job.threads;
   world.agree([&] { j.model = load_model_config(job.model); });
+  world.agree([&] { job = with_resolved_weights(job); });  // `weights.dtype: auto`: the checkpoint's
+  j.weights_dtype = job.weights_dtype;
   world.agree([&] { j.backend = make_backend(job, world); });
   const int64_t usable = usable_memory_bytes(world);
   const int64_t limit = memory_limit_bytes(job, world);

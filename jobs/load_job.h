@@ -23,6 +23,7 @@ struct LoadedJob {
   std::unique_ptr<Transformer> transformer;
   double load_seconds = 0;
   int threads = 1;  // this rank's BLAS threads (`threads: auto` resolved)
+  WeightsDType weights_dtype = WeightsDType::F32;  // how the weight matrices are stored (`auto` resolved)
 };
 
 // memory.limit in bytes (0: none): a share of the free memory is the smallest rank's share.

@@ -5,8 +5,11 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <map>
 #include <vector>
 
+#include "io/safetensors.h"
 #include "layers/cuda_backend.h"
 
 namespace lowsync {
@@ -20,6 +23,39 @@ DType weight_dtype(const CudaOptions& c) {
   if (c.dtype == "fp32") return DType::F32;
   if (c.dtype == "fp16") return DType::F16;
   return DType::BF16;  // the job config admits nothing else
+}
+
+DType weight_dtype(WeightsDType d) {
+  switch (d) {
+    case WeightsDType::BF16: return DType::BF16;
+    case WeightsDType::F16: return DType::F16;
+    case WeightsDType::Q8_0: return DType::Q8_0;
+    case WeightsDType::Auto:  // resolved before (with_resolved_weights); fp32 is the safe reading
+    case WeightsDType::F32: return DType::F32;
+  }
+  return DType::F32;
+}
+
+// The type holding most values of the checkpoint's matrices (2-D tensors): what `auto` keeps. A
+// directory without safetensors (`lowsync profile` and `plan` need only config.json) gives fp32;
+// `run` then refuses it when it reads the weights.
+WeightsDType checkpoint_matrix_dtype(const std::string& model_dir) {
+  namespace fs = std::filesystem;
+  if (!fs::exists(fs::path(model_dir) / "model.safetensors") &&
+      !fs::exists(fs::path(model_dir) / "model.safetensors.index.json"))
+    return WeightsDType::F32;
+  const CheckpointReader ckpt(model_dir);
+  std::map<std::string, int64_t> values;
+  for (const std::string& name : ckpt.names()) {
+    const TensorInfo& t = ckpt.info(name);
+    if (t.shape.size() == 2) values[t.dtype] += t.numel();
+  }
+  const auto most = std::max_element(values.begin(), values.end(),
+                                     [](const auto& a, const auto& b) { return a.second < b.second; });
+  if (most == values.end()) return WeightsDType::F32;
+  if (most->first == "BF16") return WeightsDType::BF16;
+  if (most->first == "F16") return WeightsDType::F16;
+  return WeightsDType::F32;
 }
 
 // The cores this process may run on.
@@ -54,6 +90,16 @@ int resolve_threads(const JobConfig& job, const Communicator& world) {
   return std::max(1, cores / std::max(1, sharing));
 }
 
+JobConfig with_resolved_weights(const JobConfig& job) {
+  JobConfig resolved = job;
+  if (job.backend == "cuda") {  // cuda.dtype decides (the job config refuses a different weights.dtype)
+    parse_weights_dtype(job.cuda.dtype, resolved.weights_dtype);
+  } else if (job.weights_dtype == WeightsDType::Auto) {
+    resolved.weights_dtype = checkpoint_matrix_dtype(job.model);
+  }
+  return resolved;
+}
+
 JobConfig with_resolved_threads(const JobConfig& job, const Communicator& world) {
   JobConfig resolved = job;
   resolved.threads = resolve_threads(job, world);
@@ -61,7 +107,8 @@ JobConfig with_resolved_threads(const JobConfig& job, const Communicator& world)
 }
 
 std::unique_ptr<Backend> make_backend(const JobConfig& job, const Communicator& world) {
-  if (job.backend != "cuda") return make_cpu_backend(std::max(1, job.threads));  // 0 (auto) unresolved: 1
+  if (job.backend != "cuda")  // threads 0 (auto) unresolved: 1
+    return make_cpu_backend(std::max(1, job.threads), weight_dtype(with_resolved_weights(job).weights_dtype));
   const int local_rank = node_local_rank(world);
   return make_cuda_backend(job.cuda.device_index(), weight_dtype(job.cuda), world.rank(), local_rank);
 }

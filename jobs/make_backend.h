@@ -1,5 +1,5 @@
 #pragma once
-// The backend a job asks for (`backend`, `cuda.device`, `cuda.dtype`), on this rank.
+// The backend a job asks for (`backend`, `cuda.device`, `cuda.dtype`, `weights.dtype`), on this rank.
 #include <memory>
 
 #include "io/job_config.h"
@@ -19,6 +19,10 @@ std::unique_ptr<Backend> make_backend(const JobConfig& job, const Communicator& 
 // Collective over `world` when `threads` is auto (all ranks take the same branch, since they read
 // the same job); throws only when MPI itself fails, so call it outside Communicator::agree.
 int resolve_threads(const JobConfig& job, const Communicator& world);
+// `job` with weights.dtype resolved: `auto` becomes the type most of the checkpoint's matrices are
+// stored in (fp32, bf16 or fp16); with backend: cuda it is cuda.dtype. Reads the checkpoint's
+// headers (UserError when they cannot be read: call it inside Communicator::agree).
+JobConfig with_resolved_weights(const JobConfig& job);
 // `job` with `threads` resolved on this rank; collective like resolve_threads.
 JobConfig with_resolved_threads(const JobConfig& job, const Communicator& world);
 

@@ -12,11 +12,12 @@ namespace lowsync {
 
 void plan_job(const JobConfig& job_as_given, const std::string& out_path, const std::string& candidates_json) {
   Communicator world(MPI_COMM_WORLD, "world");
-  const JobConfig job = with_resolved_threads(job_as_given, world);  // `threads: auto` (collective)
+  JobConfig job = with_resolved_threads(job_as_given, world);  // `threads: auto` (collective)
   ModelConfig model;
   std::unique_ptr<Backend> backend;
   world.agree([&] {
     model = load_model_config(job.model);
+    job = with_resolved_weights(job);  // `weights.dtype: auto`: the checkpoint's
     backend = make_backend(job, world);
   });
   const Plan plan = choose_plan(job, model, world, *backend, memory_limit_bytes(job, world), candidates_json);

@@ -56,13 +56,14 @@ void print_table(const Profile& p, const std::string& out_path) {
 
 void profile_job(const JobConfig& job_as_given, const std::string& out_path, double budget_s) {
   Communicator world(MPI_COMM_WORLD, "world");
-  const JobConfig job = with_resolved_threads(job_as_given, world);  // `threads: auto` (collective)
+  JobConfig job = with_resolved_threads(job_as_given, world);  // `threads: auto` (collective)
   ModelConfig model;
   std::unique_ptr<Backend> backend;
   world.agree([&] {
     if (!(budget_s > 0)) throw UserError("--budget must be a positive number of seconds");
     if (world.rank() == 0) check_writable(out_path);
     model = load_model_config(job.model);
+    job = with_resolved_weights(job);  // `weights.dtype: auto`: the checkpoint's
     backend = make_backend(job, world);
   });
   // The row counts a job's passes have: a prefill batch (capped: beyond a few hundred rows sgemm's

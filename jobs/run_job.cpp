@@ -221,10 +221,14 @@ int run_job(const JobConfig& job, bool resume) {
     transformer.set_taps(taps.get());
   }
 
+  // The output records the weights' dtype as resolved (`auto` is the checkpoint's), so that a
+  // resumed run computes with the same weights.
+  JobConfig written = job;
+  written.weights_dtype = loaded.weights_dtype;
   std::unique_ptr<ResultWriter> writer;
   world.agree([&] {
     if (root)
-      writer = std::make_unique<ResultWriter>(job, model, range, input->rows(), input->ids(range.first, range.count()),
+      writer = std::make_unique<ResultWriter>(written, model, range, input->rows(), input->ids(range.first, range.count()),
                                               resume);
   });
   int64_t first = range.first + (root ? writer->rows_done() : 0);  // the first input row not done

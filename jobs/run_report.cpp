@@ -124,6 +124,7 @@ std::string run_report_json(const Plan& plan, const ModelConfig& model, const st
   j["head_split"] = plan.head_split();
   j["plan"] = plan.describe();
   j["plan_chosen_by"] = plan.chosen_by;
+  j["weights_dtype"] = weights_dtype_name(plan.limits.weights);
   j["plan_yaml"] = plan.to_yaml(model);
   const nlohmann::json segments = all_segments(plan, all, t);
   const FileTotals f = file_totals(segments);
@@ -199,7 +200,8 @@ std::string run_report(const Plan& plan, const ModelConfig& model, const std::ve
       << (f[15] > 0 ? std::to_string(plan.layers_of(r).count - plan.resident_of(r)) + " layers streamed (" +
                           std::to_string(f[15] / 1048576.0) + " MiB read, " + std::to_string(f[16]) + " s waited), "
                     : std::string())
-      << f[6] / 1048576.0 << " MiB of weights (planned memory " << plan.memory_of(r).total() / 1048576.0
+      << f[6] / 1048576.0 << " MiB of weights, matrices in " << weights_dtype_name(plan.limits.weights)
+      << " (planned memory " << plan.memory_of(r).total() / 1048576.0
       << " MiB), peak RSS " << f[7] << " MiB\n";
   }
   return s.str();

@@ -83,6 +83,9 @@ std::unique_ptr<RuntimeTail> make_runtime_tail(const JobConfig& job, const Model
                       "each, at least 2 (parallel: {dp: auto}); the plan is " + plan.describe());
     if (job.backend != "cpu")
       throw UserError(where + " needs backend: cpu (the tp group slices the fp32 weights each rank holds)");
+    if (backend.weight_dtype() != DType::F32)
+      throw UserError(where + " needs fp32 weights (the tp group copies column slices of the weights each rank "
+                      "holds); set weights.dtype: fp32");
     if (model.bp.enabled())
       throw UserError(where + ": " + job.model + " is a decoupled model; the tp tail needs an ordinary one");
     if (plan.resident_of(world.rank()) < model.n_layers)

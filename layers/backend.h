@@ -33,6 +33,8 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
+  // The type upload_weight stores matrices in (vectors stay fp32).
+  virtual DType weight_dtype() const { return DType::F32; }
 
   // Memory.
   virtual Tensor zeros(int64_t rows, int64_t cols) = 0;                          // fp32 activation
@@ -82,6 +84,7 @@ class Backend {
   virtual bool has_extended_kernels() const { return false; }
 };
 
-std::unique_ptr<Backend> make_cpu_backend(int threads);
+// `weights`: the type weight matrices are stored in (fp32, bf16 or fp16; products accumulate in fp32).
+std::unique_ptr<Backend> make_cpu_backend(int threads, DType weights = DType::F32);
 
 }  // namespace lowsync

@@ -1,11 +1,15 @@
 // CPU kernels: fp32, OpenBLAS for matrix products (projections of many rows, attention), lowsync's
 // few-rows kernel (layers/few_rows_matmul.h) for projections of up to 32 rows, plain loops for the
 // element-wise parts. `threads` is both OpenBLAS's thread count and the few-rows kernel's.
+// Weight matrices may be stored in bf16, fp16 or q8_0 (`weights.dtype`): decode products widen
+// them in registers (few-rows kernel), larger products widen a panel of rows at a time for sgemm,
+// and embedding lookups widen the rows they copy. Products always multiply and sum in fp32.
 #include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "io/error.h"
@@ -80,18 +84,31 @@ class OneBlasThreadWhileDecoding {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) : threads_(threads), simd_(best_simd_level()), workers_(threads) {
+  CpuBackend(int threads, DType weights)
+      : threads_(threads), weights_(weights), simd_(best_simd_level()), workers_(threads) {
     openblas_set_num_threads(threads);
   }
   std::string name() const override { return "cpu"; }
+  DType weight_dtype() const override { return weights_; }
 
   Tensor zeros(int64_t rows, int64_t cols) override { return host_tensor(rows, cols, true); }
   Tensor scratch(int64_t rows, int64_t cols) override { return host_tensor(rows, cols, false); }
 
+  // Matrices in the weight dtype, rounded to nearest; vectors (norm weights, biases) in fp32.
   Tensor upload_weight(const std::vector<float>& host, int64_t rows, int64_t cols) override {
-    Tensor t = host_tensor(rows, cols, false);
-    std::memcpy(t.ptr, host.data(), sizeof(float) * rows * cols);
-    return t;
+    if (rows == 1 || weights_ == DType::F32) {
+      Tensor t = host_tensor(rows, cols, false);
+      std::memcpy(t.ptr, host.data(), sizeof(float) * rows * cols);
+      return t;
+    }
+    if (weights_ == DType::BF16) return narrow_tensor<BFloat16>(host, rows, cols, to_bf16);
+    if (weights_ == DType::Q8_0) {
+      if (cols % kQ8_0Block != 0)  // the loader names the tensor first; this guards other callers (profiler)
+        throw UserError("weights.dtype q8_0: a weight matrix has rows of " + std::to_string(cols) +
+                        " values, not whole 32-value blocks");
+      return q8_0_tensor(host, rows, cols);
+    }
+    return narrow_tensor<Half>(host, rows, cols, to_half);
   }
 
   void to_host(const Tensor& t, float* dst) override { std::memcpy(dst, t.ptr, sizeof(float) * t.numel()); }
@@ -99,6 +116,7 @@ class CpuBackend final : public Backend {
   float* host_data(Tensor& t) override { return t.f32(); }
 
   void embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& out, bool accumulate) override {
+    if (table.dtype != DType::F32) return narrow_embedding(table, ids, out, accumulate);
     for (size_t i = 0; i < ids.size(); ++i) {
       const float* src = table.row(ids[i]);
       float* dst = out.row(i);
@@ -114,6 +132,9 @@ class CpuBackend final : public Backend {
     if (bias) {
       for (int64_t i = 0; i < M; ++i) std::memcpy(y.row(i), bias->f32(), sizeof(float) * N);
     }
+    if (w.dtype == DType::BF16) return narrow_matmul(x, static_cast<const BFloat16*>(w.ptr), N, K, bias != nullptr, y);
+    if (w.dtype == DType::F16) return narrow_matmul(x, static_cast<const Half*>(w.ptr), N, K, bias != nullptr, y);
+    if (w.dtype == DType::Q8_0) return narrow_matmul(x, q8_0_of(w), N, K, bias != nullptr, y);
     if (M <= kFewRows && simd_ != SimdLevel::Scalar) {  // decode steps: every weight read once for all rows
       few_rows_matmul(simd_, workers_, x.f32(), M, K, w.f32(), N, y.f32(), bias != nullptr);
       return;
@@ -279,14 +300,95 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  template <typename W>
+  static Tensor narrow_tensor(const std::vector<float>& host, int64_t rows, int64_t cols, W (*narrow)(float)) {
+    std::shared_ptr<W[]> mem(new W[rows * cols]);
+    for (int64_t i = 0; i < rows * cols; ++i) mem[i] = narrow(host[i]);
+    Tensor t;
+    t.storage = std::static_pointer_cast<void>(std::shared_ptr<W>(mem, mem.get()));
+    t.ptr = mem.get();
+    t.rows = rows;
+    t.cols = cols;
+    t.dtype = std::is_same_v<W, BFloat16> ? DType::BF16 : DType::F16;
+    return t;
+  }
+
+  void narrow_embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& out, bool accumulate) {
+    for (size_t i = 0; i < ids.size(); ++i) {
+      float* dst = out.row(i);
+      for (int64_t c = 0; c < out.cols; ++c) {
+        const int64_t at = int64_t(ids[i]) * table.cols + c;
+        const float v = table.dtype == DType::BF16  ? to_float(static_cast<const BFloat16*>(table.ptr)[at])
+                        : table.dtype == DType::F16 ? to_float(static_cast<const Half*>(table.ptr)[at])
+                                                    : q8_0_of(table)[at];
+        dst[c] = accumulate ? dst[c] + v : v;
+      }
+    }
+  }
+
+  // Rows of 32-value blocks (the loader has checked that cols is a multiple of 32).
+  static Tensor q8_0_tensor(const std::vector<float>& host, int64_t rows, int64_t cols) {
+    const int64_t blocks = rows * cols / kQ8_0Block;
+    std::shared_ptr<BlockQ8_0[]> mem(new BlockQ8_0[blocks]);
+    for (int64_t b = 0; b < blocks; ++b) mem[b] = quantize_q8_0(host.data() + b * kQ8_0Block);
+    Tensor t;
+    t.storage = std::static_pointer_cast<void>(std::shared_ptr<BlockQ8_0>(mem, mem.get()));
+    t.ptr = mem.get();
+    t.rows = rows;
+    t.cols = cols;
+    t.dtype = DType::Q8_0;
+    return t;
+  }
+  static Q8_0Ptr q8_0_of(const Tensor& t) { return {static_cast<const BlockQ8_0*>(t.ptr)}; }
+  // out[0, n) = the stored values [from, from + n) as fp32.
+  template <typename T>
+  static void widen(const T* w, int64_t from, int64_t n, float* out) {
+    for (int64_t i = 0; i < n; ++i) out[i] = to_float(w[from + i]);
+  }
+  static void widen(Q8_0Ptr w, int64_t from, int64_t n, float* out) {  // whole blocks: from, n multiples of 32
+    for (int64_t b = from / kQ8_0Block; b < (from + n) / kQ8_0Block; ++b, out += kQ8_0Block) {
+      const float d = to_float(w.blocks[b].d);
+      for (int64_t i = 0; i < kQ8_0Block; ++i) out[i] = float(w.blocks[b].q[i]) * d;
+    }
+  }
+  // What the few-rows kernel takes: the stored array.
+  template <typename T>
+  static const T* stored(const T* w) { return w; }
+  static const BlockQ8_0* stored(Q8_0Ptr w) { return w.blocks; }
+
+  // y[M, N] (+)= x[M, K] w[N, K]^T with 16-bit or q8_0 w (W: a pointer, or Q8_0Ptr). Decode-sized
+  // passes: the few-rows kernel (its scalar path too: OpenBLAS has no narrow-weight product).
+  // Larger ones: kPanel rows of w at a time widened to fp32 and multiplied by sgemm; the widening
+  // (N K conversions) is small beside the product's M N K multiply-adds once M is over kFewRows.
+  template <typename W>
+  void narrow_matmul(const Tensor& x, W w, int64_t N, int64_t K, bool accumulate, Tensor& y) {
+    const int64_t M = x.rows;
+    if (M <= kFewRows) {
+      few_rows_matmul(simd_, workers_, x.f32(), M, K, stored(w), N, y.f32(), accumulate);
+      return;
+    }
+    constexpr int64_t kPanel = 256;
+    panel_.resize(kPanel * K);
+    for (int64_t n0 = 0; n0 < N; n0 += kPanel) {
+      const int64_t n = std::min(kPanel, N - n0);
+      widen(w, n0 * K, n * K, panel_.data());
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, n, K, 1.f, x.f32(), K, panel_.data(), K,
+                  accumulate ? 1.f : 0.f, y.f32() + n0, N);
+    }
+  }
+
   const int threads_;      // the rank's `threads`: OpenBLAS's and the few-rows kernel's
+  const DType weights_;    // weight matrices' storage type
   const SimdLevel simd_;   // the few-rows kernel's instruction set (scalar: OpenBLAS instead)
   WorkerThreads workers_;  // the few-rows kernel's threads
   std::vector<float> scores_;
+  std::vector<float> panel_;  // narrow_matmul's widened rows of w
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend>(threads); }
+std::unique_ptr<Backend> make_cpu_backend(int threads, DType weights) {
+  return std::make_unique<CpuBackend>(threads, weights);
+}
 
 }  // namespace lowsync

@@ -40,6 +40,7 @@ float* f32(const Tensor& t, const char* what) {
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, DType weight_dtype) : device_(device), dtype_(weight_dtype) {
+    require(weight_dtype != DType::Q8_0, "q8_0 weights are CPU only; use cuda.dtype bf16, fp16 or fp32");
     LOWSYNC_CUDA_CHECK(cudaSetDevice(device));
     cudaDeviceProp prop{};
     LOWSYNC_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
@@ -63,6 +64,7 @@ class CudaBackend final : public Backend {
   std::string name() const override {
     return "cuda (device " + std::to_string(device_) + ": " + device_name_ + ", " + dtype_name(dtype_) + " weights)";
   }
+  DType weight_dtype() const override { return dtype_; }
 
   // ---- memory ----
 

@@ -251,6 +251,7 @@ void convert_from_f32(const float* in, void* out, DType dtype, int64_t n, cudaSt
     case DType::BF16:
       convert_kernel<<<blocks_for(n), kThreads, 0, stream>>>(in, static_cast<__nv_bfloat16*>(out), n);
       break;
+    case DType::Q8_0: break;  // CPU only: CudaBackend refuses it when constructed
   }
   check_launch("convert_kernel");
 }
@@ -272,6 +273,7 @@ void embedding(const void* table, DType dtype, int64_t table_cols, const int32_t
       embedding_kernel<<<g, kThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(table), table_cols, ids, n, cols,
                                                    out, accumulate);
       break;
+    case DType::Q8_0: break;  // CPU only: CudaBackend refuses it when constructed
   }
   check_launch("embedding_kernel");
 }

@@ -7,11 +7,13 @@
 //   the LM head: whole, or the rank's vocabulary rows of it when the Plan splits the head
 //   everything else (embeddings, norms, row-parallel biases): whole.
 // A decoupled model's rank takes its sub-blocks whole.
+#include <cmath>
 #include <string>
 
 #include "io/error.h"
 #include "io/safetensors.h"
 #include "layers/model.h"
+#include "layers/narrow_float.h"
 
 namespace lowsync {
 
@@ -39,7 +41,7 @@ class Loader {
   // A whole [rows, cols] matrix, or a vector of `rows` elements when cols = 0.
   Tensor whole(const std::string& name, int64_t rows, int64_t cols = 0) {
     check_shape(name, rows, cols);
-    return upload(ckpt_.read(prefix_ + name), cols ? rows : 1, cols ? cols : rows);
+    return upload(name, ckpt_.read(prefix_ + name), cols ? rows : 1, cols ? cols : rows);
   }
   // An RMSNorm weight of n elements with the config's offset added: Gemma's norm scales by
   // (1 + weight); folding the 1 in here, once, lets every family share one rmsnorm kernel.
@@ -47,28 +49,30 @@ class Loader {
     check_shape(name, n, 0);
     std::vector<float> w = ckpt_.read(prefix_ + name);
     for (float& x : w) x += cfg_.norm_weight_offset;
-    return upload(w, 1, n);
+    return upload(name, w, 1, n);
   }
   // Rows `part` of a [rows, cols] matrix (cols = 0: elements of a vector).
   Tensor rows(const std::string& name, int64_t rows, int64_t cols, Range part) {
     check_shape(name, rows, cols);
-    return upload(ckpt_.read_rows(prefix_ + name, part.begin, part.begin + part.size), cols ? part.size : 1,
+    return upload(name, ckpt_.read_rows(prefix_ + name, part.begin, part.begin + part.size), cols ? part.size : 1,
                   cols ? cols : part.size);
   }
   // Columns `part` of a [rows, cols] matrix.
   Tensor cols(const std::string& name, int64_t rows, int64_t cols, Range part) {
     check_shape(name, rows, cols);
-    return upload(ckpt_.read_cols(prefix_ + name, part.begin, part.begin + part.size), rows, part.size);
+    check_whole_blocks(name, part);
+    return upload(name, ckpt_.read_cols(prefix_ + name, part.begin, part.begin + part.size), rows, part.size);
   }
   // GPT-2's Conv1D stores W^T [in, out]; lowsync keeps [out, in]. Takes outputs `out_part`
   // (column-parallel) and inputs `in_part` (row-parallel) of it.
   Tensor conv1d(const std::string& name, int64_t in, int64_t out, Range out_part, Range in_part) {
     check_shape(name, in, out);
+    check_whole_blocks(name, in_part);
     std::vector<float> src = ckpt_.read_cols(prefix_ + name, out_part.begin, out_part.begin + out_part.size);
     std::vector<float> dst(out_part.size * in_part.size);
     for (int64_t i = 0; i < in_part.size; ++i)
       for (int64_t o = 0; o < out_part.size; ++o) dst[o * in_part.size + i] = src[(in_part.begin + i) * out_part.size + o];
-    return upload(dst, out_part.size, in_part.size);
+    return upload(name, dst, out_part.size, in_part.size);
   }
   void set_prefix(std::string p) { prefix_ = std::move(p); }
   int64_t bytes() const { return bytes_; }
@@ -85,9 +89,28 @@ class Loader {
     throw UserError(cfg_.dir + ": tensor '" + key + "' has shape " + got + "]; expected [" + std::to_string(rows) +
                     (cols ? ", " + std::to_string(cols) : "") + "]");
   }
-  Tensor upload(const std::vector<float>& host, int64_t rows, int64_t cols) {
-    bytes_ += static_cast<int64_t>(host.size() * sizeof(float));
-    return be_.upload_weight(host, rows, cols);
+  // q8_0 quantises 32 consecutive values of a row together: a rank's slice of the rows must be whole
+  // blocks of the whole row, so that its blocks are the checkpoint's (a tensor-parallel share).
+  void check_whole_blocks(const std::string& name, Range part) {
+    if (be_.weight_dtype() == DType::Q8_0 && (part.begin % 32 != 0 || part.size % 32 != 0))
+      throw UserError(cfg_.dir + ": tensor '" + prefix_ + name + "': this rank's share is columns " +
+                      std::to_string(part.begin) + ".." + std::to_string(part.begin + part.size - 1) +
+                      ", not whole 32-value q8_0 blocks; q8_0 needs tensor-parallel shares (heads x head_dim, " +
+                      "FFN columns) in multiples of 32: use tp 1 or weights.dtype: bf16");
+  }
+  // A matrix stored in fp16 must fit its range (a bf16 or fp32 one always fits bf16).
+  Tensor upload(const std::string& name, const std::vector<float>& host, int64_t rows, int64_t cols) {
+    if (rows > 1 && be_.weight_dtype() == DType::F16)
+      for (size_t i = 0; i < host.size(); ++i)
+        if (std::fabs(host[i]) > kHalfMax)
+          throw UserError(cfg_.dir + ": tensor '" + prefix_ + name + "' holds " + std::to_string(host[i]) +
+                          " at element " + std::to_string(i) + ", beyond fp16's range (65504); use weights.dtype: bf16 or fp32");
+    if (rows > 1 && be_.weight_dtype() == DType::Q8_0 && cols % 32 != 0)
+      throw UserError(cfg_.dir + ": tensor '" + prefix_ + name + "' has rows of " + std::to_string(cols) +
+                      " values here, not a multiple of q8_0's 32-value blocks; use weights.dtype: bf16 or fp32");
+    Tensor t = be_.upload_weight(host, rows, cols);
+    bytes_ += t.bytes();
+    return t;
   }
   const ModelConfig& cfg_;
   Backend& be_;
@@ -210,7 +233,7 @@ struct RankPart {
 Tensor weight_rows(const Tensor& w, Span rows) {
   if (rows.begin == 0 && rows.count == w.rows) return w;
   Tensor t = w;
-  t.ptr = static_cast<char*>(w.ptr) + int64_t(rows.begin) * w.cols * (w.dtype == DType::F32 ? 4 : 2);
+  t.ptr = static_cast<char*>(w.ptr) + w.row_bytes(rows.begin);
   t.rows = rows.count;
   return t;
 }

@@ -8,7 +8,7 @@ namespace lowsync {
 
 namespace {
 
-int64_t element_bytes(DType d) { return d == DType::F32 ? 4 : 2; }
+int64_t element_bytes(DType d) { return d == DType::F32 ? 4 : 2; }  // a vector's (norms, biases: fp32)
 
 // Rows [begin, begin + count) of a matrix, or elements of a 1 x n vector: the same memory.
 Tensor rows_view(const Tensor& t, int64_t begin, int64_t count) {
@@ -18,7 +18,7 @@ Tensor rows_view(const Tensor& t, int64_t begin, int64_t count) {
     v.ptr = static_cast<char*>(t.ptr) + begin * element_bytes(t.dtype);
     v.cols = count;
   } else {
-    v.ptr = static_cast<char*>(t.ptr) + begin * t.cols * element_bytes(t.dtype);
+    v.ptr = static_cast<char*>(t.ptr) + t.row_bytes(begin);
     v.rows = count;
   }
   return v;

@@ -179,7 +179,8 @@ Prediction predict(const Plan& plan, const ModelConfig& m, const Profile& profil
         // Layers beyond memory.limit are copied out of the page cache once per pass, by a thread that
         // overlaps the copy with compute (a copy reads and writes: half the read bandwidth).
         const int streamed = plan.stages[st].count - plan.resident_of(ranks[r]);
-        const double stream = streamed * w.layer_parameters * kFloat / (std::max(rp.read_bytes_per_s, 1e6) / 2);
+        const double stream = streamed * w.layer_parameters * weights_dtype_bytes(plan.limits.weights) /
+                              (std::max(rp.read_bytes_per_s, 1e6) / 2);
         slowest = std::max(slowest, std::max(compute, stream));
       }
       double c = link ? plan.syncs_in_stage(st, m) * all_reduce_seconds(*link, p.tokens * sync_token_bytes) : 0;

@@ -10,7 +10,10 @@
 namespace lowsync {
 
 PlanLimits limits_of(const JobConfig& job) {
-  return {job.task, job.batch.max_tokens, job.batch.max_sequences, job.task == "generate" ? job.generate.max_new_tokens : 0};
+  // weights.dtype: resolved by then (with_resolved_weights); an unresolved auto plans for fp32.
+  const WeightsDType weights = job.weights_dtype == WeightsDType::Auto ? WeightsDType::F32 : job.weights_dtype;
+  return {job.task, job.batch.max_tokens, job.batch.max_sequences, job.task == "generate" ? job.generate.max_new_tokens : 0,
+          weights};
 }
 
 namespace {
@@ -188,9 +191,10 @@ Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world, in
     if (!(p.limits == want))
       throw UserError(why + "task " + p.limits.task + " with batch.max_tokens " + std::to_string(p.limits.max_tokens) +
                       ", batch.max_sequences " + std::to_string(p.limits.max_sequences) +
-                      ", generate.max_new_tokens " + std::to_string(p.limits.max_new_tokens) + "; the job has " +
-                      want.task + " with " + std::to_string(want.max_tokens) + ", " +
-                      std::to_string(want.max_sequences) + ", " + std::to_string(want.max_new_tokens));
+                      ", generate.max_new_tokens " + std::to_string(p.limits.max_new_tokens) + ", weights.dtype " +
+                      weights_dtype_name(p.limits.weights) + "; the job has " + want.task + " with " +
+                      std::to_string(want.max_tokens) + ", " + std::to_string(want.max_sequences) + ", " +
+                      std::to_string(want.max_new_tokens) + ", " + weights_dtype_name(want.weights));
     if (job.parallel.sync_dtype != SyncDType::F32 && job.parallel.sync_dtype != p.sync_dtype)
       throw UserError(job.path + ": parallel.sync_dtype is " + sync_dtype_name(job.parallel.sync_dtype) + " but the plan " +
                       file + " says sync_dtype " + sync_dtype_name(p.sync_dtype) + "; give one");

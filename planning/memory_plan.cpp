@@ -6,15 +6,26 @@ namespace lowsync {
 
 namespace {
 
-// Parameters of one block of `heads` query heads, `kv` kv heads and `ffn` FFN columns, with the
-// norms and biases the family has (row-parallel biases are whole on every rank).
-int64_t block_parameters(const ModelConfig& m, int64_t heads, int64_t kv, int64_t ffn) {
+// Parameters of one block of `heads` query heads, `kv` kv heads and `ffn` FFN columns: its weight
+// matrices (stored in the weights dtype) and its norms and biases (fp32; row-parallel biases are
+// whole on every rank).
+struct Parameters {
+  int64_t matrices = 0, vectors = 0;
+  Parameters& operator+=(const Parameters& o) {
+    matrices += o.matrices;
+    vectors += o.vectors;
+    return *this;
+  }
+};
+
+Parameters block_parameters(const ModelConfig& m, int64_t heads, int64_t kv, int64_t ffn) {
   const int64_t H = m.hidden, d = m.head_dim;
-  int64_t n = H * d * (2 * heads + 2 * kv) + H * ffn * (m.gated_ffn() ? 3 : 2);
+  Parameters n;
+  n.matrices = H * d * (2 * heads + 2 * kv) + H * ffn * (m.gated_ffn() ? 3 : 2);
   const bool layer_norm = m.family != Family::Llama;
-  n += (layer_norm ? 4 : 2) * H;                                       // two norms
-  if (m.attention_bias) n += d * (heads + 2 * kv) + H;                 // q, k, v; o whole
-  if (m.family != Family::Llama) n += ffn + H;                          // FFN up; down whole
+  n.vectors += (layer_norm ? 4 : 2) * H;                                       // two norms
+  if (m.attention_bias) n.vectors += d * (heads + 2 * kv) + H;                 // q, k, v; o whole
+  if (m.family != Family::Llama) n.vectors += ffn + H;                          // FFN up; down whole
   return n;
 }
 
@@ -27,7 +38,8 @@ RankMemory rank_memory(const ModelConfig& m, const LayerShare& share, const Plan
   RankMemory mem;
 
   // Weights.
-  int64_t per_layer = 0, kv_dim = 0, q_dim = 0, ffn = 0;
+  Parameters per_layer;
+  int64_t kv_dim = 0, q_dim = 0, ffn = 0;
   if (m.bp.enabled()) {
     for (int r = share.sub_blocks.begin; r < share.sub_blocks.end(); ++r) {
       per_layer += block_parameters(m, m.bp.heads[r], m.bp.kv_heads[r], m.bp.ffn[r]);
@@ -42,13 +54,15 @@ RankMemory rank_memory(const ModelConfig& m, const LayerShare& share, const Plan
     ffn = share.ffn.count;
   }
   const bool tied_head = m.family == Family::GPT2 || (m.family == Family::Llama && m.tied_embeddings);
-  int64_t shared = 0;
-  if (first) shared += int64_t(m.vocab) * H;                                          // token embedding
-  if (last && m.is_decoder() && (!first || !tied_head)) shared += int64_t(head_rows) * H;  // head (not a view of it)
-  if (first && m.family != Family::Llama) shared += int64_t(m.max_positions) * H;     // positions
-  if (first && m.family == Family::Bert) shared += int64_t(m.type_vocab) * H + 2 * H; // token types, embedding norm
-  if (last && m.is_decoder()) shared += (m.family == Family::Llama ? 1 : 2) * H;       // final norm
-  mem.weights = f * (L * per_layer + shared);
+  Parameters shared;  // embeddings and head are matrices (lookups widen their rows)
+  if (first) shared.matrices += int64_t(m.vocab) * H;                                                   // token embedding
+  if (last && m.is_decoder() && (!first || !tied_head)) shared.matrices += int64_t(head_rows) * H;       // head (not a view of it)
+  if (first && m.family != Family::Llama) shared.matrices += int64_t(m.max_positions) * H;              // positions
+  if (first && m.family == Family::Bert) shared.matrices += int64_t(m.type_vocab) * H;                  // token types
+  if (first && m.family == Family::Bert) shared.vectors += 2 * H;                                        // embedding norm
+  if (last && m.is_decoder()) shared.vectors += (m.family == Family::Llama ? 1 : 2) * H;                // final norm
+  mem.weights = int64_t(weights_dtype_bytes(limits.weights) * double(L * per_layer.matrices + shared.matrices)) +
+                f * (L * per_layer.vectors + shared.vectors);
 
   // KV cache: one per (layer, local sub-block), as wide as the widest (Transformer::make_cache).
   const int64_t caches = m.bp.enabled() ? L * share.sub_blocks.count : L;

@@ -7,8 +7,8 @@
 
 namespace lowsync {
 
-// fp32 bytes: the rank's share of every layer (with norms and biases) plus the replicated
-// embeddings, final norm and LM head; the KV cache of the largest batch the limits allow
+// Bytes (weight matrices in limits.weights, the rest fp32): the rank's share of every layer (with
+// norms and biases) plus the replicated embeddings, final norm and LM head; the KV cache of the largest batch the limits allow
 // (generate: max_tokens of prompts + max_sequences x max_new_tokens, capped by the model's
 // positions; score and embed: max_tokens); the activations of a max_tokens pass and its logits.
 // `layers`: the rank's pipeline stage; the first stage holds the embeddings, the last the final

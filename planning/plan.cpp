@@ -92,6 +92,7 @@ std::string Plan::to_yaml(const ModelConfig& model) const {
   e << YAML::Key << "max_tokens" << YAML::Value << limits.max_tokens;
   e << YAML::Key << "max_sequences" << YAML::Value << limits.max_sequences;
   e << YAML::Key << "max_new_tokens" << YAML::Value << limits.max_new_tokens;
+  e << YAML::Key << "weights_dtype" << YAML::Value << weights_dtype_name(limits.weights);
   e << YAML::EndMap;
   e << YAML::Key << "grid" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "split" << YAML::Value
     << split_name(split) << YAML::Key << "group" << YAML::Value << group << YAML::Key << "dp" << YAML::Value << dp
@@ -190,6 +191,12 @@ Plan Plan::parse(const std::string& yaml, const std::string& path) {
   p.limits.max_tokens = get(made, "max_tokens", "made_for.", 0);
   p.limits.max_sequences = get(made, "max_sequences", "made_for.", 0);
   p.limits.max_new_tokens = get(made, "max_new_tokens", "made_for.", 0);
+  // Optional: plans from before the key were made for fp32 weights.
+  if (made["weights_dtype"]) {
+    const std::string d = get(made, "weights_dtype", "made_for.", std::string());
+    if (!parse_weights_dtype(d, p.limits.weights) || p.limits.weights == WeightsDType::Auto)
+      throw UserError(path + ": key 'made_for.weights_dtype' is '" + d + "'; expected fp32, bf16, fp16 or q8_0");
+  }
   const YAML::Node grid = node(root, "grid", "");
   const std::string split = get(grid, "split", "grid.", std::string());
   if (split != "tp" && split != "bp") throw UserError(path + ": grid.split is '" + split + "'; expected tp or bp");

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "io/model_config.h"
+#include "io/weights_dtype.h"
 #include "layers/layer_share.h"
 #include "mpi_comm/sync_codec.h"
 
@@ -22,7 +23,7 @@ namespace lowsync {
 enum class ReplicaSplit { Tensor, Block };
 const char* split_name(ReplicaSplit s);  // "tp" | "bp"
 
-// Bytes one rank needs, fp32 throughout (the CPU backend's storage).
+// Bytes one rank needs: weight matrices in the job's weights dtype, everything else fp32.
 struct RankMemory {
   int64_t weights = 0;      // its share of every layer + the replicated embeddings, norms and head
   int64_t kv_cache = 0;     // keys and values of the largest batch the job's limits allow
@@ -34,6 +35,7 @@ struct RankMemory {
 struct PlanLimits {
   std::string task;  // generate | score | embed
   int max_tokens = 0, max_sequences = 0, max_new_tokens = 0;
+  WeightsDType weights = WeightsDType::F32;  // how weight matrices are stored (resolved, never auto)
   bool operator==(const PlanLimits&) const = default;
 };
 

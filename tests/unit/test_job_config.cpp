@@ -291,6 +291,35 @@ TEST(JobConfig, SyncDtypeKey) {
   }
 }
 
+// weights.dtype: auto by default (absent from the fingerprint, as fp32 is: files from before the
+// key resume), bf16 / fp16 part of the fingerprint and stored by to_yaml; an unknown name refused
+// with the choices; on backend: cuda it may only repeat cuda.dtype.
+TEST(JobConfig, WeightsDtypeKey) {
+  const auto plain = load_job_config(write_yaml(kBase), {});
+  EXPECT_EQ(plain.weights_dtype, WeightsDType::Auto);
+  const auto a = load_job_config(write_yaml(std::string(kBase) + "weights: {dtype: bf16}\n"), {});
+  EXPECT_EQ(a.weights_dtype, WeightsDType::BF16);
+  EXPECT_NE(a.fingerprint(), plain.fingerprint());
+  EXPECT_EQ(load_job_config(write_yaml(std::string(kBase) + "weights: {dtype: fp32}\n"), {}).fingerprint(),
+            plain.fingerprint());
+  EXPECT_EQ(load_job_config(write_yaml(a.to_yaml()), {}).weights_dtype, WeightsDType::BF16);
+  EXPECT_EQ(load_job_config(write_yaml(kBase), {"weights.dtype=fp16"}).weights_dtype, WeightsDType::F16);
+  auto refused = [&](const std::string& text, const std::vector<std::string>& sets) {
+    try {
+      load_job_config(write_yaml(text), sets);
+    } catch (const UserError& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(refused(kBase, {"weights.dtype=int4"}).find("key 'weights.dtype' is 'int4'; expected auto, fp32, bf16, fp16 or q8_0"),
+            std::string::npos);
+  EXPECT_NE(refused(std::string(kBase) + "backend: cuda\ncuda: {dtype: bf16}\nweights: {dtype: fp16}\n", {})
+                .find("weights.dtype"),
+            std::string::npos);
+  EXPECT_EQ(refused(std::string(kBase) + "backend: cuda\ncuda: {dtype: fp16}\nweights: {dtype: fp16}\n", {}), "accepted");
+}
+
 TEST(JobConfig, GenerationControlsAndScoreWindowsRoundTripAndFingerprint) {
   const std::string text = std::string(kBase) +
                            "generate: {stop_token_ids: [2, 7], min_new_tokens: 3, repetition_penalty: 1.2, "

@@ -197,6 +197,21 @@ TEST(Plan, MemoryFollowsTheShare) {
   EXPECT_EQ(whole.kv_cache, int64_t(4) * 30 * (2048 + 32 * 32) * 2 * 192);
 }
 
+// weights.dtype bf16: the matrices take 2 bytes a value, the norm weights (30 x 2 x 576 + 576) stay 4;
+// the KV cache is fp32 either way. A plan's limits carry the dtype through plan.yaml.
+TEST(Plan, MemoryFollowsTheWeightsDtype) {
+  const ModelConfig m = smollm2();
+  PlanLimits limits{"generate", 2048, 32, 32};
+  const RankMemory fp32 = rank_memory(m, LayerShare::whole(m), limits);
+  limits.weights = WeightsDType::BF16;
+  const RankMemory bf16 = rank_memory(m, LayerShare::whole(m), limits);
+  const int64_t norms = 30 * 2 * 576 + 576;
+  EXPECT_EQ(m.vector_parameter_count(), norms);
+  EXPECT_EQ(bf16.weights, 2 * (m.parameter_count() - norms) + 4 * norms);
+  EXPECT_EQ(fp32.weights, 4 * m.parameter_count());
+  EXPECT_EQ(bf16.kv_cache, fp32.kv_cache);
+}
+
 namespace {
 
 Profile uniform_profile(int world, double link_latency, double link_bytes_per_s, std::vector<double> slow = {}) {

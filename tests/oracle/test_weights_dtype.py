@@ -1,0 +1,168 @@
+"""Oracle for `weights.dtype` (weight matrices stored in 16 bits on the CPU): lowsync against Hugging
+Face transformers running the same 16-bit weights, on the small random LLaMA of make_tiny_models.py
+(GQA 4 query / 2 key-value heads, untied head):
+
+- a bf16 checkpoint (the model saved with torch_dtype bfloat16) under `weights.dtype: auto`, at
+  np 1 and at tp 2 under mpirun;
+- an fp16 checkpoint under `auto`;
+- the fp32 checkpoint under `weights.dtype: bf16` (rounded at load), against transformers on the
+  fp32 model whose 2-D parameters were rounded with torch's .to(bfloat16) (norm weights stay fp32,
+  as lowsync keeps them);
+- the fp32 checkpoint under `weights.dtype: q8_0` (quantised at load), against transformers on the
+  model whose 2-D parameters went through the `gguf` package's Q8_0 quantize + dequantize;
+
+each: score log-probs within 1e-4 absolute, greedy generate 32 tokens identical, and the run
+report's weight bytes those of 16-bit matrices and fp32 norm weights; and a weight beyond fp16's
+range refused under `weights.dtype: fp16`, and q8_0 at tp 2 where a share starts inside a block,
+each with one line naming the tensor.
+
+Tolerance: transformers loads the 16-bit weights into fp32 (exactly) and computes in fp32, and
+lowsync widens the same 16-bit values to fp32 in registers and computes in fp32 too: the weights are
+bit-identical (a q8_0 value q x d is exact in fp32) and only the summation order differs, so the fp32 oracles' 1e-4 applies unchanged
+(transformers with torch_dtype=bfloat16 would round every activation to bf16 as well, a different
+computation whose error is ~1e-2 per log-prob; lowsync does not do that).
+
+Run: LOWSYNC_BIN=build/lowsync .venv/bin/python tests/oracle/test_weights_dtype.py
+"""
+import copy
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(TESTS), "python"))
+sys.path.insert(0, TESTS)
+import oracle  # noqa: E402
+import make_tiny_models  # noqa: E402
+from mpi_util import ENV, mpirun_cmd  # noqa: E402
+
+TOL = 1e-4
+NEW = 32
+PROMPT_LENS = (3, 11, 20, 7, 15, 5)
+TARGET_LENS = (1, 8, 4, 2, 6, 3)
+
+
+def run(tmp, model_dir, task, tag, extra, ranks):
+    import subprocess
+    out = os.path.join(tmp, f"{tag}.h5")
+    job = {"model": model_dir, "task": task, "input": os.path.join(tmp, "prompts.h5"), "output": out,
+           "batch": {"max_sequences": 4}}
+    job.update(extra)
+    path = oracle.write_job(os.path.join(tmp, f"{tag}.yaml"), job)
+    if ranks == 1:
+        oracle.run_lowsync(path)
+    else:
+        cmd = mpirun_cmd(ranks, [oracle.LOWSYNC_BIN, "run", path])
+        p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return oracle.read_results(out)
+
+
+def expected_weight_bytes(model, matrix_bytes):
+    """Rank 0's weights at np 1: every 2-D parameter in `matrix_bytes`, every 1-D one in fp32."""
+    return sum(p.numel() * (matrix_bytes if p.dim() == 2 else 4) for p in model.parameters())
+
+
+def main():
+    import torch
+    torch.set_num_threads(1)
+    check = oracle.Checks("oracle weights.dtype")
+    tmp = oracle.tmpdir("lowsync_oracle_wdtype_")
+    model, fp32_dir = make_tiny_models.make(os.path.join(tmp, "models"), ["llama"])["llama"]
+    vocab = model.config.vocab_size
+    rng = np.random.default_rng(13)
+    prompts = oracle.random_prompts(rng, PROMPT_LENS, vocab)
+    targets = oracle.random_prompts(rng, TARGET_LENS, vocab)
+    oracle.write_prompts_h5(os.path.join(tmp, "prompts.h5"), prompts, targets)
+
+    # The same model as 16-bit checkpoints, and transformers' fp32 view of each.
+    dirs, refs = {}, {}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        dirs[name] = os.path.join(tmp, "models", f"llama_{name}")
+        copy.deepcopy(model).to(dtype).save_pretrained(dirs[name], safe_serialization=True)
+        refs[name] = oracle.load_hf(dirs[name])
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in rounded.parameters():
+            if p.dim() == 2:
+                p.copy_(p.to(torch.bfloat16).float())
+    # q8_0: the `gguf` package's Q8_0 (bit-exact with ggml's reference) on every 2-D parameter,
+    # dequantised to fp32 as llama.cpp's dequantisation does.
+    import gguf
+    quantised = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in quantised.parameters():
+            if p.dim() == 2:
+                q = gguf.quants.quantize(p.numpy(), gguf.GGMLQuantizationType.Q8_0)
+                p.copy_(torch.from_numpy(gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0)).reshape(p.shape))
+    stored = {name: {json.load(open(os.path.join(d, "config.json"))).get("torch_dtype")} for name, d in dirs.items()}
+    check("16-bit checkpoints written", stored == {"bf16": {"bfloat16"}, "fp16": {"float16"}}, str(stored))
+
+    cases = [  # (what, checkpoint, job keys, transformers' model, ranks, lowsync's matrix dtype)
+        ("bf16 checkpoint, weights.dtype auto", dirs["bf16"], {}, refs["bf16"], 1, "bf16"),
+        ("bf16 checkpoint, weights.dtype auto, tp 2", dirs["bf16"], {"parallel": {"tp": 2}}, refs["bf16"], 2, "bf16"),
+        ("fp16 checkpoint, weights.dtype auto", dirs["fp16"], {}, refs["fp16"], 1, "fp16"),
+        ("fp32 checkpoint, weights.dtype bf16", fp32_dir, {"weights": {"dtype": "bf16"}}, rounded, 1, "bf16"),
+        ("fp32 checkpoint, weights.dtype q8_0", fp32_dir, {"weights": {"dtype": "q8_0"}}, quantised, 1, "q8_0"),
+    ]
+    for i, (what, model_dir, keys, ref_model, ranks, dtype) in enumerate(cases):
+        ref = oracle.hf_score(ref_model, prompts, targets)
+        r = run(tmp, model_dir, "score", f"score{i}", keys, ranks)
+        lens_ok = [len(x) for x in r["token_logprobs"]] == list(TARGET_LENS)
+        worst = max(float(np.abs(np.asarray(g, np.float64) - e).max()) for g, e in zip(r["token_logprobs"], ref)) \
+            if lens_ok else float("inf")
+        check(f"{what}: score log-probs vs transformers", lens_ok and worst <= TOL,
+              f"{sum(TARGET_LENS)} log-probs, max |diff| {worst:.2e} (tolerance {TOL:g})")
+        report = json.loads(r["attrs"]["run_report_json"])
+        got_bytes = report["per_rank"][0]["weight_bytes"]
+        want_bytes = expected_weight_bytes(ref_model, 34 / 32 if dtype == "q8_0" else 2) if ranks == 1 else None
+        check(f"{what}: run report says {dtype} weights" + (f", {want_bytes} bytes" if want_bytes else ""),
+              report.get("weights_dtype") == dtype and (want_bytes is None or got_bytes == want_bytes),
+              f"weights_dtype {report.get('weights_dtype')}, weight_bytes {got_bytes}")
+
+        ref_gen, margins = oracle.hf_generate(ref_model, prompts, NEW, stop_at_eos=False)
+        r = run(tmp, model_dir, "generate", f"gen{i}", dict(keys, generate={"max_new_tokens": NEW, "stop_at_eos": False}),
+                ranks)
+        bad = [j for j in range(len(ref_gen)) if r["generated"][j] != ref_gen[j]]
+        check(f"{what}: greedy {NEW} tokens vs model.generate", not bad,
+              f"{len(ref_gen)} rows, differing rows {bad} (smallest top-2 logit margin {min(margins):.3f})")
+
+    # A weight beyond fp16's range is refused at load, naming the tensor, not turned into infinity.
+    big = copy.deepcopy(model)
+    with torch.no_grad():
+        big.model.layers[1].mlp.up_proj.weight[3, 5] = 1e5
+    big_dir = os.path.join(tmp, "models", "llama_big")
+    big.save_pretrained(big_dir, safe_serialization=True)
+    job = oracle.write_job(os.path.join(tmp, "big.yaml"), {
+        "model": big_dir, "task": "score", "input": os.path.join(tmp, "prompts.h5"),
+        "output": os.path.join(tmp, "big.h5"), "weights": {"dtype": "fp16"}})
+    p = oracle.run_lowsync(job, check=False)
+    lines = oracle.error_lines(p.stdout + p.stderr)
+    check("fp16 weights: a value beyond 65504 refused naming the tensor",
+          p.returncode != 0 and len(lines) == 1 and "model.layers.1.mlp.up_proj.weight" in lines[0]
+          and "fp16's range" in lines[0], f"exit {p.returncode}, {lines}")
+
+    # q8_0 at tp 2: the FFN's 160 columns split 80 + 80, and column 80 is inside a 32-value block.
+    import subprocess
+    job = oracle.write_job(os.path.join(tmp, "q8tp.yaml"), {
+        "model": fp32_dir, "task": "score", "input": os.path.join(tmp, "prompts.h5"),
+        "output": os.path.join(tmp, "q8tp.h5"), "weights": {"dtype": "q8_0"}, "parallel": {"tp": 2}})
+    p = subprocess.run(mpirun_cmd(2, [oracle.LOWSYNC_BIN, "run", job]), env=ENV, capture_output=True, text=True,
+                       timeout=300)
+    lines = oracle.error_lines(p.stdout + p.stderr)
+    check("q8_0 at tp 2 with a share inside a block: refused in one line naming the tensor",
+          p.returncode != 0 and len(lines) == 1 and "mlp.down_proj.weight" in lines[0] and "not whole 32-value q8_0 blocks" in lines[0],
+          f"exit {p.returncode}, {lines}")
+
+    if os.environ.get("LOWSYNC_KEEP_TMP") is None and not check.failures:
+        shutil.rmtree(tmp, ignore_errors=True)
+    check.finish()
+
+
+if __name__ == "__main__":
+    main()
