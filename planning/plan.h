@@ -69,8 +69,8 @@ struct Plan {
   }
   const RankMemory& memory_of(int world_rank) const { return memory[stage_of(world_rank) * group + group_rank_of(world_rank)]; }
   int layers() const { return static_cast<int>(spd_drop.size()); }
-  // The all-reduces layer l pays inside its stage: 2 (TP), 1 (SPD, or the last layer of a decoupled
-  // segment), 0.
+  // The all-reduces layer l pays inside its stage: 2 (TP, or a decoupled model's coupled layer), 1 (SPD,
+  // or the last layer of a decoupled segment), 0.
   int syncs_in_layer(int l, const ModelConfig& model) const;
   int syncs_per_pass(const ModelConfig& model) const;  // summed over the stages
   int syncs_in_stage(int stage, const ModelConfig& model) const;
