@@ -1,6 +1,6 @@
 """Block parallelism oracle: decoupled models converted from small random LLaMA (GQA), GPT-2 and BERT
-(python/decoupled.py) run by lowsync on np = 1, 2, 4 ranks (P = 2 and 4 sub-blocks, k = 1 and 2, and
-uneven shares) match the PyTorch reference decoupled forward (python/decoupled.py's DecoupledModel),
+(python/decoupled) run by lowsync on np = 1, 2, 4 ranks (P = 2 and 4 sub-blocks, k = 1 and 2, and
+uneven shares) match the PyTorch reference decoupled forward (python/decoupled's DecoupledModel),
 and P = 1 conversions (k = 2) match transformers' original model,
 within 1e-4 (score log-probs, embeddings), greedy tokens are identical, and the counters show
 exactly ceil(L/k) all-reduces per forward pass.
