@@ -96,7 +96,12 @@ KVCache Transformer::make_cache(int64_t capacity) {
     for (int j = 0; j < n_local; ++j) {
       const bool coupled = cfg_.bp.is_coupled(l);
       const int kv_dim = coupled ? (j == 0 ? local_.kv_dim() : 0) : sub_shapes_[j].kv_dim();
-      KVCache slot = kv_dim > 0 ? be_.make_kv_cache(1, capacity, kv_dim) : KVCache{{Tensor{}}, {Tensor{}}, capacity};
+      if (kv_dim == 0) {  // a coupled layer's unused slot
+        cache.k.emplace_back();
+        cache.v.emplace_back();
+        continue;
+      }
+      KVCache slot = be_.make_kv_cache(1, capacity, kv_dim);
       cache.k.push_back(slot.k[0]);
       cache.v.push_back(slot.v[0]);
     }
