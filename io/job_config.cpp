@@ -125,6 +125,14 @@ const std::map<std::string, Setter>& schema() {
          if (!parse_sync_dtype(n.as<std::string>(), c.parallel.sync_dtype))
            throw YAML::Exception(YAML::Mark::null_mark(), "not a sync dtype");
        }},
+      {"parallel.split_head",
+       [](JobConfig& c, const YAML::Node& n) {
+         const std::string v = n.as<std::string>();
+         if (v == "true") c.parallel.split_head = SplitHead::On;
+         else if (v == "false") c.parallel.split_head = SplitHead::Off;
+         else if (v == "auto") c.parallel.split_head = SplitHead::Auto;
+         else throw YAML::Exception(YAML::Mark::null_mark(), "not true, false or auto");
+       }},
       {"parallel.auto", field(&JobConfig::parallel, &ParallelOptions::auto_plan)},
       {"plan.objective", field(&JobConfig::plan, &PlanOptions::objective)},
       {"plan.profile", field(&JobConfig::plan, &PlanOptions::profile)},
@@ -281,6 +289,8 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
       const std::string value = node.IsScalar() ? node.as<std::string>("") : "[...]";
       if (key == "parallel.sync_dtype")
         throw UserError(path + ": key 'parallel.sync_dtype' is '" + value + "'; expected fp32, bf16 or q8");
+      if (key == "parallel.split_head")
+        throw UserError(path + ": key 'parallel.split_head' is '" + value + "'; expected true, false or auto");
       if (key == "memory.limit")
         throw UserError(path + ": key 'memory.limit' is '" + value +
                         "'; expected a size (bytes, or with a unit: 500MB, 2GiB) or a share of free memory (50%, 0.5)");
@@ -403,6 +413,10 @@ int CudaOptions::device_index() const {
   return std::stoi(device);
 }
 
+const char* split_head_name(SplitHead s) {
+  return s == SplitHead::On ? "true" : s == SplitHead::Off ? "false" : "auto";
+}
+
 namespace {
 // The generation controls that differ from their defaults, as ", key: value" (absent ones keep the
 // fingerprints of files written before these keys).
@@ -447,7 +461,11 @@ std::string JobConfig::fingerprint() const {
   s << "], from: '" << canonical(parallel.spd.from) << "', max_kl: " << parallel.spd.max_kl
     << ", min_top1: " << parallel.spd.min_top1 << "}, sync_dtype: " << sync_dtype_name(parallel.sync_dtype)
     << ", plan: '" << canonical(parallel.plan) << "', auto: "
-    << (parallel.auto_plan ? "true" : "false") << "}\n";
+    << (parallel.auto_plan ? "true" : "false");
+  // A split head changes log-probs by float rounding (its log-sum-exp is merged across ranks), as
+  // tp does; left out when off, keeping the fingerprints of files written before this key.
+  if (parallel.split_head != SplitHead::Off) s << ", split_head: " << split_head_name(parallel.split_head);
+  s << "}\n";
   // Which rows the output holds (absent for the whole input, as in files from before these keys).
   if (has_rows) s << "rows: {first: " << rows.first << ", count: " << rows.count << "}\n";
   // A shard's rows follow the batches (see run_job's shard_rows): the batch limits decide them too.
@@ -542,6 +560,8 @@ std::string JobConfig::to_yaml() const {
     e << YAML::EndSeq;
   }
   e << YAML::Key << "sync_dtype" << YAML::Value << sync_dtype_name(c.parallel.sync_dtype);
+  if (c.parallel.split_head != SplitHead::Off)
+    e << YAML::Key << "split_head" << YAML::Value << split_head_name(c.parallel.split_head);
   if (!c.parallel.plan.empty()) e << YAML::Key << "plan" << YAML::Value << c.parallel.plan;
   if (c.parallel.auto_plan) e << YAML::Key << "auto" << YAML::Value << true;
   e << YAML::Key << "spd" << YAML::Value << YAML::BeginMap;

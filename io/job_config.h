@@ -57,6 +57,11 @@ struct SpdOptions {
   double min_top1 = -1;  // budget; < 0: the calibration file's own
 };
 
+// parallel.split_head: whether the ranks of a replica's last stage split the output head's
+// vocabulary rows (planning/plan.h, Plan::head).
+enum class SplitHead { Off, On, Auto };
+const char* split_head_name(SplitHead s);  // "false" | "true" | "auto"
+
 struct ParallelOptions {
   int tp = 1;
   int bp = 1;  // ranks per replica for a decoupled model (each computes a share of its sub-blocks)
@@ -68,6 +73,7 @@ struct ParallelOptions {
   std::vector<double> speeds;  // relative speed of each rank of a stage (empty: equal): uneven shares
   SpdOptions spd;
   SyncDType sync_dtype = SyncDType::F32;  // how syncs' partial sums travel: fp32 (exact), bf16, q8
+  SplitHead split_head = SplitHead::Off;  // output head's vocabulary split over the group's ranks
   std::string plan;            // a saved plan.yaml to run instead of the keys above
   bool auto_plan = false;      // `parallel: auto`: the planner chooses from a profile and the cost model
 };

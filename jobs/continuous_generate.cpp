@@ -67,9 +67,17 @@ ContinuousGenerator::Finished ContinuousGenerator::step() {
   const Tensor hidden = model_.forward(tokens, layout, cache_);
   std::vector<int64_t> last;
   for (const SequenceSlot& s : layout.seqs) last.push_back(s.token_begin + s.n_new - 1);
-  const Tensor logits = model_.logits(hidden, last);
-  logits_host_.resize(logits.numel());
-  model_.backend().to_host(logits, logits_host_.data());
+  // A split head with every row greedy: the rows' merged argmax and normaliser, no whole rows.
+  bool argmax_only = model_.head_split() && gen_.logprobs == 0;
+  for (const Row& r : running_) argmax_only = argmax_only && r.sampler.picks_argmax(r.result.tokens.size());
+  std::vector<LogitSummary> summaries;
+  if (argmax_only) {
+    summaries = model_.logit_summaries(hidden, last);
+  } else {
+    const Tensor logits = model_.logits(hidden, last);
+    logits_host_.resize(logits.numel());
+    model_.backend().to_host(logits, logits_host_.data());
+  }
 
   Finished done;
   std::vector<Row> still;
@@ -77,11 +85,16 @@ ContinuousGenerator::Finished ContinuousGenerator::step() {
   auto ms = [](Clock::duration d) { return std::chrono::duration<float, std::milli>(d).count(); };
   for (size_t j = 0; j < running_.size(); ++j) {
     Row& r = running_[j];
-    const float* l = logits_host_.data() + j * cfg.vocab;
-    require_finite(model_, l, cfg.vocab, r.input_row, "generate",
-                   "the logits for new token " + std::to_string(r.result.tokens.size()));
-    r.result.tokens.push_back(r.sampler.next(l, cfg.vocab, r.prompt, r.result.tokens));
-    record_logprobs(l, cfg.vocab, r.result.tokens.back(), gen_.logprobs, r.result);
+    const std::string what = "the logits for new token " + std::to_string(r.result.tokens.size());
+    if (argmax_only) {
+      require_finite(model_, summaries[j], r.input_row, "generate", what);
+      r.result.tokens.push_back(argmax_with_logprob(summaries[j], r.result));
+    } else {
+      const float* l = logits_host_.data() + j * cfg.vocab;
+      require_finite(model_, l, cfg.vocab, r.input_row, "generate", what);
+      r.result.tokens.push_back(r.sampler.next(l, cfg.vocab, r.prompt, r.result.tokens));
+      record_logprobs(l, cfg.vocab, r.result.tokens.back(), gen_.logprobs, r.result);
+    }
     if (r.result.tokens.size() == 1) {  // its prompt's pass: time to first token, waiting included
       r.first_token = now;
       r.result.prefill_ms = ms(now - batches_[r.batch].start);

@@ -26,4 +26,14 @@ inline void require_finite(Transformer& model, const float* v, int64_t n, int64_
                   "; expected finite values (the model overflows float32 on this row)");
 }
 
+// The same for a row's logits seen through their summary (a split head, layers/logit_summary.h):
+// every rank holds the merged summary, so the first rank of the group reports as above.
+inline void require_finite(Transformer& model, const LogitSummary& s, int64_t row, const char* task,
+                           const std::string& what) {
+  if (s.bad < 0 || model.tp().rank() != 0) return;
+  throw UserError(model.config().dir + ": row " + std::to_string(row) + ": task " + task + ": " +
+                  (s.bad_is_nan ? "NaN" : "an infinity") + " in " + what + " at index " + std::to_string(s.bad) +
+                  "; expected finite values (the model overflows float32 on this row)");
+}
+
 }  // namespace lowsync

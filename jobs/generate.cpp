@@ -85,10 +85,23 @@ std::vector<RowResult> generate_batch(PipelineStage& stage, const GenerateOption
   auto sample = [&](MicroBatch& mb, const Tensor& hidden, const BatchLayout& layout) {
     std::vector<int64_t> last;
     for (const SequenceSlot& s : layout.seqs) last.push_back(s.token_begin + s.n_new - 1);
+    std::vector<int32_t> sampled;
+    // A split head with every row greedy: the rows' merged argmax and normaliser, no whole rows.
+    bool argmax_only = model.head_split() && opt.logprobs == 0;
+    for (size_t i : mb.running) argmax_only = argmax_only && samplers[i].picks_argmax(out[i].tokens.size());
+    if (argmax_only) {
+      const std::vector<LogitSummary> rows = model.logit_summaries(hidden, last);
+      for (size_t j = 0; j < mb.running.size(); ++j) {
+        const size_t i = mb.running[j];
+        require_finite(model, rows[j], first_row + static_cast<int64_t>(i), "generate",
+                       "the logits for new token " + std::to_string(out[i].tokens.size()));
+        sampled.push_back(argmax_with_logprob(rows[j], out[i]));
+      }
+      return sampled;
+    }
     Tensor logits = model.logits(hidden, last);
     logits_host.resize(logits.numel());
     be.to_host(logits, logits_host.data());
-    std::vector<int32_t> sampled;
     for (size_t j = 0; j < mb.running.size(); ++j) {
       const size_t i = mb.running[j];
       const float* l = logits_host.data() + j * cfg.vocab;

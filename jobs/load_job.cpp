@@ -37,6 +37,11 @@ LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
     world.agree([&] { j.plan = plan_from_job(job, j.model, world.size(), limit); });
   }
   world.agree([&] { check(j.model, j.plan); });
+  world.agree([&] {
+    if (j.plan.head_split() && job.backend != "cpu")
+      throw UserError(job.path + ": parallel.split_head (a plan with 'head' rows) runs on backend cpu only yet, not " +
+                      job.backend + "; set parallel.split_head: false");
+  });
   // Refuse before any weight is read when the plan's memory exceeds what a rank has (a batch limit
   // of millions of tokens would otherwise end in std::bad_alloc mid-run, or in swapping).
   world.agree([&] {
@@ -54,7 +59,7 @@ LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
   world.agree([&] {
     j.transformer = std::make_unique<Transformer>(j.model, *j.backend, TensorParallelGroup(&j.groups->tp, j.backend.get(), j.plan.sync_dtype),
                                                   j.plan.share_of(world.rank()), j.plan.layers_of(world.rank()),
-                                                  j.plan.spd_drop, j.plan.resident_of(world.rank()));
+                                                  j.plan.spd_drop, j.plan.resident_of(world.rank()), j.plan.head);
   });
   j.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return j;

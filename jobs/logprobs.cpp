@@ -27,4 +27,9 @@ void record_logprobs(const float* logits, int vocab, int token, int k, RowResult
   }
 }
 
+int32_t argmax_with_logprob(const LogitSummary& s, RowResult& row) {
+  row.token_logprobs.push_back(static_cast<float>(s.logprob(s.max)));
+  return static_cast<int32_t>(s.argmax);
+}
+
 }  // namespace lowsync

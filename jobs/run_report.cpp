@@ -127,6 +127,7 @@ std::string run_report_json(const Plan& plan, const ModelConfig& model, const st
     if (plan.spd_drop[l]) dropped.push_back(static_cast<int>(l));
   j["spd_drop"] = dropped;
   j["syncs_per_pass"] = plan.syncs_per_pass(model);
+  j["head_split"] = plan.head_split();
   j["plan"] = plan.describe();
   j["plan_chosen_by"] = plan.chosen_by;
   j["plan_yaml"] = plan.to_yaml(model);
@@ -157,7 +158,9 @@ std::string run_report(const Plan& plan, const ModelConfig& model, const std::ve
     s << "strategy: tensor parallel, SPD drops " << plan.dropped_layers() << "/" << model.n_layers
       << " attention syncs (layers " << layer_list(plan.spd_drop) << ")\n";
   s << "sync points per forward pass: " << plan.syncs_per_pass(model) << " all-reduces (TP baseline "
-    << (plan.group == 1 ? 0 : 2 * model.n_layers) << ")\n";
+    << (plan.group == 1 ? 0 : 2 * model.n_layers) << ")";
+  if (plan.head_split()) s << ", + 1 all-gather per pass through the split output head";
+  s << "\n";
   const nlohmann::json segments = all_segments(plan, all, t);
   const FileTotals f = file_totals(segments);
   s << "throughput: " << f.rows << " rows";

@@ -42,6 +42,13 @@ void Sampler::adjust(const std::vector<int32_t>& prompt, const std::vector<int32
     for (int id : o.stop_token_ids) scores_[id] = -std::numeric_limits<float>::infinity();
 }
 
+bool Sampler::picks_argmax(size_t generated) const {
+  const GenerateOptions& o = *opt_;
+  const bool masked = static_cast<int64_t>(generated) < o.min_new_tokens && !o.stop_token_ids.empty();
+  return o.temperature == 0.f && o.repetition_penalty == 1.f && o.presence_penalty == 0.f &&
+         o.frequency_penalty == 0.f && !masked;
+}
+
 int Sampler::next(const float* logits, int vocab, const std::vector<int32_t>& prompt,
                   const std::vector<int32_t>& generated) {
   const GenerateOptions& o = *opt_;

@@ -19,6 +19,10 @@ class Sampler {
   Sampler(const GenerateOptions& opt, uint64_t seed, int64_t row);
   // logits [vocab] of the next position of a row with this prompt and these new tokens.
   int next(const float* logits, int vocab, const std::vector<int32_t>& prompt, const std::vector<int32_t>& generated);
+  // Whether next() would pick the plain argmax of the logits for a row with `generated` new tokens:
+  // greedy with no penalty and no stop token masked (then the argmax of a split head's merged
+  // summary is the same token, layers/logit_summary.h).
+  bool picks_argmax(size_t generated) const;
 
  private:
   void adjust(const std::vector<int32_t>& prompt, const std::vector<int32_t>& generated);

@@ -13,8 +13,6 @@ namespace lowsync {
 std::vector<RowResult> score_batch(PipelineStage& stage, const ScoreOptions& opt, const TokenRows& prompts,
                                    const TokenRows& targets, int64_t first_row) {
   Transformer& model = stage.model;
-  const int vocab = model.config().vocab;
-  Backend& be = model.backend();
   std::vector<RowResult> out(prompts.size());
   const auto micro = split_rows(prompts.size(), stage.micro_batches);
   for (size_t m = 0; m < micro.size(); ++m) {
@@ -42,25 +40,20 @@ std::vector<RowResult> score_batch(PipelineStage& stage, const ScoreOptions& opt
   const Tensor hidden = stage.pass(static_cast<int>(m), tokens, layout, cache);
   if (!stage.link.last()) continue;
 
-  // The LM head over a few hundred rows at a time keeps [rows, vocab] logits small.
+  // The LM head over a few hundred rows at a time keeps [rows, vocab] logits small. Each row needs
+  // only its target's logit and the normaliser: its summary (merged across a split head's ranks).
   const size_t chunk = 256;
-  std::vector<float> logits_host;
   for (size_t c0 = 0; c0 < rows.size(); c0 += chunk) {
-    std::vector<int64_t> part(rows.begin() + c0, rows.begin() + std::min(rows.size(), c0 + chunk));
-    Tensor logits = model.logits(hidden, part);
-    logits_host.resize(logits.numel());
-    be.to_host(logits, logits_host.data());
+    const size_t c1 = std::min(rows.size(), c0 + chunk);
+    const std::vector<int64_t> part(rows.begin() + c0, rows.begin() + c1);
+    std::vector<int32_t> part_targets;
+    for (size_t j = c0; j < c1; ++j) part_targets.push_back(owner[j].second);
+    const std::vector<LogitSummary> summaries = model.logit_summaries(hidden, part, part_targets);
     for (size_t j = 0; j < part.size(); ++j) {
-      const float* l = logits_host.data() + j * vocab;
-      const auto [row, target] = owner[c0 + j];
-      require_finite(model, l, vocab, first_row + static_cast<int64_t>(row),
+      const size_t row = owner[c0 + j].first;
+      require_finite(model, summaries[j], first_row + static_cast<int64_t>(row),
                      "score", "the logits for target " + std::to_string(out[row].token_logprobs.size()));
-      // log_softmax in double: the log-sum-exp over a large vocabulary is where fp32 loses digits.
-      double mx = l[0];
-      for (int v = 1; v < vocab; ++v) mx = std::max(mx, double(l[v]));
-      double sum = 0;
-      for (int v = 0; v < vocab; ++v) sum += std::exp(double(l[v]) - mx);
-      const double lp = double(l[target]) - mx - std::log(sum);
+      const double lp = summaries[j].target_logprob();
       out[row].token_logprobs.push_back(static_cast<float>(lp));
       out[row].sum_logprob += lp;
     }

@@ -4,7 +4,8 @@
 //   column-parallel (Q, K, V, FFN up/gate, their biases): the share's rows of W[out, in]
 //   row-parallel (attention out, FFN down): the share's columns of W[out, in]
 // (the shares come from the Plan: any contiguous ranges of heads, kv heads and FFN columns)
-//   everything else (embeddings, norms, LM head, row-parallel biases): whole.
+//   the LM head: whole, or the rank's vocabulary rows of it when the Plan splits the head
+//   everything else (embeddings, norms, row-parallel biases): whole.
 // A decoupled model's rank takes its sub-blocks whole.
 #include <string>
 
@@ -200,7 +201,19 @@ struct RankPart {
   const LayerShare& share;
   Span layers;       // read now: the stage's layers held in memory (streamed ones come later)
   bool first, last;  // first stage: embeddings; last stage: final norm and LM head
+  Span head;         // the LM head's vocabulary rows this rank computes
 };
+
+// Rows [begin, begin + count) of a weight, sharing its memory (a tied head's rows of the token
+// embedding, which the first stage holds whole for the lookup). Weights are row-major in every
+// backend; 16-bit ones (the CUDA backend's) take 2 bytes an element.
+Tensor weight_rows(const Tensor& w, Span rows) {
+  if (rows.begin == 0 && rows.count == w.rows) return w;
+  Tensor t = w;
+  t.ptr = static_cast<char*>(w.ptr) + int64_t(rows.begin) * w.cols * (w.dtype == DType::F32 ? 4 : 2);
+  t.rows = rows.count;
+  return t;
+}
 
 // Every layer of this rank's stage: its TP share of `prefix{l}.`, or its sub-blocks `prefix{l}.sub.{r}.`
 // (a decoupled model's coupled layer: the TP share its sub-blocks make, of `prefix{l}.`).
@@ -227,15 +240,16 @@ ModelWeights load_llama(const ModelConfig& c, const RankPart& part, Loader& in) 
   const int64_t H = c.hidden;
   in.detect_prefix("embed_tokens.weight", {"model.", ""});
   ModelWeights m;
-  if (part.first || (part.last && c.tied_embeddings)) m.tok_emb = in.whole("embed_tokens.weight", c.vocab, H);
+  if (part.first) m.tok_emb = in.whole("embed_tokens.weight", c.vocab, H);
   load_layers(c, part, in, "layers.", load_llama_layer, m);
   if (!part.last) return m;
   m.final_norm_w = in.norm_weight("norm.weight", H);
+  const Range head{part.head.begin, part.head.count};
   if (c.tied_embeddings) {
-    m.lm_head = m.tok_emb;
+    m.lm_head = part.first ? weight_rows(m.tok_emb, part.head) : in.rows("embed_tokens.weight", c.vocab, H, head);
   } else {
     in.set_prefix("");
-    m.lm_head = in.whole("lm_head.weight", c.vocab, H);
+    m.lm_head = in.rows("lm_head.weight", c.vocab, H, head);
   }
   return m;
 }
@@ -244,13 +258,15 @@ ModelWeights load_gpt2(const ModelConfig& c, const RankPart& part, Loader& in) {
   const int64_t H = c.hidden;
   in.detect_prefix("wte.weight", {"transformer.", ""});
   ModelWeights m;
-  if (part.first || part.last) m.tok_emb = in.whole("wte.weight", c.vocab, H);  // the last stage's head is tied to it
+  if (part.first) m.tok_emb = in.whole("wte.weight", c.vocab, H);
   if (part.first) m.pos_emb = in.whole("wpe.weight", c.max_positions, H);
   load_layers(c, part, in, "h.", load_gpt2_layer, m);
   if (!part.last) return m;
   m.final_norm_w = in.whole("ln_f.weight", H);
   m.final_norm_b = in.whole("ln_f.bias", H);
-  m.lm_head = m.tok_emb;  // GPT-2 ties its head to the token embedding
+  // GPT-2 ties its head to the token embedding.
+  const Range head{part.head.begin, part.head.count};
+  m.lm_head = part.first ? weight_rows(m.tok_emb, part.head) : in.rows("wte.weight", c.vocab, H, head);
   return m;
 }
 
@@ -308,10 +324,11 @@ LayerWeights LayerSource::load(int layer) {
 }
 
 ModelWeights load_weights(const ModelConfig& cfg, const LayerShare& share, const Span& layers, int resident,
-                          Backend& be) {
+                          Backend& be, Span head) {
   Loader in(cfg, be);
+  if (head.count == 0) head = {0, cfg.vocab};
   const RankPart part{share, {layers.begin, std::min(resident, layers.count)}, layers.begin == 0,
-                      layers.end() == cfg.n_layers};
+                      layers.end() == cfg.n_layers, head};
   ModelWeights m = cfg.family == Family::Llama ? load_llama(cfg, part, in)
                    : cfg.family == Family::GPT2 ? load_gpt2(cfg, part, in)
                                                 : load_bert(cfg, part, in);

@@ -30,8 +30,11 @@ const char* needs_extended_kernels(const ModelConfig& c) {
 }  // namespace
 
 Transformer::Transformer(const ModelConfig& cfg, Backend& be, TensorParallelGroup tp, const LayerShare& share,
-                         const Span& layers, std::vector<bool> spd_drop, int resident)
-    : cfg_(cfg), be_(be), tp_(tp), layers_(layers) {
+                         const Span& layers, std::vector<bool> spd_drop, int resident, std::vector<Span> head)
+    : cfg_(cfg), be_(be), tp_(tp), layers_(layers), head_(std::move(head)) {
+  if (!head_.empty() && static_cast<int>(head_.size()) != tp_.size())
+    throw UserError(cfg.dir + ": the output head is split " + std::to_string(head_.size()) + " ways for a group of " +
+                    std::to_string(tp_.size()) + " ranks");
   if (const char* what = needs_extended_kernels(cfg); what && !be.has_extended_kernels())
     throw UserError(cfg.dir + ": " + cfg.architecture + " needs " + what + ", which backend " + be.name() +
                     " does not implement yet; use backend: cpu");
@@ -43,7 +46,7 @@ Transformer::Transformer(const ModelConfig& cfg, Backend& be, TensorParallelGrou
     local_ = BlockShape::of_share(cfg, share);
   }
   resident_ = resident < 0 || cfg.bp.enabled() ? layers.count : std::min(resident, layers.count);
-  w_ = load_weights(cfg, share, layers, resident_, be);
+  w_ = load_weights(cfg, share, layers, resident_, be, head_rows());
   if (resident_ < layers.count) source_ = std::make_unique<LayerSource>(cfg, share, be);
   set_spd_drop(std::move(spd_drop));
 }
@@ -356,11 +359,58 @@ Tensor Transformer::ffn_partial(const LayerWeights& w, const BlockShape& s, cons
   return out;
 }
 
-Tensor Transformer::logits(const Tensor& hidden, const std::vector<int64_t>& rows) {
+Span Transformer::head_rows() const { return head_.empty() ? Span{0, cfg_.vocab} : head_[tp_.rank()]; }
+
+// logits = h W_head^T over this rank's rows of the head: [rows, head rows].
+Tensor Transformer::head_logits(const Tensor& hidden, const std::vector<int64_t>& rows) {
   Tensor picked = be_.scratch(static_cast<int64_t>(rows.size()), cfg_.hidden);
   be_.gather_rows(hidden, rows, picked);
-  Tensor out = be_.scratch(picked.rows, cfg_.vocab);
+  Tensor out = be_.scratch(picked.rows, head_rows().count);
   be_.matmul(picked, w_.lm_head, nullptr, out);
+  return out;
+}
+
+Tensor Transformer::logits(const Tensor& hidden, const std::vector<int64_t>& rows) {
+  Tensor mine = head_logits(hidden, rows);
+  if (!head_split()) return mine;
+  // Every rank's [rows, its head rows], in rank order, become [rows, vocab].
+  const int64_t R = mine.rows;
+  head_host_.resize(mine.numel());
+  be_.to_host(mine, head_host_.data());
+  std::vector<int64_t> counts;
+  for (const Span& h : head_) counts.push_back(R * h.count);
+  tp_.all_gather(head_host_, counts, gathered_);
+  std::vector<float> whole(R * cfg_.vocab);
+  const float* part = gathered_.data();
+  for (const Span& h : head_) {
+    for (int64_t i = 0; i < R; ++i) std::copy(part + i * h.count, part + (i + 1) * h.count, &whole[i * cfg_.vocab + h.begin]);
+    part += R * h.count;
+  }
+  Tensor out = be_.scratch(R, cfg_.vocab);
+  be_.from_host(whole.data(), out);
+  return out;
+}
+
+std::vector<LogitSummary> Transformer::logit_summaries(const Tensor& hidden, const std::vector<int64_t>& rows,
+                                                       const std::vector<int32_t>& targets) {
+  const Tensor mine = head_logits(hidden, rows);
+  const Span slice = head_rows();
+  const size_t R = rows.size(), K = LogitSummary::kDoubles;
+  head_host_.resize(mine.numel());
+  be_.to_host(mine, head_host_.data());
+  std::vector<LogitSummary> out(R);
+  for (size_t i = 0; i < R; ++i)
+    out[i] = summarize_logits(head_host_.data() + i * slice.count, slice, targets.empty() ? -1 : targets[i]);
+  if (!head_split()) return out;
+  // [rank][row][K]: every rank's summaries of its slice of each row, merged in vocabulary order.
+  summaries_.resize(R * K);
+  for (size_t i = 0; i < R; ++i) out[i].pack(&summaries_[i * K]);
+  tp_.all_gather(summaries_, gathered_summaries_);
+  std::vector<LogitSummary> slices(tp_.size());
+  for (size_t i = 0; i < R; ++i) {
+    for (int r = 0; r < tp_.size(); ++r) slices[r] = LogitSummary::unpack(&gathered_summaries_[(r * R + i) * K]);
+    out[i] = merge_summaries(slices);
+  }
   return out;
 }
 

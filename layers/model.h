@@ -10,6 +10,7 @@
 #include "io/model_config.h"
 #include "layers/backend.h"
 #include "layers/layer_share.h"
+#include "layers/logit_summary.h"
 #include "layers/tensor_taps.h"
 #include "layers/tensor_parallel.h"
 
@@ -28,7 +29,8 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;   // this rank's TP share of each layer of its stage (decoupled: coupled ones)
   std::vector<std::vector<LayerWeights>> sub_blocks;  // decoupled model: [layer][this rank's sub-blocks] (coupled: none)
   Tensor final_norm_w, final_norm_b;  // LLaMA's norm, GPT-2's ln_f
-  Tensor lm_head;                     // [vocab, hidden], replicated; the token embedding when tied
+  Tensor lm_head;                     // [head rows, hidden]: the whole vocabulary's or this rank's rows
+                                      // of a split head; the token embedding (its rows) when tied
   int64_t bytes = 0;                  // fp32 bytes this rank copied out of the checkpoint
 };
 
@@ -47,9 +49,10 @@ struct BlockShape {
 // Reads this rank's share of the Hugging Face checkpoint of cfg.dir and uploads it to the backend.
 // `layers`: this rank's pipeline stage, of which the first `resident` layers are read now (the
 // others are streamed in during each pass, see LayerSource). The first stage also reads the
-// embeddings, the last the final norm and the LM head.
+// embeddings, the last the final norm and the LM head: the vocabulary rows `head` of it (count 0:
+// all of them).
 ModelWeights load_weights(const ModelConfig& cfg, const LayerShare& share, const Span& layers, int resident,
-                          Backend& be);
+                          Backend& be, Span head = {});
 
 // One layer of this rank's share at a time, read from the memory-mapped checkpoint when it is
 // needed (peer memory pooling with the host's page cache as the pool: layers beyond a rank's
@@ -72,9 +75,10 @@ class Transformer {
   // `share`: the part of every layer this rank computes and `layers` its pipeline stage (both the
   // Plan's); spd_drop[l]: layer l skips its attention all-reduce (Sync-Point Drop); empty = none.
   // `resident`: how many of the stage's layers are held in memory (the rest are streamed from the
-  // checkpoint one layer ahead of use); -1: all.
+  // checkpoint one layer ahead of use); -1: all. `head`: the output head split over the group's
+  // ranks, [tp rank] its vocabulary rows (the Plan's); empty: every rank computes the whole head.
   Transformer(const ModelConfig& cfg, Backend& be, TensorParallelGroup tp, const LayerShare& share, const Span& layers,
-              std::vector<bool> spd_drop = {}, int resident = -1);
+              std::vector<bool> spd_drop = {}, int resident = -1, std::vector<Span> head = {});
   ~Transformer();
   Transformer(const Transformer&) = delete;
   Transformer& operator=(const Transformer&) = delete;
@@ -95,8 +99,15 @@ class Transformer {
   void finish(Tensor& x);                                                        // last stage: final norm
   bool first_stage() const { return layers_.begin == 0; }
   bool last_stage() const { return layers_.end() == cfg_.n_layers; }
-  // Next-token logits [rows.size(), vocab] of the chosen rows of a hidden state (last stage).
+  // Next-token logits [rows.size(), vocab] of the chosen rows of a hidden state (last stage). With a
+  // split head every rank computes its vocabulary rows and the whole rows are gathered.
   Tensor logits(const Tensor& hidden, const std::vector<int64_t>& rows);
+  // The same rows' argmax and normaliser (with the logit of targets[i] when targets is not empty),
+  // for tasks that need no more of a row: with a split head each rank summarises its vocabulary
+  // rows and the summaries are gathered (a few numbers per row) and merged.
+  std::vector<LogitSummary> logit_summaries(const Tensor& hidden, const std::vector<int64_t>& rows,
+                                            const std::vector<int32_t>& targets = {});
+  bool head_split() const { return !head_.empty(); }
   KVCache make_cache(int64_t capacity);
   // Which layers drop their attention sync; may change between forwards (calibration does).
   void set_spd_drop(std::vector<bool> drop);
@@ -128,6 +139,8 @@ class Transformer {
                            const BatchLayout& layout, KVCache& cache, int tap_layer = -1);
   Tensor ffn_partial(const LayerWeights& w, const BlockShape& s, const Tensor& h);
   void add_bias(Tensor& x, const Tensor& bias);
+  Span head_rows() const;  // this rank's vocabulary rows of the head
+  Tensor head_logits(const Tensor& hidden, const std::vector<int64_t>& rows);  // [rows, head_rows().count]
   // Tensor `blk.{l}.{what}` (l >= 0) or `what` (l < 0) for debug.dump, during the tapped pass only.
   // `share`: the tensor is this rank's share (suffix .tp{r} under TP); whole tensors are taken on
   // TP rank 0 only.
@@ -141,6 +154,9 @@ class Transformer {
   std::vector<BlockShape> sub_shapes_;  // decoupled model: this rank's sub-blocks
   std::vector<bool> spd_drop_;
   std::vector<float> rope_inv_freq_;  // scaled RoPE's frequencies (empty: unscaled, from rope_theta)
+  std::vector<Span> head_;            // [tp rank]: vocabulary rows of a split head; empty: not split
+  std::vector<float> head_host_, gathered_;              // a split head's logits on the host
+  std::vector<double> summaries_, gathered_summaries_;   // and its rows' summaries
   ModelWeights w_;
   int64_t passes_ = 0, tokens_ = 0;
   int resident_ = 0;                      // layers [layers_.begin, layers_.begin + resident_) are held

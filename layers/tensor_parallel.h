@@ -2,7 +2,9 @@
 // The ranks that share one replica's layers (Megatron-style tensor parallelism). Its all_reduce is
 // the only communication inside a transformer block: Q/K/V and FFN-up are column-parallel (each rank
 // owns whole heads and a slice of FFN columns), attention-out and FFN-down are row-parallel, so a
-// block's partial outputs are summed across ranks.
+// block's partial outputs are summed across ranks. Its all_gathers join the slices of a split
+// output head (host vectors: the head's results are read on the host).
+#include <cstdint>
 #include <vector>
 
 #include "layers/backend.h"
@@ -20,6 +22,27 @@ class TensorParallelGroup {
   int rank() const { return comm_ ? comm_->rank() : 0; }
   int size() const { return comm_ ? comm_->size() : 1; }
   SyncDType sync_dtype() const { return sync_; }
+
+  // all = every rank's `mine`, in rank order (the same length on every rank).
+  void all_gather(const std::vector<double>& mine, std::vector<double>& all) {
+    all.resize(mine.size() * size());
+    if (size() == 1) {
+      all = mine;
+      return;
+    }
+    comm_->all_gather(mine.data(), static_cast<int64_t>(mine.size()), all.data());
+  }
+  // all = every rank's `mine` (counts[r] values from rank r), in rank order.
+  void all_gather(const std::vector<float>& mine, const std::vector<int64_t>& counts, std::vector<float>& all) {
+    int64_t total = 0;
+    for (int64_t c : counts) total += c;
+    all.resize(total);
+    if (size() == 1) {
+      all = mine;
+      return;
+    }
+    comm_->all_gather(mine.data(), counts, all.data());
+  }
   void set_sync_dtype(SyncDType d) { sync_ = d; }  // calibration measures each
   Communicator* comm() const { return comm_; }
 

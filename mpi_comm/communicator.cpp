@@ -126,6 +126,18 @@ void Communicator::all_gather(const double* send, int64_t n, double* recv) {
   check(MPI_Allgather(send, static_cast<int>(n), MPI_DOUBLE, recv, static_cast<int>(n), MPI_DOUBLE, comm_), "Allgather");
 }
 
+void Communicator::all_gather(const float* send, const std::vector<int64_t>& counts, float* recv) {
+  std::vector<int> count(size_), offset(size_);
+  for (int r = 0, at = 0; r < size_; at += count[r], ++r) {
+    count[r] = static_cast<int>(counts[r]);
+    offset[r] = at;
+  }
+  const int64_t mine = counts[rank_] * 4;
+  Timer t(counters_, mine, allgather_wire_bytes(size_, mine), name_, "Allgatherv");
+  check(MPI_Allgatherv(send, count[rank_], MPI_FLOAT, recv, count.data(), offset.data(), MPI_FLOAT, comm_),
+        "Allgatherv");
+}
+
 void Communicator::reduce_scatter(const float* send, float* recv, int64_t n_per_rank) {
   Timer t(counters_, n_per_rank * size_ * 4, reduce_scatter_wire_bytes(size_, n_per_rank * size_ * 4), name_,
           "Reduce_scatter_block");

@@ -57,6 +57,8 @@ class Communicator {
   void all_reduce_max(int64_t* data, int64_t n);
   void all_gather(const float* send, int64_t n, float* recv);  // recv: n * size
   void all_gather(const double* send, int64_t n, double* recv);  // recv: n * size
+  // Rank r sends counts[r] floats; recv: every rank's, in rank order (sum of counts).
+  void all_gather(const float* send, const std::vector<int64_t>& counts, float* recv);
   void reduce_scatter(const float* send, float* recv, int64_t n_per_rank);
   void broadcast(void* data, int64_t bytes, int root);
   void barrier();

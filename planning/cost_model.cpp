@@ -10,6 +10,9 @@ namespace lowsync {
 namespace {
 
 constexpr double kFloat = sizeof(float);
+// What a split head's merge sends per logits row when it needs no whole rows: a LogitSummary
+// (layers/logit_summary.h), five doubles.
+constexpr double kSummaryBytes = 5 * sizeof(double);
 
 // What one rank of a replica holds of every layer, in the units its costs need.
 struct RankWork {
@@ -57,9 +60,11 @@ struct PassShape {
 };
 
 // One rank's compute seconds for one pass.
-// `layers`: the rank's stage's; `head`: its stage is the last, which computes the LM head and samples.
+// `layers`: the rank's stage's; `head`: the share of the LM head's rows it computes (0: its stage is
+// not the last); `sample_share`: the share of each logits row it samples or summarises (a split
+// head that gathers whole rows samples all of them on every rank).
 double rank_pass_seconds(const ModelConfig& m, const RankProfile& rp, const RankWork& w, const PassShape& p,
-                         int decode_rows, double layers, bool head) {
+                         int decode_rows, double layers, double head, double sample_share) {
   const double L = layers, H = m.hidden, bw = std::max(rp.read_bytes_per_s, 1e6);
   double s = L * product_seconds(2 * w.layer_parameters, p.tokens, rp.layers, decode_rows);
   // Attention: a prefill computes the whole score matrix per sequence (2 products of q_dim x n x n);
@@ -71,10 +76,10 @@ double rank_pass_seconds(const ModelConfig& m, const RankProfile& rp, const Rank
   // Element-wise work (norms, residual adds, activations, RoPE): a few reads and writes of each
   // activation per layer.
   s += L * p.tokens * (6 * H * w.streams + 2 * w.q_dim + 2 * w.kv_dim + 3 * w.ffn) * kFloat / bw;
-  // The LM head, replicated on every rank of the last stage, and sampling over each row's logits.
-  if (m.is_decoder() && head) {
-    s += product_seconds(2 * double(m.vocab) * H, p.logits_rows, rp.head, decode_rows);
-    if (p.sample) s += p.logits_rows * 3 * double(m.vocab) * kFloat / bw;
+  // The LM head (its rows of it), and sampling over each row's logits.
+  if (m.is_decoder() && head > 0) {
+    s += product_seconds(2 * double(m.vocab) * head * H, p.logits_rows, rp.head, decode_rows);
+    if (p.sample) s += p.logits_rows * 3 * double(m.vocab) * sample_share * kFloat / bw;
   }
   return s;
 }
@@ -142,6 +147,15 @@ Prediction predict(const Plan& plan, const ModelConfig& m, const Profile& profil
   const double token_bytes = double(m.hidden) * kFloat;  // a pipeline hand-over
   const double sync_token_bytes = double(m.hidden) * sync_bytes_per_value(plan.sync_dtype);  // a sync, compressed
   out.bytes_per_token = plan.syncs_per_pass(m) * sync_token_bytes;  // summed over stages, as a rank of each sends
+  // A split head's merge: each rank's summary of a logits row, or its rows' logits when whole rows
+  // are gathered (the rank with the most rows), per logits row (one per new token).
+  double head_row_bytes = 0;
+  if (plan.head_split()) {
+    int most = 0;
+    for (const Span& h : plan.head) most = std::max(most, h.count);
+    head_row_bytes = work.gather_rows ? most * kFloat : kSummaryBytes;
+    if (generate) out.bytes_per_token += head_row_bytes;
+  }
   double rows_per_s = 0, latency = 0;
   const double M = plan.micro_batches;
   for (int replica = 0; replica < plan.dp; ++replica) {
@@ -159,7 +173,9 @@ Prediction predict(const Plan& plan, const ModelConfig& m, const Profile& profil
       for (int r = 0; r < plan.group; ++r) {
         const RankProfile& rp = profile.ranks[ranks[r]];
         const RankWork w = work_of(m, plan.shares[r]);
-        const double compute = rank_pass_seconds(m, rp, w, p, decode_rows, plan.stages[st].count, st == plan.pp - 1);
+        const double head = st + 1 < plan.pp ? 0 : double(plan.head_of(ranks[r], m.vocab).count) / m.vocab;
+        const double sample = plan.head_split() && !work.gather_rows ? head : 1;
+        const double compute = rank_pass_seconds(m, rp, w, p, decode_rows, plan.stages[st].count, head, sample);
         // Layers beyond memory.limit are copied out of the page cache once per pass, by a thread that
         // overlaps the copy with compute (a copy reads and writes: half the read bandwidth).
         const int streamed = plan.stages[st].count - plan.resident_of(ranks[r]);
@@ -167,6 +183,10 @@ Prediction predict(const Plan& plan, const ModelConfig& m, const Profile& profil
         slowest = std::max(slowest, std::max(compute, stream));
       }
       double c = link ? plan.syncs_in_stage(st, m) * all_reduce_seconds(*link, p.tokens * sync_token_bytes) : 0;
+      // A split head's all-gather, timed as an all-reduce of the gathered bytes (the same latency
+      // per step; ring all-gather and all-reduce send about as many bytes for that size).
+      if (link && plan.head_split() && st + 1 == plan.pp && p.logits_rows > 0)
+        c += all_reduce_seconds(*link, p.logits_rows * head_row_bytes * plan.group);
       if (st + 1 < plan.pp) c += send_seconds(profile, first, first + plan.group, p.tokens * token_bytes);
       if (compute) *compute = std::max(*compute, slowest);
       if (comm) *comm = std::max(*comm, c);

@@ -67,10 +67,11 @@ void fill_memory(Plan& p, const ModelConfig& model, const std::string& where) {
     for (size_t r = 0; r < p.shares.size(); ++r) {
       const Span& layers = p.stages[st];
       const bool first = st == 0, last = st == p.pp - 1;
-      RankMemory m = rank_memory(model, p.shares[r], p.limits, layers, first, last);
+      const int head_rows = p.head.empty() ? model.vocab : p.head[r].count;
+      RankMemory m = rank_memory(model, p.shares[r], p.limits, layers, first, last, head_rows);
       int resident = layers.count;
       if (p.memory_limit > 0 && m.total() > p.memory_limit) {
-        const RankMemory none = rank_memory(model, p.shares[r], p.limits, {layers.begin, 0}, first, last);
+        const RankMemory none = rank_memory(model, p.shares[r], p.limits, {layers.begin, 0}, first, last, head_rows);
         const int64_t layer = (m.weights - none.weights) / layers.count;  // one layer's weights
         const int64_t fixed = m.total() - layers.count * layer;           // all but the layers' weights
         if (model.bp.enabled())
@@ -94,6 +95,7 @@ void check_plan(const Plan& plan, const ModelConfig& model, int world, const std
   check_stages(model, plan.stages, plan.pp, where);
   if (plan.micro_batches < 1) throw UserError(where + ": micro_batches must be >= 1");
   check_shares(model, plan.split == ReplicaSplit::Block, plan.shares, where);
+  check_head_shares(model, plan.group, plan.head, where);
   if (static_cast<int>(plan.spd_drop.size()) != model.n_layers)
     throw UserError(where + ": the SPD drop set names layers beyond the model's " + std::to_string(model.n_layers));
   for (bool d : plan.spd_drop) {
@@ -109,7 +111,7 @@ void check_plan(const Plan& plan, const ModelConfig& model, int world, const std
 
 Plan make_plan(const ModelConfig& model, const PlanLimits& limits, int world, ReplicaSplit split, int group, int dp,
                const std::vector<double>& speeds, std::vector<bool> spd_drop, const std::string& where,
-               const PipelineChoice& pipeline, int64_t memory_limit) {
+               const PipelineChoice& pipeline, int64_t memory_limit, bool split_head) {
   if (model.bp.enabled() && group == 1) split = ReplicaSplit::Block;  // bp = 1 computes every sub-block in turn
   const int pp = pipeline.pp;
   check_grid(model, split, group, dp, pp, world, where);
@@ -127,6 +129,7 @@ Plan make_plan(const ModelConfig& model, const PlanLimits& limits, int world, Re
   p.dp = dp;
   p.pp = pp;
   p.shares = split == ReplicaSplit::Block ? block_shares(model, speed) : tensor_shares(model, speed);
+  if (split_head && group > 1 && model.is_decoder()) p.head = head_shares(model, speed);
   // Stages: as stated, or the layers split as evenly as they go (the spare ones to the first
   // stages: the last also computes the LM head).
   std::vector<int> counts = pipeline.stage_layers;
@@ -154,6 +157,17 @@ void complete_parsed_plan(Plan& p, const ModelConfig& model, int world, const st
   if (p.stages.empty() && p.pp == 1) p.stages.push_back({0, model.n_layers});
   check_plan(p, model, world, where);
   fill_memory(p, model, where);
+}
+
+bool split_head_gathers_rows(const JobConfig& job) {
+  const GenerateOptions& g = job.generate;
+  return job.task == "generate" && (g.temperature > 0.f || g.repetition_penalty != 1.f || g.presence_penalty != 0.f ||
+                                    g.frequency_penalty != 0.f || g.logprobs > 0);
+}
+
+bool wants_split_head(const JobConfig& job) {
+  if (job.parallel.split_head == SplitHead::Auto) return job.backend == "cpu" && !split_head_gathers_rows(job);
+  return job.parallel.split_head == SplitHead::On;
 }
 
 Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world, int64_t memory_limit) {
@@ -199,7 +213,8 @@ Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world, in
   check_grid(model, split, group, dp, job.parallel.pp, world, job.path);
   Plan p = make_plan(model, limits_of(job), world, split, group, dp, job.parallel.speeds,
                      resolve_spd_drop(job, model, group), job.path,
-                     {job.parallel.pp, job.parallel.stages, job.parallel.micro_batches}, memory_limit);
+                     {job.parallel.pp, job.parallel.stages, job.parallel.micro_batches}, memory_limit,
+                     wants_split_head(job));
   p.sync_dtype = job.parallel.sync_dtype;
   p.chosen_by = "the job's parallel keys";
   return p;

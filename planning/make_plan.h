@@ -25,10 +25,23 @@ struct PipelineChoice {
 
 // A complete, checked plan: grid group x pp x dp over `world` ranks, shares in proportion to `speeds`
 // (one per rank of a replica; empty = equal), the given SPD drop set (empty = none), memory filled.
-// `where` names the source in errors (the job file, or a plan file).
+// `where` names the source in errors (the job file, or a plan file). `split_head`: the last
+// stage's ranks split the output head's vocabulary in proportion to `speeds` too (a decoder with
+// more than one rank per stage; otherwise ignored).
 Plan make_plan(const ModelConfig& model, const PlanLimits& limits, int world, ReplicaSplit split, int group, int dp,
                const std::vector<double>& speeds, std::vector<bool> spd_drop, const std::string& where,
-               const PipelineChoice& pipeline = {}, int64_t memory_limit = 0);
+               const PipelineChoice& pipeline = {}, int64_t memory_limit = 0, bool split_head = false);
+
+// Whether a split head's merge has to gather whole logits rows for this job: sampling that reads
+// every logit (temperature, repetition / presence / frequency penalties) or top log-probs. Else
+// (greedy generate, score) it merges a few numbers per row (layers/logit_summary.h).
+bool split_head_gathers_rows(const JobConfig& job);
+
+// parallel.split_head for a plan stated by the job's keys: true, false, or auto: split when the
+// merge is a few numbers per row (split_head_gathers_rows false), a sync of a few bytes beside the
+// 2 x layers all-reduces of hidden-size activations a pass already pays, against (P-1)/P of the
+// head's compute; `parallel: auto` weighs both with the cost model instead (planning/planner.h).
+bool wants_split_head(const JobConfig& job);
 
 // Checks a plan's grid and shares against the model and world (used for plans from files).
 void check_plan(const Plan& plan, const ModelConfig& model, int world, const std::string& where);

@@ -21,7 +21,8 @@ int64_t block_parameters(const ModelConfig& m, int64_t heads, int64_t kv, int64_
 }  // namespace
 
 RankMemory rank_memory(const ModelConfig& m, const LayerShare& share, const PlanLimits& limits, const Span& layers,
-                       bool first, bool last) {
+                       bool first, bool last, int head_rows) {
+  if (head_rows < 0) head_rows = m.vocab;
   const int64_t H = m.hidden, f = sizeof(float);
   RankMemory mem;
 
@@ -49,11 +50,11 @@ RankMemory rank_memory(const ModelConfig& m, const LayerShare& share, const Plan
   }
   const bool tied_head = m.family == Family::GPT2 || (m.family == Family::Llama && m.tied_embeddings);
   int64_t shared = 0;
-  if (first || (last && m.is_decoder() && tied_head)) shared += int64_t(m.vocab) * H;  // token embedding
+  if (first) shared += int64_t(m.vocab) * H;                                          // token embedding
+  if (last && m.is_decoder() && (!first || !tied_head)) shared += int64_t(head_rows) * H;  // head (not a view of it)
   if (first && m.family != Family::Llama) shared += int64_t(m.max_positions) * H;     // positions
   if (first && m.family == Family::Bert) shared += int64_t(m.type_vocab) * H + 2 * H; // token types, embedding norm
   if (last && m.is_decoder()) shared += (m.family == Family::Llama ? 1 : 2) * H;       // final norm
-  if (last && m.is_decoder() && !tied_head) shared += int64_t(m.vocab) * H;           // head
   mem.weights = f * (layer_parameters + shared);
 
   // KV cache: `rows` keys and values in every layer (of every local sub-block).
@@ -66,13 +67,14 @@ RankMemory rank_memory(const ModelConfig& m, const LayerShare& share, const Plan
 
   // Activations of the largest pass: the residual, a norm's output and a partial sum; q, k, v and
   // the attention context; FFN up and gate (a decoupled rank adds its stream and the merge delta);
-  // then the logits: every row for score, the last row of each sequence for generate.
+  // then the logits: every row for score, the last row of each sequence for generate (its rows of
+  // the head for score; whole rows for generate, which a split head may gather).
   const int64_t T = limits.max_tokens;
   int64_t per_token = 3 * H + 2 * q_dim + 2 * kv_dim + 2 * ffn;
   if (m.bp.enabled()) per_token += 2 * H;
   int64_t logits = 0;
   if (last && m.is_decoder())
-    logits = int64_t(m.vocab) * (limits.task == "score" ? T : std::min<int64_t>(T, limits.max_sequences));
+    logits = limits.task == "score" ? int64_t(head_rows) * T : int64_t(m.vocab) * std::min<int64_t>(T, limits.max_sequences);
   mem.activations = f * (T * per_token + logits);
   return mem;
 }

@@ -74,6 +74,10 @@ std::string Plan::describe() const {
   }
   if (split == ReplicaSplit::Tensor && group > 1) s << "; SPD drops " << dropped_layers() << "/" << layers();
   if (group > 1 && sync_dtype != SyncDType::F32) s << "; syncs in " << sync_dtype_name(sync_dtype);
+  if (head_split()) {
+    s << "; head rows ";
+    for (size_t r = 0; r < head.size(); ++r) s << (r ? "+" : "") << head[r].count;
+  }
   return s.str();
 }
 
@@ -127,6 +131,11 @@ std::string Plan::to_yaml(const ModelConfig& model) const {
   e << YAML::Key << "spd_drop" << YAML::Value << YAML::Flow << dropped;
   e << YAML::Key << "syncs_per_layer" << YAML::Value << YAML::Flow << syncs;
   e << YAML::Key << "sync_dtype" << YAML::Value << sync_dtype_name(sync_dtype);
+  if (head_split()) {  // left out: every rank computes the whole head
+    e << YAML::Key << "head" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+    for (const Span& h : head) span(h);
+    e << YAML::EndSeq;
+  }
   e << YAML::Key << "memory" << YAML::Value << YAML::BeginSeq;
   for (size_t r = 0; r < memory.size(); ++r)
     e << YAML::Flow << YAML::BeginMap << YAML::Key << "stage" << YAML::Value << r / group << YAML::Key << "rank"
@@ -238,6 +247,20 @@ Plan Plan::parse(const std::string& yaml, const std::string& path) {
     const std::string name = get(root, "sync_dtype", "", std::string());
     if (!parse_sync_dtype(name, p.sync_dtype))
       throw UserError(path + ": key 'sync_dtype' is '" + name + "'; expected fp32, bf16 or q8");
+  }
+  if (root["head"]) {  // optional: the whole head on every rank when left out
+    const YAML::Node head = root["head"];
+    if (!head.IsSequence() || static_cast<int>(head.size()) != p.group)
+      throw UserError(path + ": 'head' must list " + std::to_string(p.group) + " [first row, count] pairs (grid.group)");
+    for (size_t i = 0; i < head.size(); ++i) {
+      std::vector<int> v;
+      try {
+        v = head[i].as<std::vector<int>>();
+      } catch (const YAML::Exception&) {
+      }
+      if (v.size() != 2) throw UserError(path + ": key 'head[" + std::to_string(i) + "]' must be [first row, count]");
+      p.head.push_back({v[0], v[1]});
+    }
   }
   if (root["chosen_by"] && root["chosen_by"].IsScalar()) p.chosen_by = root["chosen_by"].as<std::string>();
   return p;

@@ -53,6 +53,10 @@ struct Plan {
   int micro_batches = 1;           // a batch's sequences split this many ways to keep stages busy
   std::vector<bool> spd_drop;      // [layer]: attention sync dropped (tensor split only)
   SyncDType sync_dtype = SyncDType::F32;  // how a sync's partial sums travel (parallel.sync_dtype)
+  // The output head split over the last stage's ranks (parallel.split_head): [group rank] the rows
+  // of the vocabulary it holds and computes; empty: every rank computes the whole head. A split
+  // head costs one small collective per sampling or scoring pass (layers/logit_summary.h).
+  std::vector<Span> head;
   std::vector<RankMemory> memory;  // [stage x group + group rank]
   int64_t memory_limit = 0;        // bytes a rank may use (memory.limit); 0: no limit
   std::vector<int> resident_layers;  // [stage x group + group rank]: layers held; the others are streamed
@@ -69,6 +73,9 @@ struct Plan {
   }
   const RankMemory& memory_of(int world_rank) const { return memory[stage_of(world_rank) * group + group_rank_of(world_rank)]; }
   int layers() const { return static_cast<int>(spd_drop.size()); }
+  bool head_split() const { return !head.empty(); }
+  // The vocabulary rows of the head a rank computes (the whole vocabulary when not split).
+  Span head_of(int world_rank, int vocab) const { return head.empty() ? Span{0, vocab} : head[group_rank_of(world_rank)]; }
   // The all-reduces layer l pays inside its stage: 2 (TP, or a decoupled model's coupled layer), 1 (SPD,
   // or the last layer of a decoupled segment), 0.
   int syncs_in_layer(int l, const ModelConfig& model) const;
@@ -76,6 +83,7 @@ struct Plan {
   int syncs_in_stage(int stage, const ModelConfig& model) const;
   int dropped_layers() const;
   // One line for logs and reports, e.g. "tp=2 dp=1: heads 6+3, kv heads 2+1, ffn 896+640; SPD drops 0/30"
+  // (with a split head: "...; head rows 24576+24576")
   // (with a pipeline: "pp=2 (layers 15+15, 4 micro-batches) tp=2 dp=1: ...").
   std::string describe() const;
 

@@ -74,6 +74,7 @@ Workload workload_of(const JobConfig& job, const ModelConfig& model) {
     // No readable input yet (`lowsync plan` ahead of the data): keep the default prompt length.
   }
   w.batch_sequences = std::max(1, std::min(job.batch.max_sequences, job.batch.max_tokens / w.prompt_tokens));
+  w.gather_rows = split_head_gathers_rows(job);
   return w;
 }
 
@@ -115,13 +116,19 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
                                                        job.parallel.spd.min_top1 >= 0 ? job.parallel.spd.min_top1 : cal->min_top1);
       if (!within.empty()) drop_sets.push_back(within);
     }
+    // The output head whole on every rank, split over the group, or both to compare (split_head auto).
+    std::vector<bool> head_splits = {job.parallel.split_head == SplitHead::On};
+    if (job.parallel.split_head == SplitHead::Auto && group > 1 && model.is_decoder() && job.backend == "cpu")
+      head_splits = {false, true};
     for (const auto& speeds : speed_sets)
-      for (const auto& dropped : drop_sets) {
+      for (const auto& dropped : drop_sets)
+      for (const bool split_head : head_splits) {
         Candidate c;
         std::vector<bool> drop(model.n_layers, false);
         for (int l : dropped) drop[l] = true;
         try {
-          c.plan = make_plan(model, limits, world, split, group, dp, speeds, drop, "planner", {pp, {}, 0}, memory_limit);
+          c.plan = make_plan(model, limits, world, split, group, dp, speeds, drop, "planner", {pp, {}, 0}, memory_limit,
+                             split_head);
           c.plan.sync_dtype = job.parallel.sync_dtype;  // an accuracy choice the job makes, as its SPD budget
         } catch (const UserError&) {
           continue;  // a grid this model cannot take (e.g. more ranks than sub-blocks)
@@ -134,6 +141,7 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
                   std::to_string(group) + " dp=" + std::to_string(dp);
         if (group > 1) c.label += " " + speeds_label(speeds);
         if (!dropped.empty()) c.label += ", SPD " + std::to_string(dropped.size()) + "/" + std::to_string(model.n_layers);
+        if (c.plan.head_split()) c.label += ", head split";
         // Compressed syncs from the calibration, within the budget, with every layer synced (the
         // calibration measured them so; with a drop set on top their cost is not measured).
         if (cal && cal->sync_dtypes.size() == 2 && dropped.empty() && c.plan.group == cal->tp &&
@@ -228,8 +236,8 @@ std::string planner_table(const PlannerResult& result, const JobConfig& job, con
                   c.predicted.bytes_per_token, most / 1048576.0, c.fits ? "yes" : "no", c.kl, c.top1, value);
     s << line;
   }
-  s << "  prefill: one pass of the batch; decode: one step of the batch; B/token: all-reduce bytes a rank sends per "
-       "token; * = chosen ("
+  s << "  prefill: one pass of the batch; decode: one step of the batch; B/token: all-reduce (and split-head "
+       "all-gather) bytes a rank sends per token; * = chosen ("
     << result.why << ")\n";
   (void)model;
   return s.str();

@@ -166,6 +166,44 @@ void check_shares(const ModelConfig& model, bool decoupled, const std::vector<La
   }
 }
 
+std::vector<Span> head_shares(const ModelConfig& model, const std::vector<double>& speed) {
+  check_speeds(model, speed);
+  const int n = static_cast<int>(speed.size());
+  if (model.vocab < n)
+    throw UserError(model.dir + ": a vocabulary of " + std::to_string(model.vocab) + " rows cannot be split over " +
+                    std::to_string(n) + " ranks (parallel.split_head)");
+  const int grain = model.vocab >= kFfnGrain * n ? kFfnGrain : 1;
+  const std::vector<int> units = proportional_counts((model.vocab + grain - 1) / grain, speed, 1);
+  std::vector<Span> head;
+  for (int r = 0, begin = 0; r < n; ++r) {
+    const int count = std::min(units[r] * grain, model.vocab - begin);
+    head.push_back({begin, count});
+    begin += count;
+  }
+  return head;
+}
+
+void check_head_shares(const ModelConfig& model, int group, const std::vector<Span>& head, const std::string& where) {
+  if (head.empty()) return;
+  if (!model.is_decoder())
+    throw UserError(where + ": the head is split over ranks but " + model.architecture + " (" + model.dir +
+                    ") has no output head; leave parallel.split_head off");
+  if (static_cast<int>(head.size()) != group)
+    throw UserError(where + ": the head is split into " + std::to_string(head.size()) + " ranges for a group of " +
+                    std::to_string(group) + " ranks");
+  int next = 0;
+  for (size_t r = 0; r < head.size(); ++r) {
+    if (head[r].begin != next || head[r].count < 1)
+      throw UserError(where + ": rank " + std::to_string(r) + ": head rows [" + std::to_string(head[r].begin) + ", " +
+                      std::to_string(head[r].end()) + "); the ranks' head rows must be consecutive, in order, at " +
+                      "least one each");
+    next = head[r].end();
+  }
+  if (next != model.vocab)
+    throw UserError(where + ": the head rows end at " + std::to_string(next) + " but the vocabulary has " +
+                    std::to_string(model.vocab) + " rows");
+}
+
 int64_t share_layer_parameters(const ModelConfig& model, const LayerShare& share) {
   const int64_t per_column = ffn_parameters_per_column(model);
   if (!model.bp.enabled())

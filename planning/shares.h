@@ -28,6 +28,16 @@ std::vector<LayerShare> tensor_shares(const ModelConfig& model, const std::vecto
 // each, in proportion to speed. UserError when there are more ranks than sub-blocks.
 std::vector<LayerShare> block_shares(const ModelConfig& model, const std::vector<double>& speed);
 
+// The output head's vocabulary rows for ranks of relative speeds `speed` (parallel.split_head):
+// contiguous, in proportion to speed, in multiples of kFfnGrain rows (when the vocabulary has at
+// least that many per rank; the last rank takes the ragged end). UserError when the vocabulary has
+// fewer rows than ranks.
+std::vector<Span> head_shares(const ModelConfig& model, const std::vector<double>& speed);
+
+// Checks that head rows partition the vocabulary in order, one range per rank of a replica, each
+// at least one row, and that the model has an output head. UserError "<where>: ..." naming the cause.
+void check_head_shares(const ModelConfig& model, int group, const std::vector<Span>& head, const std::string& where);
+
 // Checks that shares cover the model exactly: query heads and FFN columns partitioned in order
 // (every rank at least one head and one column), each rank's kv heads exactly those its query
 // heads read, sub-blocks partitioned in order. UserError "<where>: rank R: ..." naming the cause.

@@ -243,6 +243,8 @@ def main():
     expect_error("embed.pooling max", base("pool", task="embed", embed={"pooling": "max"}), ["pooling"])
     expect_error("--set generate.max_new_tokens=4x", base("setbad"), ["max_new_tokens"],
                  sets=["generate.max_new_tokens=4x"])
+    expect_error("parallel.split_head maybe", base("splithead"), ["parallel.split_head", "maybe", "true, false or auto"],
+                 sets=["parallel.split_head=maybe"])
     # Found by tests/fuzz/fuzz_inputs.py: threads 100000 under a 4 GiB `ulimit -v` hung in OpenBLAS.
     expect_error("threads 100000", base("threads"), ["threads", "100000"], sets=["threads=100000"])
 

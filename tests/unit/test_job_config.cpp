@@ -328,3 +328,27 @@ TEST(JobConfig, GenerationControlsAndScoreWindowsRoundTripAndFingerprint) {
   EXPECT_THROW(load_job_config(write_yaml(kBase), {"generate.stop_token_ids=[2]", "generate.stop_at_eos=false"}),
                UserError);
 }
+
+// parallel.split_head: true, false or auto (one error line naming the key otherwise); kept by
+// to_yaml; in the fingerprint only when not off (files written before the key keep theirs).
+TEST(JobConfig, SplitHead) {
+  const auto off = load_job_config(write_yaml(kBase), {});
+  EXPECT_EQ(off.parallel.split_head, SplitHead::Off);
+  EXPECT_EQ(off.fingerprint().find("split_head"), std::string::npos);
+  for (const auto& [value, want] : {std::pair{"true", SplitHead::On}, {"false", SplitHead::Off}, {"auto", SplitHead::Auto}}) {
+    const auto c = load_job_config(write_yaml(std::string(kBase) + "parallel: {tp: 2, split_head: " + value + "}\n"), {});
+    EXPECT_EQ(c.parallel.split_head, want) << value;
+    const auto d = load_job_config(write_yaml(c.to_yaml()), {});
+    EXPECT_EQ(d.parallel.split_head, want) << c.to_yaml();
+    EXPECT_EQ(c.fingerprint(), d.fingerprint());
+  }
+  EXPECT_NE(load_job_config(write_yaml(kBase), {"parallel.split_head=true"}).fingerprint().find("split_head: true"),
+            std::string::npos);
+  try {
+    load_job_config(write_yaml(kBase), {"parallel.split_head=maybe"});
+    FAIL() << "no error for split_head: maybe";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("key 'parallel.split_head' is 'maybe'; expected true, false or auto"),
+              std::string::npos) << e.what();
+  }
+}

@@ -437,3 +437,96 @@ TEST(Planner, PipelineWhenAReplicaDoesNotFitAndTheLinkIsSlow) {
   // The pipeline's stages hold half the layers each: memory well under a whole replica's.
   EXPECT_LT(c.plan.memory_of(0).weights, rank_memory(m, LayerShare::whole(m), c.plan.limits).weights * 0.7);
 }
+
+// parallel.split_head: the head's vocabulary rows partition it in whole 16-row blocks (the last
+// rank takes the ragged end), in proportion to speed; plan.yaml keeps them; a tied head split on
+// the first stage costs no memory (a view of the embedding the lookup holds whole), an untied one
+// shrinks; wrong rows are refused by name.
+TEST(Plan, SplitHeadRowsYamlAndMemory) {
+  ModelConfig m = smollm2();
+  m.vocab = 203;
+  const std::vector<Span> even = head_shares(m, {1, 1, 1});
+  ASSERT_EQ(even.size(), 3u);
+  EXPECT_EQ(even[0].begin, 0);
+  for (size_t r = 1; r < even.size(); ++r) EXPECT_EQ(even[r].begin, even[r - 1].end());
+  EXPECT_EQ(even[2].end(), 203);
+  for (const Span& s : even) EXPECT_EQ(s.begin % kFfnGrain, 0);
+  EXPECT_EQ(even[0].count, 80);  // 13 blocks of 16: 5 + 4 + 4, the last ragged (59 rows)
+  EXPECT_NO_THROW(check_head_shares(m, 3, even, "test"));
+  const std::vector<Span> fast = head_shares(m, {2, 1});
+  EXPECT_NEAR(fast[0].count / 203.0, 2.0 / 3.0, 0.05);
+  m.vocab = 5;  // fewer rows than 16 per rank: single rows
+  EXPECT_EQ(head_shares(m, {1, 1, 1})[2].count, 1);
+  m.vocab = 2;
+  EXPECT_NE(refusal([&] { head_shares(m, {1, 1, 1}); }).find("cannot be split over 3 ranks"), std::string::npos);
+
+  const ModelConfig s = smollm2();
+  const PlanLimits limits{"generate", 1024, 16, 64};
+  const Plan p = make_plan(s, limits, 2, ReplicaSplit::Tensor, 2, 1, {}, {}, "job.yaml", {}, 0, true);
+  ASSERT_EQ(p.head.size(), 2u);
+  EXPECT_EQ(p.head[1].begin, 24576);
+  EXPECT_EQ(p.head_of(1, s.vocab).count, 24576);
+  EXPECT_NE(p.describe().find("head rows 24576+24576"), std::string::npos) << p.describe();
+  Plan q = Plan::parse(p.to_yaml(s), "plan.yaml");
+  complete_parsed_plan(q, s, 2, "plan.yaml");
+  EXPECT_EQ(q.to_yaml(s), p.to_yaml(s));
+  ASSERT_EQ(q.head.size(), 2u);
+  const Plan whole = make_plan(s, limits, 2, ReplicaSplit::Tensor, 2, 1, {}, {}, "job.yaml");
+  EXPECT_TRUE(whole.head.empty());
+  EXPECT_EQ(whole.to_yaml(s).find("\nhead:"), std::string::npos);
+  EXPECT_EQ(p.memory[0].weights, whole.memory[0].weights);  // tied: a view of the whole embedding
+  ModelConfig untied = s;
+  untied.tied_embeddings = false;
+  const Plan u = make_plan(untied, limits, 2, ReplicaSplit::Tensor, 2, 1, {}, {}, "job.yaml", {}, 0, true);
+  const Plan uw = make_plan(untied, limits, 2, ReplicaSplit::Tensor, 2, 1, {}, {}, "job.yaml");
+  EXPECT_EQ(uw.memory[0].weights - u.memory[0].weights, int64_t(4) * 24576 * 576);
+  // A pipeline's last stage holds only its rows of a tied head.
+  const Plan pp = make_plan(s, limits, 4, ReplicaSplit::Tensor, 2, 1, {}, {}, "job.yaml", {2, {}, 0}, 0, true);
+  const Plan ppw = make_plan(s, limits, 4, ReplicaSplit::Tensor, 2, 1, {}, {}, "job.yaml", {2, {}, 0});
+  EXPECT_EQ(ppw.memory[2].weights - pp.memory[2].weights, int64_t(4) * 24576 * 576);
+
+  std::string gap = p.to_yaml(s);
+  gap.replace(gap.find("[24576, 24576]"), 14, "[24577, 24575]");
+  Plan g = Plan::parse(gap, "p.yaml");
+  EXPECT_NE(refusal([&] { complete_parsed_plan(g, s, 2, "p.yaml"); }).find("p.yaml: rank 1: head rows [24577, 49152)"),
+            std::string::npos);
+  std::string three = p.to_yaml(s);
+  three.replace(three.find("head: [[0, 24576], [24576, 24576]]"), 34, "head: [[0, 24576]]");
+  EXPECT_NE(refusal([&] { Plan::parse(three, "p.yaml"); }).find("'head' must list 2"), std::string::npos);
+  ModelConfig bert = s;
+  bert.family = Family::Bert;
+  bert.architecture = "BertModel";
+  EXPECT_NE(refusal([&] { check_head_shares(bert, 2, p.head, "p.yaml"); }).find("has no output head"), std::string::npos);
+}
+
+// The cost model weighs a split head's merge against the head's compute: on a fast link the split
+// decodes faster (SmolLM2's head is a fifth of its weights) and split_head: auto picks it; on a
+// 100 Mbit/s link, gathering whole rows for sampling (98 KB a row) costs more than the head's half.
+TEST(Planner, SplitHeadWeighedByTheCostModel) {
+  const ModelConfig m = smollm2();
+  const PlanLimits limits{"generate", 1024, 16, 64};
+  const Plan whole = make_plan(m, limits, 2, ReplicaSplit::Tensor, 2, 1, {}, {}, "job.yaml");
+  const Plan split = make_plan(m, limits, 2, ReplicaSplit::Tensor, 2, 1, {}, {}, "job.yaml", {}, 0, true);
+  const Profile fast = uniform_profile(2, 5e-6, 10e9);
+  Workload greedy{128, 1, 32};
+  const Prediction w = predict(whole, m, fast, greedy), s = predict(split, m, fast, greedy);
+  EXPECT_LT(s.decode_step_one_s, w.decode_step_one_s);
+  EXPECT_DOUBLE_EQ(s.bytes_per_token - w.bytes_per_token, 40);  // one summary per new token
+
+  JobConfig j = job("latency");
+  j.parallel.split_head = SplitHead::Auto;
+  const auto r = plan_candidates(j, m, fast, greedy);
+  const Candidate& chosen = r.candidates[r.chosen];
+  EXPECT_TRUE(chosen.plan.head_split()) << chosen.label;
+  EXPECT_NE(chosen.label.find("head split"), std::string::npos);
+  int split_candidates = 0;
+  for (const Candidate& c : r.candidates) split_candidates += c.plan.head_split();
+  EXPECT_EQ(split_candidates, 1);  // tp=2; dp=2 and one rank have no group to split over
+  j.parallel.split_head = SplitHead::Off;
+  for (const Candidate& c : plan_candidates(j, m, fast, greedy).candidates) EXPECT_FALSE(c.plan.head_split());
+
+  const Profile slow = uniform_profile(2, 1e-3, 12e6);
+  Workload sampling = greedy;
+  sampling.gather_rows = true;
+  EXPECT_GT(predict(split, m, slow, sampling).decode_step_one_s, predict(whole, m, slow, sampling).decode_step_one_s);
+}
