@@ -7,7 +7,7 @@ For each setting, measured side by side in one run on the same random-weight LLa
 prefill tokens/s (a `score` pass over packed prompts) and decode ms per step (a `generate` job),
 with the sync points and bytes per token from lowsync's own counters, and the accuracy deviation
 of the SPD settings (next-token KL and top-1 agreement against full TP, from `lowsync calibrate`).
-The decoupled models are the same random model converted with python/decoupled.py (P = np sub-blocks);
+The decoupled models are the same random model converted with python/decoupled (P = np sub-blocks);
 their fidelity after distillation is measured by python/distill_minilm.py, not here.
 Writes JSON (default bench/results/parallel.json) and prints a table.
 

@@ -391,7 +391,7 @@ def main():
         group = a.heads // a.kv_heads
         if np_ > a.kv_heads:
             res_skipped.append(f"BP at np {np_}: {a.kv_heads} key/value heads cannot make {np_} sub-blocks of whole "
-                               f"GQA groups (python/decoupled.py needs them)")
+                               f"GQA groups (python/decoupled needs them)")
             continue
         shares = [group * (a.kv_heads // np_ + (1 if r < a.kv_heads % np_ else 0)) for r in range(np_)]
         for k in (1, 2):

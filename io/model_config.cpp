@@ -1,5 +1,6 @@
 #include "io/model_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -82,6 +83,20 @@ struct ConfigJson {
       throw UserError(path + ": key '" + key + "' is " + shown(v) + "; expected a finite number " +
                       (positive ? "> 0" : ">= 0"));
     return static_cast<float>(x);
+  }
+  // A list of layer indices, each in [0, n_layers), strictly increasing (a decoupled model's coupled layers).
+  std::vector<int> layer_indices(const char* key, int n_layers) const {
+    const std::string expected = "; expected a list of layer indices in [0, " + std::to_string(n_layers) +
+                                 "), in increasing order";
+    if (!j[key].is_array()) throw UserError(path + ": key '" + key + "' is " + shown(j[key]) + expected);
+    std::vector<int> out;
+    for (const json& v : j[key]) {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= n_layers ||
+          (!out.empty() && v.get<int64_t>() <= out.back()))
+        throw UserError(path + ": key '" + key + "' holds " + shown(v) + expected);
+      out.push_back(v.get<int>());
+    }
+    return out;
   }
   // A list of model sizes (a decoupled model's per-sub-block shares).
   std::vector<int> sizes(const char* key) const {
@@ -408,6 +423,17 @@ ModelConfig load_model_config(const std::string& model_dir) {
       if (d.heads[r] % d.kv_heads[r])
         throw UserError(path + ": key 'bp': sub-block " + std::to_string(r) + " has " + std::to_string(d.heads[r]) +
                         " heads for " + std::to_string(d.kv_heads[r]) + " key/value heads; expected a multiple");
+    if (bc.has("coupled")) {
+      d.coupled = bc.layer_indices("coupled", m.n_layers);
+      // A coupled layer's tensor-parallel share is its rank's sub-blocks' heads and kv heads together,
+      // which is a valid share only if every sub-block keeps the model's query heads per kv head.
+      const int group = m.n_heads / m.n_kv_heads;
+      for (size_t r = 0; r < P && !d.coupled.empty(); ++r)
+        if (d.heads[r] != d.kv_heads[r] * group)
+          throw UserError(path + ": key 'bp': sub-block " + std::to_string(r) + " has " + std::to_string(d.heads[r]) +
+                          " heads for " + std::to_string(d.kv_heads[r]) + " key/value heads; coupled layers need " +
+                          std::to_string(group) + " per key/value head, as in the model");
+    }
   }
 
   if (c.has("lowsync_spd")) {
@@ -450,6 +476,26 @@ ModelConfig load_model_config(const std::string& model_dir) {
     if (gc.has("eos_token_id")) m.eos_token_ids = eos_ids(gc, m.vocab);
   }
   return m;
+}
+
+bool DecoupledSpec::is_coupled(int layer) const {
+  return std::find(coupled.begin(), coupled.end(), layer) != coupled.end();
+}
+
+std::vector<DecoupledSpec::Segment> DecoupledSpec::segments(int n_layers) const {
+  std::vector<Segment> out;
+  for (int l = 0; l < n_layers;) {
+    if (is_coupled(l)) {
+      out.push_back({l, l + 1, true});
+      ++l;
+      continue;
+    }
+    int end = l;
+    while (end < n_layers && end - l < sync_every && !is_coupled(end)) ++end;
+    out.push_back({l, end, false});
+    l = end;
+  }
+  return out;
 }
 
 int64_t ModelConfig::parameter_count() const {

@@ -30,11 +30,24 @@ struct RopeScaling {
 
 // A decoupled model (block parallelism, DeTransformer): every layer is `sub_blocks` independent
 // sub-blocks, each with its own heads, FFN columns and residual stream; the streams merge with one
-// all-reduce every `sync_every` layers. Empty (sub_blocks = 0) for an ordinary model.
+// all-reduce every `sync_every` layers. The `coupled` layers stay the base model's layers and run
+// tensor-parallel (2 all-reduces each); segments of decoupled layers end before them. Empty
+// (sub_blocks = 0) for an ordinary model.
 struct DecoupledSpec {
   int sub_blocks = 0, sync_every = 1;
   std::vector<int> heads, kv_heads, ffn;  // per sub-block; may be uneven
+  std::vector<int> coupled;               // layer indices, increasing
   bool enabled() const { return sub_blocks > 0; }
+  bool is_coupled(int layer) const;
+
+  // Layers [first, end) that run between two syncs: a coupled layer on its own, or up to
+  // `sync_every` consecutive decoupled layers whose streams merge after the last.
+  struct Segment {
+    int first = 0, end = 0;
+    bool coupled = false;
+  };
+  // The model's layers in the order they run (python/decoupled/family.py `segments` is the same).
+  std::vector<Segment> segments(int n_layers) const;
 };
 
 // A checkpoint whose blocks were recovered for Sync-Point Drop at one tensor-parallel split

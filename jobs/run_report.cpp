@@ -92,6 +92,12 @@ std::string layer_list(const std::vector<bool>& drop) {
   return s.empty() ? "none" : s;
 }
 
+std::string layer_list(const std::vector<int>& layers) {
+  std::string s;
+  for (int l : layers) s += (s.empty() ? "" : ",") + std::to_string(l);
+  return s.empty() ? "none" : s;
+}
+
 }  // namespace
 
 double proc_status_mib(const char* field) {
@@ -148,7 +154,8 @@ std::string run_report(const Plan& plan, const ModelConfig& model, const std::ve
   s << "plan: " << plan.describe() << " (" << plan.world << " ranks; chosen by " << plan.chosen_by << ")\n";
   if (plan.split == ReplicaSplit::Block)
     s << "strategy: decoupled model of " << model.bp.sub_blocks << " sub-blocks per layer, merged every "
-      << model.bp.sync_every << " layers\n";
+      << model.bp.sync_every << " layers"
+      << (model.bp.coupled.empty() ? "" : "; coupled (tensor-parallel) layers " + layer_list(model.bp.coupled)) << "\n";
   else if (plan.group > 1)
     s << "strategy: tensor parallel, SPD drops " << plan.dropped_layers() << "/" << model.n_layers
       << " attention syncs (layers " << layer_list(plan.spd_drop) << ")\n";

@@ -16,6 +16,20 @@ struct LayerShare {
   Span heads, kv_heads, ffn;  // ordinary model: query heads, the kv heads they read, FFN columns
   Span sub_blocks;            // decoupled model: whole sub-blocks
 
+  // A decoupled model's coupled layer runs tensor-parallel over the same ranks: each takes the heads,
+  // kv heads and FFN columns its sub-blocks hold in the other layers. python/decoupled/convert.py cuts
+  // sub-block r from the original layer at the shares of the sub-blocks before it, so a rank's
+  // sub-blocks [a, b) are the columns [sum of shares before a, + sum of its own).
+  LayerShare coupled_share(const ModelConfig& cfg) const {
+    const DecoupledSpec& bp = cfg.bp;
+    auto columns = [&](const std::vector<int>& per_sub_block) {
+      Span s;
+      for (int r = 0; r < sub_blocks.end(); ++r) (r < sub_blocks.begin ? s.begin : s.count) += per_sub_block[r];
+      return s;
+    };
+    return {columns(bp.heads), columns(bp.kv_heads), columns(bp.ffn), sub_blocks};
+  }
+
   // Everything: one rank computing the whole replica.
   static LayerShare whole(const ModelConfig& cfg) {
     if (cfg.bp.enabled()) return {{}, {}, {}, {0, cfg.bp.sub_blocks}};

@@ -238,7 +238,8 @@ Tensor weight_rows(const Tensor& w, Span rows) {
   return t;
 }
 
-// Every layer of this rank's stage: its TP share of `prefix{l}.`, or its sub-blocks `prefix{l}.sub.{r}.`.
+// Every layer of this rank's stage: its TP share of `prefix{l}.`, or its sub-blocks `prefix{l}.sub.{r}.`
+// (a decoupled model's coupled layer: the TP share its sub-blocks make, of `prefix{l}.`).
 void load_layers(const ModelConfig& c, const RankPart& part, Loader& in, const std::string& prefix, LayerLoader load,
                  ModelWeights& m) {
   for (int l = part.layers.begin; l < part.layers.end(); ++l) {
@@ -247,7 +248,12 @@ void load_layers(const ModelConfig& c, const RankPart& part, Loader& in, const s
       m.layers.push_back(load(c, in, p, Part::tp_share(c, part.share)));
       continue;
     }
+    m.layers.emplace_back();
     m.sub_blocks.emplace_back();
+    if (c.bp.is_coupled(l)) {
+      m.layers.back() = load(c, in, p, Part::tp_share(c, part.share.coupled_share(c)));
+      continue;
+    }
     for (int r = part.share.sub_blocks.begin; r < part.share.sub_blocks.end(); ++r)
       m.sub_blocks.back().push_back(load(c, in, p + "sub." + std::to_string(r) + ".", Part::whole(BlockShape::sub_block(c, r))));
   }

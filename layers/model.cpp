@@ -42,6 +42,7 @@ Transformer::Transformer(const ModelConfig& cfg, Backend& be, TensorParallelGrou
   if (cfg.rope_scaling.type != RopeScaling::Type::None) rope_inv_freq_ = rope_inv_freq(cfg);
   if (cfg.bp.enabled()) {
     for (int r = share.sub_blocks.begin; r < share.sub_blocks.end(); ++r) sub_shapes_.push_back(BlockShape::sub_block(cfg, r));
+    if (!cfg.bp.coupled.empty()) local_ = BlockShape::of_share(cfg, share.coupled_share(cfg));
   } else {
     local_ = BlockShape::of_share(cfg, share);
   }
@@ -105,10 +106,32 @@ void Transformer::set_spd_drop(std::vector<bool> drop) {
 
 KVCache Transformer::make_cache(int64_t capacity) {
   if (!cfg_.bp.enabled()) return be_.make_kv_cache(layers_.count, capacity, local_.kv_dim());
-  // One cache per (layer, local sub-block), as wide as the widest sub-block.
-  int kv_dim = 0;
-  for (const BlockShape& s : sub_shapes_) kv_dim = std::max(kv_dim, s.kv_dim());
-  return be_.make_kv_cache(cfg_.n_layers * static_cast<int>(sub_shapes_.size()), capacity, kv_dim);
+  // A decoupled model: one slot per (layer, local sub-block) (see cache_slot), each as wide as its
+  // sub-block's keys; a coupled layer's first slot holds its TP share's keys, its others stay empty.
+  const int n_local = static_cast<int>(sub_shapes_.size());
+  KVCache cache;
+  cache.capacity = capacity;
+  for (int l = 0; l < cfg_.n_layers; ++l)
+    for (int j = 0; j < n_local; ++j) {
+      const bool coupled = cfg_.bp.is_coupled(l);
+      const int kv_dim = coupled ? (j == 0 ? local_.kv_dim() : 0) : sub_shapes_[j].kv_dim();
+      if (kv_dim == 0) {  // a coupled layer's unused slot
+        cache.k.emplace_back();
+        cache.v.emplace_back();
+        continue;
+      }
+      KVCache slot = be_.make_kv_cache(1, capacity, kv_dim);
+      cache.k.push_back(slot.k[0]);
+      cache.v.push_back(slot.v[0]);
+    }
+  return cache;
+}
+
+// Where layer l (sub-block j of this rank's, for a decoupled layer) keeps its keys and values: the
+// stage's layers in order for an ordinary model; n_local slots per layer for a decoupled one.
+int Transformer::cache_slot(int l, int j) const {
+  if (!cfg_.bp.enabled()) return l - layers_.begin;
+  return l * static_cast<int>(sub_shapes_.size()) + j;
 }
 
 void Transformer::norm(const Tensor& x, const Tensor& w, const Tensor& b, Tensor& out) {
@@ -162,8 +185,16 @@ void Transformer::run_layers(Tensor& x, const BatchLayout& layout, KVCache& cach
   ++passes_;
   tokens_ += layout.tokens();
   if (cfg_.bp.enabled()) {
-    for (int first = 0; first < cfg_.n_layers; first += cfg_.bp.sync_every)
-      decoupled_segment(first, std::min(first + cfg_.bp.sync_every, cfg_.n_layers), x, layout, cache);
+    // A decoupled model: segments of decoupled layers, each ending with its merge, and coupled
+    // layers (ordinary tensor-parallel layers over the same ranks) between them.
+    for (const DecoupledSpec::Segment& seg : cfg_.bp.segments(cfg_.n_layers)) {
+      if (!seg.coupled)
+        decoupled_segment(seg.first, seg.end, x, layout, cache);
+      else if (cfg_.is_decoder())
+        decoder_block(seg.first, x, layout, cache);
+      else
+        encoder_block(seg.first, x, layout, cache);
+    }
     return;
   }
   for (int l = layers_.begin; l < layers_.end(); ++l) {
@@ -189,7 +220,7 @@ void Transformer::decoder_block(int l, Tensor& x, const BatchLayout& layout, KVC
   Tensor h = be_.scratch(x.rows, x.cols);
   norm(x, w.norm1_w, w.norm1_b, h);
   tap(l, "attn_norm", h);
-  Tensor a = attention_partial(w, local_, l - layers_.begin, h, layout, cache, l);
+  Tensor a = attention_partial(w, local_, cache_slot(l), h, layout, cache, l);
   tp_.all_reduce(a);
   add_bias(a, w.bo);
   tap(l, "attn_out", a);
@@ -213,7 +244,7 @@ void Transformer::decoder_block_spd(int l, Tensor& x, const BatchLayout& layout,
   Tensor h = be_.scratch(x.rows, x.cols);
   norm(x, w.norm1_w, w.norm1_b, h);
   tap(l, "attn_norm", h);
-  Tensor a = attention_partial(w, local_, l - layers_.begin, h, layout, cache, l);
+  Tensor a = attention_partial(w, local_, cache_slot(l), h, layout, cache, l);
   Tensor h_r = be_.zeros(x.rows, x.cols);
   be_.add(h_r, x);
   be_.add(h_r, a);
@@ -233,7 +264,7 @@ void Transformer::decoder_block_spd(int l, Tensor& x, const BatchLayout& layout,
 // Post-LN block:  x = norm1(x + Attn(x));  x = norm2(x + FFN(x))   (2 syncs)
 void Transformer::encoder_block(int l, Tensor& x, const BatchLayout& layout, KVCache& cache) {
   const LayerWeights& w = layer_weights(l);
-  Tensor a = attention_partial(w, local_, l - layers_.begin, x, layout, cache, l);
+  Tensor a = attention_partial(w, local_, cache_slot(l), x, layout, cache, l);
   tp_.all_reduce(a);
   add_bias(a, w.bo);
   tap(l, "attn_out", a);
@@ -259,7 +290,7 @@ void Transformer::decoupled_segment(int first, int last, Tensor& x, const BatchL
     Tensor x_r = be_.zeros(x.rows, x.cols);
     be_.add(x_r, x);
     for (int l = first; l < last; ++l)
-      decoupled_block(w_.sub_blocks[l][j], sub_shapes_[j], l * n_local + j, x_r, layout, cache);
+      decoupled_block(w_.sub_blocks[l][j], sub_shapes_[j], cache_slot(l, j), x_r, layout, cache);
     be_.add(delta, x_r);
     be_.axpy(-1.f, x, delta);
   }

@@ -26,8 +26,8 @@ struct LayerWeights {
 struct ModelWeights {
   Tensor tok_emb, pos_emb, type_emb;  // pos: GPT-2, BERT; type: BERT
   Tensor emb_norm_w, emb_norm_b;      // BERT's embeddings.LayerNorm
-  std::vector<LayerWeights> layers;   // ordinary model: this rank's TP share of each layer
-  std::vector<std::vector<LayerWeights>> sub_blocks;  // decoupled model: [layer][this rank's sub-blocks]
+  std::vector<LayerWeights> layers;   // this rank's TP share of each layer of its stage (decoupled: coupled ones)
+  std::vector<std::vector<LayerWeights>> sub_blocks;  // decoupled model: [layer][this rank's sub-blocks] (coupled: none)
   Tensor final_norm_w, final_norm_b;  // LLaMA's norm, GPT-2's ln_f
   Tensor lm_head;                     // [head rows, hidden]: the whole vocabulary's or this rank's rows
                                       // of a split head; the token embedding (its rows) when tied
@@ -135,6 +135,7 @@ class Transformer {
   void decoder_block_spd(int l, Tensor& x, const BatchLayout& layout, KVCache& cache);
   void encoder_block(int l, Tensor& x, const BatchLayout& layout, KVCache& cache);
   void decoupled_segment(int first, int last, Tensor& x, const BatchLayout& layout, KVCache& cache);
+  int cache_slot(int l, int j = 0) const;  // the KV cache slot of layer l (its sub-block j, decoupled)
   void decoupled_block(const LayerWeights& w, const BlockShape& s, int cache_layer, Tensor& x_r,
                        const BatchLayout& layout, KVCache& cache);
   // tap_layer: the model layer whose Q/K/V are tapped (-1: a decoupled sub-block, not tapped).
@@ -153,7 +154,7 @@ class Transformer {
   Backend& be_;
   TensorParallelGroup tp_;  // the ranks of this replica: TP shares, or a decoupled model's sub-blocks
   Span layers_;             // this rank's pipeline stage
-  BlockShape local_;        // ordinary model: this rank's TP share
+  BlockShape local_;        // this rank's TP share (of a decoupled model: of its coupled layers)
   std::vector<BlockShape> sub_shapes_;  // decoupled model: this rank's sub-blocks
   std::vector<bool> spd_drop_;
   std::vector<float> rope_inv_freq_;  // scaled RoPE's frequencies (empty: unscaled, from rope_theta)

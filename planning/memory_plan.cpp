@@ -34,24 +34,31 @@ Parameters block_parameters(const ModelConfig& m, int64_t heads, int64_t kv, int
 RankMemory rank_memory(const ModelConfig& m, const LayerShare& share, const PlanLimits& limits, const Span& layers,
                        bool first, bool last, int head_rows) {
   if (head_rows < 0) head_rows = m.vocab;
-  const int64_t H = m.hidden, L = layers.count, f = sizeof(float);
+  const int64_t H = m.hidden, f = sizeof(float);
   RankMemory mem;
 
-  // Weights.
-  Parameters per_layer;
-  int64_t kv_dim = 0, q_dim = 0, ffn = 0;
-  if (m.bp.enabled()) {
-    for (int r = share.sub_blocks.begin; r < share.sub_blocks.end(); ++r) {
-      per_layer += block_parameters(m, m.bp.heads[r], m.bp.kv_heads[r], m.bp.ffn[r]);
-      kv_dim = std::max<int64_t>(kv_dim, int64_t(m.bp.kv_heads[r]) * m.head_dim);
-      q_dim = std::max<int64_t>(q_dim, int64_t(m.bp.heads[r]) * m.head_dim);
-      ffn = std::max<int64_t>(ffn, m.bp.ffn[r]);
+  // Weights, and the KV cache's width summed over the stage's layers (Transformer::make_cache).
+  // q_dim, kv_dim, ffn: the widest block the rank computes at a time.
+  Parameters layer_parameters;
+  int64_t kv_widths = 0, kv_dim = 0, q_dim = 0, ffn = 0;
+  auto add_block = [&](int64_t heads, int64_t kv, int64_t columns) {
+    kv_dim = std::max(kv_dim, kv * m.head_dim);
+    q_dim = std::max(q_dim, heads * m.head_dim);
+    ffn = std::max(ffn, columns);
+    return block_parameters(m, heads, kv, columns);
+  };
+  for (int l = layers.begin; l < layers.end(); ++l) {
+    if (m.bp.enabled() && !m.bp.is_coupled(l)) {
+      for (int r = share.sub_blocks.begin; r < share.sub_blocks.end(); ++r) {
+        layer_parameters += add_block(m.bp.heads[r], m.bp.kv_heads[r], m.bp.ffn[r]);
+        kv_widths += int64_t(m.bp.kv_heads[r]) * m.head_dim;
+      }
+      continue;
     }
-  } else {
-    per_layer = block_parameters(m, share.heads.count, share.kv_heads.count, share.ffn.count);
-    kv_dim = int64_t(share.kv_heads.count) * m.head_dim;
-    q_dim = int64_t(share.heads.count) * m.head_dim;
-    ffn = share.ffn.count;
+    // An ordinary model's TP share, or a decoupled model's coupled layer (its sub-blocks' columns).
+    const LayerShare tp = m.bp.enabled() ? share.coupled_share(m) : share;
+    layer_parameters += add_block(tp.heads.count, tp.kv_heads.count, tp.ffn.count);
+    kv_widths += int64_t(tp.kv_heads.count) * m.head_dim;
   }
   const bool tied_head = m.family == Family::GPT2 || (m.family == Family::Llama && m.tied_embeddings);
   Parameters shared;  // embeddings and head are matrices (lookups widen their rows)
@@ -61,17 +68,16 @@ RankMemory rank_memory(const ModelConfig& m, const LayerShare& share, const Plan
   if (first && m.family == Family::Bert) shared.matrices += int64_t(m.type_vocab) * H;                  // token types
   if (first && m.family == Family::Bert) shared.vectors += 2 * H;                                        // embedding norm
   if (last && m.is_decoder()) shared.vectors += (m.family == Family::Llama ? 1 : 2) * H;                // final norm
-  mem.weights = int64_t(weights_dtype_bytes(limits.weights) * double(L * per_layer.matrices + shared.matrices)) +
-                f * (L * per_layer.vectors + shared.vectors);
+  mem.weights = int64_t(weights_dtype_bytes(limits.weights) * double(layer_parameters.matrices + shared.matrices)) +
+                f * (layer_parameters.vectors + shared.vectors);
 
-  // KV cache: one per (layer, local sub-block), as wide as the widest (Transformer::make_cache).
-  const int64_t caches = m.bp.enabled() ? L * share.sub_blocks.count : L;
+  // KV cache: `rows` keys and values in every layer (of every local sub-block).
   int64_t rows = limits.max_tokens;
   if (limits.task == "generate")
     rows = std::min<int64_t>(int64_t(limits.max_tokens) + int64_t(limits.max_sequences) * limits.max_new_tokens,
                              int64_t(limits.max_sequences) * m.max_positions);
   rows = std::min<int64_t>(rows, int64_t(limits.max_sequences) * m.max_positions);
-  mem.kv_cache = f * caches * rows * 2 * kv_dim;
+  mem.kv_cache = f * rows * 2 * kv_widths;
 
   // Activations of the largest pass: the residual, a norm's output and a partial sum; q, k, v and
   // the attention context; FFN up and gate (a decoupled rank adds its stream and the merge delta);

@@ -25,8 +25,10 @@ std::string config_digest(const ModelConfig& model) {
 int Plan::syncs_in_layer(int l, const ModelConfig& model) const {
   if (group == 1) return 0;
   if (split == ReplicaSplit::Block) {
-    const int k = model.bp.sync_every;
-    return (l % k == k - 1 || l == model.n_layers - 1) ? 1 : 0;  // a segment's last layer merges the streams
+    // A coupled layer is a TP layer; a segment of decoupled layers merges its streams after its last.
+    for (const DecoupledSpec::Segment& s : model.bp.segments(model.n_layers))
+      if (l >= s.first && l < s.end) return s.coupled ? 2 : (l == s.end - 1 ? 1 : 0);
+    return 0;
   }
   return spd_drop[l] ? 1 : 2;
 }

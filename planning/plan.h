@@ -78,8 +78,8 @@ struct Plan {
   bool head_split() const { return !head.empty(); }
   // The vocabulary rows of the head a rank computes (the whole vocabulary when not split).
   Span head_of(int world_rank, int vocab) const { return head.empty() ? Span{0, vocab} : head[group_rank_of(world_rank)]; }
-  // The all-reduces layer l pays inside its stage: 2 (TP), 1 (SPD, or the last layer of a decoupled
-  // segment), 0.
+  // The all-reduces layer l pays inside its stage: 2 (TP, or a decoupled model's coupled layer), 1 (SPD,
+  // or the last layer of a decoupled segment), 0.
   int syncs_in_layer(int l, const ModelConfig& model) const;
   int syncs_per_pass(const ModelConfig& model) const;  // summed over the stages
   int syncs_in_stage(int stage, const ModelConfig& model) const;

