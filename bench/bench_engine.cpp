@@ -141,6 +141,7 @@ json stats(const std::vector<double>& v) {
 int run(int argc, char** argv) {
   std::string model_dir, out_path, weights_name;
   int threads, decode_steps, rounds, prefill_reps;
+  bool bf16_dot = false;
   int64_t prefill_tokens, prefill_seqs, decode_prompt, bw_mib;
   std::vector<int64_t> decode_batches;
   po::options_description opts("bench_engine options");
@@ -148,6 +149,7 @@ int run(int argc, char** argv) {
       "model", po::value(&model_dir)->default_value("out/bench/llama-200m"), "LLaMA-family model directory")(
       "threads", po::value(&threads)->default_value(1), "BLAS threads (engine and sgemm probe)")(
       "weights-dtype", po::value(&weights_name)->default_value("fp32"), "weight matrices stored as fp32, bf16, fp16 or q8_0")(
+      "bf16-dot", po::bool_switch(&bf16_dot), "bf16 weights: decode products round x to bf16 (weights.bf16_dot)")(
       "prefill-tokens", po::value(&prefill_tokens)->default_value(1024), "tokens in one packed prefill pass")(
       "prefill-seqs", po::value(&prefill_seqs)->default_value(4), "prompts the prefill tokens are split into")(
       "prefill-reps", po::value(&prefill_reps)->default_value(2), "prefill passes per round (the fastest counts)")(
@@ -179,7 +181,8 @@ int run(int argc, char** argv) {
                       : weights == WeightsDType::F16 ? DType::F16
                       : weights == WeightsDType::Q8_0 ? DType::Q8_0
                                                       : DType::F32;
-  std::unique_ptr<Backend> be = make_cpu_backend(threads, dtype);
+  if (bf16_dot && dtype != DType::BF16) throw UserError("--bf16-dot needs --weights-dtype bf16");
+  std::unique_ptr<Backend> be = make_cpu_backend(threads, dtype, bf16_dot);
   auto probes = bench::make_cpu_probes(threads, bw_mib << 20);
   const auto t_load = Clock::now();
   Transformer model(cfg, *be);
@@ -247,6 +250,7 @@ int run(int argc, char** argv) {
   j["machine"] = probes->info();
   j["threads"] = threads;
   j["weights_dtype"] = weights_dtype_name(weights);
+  j["bf16_dot"] = bf16_dot;
   j["model"] = {{"dir", model_dir},
                 {"architecture", cfg.architecture},
                 {"parameters", cfg.parameter_count()},

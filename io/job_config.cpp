@@ -92,6 +92,7 @@ const std::map<std::string, Setter>& schema() {
          if (!parse_weights_dtype(n.as<std::string>(), c.weights_dtype))
            throw YAML::Exception(YAML::Mark::null_mark(), "not a weights dtype");
        }},
+      {"weights.bf16_dot", field(&JobConfig::weights_bf16_dot)},
       {"generate.max_new_tokens", field(&JobConfig::generate, &GenerateOptions::max_new_tokens)},
       {"generate.temperature", field(&JobConfig::generate, &GenerateOptions::temperature)},
       {"generate.top_k", field(&JobConfig::generate, &GenerateOptions::top_k)},
@@ -344,6 +345,10 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   expect(c.backend != "cuda" || c.weights_dtype == WeightsDType::Auto || c.cuda.dtype == weights_dtype_name(c.weights_dtype),
          "weights.dtype", std::string("is ") + weights_dtype_name(c.weights_dtype) + " but cuda.dtype is " + c.cuda.dtype +
              "; with backend: cuda the weights are stored in cuda.dtype: give one of them, or the same in both");
+  expect(!c.weights_bf16_dot || c.backend == "cpu", "weights.bf16_dot",
+         "is a CPU kernel choice; with backend: cuda, cuBLAS multiplies cuda.dtype weights as it does");
+  expect(!c.weights_bf16_dot || c.weights_dtype == WeightsDType::Auto || c.weights_dtype == WeightsDType::BF16,
+         "weights.bf16_dot", std::string("needs bf16 weights; weights.dtype is ") + weights_dtype_name(c.weights_dtype));
   expect(c.generate.max_new_tokens >= 1, "generate.max_new_tokens", "must be >= 1");
   expect(c.generate.temperature >= 0, "generate.temperature", "must be >= 0");
   expect(c.generate.top_k >= 0, "generate.top_k", "must be >= 0");
@@ -511,6 +516,8 @@ std::string JobConfig::fingerprint() const {
   // resolved from the checkpoint before a run writes this (with_resolved_weights).
   if (backend == "cpu" && weights_dtype != WeightsDType::F32 && weights_dtype != WeightsDType::Auto)
     s << "weights: {dtype: " << weights_dtype_name(weights_dtype) << "}\n";
+  // Rounding the activations to bf16 changes results (absent when off, as in files from before the key).
+  if (backend == "cpu" && weights_bf16_dot) s << "weights_bf16_dot: true\n";
   return s.str();
 }
 
@@ -556,7 +563,8 @@ std::string JobConfig::to_yaml() const {
   e << YAML::Key << "device" << YAML::Value << c.cuda.device;
   e << YAML::Key << "dtype" << YAML::Value << c.cuda.dtype << YAML::EndMap;
   e << YAML::Key << "weights" << YAML::Value << YAML::BeginMap << YAML::Key << "dtype" << YAML::Value
-    << weights_dtype_name(c.weights_dtype) << YAML::EndMap;
+    << weights_dtype_name(c.weights_dtype) << YAML::Key << "bf16_dot" << YAML::Value << c.weights_bf16_dot
+    << YAML::EndMap;
   e << YAML::Key << "generate" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "max_new_tokens" << YAML::Value << c.generate.max_new_tokens;
   e << YAML::Key << "temperature" << YAML::Value << shortest(c.generate.temperature);

@@ -155,6 +155,7 @@ struct JobConfig {
   double mpi_timeout = 1800;    // seconds an MPI call may wait before the job is aborted (0: never)
   CudaOptions cuda;
   WeightsDType weights_dtype = WeightsDType::Auto;
+  bool weights_bf16_dot = false;  // bf16 weights: decode products round x to bf16 (layers/bf16_dot_matmul.h)
   GenerateOptions generate;
   ScoreOptions score;
   EmbedOptions embed;

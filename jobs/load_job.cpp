@@ -24,7 +24,12 @@ LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
   LoadedJob j;
   j.threads = job.threads;
   world.agree([&] { j.model = load_model_config(job.model); });
-  world.agree([&] { job = with_resolved_weights(job); });  // `weights.dtype: auto`: the checkpoint's
+  world.agree([&] {
+    job = with_resolved_weights(job);  // `weights.dtype: auto`: the checkpoint's
+    if (job.weights_bf16_dot && job.weights_dtype != WeightsDType::BF16)
+      throw UserError(job.path + ": weights.bf16_dot needs bf16 weights; " + job.model + " is stored as " +
+                      weights_dtype_name(job.weights_dtype) + " (set weights.dtype: bf16 to round it at load)");
+  });
   j.weights_dtype = job.weights_dtype;
   world.agree([&] { j.backend = make_backend(job, world); });
   const int64_t usable = usable_memory_bytes(world);

@@ -85,6 +85,7 @@ class Backend {
 };
 
 // `weights`: the type weight matrices are stored in (fp32, bf16 or fp16; products accumulate in fp32).
-std::unique_ptr<Backend> make_cpu_backend(int threads, DType weights = DType::F32);
+// bf16_dot: decode products with bf16 weights round x to bf16 (`weights.bf16_dot`; bf16_dot_matmul.h).
+std::unique_ptr<Backend> make_cpu_backend(int threads, DType weights = DType::F32, bool bf16_dot = false);
 
 }  // namespace lowsync

@@ -3,7 +3,8 @@
 // element-wise parts. `threads` is both OpenBLAS's thread count and the few-rows kernel's.
 // Weight matrices may be stored in bf16, fp16 or q8_0 (`weights.dtype`): decode products widen
 // them in registers (few-rows kernel), larger products widen a panel of rows at a time for sgemm,
-// and embedding lookups widen the rows they copy. Products always multiply and sum in fp32.
+// and embedding lookups widen the rows they copy. Products multiply and sum in fp32, except decode
+// products with bf16 weights under `weights.bf16_dot`, which round x to bf16 (bf16_dot_matmul.h).
 #include <cblas.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 
 #include "io/error.h"
 #include "layers/backend.h"
+#include "layers/bf16_dot_matmul.h"
 #include "layers/few_rows_matmul.h"
 
 namespace lowsync {
@@ -84,8 +86,9 @@ class OneBlasThreadWhileDecoding {
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(int threads, DType weights)
-      : threads_(threads), weights_(weights), simd_(best_simd_level()), workers_(threads) {
+  CpuBackend(int threads, DType weights, bool bf16_dot)
+      : threads_(threads), weights_(weights), bf16_dot_(bf16_dot), dpbf16_(cpu_has_avx512_bf16()),
+        simd_(best_simd_level()), workers_(threads) {
     openblas_set_num_threads(threads);
   }
   std::string name() const override { return "cpu"; }
@@ -363,6 +366,9 @@ class CpuBackend final : public Backend {
   template <typename W>
   void narrow_matmul(const Tensor& x, W w, int64_t N, int64_t K, bool accumulate, Tensor& y) {
     const int64_t M = x.rows;
+    if constexpr (std::is_same_v<W, const BFloat16*>)
+      if (M <= kFewRows && bf16_dot_)
+        return bf16_dot_matmul(dpbf16_, simd_, workers_, x.f32(), M, K, w, N, y.f32(), accumulate, x_bf16_);
     if (M <= kFewRows) {
       few_rows_matmul(simd_, workers_, x.f32(), M, K, stored(w), N, y.f32(), accumulate);
       return;
@@ -379,16 +385,19 @@ class CpuBackend final : public Backend {
 
   const int threads_;      // the rank's `threads`: OpenBLAS's and the few-rows kernel's
   const DType weights_;    // weight matrices' storage type
+  const bool bf16_dot_;    // weights.bf16_dot: bf16 decode products round x to bf16
+  const bool dpbf16_;      // ... and multiply with vdpbf16ps (AVX512_BF16)
   const SimdLevel simd_;   // the few-rows kernel's instruction set (scalar: OpenBLAS instead)
   WorkerThreads workers_;  // the few-rows kernel's threads
   std::vector<float> scores_;
   std::vector<float> panel_;  // narrow_matmul's widened rows of w
+  std::vector<BFloat16> x_bf16_;  // bf16_dot_matmul's rounded x
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(int threads, DType weights) {
-  return std::make_unique<CpuBackend>(threads, weights);
+std::unique_ptr<Backend> make_cpu_backend(int threads, DType weights, bool bf16_dot) {
+  return std::make_unique<CpuBackend>(threads, weights, bf16_dot);
 }
 
 }  // namespace lowsync

@@ -397,3 +397,27 @@ TEST(JobConfig, RuntimePlanKey) {
     }
   }
 }
+
+namespace lowsync {
+namespace {
+// weights.bf16_dot: kept by to_yaml, in the fingerprint only when on; refused without bf16 weights
+// or on the CUDA backend, one line naming the key.
+TEST(JobConfig, Bf16DotKey) {
+  const auto off = load_job_config(write_yaml(kBase), {});
+  EXPECT_FALSE(off.weights_bf16_dot);
+  const auto on = load_job_config(write_yaml(std::string(kBase) + "weights: {dtype: bf16, bf16_dot: true}\n"), {});
+  EXPECT_TRUE(on.weights_bf16_dot);
+  EXPECT_TRUE(load_job_config(write_yaml(on.to_yaml()), {}).weights_bf16_dot);
+  EXPECT_NE(on.fingerprint(), load_job_config(write_yaml(std::string(kBase) + "weights: {dtype: bf16}\n"), {}).fingerprint());
+  EXPECT_EQ(off.fingerprint().find("bf16_dot"), std::string::npos);
+  for (const char* bad : {"weights.dtype=fp16", "backend=cuda"}) {
+    try {
+      load_job_config(write_yaml(std::string(kBase) + "weights: {bf16_dot: true}\n"), {bad});
+      FAIL() << bad << ": no error";
+    } catch (const UserError& e) {
+      EXPECT_NE(std::string(e.what()).find("weights.bf16_dot"), std::string::npos) << e.what();
+    }
+  }
+}
+}  // namespace
+}  // namespace lowsync

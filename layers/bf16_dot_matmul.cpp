@@ -1,0 +1,88 @@
+// The bf16-activation decode product (see the header): x rounded to bf16 once, then tiles of MR rows
+// of x by 4 rows of w, 32 values of k per vdpbf16ps, the last partial block of k masked (its lanes
+// read as 0, never as the next row's values).
+#include "layers/bf16_dot_matmul.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+
+namespace lowsync {
+
+bool cpu_has_avx512_bf16() {
+  return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512f") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+}
+
+namespace {
+
+#define LOWSYNC_AVX512_BF16 __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl")))
+
+// y[i, j] (+)= xb[i, :] . w[j, :] for i < MR, j < NR, each a sum of bf16 pairs in fp32.
+template <int MR, int NR>
+LOWSYNC_AVX512_BF16 void dot_tile(const BFloat16* xb, int64_t K, const BFloat16* w, float* y, int64_t ldy,
+                                  bool accumulate) {
+  __m512 c[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) c[i][j] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    __m512bh b[NR];
+    for (int j = 0; j < NR; ++j) b[j] = (__m512bh)_mm512_loadu_si512(w + j * K + k);
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh a = (__m512bh)_mm512_loadu_si512(xb + i * K + k);
+      for (int j = 0; j < NR; ++j) c[i][j] = _mm512_dpbf16_ps(c[i][j], a, b[j]);
+    }
+  }
+  if (k < K) {
+    const __mmask32 live = (__mmask32(1) << (K - k)) - 1;
+    __m512bh b[NR];
+    for (int j = 0; j < NR; ++j) b[j] = (__m512bh)_mm512_maskz_loadu_epi16(live, w + j * K + k);
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh a = (__m512bh)_mm512_maskz_loadu_epi16(live, xb + i * K + k);
+      for (int j = 0; j < NR; ++j) c[i][j] = _mm512_dpbf16_ps(c[i][j], a, b[j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      const float d = _mm512_reduce_add_ps(c[i][j]);
+      y[i * ldy + j] = accumulate ? y[i * ldy + j] + d : d;
+    }
+}
+
+// NR rows of w against every row of x: tiles of 4 rows of x, then the 1-3 left.
+template <int NR>
+void weight_rows(const BFloat16* xb, int64_t M, int64_t K, const BFloat16* w, float* y, int64_t N, bool accumulate) {
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) dot_tile<4, NR>(xb + m * K, K, w, y + m * N, N, accumulate);
+  if (M - m == 3) dot_tile<3, NR>(xb + m * K, K, w, y + m * N, N, accumulate);
+  if (M - m == 2) dot_tile<2, NR>(xb + m * K, K, w, y + m * N, N, accumulate);
+  if (M - m == 1) dot_tile<1, NR>(xb + m * K, K, w, y + m * N, N, accumulate);
+}
+
+}  // namespace
+
+void bf16_dot_matmul(bool use_dpbf16, SimdLevel level, WorkerThreads& workers, const float* x, int64_t M, int64_t K,
+                     const BFloat16* w, int64_t N, float* y, bool accumulate, std::vector<BFloat16>& x_bf16) {
+  x_bf16.resize(M * K);
+  for (int64_t i = 0; i < M * K; ++i) x_bf16[i] = to_bf16(x[i]);  // M K roundings beside N K products
+  if (!use_dpbf16) {
+    // The same rounded x, widened back (exact), through the fp32-summing kernel.
+    std::vector<float> rounded(M * K);
+    for (int64_t i = 0; i < M * K; ++i) rounded[i] = to_float(x_bf16[i]);
+    few_rows_matmul(level, workers, rounded.data(), M, K, w, N, y, accumulate);
+    return;
+  }
+  // Thread t: a contiguous slice of whole 4-row blocks of w, as few_rows_matmul splits them.
+  const int64_t threads = workers.size(), blocks = (N + 3) / 4;
+  const int64_t per = 4 * ((blocks + threads - 1) / threads);
+  const BFloat16* xb = x_bf16.data();
+  workers.run([&](int t) {
+    const int64_t n0 = std::min(N, t * per), n1 = std::min(N, n0 + per);
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) weight_rows<4>(xb, M, K, w + n * K, y + n, N, accumulate);
+    for (; n < n1; ++n) weight_rows<1>(xb, M, K, w + n * K, y + n, N, accumulate);
+  });
+}
+
+}  // namespace lowsync
