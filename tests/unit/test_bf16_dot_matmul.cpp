@@ -10,17 +10,12 @@
 #include <vector>
 
 #include "layers/bf16_dot_matmul.h"
+#include "tests/unit/random_values.h"
 
 namespace lowsync {
 namespace {
 
-std::vector<float> random_values(int64_t n, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> d(-1.f, 1.f);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(gen);
-  return v;
-}
+using test::random_values;
 
 TEST(Bf16DotMatmul, MatchesRoundedXInDoubleOnEveryPath) {
   std::vector<bool> paths = {false};

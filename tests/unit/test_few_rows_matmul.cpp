@@ -11,17 +11,12 @@
 #include <vector>
 
 #include "layers/few_rows_matmul.h"
+#include "tests/unit/random_values.h"
 
 namespace lowsync {
 namespace {
 
-std::vector<float> random_values(int64_t n, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> d(-1.f, 1.f);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(gen);
-  return v;
-}
+using test::random_values;
 
 std::vector<SimdLevel> levels_this_cpu_runs() {
   std::vector<SimdLevel> out;
