@@ -44,9 +44,9 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import smollm2_gguf  # noqa: E402
+from prompts_h5 import write_prompts  # noqa: E402
 
 import h5py  # noqa: E402
-import numpy as np  # noqa: E402
 
 LOWSYNC = os.environ.get("LOWSYNC_BIN", os.path.join(ROOT, "build", "lowsync"))
 WORKER = os.path.join(ROOT, "bench", "llamacpp_worker.py")
@@ -86,12 +86,6 @@ def llama(py, tmp, request):
         sys.exit(f"bench_llamacpp: llama.cpp worker failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     with open(f"{tmp}/ans.json") as f:
         return json.load(f)
-
-
-def write_prompts(path, prompts):
-    with h5py.File(path, "w") as f:
-        f["input_ids"] = np.concatenate([np.asarray(p, dtype=np.int32) for p in prompts])
-        f["offsets"] = np.cumsum([0] + [len(p) for p in prompts]).astype(np.int64)
 
 
 def lowsync(tmp, model, threads, inp, new_tokens, max_tokens, max_sequences, continuous=True):

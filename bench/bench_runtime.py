@@ -28,6 +28,9 @@ import time
 import h5py
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from prompts_h5 import write_prompts  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOWSYNC = os.environ.get("LOWSYNC_BIN", os.path.join(ROOT, "build", "lowsync"))
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OPENBLAS_NUM_THREADS="1",
@@ -86,9 +89,7 @@ def main():
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, VOCAB, POSITIONS - 16).tolist() for _ in range(a.bulk)]
     prompts += [rng.integers(0, VOCAB, 8).tolist() for _ in range(a.tail)]
-    with h5py.File(f"{tmp}/p.h5", "w") as f:
-        f["input_ids"] = np.concatenate(prompts).astype(np.int32)
-        f["offsets"] = np.cumsum([0] + [len(p) for p in prompts]).astype(np.int64)
+    write_prompts(f"{tmp}/p.h5", prompts)
     job = f"{tmp}/job.yaml"
     with open(job, "w") as f:
         f.write(f"model: {tmp}/m\ntask: generate\ninput: {tmp}/p.h5\noutput: {tmp}/x.h5\n"

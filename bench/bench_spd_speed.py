@@ -22,10 +22,10 @@ import sys
 import tempfile
 import time
 
-import h5py
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from prompts_h5 import write_prompts  # noqa: E402
 from bench_planner import CLUSTER, NETWORKS, ROOT, mpirun, report  # noqa: E402
 
 TP = 3
@@ -76,9 +76,7 @@ def main():
                 rows[m] = r
     start = time.time()
     tmp = tempfile.mkdtemp(prefix="lowsync_bench_spd_speed_")
-    with h5py.File(f"{tmp}/p.h5", "w") as f:
-        f["input_ids"] = np.random.default_rng(0).integers(0, 49152, 16).astype(np.int32)
-        f["offsets"] = np.array([0, 16], dtype=np.int64)
+    write_prompts(f"{tmp}/p.h5", [np.random.default_rng(0).integers(0, 49152, 16)])
     with open(f"{tmp}/job.yaml", "w") as f:
         f.write(f"model: {a.model}\ntask: generate\ninput: {tmp}/p.h5\noutput: {tmp}/unused.h5\n"
                 f"generate: {{max_new_tokens: {a.new_tokens}, stop_at_eos: false}}\nparallel: {{tp: {TP}}}\n")

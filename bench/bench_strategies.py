@@ -25,18 +25,11 @@ import sys
 import tempfile
 import time
 
-import h5py
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from prompts_h5 import write_prompts  # noqa: E402
 from bench_planner import CLUSTER, NETWORKS, ROOT, make_model, mpirun, report  # noqa: E402
-
-
-def write_prompts(path, lengths, vocab, seed):
-    rng = np.random.default_rng(seed)
-    with h5py.File(path, "w") as f:
-        f["input_ids"] = rng.integers(0, vocab, int(sum(lengths))).astype(np.int32)
-        f["offsets"] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
 
 def settings_for(np_, layers, bp_model):
@@ -128,8 +121,9 @@ def main():
             bp_models[np_] = f"{tmp}/bp{np_}"
             decoupled.convert(f"{tmp}/model", bp_models[np_], np_, 2, shares=shares)
     lengths = np.random.default_rng(1).integers(a.min_len, a.max_len + 1, a.prompts)
-    write_prompts(f"{tmp}/many.h5", lengths, a.vocab, 2)
-    write_prompts(f"{tmp}/one.h5", [32], a.vocab, 3)
+    rng = np.random.default_rng(2)
+    write_prompts(f"{tmp}/many.h5", [rng.integers(0, a.vocab, int(n)) for n in lengths])
+    write_prompts(f"{tmp}/one.h5", [np.random.default_rng(3).integers(0, a.vocab, 32)])
     for name, inp, batch in (("many", "many.h5", a.batch), ("one", "one.h5", 1)):
         with open(f"{tmp}/{name}.yaml", "w") as f:
             f.write(f"model: {tmp}/model\ntask: generate\ninput: {tmp}/{inp}\noutput: {tmp}/unused.h5\n"

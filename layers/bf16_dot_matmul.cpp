@@ -67,8 +67,10 @@ void bf16_dot_matmul(bool use_dpbf16, SimdLevel level, WorkerThreads& workers, c
   x_bf16.resize(M * K);
   for (int64_t i = 0; i < M * K; ++i) x_bf16[i] = to_bf16(x[i]);  // M K roundings beside N K products
   if (!use_dpbf16) {
-    // The same rounded x, widened back (exact), through the fp32-summing kernel.
-    std::vector<float> rounded(M * K);
+    // The same rounded x, widened back (exact), through the fp32-summing kernel; a thread's buffer,
+    // kept between calls (this runs for every product of every decode step).
+    thread_local std::vector<float> rounded;
+    rounded.resize(M * K);
     for (int64_t i = 0; i < M * K; ++i) rounded[i] = to_float(x_bf16[i]);
     few_rows_matmul(level, workers, rounded.data(), M, K, w, N, y, accumulate);
     return;
