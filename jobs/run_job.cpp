@@ -316,6 +316,7 @@ int run_job(const JobConfig& job, bool resume) {
             for (const RowResult& r : results) new_tokens += static_cast<int64_t>(r.tokens.size());
             q.complete(index, std::move(results));
           }
+          q.answer_arrived();
           if (runtime && root) {
             const ContinuousGenerator::PassRecord& p = generator.last_pass();
             runtime->planner->measured(mode, p.decoding, p.prefill_tokens, p.seconds);

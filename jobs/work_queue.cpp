@@ -97,6 +97,7 @@ int64_t WorkQueue::next_for_replica() {
   int64_t index = -1;
   if (g_.world.rank() == 0) {
     if (sig) stop_on_root(static_cast<int>(sig));
+    serve_requests(false);  // a replica that asked first is answered first
     index = take_next_on_root();
   } else if (g_.is_leader() && sig) {
     // The batch asked for while computing the last one is given back: rank 0 must not wait for it.
@@ -138,6 +139,10 @@ void WorkQueue::complete(int64_t index, std::vector<RowResult> results) {
     outbox_ = pack_results(index, results);
     outbox_request_ = g_.world.isend(outbox_.data(), static_cast<int64_t>(outbox_.size()), 0, kResult);
   }
+}
+
+void WorkQueue::answer_arrived() {
+  if (g_.world.rank() == 0) serve_requests(false);
 }
 
 void WorkQueue::finish() {

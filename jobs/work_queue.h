@@ -1,6 +1,7 @@
 #pragma once
 // Data parallelism: replicas take batches dynamically and world rank 0 writes every result.
-// World rank 0 hands out batch indices (its own replica takes the next one between its batches);
+// World rank 0 hands out batch indices (its own replica takes the next one between its batches,
+// after answering the requests that arrived first; with continuous batching it answers after each pass);
 // each other replica's leader asks for its next batch before computing the current one, so a
 // replica that finishes has its next batch at hand, and ships its results to rank 0, which
 // appends them to the output file in input order.
@@ -43,6 +44,9 @@ class WorkQueue {
   void set_on_written(const std::function<void(int64_t, const std::vector<RowResult>&)>& f) { on_written_ = f; }
   int64_t take();
   void complete(int64_t index, std::vector<RowResult> results);
+  // World rank 0, between its passes: answers the requests and takes the results that have
+  // arrived, so that no replica idles until rank 0's own batch ends (no-op elsewhere).
+  void answer_arrived();
   void finish();
   const Batch& batch(int64_t index) const { return batches_[index]; }
 
