@@ -13,7 +13,9 @@ For each rank count (np) and network (shared memory; an emulated cluster of one 
 3. the planner's choice (`lowsync plan` of the job without parallel keys, objective throughput,
    then latency) against the measured-fastest of its candidates that were measured.
 
-Then unequal ranks: np 2 over shared memory with rank 1 held to half a core (tests/slow_rank.sh):
+Then unequal ranks: np 2 over shared memory with rank 1 stopped and continued within every 400 us
+so that it runs at about half of rank 0's speed (tests/slow_rank.sh, duty mode; its header says why
+a CPU quota cannot make a slow processor at a layer's time scale):
 what the profile sees, and decode with even shares (tp 2) against the planner's speed-proportional
 shares (parallel.speeds from the profile, and `parallel: auto` with the latency objective).
 
@@ -73,10 +75,13 @@ def write_prompts(path, n, length, vocab, seed, targets=0):
 def mpirun(np_, net, args, slow=None, timeout=900):
     """Runs lowsync under mpirun on `net` (the emulated cluster must be up for a network)."""
     if net == "shm" or net is None:
-        cmd = ["mpirun", "--oversubscribe", "-np", str(np_), "-x", "OPENBLAS_NUM_THREADS=1", "--mca", "btl",
-               "self,vader"] + MPI_COMMON
+        cmd = ["mpirun", "--oversubscribe", "-np", str(np_), "-x", "OPENBLAS_NUM_THREADS=1", "--mca", "btl", "self,vader"]
+        # A slowed rank gets a core of its own, as a slower machine has (unbound, the scheduler
+        # moves the ranks onto each other's core during the slowed rank's stops).
+        cmd += ["--bind-to", "core"] if slow else MPI_COMMON
         if slow:
-            cmd += ["-x", f"LOWSYNC_SLOW_RANKS={slow[0]}", "-x", f"LOWSYNC_SLOW_PERCENT={slow[1]}", SLOW_RANK]
+            cmd += ["-x", f"LOWSYNC_SLOW_RANKS={slow[0]}", "-x", f"LOWSYNC_SLOW_PERCENT={slow[1]}",
+                    "-x", f"LOWSYNC_SLOW_MODE={slow[2]}", SLOW_RANK]
     else:
         cmd = [CLUSTER, "mpirun", "1"] + MPI_COMMON
     cmd = cmd + [LOWSYNC] + args
@@ -258,7 +263,7 @@ def accuracy_block(b, a, np_, net, tmp, rows, choices, batch):
 
 def unequal_block(b, a, tmp):
     """np 2 on shared memory, rank 1 held to LOWSYNC_SLOW_PERCENT of a core."""
-    slow = (1, a.slow_percent)
+    slow = (1, a.slow_percent, a.slow_mode)
     prof = f"{tmp}/profile_slow.yaml"
     mpirun(2, "shm", ["profile", f"{tmp}/gen.yaml", "--out", prof], slow=slow)
     p = yaml.safe_load(open(prof))
@@ -268,10 +273,16 @@ def unequal_block(b, a, tmp):
     print(f"unequal ranks: profile sees rank 1 at {seen['decode_batch']:.2f} of rank 0 (decode batch), "
           f"{seen['prefill']:.2f} (prefill); speeds {speeds}", flush=True)
     base = {"plan.profile": prof, "input": f"{tmp}/gen_1.h5"}
+    # The output head is a third of this model's decode work; whole on every rank, the slow rank
+    # computes all of it whatever the layer shares, so speed-proportional shares are also run with
+    # the head split (in the same proportions), and the planner may choose either (split_head auto).
+    prop = {"parallel.tp": 2, "parallel.speeds": f"[{speeds[0]},{speeds[1]}]"}
     settings = {"even (tp=2)": {"parallel.tp": 2},
-                "speed-proportional (parallel.speeds from the profile)": {"parallel.tp": 2,
-                                                                         "parallel.speeds": f"[{speeds[0]},{speeds[1]}]"},
-                "parallel: auto, latency objective": {"parallel.auto": "true", "plan.objective": "latency"}}
+                "speed-proportional (parallel.speeds from the profile)": prop,
+                "even, split head": {"parallel.tp": 2, "parallel.split_head": "true"},
+                "speed-proportional, split head": dict(prop, **{"parallel.split_head": "true"}),
+                "parallel: auto, latency objective": {"parallel.auto": "true", "plan.objective": "latency",
+                                                      "parallel.split_head": "auto"}}
     best = {}
     for rnd in range(a.unequal_rounds):
         for name, over in settings.items():
@@ -288,7 +299,8 @@ def unequal_block(b, a, tmp):
         if name.startswith("parallel: auto"):
             continue
         pred[name] = job_plan(b.plan(2, f"{tmp}/gen.yaml", dict(base, **over)))["decode_step_s"]
-    return {"slow_rank": 1, "slow_percent": a.slow_percent, "profile_rate_ratio_rank1_to_rank0": seen,
+    return {"slow_rank": 1, "slow_percent": a.slow_percent, "slow_mode": a.slow_mode,
+            "profile_rate_ratio_rank1_to_rank0": seen,
             "speeds": speeds, "results": best, "predicted_decode_step_s": pred}
 
 
@@ -299,6 +311,13 @@ def figures(res, outdir):
     colours = {"TP": "tab:blue", "TP+SPD": "tab:orange", "BP": "tab:green", "DP": "tab:red", "TP uneven": "tab:purple",
                "TP x DP": "tab:brown"}
     markers = {"shm": "o", "1gbit": "s", "100mbit": "^"}
+    if res["accuracy"]:
+        accuracy_figure(res, outdir, colours, markers)
+    unequal_figure(res, outdir)
+
+
+def accuracy_figure(res, outdir, colours, markers):
+    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))
     for ax, phase, title in ((axes[0], "decode_step_s", "decode step"), (axes[1], "prefill_pass_s", "prefill pass")):
         xs = []
@@ -323,18 +342,23 @@ def figures(res, outdir):
     fig.tight_layout()
     fig.savefig(os.path.join(outdir, "planner_accuracy.png"), dpi=110)
     plt.close(fig)
+
+
+def unequal_figure(res, outdir):
+    import matplotlib.pyplot as plt
     if res.get("unequal"):
         u = res["unequal"]["results"]
         names = list(u)
         fig, ax = plt.subplots(figsize=(7, 3.6))
         vals = [1e3 * u[n]["decode_step_s"] for n in names]
-        bars = ax.barh(range(len(names)), vals, color=["tab:grey", "tab:blue", "tab:green"][:len(names)])
+        bars = ax.barh(range(len(names)), vals, color=["tab:grey", "tab:blue", "tab:olive", "tab:cyan", "tab:green"][:len(names)])
         for i, n in enumerate(names):
             ax.text(vals[i], i, f" {vals[i]:.0f} ms (x{u[n]['speedup_vs_even']:.2f})", va="center", fontsize=8)
         ax.set_yticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=7)
         ax.invert_yaxis()
         ax.set_xlim(0, max(vals) * 1.35)
-        ax.set_xlabel("decode ms per step (np 2, shm, rank 1 at %d%% of a core)" % res["unequal"]["slow_percent"])
+        seen = res["unequal"]["profile_rate_ratio_rank1_to_rank0"]["decode_batch"]
+        ax.set_xlabel("decode ms per step (np 2, shm; rank 1 at %.2f of rank 0's speed, as profiled)" % seen)
         fig.tight_layout()
         fig.savefig(os.path.join(outdir, "planner_unequal.png"), dpi=110)
         plt.close(fig)
@@ -343,12 +367,13 @@ def figures(res, outdir):
 def summary(res):
     errs = [abs(r[k]) for r in res["accuracy"] for k in ("decode_rel_error", "prefill_rel_error")]
     out = {"relative_error_median": statistics.median(errs) if errs else None, "relative_error_worst": max(errs) if errs else None,
-           "relative_error_decode_median": statistics.median([abs(r["decode_rel_error"]) for r in res["accuracy"]]),
-           "relative_error_prefill_median": statistics.median([abs(r["prefill_rel_error"]) for r in res["accuracy"]]),
+           "relative_error_decode_median": statistics.median([abs(r["decode_rel_error"]) for r in res["accuracy"]]) if errs else None,
+           "relative_error_prefill_median": statistics.median([abs(r["prefill_rel_error"]) for r in res["accuracy"]]) if errs else None,
            "planner_hits": sum(c["hit"] for c in res["planner_choice"]), "planner_settings": len(res["planner_choice"])}
     if res.get("unequal"):
         u = res["unequal"]["results"]
         out["unequal_speedup_speeds"] = u["speed-proportional (parallel.speeds from the profile)"]["speedup_vs_even"]
+        out["unequal_speedup_speeds_split_head"] = u["speed-proportional, split head"]["speedup_vs_even"]
         out["unequal_speedup_auto_latency"] = u["parallel: auto, latency objective"]["speedup_vs_even"]
     return out
 
@@ -368,7 +393,10 @@ def main():
     ap.add_argument("--networks", default="shm,1gbit,100mbit")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--unequal-rounds", type=int, default=3)
-    ap.add_argument("--slow-percent", type=int, default=50)
+    ap.add_argument("--slow-percent", type=int, default=60,
+                    help="rank 1's duty cycle (60%%: about half of rank 0's speed as the profile measures it here)")
+    ap.add_argument("--slow-mode", choices=("duty", "quota"), default="duty",
+                    help="tests/slow_rank.sh's mechanism; its header says why a CPU quota cannot make a slow processor")
     ap.add_argument("--no-unequal", action="store_true")
     ap.add_argument("--quick", action="store_true", help="a small model, one round, for a smoke run")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "planner.json"))
@@ -425,7 +453,7 @@ def main():
                       "its candidates that were measured (tp=np, dp=np, and tp 2 x dp 2 at np 4)."),
            "rounds": a.rounds, "skipped": res_skipped, "networks": {}, "accuracy": [], "planner_choice": []}
     try:
-        for net in a.networks.split(","):
+        for net in filter(None, a.networks.split(",")):
             for np_ in ranks:
                 if NETWORKS[net]:
                     rate, delay = NETWORKS[net]
