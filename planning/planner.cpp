@@ -16,6 +16,7 @@
 #include "planning/calibration.h"
 #include "planning/make_plan.h"
 #include "planning/profiler.h"
+#include "planning/spd_checkpoint.h"
 
 namespace lowsync {
 
@@ -111,7 +112,13 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
       if (!uneven.empty()) speed_sets.push_back(uneven);
     }
     std::vector<std::vector<int>> drop_sets = {{}};
-    if (cal && split == ReplicaSplit::Tensor && group == cal->tp && group > 1) {
+    const SpdCheckpoint& recovered = model.spd_checkpoint;
+    if (recovered.present()) {
+      // A checkpoint recovered for SPD runs only as it was recovered: its tp, shares and drop set
+      // (check_spd_checkpoint below drops the other shares). No calibration applies to it.
+      if (split != ReplicaSplit::Tensor || group != recovered.tp || pp != 1) continue;
+      drop_sets = {recovered.drop};
+    } else if (cal && split == ReplicaSplit::Tensor && group == cal->tp && group > 1) {
       const std::vector<int> within = cal->drop_within(job.parallel.spd.max_kl >= 0 ? job.parallel.spd.max_kl : cal->max_kl,
                                                        job.parallel.spd.min_top1 >= 0 ? job.parallel.spd.min_top1 : cal->min_top1);
       if (!within.empty()) drop_sets.push_back(within);
@@ -130,10 +137,13 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
           c.plan = make_plan(model, limits, world, split, group, dp, speeds, drop, "planner", {pp, {}, 0}, memory_limit,
                              split_head);
           c.plan.sync_dtype = job.parallel.sync_dtype;  // an accuracy choice the job makes, as its SPD budget
+          check_spd_checkpoint(model, c.plan, job.path);
         } catch (const UserError&) {
           continue;  // a grid this model cannot take (e.g. more ranks than sub-blocks)
         }
-        if (!dropped.empty()) {
+        if (recovered.present()) {
+          c.kl = c.top1 = std::nan("");  // recovered, not a calibration prefix: unknown here
+        } else if (!dropped.empty()) {
           c.kl = cal->prefix[dropped.size() - 1].kl;
           c.top1 = cal->prefix[dropped.size() - 1].top1;
         }
@@ -182,6 +192,11 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
     if (result.chosen < 0 || objective_value(c, job) > objective_value(result.candidates[result.chosen], job))
       result.chosen = static_cast<int>(i);
   }
+  if (result.candidates.empty() && model.spd_checkpoint.present())
+    throw UserError(job.path + ": " + model.dir + " was recovered for Sync-Point Drop at tp = " +
+                    std::to_string(model.spd_checkpoint.tp) + " (config.json 'lowsync_spd') and runs only so; no plan of " +
+                    std::to_string(world) + " ranks has a tp group of " + std::to_string(model.spd_checkpoint.tp) +
+                    " with its shares" + (world % model.spd_checkpoint.tp ? " (the rank count is no multiple of it)" : ""));
   if (result.candidates.empty())
     throw UserError(job.path + ": memory.limit of " + std::to_string(memory_limit >> 20) + " MiB is below what every plan of " +
                     std::to_string(world) + " ranks needs with every layer streamed; raise it, lower the batch limits, or add ranks");

@@ -3,6 +3,7 @@
 // cause, plan.yaml round trips, and the planner's choices on constructed profiles.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <numeric>
 
@@ -544,4 +545,35 @@ TEST(Planner, SplitHeadWeighedByTheCostModel) {
   Workload sampling = greedy;
   sampling.gather_rows = true;
   EXPECT_GT(predict(split, m, slow, sampling).decode_step_one_s, predict(whole, m, slow, sampling).decode_step_one_s);
+}
+
+// A checkpoint recovered for SPD (config.json 'lowsync_spd') is planned only as it was recovered:
+// every candidate has its tp, its shares and its drop set (never a plan the loader would refuse),
+// and a rank count that cannot hold its tp group is refused naming the checkpoint.
+TEST(Planner, RecoveredSpdCheckpointOnlyAsRecovered) {
+  ModelConfig m = smollm2();
+  m.spd_checkpoint.tp = 3;
+  m.spd_checkpoint.drop = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14};
+  m.spd_checkpoint.heads = {3, 3, 3};
+  m.spd_checkpoint.ffn = {512, 512, 512};
+  for (const int world : {3, 6}) {
+    const Profile p = uniform_profile(world, 5e-6, 10e9, world == 3 ? std::vector<double>{1.0, 0.5, 1.0} : std::vector<double>{});
+    for (const std::string objective : {"throughput", "latency"}) {
+      const auto r = plan_candidates(job(objective), m, p, {128, 32, 32});
+      ASSERT_FALSE(r.candidates.empty());
+      for (const Candidate& c : r.candidates) {
+        EXPECT_EQ(c.plan.group, 3) << c.label;
+        EXPECT_EQ(c.plan.dp, world / 3) << c.label;
+        EXPECT_EQ(c.plan.dropped_layers(), 15) << c.label;
+        for (const LayerShare& s : c.plan.shares) {
+          EXPECT_EQ(s.heads.count, 3) << c.label;
+          EXPECT_EQ(s.ffn.count, 512) << c.label;
+        }
+        EXPECT_TRUE(std::isnan(c.kl)) << c.label;
+      }
+    }
+  }
+  const std::string why = refusal([&] { plan_candidates(job("throughput"), m, uniform_profile(4, 5e-6, 10e9), {128, 32, 32}); });
+  EXPECT_NE(why.find("recovered for Sync-Point Drop at tp = 3"), std::string::npos) << why;
+  EXPECT_NE(why.find("no plan of 4 ranks"), std::string::npos) << why;
 }
