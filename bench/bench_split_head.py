@@ -61,6 +61,32 @@ def add_speedups(result, np_):
     result[f"np{np_}_speedup"] = out
 
 
+def figure(result, png):
+    """Per round, decode ms/token with the head whole on every rank and split, at np 2 and 3; the
+    rounds are drawn one by one because on a shared machine their spread is the message."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=False)
+    for ax, key, title in ((axes[0], "decode_ms_per_token", "decode ms per token"),
+                           (axes[1], "compute_ms_per_pass_slowest_rank", "compute ms per pass (slowest rank)")):
+        for i, np_ in enumerate((2, 3)):
+            for j, (split, colour) in enumerate((("false", "tab:grey"), ("true", "tab:blue"))):
+                v = result[key][f"np{np_}_split_{split}"]["rounds"]
+                x = i * 3 + j
+                ax.bar(x, statistics.median(v), color=colour, alpha=0.6,
+                       label=("head whole on every rank" if split == "false" else "head split") if i == 0 else None)
+                ax.scatter([x] * len(v), v, color="black", s=10, zorder=3)
+        ax.set_xticks([0.5, 3.5], ["np 2", "np 3"])
+        ax.set_title(title, fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("SmolLM2-135M greedy decode, split output head (bars: median; dots: rounds; load %.0f)"
+                 % result["load_average_after"][0], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -68,7 +94,13 @@ def main():
     ap.add_argument("--rows", type=int, default=2)
     ap.add_argument("--model", help="a converted SmolLM2 directory (default: python/smollm2.py's, converted when missing)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "split_head.json"))
+    ap.add_argument("--replot", action="store_true", help="only draw the figure again from --out")
     a = ap.parse_args()
+    png = os.path.splitext(a.out)[0] + ".png"
+    if a.replot:
+        with open(a.out) as f:
+            figure(json.load(f), png)
+        return
     model = a.model or smollm2.model_dir()
     tmp = tempfile.mkdtemp(prefix="lowsync_bench_split_head_")
     rng = np.random.default_rng(0)
@@ -100,6 +132,7 @@ def main():
               f"{result[f'np{np_}_speedup']['compute_median']:.2f}x); same tokens: {same}")
     with open(a.out, "w") as f:
         json.dump(result, f, indent=1)
+    figure(result, png)
     if not same:
         sys.exit("split and replicated heads gave different tokens")
 
