@@ -8,13 +8,13 @@ other 4 are streamed one layer ahead of use:
   resident: no limit, every layer held;
   host:     memory.pool: host, the 4 read from the memory-mapped checkpoint (the page cache);
   peer:     memory.pool: peer, the 4 held by rank 1 (limit [rank 0's, 4 GB]) and sent on each use.
-Over shared memory (vader) and, with --cluster, on the emulated 2-host cluster at 1 Gbit/s with 100 us
-(bench/emulated_cluster.sh, root). Settings take turns over rounds; each keeps its best round.
+Over shared memory (vader) and on the emulated 2-host cluster at 1 Gbit/s with 100 us
+(--networks 1gbit; bench/emulated_cluster.sh, root). Settings take turns over rounds; each keeps its best round.
 Measured: the job's wall time (mpirun), rank 0's decode ms per step and prefill s, the bytes it
 fetched and the seconds it waited for a layer (run report). Every setting must give the same tokens.
 Writes bench/results/peer_pool.json.
 
-  .venv/bin/python bench/bench_peer_pool.py [--rounds 3] [--cluster] [--out bench/results/peer_pool.json]
+  .venv/bin/python bench/bench_peer_pool.py [--rounds 3] [--networks shm,1gbit] [--out bench/results/peer_pool.json]
 """
 import argparse
 import datetime
@@ -77,7 +77,9 @@ def run(net, job, out, sets):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--cluster", action="store_true", help="also on the emulated cluster at 1 Gbit/s, 100 us (root)")
+    ap.add_argument("--networks", default="shm",
+                    help="shm and/or 1gbit (the emulated cluster at 1 Gbit/s, 100 us; root), comma-separated; "
+                         "networks not measured now are kept from --out with their own date")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "peer_pool.json"))
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="lowsync_bench_peer_pool_")
@@ -89,12 +91,16 @@ def main():
         f.write(f"model: {tmp}/m\ntask: generate\ninput: {tmp}/p.h5\noutput: {tmp}/x.h5\n"
                 f"generate: {{max_new_tokens: 32, stop_at_eos: false}}\nbatch: {{max_sequences: 8}}\n"
                 f"parallel: {{tp: 2}}\n")
-    nets = ["shm"] + (["1gbit"] if a.cluster else [])
+    nets = a.networks.split(",")
+    cluster = any(n != "shm" for n in nets)
     res = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "model": {"hidden": HIDDEN, "layers": LAYERS, "heads": HEADS, "kv_heads": KV_HEADS, "ffn": FFN,
                      "vocab": VOCAB, "layer_share_bytes": LAYER_BYTES // 2},
            "job": "generate, 16 prompts x 32 tokens, 32 new tokens, batch.max_sequences 8, tp 2",
-           "rounds": a.rounds, "load_average_start": os.getloadavg(), "networks": {}}
+           "rounds": a.rounds, "networks": {}}
+    if os.path.exists(a.out):
+        with open(a.out) as f:
+            res["networks"] = {k: v for k, v in json.load(f).get("networks", {}).items() if k not in nets}
     try:
         for net in nets:
             if net != "shm":
@@ -117,16 +123,16 @@ def main():
             best = {k: min(v, key=lambda r: r["wall_s"]) for k, v in rounds.items()}
             base = best["resident"]
             res["networks"][net] = {
-                "rounds": rounds, "best": best,
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "load_average": os.getloadavg(), "rounds": rounds, "best": best,
                 "slowdown_wall": {k: best[k]["wall_s"] / base["wall_s"] for k in best},
                 "slowdown_decode": {k: best[k]["decode_ms_per_step"] / base["decode_ms_per_step"] for k in best}}
             print(net, json.dumps({k: {"wall_s": round(v["wall_s"], 2), "decode_ms": round(v["decode_ms_per_step"], 1),
                                        "resident": v["resident_layers"], "stall_s": round(v["stall_s"], 2)}
                                    for k, v in best.items()}), flush=True)
     finally:
-        if a.cluster:
+        if cluster:
             subprocess.run([CLUSTER, "down"], capture_output=True)
-    res["load_average_end"] = os.getloadavg()
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)

@@ -80,9 +80,16 @@ PeerLayers::~PeerLayers() {
   }
 }
 
+std::shared_ptr<std::vector<std::byte>> PeerLayers::free_buffer() {
+  for (const auto& b : buffers_)
+    if (b.use_count() == 1) return b;  // only this list holds it: no layer's tensors view it
+  return buffers_.emplace_back(std::make_shared<std::vector<std::byte>>());
+}
+
 LayerWeights PeerLayers::load(int layer) {
+  std::shared_ptr<std::vector<std::byte>> bytes = free_buffer();
   link_.ask(holder_, layer);
-  auto bytes = link_.receive(holder_);
+  link_.receive(holder_, *bytes);
   bytes_ += static_cast<int64_t>(bytes->size());
   return unpack_layer(std::move(bytes));
 }

@@ -35,9 +35,13 @@ class PeerLayers {
   int holder() const { return holder_; }
 
  private:
+  std::shared_ptr<std::vector<std::byte>> free_buffer();
   PoolLink& link_;
   int holder_;
   std::atomic<int64_t> bytes_{0};
+  // Received layers' buffers, reused once no tensor views them any more (the layer in use and the
+  // one being read: two, as the plan counts), so that a fetch allocates and faults in no memory.
+  std::vector<std::shared_ptr<std::vector<std::byte>>> buffers_;
 };
 
 // The holder's side: the layers it keeps for its peers, and the thread that sends them.

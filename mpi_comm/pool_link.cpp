@@ -59,17 +59,16 @@ void PoolLink::ask(int holder, int32_t layer) {
   check(MPI_Send(&layer, 1, MPI_INT32_T, holder, kAskTag, comm_.raw()), "Send");
 }
 
-std::shared_ptr<std::vector<std::byte>> PoolLink::receive(int holder) {
+void PoolLink::receive(int holder, std::vector<std::byte>& into) {
   MPI_Status st;
   int err = MPI_SUCCESS;
   MPI_Message msg = wait_for(comm_.raw(), holder, kLayerTag, st, err);
   check(err, "Improbe");
   int count = 0;
   check(MPI_Get_count(&st, MPI_BYTE, &count), "Get_count");
-  auto bytes = std::make_shared<std::vector<std::byte>>(count);
-  check(MPI_Mrecv(bytes->data(), count, MPI_BYTE, &msg, MPI_STATUS_IGNORE), "Mrecv");
+  into.resize(count);
+  check(MPI_Mrecv(into.data(), count, MPI_BYTE, &msg, MPI_STATUS_IGNORE), "Mrecv");
   received_ += count;
-  return bytes;
 }
 
 PoolLink::Request PoolLink::next_request(const std::atomic<bool>& quit) {

@@ -31,7 +31,7 @@ class PoolLink {
 
   // The side that streams (its read-ahead thread, one call at a time):
   void ask(int holder, int32_t layer);  // layer -1: this rank asks no more (the holder may stop)
-  std::shared_ptr<std::vector<std::byte>> receive(int holder);  // the layer's bytes, any size
+  void receive(int holder, std::vector<std::byte>& into);  // the layer's bytes, any size (`into` resized)
 
   // The holder's serving thread:
   struct Request {
