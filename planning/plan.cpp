@@ -64,10 +64,10 @@ std::string Plan::describe() const {
     int streamed = 0;
     for (int w = 0; w < static_cast<int>(resident_layers.size()); ++w) streamed += layers_of(w).count - resident_layers[w];
     if (streamed > 0) {
-      s << "[" << streamed << " layer shares streamed under memory.limit";
+      s << " [" << streamed << " layer shares streamed under memory.limit";
       for (int w = 0; w < static_cast<int>(pool_holder.size()); ++w)
         if (pool_holder[w] >= 0) s << "; rank " << w << "'s held by rank " << pool_holder[w];
-      s << "] ";
+      s << "]";
     }
   }
   if (group > 1) {
