@@ -4,7 +4,7 @@ with rank 0's limit leaving room for no layer of its own and rank 1's for all of
 0's too: results equal transformers' (score log-probs 1e-4, greedy tokens exactly) under tp 2 and
 dp 2; the run report shows the bytes fetched and served; limits that leave no rank room are
 refused before loading, with the numbers; and a holder killed mid-job stops every rank (the last
-two: `test_peer_pool.py killed`)."""
+two with dp 2: `test_peer_pool.py dp2`; `tp2` runs tp 2 alone)."""
 import json
 import os
 import signal
@@ -45,7 +45,7 @@ def rank_pids(job_path):
 
 
 def main(part):
-    """part: oracle (tp 2 and dp 2 against transformers) or killed (no room refused; a holder killed)."""
+    """part: tp2 (against transformers at tp 2) or dp2 (the same at dp 2; no room refused; a holder killed)."""
     from transformers import LlamaConfig, LlamaForCausalLM
     tmp = tempfile.mkdtemp(prefix="lowsync_peer_pool_")
     torch.manual_seed(7)
@@ -80,45 +80,44 @@ def main(part):
             yaml.safe_dump(spec, f)
         return path
 
-    cases = (("tp2", {"tp": 2}, LAYER_BYTES / 2), ("dp2", {"dp": 2}, LAYER_BYTES))
-    if part == "killed":
-        cases = cases[1:]
-    for tag, parallel, share in cases:
-        # Rank 0's limit: its planned memory with every layer held, less all but two and a half
-        # layers (its share of them): room for the two stream buffers only, so every layer is
-        # fetched from rank 1, whose limit holds its own layers and rank 0's.
-        mpirun(2, [LOWSYNC, "run", write_job(f"{tag}_full", "score", parallel, None)])
-        with h5py.File(f"{tmp}/{tag}_full.h5", "r") as f:
-            full = json.loads(f.attrs["run_report_json"])
-        need = full["per_rank"][0]["planned_memory_bytes"]
-        small = int(need - (LAYERS - 2.5) * share)
-        memory = {"limit": [str(small), "1GB"], "pool": "peer"}
-        for task in ("score", "generate") if part == "oracle" else ():
-            mpirun(2, [LOWSYNC, "run", write_job(f"{tag}_{task}", task, parallel, memory)])
-            f = h5py.File(f"{tmp}/{tag}_{task}.h5", "r")
-            rep = json.loads(f.attrs["run_report_json"])
-            r0, r1 = rep["per_rank"]
-            check(f"{tag} {task}: rank 0's layers fetched from rank 1's memory",
-                  r0["pool_holder"] == 1 and r0["resident_layers"] == 0 and r0["peer_fetched_bytes"] > 0
-                  and r1["pool_holder"] == -1 and r1["peer_held_bytes"] >= LAYERS * share
-                  and abs(r1["peer_served_bytes"] - r0["peer_fetched_bytes"]) <= share + 4096,  # a read-ahead in flight
-                  f"rank 0: holder {r0['pool_holder']}, resident {r0['resident_layers']}, fetched "
-                  f"{r0['peer_fetched_bytes']} B, stalled {r0['stream_stall_s']:.3f} s; rank 1: holds "
-                  f"{r1['peer_held_bytes']} B, served {r1['peer_served_bytes']} B")
-            plan = yaml.safe_load(f.attrs["plan"])
-            check(f"{tag} {task}: the plan names the holder", plan.get("pool_holders") == [1, -1]
-                  and plan.get("memory_pool") == "peer", f"pool_holders {plan.get('pool_holders')}")
-            if task == "score":
-                got, off = f["scores/token_logprobs"][:], f["scores/offsets"][:]
-                worst = max(float(np.abs(got[off[i]:off[i + 1]] - r).max()) for i, r in enumerate(ref_lp))
-                check(f"{tag} score with layers in a peer's memory = transformers", worst < 1e-4, f"max |diff| {worst:.2e}")
-            else:
-                tok, off = f["generated/token_ids"][:], f["generated/offsets"][:]
-                gen = [tok[off[i]:off[i + 1]].tolist() for i in range(len(prompts))]
-                check(f"{tag} generate with layers in a peer's memory = transformers", gen == ref_gen)
+    cases = {"tp2": ({"tp": 2}, LAYER_BYTES / 2), "dp2": ({"dp": 2}, LAYER_BYTES)}
+    tag = part
+    parallel, share = cases[part]
+    # Rank 0's limit: its planned memory with every layer held, less all but two and a half
+    # layers (its share of them): room for the two stream buffers only, so every layer is
+    # fetched from rank 1, whose limit holds its own layers and rank 0's.
+    mpirun(2, [LOWSYNC, "run", write_job(f"{tag}_full", "score", parallel, None)])
+    with h5py.File(f"{tmp}/{tag}_full.h5", "r") as f:
+        full = json.loads(f.attrs["run_report_json"])
+    need = full["per_rank"][0]["planned_memory_bytes"]
+    small = int(need - (LAYERS - 2.5) * share)
+    memory = {"limit": [str(small), "1GB"], "pool": "peer"}
+    for task in ("score", "generate"):
+        mpirun(2, [LOWSYNC, "run", write_job(f"{tag}_{task}", task, parallel, memory)])
+        f = h5py.File(f"{tmp}/{tag}_{task}.h5", "r")
+        rep = json.loads(f.attrs["run_report_json"])
+        r0, r1 = rep["per_rank"]
+        check(f"{tag} {task}: rank 0's layers fetched from rank 1's memory",
+              r0["pool_holder"] == 1 and r0["resident_layers"] == 0 and r0["peer_fetched_bytes"] > 0
+              and r1["pool_holder"] == -1 and r1["peer_held_bytes"] >= LAYERS * share
+              and abs(r1["peer_served_bytes"] - r0["peer_fetched_bytes"]) <= share + 4096,  # a read-ahead in flight
+              f"rank 0: holder {r0['pool_holder']}, resident {r0['resident_layers']}, fetched "
+              f"{r0['peer_fetched_bytes']} B, stalled {r0['stream_stall_s']:.3f} s; rank 1: holds "
+              f"{r1['peer_held_bytes']} B, served {r1['peer_served_bytes']} B")
+        plan = yaml.safe_load(f.attrs["plan"])
+        check(f"{tag} {task}: the plan names the holder", plan.get("pool_holders") == [1, -1]
+              and plan.get("memory_pool") == "peer", f"pool_holders {plan.get('pool_holders')}")
+        if task == "score":
+            got, off = f["scores/token_logprobs"][:], f["scores/offsets"][:]
+            worst = max(float(np.abs(got[off[i]:off[i + 1]] - r).max()) for i, r in enumerate(ref_lp))
+            check(f"{tag} score with layers in a peer's memory = transformers", worst < 1e-4, f"max |diff| {worst:.2e}")
+        else:
+            tok, off = f["generated/token_ids"][:], f["generated/offsets"][:]
+            gen = [tok[off[i]:off[i + 1]].tolist() for i in range(len(prompts))]
+            check(f"{tag} generate with layers in a peer's memory = transformers", gen == ref_gen)
 
-    if part == "oracle":
-        finish("peer memory pooling: results")
+    if part == "tp2":
+        finish("peer memory pooling at tp 2")
         return
 
     # No rank has room: both limits leave room for the stream buffers only.
@@ -152,8 +151,8 @@ def main(part):
         stopped = False
     check("the holder killed mid-job: every rank stops, non-zero exit", 1 in pids and stopped and run.returncode != 0,
           f"ranks {sorted(pids)}, exit {run.returncode}")
-    finish("peer memory pooling: refusal and a killed holder")
+    finish("peer memory pooling at dp 2, refusal, a killed holder")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "oracle")
+    main(sys.argv[1] if len(sys.argv) > 1 else "tp2")
