@@ -84,7 +84,18 @@ const std::map<std::string, Setter>& schema() {
       {"backend", field(&JobConfig::backend)},
       {"trace", field(&JobConfig::trace)},
       {"mpi.timeout", field(&JobConfig::mpi_timeout)},
-      {"memory.limit", [](JobConfig& c, const YAML::Node& n) { c.memory_limit = parse_memory_limit(n.as<std::string>()); }},
+      {"memory.limit",
+       [](JobConfig& c, const YAML::Node& n) {
+         if (!n.IsSequence()) return void(c.memory_limit = parse_memory_limit(n.as<std::string>()));
+         c.memory_limits.clear();
+         for (const YAML::Node& each : n) c.memory_limits.push_back(parse_memory_limit(each.as<std::string>()));
+         if (c.memory_limits.empty()) throw YAML::Exception(YAML::Mark::null_mark(), "an empty list");
+       }},
+      {"memory.pool",
+       [](JobConfig& c, const YAML::Node& n) {
+         if (!parse_memory_pool(n.as<std::string>(), c.memory_pool))
+           throw YAML::Exception(YAML::Mark::null_mark(), "not a memory pool");
+       }},
       {"cuda.device", field(&JobConfig::cuda, &CudaOptions::device)},
       {"cuda.dtype", field(&JobConfig::cuda, &CudaOptions::dtype)},
       {"weights.dtype",
@@ -172,6 +183,9 @@ const std::map<std::string, Setter>& schema() {
   return keys;
 }
 
+// Keys whose value may be one value or a list (memory.limit: every rank's, or one per rank).
+bool is_value_or_list_key(const std::string& key) { return key == "memory.limit"; }
+
 // Keys whose value is a list; every other key takes a single value.
 bool is_list_key(const std::string& key) {
   return key == "parallel.spd.drop" || key == "parallel.speeds" || key == "parallel.stages" ||
@@ -199,7 +213,8 @@ void flatten(const YAML::Node& node, const std::string& prefix, const std::strin
     const std::string key = prefix.empty() ? kv.first.as<std::string>() : prefix + "." + kv.first.as<std::string>();
     if (schema().count(key)) {
       const bool is_list = is_list_key(key);
-      if (is_list ? !kv.second.IsSequence() : !kv.second.IsScalar())
+      if (!(is_value_or_list_key(key) && (kv.second.IsSequence() || kv.second.IsScalar())) &&
+          (is_list ? !kv.second.IsSequence() : !kv.second.IsScalar()))
         throw UserError(file + ": key '" + key + "' must be " + (is_list ? "a list" : "a single value"));
       out[key] = kv.second;
     } else if (key == "parallel" && kv.second.IsScalar() && kv.second.as<std::string>() == "auto") {
@@ -287,7 +302,8 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
     const YAML::Node value = parse_yaml(o.substr(eq + 1), "--set " + o);
     if (value.IsNull()) throw UserError("--set " + o + ": key '" + key + "' needs a value");
     const bool is_list = is_list_key(key);
-    if (is_list ? !value.IsSequence() : !value.IsScalar())
+    if (!(is_value_or_list_key(key) && (value.IsSequence() || value.IsScalar())) &&
+        (is_list ? !value.IsSequence() : !value.IsScalar()))
       throw UserError("--set " + o + ": key '" + key + "' must be " + (is_list ? "a list" : "a single value"));
     values[key] = value;
   }
@@ -314,7 +330,10 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
         throw UserError(path + ": key 'weights.dtype' is '" + value + "'; expected auto, fp32, bf16, fp16 or q8_0");
       if (key == "memory.limit")
         throw UserError(path + ": key 'memory.limit' is '" + value +
-                        "'; expected a size (bytes, or with a unit: 500MB, 2GiB) or a share of free memory (50%, 0.5)");
+                        "'; expected a size (bytes, or with a unit: 500MB, 2GiB) or a share of free memory (50%, 0.5), "
+                        "or a list of them, one per rank");
+      if (key == "memory.pool")
+        throw UserError(path + ": key 'memory.pool' is '" + value + "'; expected host or peer");
       throw UserError(path + ": key '" + key + "' has value '" + value + "' of the wrong type");
     }
   }
@@ -336,6 +355,8 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
          "is " + std::to_string(c.threads) + "; expected auto or 1 to " + std::to_string(max_threads) +
              " (the machine's CPUs, at least 16)");
   expect(c.mpi_timeout >= 0, "mpi.timeout", "must be >= 0 seconds (0: never)");
+  expect(c.memory_pool == MemoryPool::Host || c.memory_limit.set() || !c.memory_limits.empty(), "memory.pool",
+         "is peer, which pools the layers beyond memory.limit; set memory.limit (one size, or one per rank)");
   expect(c.backend == "cpu" || c.backend == "cuda", "backend", "is '" + c.backend + "'; expected cpu or cuda");
   expect(c.cuda.device == "auto" || c.cuda.device_index() >= 0, "cuda.device",
          "is '" + c.cuda.device + "'; expected auto or a device number (0, 1, ...)");
@@ -555,10 +576,21 @@ std::string JobConfig::to_yaml() const {
   if (!c.trace.empty()) e << YAML::Key << "trace" << YAML::Value << c.trace;
   e << YAML::Key << "mpi" << YAML::Value << YAML::BeginMap << YAML::Key << "timeout" << YAML::Value
     << shortest(c.mpi_timeout) << YAML::EndMap;
-  if (c.memory_limit.set())
-    e << YAML::Key << "memory" << YAML::Value << YAML::BeginMap << YAML::Key << "limit" << YAML::Value
-      << (c.memory_limit.bytes > 0 ? std::to_string(c.memory_limit.bytes) : shortest(100 * c.memory_limit.fraction) + "%")
-      << YAML::EndMap;
+  auto limit_text = [](const MemoryLimit& m) {
+    return m.bytes > 0 ? std::to_string(m.bytes) : shortest(100 * m.fraction) + "%";
+  };
+  if (c.memory_limit.set() || !c.memory_limits.empty() || c.memory_pool != MemoryPool::Host) {
+    e << YAML::Key << "memory" << YAML::Value << YAML::BeginMap;
+    if (!c.memory_limits.empty()) {
+      e << YAML::Key << "limit" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+      for (const MemoryLimit& m : c.memory_limits) e << limit_text(m);
+      e << YAML::EndSeq;
+    } else if (c.memory_limit.set()) {
+      e << YAML::Key << "limit" << YAML::Value << limit_text(c.memory_limit);
+    }
+    if (c.memory_pool != MemoryPool::Host) e << YAML::Key << "pool" << YAML::Value << memory_pool_name(c.memory_pool);
+    e << YAML::EndMap;
+  }
   e << YAML::Key << "cuda" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "device" << YAML::Value << c.cuda.device;
   e << YAML::Key << "dtype" << YAML::Value << c.cuda.dtype << YAML::EndMap;

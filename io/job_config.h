@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "io/memory_pool.h"
 #include "io/weights_dtype.h"
 #include "mpi_comm/sync_codec.h"
 
@@ -163,7 +164,9 @@ struct JobConfig {
   ParallelOptions parallel;
   CalibrateOptions calibrate;
   PlanOptions plan;
-  MemoryLimit memory_limit;
+  MemoryLimit memory_limit;                 // memory.limit as one value: every rank's
+  std::vector<MemoryLimit> memory_limits;   // memory.limit as a list: [world rank] (a fraction: of that rank's host)
+  MemoryPool memory_pool = MemoryPool::Host;  // memory.pool
   ProgressOptions progress;
   RowsOptions rows;
   ShardOptions shard;

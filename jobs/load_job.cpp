@@ -11,11 +11,26 @@
 
 namespace lowsync {
 
-int64_t memory_limit_bytes(const JobConfig& job, Communicator& world) {
-  if (job.memory_limit.fraction <= 0) return job.memory_limit.bytes;
-  int64_t least = -usable_memory_bytes(world);
-  world.all_reduce_max(&least, 1);
-  return static_cast<int64_t>(job.memory_limit.fraction * double(-least));
+MemoryBudget memory_budget(const JobConfig& job, Communicator& world) {
+  MemoryBudget budget;
+  budget.pool = job.memory_pool;
+  if (job.memory_limits.empty()) {
+    budget.limit = job.memory_limit.bytes;
+    if (job.memory_limit.fraction <= 0) return budget;
+    int64_t least = -usable_memory_bytes(world);
+    world.all_reduce_max(&least, 1);
+    budget.limit = static_cast<int64_t>(job.memory_limit.fraction * double(-least));
+    return budget;
+  }
+  const int64_t mine = usable_memory_bytes(world);
+  std::vector<int64_t> usable(world.size());
+  world.all_gather_bytes(&mine, sizeof mine, usable.data());
+  for (size_t w = 0; w < job.memory_limits.size(); ++w) {  // a count unlike the world's: the plan refuses it
+    const MemoryLimit& m = job.memory_limits[w];
+    const double host = w < usable.size() ? double(usable[w]) : 0.0;
+    budget.rank_limits.push_back(m.fraction > 0 ? static_cast<int64_t>(m.fraction * host) : m.bytes);
+  }
+  return budget;
 }
 
 LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
@@ -33,9 +48,9 @@ LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
   j.weights_dtype = job.weights_dtype;
   world.agree([&] { j.backend = make_backend(job, world); });
   const int64_t usable = usable_memory_bytes(world);
-  const int64_t limit = memory_limit_bytes(job, world);
+  const MemoryBudget limit = memory_budget(job, world);
   world.agree([&] {
-    if (limit > 0 && job.backend != "cpu")
+    if (limit.set() && job.backend != "cpu")
       throw UserError(job.path + ": memory.limit streams layers from the memory-mapped checkpoint, which the " +
                       job.backend + " backend does not do yet; use backend: cpu");
   });
@@ -70,6 +85,24 @@ LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
                                                   j.plan.share_of(world.rank()), j.plan.layers_of(world.rank()),
                                                   j.plan.spd_drop, j.plan.resident_of(world.rank()), j.plan.head);
   });
+  // memory.pool: peer: a rank that streams asks its holder for each layer; a holder reads its
+  // peers' streamed layers now and serves them from a thread of its own.
+  if (!j.plan.pool_holder.empty()) {
+    world.agree([&] { PoolLink::require_thread_multiple(); });
+    j.pool_link = std::make_unique<PoolLink>(world);
+    const int holder = j.plan.holder_of(world.rank());
+    if (holder >= 0) j.transformer->stream_from(std::make_unique<PeerLayers>(*j.pool_link, holder));
+    std::vector<PeerPoolServer::Peer> peers;
+    for (int w = 0; w < world.size(); ++w) {
+      if (j.plan.holder_of(w) != world.rank()) continue;
+      const Span& stage = j.plan.layers_of(w);
+      const int held = j.plan.resident_of(w);
+      peers.push_back({w, j.plan.share_of(w), {stage.begin + held, stage.count - held}});
+    }
+    world.agree([&] {
+      if (!peers.empty()) j.pool_server = std::make_unique<PeerPoolServer>(j.model, *j.backend, *j.pool_link, peers);
+    });
+  }
   j.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return j;
 }

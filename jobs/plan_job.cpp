@@ -20,7 +20,7 @@ void plan_job(const JobConfig& job_as_given, const std::string& out_path, const 
     job = with_resolved_weights(job);  // `weights.dtype: auto`: the checkpoint's
     backend = make_backend(job, world);
   });
-  const Plan plan = choose_plan(job, model, world, *backend, memory_limit_bytes(job, world), candidates_json);
+  const Plan plan = choose_plan(job, model, world, *backend, memory_budget(job, world), candidates_json);
   world.agree([&] {
     if (world.rank() != 0) return;
     plan.save(out_path, model);

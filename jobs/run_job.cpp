@@ -389,7 +389,8 @@ int run_job(const JobConfig& job, bool resume) {
                                       proc_status_mib("RssAnon"), phases.prefill_s, double(phases.prefill_passes),
                                       phases.decode_s, double(phases.decode_steps), groups.pp.counters().seconds,
                                       double(groups.pp.counters().bytes), double(transformer.streamed_bytes()),
-                                      transformer.stream_stall_seconds(), c.wire_bytes, double(loaded.threads)};
+                                      transformer.stream_stall_seconds(), c.wire_bytes, double(loaded.threads),
+                                      double(loaded.pool_server ? loaded.pool_server->bytes_served() : 0)};
   std::vector<double> all(kReportFields * world.size());
   world.all_gather(mine, kReportFields, all.data());
   double replicas_new = static_cast<double>(new_tokens);

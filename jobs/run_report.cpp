@@ -33,7 +33,10 @@ nlohmann::json per_rank_json(const Plan& plan, const std::vector<double>& all) {
                    {"decode_steps", int64_t(f[12])}, {"stage", plan.stage_of(r)},
                    {"pipeline_s", f[13]}, {"pipeline_bytes", int64_t(f[14])},
                    {"resident_layers", plan.resident_of(r)}, {"streamed_bytes", int64_t(f[15])},
-                   {"stream_stall_s", f[16]}});
+                   {"stream_stall_s", f[16]}, {"memory_pool", memory_pool_name(plan.memory_budget.pool)},
+                   {"pool_holder", plan.holder_of(r)},
+                   {"peer_fetched_bytes", plan.holder_of(r) >= 0 ? int64_t(f[15]) : int64_t(0)},
+                   {"peer_held_bytes", plan.memory_of(r).pooled}, {"peer_served_bytes", int64_t(f[19])}});
   }
   return out;
 }
@@ -204,9 +207,15 @@ std::string run_report(const Plan& plan, const ModelConfig& model, const std::ve
       << static_cast<int64_t>(f[2]) << " all-reduces over " << static_cast<int64_t>(f[4]) << " passes, " << message
       << " bytes all-reduced per token (" << wire << " sent on the wire), "
       << (plan.pp > 1 ? "pipeline sends/waits " + std::to_string(f[13]) + " s, " : std::string())
-      << (f[15] > 0 ? std::to_string(plan.layers_of(r).count - plan.resident_of(r)) + " layers streamed (" +
-                          std::to_string(f[15] / 1048576.0) + " MiB read, " + std::to_string(f[16]) + " s waited), "
+      << (f[15] > 0 ? std::to_string(plan.layers_of(r).count - plan.resident_of(r)) + " layers streamed" +
+                          (plan.holder_of(r) >= 0 ? " from rank " + std::to_string(plan.holder_of(r)) + "'s memory (" +
+                                                        std::to_string(f[15] / 1048576.0) + " MiB fetched, "
+                                                  : " (" + std::to_string(f[15] / 1048576.0) + " MiB read, ") +
+                          std::to_string(f[16]) + " s waited), "
                     : std::string())
+      << (plan.memory_of(r).pooled > 0 ? "holds " + std::to_string(plan.memory_of(r).pooled / 1048576.0) +
+                                             " MiB of peers' layers (" + std::to_string(f[19] / 1048576.0) + " MiB sent), "
+                                       : std::string())
       << f[6] / 1048576.0 << " MiB of weights, matrices in " << weights_dtype_name(plan.limits.weights)
       << " (planned memory " << plan.memory_of(r).total() / 1048576.0
       << " MiB), peak RSS " << f[7] << " MiB\n";

@@ -13,8 +13,8 @@ namespace lowsync {
 // message bytes, forward passes, tokens, weight bytes, peak resident MiB, anonymous resident MiB,
 // prefill s, prefill passes, decode s, decode steps, pipeline s, pipeline bytes sent, streamed
 // layer bytes, seconds stalled waiting for a streamed layer, replica sync bytes on the wire
-// (mpi_comm/wire_bytes.h), threads].
-constexpr int kReportFields = 19;
+// (mpi_comm/wire_bytes.h), threads, bytes of layers sent to peers (memory.pool: peer)].
+constexpr int kReportFields = 20;
 
 // This run (one segment of the file: a --resume makes another).
 struct RunTotals {

@@ -4,8 +4,10 @@
 #include <chrono>
 
 #include "io/error.h"
+#include "layers/peer_pool.h"
 #include "layers/rope_frequencies.h"
 #include "layers/weight_views.h"
+#include "mpi_comm/watchdog.h"
 
 namespace lowsync {
 
@@ -71,10 +73,19 @@ Transformer::~Transformer() {
   if (next_.valid()) next_.wait();  // a read-ahead still running uses this object's source
 }
 
-// Starts reading streamed layer l in the background.
+void Transformer::stream_from(std::unique_ptr<PeerLayers> peer) {
+  source_.reset();  // the checkpoint's mapping is not needed any more
+  peer_ = std::move(peer);
+}
+
+int64_t Transformer::streamed_bytes() const {
+  return source_ ? source_->bytes_loaded() : peer_ ? peer_->bytes_loaded() : 0;
+}
+
+// Starts reading (or asking the holder for) streamed layer l in the background.
 void Transformer::prefetch(int l) {
   next_layer_ = l;
-  next_ = std::async(std::launch::async, [this, l] { return source_->load(l); });
+  next_ = std::async(std::launch::async, [this, l] { return peer_ ? peer_->load(l) : source_->load(l); });
 }
 
 // Layer l's weights: held ones directly; a streamed one from the read-ahead (waiting for it only if
@@ -85,7 +96,18 @@ const LayerWeights& Transformer::layer_weights(int l) {
   if (local < resident_) return w_.layers[local];
   if (next_layer_ != l) prefetch(l);  // the first pass, or an order the read-ahead did not expect
   const auto t0 = std::chrono::steady_clock::now();
-  streamed_ = next_.get();
+  // A wait on a holder is watched like an MPI call (mpi.timeout): a holder that stops answering
+  // (stopped, its host frozen) would otherwise leave this rank waiting here for ever.
+  static const std::string kPool = "pool";
+  struct Watched {
+    bool on;
+    explicit Watched(bool o) : on(o) { if (on) watchdog::call_started(&kPool, "layer fetch"); }
+    ~Watched() { if (on) watchdog::call_ended(); }
+  };
+  {
+    const Watched watched(peer_ != nullptr);
+    streamed_ = next_.get();
+  }
   stall_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   prefetch(l + 1 < layers_.end() ? l + 1 : layers_.begin + resident_);
   return streamed_;

@@ -70,6 +70,8 @@ class LayerSource {
   std::atomic<int64_t> bytes_{0};
 };
 
+class PeerLayers;  // layers/peer_pool.h
+
 class Transformer {
  public:
   // `share`: the part of every layer this rank computes and `layers` its pipeline stage (both the
@@ -120,8 +122,12 @@ class Transformer {
   int64_t forward_passes() const { return passes_; }
   int64_t tokens_processed() const { return tokens_; }
   int64_t weight_bytes() const { return w_.bytes; }
-  // Streamed layers: bytes read from the checkpoint during passes, and seconds a pass waited for one.
-  int64_t streamed_bytes() const { return source_ ? source_->bytes_loaded() : 0; }
+  // memory.pool: peer: the layers this rank does not hold come from `peer` (a holder rank's memory)
+  // instead of the checkpoint. Before the first pass.
+  void stream_from(std::unique_ptr<PeerLayers> peer);
+  // Streamed layers: bytes read from the checkpoint (or received from the holder) during passes, and
+  // seconds a pass waited for one.
+  int64_t streamed_bytes() const;
   double stream_stall_seconds() const { return stall_s_; }
   // `debug.dump`: the named intermediate tensors of this rank's first pass are copied into `taps`
   // (null: none, the default; a tap then costs one branch).
@@ -165,6 +171,7 @@ class Transformer {
   int64_t passes_ = 0, tokens_ = 0;
   int resident_ = 0;                      // layers [layers_.begin, layers_.begin + resident_) are held
   std::unique_ptr<LayerSource> source_;   // the others come from here
+  std::unique_ptr<PeerLayers> peer_;      // or from a peer's memory (memory.pool: peer)
   std::future<LayerWeights> next_;        // the streamed layer being read ahead
   int next_layer_ = -1;
   LayerWeights streamed_;                 // the streamed layer in use

@@ -7,7 +7,11 @@
 namespace lowsync {
 
 MpiSession::MpiSession(int* argc, char*** argv) {
-  MPI_Init(argc, argv);
+  // MPI_THREAD_MULTIPLE: memory.pool: peer sends and receives layers on threads of their own
+  // (mpi_comm/pool_link.h), which refuses the job when a lower level is granted; nothing else
+  // calls MPI off the main thread.
+  int granted = MPI_THREAD_SINGLE;
+  MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &granted);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
   MPI_Comm_size(MPI_COMM_WORLD, &size_);
 }

@@ -177,10 +177,14 @@ Prediction predict(const Plan& plan, const ModelConfig& m, const Profile& profil
         const double sample = plan.head_split() && !work.gather_rows ? head : 1;
         const double compute = rank_pass_seconds(m, rp, w, p, decode_rows, plan.stages[st].count, head, sample);
         // Layers beyond memory.limit are copied out of the page cache once per pass, by a thread that
-        // overlaps the copy with compute (a copy reads and writes: half the read bandwidth).
+        // overlaps the copy with compute (a copy reads and writes: half the read bandwidth); under
+        // memory.pool: peer they are sent by their holder instead, one message per layer over the
+        // link between the two ranks (its latency and bandwidth, as the profile fitted them).
         const int streamed = plan.stages[st].count - plan.resident_of(ranks[r]);
-        const double stream = streamed * w.layer_parameters * weights_dtype_bytes(plan.limits.weights) /
-                              (std::max(rp.read_bytes_per_s, 1e6) / 2);
+        const double layer_bytes = w.layer_parameters * weights_dtype_bytes(plan.limits.weights);
+        const int holder = plan.holder_of(ranks[r]);
+        const double stream = holder >= 0 ? streamed * send_seconds(profile, holder, ranks[r], layer_bytes)
+                                          : streamed * layer_bytes / (std::max(rp.read_bytes_per_s, 1e6) / 2);
         slowest = std::max(slowest, std::max(compute, stream));
       }
       double c = link ? plan.syncs_in_stage(st, m) * all_reduce_seconds(*link, p.tokens * sync_token_bytes) : 0;

@@ -1,5 +1,7 @@
 #include "planning/make_plan.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <filesystem>
 
 #include "io/error.h"
@@ -60,37 +62,88 @@ void check_stages(const ModelConfig& model, const std::vector<Span>& stages, int
                     std::to_string(model.n_layers));
 }
 
+namespace {
+
+// memory.pool: peer. Every rank that streams layers gets one holder: the rank with the most memory
+// to spare under its limit (one that holds all its own layers; the lowest rank among equals),
+// which then also holds those layers. A holder may serve several ranks; a rank that streams is
+// never a holder, so each side of a transfer runs on one thread of its process. When no rank has
+// room, the plan is refused with every rank's spare memory.
+void assign_pool_holders(Plan& p, const std::vector<int64_t>& layer_bytes, const std::string& where) {
+  const MemoryBudget& budget = p.memory_budget;
+  std::vector<int64_t> spare(p.world, 0);
+  for (int w = 0; w < p.world; ++w)
+    if (p.resident_layers[w] == p.layers_of(w).count)
+      spare[w] = budget.of(w) > 0 ? std::max<int64_t>(0, budget.of(w) - p.memory[w].total()) : INT64_MAX;
+  p.pool_holder.assign(p.world, -1);
+  for (int w = 0; w < p.world; ++w) {
+    const int streamed = p.layers_of(w).count - p.resident_layers[w];
+    if (streamed == 0) continue;
+    const int64_t need = streamed * layer_bytes[w];
+    int best = -1;
+    for (int h = 0; h < p.world; ++h)
+      if (h != w && spare[h] >= need && (best < 0 || spare[h] > spare[best])) best = h;
+    if (best < 0) {
+      std::string room;
+      for (int h = 0; h < p.world; ++h)
+        room += (h ? ", " : "") + std::string("rank ") + std::to_string(h) + " " +
+                (spare[h] == INT64_MAX ? std::string("no limit") : std::to_string(spare[h] >> 20) + " MiB");
+      throw UserError(where + ": memory.pool: peer: rank " + std::to_string(w) + " streams " + std::to_string(streamed) +
+                      " layers (" + std::to_string(need >> 20) + " MiB) beyond its memory.limit of " +
+                      std::to_string(budget.of(w) >> 20) + " MiB, and no other rank has that much to spare (" + room +
+                      "); raise a limit, add ranks, or set memory.pool: host");
+    }
+    p.pool_holder[w] = best;
+    spare[best] -= need;
+    p.memory[best].pooled += need;
+  }
+}
+
+}  // namespace
+
 // Each rank's memory, and under memory.limit how many of its stage's layers it holds: the others
 // stay in the memory-mapped checkpoint (the host's page cache) and are streamed in one layer ahead
-// of use, through two layer buffers (the one in use and the one being read).
+// of use, through two layer buffers (the one in use and the one being read). With memory.pool:
+// peer, a rank with room to spare holds them instead (assign_pool_holders).
 void fill_memory(Plan& p, const ModelConfig& model, const std::string& where) {
   p.memory.clear();
   p.resident_layers.clear();
-  for (int st = 0; st < p.pp; ++st)
-    for (size_t r = 0; r < p.shares.size(); ++r) {
-      const Span& layers = p.stages[st];
-      const bool first = st == 0, last = st == p.pp - 1;
-      const int head_rows = p.head.empty() ? model.vocab : p.head[r].count;
-      RankMemory m = rank_memory(model, p.shares[r], p.limits, layers, first, last, head_rows);
-      int resident = layers.count;
-      if (p.memory_limit > 0 && m.total() > p.memory_limit) {
-        const RankMemory none = rank_memory(model, p.shares[r], p.limits, {layers.begin, 0}, first, last, head_rows);
-        const int64_t layer = (m.weights - none.weights) / layers.count;  // one layer's weights
-        const int64_t fixed = m.total() - layers.count * layer;           // all but the layers' weights
-        if (model.bp.enabled())
-          throw UserError(where + ": memory.limit: stage " + std::to_string(st) + " rank " + std::to_string(r) +
-                          " needs " + std::to_string(m.total() >> 20) + " MiB; streaming layers needs an ordinary model");
-        if (fixed + 2 * layer > p.memory_limit)
-          throw UserError(where + ": memory.limit of " + std::to_string(p.memory_limit >> 20) + " MiB is below what stage " +
-                          std::to_string(st) + " rank " + std::to_string(r) + " needs with every layer streamed (" +
-                          std::to_string((fixed + 2 * layer) >> 20) + " MiB: embeddings, head, KV cache, activations, " +
-                          "two layer buffers); raise it, lower the batch limits, or add ranks");
-        resident = static_cast<int>(std::min<int64_t>(layers.count, (p.memory_limit - fixed - 2 * layer) / layer));
-        m.weights -= (layers.count - resident) * layer - 2 * layer;
-      }
-      p.memory.push_back(m);
-      p.resident_layers.push_back(resident);
+  p.pool_holder.clear();
+  const MemoryBudget& budget = p.memory_budget;
+  if (!budget.rank_limits.empty() && static_cast<int>(budget.rank_limits.size()) != p.world)
+    throw UserError(where + ": memory.limit lists " + std::to_string(budget.rank_limits.size()) +
+                    " limits but mpirun started " + std::to_string(p.world) + " ranks; give one per rank, or one for all");
+  std::vector<int64_t> layer_bytes(p.world, 0);  // one layer's share on each rank
+  for (int w = 0; w < p.world; ++w) {
+    const int st = p.stage_of(w), r = p.group_rank_of(w);
+    const Span& layers = p.stages[st];
+    const bool first = st == 0, last = st == p.pp - 1;
+    const int head_rows = p.head.empty() ? model.vocab : p.head[r].count;
+    RankMemory m = rank_memory(model, p.shares[r], p.limits, layers, first, last, head_rows);
+    const RankMemory none = rank_memory(model, p.shares[r], p.limits, {layers.begin, 0}, first, last, head_rows);
+    const int64_t layer = (m.weights - none.weights) / layers.count;  // one layer's weights
+    layer_bytes[w] = layer;
+    int resident = layers.count;
+    const int64_t limit = budget.of(w);
+    if (limit > 0 && m.total() > limit) {
+      const int64_t fixed = m.total() - layers.count * layer;  // all but the layers' weights
+      if (model.bp.enabled())
+        throw UserError(where + ": memory.limit: stage " + std::to_string(st) + " rank " + std::to_string(r) +
+                        " needs " + std::to_string(m.total() >> 20) + " MiB; streaming layers needs an ordinary model");
+      if (fixed + 2 * layer > limit)
+        throw UserError(where + ": memory.limit of " + std::to_string(limit >> 20) + " MiB is below what " +
+                        (budget.rank_limits.empty() ? "stage " + std::to_string(st) + " rank " + std::to_string(r)
+                                                    : "rank " + std::to_string(w)) +
+                        " needs with every layer streamed (" + std::to_string((fixed + 2 * layer) >> 20) +
+                        " MiB: embeddings, head, KV cache, activations, two layer buffers); raise it, lower the batch "
+                        "limits, or add ranks");
+      resident = static_cast<int>(std::min<int64_t>(layers.count, (limit - fixed - 2 * layer) / layer));
+      m.weights -= (layers.count - resident) * layer - 2 * layer;
     }
+    p.memory.push_back(m);
+    p.resident_layers.push_back(resident);
+  }
+  if (budget.pool == MemoryPool::Peer) assign_pool_holders(p, layer_bytes, where);
 }
 
 void check_plan(const Plan& plan, const ModelConfig& model, int world, const std::string& where) {
@@ -114,7 +167,7 @@ void check_plan(const Plan& plan, const ModelConfig& model, int world, const std
 
 Plan make_plan(const ModelConfig& model, const PlanLimits& limits, int world, ReplicaSplit split, int group, int dp,
                const std::vector<double>& speeds, std::vector<bool> spd_drop, const std::string& where,
-               const PipelineChoice& pipeline, int64_t memory_limit, bool split_head) {
+               const PipelineChoice& pipeline, const MemoryBudget& memory, bool split_head) {
   if (model.bp.enabled() && group == 1) split = ReplicaSplit::Block;  // bp = 1 computes every sub-block in turn
   const int pp = pipeline.pp;
   check_grid(model, split, group, dp, pp, world, where);
@@ -146,7 +199,7 @@ Plan make_plan(const ModelConfig& model, const PlanLimits& limits, int world, Re
   spd_drop.resize(model.n_layers, false);
   p.spd_drop = std::move(spd_drop);
   check_plan(p, model, world, where);
-  p.memory_limit = memory_limit;
+  p.memory_budget = memory;
   fill_memory(p, model, where);
   return p;
 }
@@ -173,7 +226,7 @@ bool wants_split_head(const JobConfig& job) {
   return job.parallel.split_head == SplitHead::On;
 }
 
-Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world, int64_t memory_limit) {
+Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world, const MemoryBudget& memory) {
   if (!job.parallel.plan.empty()) {
     const std::string& file = job.parallel.plan;
     Plan p = Plan::load(file);
@@ -217,7 +270,7 @@ Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world, in
   check_grid(model, split, group, dp, job.parallel.pp, world, job.path);
   Plan p = make_plan(model, limits_of(job), world, split, group, dp, job.parallel.speeds,
                      resolve_spd_drop(job, model, group), job.path,
-                     {job.parallel.pp, job.parallel.stages, job.parallel.micro_batches}, memory_limit,
+                     {job.parallel.pp, job.parallel.stages, job.parallel.micro_batches}, memory,
                      wants_split_head(job));
   p.sync_dtype = job.parallel.sync_dtype;
   p.chosen_by = "the job's parallel keys";

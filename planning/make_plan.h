@@ -30,7 +30,7 @@ struct PipelineChoice {
 // more than one rank per stage; otherwise ignored).
 Plan make_plan(const ModelConfig& model, const PlanLimits& limits, int world, ReplicaSplit split, int group, int dp,
                const std::vector<double>& speeds, std::vector<bool> spd_drop, const std::string& where,
-               const PipelineChoice& pipeline = {}, int64_t memory_limit = 0, bool split_head = false);
+               const PipelineChoice& pipeline = {}, const MemoryBudget& memory = {}, bool split_head = false);
 
 // Whether a split head's merge has to gather whole logits rows for this job: sampling that reads
 // every logit (temperature, repetition / presence / frequency penalties) or top log-probs. Else
@@ -53,8 +53,9 @@ void complete_parsed_plan(Plan& plan, const ModelConfig& model, int world, const
 // The plan of a job that is not `parallel: auto`: from parallel.plan when given (refused, naming
 // what differs, if it was made for another model, rank count or job limits), else from the
 // parallel keys.
-// `memory_limit`: bytes a rank may use (memory.limit resolved; 0: none); layers beyond it are
-// streamed (Plan::resident_layers).
-Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world, int64_t memory_limit = 0);
+// `memory`: bytes each rank may use (memory.limit resolved; none by default) and memory.pool;
+// layers beyond a rank's limit are streamed (Plan::resident_layers), from a peer's memory under
+// memory.pool: peer (Plan::pool_holder).
+Plan plan_from_job(const JobConfig& job, const ModelConfig& model, int world, const MemoryBudget& memory = {});
 
 }  // namespace lowsync

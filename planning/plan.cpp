@@ -60,10 +60,15 @@ std::string Plan::describe() const {
     for (size_t r = 0; r < shares.size(); ++r) out += (r ? "+" : "") + std::to_string((shares[r].*span).count);
     return out;
   };
-  if (memory_limit > 0) {
+  if (memory_budget.set()) {
     int streamed = 0;
-    for (size_t i = 0; i < resident_layers.size(); ++i) streamed += stages[i / group].count - resident_layers[i];
-    if (streamed > 0) s << "[" << streamed << " layer shares streamed under memory.limit] ";
+    for (int w = 0; w < static_cast<int>(resident_layers.size()); ++w) streamed += layers_of(w).count - resident_layers[w];
+    if (streamed > 0) {
+      s << " [" << streamed << " layer shares streamed under memory.limit";
+      for (int w = 0; w < static_cast<int>(pool_holder.size()); ++w)
+        if (pool_holder[w] >= 0) s << "; rank " << w << "'s held by rank " << pool_holder[w];
+      s << "]";
+    }
   }
   if (group > 1) {
     if (split == ReplicaSplit::Tensor)
@@ -120,9 +125,14 @@ std::string Plan::to_yaml(const ModelConfig& model) const {
   for (const Span& st : stages) span(st);
   e << YAML::EndSeq;
   e << YAML::Key << "micro_batches" << YAML::Value << micro_batches;
-  if (memory_limit > 0) {
-    e << YAML::Key << "memory_limit" << YAML::Value << memory_limit;
-    e << YAML::Key << "resident_layers" << YAML::Value << YAML::Flow << resident_layers;
+  if (memory_budget.set()) {
+    if (memory_budget.rank_limits.empty())
+      e << YAML::Key << "memory_limit" << YAML::Value << memory_budget.limit;
+    else
+      e << YAML::Key << "memory_limits" << YAML::Value << YAML::Flow << memory_budget.rank_limits;
+    e << YAML::Key << "memory_pool" << YAML::Value << memory_pool_name(memory_budget.pool);
+    e << YAML::Key << "resident_layers" << YAML::Value << YAML::Flow << resident_layers;  // [world rank]
+    if (!pool_holder.empty()) e << YAML::Key << "pool_holders" << YAML::Value << YAML::Flow << pool_holder;
   }
   std::vector<int> dropped, syncs;
   for (int l = 0; l < model.n_layers; ++l) {
@@ -138,12 +148,14 @@ std::string Plan::to_yaml(const ModelConfig& model) const {
     e << YAML::EndSeq;
   }
   e << YAML::Key << "memory" << YAML::Value << YAML::BeginSeq;
-  for (size_t r = 0; r < memory.size(); ++r)
-    e << YAML::Flow << YAML::BeginMap << YAML::Key << "stage" << YAML::Value << r / group << YAML::Key << "rank"
-      << YAML::Value << r % group << YAML::Key << "weights"
-      << YAML::Value << memory[r].weights << YAML::Key << "kv_cache" << YAML::Value << memory[r].kv_cache << YAML::Key
-      << "activations" << YAML::Value << memory[r].activations << YAML::Key << "total" << YAML::Value
-      << memory[r].total() << YAML::EndMap;
+  for (int w = 0; w < static_cast<int>(memory.size()); ++w) {
+    e << YAML::Flow << YAML::BeginMap << YAML::Key << "world_rank" << YAML::Value << w << YAML::Key << "stage"
+      << YAML::Value << stage_of(w) << YAML::Key << "rank" << YAML::Value << group_rank_of(w) << YAML::Key << "weights"
+      << YAML::Value << memory[w].weights << YAML::Key << "kv_cache" << YAML::Value << memory[w].kv_cache << YAML::Key
+      << "activations" << YAML::Value << memory[w].activations;
+    if (memory[w].pooled > 0) e << YAML::Key << "pooled" << YAML::Value << memory[w].pooled;
+    e << YAML::Key << "total" << YAML::Value << memory[w].total() << YAML::EndMap;
+  }
   e << YAML::EndSeq;
   e << YAML::Key << "chosen_by" << YAML::Value << chosen_by;
   e << YAML::EndMap;
@@ -243,7 +255,13 @@ Plan Plan::parse(const std::string& yaml, const std::string& path) {
     }
   }
   if (root["micro_batches"]) p.micro_batches = get(root, "micro_batches", "", 0);
-  if (root["memory_limit"]) p.memory_limit = get(root, "memory_limit", "", int64_t(0));
+  if (root["memory_limit"]) p.memory_budget.limit = get(root, "memory_limit", "", int64_t(0));
+  if (root["memory_limits"]) p.memory_budget.rank_limits = get(root, "memory_limits", "", std::vector<int64_t>());
+  if (root["memory_pool"]) {
+    const std::string name = get(root, "memory_pool", "", std::string());
+    if (!parse_memory_pool(name, p.memory_budget.pool))
+      throw UserError(path + ": key 'memory_pool' is '" + name + "'; expected host or peer");
+  }
   const std::vector<int> dropped = get(root, "spd_drop", "", std::vector<int>());
   p.spd_drop.assign(static_cast<size_t>(std::max(0, dropped.empty() ? 0 : *std::max_element(dropped.begin(), dropped.end()) + 1)), false);
   for (int l : dropped) {

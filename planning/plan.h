@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "io/memory_pool.h"
 #include "io/model_config.h"
 #include "io/weights_dtype.h"
 #include "layers/layer_share.h"
@@ -28,7 +29,19 @@ struct RankMemory {
   int64_t weights = 0;      // its share of every layer + the replicated embeddings, norms and head
   int64_t kv_cache = 0;     // keys and values of the largest batch the job's limits allow
   int64_t activations = 0;  // the largest pass's intermediate tensors and logits
-  int64_t total() const { return weights + kv_cache + activations; }
+  int64_t pooled = 0;       // peers' layers it holds for them (memory.pool: peer)
+  int64_t total() const { return weights + kv_cache + activations + pooled; }
+};
+
+// memory.limit and memory.pool, resolved to bytes for a world: what each rank may use, and where
+// the layers beyond it wait.
+struct MemoryBudget {
+  int64_t limit = 0;                 // every rank's (memory.limit as one value); 0: none
+  std::vector<int64_t> rank_limits;  // [world rank] (memory.limit as a list); empty: `limit` for all
+  MemoryPool pool = MemoryPool::Host;
+  MemoryBudget(int64_t every_rank = 0) : limit(every_rank) {}  // NOLINT: a plain limit converts
+  bool set() const { return limit > 0 || !rank_limits.empty(); }
+  int64_t of(int world_rank) const { return rank_limits.empty() ? limit : rank_limits[world_rank]; }
 };
 
 // The job's limits a plan's memory was computed for; a saved plan runs only under the same ones.
@@ -59,9 +72,12 @@ struct Plan {
   // of the vocabulary it holds and computes; empty: every rank computes the whole head. A split
   // head costs one small collective per sampling or scoring pass (layers/logit_summary.h).
   std::vector<Span> head;
-  std::vector<RankMemory> memory;  // [stage x group + group rank]
-  int64_t memory_limit = 0;        // bytes a rank may use (memory.limit); 0: no limit
-  std::vector<int> resident_layers;  // [stage x group + group rank]: layers held; the others are streamed
+  std::vector<RankMemory> memory;  // [world rank]
+  MemoryBudget memory_budget;      // bytes each rank may use (memory.limit) and memory.pool
+  std::vector<int> resident_layers;  // [world rank]: layers of its stage held; the others are streamed
+  // memory.pool: peer: [world rank] the rank whose memory holds its streamed layers (and sends each
+  // when asked), -1 when it streams none. Empty: streamed layers come from the host's page cache.
+  std::vector<int> pool_holder;
   std::string chosen_by;           // who decided: the job's parallel keys, a plan file, or the planner
 
   int replica_of(int world_rank) const { return world_rank / (group * pp); }
@@ -70,10 +86,11 @@ struct Plan {
   const LayerShare& share_of(int world_rank) const { return shares[group_rank_of(world_rank)]; }
   const Span& layers_of(int world_rank) const { return stages[stage_of(world_rank)]; }
   int resident_of(int world_rank) const {
-    return resident_layers.empty() ? layers_of(world_rank).count
-                                   : resident_layers[stage_of(world_rank) * group + group_rank_of(world_rank)];
+    return resident_layers.empty() ? layers_of(world_rank).count : resident_layers[world_rank];
   }
-  const RankMemory& memory_of(int world_rank) const { return memory[stage_of(world_rank) * group + group_rank_of(world_rank)]; }
+  // The rank holding world_rank's streamed layers in its memory; -1: none (the page cache, or all held).
+  int holder_of(int world_rank) const { return pool_holder.empty() ? -1 : pool_holder[world_rank]; }
+  const RankMemory& memory_of(int world_rank) const { return memory[world_rank]; }
   int layers() const { return static_cast<int>(spd_drop.size()); }
   bool head_split() const { return !head.empty(); }
   // The vocabulary rows of the head a rank computes (the whole vocabulary when not split).

@@ -80,7 +80,7 @@ Workload workload_of(const JobConfig& job, const ModelConfig& model) {
 }
 
 PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, const Profile& profile,
-                              const Workload& work, int64_t memory_limit) {
+                              const Workload& work, const MemoryBudget& memory) {
   const int world = profile.world;
   const PlanLimits limits = limits_of(job);
   PlannerResult result;
@@ -134,7 +134,7 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
         std::vector<bool> drop(model.n_layers, false);
         for (int l : dropped) drop[l] = true;
         try {
-          c.plan = make_plan(model, limits, world, split, group, dp, speeds, drop, "planner", {pp, {}, 0}, memory_limit,
+          c.plan = make_plan(model, limits, world, split, group, dp, speeds, drop, "planner", {pp, {}, 0}, memory,
                              split_head);
           c.plan.sync_dtype = job.parallel.sync_dtype;  // an accuracy choice the job makes, as its SPD budget
           check_spd_checkpoint(model, c.plan, job.path);
@@ -180,7 +180,7 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
                             !job.parallel.spd.drop.empty() || !job.parallel.spd.from.empty());
   if (states_plan) {
     Candidate c;
-    c.plan = plan_from_job(job, model, world, memory_limit);
+    c.plan = plan_from_job(job, model, world, memory);
     c.label = "job's plan: " + c.plan.describe();
     if (c.plan.dropped_layers() > 0) c.kl = c.top1 = std::nan("");  // not from a calibration prefix: unknown
     add(std::move(c));
@@ -198,8 +198,11 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
                     std::to_string(world) + " ranks has a tp group of " + std::to_string(model.spd_checkpoint.tp) +
                     " with its shares" + (world % model.spd_checkpoint.tp ? " (the rank count is no multiple of it)" : ""));
   if (result.candidates.empty())
-    throw UserError(job.path + ": memory.limit of " + std::to_string(memory_limit >> 20) + " MiB is below what every plan of " +
-                    std::to_string(world) + " ranks needs with every layer streamed; raise it, lower the batch limits, or add ranks");
+    throw UserError(job.path + ": memory.limit of " +
+                    (memory.rank_limits.empty() ? std::to_string(memory.limit >> 20) + " MiB" : std::string("these ranks")) +
+                    " is below what every plan of " + std::to_string(world) + " ranks needs with every layer streamed" +
+                    (memory.pool == MemoryPool::Peer ? " (or has no rank with room for a peer's streamed layers)" : "") +
+                    "; raise it, lower the batch limits, or add ranks");
   if (result.chosen < 0) {
     int64_t need = INT64_MAX, have = INT64_MAX;
     for (const Candidate& c : result.candidates) {
@@ -301,7 +304,7 @@ Profile job_profile(const JobConfig& job, const ModelConfig& model, Communicator
 }
 
 Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& world, Backend& backend,
-                 int64_t memory_limit, const std::string& candidates_out) {
+                 const MemoryBudget& memory, const std::string& candidates_out) {
   const Profile profile = job_profile(job, model, world, backend);
 
   // Rank 0 plans and hands the plan to every rank as YAML, so that all run the same one.
@@ -309,7 +312,7 @@ Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& w
   world.agree([&] {
     if (world.rank() != 0) return;
     const auto t0 = std::chrono::steady_clock::now();
-    const PlannerResult result = plan_candidates(job, model, profile, workload_of(job, model), memory_limit);
+    const PlannerResult result = plan_candidates(job, model, profile, workload_of(job, model), memory);
     const double planning_ms = 1e3 * std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     log::info("lowsync: plan candidates for %s on %d rank(s), objective %s (profile %s; planned in %.1f ms)",
               job.model.c_str(), world.size(), job.plan.objective.c_str(), job.plan.profile.c_str(), planning_ms);

@@ -32,10 +32,11 @@ struct PlannerResult {
 
 // Pure: every candidate, predicted, and the choice. UserError when no candidate fits in memory
 // (with each candidate's largest need against the smallest rank's usable memory).
-// `memory_limit` (bytes, 0: none): memory.limit; candidates then stream the layers beyond it
-// (Plan::resident_layers) and the cost model counts the streaming.
+// `memory`: memory.limit (none by default) and memory.pool; candidates then stream the layers
+// beyond it (Plan::resident_layers, from a peer's memory under memory.pool: peer) and the cost
+// model counts the streaming.
 PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, const Profile& profile,
-                              const Workload& work, int64_t memory_limit = 0);
+                              const Workload& work, const MemoryBudget& memory = {});
 
 // The workload a job implies (mean prompt length from the input when it can be read, else a guess).
 Workload workload_of(const JobConfig& job, const ModelConfig& model);
@@ -54,7 +55,7 @@ Profile job_profile(const JobConfig& job, const ModelConfig& model, Communicator
 // `backend` is the job's: the profile times its kernels. `candidates_json`, when not empty, is
 // where rank 0 writes every candidate (label, plan YAML, prediction, memory) for benchmarks.
 Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& world, Backend& backend,
-                 int64_t memory_limit = 0, const std::string& candidates_json = "");
+                 const MemoryBudget& memory = {}, const std::string& candidates_json = "");
 
 // Every candidate as JSON: label, chosen, fits, kl, top1, the prediction's figures and the plan's YAML.
 std::string candidates_json(const PlannerResult& result, const ModelConfig& model);

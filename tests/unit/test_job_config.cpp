@@ -421,3 +421,33 @@ TEST(JobConfig, Bf16DotKey) {
 }
 }  // namespace
 }  // namespace lowsync
+
+// memory.limit: one value for every rank, or a list (one per rank); memory.pool: host or peer (peer
+// needs a limit). A bad value names the key and what was expected.
+TEST(JobConfig, MemoryLimitPerRankAndPool) {
+  auto one = load_job_config(write_yaml(std::string(kBase) + "memory: {limit: 2GiB}\n"), {});
+  EXPECT_EQ(one.memory_limit.bytes, int64_t(2) << 30);
+  EXPECT_TRUE(one.memory_limits.empty());
+  EXPECT_EQ(one.memory_pool, MemoryPool::Host);
+  auto each = load_job_config(write_yaml(std::string(kBase) + "memory: {limit: [300MB, 50%], pool: peer}\n"), {});
+  ASSERT_EQ(each.memory_limits.size(), 2u);
+  EXPECT_EQ(each.memory_limits[0].bytes, 300000000);
+  EXPECT_DOUBLE_EQ(each.memory_limits[1].fraction, 0.5);
+  EXPECT_EQ(each.memory_pool, MemoryPool::Peer);
+  auto set = load_job_config(write_yaml(kBase), {"memory.limit=[1GB, 2GB]", "memory.pool=peer"});
+  EXPECT_EQ(set.memory_limits.size(), 2u);
+  auto again = load_job_config(write_yaml(each.to_yaml()), {});  // the job attribute reads back
+  EXPECT_EQ(again.memory_limits.size(), 2u);
+  EXPECT_EQ(again.memory_pool, MemoryPool::Peer);
+  auto why = [](const std::string& text) {
+    try {
+      load_job_config(write_yaml(std::string(kBase) + text), {});
+    } catch (const UserError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(why("memory: {pool: pier, limit: 1GB}\n").find("'memory.pool' is 'pier'; expected host or peer"), std::string::npos);
+  EXPECT_NE(why("memory: {pool: peer}\n").find("set memory.limit"), std::string::npos);
+  EXPECT_NE(why("memory: {limit: [1GB, lots]}\n").find("'memory.limit'"), std::string::npos);
+}

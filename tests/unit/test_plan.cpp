@@ -577,3 +577,46 @@ TEST(Planner, RecoveredSpdCheckpointOnlyAsRecovered) {
   EXPECT_NE(why.find("recovered for Sync-Point Drop at tp = 3"), std::string::npos) << why;
   EXPECT_NE(why.find("no plan of 4 ranks"), std::string::npos) << why;
 }
+
+// memory.pool: peer. With rank 0's limit below its share and rank 1's with room, rank 1 holds
+// rank 0's streamed layers (counted in its memory); plan.yaml keeps the limits, the pool and the
+// holders; limits that leave no rank room are refused with each rank's spare memory; the cost model
+// charges each fetched layer to the link between the two ranks.
+TEST(Plan, PeerPoolHoldsOverflowWhereThereIsRoom) {
+  const ModelConfig m = smollm2();
+  const PlanLimits limits{"generate", 1024, 16, 64};
+  const Plan whole = make_plan(m, limits, 2, ReplicaSplit::Tensor, 2, 1, {}, {}, "job.yaml");
+  const int64_t need = whole.memory_of(0).total();
+  MemoryBudget budget;
+  budget.rank_limits = {need * 3 / 4, 4 * need};
+  budget.pool = MemoryPool::Peer;
+  const Plan p = make_plan(m, limits, 2, ReplicaSplit::Tensor, 2, 1, {}, {}, "job.yaml", {}, budget);
+  ASSERT_LT(p.resident_of(0), m.n_layers);
+  EXPECT_EQ(p.resident_of(1), m.n_layers);
+  EXPECT_EQ(p.holder_of(0), 1);
+  EXPECT_EQ(p.holder_of(1), -1);
+  EXPECT_LE(p.memory_of(0).total(), need * 3 / 4);
+  const int64_t layer = (whole.memory_of(0).weights - rank_memory(m, p.shares[0], limits, {0, 0}, true, true).weights) /
+                        m.n_layers;
+  EXPECT_EQ(p.memory_of(1).pooled, (m.n_layers - p.resident_of(0)) * layer);
+  EXPECT_LE(p.memory_of(1).total(), 4 * need);
+  const Plan back = Plan::parse(p.to_yaml(m), "plan.yaml");
+  EXPECT_EQ(back.memory_budget.rank_limits, budget.rank_limits);
+  EXPECT_EQ(back.memory_budget.pool, MemoryPool::Peer);
+  Plan completed = back;
+  complete_parsed_plan(completed, m, 2, "plan.yaml");
+  EXPECT_EQ(completed.pool_holder, p.pool_holder);
+  EXPECT_EQ(completed.resident_layers, p.resident_layers);
+
+  MemoryBudget tight = budget;
+  tight.rank_limits = {need * 3 / 4, need * 3 / 4};
+  const std::string why = refusal([&] { make_plan(m, limits, 2, ReplicaSplit::Tensor, 2, 1, {}, {}, "job.yaml", {}, tight); });
+  EXPECT_NE(why.find("memory.pool: peer: rank 0"), std::string::npos) << why;
+  EXPECT_NE(why.find("rank 1 0 MiB"), std::string::npos) << why;
+
+  // The same plan over a fast and a slow link between the ranks: fetching costs the slow one more.
+  Profile fast = uniform_profile(2, 5e-6, 10e9), slow = fast;
+  fast.point_to_point.push_back({0, 1, {5e-6, 10e9}, {}});
+  slow.point_to_point.push_back({0, 1, {1e-3, 12e6}, {}});
+  EXPECT_GT(predict(p, m, slow, {128, 32, 32}).decode_step_one_s, predict(p, m, fast, {128, 32, 32}).decode_step_one_s);
+}
