@@ -114,40 +114,50 @@ LOWSYNC_AVX512_VNNI inline __m512i two_blocks(const BlockQ8_0* w, bool both) {
   const __m256i hi = both ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[1].q)) : _mm256_setzero_si256();
   return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
-// Their scales: block b's in lanes 0-7, b + 1's (or 0) in lanes 8-15.
+// Their scales: block b's in lanes 0-7, b + 1's (or 0) in lanes 8-15 (the fp16 values broadcast and
+// blended, then converted together).
 LOWSYNC_AVX512_VNNI inline __m512 two_scales(const BlockQ8_0* w, bool both) {
-  const __m512 lo = _mm512_set1_ps(_cvtsh_ss(w[0].d.bits));
-  return _mm512_mask_mov_ps(lo, 0xff00, _mm512_set1_ps(both ? _cvtsh_ss(w[1].d.bits) : 0.f));
+  const __m256i lo = _mm256_set1_epi16(int16_t(w[0].d.bits));
+  const __m256i hi = both ? _mm256_set1_epi16(int16_t(w[1].d.bits)) : _mm256_setzero_si256();
+  return _mm512_cvtph_ps(_mm256_mask_blend_epi16(0xff00, lo, hi));
+}
+
+// One step of the tile: blocks b and b + 1 (or b alone, the row's last) of every pair.
+template <int MR, int NR, bool kBoth>
+LOWSYNC_AVX512_VNNI __attribute__((always_inline)) inline void two_block_step(const Q8Activations& a, int64_t m0,
+                                                                              const BlockQ8_0* w, int64_t b,
+                                                                              __m512 (&c)[MR][NR]) {
+  const int64_t blocks = a.blocks(), d_stride = a.stride / kQ8_0Block * 8;
+  __m512i wq[NR];
+  __m512 wd[NR];
+  for (int j = 0; j < NR; ++j) {
+    wq[j] = two_blocks(w + j * blocks + b, kBoth);
+    wd[j] = two_scales(w + j * blocks + b, kBoth);
+  }
+  for (int i = 0; i < MR; ++i) {
+    const int64_t at = (m0 + i) * a.stride + b * kQ8_0Block;
+    const __mmask64 negative = _mm512_movepi8_mask(_mm512_loadu_si512(a.q.data() + at));
+    const __m512i xa = _mm512_loadu_si512(a.abs_q.data() + at);
+    const __m512 xd = _mm512_loadu_ps(a.d8.data() + (m0 + i) * d_stride + b * 8);
+    for (int j = 0; j < NR; ++j) {
+      const __m512i signed_w = _mm512_mask_sub_epi8(wq[j], negative, _mm512_setzero_si512(), wq[j]);
+      const __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), xa, signed_w);  // 4 products a lane
+      c[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(xd, wd[j]), c[i][j]);
+    }
+  }
 }
 
 // y[i, j] (+)= q8(x)[m0 + i, :] . w[j, :] for i < MR, j < NR. w: row j's blocks at w + j * blocks.
 template <int MR, int NR>
 LOWSYNC_AVX512_VNNI void dot_tile_avx512(const Q8Activations& a, int64_t m0, const BlockQ8_0* w, float* y,
                                          int64_t ldy, bool accumulate) {
-  const int64_t blocks = a.blocks(), d_stride = a.stride / kQ8_0Block * 8;
+  const int64_t blocks = a.blocks();
   __m512 c[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) c[i][j] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < blocks; b += 2) {
-    const bool both = b + 1 < blocks;
-    __m512i wq[NR];
-    __m512 wd[NR];
-    for (int j = 0; j < NR; ++j) {
-      wq[j] = two_blocks(w + j * blocks + b, both);
-      wd[j] = two_scales(w + j * blocks + b, both);
-    }
-    for (int i = 0; i < MR; ++i) {
-      const int64_t at = (m0 + i) * a.stride + b * kQ8_0Block;
-      const __mmask64 negative = _mm512_movepi8_mask(_mm512_loadu_si512(a.q.data() + at));
-      const __m512i xa = _mm512_loadu_si512(a.abs_q.data() + at);
-      const __m512 xd = _mm512_loadu_ps(a.d8.data() + (m0 + i) * d_stride + b * 8);
-      for (int j = 0; j < NR; ++j) {
-        const __m512i signed_w = _mm512_mask_sub_epi8(wq[j], negative, _mm512_setzero_si512(), wq[j]);
-        const __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), xa, signed_w);  // 4 products a lane
-        c[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(xd, wd[j]), c[i][j]);
-      }
-    }
-  }
+  int64_t b = 0;
+  for (; b + 2 <= blocks; b += 2) two_block_step<MR, NR, true>(a, m0, w, b, c);
+  if (b < blocks) two_block_step<MR, NR, false>(a, m0, w, b, c);
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) {
       const float d = _mm512_reduce_add_ps(c[i][j]);
