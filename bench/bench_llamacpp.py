@@ -188,7 +188,7 @@ def plot(doc, path):
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_ylabel("lowsync speed / llama.cpp speed")
     ax.set_title(f"lowsync / llama.cpp at each precision, SmolLM2-135M, medians of {doc['config']['rounds']} rounds "
-                 f"({doc['date'][:10]})", fontsize=10)
+                 f"({doc['date'][:10]}, load average {doc['load_average_1_5_15min_before'][0]:.1f} before)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
