@@ -141,7 +141,7 @@ json stats(const std::vector<double>& v) {
 int run(int argc, char** argv) {
   std::string model_dir, out_path, weights_name;
   int threads, decode_steps, rounds, prefill_reps;
-  bool bf16_dot = false;
+  bool bf16_dot = false, q8_dot = false;
   int64_t prefill_tokens, prefill_seqs, decode_prompt, bw_mib;
   std::vector<int64_t> decode_batches;
   po::options_description opts("bench_engine options");
@@ -150,6 +150,7 @@ int run(int argc, char** argv) {
       "threads", po::value(&threads)->default_value(1), "BLAS threads (engine and sgemm probe)")(
       "weights-dtype", po::value(&weights_name)->default_value("fp32"), "weight matrices stored as fp32, bf16, fp16 or q8_0")(
       "bf16-dot", po::bool_switch(&bf16_dot), "bf16 weights: decode products round x to bf16 (weights.bf16_dot)")(
+      "q8-dot", po::bool_switch(&q8_dot), "q8_0 weights: decode products quantise x to q8_0 (weights.q8_dot)")(
       "prefill-tokens", po::value(&prefill_tokens)->default_value(1024), "tokens in one packed prefill pass")(
       "prefill-seqs", po::value(&prefill_seqs)->default_value(4), "prompts the prefill tokens are split into")(
       "prefill-reps", po::value(&prefill_reps)->default_value(2), "prefill passes per round (the fastest counts)")(
@@ -182,7 +183,8 @@ int run(int argc, char** argv) {
                       : weights == WeightsDType::Q8_0 ? DType::Q8_0
                                                       : DType::F32;
   if (bf16_dot && dtype != DType::BF16) throw UserError("--bf16-dot needs --weights-dtype bf16");
-  std::unique_ptr<Backend> be = make_cpu_backend(threads, dtype, bf16_dot);
+  if (q8_dot && dtype != DType::Q8_0) throw UserError("--q8-dot needs --weights-dtype q8_0");
+  std::unique_ptr<Backend> be = make_cpu_backend(threads, dtype, bf16_dot, q8_dot);
   auto probes = bench::make_cpu_probes(threads, bw_mib << 20);
   const auto t_load = Clock::now();
   Transformer model(cfg, *be);
@@ -251,6 +253,7 @@ int run(int argc, char** argv) {
   j["threads"] = threads;
   j["weights_dtype"] = weights_dtype_name(weights);
   j["bf16_dot"] = bf16_dot;
+  j["q8_dot"] = q8_dot;
   j["model"] = {{"dir", model_dir},
                 {"architecture", cfg.architecture},
                 {"parameters", cfg.parameter_count()},

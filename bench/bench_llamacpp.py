@@ -12,14 +12,19 @@ llama.cpp runs as its own tools do by default: flash attention on (their `auto` 
 --flash-attn off is llama-cpp-python's default), K/V cache in F16, n_batch = n_ubatch >= the prompt.
 
 The model: lowsync's float32 directory (python/smollm2.py) and GGUFs written from the same float32
-tensors (bench/smollm2_gguf.py: F32, BF16, Q8_0). lowsync computes in F32 only, so the F32 GGUF is
-the like-for-like comparison; llama.cpp's BF16 and Q8_0 figures are for reference.
+tensors (bench/smollm2_gguf.py: F32, BF16, Q8_0). Each precision runs in both engines with the same
+arithmetic in decode: lowsync's F32 is fp32 weights; BF16 is `weights: {dtype: bf16, bf16_dot: true}`
+(activations rounded to bf16, bf16 x bf16 products summed in fp32, as llama.cpp's BF16); Q8_0 is
+`weights: {dtype: q8_0, q8_dot: true}` (activations quantised to q8_0, int8 block products, as
+llama.cpp's Q8_0). lowsync applies the activation rounding to products of up to 32 rows (decode;
+prompts of up to 32 tokens); its longer prefill passes compute in fp32 on the same weights.
 
 1. Greedy check (1 thread): the prompts below, tokenized by the model's Hugging Face tokenizer
    (llama.cpp's own tokenizer is asked too, and whether it agrees is reported), GREEDY_NEW tokens
-   each, no stop token: lowsync's tokens against llama.cpp's at each precision.
-2. Timed rounds, each running llama.cpp (every precision) and lowsync at every thread count, the
-   engine that goes first alternating between rounds:
+   each, no stop token, one prompt per lowsync pass (so that its prompts' products are rounded as
+   llama.cpp's are): lowsync's tokens against llama.cpp's at each precision.
+2. Timed rounds, each running llama.cpp and lowsync at every precision and thread count, the
+   engine that goes first alternating between rounds and precisions:
    - prefill: one 512-token prompt (the prompts' text repeated) in one pass. llama.cpp: one eval,
      after an untimed warm-up eval. lowsync: a generate job of 2 such rows, one pass each
      (batch.max_tokens 512, static batches), prefill_s / prefill_passes of the run report.
@@ -62,6 +67,8 @@ PROMPTS = [
     "A good night's sleep is important for health because during sleep the body repairs itself and",
     "In the game of chess, each player begins with sixteen pieces: one king, one queen, two rooks,",
 ]
+# lowsync's job keys for each of llama.cpp's precisions (the same decode arithmetic; see above).
+LOWSYNC_WEIGHTS = {"F32": {}, "BF16": {"dtype": "bf16", "bf16_dot": "true"}, "Q8_0": {"dtype": "q8_0", "q8_dot": "true"}}
 
 
 def ensure_llama_venv(venv):
@@ -88,8 +95,8 @@ def llama(py, tmp, request):
         return json.load(f)
 
 
-def lowsync(tmp, model, threads, inp, new_tokens, max_tokens, max_sequences, continuous=True):
-    """One generate job: (rank 0's run report, [new token ids per row])."""
+def lowsync(tmp, model, dtype, threads, inp, new_tokens, max_tokens, max_sequences, continuous=True):
+    """One generate job at llama.cpp's precision `dtype`: (rank 0's run report, [new token ids per row])."""
     out = f"{tmp}/out.h5"
     if os.path.exists(out):
         os.remove(out)
@@ -98,6 +105,8 @@ def lowsync(tmp, model, threads, inp, new_tokens, max_tokens, max_sequences, con
                 f"generate: {{max_new_tokens: {new_tokens}, temperature: 0.0, stop_at_eos: false}}\n"
                 f"batch: {{max_tokens: {max_tokens}, max_sequences: {max_sequences}, "
                 f"continuous: {str(continuous).lower()}}}\n")
+        if LOWSYNC_WEIGHTS[dtype]:
+            f.write("weights: {" + ", ".join(f"{k}: {v}" for k, v in LOWSYNC_WEIGHTS[dtype].items()) + "}\n")
     cmd = [LOWSYNC, "run", f"{tmp}/job.yaml", "--quiet"]
     p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=1800)
     if p.returncode != 0:
@@ -119,17 +128,18 @@ def greedy_check(py, tmp, model_dir, ggufs, prompt_ids, new_tokens, flash_attn):
     """lowsync's greedy tokens against llama.cpp's at each precision, and the two tokenizers."""
     low_path = f"{tmp}/greedy.h5"
     write_prompts(low_path, prompt_ids)
-    _, low = lowsync(tmp, model_dir, 1, low_path, new_tokens, 4096, len(prompt_ids))
-    check = {"prompts": PROMPTS, "new_tokens": new_tokens, "lowsync_tokens": low, "llama_cpp": {}}
+    check = {"prompts": PROMPTS, "new_tokens": new_tokens, "lowsync_weights": LOWSYNC_WEIGHTS, "precisions": {}}
     for dtype, path in ggufs.items():
+        _, low = lowsync(tmp, model_dir, dtype, 1, low_path, new_tokens, 4096, 1)
         ans = llama(py, tmp, {"model": path, "threads": 1, "n_ctx": 512, "flash_attn": flash_attn,
                               "greedy": prompt_ids, "greedy_new_tokens": new_tokens, "tokenize": PROMPTS})
         prefixes = [same_prefix(a, b) for a, b in zip(low, ans["greedy"])]
-        check["llama_cpp"][dtype] = {"tokens": ans["greedy"], "identical_rows": sum(p == new_tokens for p in prefixes),
-                                     "same_prefix_tokens": prefixes}
+        check["precisions"][dtype] = {"lowsync_tokens": low, "llama_cpp_tokens": ans["greedy"],
+                                      "identical_rows": sum(p == new_tokens for p in prefixes),
+                                      "same_prefix_tokens": prefixes}
         check["tokenizers_agree"] = ans["tokenize"] == prompt_ids
-        print(f"greedy, {len(prompt_ids)} prompts x {new_tokens} tokens: llama.cpp {dtype} identical to lowsync in "
-              f"{check['llama_cpp'][dtype]['identical_rows']} rows (same first tokens: {prefixes})", flush=True)
+        print(f"greedy, {len(prompt_ids)} prompts x {new_tokens} tokens, {dtype}: lowsync and llama.cpp identical in "
+              f"{check['precisions'][dtype]['identical_rows']} rows (same first tokens: {prefixes})", flush=True)
     print(f"llama.cpp's tokenizer gives the Hugging Face tokenizer's ids: {check['tokenizers_agree']}", flush=True)
     return check
 
@@ -139,17 +149,19 @@ def median_table(rounds):
 
 
 def markdown_table(doc):
-    """The README's table: medians, and lowsync / llama.cpp as speeds (x above 1: lowsync faster)."""
+    """The README's table: medians per precision, lowsync's with its speed / llama.cpp's in brackets
+    (above 1: lowsync faster)."""
     dtypes = doc["config"]["dtypes"]
     rows = [("prefill, %d-token prompt (tokens/s)" % doc["config"]["prefill_tokens"], "prefill_tokens_per_s")] + [
         (f"decode, batch {b} (ms/step)", f"decode_ms_per_step_b{b}") for b in doc["config"]["decode_batches"]]
-    lines = ["| threads | | lowsync F32 | " + " | ".join(f"llama.cpp {d}" for d in dtypes) + " |",
-             "|---|---|---|" + "---|" * len(dtypes)]
+    lines = ["| threads | | " + " | ".join(f"lowsync {d} | llama.cpp {d}" for d in dtypes) + " |",
+             "|---|---|" + "---|---|" * len(dtypes)]
     for T in map(str, doc["config"]["threads"]):
         m = doc["medians"][T]
         for name, key in rows:
-            cells = [f"{m[f'llama.cpp {d}'][key]:.1f} (x{doc['ratios'][T][d][key]:.2f})" for d in dtypes]
-            lines.append(f"| {T} | {name} | {m['lowsync F32'][key]:.1f} | " + " | ".join(cells) + " |")
+            cells = [f"{m[f'lowsync {d}'][key]:.1f} (**x{doc['ratios'][T][d][key]:.2f}**) | {m[f'llama.cpp {d}'][key]:.1f}"
+                     for d in dtypes]
+            lines.append(f"| {T} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -168,15 +180,15 @@ def plot(doc, path):
             for i, d in enumerate(dtypes):
                 r = doc["ratios"][str(T)][d][key]
                 bar = ax.bar(x + (i - (len(dtypes) - 1) / 2) * width, r, width, color=f"C{i}",
-                             label=f"vs llama.cpp {d}" if x == 0 else None, alpha=1.0 if d == "F32" else 0.55)
+                             label=f"lowsync {d} / llama.cpp {d}" if x == 0 else None)
                 ax.bar_label(bar, fmt="%.2f", fontsize=7)
             labels.append(f"{name}\n{T} thr")
             x += 1
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_ylabel("lowsync speed / llama.cpp speed")
-    ax.set_title(f"lowsync (F32) / llama.cpp, SmolLM2-135M, medians of {doc['config']['rounds']} rounds "
-                 f"({doc['date'][:10]})", fontsize=10)
+    ax.set_title(f"lowsync / llama.cpp at each precision, SmolLM2-135M, medians of {doc['config']['rounds']} rounds "
+                 f"({doc['date'][:10]}, load average {doc['load_average_1_5_15min_before'][0]:.1f} before)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -187,7 +199,7 @@ def main():
     ap.add_argument("--llama-venv", default="/tmp/lcp-venv", help="venv with llama-cpp-python (made when missing)")
     ap.add_argument("--threads", type=int, action="append", help="repeatable; default 1 and 2")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--dtype", action="append", choices=smollm2_gguf.DTYPES, help="llama.cpp's; default all")
+    ap.add_argument("--dtype", action="append", choices=smollm2_gguf.DTYPES, help="precisions; default all")
     ap.add_argument("--prefill-tokens", type=int, default=512)
     ap.add_argument("--decode-prompt", type=int, default=16, help="tokens of each decode prompt")
     ap.add_argument("--decode-steps", type=int, default=64)
@@ -202,8 +214,6 @@ def main():
     a = ap.parse_args()
     threads, batches = a.threads or [1, 2], a.decode_batch or [1, 8]
     dtypes = a.dtype or list(smollm2_gguf.DTYPES)
-    if "F32" not in dtypes:
-        dtypes = ["F32"] + dtypes  # the like-for-like comparison
     if max(batches) > len(PROMPTS):
         sys.exit(f"bench_llamacpp: error: --decode-batch at most {len(PROMPTS)} (the prompts)")
     flash_attn = a.flash_attn == "on"
@@ -230,10 +240,11 @@ def main():
         write_prompts(f"{tmp}/prefill.h5", [prefill_ids, prefill_ids])
         for b in batches:
             write_prompts(f"{tmp}/decode{b}.h5", decode_ids[:b])
-        engines = [f"llama.cpp {d}" for d in dtypes] + ["lowsync F32"]
+        engines = [f"{e} {d}" for d in dtypes for e in ("llama.cpp", "lowsync")]
         keys = ["prefill_tokens_per_s"] + [f"decode_ms_per_step_b{b}" for b in batches]
         rounds = {str(T): {e: {k: [] for k in keys} for e in engines} for T in threads}
-        decode_match = {str(b): [] for b in batches}  # lowsync's decode tokens == llama.cpp F32's, per run
+        # lowsync's decode tokens == llama.cpp's at the same precision, per run
+        decode_match = {d: {str(b): [] for b in batches} for d in dtypes}
 
         def run_llama(T, d):
             ans = llama(py, tmp, {"model": ggufs[d], "threads": T, "n_ctx": n_ctx, "flash_attn": flash_attn,
@@ -245,13 +256,13 @@ def main():
                 row[f"decode_ms_per_step_b{b}"].append(1e3 * ans["decode_s_per_step"][str(b)])
             return ans
 
-        def run_lowsync(T):
-            row = rounds[str(T)]["lowsync F32"]
-            rep, _ = lowsync(tmp, model_dir, T, f"{tmp}/prefill.h5", 1, a.prefill_tokens, 1, continuous=False)
+        def run_lowsync(T, d):
+            row = rounds[str(T)][f"lowsync {d}"]
+            rep, _ = lowsync(tmp, model_dir, d, T, f"{tmp}/prefill.h5", 1, a.prefill_tokens, 1, continuous=False)
             row["prefill_tokens_per_s"].append(a.prefill_tokens * rep["prefill_passes"] / rep["prefill_s"])
             tokens = {}
             for b in batches:
-                rep, tokens[b] = lowsync(tmp, model_dir, T, f"{tmp}/decode{b}.h5", a.decode_steps + 1,
+                rep, tokens[b] = lowsync(tmp, model_dir, d, T, f"{tmp}/decode{b}.h5", a.decode_steps + 1,
                                          b * a.decode_prompt, b)
                 if rep["decode_steps"] != a.decode_steps:
                     sys.exit(f"bench_llamacpp: lowsync ran {rep['decode_steps']} decode steps, not {a.decode_steps}")
@@ -261,18 +272,17 @@ def main():
         worker_info = None
         for r in range(a.rounds):
             for T in threads:
-                order = ["llama", "lowsync"] if (r + threads.index(T)) % 2 == 0 else ["lowsync", "llama"]
-                for who in order:
-                    if who == "llama":
-                        for d in dtypes:
+                for d in dtypes:
+                    first_llama = (r + threads.index(T) + dtypes.index(d)) % 2 == 0
+                    for who in (["llama", "lowsync"] if first_llama else ["lowsync", "llama"]):
+                        if who == "llama":
                             ans = run_llama(T, d)
-                            if d == "F32":
-                                llama_f32_tokens = ans["decode_tokens"]
+                            llama_tokens = ans["decode_tokens"]
                             worker_info = {k: ans[k] for k in ("llama_cpp_python", "flash_attn", "system_info")}
-                    else:
-                        low_tokens = run_lowsync(T)
-                for b in batches:
-                    decode_match[str(b)].append(low_tokens[b] == llama_f32_tokens[str(b)])
+                        else:
+                            low_tokens = run_lowsync(T, d)
+                    for b in batches:
+                        decode_match[d][str(b)].append(low_tokens[b] == llama_tokens[str(b)])
                 print(f"round {r + 1}, {T} thread(s): " + "; ".join(
                     f"{e} " + " ".join(f"{v[-1]:.1f}" for v in rounds[str(T)][e].values()) for e in engines)
                       + f"  ({', '.join(keys)})", flush=True)
@@ -281,9 +291,8 @@ def main():
     medians = {T: {e: median_table(v) for e, v in per.items()} for T, per in rounds.items()}
     ratios = {}
     for T, per in medians.items():
-        low = per["lowsync F32"]
-        ratios[T] = {d: {k: (low[k] / per[f"llama.cpp {d}"][k] if k.startswith("prefill")
-                             else per[f"llama.cpp {d}"][k] / low[k]) for k in keys} for d in dtypes}
+        ratios[T] = {d: {k: (per[f"lowsync {d}"][k] / per[f"llama.cpp {d}"][k] if k.startswith("prefill")
+                             else per[f"llama.cpp {d}"][k] / per[f"lowsync {d}"][k]) for k in keys} for d in dtypes}
     cpu = open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(" :\t")
     doc = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "cpu": cpu, "cores": os.cpu_count(), "load_average_1_5_15min_before": load_before,
@@ -297,10 +306,10 @@ def main():
                       "decode_batches": batches, "llama_flash_attn": flash_attn},
            "method": "Timed rounds, " + " ".join(__doc__.split("2. Timed rounds, ")[1].split("\n\nWrites")[0].split()),
            "greedy_check": check,
-           "decode_tokens_lowsync_equal_llama_cpp_f32": decode_match,
+           "decode_tokens_lowsync_equal_llama_cpp": decode_match,
            "medians": medians, "ratios": ratios,
-           "ratios_meaning": "lowsync speed / llama.cpp speed (prefill tokens/s ratio; decode: llama.cpp ms / lowsync "
-                             "ms); above 1: lowsync faster. lowsync computes in F32 whatever llama.cpp's precision",
+           "ratios_meaning": "lowsync speed / llama.cpp speed at the same precision (prefill tokens/s ratio; decode: "
+                             "llama.cpp ms / lowsync ms); above 1: lowsync faster",
            "rounds": rounds}
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:

@@ -2,7 +2,8 @@
 // head) through the few-rows kernel with fp32, bf16 and q8_0 weights (random values), at 1 and 8
 // rows of x; and, where the CPU has AVX512_BF16, an experimental bf16 kernel not in lowsync that
 // rounds x to bf16 once per product and multiplies with vdpbf16ps (as llama.cpp's BF16 type does),
-// with its largest deviation from the fp32-activation result. Timed in the thread's CPU time, the minimum of --reps interleaved repetitions: on a
+// with its largest deviation from the fp32-activation result; and lowsync's q8_dot kernel (x quantised
+// to q8_0, int8 block products: layers/q8_dot_matmul.h) at each level this CPU runs but scalar. Timed in the thread's CPU time, the minimum of --reps interleaved repetitions: on a
 // machine shared with other work, wall time measures the others as much as the kernel.
 //
 //   build/bench/bench_weight_kernels [--threads 1] [--reps 15]
@@ -20,6 +21,7 @@
 #include <cmath>
 
 #include "layers/few_rows_matmul.h"
+#include "layers/q8_dot_matmul.h"
 
 using namespace lowsync;
 
@@ -106,22 +108,33 @@ int main(int argc, char** argv) {
   for (float& v : x) v = u(gen);
   WorkerThreads workers(threads);
   const SimdLevel level = best_simd_level();
-  const char* names[3] = {"fp32", "bf16", "q8_0"};
+  std::vector<const char*> names = {"fp32", "bf16", "q8_0"};
+  std::vector<Q8DotLevel> q8_levels;
+  for (Q8DotLevel l : {Q8DotLevel::Avx512Vnni, Q8DotLevel::AvxVnni, Q8DotLevel::Avx2})
+    if (cpu_runs(l)) {
+      q8_levels.push_back(l);
+      names.push_back(q8_dot_level_name(l));
+    }
+  Q8Activations xq;
   for (int M : {1, 8}) {
-    double best[3] = {1e30, 1e30, 1e30};
+    std::vector<double> best(names.size(), 1e30);
     for (int r = 0; r < reps; ++r)
-      for (int d = 0; d < 3; ++d) {
+      for (size_t d = 0; d < names.size(); ++d) {
         const double t0 = thread_seconds();
         for (size_t i = 0; i < shapes.size(); ++i) {
           const Shape s = shapes[i];
           if (d == 0) few_rows_matmul(level, workers, x.data(), M, s.K, f32[i].data(), s.N, y.data(), false);
           if (d == 1) few_rows_matmul(level, workers, x.data(), M, s.K, bf16[i].data(), s.N, y.data(), false);
           if (d == 2) few_rows_matmul(level, workers, x.data(), M, s.K, q8[i].data(), s.N, y.data(), false);
+          if (d >= 3)
+            q8_dot_matmul(q8_levels[d - 3], workers, x.data(), M, s.K, q8[i].data(), s.N, y.data(), false, xq);
         }
         best[d] = std::min(best[d], thread_seconds() - t0);
       }
     std::printf("%s, %d thread(s), %d row(s) of x:", simd_level_name(level), threads, M);
-    for (int d = 0; d < 3; ++d) std::printf("  %s %.1f ms (%.2fx)", names[d], 1e3 * best[d], best[0] / best[d]);
+    for (size_t d = 0; d < names.size(); ++d)
+      std::printf("%s  %s%s %.1f ms (%.2fx)", d == 3 ? "\n  q8_dot:" : "", names[d], d == 2 ? " (widening)" : "",
+                  1e3 * best[d], best[0] / best[d]);
     std::printf("\n");
     if (!__builtin_cpu_supports("avx512bf16") || threads != 1) continue;
     std::vector<uint16_t> xb;

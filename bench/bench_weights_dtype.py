@@ -10,6 +10,14 @@ Text: docstrings of Python standard-library modules (bench_sync_dtype.english_te
 English prose), cut into `rows` rows of `length` tokens; each row's first 16 tokens are context
 and the rest are scored. lowsync's perplexity is the score job's (run report); transformers' is
 exp(mean NLL) over the same targets.
+
+`weights.bf16_dot` and `weights.q8_dot` round the activations of decode-sized products only (up to
+32 rows), so a 256-token row would not see them. A second table ("decode_sized") therefore scores
+the same tokens as windows of 32 (16 tokens of context, the next 16 scored, windows 16 apart), one
+window per pass, for every dtype and the two _dot variants; transformers' reference for a _dot
+variant rounds every nn.Linear's input the same way (a forward pre-hook: torch's bf16 rounding, or
+the gguf package's Q8_0 quantize + dequantize), so its perplexity is what llama.cpp's arithmetic
+gives on these weights.
 """
 import argparse
 import copy
@@ -29,6 +37,10 @@ import smollm2  # noqa: E402
 
 CONTEXT = 16
 DTYPES = ("fp32", "bf16", "fp16", "q8_0")
+# decode_sized: the job's `weights` keys and the reference weights' dtype for each variant.
+VARIANTS = {"fp32": {"dtype": "fp32"}, "bf16": {"dtype": "bf16"}, "bf16_dot": {"dtype": "bf16", "bf16_dot": True},
+            "fp16": {"dtype": "fp16"}, "q8_0": {"dtype": "q8_0"}, "q8_dot": {"dtype": "q8_0", "q8_dot": True}}
+WINDOW = 32
 
 
 def reference_weights(model, dtype):
@@ -48,6 +60,45 @@ def reference_weights(model, dtype):
             else:
                 p.copy_(p.to(torch.bfloat16 if dtype == "bf16" else torch.float16).float())
     return m
+
+
+def with_rounded_inputs(model, variant):
+    """The reference of a _dot variant: every nn.Linear's input rounded as lowsync rounds it."""
+    import torch
+    if not variant.endswith("_dot"):
+        return model
+    m = copy.deepcopy(model)
+    if variant == "bf16_dot":
+        def hook(mod, inp):
+            return (inp[0].to(torch.bfloat16).float(),)
+    else:
+        import gguf
+
+        def hook(mod, inp):
+            x = inp[0].numpy()
+            q = gguf.quants.quantize(np.ascontiguousarray(x, np.float32), gguf.GGMLQuantizationType.Q8_0)
+            return (torch.from_numpy(gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0).reshape(x.shape)),)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.Linear):
+            mod.register_forward_pre_hook(hook)
+    return m
+
+
+def measure(tmp, tag, model_dir, weights, extra, ref_model, prompts, targets, h5):
+    """lowsync's score job and transformers' reference on the same rows: the table's entry."""
+    out = os.path.join(tmp, f"{tag}.h5")
+    job = oracle.write_job(os.path.join(tmp, f"{tag}.yaml"), dict({
+        "model": model_dir, "task": "score", "input": h5, "output": out, "weights": weights}, **extra))
+    oracle.run_lowsync(job, timeout=900)
+    r = oracle.read_results(out)
+    report = json.loads(r["attrs"]["run_report_json"])
+    ref = oracle.hf_score(ref_model, prompts, targets)
+    ref_nll = -float(np.mean(np.concatenate(ref)))
+    got = np.concatenate([np.asarray(x, np.float64) for x in r["token_logprobs"]])
+    return {"lowsync_perplexity": report["perplexity"], "transformers_perplexity": float(np.exp(ref_nll)),
+            "max_abs_logprob_diff": float(np.abs(got - np.concatenate(ref)).max()),
+            "median_abs_logprob_diff": float(np.median(np.abs(got - np.concatenate(ref)))),
+            "weight_bytes": report["per_rank"][0]["weight_bytes"]}
 
 
 def main():
@@ -70,20 +121,24 @@ def main():
     doc = {"model": model_dir, "text": "bench_sync_dtype.english_text()", "rows": a.rows, "length": a.length,
            "context": CONTEXT, "scored_tokens": sum(map(len, targets)), "dtypes": {}}
     for d in DTYPES:
-        out = os.path.join(tmp, f"{d}.h5")
-        job = oracle.write_job(os.path.join(tmp, f"{d}.yaml"), {
-            "model": model_dir, "task": "score", "input": os.path.join(tmp, "text.h5"), "output": out,
-            "weights": {"dtype": d}})
-        oracle.run_lowsync(job, timeout=900)
-        r = oracle.read_results(out)
-        report = json.loads(r["attrs"]["run_report_json"])
-        ref = oracle.hf_score(reference_weights(base, d), prompts, targets)
-        ref_nll = -float(np.mean(np.concatenate(ref)))
-        got = np.concatenate([np.asarray(x, np.float64) for x in r["token_logprobs"]])
-        doc["dtypes"][d] = {"lowsync_perplexity": report["perplexity"], "transformers_perplexity": float(np.exp(ref_nll)),
-                            "max_abs_logprob_diff": float(np.abs(got - np.concatenate(ref)).max()),
-                            "weight_bytes": report["per_rank"][0]["weight_bytes"]}
+        doc["dtypes"][d] = measure(tmp, d, model_dir, {"dtype": d}, {}, reference_weights(base, d), prompts, targets,
+                                   os.path.join(tmp, "text.h5"))
         print(d, json.dumps(doc["dtypes"][d]), flush=True)
+
+    # The same tokens as windows of 32, one per pass (every product decode-sized).
+    half = WINDOW // 2
+    windows = [ids[s:s + WINDOW] for s in range(0, len(ids) - WINDOW + 1, half)]
+    w_prompts, w_targets = [w[:half] for w in windows], [w[half:] for w in windows]
+    oracle.write_prompts_h5(os.path.join(tmp, "windows.h5"), w_prompts, w_targets)
+    doc["decode_sized"] = {"windows": len(windows), "window": WINDOW, "context": half,
+                           "scored_tokens": sum(map(len, w_targets)), "variants": {}}
+    for v, weights in VARIANTS.items():
+        ref_model = with_rounded_inputs(reference_weights(base, weights["dtype"]), v)
+        doc["decode_sized"]["variants"][v] = measure(
+            tmp, f"w_{v}", model_dir, weights, {"batch": {"max_sequences": 1}}, ref_model, w_prompts, w_targets,
+            os.path.join(tmp, "windows.h5"))
+        doc["decode_sized"]["variants"][v]["weights"] = weights
+        print("decode-sized", v, json.dumps(doc["decode_sized"]["variants"][v]), flush=True)
     with open(a.out, "w") as f:
         json.dump(doc, f, indent=1)
     print(f"wrote {a.out}")

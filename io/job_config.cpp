@@ -104,6 +104,7 @@ const std::map<std::string, Setter>& schema() {
            throw YAML::Exception(YAML::Mark::null_mark(), "not a weights dtype");
        }},
       {"weights.bf16_dot", field(&JobConfig::weights_bf16_dot)},
+      {"weights.q8_dot", field(&JobConfig::weights_q8_dot)},
       {"generate.max_new_tokens", field(&JobConfig::generate, &GenerateOptions::max_new_tokens)},
       {"generate.temperature", field(&JobConfig::generate, &GenerateOptions::temperature)},
       {"generate.top_k", field(&JobConfig::generate, &GenerateOptions::top_k)},
@@ -362,6 +363,8 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
          "is '" + c.cuda.device + "'; expected auto or a device number (0, 1, ...)");
   expect(c.cuda.dtype == "bf16" || c.cuda.dtype == "fp16" || c.cuda.dtype == "fp32", "cuda.dtype",
          "is '" + c.cuda.dtype + "'; expected bf16, fp16 or fp32");
+  expect(!c.weights_q8_dot || c.backend == "cpu", "weights.q8_dot",
+         "is a CPU kernel choice; with backend: cuda, cuBLAS multiplies cuda.dtype weights as it does (q8_0 is CPU only)");
   // On a GPU cuda.dtype says how matrices are stored; weights.dtype may only repeat it.
   expect(c.backend != "cuda" || c.weights_dtype == WeightsDType::Auto || c.cuda.dtype == weights_dtype_name(c.weights_dtype),
          "weights.dtype", std::string("is ") + weights_dtype_name(c.weights_dtype) + " but cuda.dtype is " + c.cuda.dtype +
@@ -370,6 +373,9 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
          "is a CPU kernel choice; with backend: cuda, cuBLAS multiplies cuda.dtype weights as it does");
   expect(!c.weights_bf16_dot || c.weights_dtype == WeightsDType::Auto || c.weights_dtype == WeightsDType::BF16,
          "weights.bf16_dot", std::string("needs bf16 weights; weights.dtype is ") + weights_dtype_name(c.weights_dtype));
+  expect(!c.weights_q8_dot || c.weights_dtype == WeightsDType::Q8_0, "weights.q8_dot",
+         std::string("needs q8_0 weights; weights.dtype is ") + weights_dtype_name(c.weights_dtype) +
+             " (set weights.dtype: q8_0)");
   expect(c.generate.max_new_tokens >= 1, "generate.max_new_tokens", "must be >= 1");
   expect(c.generate.temperature >= 0, "generate.temperature", "must be >= 0");
   expect(c.generate.top_k >= 0, "generate.top_k", "must be >= 0");
@@ -539,6 +545,8 @@ std::string JobConfig::fingerprint() const {
     s << "weights: {dtype: " << weights_dtype_name(weights_dtype) << "}\n";
   // Rounding the activations to bf16 changes results (absent when off, as in files from before the key).
   if (backend == "cpu" && weights_bf16_dot) s << "weights_bf16_dot: true\n";
+  // So does quantising them to q8_0.
+  if (backend == "cpu" && weights_q8_dot) s << "weights_q8_dot: true\n";
   return s.str();
 }
 
@@ -596,7 +604,7 @@ std::string JobConfig::to_yaml() const {
   e << YAML::Key << "dtype" << YAML::Value << c.cuda.dtype << YAML::EndMap;
   e << YAML::Key << "weights" << YAML::Value << YAML::BeginMap << YAML::Key << "dtype" << YAML::Value
     << weights_dtype_name(c.weights_dtype) << YAML::Key << "bf16_dot" << YAML::Value << c.weights_bf16_dot
-    << YAML::EndMap;
+    << YAML::Key << "q8_dot" << YAML::Value << c.weights_q8_dot << YAML::EndMap;
   e << YAML::Key << "generate" << YAML::Value << YAML::BeginMap;
   e << YAML::Key << "max_new_tokens" << YAML::Value << c.generate.max_new_tokens;
   e << YAML::Key << "temperature" << YAML::Value << shortest(c.generate.temperature);

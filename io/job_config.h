@@ -157,6 +157,7 @@ struct JobConfig {
   CudaOptions cuda;
   WeightsDType weights_dtype = WeightsDType::Auto;
   bool weights_bf16_dot = false;  // bf16 weights: decode products round x to bf16 (layers/bf16_dot_matmul.h)
+  bool weights_q8_dot = false;    // q8_0 weights: decode products quantise x to q8_0 (layers/q8_dot_matmul.h)
   GenerateOptions generate;
   ScoreOptions score;
   EmbedOptions embed;

@@ -109,7 +109,7 @@ JobConfig with_resolved_threads(const JobConfig& job, const Communicator& world)
 std::unique_ptr<Backend> make_backend(const JobConfig& job, const Communicator& world) {
   if (job.backend != "cuda")  // threads 0 (auto) unresolved: 1
     return make_cpu_backend(std::max(1, job.threads), weight_dtype(with_resolved_weights(job).weights_dtype),
-                            job.weights_bf16_dot);
+                            job.weights_bf16_dot, job.weights_q8_dot);
   const int local_rank = node_local_rank(world);
   return make_cuda_backend(job.cuda.device_index(), weight_dtype(job.cuda), world.rank(), local_rank);
 }

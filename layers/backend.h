@@ -86,6 +86,8 @@ class Backend {
 
 // `weights`: the type weight matrices are stored in (fp32, bf16 or fp16; products accumulate in fp32).
 // bf16_dot: decode products with bf16 weights round x to bf16 (`weights.bf16_dot`; bf16_dot_matmul.h).
-std::unique_ptr<Backend> make_cpu_backend(int threads, DType weights = DType::F32, bool bf16_dot = false);
+// q8_dot: decode products with q8_0 weights quantise x to q8_0 (`weights.q8_dot`; q8_dot_matmul.h).
+std::unique_ptr<Backend> make_cpu_backend(int threads, DType weights = DType::F32, bool bf16_dot = false,
+                                          bool q8_dot = false);
 
 }  // namespace lowsync

@@ -4,7 +4,8 @@
 // Weight matrices may be stored in bf16, fp16 or q8_0 (`weights.dtype`): decode products widen
 // them in registers (few-rows kernel), larger products widen a panel of rows at a time for sgemm,
 // and embedding lookups widen the rows they copy. Products multiply and sum in fp32, except decode
-// products with bf16 weights under `weights.bf16_dot`, which round x to bf16 (bf16_dot_matmul.h).
+// products with bf16 weights under `weights.bf16_dot`, which round x to bf16 (bf16_dot_matmul.h), and
+// with q8_0 weights under `weights.q8_dot`, which quantise x to q8_0 (q8_dot_matmul.h).
 #include <cblas.h>
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include "layers/backend.h"
 #include "layers/bf16_dot_matmul.h"
 #include "layers/few_rows_matmul.h"
+#include "layers/q8_dot_matmul.h"
 
 namespace lowsync {
 
@@ -86,9 +88,9 @@ class OneBlasThreadWhileDecoding {
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(int threads, DType weights, bool bf16_dot)
-      : threads_(threads), weights_(weights), bf16_dot_(bf16_dot), dpbf16_(cpu_has_avx512_bf16()),
-        simd_(best_simd_level()), workers_(threads) {
+  CpuBackend(int threads, DType weights, bool bf16_dot, bool q8_dot)
+      : threads_(threads), weights_(weights), bf16_dot_(bf16_dot), dpbf16_(cpu_has_avx512_bf16()), q8_dot_(q8_dot),
+        q8_level_(best_q8_dot_level()), simd_(best_simd_level()), workers_(threads) {
     openblas_set_num_threads(threads);
   }
   std::string name() const override { return "cpu"; }
@@ -369,6 +371,9 @@ class CpuBackend final : public Backend {
     if constexpr (std::is_same_v<W, const BFloat16*>)
       if (M <= kFewRows && bf16_dot_)
         return bf16_dot_matmul(dpbf16_, simd_, workers_, x.f32(), M, K, w, N, y.f32(), accumulate, x_bf16_);
+    if constexpr (std::is_same_v<W, Q8_0Ptr>)
+      if (M <= kFewRows && q8_dot_)
+        return q8_dot_matmul(q8_level_, workers_, x.f32(), M, K, stored(w), N, y.f32(), accumulate, x_q8_);
     if (M <= kFewRows) {
       few_rows_matmul(simd_, workers_, x.f32(), M, K, stored(w), N, y.f32(), accumulate);
       return;
@@ -387,17 +392,20 @@ class CpuBackend final : public Backend {
   const DType weights_;    // weight matrices' storage type
   const bool bf16_dot_;    // weights.bf16_dot: bf16 decode products round x to bf16
   const bool dpbf16_;      // ... and multiply with vdpbf16ps (AVX512_BF16)
+  const bool q8_dot_;      // weights.q8_dot: q8_0 decode products quantise x to q8_0
+  const Q8DotLevel q8_level_;  // ... and sum its int8 products with this instruction set
   const SimdLevel simd_;   // the few-rows kernel's instruction set (scalar: OpenBLAS instead)
   WorkerThreads workers_;  // the few-rows kernel's threads
   std::vector<float> scores_;
   std::vector<float> panel_;  // narrow_matmul's widened rows of w
   std::vector<BFloat16> x_bf16_;  // bf16_dot_matmul's rounded x
+  Q8Activations x_q8_;            // q8_dot_matmul's quantised x
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(int threads, DType weights, bool bf16_dot) {
-  return std::make_unique<CpuBackend>(threads, weights, bf16_dot);
+std::unique_ptr<Backend> make_cpu_backend(int threads, DType weights, bool bf16_dot, bool q8_dot) {
+  return std::make_unique<CpuBackend>(threads, weights, bf16_dot, q8_dot);
 }
 
 }  // namespace lowsync

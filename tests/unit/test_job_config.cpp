@@ -451,3 +451,28 @@ TEST(JobConfig, MemoryLimitPerRankAndPool) {
   EXPECT_NE(why("memory: {pool: peer}\n").find("set memory.limit"), std::string::npos);
   EXPECT_NE(why("memory: {limit: [1GB, lots]}\n").find("'memory.limit'"), std::string::npos);
 }
+
+namespace lowsync {
+namespace {
+// weights.q8_dot: kept by to_yaml, in the fingerprint only when on; refused without q8_0 weights
+// or on the CUDA backend, one line naming the key.
+TEST(JobConfig, Q8DotKey) {
+  const auto off = load_job_config(write_yaml(std::string(kBase) + "weights: {dtype: q8_0}\n"), {});
+  EXPECT_FALSE(off.weights_q8_dot);
+  const auto on = load_job_config(write_yaml(std::string(kBase) + "weights: {dtype: q8_0, q8_dot: true}\n"), {});
+  EXPECT_TRUE(on.weights_q8_dot);
+  EXPECT_TRUE(load_job_config(write_yaml(on.to_yaml()), {}).weights_q8_dot);
+  EXPECT_NE(on.fingerprint(), off.fingerprint());
+  EXPECT_EQ(off.fingerprint().find("q8_dot"), std::string::npos);
+  for (const char* bad : {"weights.dtype=auto", "weights.dtype=bf16", "backend=cuda"}) {
+    try {
+      load_job_config(write_yaml(std::string(kBase) + "weights: {dtype: q8_0, q8_dot: true}\n"), {bad});
+      FAIL() << bad << ": no error";
+    } catch (const UserError& e) {
+      EXPECT_NE(std::string(e.what()).find("weights.q8_dot"), std::string::npos) << e.what();
+      EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
+    }
+  }
+}
+}  // namespace
+}  // namespace lowsync
