@@ -101,12 +101,46 @@ def measure(tmp, tag, model_dir, weights, extra, ref_model, prompts, targets, h5
             "weight_bytes": report["per_rank"][0]["weight_bytes"]}
 
 
+def figure(doc, png):
+    """Weight bytes against perplexity change from fp32, lowsync beside transformers, for each
+    stored dtype (long rows) and each decode-sized variant (32-token windows)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, table, title in ((axes[0], doc["dtypes"], f"{doc['rows']} rows of {doc['length']} tokens"),
+                             (axes[1], doc["decode_sized"]["variants"], "windows of 32 tokens (decode-sized products)")):
+        base = table["fp32"]["transformers_perplexity"]
+        for name, v in table.items():
+            mib = v["weight_bytes"] / 2**20
+            for key, marker, colour in (("lowsync_perplexity", "o", "tab:blue"), ("transformers_perplexity", "x", "black")):
+                ax.scatter(mib, 100 * (v[key] / base - 1), marker=marker, color=colour, s=30,
+                           label=("lowsync" if marker == "o" else "transformers, same weights and roundings")
+                           if name == "fp32" else None)
+            ax.annotate(name, (mib, 100 * (v["lowsync_perplexity"] / base - 1)), textcoords="offset points",
+                        xytext=(5, 5), fontsize=7)
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set_xlabel("weight MiB (SmolLM2-135M)")
+        ax.set_ylabel("perplexity change from fp32 (%)")
+        ax.set_title(title, fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=4)
     ap.add_argument("--length", type=int, default=256)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "weights_dtype.json"))
+    ap.add_argument("--replot", action="store_true", help="only draw the figure again from --out")
     a = ap.parse_args()
+    png = os.path.splitext(a.out)[0] + ".png"
+    if a.replot:
+        with open(a.out) as f:
+            figure(json.load(f), png)
+        return
     import torch
     torch.set_num_threads(1)
     model_dir = smollm2.model_dir()
@@ -141,7 +175,8 @@ def main():
         print("decode-sized", v, json.dumps(doc["decode_sized"]["variants"][v]), flush=True)
     with open(a.out, "w") as f:
         json.dump(doc, f, indent=1)
-    print(f"wrote {a.out}")
+    figure(doc, png)
+    print(f"wrote {a.out} and {png}")
 
 
 if __name__ == "__main__":
