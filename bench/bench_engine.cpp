@@ -119,13 +119,16 @@ struct Engine {
   // sequence (forward, logits, greedy pick on the host). Returns the seconds of each step.
   // `host_work`: after each step's timing, the host-side work a generate job does per new token on
   // the same logits (the finite check, the sampler's greedy pick, the token's log-prob), timed
-  // apart: {finite, sampler, logprobs} seconds summed over the steps.
-  std::vector<double> decode(int64_t B, int64_t p, int steps, std::vector<double>* host_work = nullptr) {
+  // apart: {finite, sampler, logprobs} seconds summed over the steps. `profile`: its kernel
+  // timers restart after the prompt, so they hold the steps' kernels only.
+  std::vector<double> decode(int64_t B, int64_t p, int steps, std::vector<double>* host_work = nullptr,
+                             bench::TimedBackend* profile = nullptr) {
     const ModelConfig& c = model.config();
     KVCache cache = model.make_cache(B * (p + steps));
     BatchLayout pre;
     for (int64_t b = 0; b < B; ++b) pre.add(p, 0, b * (p + steps));
     Tensor h = model.forward(random_tokens(B * p), pre, cache);
+    if (profile) profile->reset();
     std::vector<int32_t> next = random_tokens(B);
     std::vector<float> host(B * c.vocab);
     std::vector<double> t;
@@ -287,7 +290,7 @@ int run(int argc, char** argv) {
     for (int64_t B : decode_batches) {
       timed.reset();
       std::vector<double> host;
-      const std::vector<double> t = engine.decode(B, decode_prompt, decode_steps, &host);
+      const std::vector<double> t = engine.decode(B, decode_prompt, decode_steps, &host, &timed);
       double step_sum = 0;
       for (double x : t) step_sum += x;
       auto [dk, dk_s] = kernels_ms(decode_steps);

@@ -62,6 +62,8 @@ LOWSYNC_AVX512 inline __m512 load16(const Half* w, __mmask16 live) {
 // unrolled, so that each c[i][j] is a register: given to a step function by reference, or indexed
 // at run time, GCC 12 keeps the tile in memory and stores all of it at every step of k (4-row
 // tiles ran 1.3x slower). A mask computed in the main loop instead slows 1-row products 1.4x.
+// Each step also asks for the same values of the next tile's rows of w (software prefetch, one
+// tile ahead: SmolLM2's decode products at 8 rows of x 1.7x faster, at 1 row 1.05x; bf16 1.35x).
 template <int MR, int NR, typename W>
 LOWSYNC_AVX512 void dot_tile_avx512(const float* x, int64_t K, W w, float* y, int64_t ldy, bool accumulate) {
   __m512 c[MR][NR], b[NR];
@@ -72,7 +74,10 @@ LOWSYNC_AVX512 void dot_tile_avx512(const float* x, int64_t K, W w, float* y, in
   int64_t k = 0;
   for (; k + 16 <= K; k += 16) {
 #pragma GCC unroll 32
-    for (int j = 0; j < NR; ++j) b[j] = load16(w + j * K + k, 0xffff);
+    for (int j = 0; j < NR; ++j) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + (j + NR) * K + k), _MM_HINT_T0);
+      b[j] = load16(w + j * K + k, 0xffff);
+    }
 #pragma GCC unroll 32
     for (int i = 0; i < MR; ++i) {
       const __m512 a = _mm512_loadu_ps(x + i * K + k);
