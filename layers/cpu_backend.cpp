@@ -8,7 +8,8 @@
 // fp32 in registers (few-rows kernel) or while packing them (many-rows kernel); without AVX-512,
 // larger products widen a panel of rows at a time for sgemm; embedding lookups widen the rows they
 // copy. Products multiply and sum in fp32, except decode products with bf16 weights under
-// `weights.bf16_dot`, which round x to bf16 (bf16_dot_matmul.h).
+// `weights.bf16_dot`, which round x to bf16 (bf16_dot_matmul.h). Weight matrices live on huge
+// pages where the kernel grants them (layers/weight_memory.h): decode streams them.
 #include <cblas.h>
 
 #include <algorithm>
@@ -23,6 +24,7 @@
 #include "layers/few_rows_matmul.h"
 #include "layers/many_rows_matmul.h"
 #include "layers/vector_exp.h"
+#include "layers/weight_memory.h"
 
 namespace lowsync {
 
@@ -105,8 +107,13 @@ class CpuBackend final : public Backend {
 
   // Matrices in the weight dtype, rounded to nearest; vectors (norm weights, biases) in fp32.
   Tensor upload_weight(const std::vector<float>& host, int64_t rows, int64_t cols) override {
-    if (rows == 1 || weights_ == DType::F32) {
+    if (rows == 1) {
       Tensor t = host_tensor(rows, cols, false);
+      std::memcpy(t.ptr, host.data(), sizeof(float) * rows * cols);
+      return t;
+    }
+    if (weights_ == DType::F32) {
+      Tensor t = weight_tensor(rows, cols, DType::F32);
       std::memcpy(t.ptr, host.data(), sizeof(float) * rows * cols);
       return t;
     }
@@ -373,16 +380,22 @@ class CpuBackend final : public Backend {
     });
   }
 
-  template <typename W>
-  static Tensor narrow_tensor(const std::vector<float>& host, int64_t rows, int64_t cols, W (*narrow)(float)) {
-    std::shared_ptr<W[]> mem(new W[rows * cols]);
-    for (int64_t i = 0; i < rows * cols; ++i) mem[i] = narrow(host[i]);
+  // A weight matrix of `dtype` with its contents unset, in weight memory (huge pages).
+  Tensor weight_tensor(int64_t rows, int64_t cols, DType dtype) {
     Tensor t;
-    t.storage = std::static_pointer_cast<void>(std::shared_ptr<W>(mem, mem.get()));
-    t.ptr = mem.get();
     t.rows = rows;
     t.cols = cols;
-    t.dtype = std::is_same_v<W, BFloat16> ? DType::BF16 : DType::F16;
+    t.dtype = dtype;
+    t.storage = weight_memory_.take(static_cast<size_t>(t.bytes()));
+    t.ptr = t.storage.get();
+    return t;
+  }
+
+  template <typename W>
+  Tensor narrow_tensor(const std::vector<float>& host, int64_t rows, int64_t cols, W (*narrow)(float)) {
+    Tensor t = weight_tensor(rows, cols, std::is_same_v<W, BFloat16> ? DType::BF16 : DType::F16);
+    W* mem = static_cast<W*>(t.ptr);
+    for (int64_t i = 0; i < rows * cols; ++i) mem[i] = narrow(host[i]);
     return t;
   }
 
@@ -400,16 +413,10 @@ class CpuBackend final : public Backend {
   }
 
   // Rows of 32-value blocks (the loader has checked that cols is a multiple of 32).
-  static Tensor q8_0_tensor(const std::vector<float>& host, int64_t rows, int64_t cols) {
-    const int64_t blocks = rows * cols / kQ8_0Block;
-    std::shared_ptr<BlockQ8_0[]> mem(new BlockQ8_0[blocks]);
-    for (int64_t b = 0; b < blocks; ++b) mem[b] = quantize_q8_0(host.data() + b * kQ8_0Block);
-    Tensor t;
-    t.storage = std::static_pointer_cast<void>(std::shared_ptr<BlockQ8_0>(mem, mem.get()));
-    t.ptr = mem.get();
-    t.rows = rows;
-    t.cols = cols;
-    t.dtype = DType::Q8_0;
+  Tensor q8_0_tensor(const std::vector<float>& host, int64_t rows, int64_t cols) {
+    Tensor t = weight_tensor(rows, cols, DType::Q8_0);
+    BlockQ8_0* mem = static_cast<BlockQ8_0*>(t.ptr);
+    for (int64_t b = 0; b < rows * cols / kQ8_0Block; ++b) mem[b] = quantize_q8_0(host.data() + b * kQ8_0Block);
     return t;
   }
   static Q8_0Ptr q8_0_of(const Tensor& t) { return {static_cast<const BlockQ8_0*>(t.ptr)}; }
@@ -460,6 +467,7 @@ class CpuBackend final : public Backend {
   const SimdLevel simd_;   // the few-rows kernel's instruction set (scalar: OpenBLAS instead)
   const bool many_rows_;   // the many-rows kernel runs here (AVX-512): larger products and prompts' attention
   WorkerThreads workers_;  // the own kernels' threads
+  WeightMemory weight_memory_;  // weight matrices' memory (huge pages)
   std::vector<float> scores_;
   std::vector<int32_t> rope_positions_;         // the positions and frequencies of ...
   std::vector<float> rope_inv_freq_;
