@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -62,8 +63,9 @@ constexpr std::array<TileFn, sizeof...(R)> tile_table(std::integer_sequence<int,
 constexpr auto tiles = tile_table(std::make_integer_sequence<int, kMR>{});
 
 // x[M, k0 : k0 + kc] packed: tile t (rows m0 .. m0 + mr) at a + m0 * kc, element (i, k) at k * mr + i.
-void pack_x(const float* x, int64_t ldx, int64_t M, int64_t k0, int64_t kc, float* a) {
-  for (int64_t m0 = 0; m0 < M; m0 += kMR) {
+// Tiles [t0, t1) of them.
+void pack_x(const float* x, int64_t ldx, int64_t M, int64_t k0, int64_t kc, float* a, int64_t t0, int64_t t1) {
+  for (int64_t m0 = t0 * kMR; m0 < std::min(M, t1 * kMR); m0 += kMR) {
     const int64_t mr = std::min<int64_t>(kMR, M - m0);
     float* t = a + m0 * kc;
     for (int64_t i = 0; i < mr; ++i) {
@@ -97,10 +99,67 @@ LOWSYNC_AVX512 void widen_row(Q8_0Ptr w, int64_t kc, float* out) {  // w.at and 
   }
 }
 
+// 16 values of a row as fp32 (the vector path of pack_w_rows; q8_0 goes the scalar way).
+LOWSYNC_AVX512 inline __m512 load_row16(const float* w) { return _mm512_loadu_ps(w); }
+LOWSYNC_AVX512 inline __m512 load_row16(const BFloat16* w) {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+LOWSYNC_AVX512 inline __m512 load_row16(const Half* w) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+}
+
+// The 64-bit halves of each 128-bit lane: [a0 a1 b0 b1] and [a2 a3 b2 b3].
+LOWSYNC_AVX512 inline __m512 unpack_lo64(__m512 a, __m512 b) {
+  return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+LOWSYNC_AVX512 inline __m512 unpack_hi64(__m512 a, __m512 b) {
+  return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+
+// r[i][j] -> r[j][i] for a 16 x 16 block in 16 registers: pairs, then pairs of pairs within each
+// 128-bit lane (unpack), then the lanes themselves (two rounds of shuffle_f32x4).
+LOWSYNC_AVX512 inline void transpose16(__m512 (&r)[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // r[4i + c], lane L: column 4L + c of rows 4i .. 4i + 3
+    r[4 * i] = unpack_lo64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = unpack_hi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = unpack_lo64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = unpack_hi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512 u0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44), u1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xee);
+    const __m512 v0 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44), v1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xee);
+    t[c] = _mm512_shuffle_f32x4(u0, v0, 0x88);
+    t[4 + c] = _mm512_shuffle_f32x4(u0, v0, 0xdd);
+    t[8 + c] = _mm512_shuffle_f32x4(u1, v1, 0x88);
+    t[12 + c] = _mm512_shuffle_f32x4(u1, v1, 0xdd);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+// A whole panel (32 rows of w, kc a multiple of 16) by 16 x 16 blocks transposed in registers.
+template <typename W>
+LOWSYNC_AVX512 void pack_w_rows_by_blocks(const W* w, int64_t ldw, int64_t k0, int64_t kc, float* b) {
+  __m512 r[16];
+  for (int64_t j0 = 0; j0 < kNR; j0 += 16)
+    for (int64_t k = 0; k < kc; k += 16) {
+      for (int i = 0; i < 16; ++i) r[i] = load_row16(w + (j0 + i) * ldw + k0 + k);
+      transpose16(r);
+      for (int i = 0; i < 16; ++i) _mm512_storeu_ps(b + (k + i) * kNR + j0, r[i]);
+    }
+}
+
 // Panel [n0, n0 + nr) of w^T's block (w[N, K] with rows ldw apart, k in [k0, k0 + kc)), k-major:
 // element (k, j) at b[k * 32 + j]; columns nr .. 31 zero.
 template <typename W>
 void pack_w_rows(W w, int64_t ldw, int64_t n0, int64_t nr, int64_t k0, int64_t kc, float* b, float* row) {
+  if constexpr (!std::is_same_v<W, Q8_0Ptr>)
+    if (nr == kNR && kc % 16 == 0) return pack_w_rows_by_blocks(w + n0 * ldw, ldw, k0, kc, b);
   for (int64_t j = 0; j < kNR; ++j) {
     if (j < nr)
       widen_row(w + (n0 + j) * ldw + k0, kc, row);
@@ -152,20 +211,25 @@ void product(WorkerThreads* workers, const float* x, int64_t ldx, int64_t M, int
       for (int64_t m = 0; m < M; ++m) std::fill(y + m * ldy, y + m * ldy + N, 0.f);
     return;
   }
-  const int64_t n_panels = (N + kNR - 1) / kNR;
+  // f(t, threads) for every thread t of `workers`, or f(0, 1) on this one.
+  auto on_threads = [&](auto f) {
+    if (workers && workers->size() > 1)
+      workers->run([&](int t) { f(t, workers->size()); });
+    else
+      f(0, 1);
+  };
+  const int64_t n_panels = (N + kNR - 1) / kNR, n_tiles = (M + kMR - 1) / kMR;
   for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
     const int64_t kc = std::min(kKBlock, K - k0);
-    pack_x(x, ldx, M, k0, kc, a);
+    on_threads([&](int t, int threads) {  // the threads pack x's tiles, then multiply their panels
+      pack_x(x, ldx, M, k0, kc, a, n_tiles * t / threads, n_tiles * (t + 1) / threads);
+    });
     const bool load_c = accumulate || k0 > 0;
-    auto slice = [&](int t, int threads) {
+    on_threads([&](int t, int threads) {
       const int64_t p0 = n_panels * t / threads, p1 = n_panels * (t + 1) / threads;
       panels(a, M, kc, p0 * kNR, std::min(N, p1 * kNR), y, ldy, load_c,
              [&](int64_t n0, int64_t nr, float* b) { pack(n0, nr, k0, kc, b); });
-    };
-    if (workers && workers->size() > 1)
-      workers->run([&](int t) { slice(t, workers->size()); });
-    else
-      slice(0, 1);
+    });
   }
 }
 
