@@ -27,9 +27,13 @@
 #include <vector>
 
 #include "bench/machine_probes.h"
+#include "bench/timed_backend.h"
 #include "io/error.h"
 #include "io/model_config.h"
 #include "io/weights_dtype.h"
+#include "jobs/finite.h"
+#include "jobs/logprobs.h"
+#include "jobs/sampler.h"
 #include "layers/model.h"
 
 namespace po = boost::program_options;
@@ -50,6 +54,16 @@ std::vector<GemmShape> prefill_gemms(const ModelConfig& c, int64_t T, int64_t S)
   return {{"q_proj", T, c.q_dim(), H, L},           {"k_proj,v_proj", T, c.kv_dim(), H, 2 * L},
           {"o_proj", T, H, c.q_dim(), L},           {"gate_proj,up_proj", T, c.intermediate, H, 2 * L},
           {"down_proj", T, H, c.intermediate, L},   {"lm_head", S, c.vocab, H, 1}};
+}
+
+// Weight shapes (out_features, in_features) -> the weights' names, for the per-kernel profile.
+std::map<std::pair<int64_t, int64_t>, std::string> weight_names(const ModelConfig& c) {
+  std::map<std::pair<int64_t, int64_t>, std::string> names;
+  for (const GemmShape& g : prefill_gemms(c, 1, 1)) {
+    std::string& n = names[{g.N, g.K}];
+    n += (n.empty() ? "" : ",") + g.name;
+  }
+  return names;
 }
 
 // FLOPs of one prefill pass of S sequences of n new tokens each (no cached past), counting
@@ -103,12 +117,18 @@ struct Engine {
 
   // B sequences: a prompt of p tokens each (not timed), then `steps` decode steps of one token per
   // sequence (forward, logits, greedy pick on the host). Returns the seconds of each step.
-  std::vector<double> decode(int64_t B, int64_t p, int steps) {
+  // `host_work`: after each step's timing, the host-side work a generate job does per new token on
+  // the same logits (the finite check, the sampler's greedy pick, the token's log-prob), timed
+  // apart: {finite, sampler, logprobs} seconds summed over the steps. `profile`: its kernel
+  // timers restart after the prompt, so they hold the steps' kernels only.
+  std::vector<double> decode(int64_t B, int64_t p, int steps, std::vector<double>* host_work = nullptr,
+                             bench::TimedBackend* profile = nullptr) {
     const ModelConfig& c = model.config();
     KVCache cache = model.make_cache(B * (p + steps));
     BatchLayout pre;
     for (int64_t b = 0; b < B; ++b) pre.add(p, 0, b * (p + steps));
     Tensor h = model.forward(random_tokens(B * p), pre, cache);
+    if (profile) profile->reset();
     std::vector<int32_t> next = random_tokens(B);
     std::vector<float> host(B * c.vocab);
     std::vector<double> t;
@@ -128,8 +148,32 @@ struct Engine {
         next[b] = static_cast<int32_t>(std::max_element(row, row + c.vocab) - row);
       }
       t.push_back(seconds_since(t0));
+      if (host_work) job_host_work(host.data(), B, *host_work);
     }
     return t;
+  }
+
+  // What generate (jobs/continuous_generate.cpp) does per new token on top of the pass: its own
+  // functions on this step's logits, greedy as bench_llamacpp's jobs (temperature 0, no top log-probs).
+  void job_host_work(const float* logits, int64_t B, std::vector<double>& seconds) {
+    const int vocab = model.config().vocab;
+    static const GenerateOptions greedy;
+    Sampler sampler(greedy, 0, 0);
+    const std::vector<int32_t> prompt(16, 3), generated(8, 3);
+    RowResult row;
+    seconds.resize(3);
+    for (int64_t b = 0; b < B; ++b) {
+      const float* l = logits + b * vocab;
+      auto t0 = Clock::now();
+      require_finite(model, l, vocab, b, "generate", "logits");
+      seconds[0] += seconds_since(t0);
+      t0 = Clock::now();
+      const int token = sampler.next(l, vocab, prompt, generated);
+      seconds[1] += seconds_since(t0);
+      t0 = Clock::now();
+      record_logprobs(l, vocab, token, greedy.logprobs, row);
+      seconds[2] += seconds_since(t0);
+    }
   }
 };
 
@@ -184,7 +228,10 @@ int run(int argc, char** argv) {
                                                       : DType::F32;
   if (bf16_dot && dtype != DType::BF16) throw UserError("--bf16-dot needs --weights-dtype bf16");
   if (q8_dot && dtype != DType::Q8_0) throw UserError("--q8-dot needs --weights-dtype q8_0");
-  std::unique_ptr<Backend> be = make_cpu_backend(threads, dtype, bf16_dot, q8_dot);
+  std::unique_ptr<Backend> cpu = make_cpu_backend(threads, dtype, bf16_dot, q8_dot);
+  // The model runs on the timing wrapper, which times nothing but in the profile passes after the rounds.
+  bench::TimedBackend timed(*cpu, weight_names(cfg));
+  Backend* be = &timed;
   auto probes = bench::make_cpu_probes(threads, bw_mib << 20);
   const auto t_load = Clock::now();
   Transformer model(cfg, *be);
@@ -223,6 +270,43 @@ int run(int argc, char** argv) {
                  r + 1, pre_s.back(), flops / pre_s.back() / 1e9, sgemm_gflops.back(), long(decode_batches[0]),
                  1e3 * step_s[0].back(), read_bw[r * decode_batches.size()] / 1e9);
   }
+  // The profile: one more prefill pass and decode run per batch size with every kernel timed
+  // (the timers' own cost stays out of the figures above), and the job's host work per token.
+  json profile;
+  {
+    auto kernels_ms = [&](double per) {
+      json k;
+      double total = 0;
+      for (const auto& [name, sec] : timed.seconds()) {
+        k[name] = {{"ms", 1e3 * sec / per}, {"calls", double(timed.calls().at(name)) / per}};
+        total += sec;
+      }
+      return std::make_pair(k, total / per);
+    };
+    timed.set_enabled(true);
+    timed.reset();
+    const double pass_s = engine.prefill(prefill_seqs, seq_len, prefill_cache);
+    auto [pk, pk_s] = kernels_ms(1);
+    profile["prefill"] = {{"pass_ms", 1e3 * pass_s}, {"kernels_ms", 1e3 * pk_s},
+                          {"outside_kernels_ms", 1e3 * (pass_s - pk_s)}, {"kernels", pk}};
+    for (int64_t B : decode_batches) {
+      timed.reset();
+      std::vector<double> host;
+      const std::vector<double> t = engine.decode(B, decode_prompt, decode_steps, &host, &timed);
+      double step_sum = 0;
+      for (double x : t) step_sum += x;
+      auto [dk, dk_s] = kernels_ms(decode_steps);
+      const double step_s = step_sum / decode_steps;
+      profile["decode_b" + std::to_string(B)] = {
+          {"step_ms", 1e3 * step_s}, {"kernels_ms", 1e3 * dk_s}, {"outside_kernels_ms", 1e3 * (step_s - dk_s)},
+          {"kernels", dk},
+          {"job_host_work_ms_per_step",
+           {{"finite_check", 1e3 * host[0] / decode_steps}, {"sampler", 1e3 * host[1] / decode_steps},
+            {"logprob", 1e3 * host[2] / decode_steps}}}};
+    }
+    timed.set_enabled(false);
+  }
+
   const double sgemm_limit = *std::max_element(sgemm_gflops.begin(), sgemm_gflops.end());
   const double bw_limit = *std::max_element(read_bw.begin(), read_bw.end());
   std::vector<double> pre_eff;
@@ -300,6 +384,13 @@ int run(int argc, char** argv) {
                            {"weight_gb_per_s", stats(map(step_s[b], [&](double t) { return bytes / t / 1e9; }))},
                            {"efficiency", stats(dec_eff[b])}});
   }
+  j["profile"] = profile;
+  j["profile_method"] =
+      "after the rounds, one prefill pass and one decode run per batch size with every Backend call timed "
+      "(bench/timed_backend.h; matmuls named by their weight's shape); per pass (prefill) or per step (decode): "
+      "ms and calls per kernel, their sum, and the rest (the model's own code: allocation, bookkeeping; logits "
+      "to host and the greedy pick); job_host_work: what a generate job adds per step on the host (its "
+      "require_finite, Sampler::next and record_logprobs on the step's logits, every row)";
   const double pe = median(pre_eff), de = median(dec_eff[0]);
   j["floors"] = {{"prefill_efficiency", 0.7}, {"decode_efficiency", 0.5}, {"decode_batch", decode_batches[0]},
                  {"prefill_met", pe >= 0.7}, {"decode_met", de >= 0.5}};
@@ -326,6 +417,16 @@ int run(int argc, char** argv) {
     line((d + " weight GB/s").c_str(), map(step_s[b], [&](double t) { return decode_weight_bytes(cfg, B, weights_dtype_bytes(weights)) / t; }),
          1e-9, "GB/s");
     line((d + " efficiency" + (b == 0 ? " (floor 0.5)" : "")).c_str(), dec_eff[b], 1, "");
+  }
+  for (const auto& [what, p] : profile.items()) {
+    std::printf("  profile %s:", what.c_str());
+    std::vector<std::pair<double, std::string>> top;
+    for (const auto& [name, k] : p["kernels"].items()) top.push_back({k["ms"].get<double>(), name});
+    std::sort(top.rbegin(), top.rend());
+    for (const auto& [ms, name] : top) std::printf(" %s %.2f;", name.c_str(), ms);
+    std::printf(" outside kernels %.2f ms\n", p["outside_kernels_ms"].get<double>());
+    if (p.contains("job_host_work_ms_per_step"))
+      std::printf("    job host work per step: %s\n", p["job_host_work_ms_per_step"].dump().c_str());
   }
   std::printf("  floors: prefill %s, decode %s; wrote %s\n", pe >= 0.7 ? "met" : "NOT met",
               de >= 0.5 ? "met" : "NOT met", out_path.c_str());

@@ -1,11 +1,16 @@
-// CPU kernels: fp32, OpenBLAS for matrix products (projections of many rows, attention), lowsync's
-// few-rows kernel (layers/few_rows_matmul.h) for projections of up to 32 rows, plain loops for the
-// element-wise parts. `threads` is both OpenBLAS's thread count and the few-rows kernel's.
-// Weight matrices may be stored in bf16, fp16 or q8_0 (`weights.dtype`): decode products widen
-// them in registers (few-rows kernel), larger products widen a panel of rows at a time for sgemm,
-// and embedding lookups widen the rows they copy. Products multiply and sum in fp32, except decode
-// products with bf16 weights under `weights.bf16_dot`, which round x to bf16 (bf16_dot_matmul.h), and
-// with q8_0 weights under `weights.q8_dot`, which quantise x to q8_0 (q8_dot_matmul.h).
+// CPU kernels: fp32. Matrix products: lowsync's few-rows kernel (layers/few_rows_matmul.h) for
+// projections of up to 32 rows (decode steps); with AVX-512, lowsync's many-rows kernel
+// (layers/many_rows_matmul.h) for larger ones and for a prompt's attention, whose heads and blocks
+// of queries the rank's threads share; without it OpenBLAS. Element-wise parts are plain loops,
+// their exponentials a vector at a time (layers/vector_exp.h). `threads` is OpenBLAS's thread
+// count and the size of the rank's own worker threads.
+// Weight matrices may be stored in bf16, fp16 or q8_0 (`weights.dtype`): products widen them to
+// fp32 in registers (few-rows kernel) or while packing them (many-rows kernel); without AVX-512,
+// larger products widen a panel of rows at a time for sgemm; embedding lookups widen the rows they
+// copy. Products multiply and sum in fp32, except decode products with bf16 weights under
+// `weights.bf16_dot`, which round x to bf16 (bf16_dot_matmul.h), and with q8_0 weights under
+// `weights.q8_dot`, which quantise x to q8_0 (q8_dot_matmul.h). Weight matrices live on huge
+// pages where the kernel grants them (layers/weight_memory.h): decode streams them.
 #include <cblas.h>
 
 #include <algorithm>
@@ -18,7 +23,10 @@
 #include "layers/backend.h"
 #include "layers/bf16_dot_matmul.h"
 #include "layers/few_rows_matmul.h"
+#include "layers/many_rows_matmul.h"
 #include "layers/q8_dot_matmul.h"
+#include "layers/vector_exp.h"
+#include "layers/weight_memory.h"
 
 namespace lowsync {
 
@@ -90,7 +98,8 @@ class CpuBackend final : public Backend {
  public:
   CpuBackend(int threads, DType weights, bool bf16_dot, bool q8_dot)
       : threads_(threads), weights_(weights), bf16_dot_(bf16_dot), dpbf16_(cpu_has_avx512_bf16()), q8_dot_(q8_dot),
-        q8_level_(best_q8_dot_level()), simd_(best_simd_level()), workers_(threads) {
+        q8_level_(best_q8_dot_level()), simd_(best_simd_level()), many_rows_(many_rows_matmul_available()),
+        workers_(threads) {
     openblas_set_num_threads(threads);
   }
   std::string name() const override { return "cpu"; }
@@ -101,8 +110,13 @@ class CpuBackend final : public Backend {
 
   // Matrices in the weight dtype, rounded to nearest; vectors (norm weights, biases) in fp32.
   Tensor upload_weight(const std::vector<float>& host, int64_t rows, int64_t cols) override {
-    if (rows == 1 || weights_ == DType::F32) {
+    if (rows == 1) {
       Tensor t = host_tensor(rows, cols, false);
+      std::memcpy(t.ptr, host.data(), sizeof(float) * rows * cols);
+      return t;
+    }
+    if (weights_ == DType::F32) {
+      Tensor t = weight_tensor(rows, cols, DType::F32);
       std::memcpy(t.ptr, host.data(), sizeof(float) * rows * cols);
       return t;
     }
@@ -137,6 +151,7 @@ class CpuBackend final : public Backend {
     if (bias) {
       for (int64_t i = 0; i < M; ++i) std::memcpy(y.row(i), bias->f32(), sizeof(float) * N);
     }
+    if (M > kFewRows && many_rows_) return many_rows(x, w, bias != nullptr, y);
     if (w.dtype == DType::BF16) return narrow_matmul(x, static_cast<const BFloat16*>(w.ptr), N, K, bias != nullptr, y);
     if (w.dtype == DType::F16) return narrow_matmul(x, static_cast<const Half*>(w.ptr), N, K, bias != nullptr, y);
     if (w.dtype == DType::Q8_0) return narrow_matmul(x, q8_0_of(w), N, K, bias != nullptr, y);
@@ -188,13 +203,23 @@ class CpuBackend final : public Backend {
   void rope_scaled(Tensor& q, Tensor& k, const std::vector<int32_t>& positions, int head_dim,
                    const std::vector<float>& inv_freq) override {
     const int half = head_dim / 2;
-    std::vector<float> cos_(half), sin_(half);
+    // cos and sin of every (token, frequency) angle [tokens, half]: every layer of a pass asks for
+    // the same ones, so they are computed by its first layer only.
+    if (positions != rope_positions_ || inv_freq != rope_inv_freq_) {
+      rope_positions_ = positions;
+      rope_inv_freq_ = inv_freq;
+      rope_cos_.resize(positions.size() * half);
+      rope_sin_.resize(positions.size() * half);
+      for (size_t t = 0; t < positions.size(); ++t)
+        for (int i = 0; i < half; ++i) {
+          const float angle = float(positions[t]) * inv_freq[i];
+          rope_cos_[t * half + i] = std::cos(angle);
+          rope_sin_[t * half + i] = std::sin(angle);
+        }
+    }
     for (size_t t = 0; t < positions.size(); ++t) {
-      for (int i = 0; i < half; ++i) {
-        const float angle = float(positions[t]) * inv_freq[i];
-        cos_[i] = std::cos(angle);
-        sin_[i] = std::sin(angle);
-      }
+      const float* cos_ = rope_cos_.data() + t * half;
+      const float* sin_ = rope_sin_.data() + t * half;
       for (Tensor* m : {&q, &k}) {
         float* row = m->row(t);
         for (int64_t h = 0; h < m->cols / head_dim; ++h) {
@@ -226,6 +251,10 @@ class CpuBackend final : public Backend {
     const float scale = 1.f / std::sqrt(float(head_dim));
     OneBlasThreadWhileDecoding one_thread(layout, threads_);
     for (const SequenceSlot& s : layout.seqs) {
+      if (s.n_new > 1 && many_rows_) {
+        prompt_attention(q, K, V, s, heads, causal, out);
+        continue;
+      }
       const int64_t ctx = s.past + s.n_new;
       scores_.resize(s.n_new * ctx);
       for (int h = 0; h < n_heads; ++h) {
@@ -246,9 +275,7 @@ class CpuBackend final : public Backend {
           const int64_t visible = causal ? s.past + i + 1 : ctx;
           const int64_t first = heads.window > 0 ? std::max<int64_t>(0, visible - heads.window) : 0;
           const float mx = *std::max_element(row + first, row + visible);
-          float sum = 0;
-          for (int64_t j = first; j < visible; ++j) sum += (row[j] = std::exp(row[j] - mx));
-          const float inv = 1.f / sum;
+          const float inv = 1.f / exp_and_sum(row + first, visible - first, 1.f, mx);
           for (int64_t j = first; j < visible; ++j) row[j] *= inv;
           std::fill(row, row + first, 0.f);
           std::fill(row + visible, row + ctx, 0.f);
@@ -275,11 +302,7 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void silu_mul(Tensor& gate, const Tensor& up) override {
-    float* g = gate.f32();
-    const float* u = up.f32();
-    for (int64_t i = 0; i < gate.numel(); ++i) g[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
-  }
+  void silu_mul(Tensor& gate, const Tensor& up) override { lowsync::silu_mul(gate.f32(), up.f32(), gate.numel()); }
 
   void gelu_mul(Tensor& gate, const Tensor& up, bool tanh_approximation) override {
     gelu(gate, tanh_approximation);
@@ -305,16 +328,77 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  template <typename W>
-  static Tensor narrow_tensor(const std::vector<float>& host, int64_t rows, int64_t cols, W (*narrow)(float)) {
-    std::shared_ptr<W[]> mem(new W[rows * cols]);
-    for (int64_t i = 0; i < rows * cols; ++i) mem[i] = narrow(host[i]);
+  // y (+)= x w^T by the many-rows kernel, w in any stored type.
+  void many_rows(const Tensor& x, const Tensor& w, bool accumulate, Tensor& y) {
+    const int64_t M = x.rows, N = w.rows, K = w.cols;
+    switch (w.dtype) {
+      case DType::F32: return many_rows_matmul(workers_, x.f32(), M, K, w.f32(), N, y.f32(), accumulate);
+      case DType::BF16:
+        return many_rows_matmul(workers_, x.f32(), M, K, static_cast<const BFloat16*>(w.ptr), N, y.f32(), accumulate);
+      case DType::F16:
+        return many_rows_matmul(workers_, x.f32(), M, K, static_cast<const Half*>(w.ptr), N, y.f32(), accumulate);
+      case DType::Q8_0: return many_rows_matmul(workers_, x.f32(), M, K, q8_0_of(w).blocks, N, y.f32(), accumulate);
+    }
+  }
+
+  // The attention of one sequence's new tokens (a prompt, or a prompt's continuation) by the
+  // many-rows kernel: the work is cut into (head, block of kQueryBlock queries) pieces, shared
+  // round-robin by the rank's threads. A block's queries see keys [first, end): the causal ones
+  // no key past the block's last query, so the products skip the masked upper triangle but for
+  // the block's own diagonal part.
+  void prompt_attention(const Tensor& q, const Tensor& K, const Tensor& V, const SequenceSlot& s,
+                        const AttentionHeads& heads, bool causal, Tensor& out) {
+    constexpr int64_t kQueryBlock = 56;  // 4 of the kernel's 14-row tiles
+    const int head_dim = heads.head_dim;
+    const float scale = 1.f / std::sqrt(float(head_dim));
+    const int64_t ctx = s.past + s.n_new, blocks = (s.n_new + kQueryBlock - 1) / kQueryBlock;
+    const int64_t pieces = heads.n_heads * blocks, threads = workers_.size();
+    workers_.run([&](int t) {
+      thread_local std::vector<float> scores;
+      for (int64_t piece = t; piece < pieces; piece += threads) {
+        const int h = static_cast<int>(piece / blocks);
+        const int64_t i0 = piece % blocks * kQueryBlock, rows = std::min(kQueryBlock, s.n_new - i0);
+        // Query i (position past + i) sees keys [visible - window, visible) (or all keys when not causal).
+        auto visible = [&](int64_t i) { return causal ? s.past + i + 1 : ctx; };
+        auto first_key = [&](int64_t i) { return heads.window > 0 ? std::max<int64_t>(0, visible(i) - heads.window) : 0; };
+        const int64_t first = first_key(i0), end = visible(i0 + rows - 1), n = end - first;
+        const float* Qh = q.row(s.token_begin + i0) + h * head_dim;
+        const float* Kh = K.row(s.cache_base + first) + heads.kv_head(h) * head_dim;
+        const float* Vh = V.row(s.cache_base + first) + heads.kv_head(h) * head_dim;
+        // scores = Q K^T  [rows, n]; softmax(scale * scores) row by row over each query's keys
+        scores.resize(rows * n);
+        matmul_nt(Qh, q.cols, rows, head_dim, Kh, K.cols, n, scores.data(), n);
+        for (int64_t i = 0; i < rows; ++i) {
+          float* row = scores.data() + i * n;
+          const int64_t a = first_key(i0 + i) - first, b = visible(i0 + i) - first;
+          const float mx = *std::max_element(row + a, row + b);
+          const float inv = 1.f / exp_and_sum(row + a, b - a, scale, scale * mx);
+          for (int64_t j = a; j < b; ++j) row[j] *= inv;
+          std::fill(row, row + a, 0.f);
+          std::fill(row + b, row + n, 0.f);
+        }
+        // out = softmax(scores) V  [rows, head_dim]
+        matmul_nn(scores.data(), n, rows, n, Vh, V.cols, head_dim, out.row(s.token_begin + i0) + h * head_dim, out.cols);
+      }
+    });
+  }
+
+  // A weight matrix of `dtype` with its contents unset, in weight memory (huge pages).
+  Tensor weight_tensor(int64_t rows, int64_t cols, DType dtype) {
     Tensor t;
-    t.storage = std::static_pointer_cast<void>(std::shared_ptr<W>(mem, mem.get()));
-    t.ptr = mem.get();
     t.rows = rows;
     t.cols = cols;
-    t.dtype = std::is_same_v<W, BFloat16> ? DType::BF16 : DType::F16;
+    t.dtype = dtype;
+    t.storage = weight_memory_.take(static_cast<size_t>(t.bytes()));
+    t.ptr = t.storage.get();
+    return t;
+  }
+
+  template <typename W>
+  Tensor narrow_tensor(const std::vector<float>& host, int64_t rows, int64_t cols, W (*narrow)(float)) {
+    Tensor t = weight_tensor(rows, cols, std::is_same_v<W, BFloat16> ? DType::BF16 : DType::F16);
+    W* mem = static_cast<W*>(t.ptr);
+    for (int64_t i = 0; i < rows * cols; ++i) mem[i] = narrow(host[i]);
     return t;
   }
 
@@ -332,16 +416,10 @@ class CpuBackend final : public Backend {
   }
 
   // Rows of 32-value blocks (the loader has checked that cols is a multiple of 32).
-  static Tensor q8_0_tensor(const std::vector<float>& host, int64_t rows, int64_t cols) {
-    const int64_t blocks = rows * cols / kQ8_0Block;
-    std::shared_ptr<BlockQ8_0[]> mem(new BlockQ8_0[blocks]);
-    for (int64_t b = 0; b < blocks; ++b) mem[b] = quantize_q8_0(host.data() + b * kQ8_0Block);
-    Tensor t;
-    t.storage = std::static_pointer_cast<void>(std::shared_ptr<BlockQ8_0>(mem, mem.get()));
-    t.ptr = mem.get();
-    t.rows = rows;
-    t.cols = cols;
-    t.dtype = DType::Q8_0;
+  Tensor q8_0_tensor(const std::vector<float>& host, int64_t rows, int64_t cols) {
+    Tensor t = weight_tensor(rows, cols, DType::Q8_0);
+    BlockQ8_0* mem = static_cast<BlockQ8_0*>(t.ptr);
+    for (int64_t b = 0; b < rows * cols / kQ8_0Block; ++b) mem[b] = quantize_q8_0(host.data() + b * kQ8_0Block);
     return t;
   }
   static Q8_0Ptr q8_0_of(const Tensor& t) { return {static_cast<const BlockQ8_0*>(t.ptr)}; }
@@ -395,8 +473,13 @@ class CpuBackend final : public Backend {
   const bool q8_dot_;      // weights.q8_dot: q8_0 decode products quantise x to q8_0
   const Q8DotLevel q8_level_;  // ... and sum its int8 products with this instruction set
   const SimdLevel simd_;   // the few-rows kernel's instruction set (scalar: OpenBLAS instead)
-  WorkerThreads workers_;  // the few-rows kernel's threads
+  const bool many_rows_;   // the many-rows kernel runs here (AVX-512): larger products and prompts' attention
+  WorkerThreads workers_;  // the own kernels' threads
+  WeightMemory weight_memory_;  // weight matrices' memory (huge pages)
   std::vector<float> scores_;
+  std::vector<int32_t> rope_positions_;         // the positions and frequencies of ...
+  std::vector<float> rope_inv_freq_;
+  std::vector<float> rope_cos_, rope_sin_;      // ... these angles' cos and sin [tokens, head_dim / 2]
   std::vector<float> panel_;  // narrow_matmul's widened rows of w
   std::vector<BFloat16> x_bf16_;  // bf16_dot_matmul's rounded x
   Q8Activations x_q8_;            // q8_dot_matmul's quantised x
