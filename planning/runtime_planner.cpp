@@ -160,23 +160,25 @@ RuntimeMode RuntimePlanner::decide(int64_t next, const std::vector<RowsWork>& ba
   return chosen;
 }
 
-double dp_makespan(const PassCost& c, std::vector<RowsWork> held, const std::vector<std::vector<RowsWork>>& rest,
-                   int64_t rows, int slots) {
+double dp_makespan(const PassCost& c, std::vector<RowsWork> held, const std::vector<RowsWork>& hand_out,
+                   const std::vector<RowsWork>& later, int slots) {
   if (held.empty()) return 0;
-  for (const std::vector<RowsWork>& batch : rest)
-    for (size_t i = 0; i < batch.size(); i += static_cast<size_t>(rows)) {
-      RowsWork piece;
-      for (size_t j = i; j < std::min(batch.size(), i + static_cast<size_t>(rows)); ++j) piece.add(batch[j]);
-      size_t best = 0;
-      double best_s = 0;
-      for (size_t r = 0; r < held.size(); ++r) {
-        RowsWork with = held[r];
-        with.add(piece);
-        const double s = run_seconds(c, with, slots);
-        if (r == 0 || s < best_s) best = r, best_s = s;
-      }
-      held[best].add(piece);
+  // Adds `w` to the replica on which it ends soonest.
+  auto place = [&](const RowsWork& w) {
+    size_t best = 0;
+    double best_s = 0;
+    for (size_t r = 0; r < held.size(); ++r) {
+      RowsWork with = held[r];
+      with.add(w);
+      const double s = run_seconds(c, with, slots);
+      if (r == 0 || s < best_s) best = r, best_s = s;
     }
+    held[best].add(w);
+  };
+  RowsWork piece;
+  for (const RowsWork& row : hand_out) piece.add(row);
+  if (piece.rows > 0) place(piece);
+  for (const RowsWork& row : later) place(row);
   double end = 0;
   for (const RowsWork& w : held) end = std::max(end, run_seconds(c, w, slots));
   return end;
@@ -209,15 +211,21 @@ int64_t RuntimePlanner::hand_out_rows(int64_t next, const std::vector<std::vecto
     held_s[r] += left_s;
   }
 
-  const double whole_s = dp_makespan(dp, held, rest_rows, whole, slots_);
+  // Every row after batch `next`'s first k, in order.
+  std::vector<RowsWork> rows(rest_rows.front());
+  for (size_t b = 1; b < rest_rows.size(); ++b) rows.insert(rows.end(), rest_rows[b].begin(), rest_rows[b].end());
+  auto makespan = [&](int64_t k) {
+    return dp_makespan(dp, held, {rows.begin(), rows.begin() + k}, {rows.begin() + k, rows.end()}, slots_);
+  };
+  const double whole_s = makespan(whole);
   double best_s = whole_s;
-  for (int64_t k = whole - 1; k >= 1; --k) best_s = std::min(best_s, dp_makespan(dp, held, rest_rows, k, slots_));
+  for (int64_t k = whole - 1; k >= 1; --k) best_s = std::min(best_s, makespan(k));
   if (!forced && best_s >= 0.97 * whole_s) return whole;  // no clear gain: fuller decode batches, fewer hand-outs
   // The largest size within 1% of the best: as full a decode batch as the balance allows.
   int64_t chosen = 1;
   double chosen_s = best_s;
   for (int64_t k = whole - 1; k >= 1; --k) {
-    const double s = dp_makespan(dp, held, rest_rows, k, slots_);
+    const double s = makespan(k);
     if (forced ? k == hand_out_ : s <= 1.01 * best_s) {
       chosen = k;
       chosen_s = s;

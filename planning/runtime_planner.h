@@ -117,12 +117,13 @@ struct HandOutDecision {
   std::string why;
 };
 
-// The remaining time of a dp run when the rest (batches in order, one RowsWork per row) goes out
-// in hand-outs of at most `rows` rows, each to the replica on which it ends soonest. A replica
-// runs what it holds (`held`: [replica], what it still has to do) and its hand-outs together,
-// continuous batching over `slots` slots, as run_seconds predicts for their sum.
-double dp_makespan(const PassCost& c, std::vector<RowsWork> held, const std::vector<std::vector<RowsWork>>& rest,
-                   int64_t rows, int slots);
+// The remaining time of a dp run when `hand_out` (one RowsWork per row) goes out now as one
+// hand-out and every row `later` (in order) one at a time after it (later hand-outs can be cut as
+// finely as balance needs), each to the replica on which it ends soonest. A replica runs what it
+// holds (`held`: [replica], what it still has to do) and its hand-outs together, continuous
+// batching over `slots` slots, as run_seconds predicts for their sum.
+double dp_makespan(const PassCost& c, std::vector<RowsWork> held, const std::vector<RowsWork>& hand_out,
+                   const std::vector<RowsWork>& later, int slots);
 
 class RuntimePlanner {
  public:
@@ -139,10 +140,10 @@ class RuntimePlanner {
   // rest: the work of batch `next` and of every later one, in order.
   RuntimeMode decide(int64_t next, const std::vector<RowsWork>& rest, double now_s);
   // dp: how many of the first rows of batch `next` to hand out now (1 .. its rows). The batch
-  // whole unless smaller hand-outs from here on are predicted to end the run clearly sooner
-  // (dp_makespan, at least 3%; the largest such size within 1% of the best); only looked at when
-  // few rows are left (at most 4 hand-outs of max_sequences per replica). rest_rows: the rows of
-  // batch `next` and of every later batch, one RowsWork each.
+  // whole unless a smaller hand-out is predicted to end the run clearly sooner (dp_makespan, at
+  // least 3%; the largest such size within 1% of the best): when this batch on one replica would
+  // outlast the rest. Only looked at when few rows are left (at most 4 hand-outs of max_sequences
+  // per replica). rest_rows: the rows of batch `next` and of every later batch, one RowsWork each.
   int64_t hand_out_rows(int64_t next, const std::vector<std::vector<RowsWork>>& rest_rows, double now_s);
   void handed_out(int64_t batch, const RowsWork& work, double now_s);
   void completed(int64_t batch);

@@ -145,20 +145,20 @@ std::vector<RowsWork> row_list(int n, int64_t new_tokens) {
 
 TEST(DpMakespan, HandOutsGoWhereTheyEndSoonestAndRunBesideWhatIsHeld) {
   const PassCost c{0.01, 0.001, 0};
-  // Two long rows in one batch, both replicas free: whole, one replica runs both (100 steps of 2
-  // rows); one row per hand-out, each replica one (100 steps of 1 row).
-  const std::vector<std::vector<RowsWork>> tail = {row_list(2, 100)};
-  EXPECT_NEAR(dp_makespan(c, {RowsWork{}, RowsWork{}}, tail, 2, 8), 100 * 0.012, 1e-9);
-  EXPECT_NEAR(dp_makespan(c, {RowsWork{}, RowsWork{}}, tail, 1, 8), 100 * 0.011, 1e-9);
-  // One replica holds a row of 500 steps: both hand-outs go to the other.
+  const std::vector<RowsWork> two_long = row_list(2, 100), one_long = row_list(1, 100);
+  // Two long rows, both replicas free: in one hand-out, one replica runs both (100 steps of 2
+  // rows); one now and one later, each replica one (100 steps of 1 row).
+  EXPECT_NEAR(dp_makespan(c, {RowsWork{}, RowsWork{}}, two_long, {}, 8), 100 * 0.012, 1e-9);
+  EXPECT_NEAR(dp_makespan(c, {RowsWork{}, RowsWork{}}, one_long, one_long, 8), 100 * 0.011, 1e-9);
+  // One replica holds a row of 500 steps: both rows go to the other.
   RowsWork long_row;
   long_row.add(8, 500);
-  EXPECT_NEAR(dp_makespan(c, {long_row, RowsWork{}}, tail, 1, 8), 500 * 0.011, 1e-9);
+  EXPECT_NEAR(dp_makespan(c, {long_row, RowsWork{}}, one_long, one_long, 8), 500 * 0.011, 1e-9);
   // Continuous batching: a replica runs a hand-out beside the rows it holds, not after them.
   RowsWork two;
   two.add(8, 100);
   two.add(8, 100);
-  EXPECT_NEAR(dp_makespan(c, {two, two}, tail, 2, 8), 100 * 0.014, 1e-9);
+  EXPECT_NEAR(dp_makespan(c, {two, two}, two_long, {}, 8), 100 * 0.014, 1e-9);
 }
 
 // Two replicas, decode steps of 10 ms + 8 ms per row (per-row cost dominates: compute-bound).
@@ -177,6 +177,16 @@ TEST(HandOutRows, ALastBatchOfLongRowsIsSpreadOverTheReplicas) {
   EXPECT_NEAR(h.predicted_whole_s, 100 * (0.010 + 4 * 0.008) + 4 * 8 * 0.0001, 1e-9);
   p.finish(4.0);
   EXPECT_NEAR(p.hand_outs()[0].measured_s, 3.0, 1e-12);
+}
+
+TEST(HandOutRows, AnEarlyBatchGoesWholeWhenLaterHandOutsCanBalance) {
+  RuntimePlanner p = compute_bound();
+  // 8 short rows now, then 8 short and 2 long: the long ones can still be spread when their turn
+  // comes, so this batch goes whole.
+  std::vector<RowsWork> later = row_list(8, 16), tail = row_list(2, 96);
+  later.insert(later.end(), tail.begin(), tail.end());
+  EXPECT_EQ(p.hand_out_rows(0, {row_list(8, 16), later}, 0), 8);
+  EXPECT_TRUE(p.hand_outs().empty());
 }
 
 TEST(HandOutRows, WholeBatchesWhileManyRowsWait) {
