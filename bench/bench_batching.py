@@ -110,6 +110,23 @@ def analyse(passes, wall_s, new_tokens):
             "rows_per_decode_step": new_tokens / max(1, sum(1 for r, _, _ in passes if r > 0))}
 
 
+def pooled(r):
+    """One line through the decode-only steps of both settings (their row counts span 1-16; one
+    setting's alone may not pin it), and what it predicts for each setting's decode steps; the
+    decode steps ratio is what continuous batching would gain if a step cost the same whatever
+    its rows."""
+    dec = np.array([(rows, s) for n in ("static", "continuous") for rows, t, s in r["steps"][n] if t == 0 and rows > 0])
+    per_row, fixed = np.polyfit(dec[:, 0], dec[:, 1], 1)
+    pred = {n: {"decode_only_steps": r[n]["decode_only_steps"],
+                "predicted_decode_only_s": r[n]["decode_only_steps"] * fixed +
+                r[n]["decode_only_steps"] * r[n]["rows_per_decode_only_step"] * per_row,
+                "measured_decode_only_s": r[n]["decode_only_s"]} for n in ("static", "continuous")}
+    return {"fixed_ms": 1e3 * fixed, "per_row_ms": 1e3 * per_row,
+            "fixed_share_at_16_rows": fixed / (fixed + 16 * per_row), "predicted": pred,
+            "predicted_decode_only_speedup": pred["static"]["predicted_decode_only_s"] /
+            pred["continuous"]["predicted_decode_only_s"]}
+
+
 def run(job, tmp, tag, continuous):
     out, trace = f"{tmp}/{tag}.h5", f"{tmp}/{tag}.trace.json"
     for p in (out, trace):
@@ -183,6 +200,7 @@ def main():
     results = {}
     for name in a.models.split(","):
         results[name] = bench_model(name, a, tmp)
+        results[name]["step_fit_both_settings"] = pooled(results[name])
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "method": "one rank, OPENBLAS_NUM_THREADS=1, threads 1 (machine: 2 cores shared with other developers); "
                         "settings take turns over rounds, each keeps its best round; new tokens / the job's wall time "
@@ -212,13 +230,13 @@ def plot(results, path):
         for n, color in (("static", "#999999"), ("continuous", "#2a7ab9")):
             dec = [(rows, s) for rows, t, s in r["steps"][n] if t == 0 and rows > 0]
             ax[i][1].plot([d[0] for d in dec], [1e3 * d[1] for d in dec], ".", ms=3, color=color, label=n)
-        f = r["continuous"]["step_fit"]
+        f = r["step_fit_both_settings"]
         xs = np.array([1, MAX_SEQUENCES])
         ax[i][1].plot(xs, f["fixed_ms"] + f["per_row_ms"] * xs, "k-", lw=1,
                       label=f"{f['fixed_ms']:.1f} ms + {f['per_row_ms']:.2f} ms/row")
         ax[i][1].set_xlabel("rows in the decode step")
         ax[i][1].set_ylabel("ms")
-        ax[i][1].set_title(f"{name}: decode-only steps", fontsize=9)
+        ax[i][1].set_title(f"{name}: decode-only steps (line: both settings' fit)", fontsize=9)
         ax[i][1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
