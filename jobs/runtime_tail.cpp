@@ -150,8 +150,10 @@ void RuntimeTail::attach(WorkQueue& queue, std::chrono::steady_clock::time_point
   queue.set_hand_out_rule([this, t0](int64_t next, const std::vector<Batch>& queued) -> int64_t {
     const double now = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     hand_out_row[next] = queued[next].first_row;
-    // The work of batch `next` and of every later one: per batch, and per row.
+    // The work of batch `next` and of every later one: per batch, and per row (only when the
+    // planner looks at hand-out sizes: few rows left).
     const int64_t run_first = batches.front().first_row;
+    const bool per_row = planner->sizes_hand_outs(queued.back().end_row - queued[next].first_row);
     std::vector<RowsWork> rest;
     std::vector<std::vector<RowsWork>> rest_rows;
     for (auto b = queued.begin() + next; b != queued.end(); ++b) {
@@ -159,7 +161,7 @@ void RuntimeTail::attach(WorkQueue& queue, std::chrono::steady_clock::time_point
       rest_rows.emplace_back();
       for (int64_t r = b->first_row; r < b->end_row; ++r) {
         w.add(row_work[r - run_first]);
-        rest_rows.back().push_back(row_work[r - run_first]);
+        if (per_row) rest_rows.back().push_back(row_work[r - run_first]);
       }
       rest.push_back(w);
     }
@@ -173,7 +175,8 @@ void RuntimeTail::attach(WorkQueue& queue, std::chrono::steady_clock::time_point
     }
     if (mode == RuntimeMode::TensorParallel) return 0;
     const size_t known_hand_outs = planner->hand_outs().size();
-    const int64_t rows = planner->hand_out_rows(next, rest_rows, now);
+    const Batch& b = queued[next];
+    const int64_t rows = per_row ? planner->hand_out_rows(next, rest_rows, now) : b.end_row - b.first_row;
     if (planner->hand_outs().size() > known_hand_outs) {
       const HandOutDecision& h = planner->hand_outs().back();
       log::info("lowsync: runtime plan at row %lld: hand out %lld of %lld rows; predicted %.3f s left, %.3f s with the "
@@ -182,7 +185,7 @@ void RuntimeTail::attach(WorkQueue& queue, std::chrono::steady_clock::time_point
                 static_cast<long long>(h.batch_rows), h.predicted_s, h.predicted_whole_s);
     }
     RowsWork handed;
-    for (int64_t i = 0; i < rows; ++i) handed.add(rest_rows.front()[i]);
+    for (int64_t r = b.first_row; r < b.first_row + rows; ++r) handed.add(row_work[r - run_first]);
     planner->handed_out(next, handed, now);
     return rows;
   });

@@ -191,8 +191,7 @@ int64_t RuntimePlanner::hand_out_rows(int64_t next, const std::vector<std::vecto
   for (const std::vector<RowsWork>& b : rest_rows) left += static_cast<int64_t>(b.size());
   // Tests force the mode switch at a batch index; smaller hand-outs would move it.
   const bool forced = hand_out_ > 0;
-  if (switch_at_ >= 0 || whole <= 1 || (forced && hand_out_ >= whole)) return whole;
-  if (!forced && left > 4 * static_cast<int64_t>(replicas_) * slots_) return whole;
+  if (!sizes_hand_outs(left) || whole <= 1 || (forced && hand_out_ >= whole)) return whole;
   // What each replica still holds: each batch in flight, the fraction of it predicted left, the
   // longest first to the replica that holds least (which replica holds which is not known here;
   // this is the even case).

@@ -145,6 +145,10 @@ class RuntimePlanner {
   // outlast the rest. Only looked at when few rows are left (at most 4 hand-outs of max_sequences
   // per replica). rest_rows: the rows of batch `next` and of every later batch, one RowsWork each.
   int64_t hand_out_rows(int64_t next, const std::vector<std::vector<RowsWork>>& rest_rows, double now_s);
+  // Whether hand_out_rows looks at sizes with `rows_left` rows not yet handed out (else: whole).
+  bool sizes_hand_outs(int64_t rows_left) const {
+    return switch_at_ < 0 && (hand_out_ > 0 || rows_left <= 4 * static_cast<int64_t>(replicas_) * slots_);
+  }
   void handed_out(int64_t batch, const RowsWork& work, double now_s);
   void completed(int64_t batch);
   // At the end of the run: every decision's measured remaining time.
