@@ -189,7 +189,6 @@ int64_t RuntimePlanner::hand_out_rows(int64_t next, const std::vector<std::vecto
   const int64_t whole = static_cast<int64_t>(rest_rows.front().size());
   int64_t left = 0;
   for (const std::vector<RowsWork>& b : rest_rows) left += static_cast<int64_t>(b.size());
-  // Tests force the mode switch at a batch index; smaller hand-outs would move it.
   const bool forced = hand_out_ > 0;
   if (!sizes_hand_outs(left) || whole <= 1 || (forced && hand_out_ >= whole)) return whole;
   // What each replica still holds: each batch in flight, the fraction of it predicted left, the
@@ -210,7 +209,7 @@ int64_t RuntimePlanner::hand_out_rows(int64_t next, const std::vector<std::vecto
     held_s[r] += left_s;
   }
 
-  // Every row after batch `next`'s first k, in order.
+  // The rows of batch `next` and of every later one, in order: the first k go out now.
   std::vector<RowsWork> rows(rest_rows.front());
   for (size_t b = 1; b < rest_rows.size(); ++b) rows.insert(rows.end(), rest_rows[b].begin(), rest_rows[b].end());
   auto makespan = [&](int64_t k) {

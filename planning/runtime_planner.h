@@ -146,6 +146,7 @@ class RuntimePlanner {
   // per replica). rest_rows: the rows of batch `next` and of every later batch, one RowsWork each.
   int64_t hand_out_rows(int64_t next, const std::vector<std::vector<RowsWork>>& rest_rows, double now_s);
   // Whether hand_out_rows looks at sizes with `rows_left` rows not yet handed out (else: whole).
+  // Never with a forced mode switch: tests force it at a batch index, which cuts would move.
   bool sizes_hand_outs(int64_t rows_left) const {
     return switch_at_ < 0 && (hand_out_ > 0 || rows_left <= 4 * static_cast<int64_t>(replicas_) * slots_);
   }
