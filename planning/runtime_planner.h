@@ -141,7 +141,7 @@ class RuntimePlanner {
   RuntimeMode decide(int64_t next, const std::vector<RowsWork>& rest, double now_s);
   // dp: how many of the first rows of batch `next` to hand out now (1 .. its rows). The batch
   // whole unless a smaller hand-out is predicted to end the run clearly sooner (dp_makespan, at
-  // least 3%; the largest such size within 1% of the best): when this batch on one replica would
+  // least 15%; the largest such size within 1% of the best): when this batch on one replica would
   // outlast the rest. Only looked at when few rows are left (at most 4 hand-outs of max_sequences
   // per replica). rest_rows: the rows of batch `next` and of every later batch, one RowsWork each.
   int64_t hand_out_rows(int64_t next, const std::vector<std::vector<RowsWork>>& rest_rows, double now_s);

@@ -206,7 +206,7 @@ TEST(HandOutRows, WholeWhenTheOtherReplicaIsBusyLongerAnyway) {
 
 TEST(HandOutRows, FixedCostDominatedStepsKeepWholeBatches) {
   // Decode steps of 50 ms + 0.1 ms per row (weight-read bound): splitting 4 rows 2 + 2 saves 0.2
-  // ms a step of 50: under 3%, so the batch goes whole.
+  // ms a step of 50: far under the 15% a cut needs, so the batch goes whole.
   RuntimePlanner p(2, 8, {0.050, 0.0001, 0}, {0.6, 16, 0.01, 0});
   EXPECT_EQ(p.hand_out_rows(3, {row_list(4, 100)}, 0), 4);
   // Nor when the other replica holds rows: it would run more beside them at almost no cost.
