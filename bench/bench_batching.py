@@ -1,16 +1,24 @@
 #!/usr/bin/env python3
-"""Continuous against static batching for generate (issue 10, item 5), on one rank.
+"""Continuous against static batching for generate (issue 10, item 5), on one rank, and where the
+time of each goes.
 
-Rows whose outputs end at scattered steps: a random LLaMA-shaped model (hidden 512, 8 layers, 8/4
-heads, FFN 1408, vocab 4000) with 160 positions continues 96 prompts of 16 to 144 tokens, each
-until the model's last position (up to 144 new tokens), so a row makes 160 - its prompt's length
-new tokens: from 16 to 144, spread evenly (a real job's rows end at EOS or a stop string at as
-scattered points). batch.max_sequences 16. The same job runs with batch.continuous true and false,
-taking turns over rounds; each keeps its best round. Both give identical tokens (checked here).
-Measured: new tokens per second over the job's wall time, decode passes and rows per decode pass.
+Rows whose outputs end at scattered steps: a random LLaMA-shaped model with 160 positions continues
+ROWS prompts of 16 to 144 tokens (uniform), each until the model's last position (no stop token),
+so a row makes 160 - its prompt's length new tokens: 16 to 144, uniform (a real job's rows end at
+EOS or a stop string at as scattered points). batch.max_sequences 16. Two models:
+  small    hidden 512, 8 layers, 8/4 heads, FFN 1408, vocab 4000 (16M parameters): a decode step's
+           weights stay in the CPU's caches and its cost grows with its rows (compute-bound)
+  smollm2  SmolLM2-135M's shapes (hidden 576, 9/3 heads, FFN 1536, vocab 49152, tied head) with
+           --smollm2-layers of its 30 layers: a step reads ~100+ MB of weights from memory whatever
+           its rows, so a fuller step is nearly free (weight-read-bound, as decode usually is)
+The same job runs with batch.continuous true and false, taking turns over rounds; each keeps its
+best round. Both give identical tokens (checked). Every run writes a trace (`trace:` key), from
+which the script takes each pass's time, rows and prompt tokens: decode-only steps fitted as
+fixed + per_row x rows, the prompt tokens' cost in passes that start rows, and the time outside
+passes (load, writes, setup).
 Writes bench/results/batching.json and bench/results/batching.png.
 
-  .venv/bin/python bench/bench_batching.py [--rounds 3] [--out bench/results/batching.json]
+  .venv/bin/python bench/bench_batching.py [--models small,smollm2] [--rounds 2] [--smollm2-layers 8]
 """
 import argparse
 import datetime
@@ -31,95 +39,207 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOWSYNC = os.environ.get("LOWSYNC_BIN", os.path.join(ROOT, "build", "lowsync"))
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OPENBLAS_NUM_THREADS="1",
            OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-VOCAB, POSITIONS, ROWS, MAX_SEQUENCES = 4000, 160, 96, 16
+POSITIONS, MAX_SEQUENCES = 160, 16
 
 
-def make_model(path):
+def model_shape(name, layers):
+    if name == "small":
+        return dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                    num_key_value_heads=4, vocab_size=4000)
+    return dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=layers, num_attention_heads=9,
+                num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0, rms_norm_eps=1e-5)
+
+
+def describe(name, shape):
+    s = (f"hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers, {shape['num_attention_heads']}/"
+         f"{shape['num_key_value_heads']} heads, FFN {shape['intermediate_size']}, vocab {shape['vocab_size']}, "
+         f"tied head, {POSITIONS} positions")
+    return ("random LLaMA: " if name == "small" else
+            f"random LLaMA with SmolLM2-135M's shapes ({shape['num_hidden_layers']} of its 30 layers): ") + s
+
+
+def make_model(path, shape):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)
-    m = LlamaForCausalLM(LlamaConfig(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
-                                     num_attention_heads=8, num_key_value_heads=4, vocab_size=VOCAB,
-                                     max_position_embeddings=POSITIONS, tie_word_embeddings=True,
-                                     eos_token_id=None, bos_token_id=None))
+    m = LlamaForCausalLM(LlamaConfig(max_position_embeddings=POSITIONS, tie_word_embeddings=True, eos_token_id=None,
+                                     bos_token_id=None, **shape))
     m.save_pretrained(path, safe_serialization=True)
+    return sum(p.numel() for p in m.parameters())
+
+
+def passes_of(trace_path):
+    """(decode rows, prompt tokens, seconds) of every pass in the trace (rank 0)."""
+    with open(trace_path) as f:
+        events = json.load(f)["traceEvents"]
+    out = []
+    for e in events:
+        if e.get("ph") != "X" or e.get("cat") != "compute" or e.get("pid") != 0:
+            continue
+        a, s = e.get("args", {}), e["dur"] / 1e6
+        if "decoding" in a:  # continuous: rows decoding, prompts starting
+            out.append((a["decoding"], a["prefill_tokens"], s))
+        elif e["name"] == "decode step":  # static
+            out.append((a["rows"], 0, s))
+        else:  # static prefill: every row starts
+            out.append((0, a["tokens"], s))
+    return out
+
+
+def analyse(passes, wall_s, new_tokens):
+    """Where the time goes: decode-only steps fitted as fixed + per_row x rows (least squares), the
+    passes that start prompts (their time beyond their decode rows' share, per prompt token), and
+    the rest of the wall time."""
+    dec = np.array([(r, s) for r, t, s in passes if t == 0 and r > 0])
+    fixed, per_row = 0.0, 0.0
+    if len(dec) >= 2 and dec[:, 0].min() < dec[:, 0].max():
+        per_row, fixed = np.polyfit(dec[:, 0], dec[:, 1], 1)
+    pre = [(r, t, s) for r, t, s in passes if t > 0]
+    prefill_tokens = sum(t for _, t, _ in pre)
+    beyond = sum(s - (fixed + per_row * r if r > 0 else 0) for r, _, s in pre)
+    in_passes = sum(s for _, _, s in passes)
+    return {"decode_only_steps": int(len(dec)), "decode_only_s": float(dec[:, 1].sum()) if len(dec) else 0.0,
+            "rows_per_decode_only_step": float(dec[:, 0].mean()) if len(dec) else 0.0,
+            "step_fit": {"fixed_ms": 1e3 * fixed, "per_row_ms": 1e3 * per_row},
+            "passes_starting_prompts": len(pre), "passes_starting_prompts_s": float(sum(s for _, _, s in pre)),
+            "prompt_tokens": int(prefill_tokens),
+            "prompt_ms_per_token": 1e3 * beyond / prefill_tokens if prefill_tokens else 0.0,
+            "rows_finishing_free_slots_per_step": float(MAX_SEQUENCES - dec[:, 0].mean()) if len(dec) else 0.0,
+            "in_passes_s": in_passes, "outside_passes_s": wall_s - in_passes,
+            "decode_steps": int(sum(1 for r, _, _ in passes if r > 0)),
+            "rows_per_decode_step": new_tokens / max(1, sum(1 for r, _, _ in passes if r > 0))}
+
+
+def pooled(r):
+    """One line through the decode-only steps of both settings (their row counts span 1-16; one
+    setting's alone may not pin it), and what it predicts for each setting's decode steps; the
+    decode steps ratio is what continuous batching would gain if a step cost the same whatever
+    its rows."""
+    dec = np.array([(rows, s) for n in ("static", "continuous") for rows, t, s in r["steps"][n] if t == 0 and rows > 0])
+    per_row, fixed = np.polyfit(dec[:, 0], dec[:, 1], 1)
+    pred = {n: {"decode_only_steps": r[n]["decode_only_steps"],
+                "predicted_decode_only_s": r[n]["decode_only_steps"] * fixed +
+                r[n]["decode_only_steps"] * r[n]["rows_per_decode_only_step"] * per_row,
+                "measured_decode_only_s": r[n]["decode_only_s"]} for n in ("static", "continuous")}
+    return {"fixed_ms": 1e3 * fixed, "per_row_ms": 1e3 * per_row,
+            "fixed_share_at_16_rows": fixed / (fixed + 16 * per_row), "predicted": pred,
+            "predicted_decode_only_speedup": pred["static"]["predicted_decode_only_s"] /
+            pred["continuous"]["predicted_decode_only_s"]}
 
 
 def run(job, tmp, tag, continuous):
-    out = f"{tmp}/{tag}.h5"
-    if os.path.exists(out):
-        os.remove(out)
+    out, trace = f"{tmp}/{tag}.h5", f"{tmp}/{tag}.trace.json"
+    for p in (out, trace):
+        if os.path.exists(p):
+            os.remove(p)
     t0 = time.time()
     subprocess.run([LOWSYNC, "run", job, "--set", f"output={out}", "--set", f"batch.continuous={str(continuous).lower()}",
-                    "--quiet"], env=ENV, check=True, capture_output=True, text=True)
+                    "--set", f"trace={trace}", "--quiet"], env=ENV, check=True, capture_output=True, text=True)
     wall = time.time() - t0
     with h5py.File(out, "r") as f:
         tok, off = f["generated/token_ids"][:], f["generated/offsets"][:]
-        rep = json.loads(f.attrs["run_report_json"])
     rows = [tok[off[i]:off[i + 1]].tolist() for i in range(len(off) - 1)]
-    r0 = rep["per_rank"][0]
-    return {"wall_s": wall, "new_tokens": int(len(tok)), "new_tokens_per_s": len(tok) / wall,
-            "decode_steps": r0["decode_steps"], "rows_per_decode_pass": len(tok) / max(r0["decode_steps"], 1)}, rows
+    res = {"wall_s": wall, "new_tokens": int(len(tok)), "new_tokens_per_s": len(tok) / wall}
+    res.update(analyse(passes_of(trace), wall, len(tok)))
+    return res, rows, passes_of(trace)
+
+
+def bench_model(name, a, tmp):
+    shape = model_shape(name, a.smollm2_layers)
+    d = f"{tmp}/{name}"
+    os.makedirs(d, exist_ok=True)
+    params = make_model(f"{d}/m", shape)
+    rng = np.random.default_rng(0)
+    lengths_in = rng.integers(16, POSITIONS - 15, a.rows)
+    prompts = [rng.integers(0, shape["vocab_size"], int(n)).tolist() for n in lengths_in]
+    write_prompts(f"{d}/p.h5", prompts)
+    job = f"{d}/job.yaml"
+    with open(job, "w") as f:
+        f.write(f"model: {d}/m\ntask: generate\ninput: {d}/p.h5\noutput: {d}/x.h5\n"
+                f"generate: {{max_new_tokens: {POSITIONS - 16}, stop_at_eos: false}}\n"
+                f"batch: {{max_sequences: {MAX_SEQUENCES}}}\n")
+    best, outputs, passes, rounds = {}, {}, {}, []
+    for r in range(a.rounds):
+        for continuous in (True, False):
+            tag = "continuous" if continuous else "static"
+            res, rows, ps = run(job, d, tag, continuous)
+            outputs[tag] = rows
+            rounds.append({"setting": tag, "round": r, "wall_s": res["wall_s"],
+                           "new_tokens_per_s": res["new_tokens_per_s"]})
+            print(f"{name}: round {r}: {tag}: {res['new_tokens_per_s']:.1f} new tokens/s, {res['decode_steps']} decode "
+                  f"steps, step fit {res['step_fit']['fixed_ms']:.1f} ms + {res['step_fit']['per_row_ms']:.2f} ms/row",
+                  flush=True)
+            if tag not in best or res["new_tokens_per_s"] > best[tag]["new_tokens_per_s"]:
+                best[tag], passes[tag] = res, ps
+    lengths = [len(r) for r in outputs["static"]]
+    c, s = best["continuous"], best["static"]
+    hist, edges = np.histogram(lengths, bins=8)
+    return {"model": describe(name, shape), "parameters": params, "rows": a.rows,
+            "prompt_tokens": [int(lengths_in.min()), int(lengths_in.max())], "max_sequences": MAX_SEQUENCES,
+            "new_tokens_per_row": {"distribution": "160 - prompt length, prompt lengths uniform in 16-144",
+                                   "min": min(lengths), "median": float(np.median(lengths)), "max": max(lengths),
+                                   "mean": float(np.mean(lengths)),
+                                   "histogram": {"counts": hist.tolist(), "edges": edges.tolist()}},
+            "identical_tokens": outputs["continuous"] == outputs["static"],
+            "continuous": c, "static": s, "rounds": rounds,
+            "speedup": c["new_tokens_per_s"] / s["new_tokens_per_s"],
+            "decode_steps_ratio": s["decode_steps"] / max(1, c["decode_steps"]),
+            "speedup_in_passes": s["in_passes_s"] / c["in_passes_s"],
+            "steps": {k: [list(p) for p in v] for k, v in passes.items()}}
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--models", default="small,smollm2")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rows", type=int, default=96)
+    ap.add_argument("--smollm2-layers", type=int, default=8)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "batching.json"))
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="lowsync_bench_batching_")
-    make_model(f"{tmp}/m")
-    rng = np.random.default_rng(0)
-    lengths_in = rng.integers(16, POSITIONS - 15, ROWS)
-    prompts = [rng.integers(0, VOCAB, int(n)).tolist() for n in lengths_in]
-    write_prompts(f"{tmp}/p.h5", prompts)
-    job = f"{tmp}/job.yaml"
-    with open(job, "w") as f:
-        f.write(f"model: {tmp}/m\ntask: generate\ninput: {tmp}/p.h5\noutput: {tmp}/x.h5\n"
-                f"generate: {{max_new_tokens: {POSITIONS - 16}, stop_at_eos: false}}\n"
-                f"batch: {{max_sequences: {MAX_SEQUENCES}}}\n")
-    best, outputs = {}, {}
-    for r in range(a.rounds):
-        for continuous in (True, False):
-            tag = "continuous" if continuous else "static"
-            res, rows = run(job, tmp, tag, continuous)
-            outputs[tag] = rows
-            print(f"round {r}: {tag}: {res['new_tokens_per_s']:.1f} new tokens/s, {res['decode_steps']} decode passes",
-                  flush=True)
-            if tag not in best or res["new_tokens_per_s"] > best[tag]["new_tokens_per_s"]:
-                best[tag] = res
-    same = outputs["continuous"] == outputs["static"]
-    lengths = [len(r) for r in outputs["static"]]
-    speedup = best["continuous"]["new_tokens_per_s"] / best["static"]["new_tokens_per_s"]
+    results = {}
+    for name in a.models.split(","):
+        results[name] = bench_model(name, a, tmp)
+        results[name]["step_fit_both_settings"] = pooled(results[name])
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "method": "one rank, OPENBLAS_NUM_THREADS=1; settings take turns over rounds, each keeps its best round; "
-                        "new tokens / the job's wall time (load and write included)",
-              "model": f"random LLaMA: hidden 512, 8 layers, 8/4 heads, FFN 1408, vocab {VOCAB}, {POSITIONS} positions",
-              "rows": ROWS, "prompt_tokens": [int(lengths_in.min()), int(lengths_in.max())],
-              "max_sequences": MAX_SEQUENCES,
-              "new_tokens_per_row": {"min": min(lengths), "median": float(np.median(lengths)), "max": max(lengths)},
-              "identical_tokens": same, "continuous": best["continuous"], "static": best["static"],
-              "speedup": speedup, "goal": ">= 1.5x tokens/s"}
+              "method": "one rank, OPENBLAS_NUM_THREADS=1, threads 1 (machine: 2 cores shared with other developers); "
+                        "settings take turns over rounds, each keeps its best round; new tokens / the job's wall time "
+                        "(load and write included); per-pass times from the job's trace",
+              "goal": ">= 1.5x tokens/s", "models": results}
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(result, f, indent=1)
+    plot(results, os.path.splitext(a.out)[0] + ".png")
+    print(json.dumps({n: {"speedup": round(r["speedup"], 3), "decode_steps_ratio": round(r["decode_steps_ratio"], 3),
+                          "identical_tokens": r["identical_tokens"]} for n, r in results.items()}))
+    if not all(r["identical_tokens"] for r in results.values()):
+        sys.exit("continuous and static batching gave different tokens")
+
+
+def plot(results, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 2, figsize=(8, 3.2))
-    names = ["static", "continuous"]
-    ax[0].bar(names, [best[n]["new_tokens_per_s"] for n in names], color=["#999999", "#2a7ab9"])
-    ax[0].set_ylabel("new tokens / s")
-    ax[0].set_title(f"generate, one rank: x{speedup:.2f}")
-    ax[1].hist(lengths, bins=16, color="#2a7ab9")
-    ax[1].set_xlabel("new tokens per row")
-    ax[1].set_ylabel("rows")
-    ax[1].set_title("rows end at scattered steps")
+    fig, ax = plt.subplots(len(results), 2, figsize=(9, 3.3 * len(results)), squeeze=False)
+    for i, (name, r) in enumerate(results.items()):
+        names = ["static", "continuous"]
+        ax[i][0].bar(names, [r[n]["new_tokens_per_s"] for n in names], color=["#999999", "#2a7ab9"])
+        ax[i][0].set_ylabel("new tokens / s")
+        ax[i][0].set_title(f"{name}: continuous x{r['speedup']:.2f} ({r['decode_steps_ratio']:.2f}x fewer steps)",
+                           fontsize=9)
+        for n, color in (("static", "#999999"), ("continuous", "#2a7ab9")):
+            dec = [(rows, s) for rows, t, s in r["steps"][n] if t == 0 and rows > 0]
+            ax[i][1].plot([d[0] for d in dec], [1e3 * d[1] for d in dec], ".", ms=3, color=color, label=n)
+        f = r["step_fit_both_settings"]
+        xs = np.array([1, MAX_SEQUENCES])
+        ax[i][1].plot(xs, f["fixed_ms"] + f["per_row_ms"] * xs, "k-", lw=1,
+                      label=f"{f['fixed_ms']:.1f} ms + {f['per_row_ms']:.2f} ms/row")
+        ax[i][1].set_xlabel("rows in the decode step")
+        ax[i][1].set_ylabel("ms")
+        ax[i][1].set_title(f"{name}: decode-only steps (line: both settings' fit)", fontsize=9)
+        ax[i][1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.splitext(a.out)[0] + ".png", dpi=110)
-    print(json.dumps({k: result[k] for k in ("speedup", "identical_tokens", "new_tokens_per_row")}))
-    if not same:
-        sys.exit("continuous and static batching gave different tokens")
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ ContinuousGenerator::Finished ContinuousGenerator::step() {
 
   trace::Span span("compute", decoding ? "decode step" : "prefill",
                    "\"decoding\": " + std::to_string(decoding) + ", \"starting\": " +
-                       std::to_string(running_.size() - decoding));
+                       std::to_string(running_.size() - decoding) + ", \"prefill_tokens\": " +
+                       std::to_string(prefill_tokens));
   const Tensor hidden = model_.forward(tokens, layout, cache_);
   std::vector<int64_t> last;
   for (const SequenceSlot& s : layout.seqs) last.push_back(s.token_begin + s.n_new - 1);

@@ -138,7 +138,8 @@ std::vector<RowResult> generate_batch(PipelineStage& stage, const GenerateOption
       }
       mb.started = true;
       trace::Span span("compute", prefill ? "prefill" : "decode step",
-                       "\"rows\": " + std::to_string(mb.running.size()) + ", \"micro_batch\": " + std::to_string(m));
+                       "\"rows\": " + std::to_string(mb.running.size()) + ", \"tokens\": " +
+                           std::to_string(layout.tokens()) + ", \"micro_batch\": " + std::to_string(m));
       const Tensor hidden = stage.pass(static_cast<int>(m), tokens, layout, mb.cache);
       if (!link.last()) {
         mb.awaiting_tokens = true;

@@ -329,15 +329,15 @@ int run_job(const JobConfig& job, bool resume) {
       stopped_by = queue.stopped_by();
       if (runtime) {
         // Rank 0's queue knows where the runtime planner held the batches back (if it did).
-        int64_t tail[2] = {root ? queue.handed_out() : 0, stopped_by};
+        // (Its batches may have been cut by smaller hand-outs: the tail starts at a row.)
+        int64_t tail[2] = {root ? queue.first_row_held_back() : -1, stopped_by};
         world.broadcast(tail, sizeof tail, 0);
-        if (tail[1] == 0 && tail[0] < static_cast<int64_t>(runtime->batches.size())) {
+        if (tail[1] == 0 && tail[0] >= 0) {
           // The tail: every rank in one tp group, its share viewed from the whole model it holds.
-          runtime->tail_first = tail[0];
+          runtime->tail_first_row = tail[0];
           Transformer& tail_model = *runtime->model;
           const int64_t passes0 = tail_model.forward_passes(), tokens0 = tail_model.tokens_processed();
-          WorkQueue tail_queue(*runtime->groups, {runtime->batches.begin() + tail[0], runtime->batches.end()},
-                               writer.get());
+          WorkQueue tail_queue(*runtime->groups, batches_within(runtime->batches, tail[0], range.end), writer.get());
           run_continuous(tail_queue, tail_model, RuntimeMode::TensorParallel);
           stopped_by = tail_queue.stopped_by();
           tail_passes = tail_model.forward_passes() - passes0;  // the job's, not the timed ones at the start

@@ -23,6 +23,13 @@ int64_t forced_switch() {
   return s && *s ? std::atoll(s) : -1;
 }
 
+// LOWSYNC_RUNTIME_HAND_OUT_ROWS=N: every dp hand-out at most N rows whatever the prediction (tests:
+// batches cut between replicas); -1 when unset.
+int64_t forced_hand_out() {
+  const char* s = std::getenv("LOWSYNC_RUNTIME_HAND_OUT_ROWS");
+  return s && *s ? std::atoll(s) : -1;
+}
+
 // What an all-reduce over the tp group costs now: of one token's activation row and of 64 rows,
 // each the median of back-to-back calls, as latency + seconds per token. On a shared machine a sync
 // waits for every rank to be scheduled, which the profile (measured another time) does not see.
@@ -123,35 +130,64 @@ std::unique_ptr<RuntimeTail> make_runtime_tail(const JobConfig& job, const Model
     const double predicted = prior.seconds(tp_costs.batch, 0);
     const double scale = predicted > 0 && tp_costs.dp_batch_s > 0 ? tp_costs.dp_batch_s / predicted : 1;
     prior = {prior.fixed * scale, prior.per_row * scale, prior.per_token * scale};
-    t->planner = std::make_unique<RuntimePlanner>(plan.dp, job.batch.max_sequences, prior, tp_costs, forced_switch());
+    t->planner = std::make_unique<RuntimePlanner>(plan.dp, job.batch.max_sequences, prior, tp_costs, forced_switch(),
+                                                forced_hand_out());
     log::info("lowsync: runtime plan: a decode pass of %d rows takes %.1f ms in dp, %.1f ms in tp (timed side by side; "
               "the cost model: a tp rank computes %.2f of a replica's work, plus %d syncs)",
               tp_costs.batch, 1e3 * tp_costs.dp_batch_s, 1e3 * tp_costs.tp_batch_s, tp_costs.compute_ratio,
               tp_costs.syncs_per_pass);
-    for (const Batch& b : batches) {
-      RowsWork rows;
-      for (int64_t r = b.first_row; r < b.end_row; ++r)
-        rows.add(input.length(r), ContinuousGenerator::row_need(model, job.generate, input.length(r)) - input.length(r));
-      t->work.push_back(rows);
-    }
+    for (const Batch& b : batches)
+      for (int64_t r = b.first_row; r < b.end_row; ++r) {
+        RowsWork row;
+        row.add(input.length(r), ContinuousGenerator::row_need(model, job.generate, input.length(r)) - input.length(r));
+        t->row_work.push_back(row);
+      }
   });
   return t;
 }
 
 void RuntimeTail::attach(WorkQueue& queue, std::chrono::steady_clock::time_point t0) {
-  queue.set_hand_out_rule([this, t0](int64_t next) {
+  queue.set_hand_out_rule([this, t0](int64_t next, const std::vector<Batch>& queued) -> int64_t {
     const double now = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    hand_out_row[next] = queued[next].first_row;
+    // The work of batch `next` and of every later one: per batch, and per row (only when the
+    // planner looks at hand-out sizes: few rows left).
+    const int64_t run_first = batches.front().first_row;
+    const bool per_row = planner->sizes_hand_outs(queued.back().end_row - queued[next].first_row);
+    std::vector<RowsWork> rest;
+    std::vector<std::vector<RowsWork>> rest_rows;
+    for (auto b = queued.begin() + next; b != queued.end(); ++b) {
+      RowsWork w;
+      rest_rows.emplace_back();
+      for (int64_t r = b->first_row; r < b->end_row; ++r) {
+        w.add(row_work[r - run_first]);
+        if (per_row) rest_rows.back().push_back(row_work[r - run_first]);
+      }
+      rest.push_back(w);
+    }
     const size_t known = planner->decisions().size();
-    const RuntimeMode mode = planner->decide(next, {work.begin() + next, work.end()}, now);
+    const RuntimeMode mode = planner->decide(next, rest, now);
     if (planner->decisions().size() > known) {
       const RuntimeDecision& d = planner->decisions().back();
       log::info("lowsync: runtime plan at row %lld (%lld rows left): %s; predicted dp %.3f s, tp %.3f s (%s)",
-                static_cast<long long>(batches[next].first_row), static_cast<long long>(d.rows_left),
+                static_cast<long long>(queued[next].first_row), static_cast<long long>(d.rows_left),
                 runtime_mode_name(d.chosen), d.predicted_dp_s, d.predicted_tp_s, d.why.c_str());
     }
-    if (mode == RuntimeMode::TensorParallel) return false;
-    planner->handed_out(next, work[next], now);
-    return true;
+    if (mode == RuntimeMode::TensorParallel) return 0;
+    const size_t known_hand_outs = planner->hand_outs().size();
+    const Batch& b = queued[next];
+    const int64_t rows = per_row ? planner->hand_out_rows(next, rest_rows, now) : b.end_row - b.first_row;
+    if (planner->hand_outs().size() > known_hand_outs) {
+      const HandOutDecision& h = planner->hand_outs().back();
+      log::info("lowsync: runtime plan at row %lld: hand out %lld of %lld rows; predicted %.3f s left, %.3f s with the "
+                "whole batch",
+                static_cast<long long>(queued[next].first_row), static_cast<long long>(h.rows),
+                static_cast<long long>(h.batch_rows), h.predicted_s, h.predicted_whole_s);
+    }
+    RowsWork handed;
+    for (int64_t r = b.first_row; r < b.first_row + rows; ++r) handed.add(row_work[r - run_first]);
+    planner->handed_out(next, handed, now);
+    return rows;
   });
   queue.set_on_result([this](int64_t batch) { planner->completed(batch); });
 }
@@ -161,7 +197,7 @@ std::string RuntimeTail::json() const {
   nlohmann::json decisions = nlohmann::json::array();
   for (const RuntimeDecision& d : planner->decisions())
     decisions.push_back({{"at_s", d.at_s},
-                         {"first_row", batches[d.batch].first_row},
+                         {"first_row", hand_out_row.at(d.batch)},
                          {"rows_left", d.rows_left},
                          {"chosen", runtime_mode_name(d.chosen)},
                          {"predicted_dp_s", d.predicted_dp_s},
@@ -172,8 +208,20 @@ std::string RuntimeTail::json() const {
                          {"tp_pass", pass_json(d.tp_pass)},
                          {"why", d.why}});
   j["decisions"] = decisions;
+  nlohmann::json hand_outs = nlohmann::json::array();
+  for (const HandOutDecision& h : planner->hand_outs())
+    hand_outs.push_back({{"at_s", h.at_s},
+                         {"first_row", hand_out_row.at(h.batch)},
+                         {"batch_rows", h.batch_rows},
+                         {"rows", h.rows},
+                         {"rows_left", h.rows_left},
+                         {"predicted_s", h.predicted_s},
+                         {"predicted_whole_s", h.predicted_whole_s},
+                         {"measured_s", h.measured_s},
+                         {"why", h.why}});
+  j["hand_outs"] = hand_outs;
   j["evaluations"] = planner->evaluations();
-  j["tail_first_row"] = tail_first >= 0 ? nlohmann::json(batches[tail_first].first_row) : nlohmann::json(nullptr);
+  j["tail_first_row"] = tail_first_row >= 0 ? nlohmann::json(tail_first_row) : nlohmann::json(nullptr);
   j["setup_s"] = setup_s;
   const TensorParallelCosts& c = planner->tp_costs();
   j["tp_costs"] = {{"compute_ratio", c.compute_ratio}, {"syncs_per_pass", c.syncs_per_pass},
@@ -181,7 +229,7 @@ std::string RuntimeTail::json() const {
                    {"timed_rows", c.batch}, {"dp_pass_s", c.dp_batch_s}, {"tp_pass_s", c.tp_batch_s}};
   const RuntimeDecision& last = planner->last_evaluation();
   if (planner->evaluations() > 0)
-    j["last_evaluation"] = {{"first_row", batches[last.batch].first_row}, {"rows_left", last.rows_left},
+    j["last_evaluation"] = {{"first_row", hand_out_row.at(last.batch)}, {"rows_left", last.rows_left},
                             {"chosen", runtime_mode_name(last.chosen)}, {"predicted_dp_s", last.predicted_dp_s},
                             {"predicted_tp_s", last.predicted_tp_s}, {"measured_s", last.measured_s}};
   for (RuntimeMode m : {RuntimeMode::DataParallel, RuntimeMode::TensorParallel}) {
@@ -198,10 +246,14 @@ std::string RuntimeTail::text() const {
   s << "runtime plan: " << planner->evaluations() << " hand-outs decided, " << planner->decisions().size()
     << " decision(s) (remaining time predicted / measured):\n";
   for (const RuntimeDecision& d : planner->decisions())
-    s << "  at " << d.at_s << " s, row " << batches[d.batch].first_row << " (" << d.rows_left << " rows left): "
+    s << "  at " << d.at_s << " s, row " << hand_out_row.at(d.batch) << " (" << d.rows_left << " rows left): "
       << runtime_mode_name(d.chosen) << ", predicted " << (d.chosen == RuntimeMode::DataParallel ? d.predicted_dp_s : d.predicted_tp_s)
       << " s (the other mode " << (d.chosen == RuntimeMode::DataParallel ? d.predicted_tp_s : d.predicted_dp_s)
       << " s), measured " << d.measured_s << " s\n";
+  for (const HandOutDecision& h : planner->hand_outs())
+    s << "  at " << h.at_s << " s, row " << hand_out_row.at(h.batch) << ": handed out " << h.rows << " of "
+      << h.batch_rows << " rows (" << h.rows_left << " rows left), predicted " << h.predicted_s << " s (whole batch "
+      << h.predicted_whole_s << " s), measured " << h.measured_s << " s\n";
   return s.str();
 }
 

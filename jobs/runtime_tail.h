@@ -6,6 +6,7 @@
 // it already holds (Transformer's share-view constructor). Who computes what is the planner's;
 // this file only wires it to the work queue and the report.
 #include <chrono>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,13 +28,15 @@ struct RuntimeTail {
   std::unique_ptr<ParallelGroups> groups;   // its grid: one replica of every rank
   std::unique_ptr<Transformer> model;       // this rank's tp share, viewed from the whole model it holds
   std::unique_ptr<RuntimePlanner> planner;  // used on world rank 0 (the others follow its queue)
-  std::vector<RowsWork> work;               // [batch of this run]: what each batch may cost
-  std::vector<Batch> batches;               // this run's batches
-  int64_t tail_first = -1;                  // the first batch the tp group ran (-1: none)
+  std::vector<RowsWork> row_work;           // [row - first row of the run]: what each row may cost
+  std::vector<Batch> batches;               // this run's batches (as planned; hand-outs may cut them)
+  int64_t tail_first_row = -1;              // the first row the tp group ran (-1: none)
   double setup_s = 0;                       // seconds the views and the side-by-side passes took
+  std::map<int64_t, int64_t> hand_out_row;  // world rank 0: hand-out index -> its first row
 
-  // World rank 0: the planner decides before each hand-out of `queue` (over `batches`), and hears
-  // of every batch that completes. Decisions are logged as they are made. t0: the run's start.
+  // World rank 0: the planner decides before each hand-out of `queue` (over `batches`) its mode and
+  // (dp) its rows, and hears of every batch that completes. Decisions are logged as they are made.
+  // t0: the run's start.
   void attach(WorkQueue& queue, std::chrono::steady_clock::time_point t0);
   // The run report's part: every decision with its predicted and measured remaining time, and the
   // pass costs measured in each mode (JSON object; a few lines of text).

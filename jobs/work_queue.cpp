@@ -13,7 +13,8 @@ namespace lowsync {
 
 namespace {
 
-// kStop: a replica stops; payload [the batch it was handed and gives back, or -1; the signal].
+// kAssign: [batch index (-1: none), its first row, its end row]. kStop: a replica stops; payload
+// [the batch it was handed and gives back, or -1; the signal].
 enum Tag { kRequest = 101, kAssign = 102, kResult = 103, kStop = 104 };
 
 }  // namespace
@@ -25,9 +26,18 @@ WorkQueue::WorkQueue(ParallelGroups& groups, std::vector<Batch> batches, ResultW
 
 int64_t WorkQueue::take_next_on_root() {
   if (stopped_by_ != 0 || held_back_ || next_ >= static_cast<int64_t>(batches_.size())) return -1;
-  if (hand_out_ && !hand_out_(next_)) {
-    held_back_ = true;
-    return -1;
+  if (hand_out_) {
+    const int64_t rows = hand_out_(next_, batches_);
+    if (rows <= 0) {
+      held_back_ = true;
+      return -1;
+    }
+    Batch& b = batches_[next_];
+    if (rows < b.end_row - b.first_row) {  // a smaller hand-out: the rest is the next batch
+      const Batch rest{b.first_row + rows, b.end_row};
+      b.end_row = rest.first_row;
+      batches_.insert(batches_.begin() + next_ + 1, rest);
+    }
   }
   return next_++;
 }
@@ -46,12 +56,13 @@ void WorkQueue::serve_requests(bool block) {
     if (msg.tag == kRequest) {
       char dummy;
       g_.world.recv(&dummy, 1, msg.source, kRequest);
-      int64_t index = take_next_on_root();
+      const int64_t index = take_next_on_root();
       if (index < 0)
         --leaders_left_;
       else
         ++outstanding_;
-      g_.world.send(&index, sizeof index, msg.source, kAssign);
+      const int64_t assign[3] = {index, index < 0 ? 0 : batches_[index].first_row, index < 0 ? 0 : batches_[index].end_row};
+      g_.world.send(assign, sizeof assign, msg.source, kAssign);
     } else if (msg.tag == kResult) {
       std::vector<char> bytes(msg.bytes);
       g_.world.recv(bytes.data(), msg.bytes, msg.source, kResult);
@@ -94,15 +105,20 @@ int64_t WorkQueue::next_for_replica() {
   // Whether any rank of the replica was signalled: all of them leave the loop here together.
   int64_t sig = stop_signal();
   g_.replica.all_reduce_max(&sig, 1);
-  int64_t index = -1;
+  int64_t assign[3] = {-1, 0, 0};  // index, first row, end row
   if (g_.world.rank() == 0) {
     if (sig) stop_on_root(static_cast<int>(sig));
     serve_requests(false);  // a replica that asked first is answered first
-    index = take_next_on_root();
+    assign[0] = take_next_on_root();
+    if (assign[0] >= 0) assign[1] = batches_[assign[0]].first_row, assign[2] = batches_[assign[0]].end_row;
   } else if (g_.is_leader() && sig) {
     // The batch asked for while computing the last one is given back: rank 0 must not wait for it.
     int64_t stop[2] = {-1, sig};
-    if (asked_) g_.world.recv(&stop[0], sizeof stop[0], 0, kAssign);
+    if (asked_) {
+      g_.world.recv(assign, sizeof assign, 0, kAssign);
+      stop[0] = assign[0];
+      assign[0] = -1;
+    }
     // -1 there: rank 0 already counted this replica out ("no more"), and expects nothing more.
     if (!asked_ || stop[0] >= 0) g_.world.send(stop, sizeof stop, 0, kStop);
     asked_ = false;
@@ -111,10 +127,15 @@ int64_t WorkQueue::next_for_replica() {
       char dummy = 0;
       g_.world.send(&dummy, 1, 0, kRequest);
     }
-    g_.world.recv(&index, sizeof index, 0, kAssign);
+    g_.world.recv(assign, sizeof assign, 0, kAssign);
     asked_ = false;
   }
-  g_.replica.broadcast(&index, sizeof index, 0);
+  g_.replica.broadcast(assign, sizeof assign, 0);
+  const int64_t index = assign[0];
+  if (index >= 0 && g_.world.rank() != 0) {  // rank 0 may have cut it (a smaller hand-out)
+    if (index >= static_cast<int64_t>(batches_.size())) batches_.resize(index + 1);
+    batches_[index] = {assign[1], assign[2]};
+  }
   return index;
 }
 

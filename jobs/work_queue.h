@@ -50,14 +50,19 @@ class WorkQueue {
   void finish();
   const Batch& batch(int64_t index) const { return batches_[index]; }
 
-  // World rank 0: asked before each batch is handed out (to any replica); false keeps it and every
-  // later batch back (one-way: the runtime planner's tp tail runs them, with another queue). The
-  // queue then ends as if they were none: replicas finish what they hold; rank 0 writes it.
-  void set_hand_out_rule(const std::function<bool(int64_t)>& f) { hand_out_ = f; }
+  // World rank 0: asked before each batch is handed out (to any replica), with the queue's batches:
+  // how many of its first rows to hand out. Fewer than it has: the batch is cut there and the rest
+  // becomes the next batch (the assignment carries the rows, so other replicas learn the cut).
+  // 0 keeps it and every later batch back (one-way: the runtime planner's tp tail runs them, with
+  // another queue); the queue then ends as if they were none: replicas finish what they hold;
+  // rank 0 writes it.
+  void set_hand_out_rule(const std::function<int64_t(int64_t, const std::vector<Batch>&)>& f) { hand_out_ = f; }
   // World rank 0: called as each batch's results arrive (its own replica's and the others').
   void set_on_result(const std::function<void(int64_t)>& f) { on_result_ = f; }
-  // World rank 0, after finish: the first batch not handed out (all of them: none held back).
-  int64_t handed_out() const { return next_; }
+  // World rank 0, after finish: the first input row not handed out; -1: none held back.
+  int64_t first_row_held_back() const {
+    return held_back_ && next_ < static_cast<int64_t>(batches_.size()) ? batches_[next_].first_row : -1;
+  }
 
   // After run: the stop signal that ended it early on some replica that rank 0 heard from (0: none).
   // Meaningful on world rank 0; other replicas may have ended without knowing why.
@@ -81,7 +86,7 @@ class WorkQueue {
   int stopped_by_ = 0;                                  // root: the signal that stopped the run
   std::map<int64_t, std::vector<RowResult>> pending_;  // root: results waiting for earlier batches
   std::function<void(int64_t, const std::vector<RowResult>&)> on_written_;
-  std::function<bool(int64_t)> hand_out_;              // root: the runtime planner's rule
+  std::function<int64_t(int64_t, const std::vector<Batch>&)> hand_out_;  // root: the runtime planner's rule
   std::function<void(int64_t)> on_result_;
   bool held_back_ = false;                              // root: the rule kept the rest back
   bool asked_ = false;                                  // leader: a request is outstanding

@@ -88,9 +88,9 @@ PassCost pass_cost_of(const Prediction& p, const Workload& work) {
 }
 
 RuntimePlanner::RuntimePlanner(int replicas, int slots, const PassCost& dp_prior, const TensorParallelCosts& tp,
-                               int64_t switch_at)
+                               int64_t switch_at, int64_t hand_out)
     : replicas_(std::max(replicas, 1)), slots_(std::max(slots, 1)), dp_prior_(dp_prior), tp_(tp),
-      switch_at_(switch_at) {}
+      switch_at_(switch_at), hand_out_(hand_out) {}
 
 void RuntimePlanner::measured(RuntimeMode mode, int decode_rows, int64_t prefill_tokens, double seconds) {
   fit_[mode == RuntimeMode::DataParallel ? 0 : 1].add(decode_rows, prefill_tokens, seconds);
@@ -160,6 +160,90 @@ RuntimeMode RuntimePlanner::decide(int64_t next, const std::vector<RowsWork>& ba
   return chosen;
 }
 
+double dp_makespan(const PassCost& c, std::vector<RowsWork> held, const std::vector<RowsWork>& hand_out,
+                   const std::vector<RowsWork>& later, int slots) {
+  if (held.empty()) return 0;
+  // Adds `w` to the replica on which it ends soonest.
+  auto place = [&](const RowsWork& w) {
+    size_t best = 0;
+    double best_s = 0;
+    for (size_t r = 0; r < held.size(); ++r) {
+      RowsWork with = held[r];
+      with.add(w);
+      const double s = run_seconds(c, with, slots);
+      if (r == 0 || s < best_s) best = r, best_s = s;
+    }
+    held[best].add(w);
+  };
+  RowsWork piece;
+  for (const RowsWork& row : hand_out) piece.add(row);
+  if (piece.rows > 0) place(piece);
+  for (const RowsWork& row : later) place(row);
+  double end = 0;
+  for (const RowsWork& w : held) end = std::max(end, run_seconds(c, w, slots));
+  return end;
+}
+
+int64_t RuntimePlanner::hand_out_rows(int64_t next, const std::vector<std::vector<RowsWork>>& rest_rows, double now_s) {
+  if (rest_rows.empty()) return 0;
+  const int64_t whole = static_cast<int64_t>(rest_rows.front().size());
+  int64_t left = 0;
+  for (const std::vector<RowsWork>& b : rest_rows) left += static_cast<int64_t>(b.size());
+  const bool forced = hand_out_ > 0;
+  if (!sizes_hand_outs(left) || whole <= 1 || (forced && hand_out_ >= whole)) return whole;
+  // What each replica still holds: each batch in flight, the fraction of it predicted left, the
+  // longest first to the replica that holds least (which replica holds which is not known here;
+  // this is the even case).
+  const PassCost dp = dp_cost();
+  std::vector<std::pair<double, RowsWork>> in_flight;
+  for (const auto& [index, f] : in_flight_) {
+    const double left_s = std::max(0.0, f.predicted_s - (now_s - f.handed_s));
+    if (left_s > 0) in_flight.emplace_back(left_s, f.work.scaled(f.predicted_s > 0 ? left_s / f.predicted_s : 0));
+  }
+  std::sort(in_flight.begin(), in_flight.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::vector<RowsWork> held(replicas_);
+  std::vector<double> held_s(replicas_, 0.0);
+  for (const auto& [left_s, work] : in_flight) {
+    const size_t r = std::min_element(held_s.begin(), held_s.end()) - held_s.begin();
+    held[r].add(work);
+    held_s[r] += left_s;
+  }
+
+  // The rows of batch `next` and of every later one, in order: the first k go out now.
+  std::vector<RowsWork> rows(rest_rows.front());
+  for (size_t b = 1; b < rest_rows.size(); ++b) rows.insert(rows.end(), rest_rows[b].begin(), rest_rows[b].end());
+  auto makespan = [&](int64_t k) {
+    return dp_makespan(dp, held, {rows.begin(), rows.begin() + k}, {rows.begin() + k, rows.end()}, slots_);
+  };
+  const double whole_s = makespan(whole);
+  double best_s = whole_s;
+  for (int64_t k = whole - 1; k >= 1; --k) best_s = std::min(best_s, makespan(k));
+  // A cut needs a clear predicted gain (15%): fuller decode batches and fewer hand-outs otherwise,
+  // and the prediction errs by more than a few percent on a shared machine.
+  if (!forced && best_s >= 0.85 * whole_s) return whole;
+  // The largest size within 1% of the best: as full a decode batch as the balance allows.
+  int64_t chosen = 1;
+  double chosen_s = best_s;
+  for (int64_t k = whole - 1; k >= 1; --k) {
+    const double s = makespan(k);
+    if (forced ? k == hand_out_ : s <= 1.01 * best_s) {
+      chosen = k;
+      chosen_s = s;
+      break;
+    }
+  }
+  char why[256];
+  if (forced)
+    std::snprintf(why, sizeof why, "forced: hand-outs of at most %lld row(s) (LOWSYNC_RUNTIME_HAND_OUT_ROWS)",
+                  static_cast<long long>(hand_out_));
+  else
+    std::snprintf(why, sizeof why, "%lld of the batch's %lld rows: the %lld rows left end in %.3g s, not %.3g s whole",
+                  static_cast<long long>(chosen), static_cast<long long>(whole), static_cast<long long>(left), chosen_s,
+                  whole_s);
+  hand_outs_.push_back({now_s, next, whole, chosen, left, chosen_s, whole_s, -1, why});
+  return chosen;
+}
+
 void RuntimePlanner::handed_out(int64_t batch, const RowsWork& work, double now_s) {
   in_flight_[batch] = {work, now_s, run_seconds(dp_cost(), work, slots_)};
 }
@@ -168,6 +252,7 @@ void RuntimePlanner::completed(int64_t batch) { in_flight_.erase(batch); }
 
 void RuntimePlanner::finish(double end_s) {
   for (RuntimeDecision& d : decisions_) d.measured_s = end_s - d.at_s;
+  for (HandOutDecision& d : hand_outs_) d.measured_s = end_s - d.at_s;
   if (evaluations_ > 0) last_.measured_s = end_s - last_.at_s;
 }
 

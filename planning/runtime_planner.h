@@ -10,9 +10,14 @@
 // computes its tp share from views of what it holds (layers/weight_views.h). The switch is one-way
 // (a row in flight keeps its replica's KV cache until it ends).
 //
+// While the mode is dp it also sizes each hand-out: how many rows of the next batch a replica
+// takes into its decode batch (rows in flight). Near the end of a job a whole batch on one replica
+// can outlast everything else while the other replicas idle; handing out fewer rows spreads the
+// last rows over the replicas (hand_out_rows).
+//
 // Pure data: jobs/ feeds it the passes it measures and asks it before each hand-out; it answers
-// with a mode and keeps a record of every change of mode, with the remaining time it predicted for
-// both modes, for the run report.
+// with a mode and a size and keeps a record of every change of mode and every smaller hand-out,
+// with the remaining time it predicted, for the run report.
 #include <cstdint>
 #include <map>
 #include <string>
@@ -57,6 +62,7 @@ struct RowsWork {
   double rows = 0, prompt_tokens = 0, new_tokens = 0, longest = 0;  // longest: one row's new tokens, at most
   void add(int64_t prompt, int64_t new_tokens);
   void add(const RowsWork& w);
+  RowsWork scaled(double f) const { return {rows, prompt_tokens * f, new_tokens * f, longest * f}; }  // a fraction left
 };
 
 // Seconds one group needs for `w` with continuous batching over `slots` sequence slots: a step per
@@ -97,18 +103,53 @@ struct TensorParallelCosts {
 double tp_compute_ratio(const Prediction& dp, const Prediction& tp);
 PassCost pass_cost_of(const Prediction& p, const Workload& work);
 
+// A hand-out smaller than its batch (dp): rows of batch `batch` a replica takes now, the rest of
+// the batch staying in the queue for the next hand-out.
+struct HandOutDecision {
+  double at_s = 0;             // seconds into the run
+  int64_t batch = 0;           // the hand-out's index (of this run's hand-outs)
+  int64_t batch_rows = 0;      // rows the batch had
+  int64_t rows = 0;            // rows handed out now
+  int64_t rows_left = 0;       // rows not yet handed out, this batch's included
+  double predicted_s = 0;      // remaining time of the run with hand-outs of at most `rows` rows
+  double predicted_whole_s = 0;  // ... with whole batches
+  double measured_s = -1;      // the remaining time it took; -1: unknown yet
+  std::string why;
+};
+
+// The remaining time of a dp run when `hand_out` (one RowsWork per row) goes out now as one
+// hand-out and every row `later` (in order) one at a time after it (later hand-outs can be cut as
+// finely as balance needs), each to the replica on which it ends soonest. A replica runs what it
+// holds (`held`: [replica], what it still has to do) and its hand-outs together, continuous
+// batching over `slots` slots, as run_seconds predicts for their sum.
+double dp_makespan(const PassCost& c, std::vector<RowsWork> held, const std::vector<RowsWork>& hand_out,
+                   const std::vector<RowsWork>& later, int slots);
+
 class RuntimePlanner {
  public:
   // replicas: of the dp grid (= ranks of the tp group); slots: batch.max_sequences; switch_at >= 0:
-  // switch at that batch whatever the prediction (tests; LOWSYNC_RUNTIME_SWITCH_AT).
+  // switch at that batch whatever the prediction (tests; LOWSYNC_RUNTIME_SWITCH_AT); hand_out > 0:
+  // every dp hand-out has at most that many rows whatever the prediction (tests;
+  // LOWSYNC_RUNTIME_HAND_OUT_ROWS).
   RuntimePlanner(int replicas, int slots, const PassCost& dp_prior, const TensorParallelCosts& tp,
-                 int64_t switch_at = -1);
+                 int64_t switch_at = -1, int64_t hand_out = -1);
 
   // A pass this rank's replica measured in the current mode.
   void measured(RuntimeMode mode, int decode_rows, int64_t prefill_tokens, double seconds);
   // Before handing out `next`: dp (hand it out) or tp (keep it and every later batch for the tp group).
   // rest: the work of batch `next` and of every later one, in order.
   RuntimeMode decide(int64_t next, const std::vector<RowsWork>& rest, double now_s);
+  // dp: how many of the first rows of batch `next` to hand out now (1 .. its rows). The batch
+  // whole unless a smaller hand-out is predicted to end the run clearly sooner (dp_makespan, at
+  // least 15%; the largest such size within 1% of the best): when this batch on one replica would
+  // outlast the rest. Only looked at when few rows are left (at most 4 hand-outs of max_sequences
+  // per replica). rest_rows: the rows of batch `next` and of every later batch, one RowsWork each.
+  int64_t hand_out_rows(int64_t next, const std::vector<std::vector<RowsWork>>& rest_rows, double now_s);
+  // Whether hand_out_rows looks at sizes with `rows_left` rows not yet handed out (else: whole).
+  // Never with a forced mode switch: tests force it at a batch index, which cuts would move.
+  bool sizes_hand_outs(int64_t rows_left) const {
+    return switch_at_ < 0 && (hand_out_ > 0 || rows_left <= 4 * static_cast<int64_t>(replicas_) * slots_);
+  }
   void handed_out(int64_t batch, const RowsWork& work, double now_s);
   void completed(int64_t batch);
   // At the end of the run: every decision's measured remaining time.
@@ -116,6 +157,7 @@ class RuntimePlanner {
 
   RuntimeMode mode() const { return mode_; }
   const std::vector<RuntimeDecision>& decisions() const { return decisions_; }
+  const std::vector<HandOutDecision>& hand_outs() const { return hand_outs_; }
   int64_t evaluations() const { return evaluations_; }
   PassCost dp_cost() const { return fit_[0].cost(dp_prior_); }
   // The last hand-out's prediction (recorded or not), to compare with what the rest took.
@@ -134,11 +176,12 @@ class RuntimePlanner {
   int replicas_, slots_;
   PassCost dp_prior_;
   TensorParallelCosts tp_;
-  int64_t switch_at_;
+  int64_t switch_at_, hand_out_;
   RuntimeMode mode_ = RuntimeMode::DataParallel;
   PassFit fit_[2];
   std::map<int64_t, InFlight> in_flight_;
   std::vector<RuntimeDecision> decisions_;
+  std::vector<HandOutDecision> hand_outs_;
   RuntimeDecision last_;
   int64_t evaluations_ = 0;
 };

@@ -5,8 +5,10 @@ rows of very different lengths. Every row must equal transformers' greedy genera
 mode computed it: at np 2 and np 3 (uneven tp shares: 4 heads, 2 kv heads over 3 ranks; the script's
 argument) with the switch forced at a batch (LOWSYNC_RUNTIME_SWITCH_AT), so that rows run in both modes, and with the
 planner deciding. The run report must record every decision with its predicted remaining time for
-both modes and the measured one, and the passes measured in each mode. A failure in the tp tail
-stops every rank, leaves the done rows valid, and --resume completes the file identically."""
+both modes and the measured one, and the passes measured in each mode. Hand-outs cut to one row
+(LOWSYNC_RUNTIME_HAND_OUT_ROWS) keep every row exact and are recorded. A failure in the tp tail, or
+with cut hand-outs, stops every rank, leaves the done rows valid, and --resume completes the file
+identically."""
 import json
 import os
 import subprocess
@@ -26,7 +28,7 @@ NEW = 32
 LENGTHS = [30, 28, 33, 31, 29, 27, 32, 30, 26, 34, 3, 5, 4]
 
 
-def main(np_list):
+def main(np_list, part):
     from transformers import LlamaConfig, LlamaForCausalLM
     tmp = tempfile.mkdtemp(prefix="lowsync_rtplan_")
     torch.manual_seed(7)
@@ -73,6 +75,8 @@ def main(np_list):
                                                f"{tmp}/profile{np_}.yaml", write_job(tmp, np_)]),
                               env=ENV, capture_output=True, text=True, timeout=120)
         check(f"np {np_}: profile measured", prof.returncode == 0, prof.stderr[-300:])
+        if part == "cut":
+            break
 
         # Forced switch at the 4th batch (rows 6-7): rows 0-5 by dp replicas, rows 6-12 by the tp group.
         p = run(f"forced{np_}", np_, switch_at=3)
@@ -92,6 +96,33 @@ def main(np_list):
         check(f"np {np_}, switch forced: a log line per decision", p.stdout.count("runtime plan at row") == 2,
               f"{p.stdout.count('runtime plan at row')} lines")
 
+    if part == "cut":
+        # Hand-outs cut to one row (forced): a batch's rows on different replicas, each exact, written
+        # in input order; every cut recorded with its figures and logged.
+        p = run("cut", 2, extra_env={"LOWSYNC_RUNTIME_HAND_OUT_ROWS": "1"})
+        got, done, rep = rows_of("cut")
+        bad = [i for i in range(len(ref)) if i >= len(got) or got[i] != ref[i]]
+        check("np 2, hand-outs of one row: every row equals transformers' greedy generation", not bad and done.all(),
+              f"rows {bad} differ" if bad else "")
+        hs = rep.get("runtime_plan", {}).get("hand_outs", [])
+        check("np 2, hand-outs of one row: each cut recorded (rows, predicted and measured remaining time) and logged",
+              len(hs) >= 1 and all(h["rows"] == 1 and h["batch_rows"] == 2 and h["predicted_s"] > 0 and
+                                   h["predicted_whole_s"] > 0 and h["measured_s"] > 0 and h["first_row"] % 2 == 0
+                                   for h in hs) and p.stdout.count("hand out 1 of 2 rows") == len(hs),
+              f"{len(hs)} cuts, {p.stdout.count('hand out 1 of 2 rows')} log lines: {hs[:2]}")
+
+        # A failure with cut hand-outs: done rows valid, --resume completes the file identically.
+        p = run("cutfault", 2, extra_env={"LOWSYNC_INJECT_FAULT": "1:2", "LOWSYNC_RUNTIME_HAND_OUT_ROWS": "1"},
+                expect_ok=False)
+        got, done, _ = rows_of("cutfault")
+        check("hand-outs of one row: a failure stops the job and the rows done before it are valid",
+              p.returncode != 0 and len(got) < len(ref) and got == ref[:len(got)], f"exit {p.returncode}, {len(got)} rows")
+        run("cutfault", 2, extra_env={"LOWSYNC_RUNTIME_HAND_OUT_ROWS": "1"}, resume=True)
+        got, done, _ = rows_of("cutfault")
+        check("--resume after cut hand-outs completes the file identically", done.all() and got == ref, f"{len(got)} rows")
+
+        finish("runtime_planner")
+        return
     if np_list != [2]:
         finish("runtime_planner")
         return
@@ -143,5 +174,10 @@ def write_job(tmp, np_):
 
 if __name__ == "__main__":
     # np 2 (default): forced switch, the planner deciding, a failure and --resume; "3": forced switch
-    # at np 3 (uneven tp shares). Two ctest entries, each under 20 s.
-    main([int(a) for a in sys.argv[1:]] or [2])
+    # at np 3 (uneven tp shares); "cut": hand-outs cut to one row at np 2, with a failure and
+    # --resume. Three ctest entries, each under 20 s.
+    args = sys.argv[1:]
+    if args == ["cut"]:
+        main([2], "cut")
+    else:
+        main([int(a) for a in args] or [2], "switch")

@@ -132,5 +132,104 @@ TEST(RuntimePlanner, ForcedSwitch) {
   EXPECT_EQ(p.decisions().size(), 2u);
 }
 
+// Hand-out sizes (dp). One RowsWork per row: n rows of `new_tokens` new tokens each.
+std::vector<RowsWork> row_list(int n, int64_t new_tokens) {
+  std::vector<RowsWork> out;
+  for (int i = 0; i < n; ++i) {
+    RowsWork w;
+    w.add(8, new_tokens);
+    out.push_back(w);
+  }
+  return out;
+}
+
+TEST(DpMakespan, HandOutsGoWhereTheyEndSoonestAndRunBesideWhatIsHeld) {
+  const PassCost c{0.01, 0.001, 0};
+  const std::vector<RowsWork> two_long = row_list(2, 100), one_long = row_list(1, 100);
+  // Two long rows, both replicas free: in one hand-out, one replica runs both (100 steps of 2
+  // rows); one now and one later, each replica one (100 steps of 1 row).
+  EXPECT_NEAR(dp_makespan(c, {RowsWork{}, RowsWork{}}, two_long, {}, 8), 100 * 0.012, 1e-9);
+  EXPECT_NEAR(dp_makespan(c, {RowsWork{}, RowsWork{}}, one_long, one_long, 8), 100 * 0.011, 1e-9);
+  // One replica holds a row of 500 steps: both rows go to the other.
+  RowsWork long_row;
+  long_row.add(8, 500);
+  EXPECT_NEAR(dp_makespan(c, {long_row, RowsWork{}}, one_long, one_long, 8), 500 * 0.011, 1e-9);
+  // Continuous batching: a replica runs a hand-out beside the rows it holds, not after them.
+  RowsWork two;
+  two.add(8, 100);
+  two.add(8, 100);
+  EXPECT_NEAR(dp_makespan(c, {two, two}, two_long, {}, 8), 100 * 0.014, 1e-9);
+}
+
+// Two replicas, decode steps of 10 ms + 8 ms per row (per-row cost dominates: compute-bound).
+RuntimePlanner compute_bound() { return RuntimePlanner(2, 8, {0.010, 0.008, 0.0001}, {0.6, 16, 0.01, 0}); }
+
+TEST(HandOutRows, ALastBatchOfLongRowsIsSpreadOverTheReplicas) {
+  RuntimePlanner p = compute_bound();
+  // Nothing held, one batch of 4 long rows left: two each (100 steps of 2 rows on each replica).
+  EXPECT_EQ(p.hand_out_rows(7, {row_list(4, 100)}, 1.0), 2);
+  ASSERT_EQ(p.hand_outs().size(), 1u);
+  const HandOutDecision& h = p.hand_outs()[0];
+  EXPECT_EQ(h.batch, 7);
+  EXPECT_EQ(h.batch_rows, 4);
+  EXPECT_EQ(h.rows_left, 4);
+  EXPECT_NEAR(h.predicted_s, 100 * (0.010 + 2 * 0.008) + 2 * 8 * 0.0001, 1e-9);
+  EXPECT_NEAR(h.predicted_whole_s, 100 * (0.010 + 4 * 0.008) + 4 * 8 * 0.0001, 1e-9);
+  p.finish(4.0);
+  EXPECT_NEAR(p.hand_outs()[0].measured_s, 3.0, 1e-12);
+}
+
+TEST(HandOutRows, AnEarlyBatchGoesWholeWhenLaterHandOutsCanBalance) {
+  RuntimePlanner p = compute_bound();
+  // 8 short rows now, then 8 short and 2 long: the long ones can still be spread when their turn
+  // comes, so this batch goes whole.
+  std::vector<RowsWork> later = row_list(8, 16), tail = row_list(2, 96);
+  later.insert(later.end(), tail.begin(), tail.end());
+  EXPECT_EQ(p.hand_out_rows(0, {row_list(8, 16), later}, 0), 8);
+  EXPECT_TRUE(p.hand_outs().empty());
+}
+
+TEST(HandOutRows, WholeBatchesWhileManyRowsWait) {
+  RuntimePlanner p = compute_bound();
+  // 80 rows left (over 4 hand-outs of 8 per replica): whole batches, no decision recorded.
+  EXPECT_EQ(p.hand_out_rows(0, std::vector<std::vector<RowsWork>>(10, row_list(8, 100)), 0), 8);
+  EXPECT_TRUE(p.hand_outs().empty());
+}
+
+TEST(HandOutRows, WholeWhenTheOtherReplicaIsBusyLongerAnyway) {
+  RuntimePlanner p = compute_bound();
+  p.handed_out(0, rows(8, 1000), 0);  // one replica holds ~74 s of work
+  // A batch of 4 short rows: the free replica runs it whole, long before the other ends.
+  EXPECT_EQ(p.hand_out_rows(1, {row_list(4, 10)}, 0.1), 4);
+  EXPECT_TRUE(p.hand_outs().empty());
+}
+
+TEST(HandOutRows, FixedCostDominatedStepsKeepWholeBatches) {
+  // Decode steps of 50 ms + 0.1 ms per row (weight-read bound): splitting 4 rows 2 + 2 saves 0.2
+  // ms a step of 50: far under the 15% a cut needs, so the batch goes whole.
+  RuntimePlanner p(2, 8, {0.050, 0.0001, 0}, {0.6, 16, 0.01, 0});
+  EXPECT_EQ(p.hand_out_rows(3, {row_list(4, 100)}, 0), 4);
+  // Nor when the other replica holds rows: it would run more beside them at almost no cost.
+  p.handed_out(2, rows(2, 100), 0);
+  EXPECT_EQ(p.hand_out_rows(3, {row_list(4, 100)}, 0), 4);
+  EXPECT_TRUE(p.hand_outs().empty());
+}
+
+TEST(HandOutRows, ForcedSizeCutsEveryLargerBatch) {
+  // Weight-read bound steps (no predicted gain), but every hand-out forced to one row.
+  RuntimePlanner p(2, 4, {0.050, 0.0001, 0}, {0.6, 16, 0, 0}, -1, 1);
+  EXPECT_EQ(p.hand_out_rows(0, std::vector<std::vector<RowsWork>>(40, row_list(4, 100)), 0), 1);
+  ASSERT_EQ(p.hand_outs().size(), 1u);
+  EXPECT_EQ(p.hand_outs()[0].rows, 1);
+  EXPECT_GT(p.hand_outs()[0].predicted_s, 0);
+  EXPECT_EQ(p.hand_out_rows(1, {row_list(1, 100)}, 0), 1);  // a batch of one row: nothing to cut
+  EXPECT_EQ(p.hand_outs().size(), 1u);
+}
+
+TEST(HandOutRows, ForcedSwitchKeepsWholeBatches) {
+  RuntimePlanner p = two_replicas(5);
+  EXPECT_EQ(p.hand_out_rows(0, {row_list(4, 100)}, 0), 4);
+}
+
 }  // namespace
 }  // namespace lowsync
