@@ -34,6 +34,7 @@ import mpi_util  # noqa: E402
 ROWS = int(os.environ.get("LOWSYNC_SIGNAL_ROWS", "3000"))
 KEYS = ("generated/token_ids", "generated/offsets", "done")
 EXIT_STOPPED = 75
+SLOW_RANK = os.path.join(os.path.dirname(HERE), "slow_rank.sh")
 
 
 def read_done(path):
@@ -205,11 +206,16 @@ def main():
 
     # 4. SIGTERM to mpirun: Open MPI ends the job itself (SIGTERM to the ranks, SIGKILL after a
     # second, exit 1); the rows done are still done and resumable.
+    # Both ranks run at a quarter of their speed (tests/slow_rank.sh's duty cycle; the results are the
+    # same): between its SIGTERM and the ranks' SIGKILL mpirun takes about two seconds, in which a dp
+    # job of this size at full speed computes all its remaining rows, and the signal must land mid-job.
+    quarter_speed = ["-x", "LOWSYNC_SLOW_RANKS=0,1", "-x", "LOWSYNC_SLOW_MODE=duty", "-x", "LOWSYNC_SLOW_PERCENT=25",
+                     SLOW_RANK]
     for parallel, ref in (({"dp": 2}, refs["ref1"]), ({"tp": 2}, refs["ref_tp2"])):
         stage = f"np=2 {'dp' if 'dp' in parallel else 'tp'}=2 SIGTERM to mpirun"
         path, out = job(stage.replace(" ", "_").replace("=", ""), parallel)
-        rc, so, se, seen, took = signal_when(lowsync(2, ["run", path]), out, ROWS // 5,
-                                             lambda p: p.send_signal(signal.SIGTERM))
+        rc, so, se, seen, took = signal_when(mpi_util.mpirun_cmd(2, quarter_speed + [oracle.LOWSYNC_BIN, "run", path]),
+                                             out, ROWS // 5, lambda p: p.send_signal(signal.SIGTERM))
         check(f"{stage}: ends non-zero within 15 s", rc is not None and rc != 0 and took < 15,
               f"exit {rc}, {took if took is None else round(took, 1)} s after the signal; stop line "
               f"{'printed' if 'lowsync: stopped by SIGTERM' in se else 'not printed (mpirun cut it)'}")
