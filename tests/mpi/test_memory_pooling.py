@@ -11,11 +11,12 @@ import tempfile
 
 import h5py
 import numpy as np
-import torch
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mpi_util import mpirun, mpirun_cmd, ENV, LOWSYNC, check, finish, write_prompts  # noqa: E402
+from mpi_util import mpirun, mpirun_cmd, ENV, LOWSYNC, check, finish  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tiny_llama_references  # noqa: E402
 
 NEW = 8
 LAYERS = 8
@@ -23,28 +24,8 @@ LAYERS = 8
 
 
 def main():
-    from transformers import LlamaConfig, LlamaForCausalLM
     tmp = tempfile.mkdtemp(prefix="lowsync_pool_")
-    torch.manual_seed(6)
-    m = LlamaForCausalLM(LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=LAYERS,
-                                     num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
-                                     max_position_embeddings=64, tie_word_embeddings=False))
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.12)
-    m.eval().save_pretrained(f"{tmp}/m", safe_serialization=True)
-    rng = np.random.default_rng(2)
-    prompts = [rng.integers(3, 64, n).tolist() for n in (6, 3, 9, 4)]
-    targets = [rng.integers(3, 64, n).tolist() for n in (3, 4, 2, 5)]
-    write_prompts(f"{tmp}/p.h5", prompts, targets)
-    with torch.no_grad():
-        ref_lp = []
-        for p, t in zip(prompts, targets):
-            lp = torch.log_softmax(m(torch.tensor([p + t])).logits[0], -1)
-            ref_lp.append(np.array([lp[len(p) - 1 + j, tok].item() for j, tok in enumerate(t)]))
-        ref_gen = [m.generate(torch.tensor([p]), do_sample=False, max_new_tokens=NEW, pad_token_id=0,
-                              attention_mask=torch.ones(1, len(p), dtype=torch.long))[0, len(p):].tolist() for p in prompts]
+    prompts, targets, ref_lp, ref_gen = tiny_llama_references.make(tmp, LAYERS, NEW, seed=6, prompt_seed=2)
 
     def run(tag, np_, task, parallel, limit=None, check_ok=True):
         spec = {"model": f"{tmp}/m", "task": task, "input": f"{tmp}/p.h5", "output": f"{tmp}/{tag}_{task}.h5",

@@ -15,11 +15,12 @@ import time
 
 import h5py
 import numpy as np
-import torch
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mpi_util import mpirun, mpirun_cmd, ENV, LOWSYNC, check, finish, write_prompts  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tiny_llama_references  # noqa: E402
 
 NEW = 8
 LAYERS = 8
@@ -46,28 +47,8 @@ def rank_pids(job_path):
 
 def main(part):
     """part: tp2 (against transformers at tp 2) or dp2 (the same at dp 2; no room refused; a holder killed)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
     tmp = tempfile.mkdtemp(prefix="lowsync_peer_pool_")
-    torch.manual_seed(7)
-    m = LlamaForCausalLM(LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=LAYERS,
-                                     num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
-                                     max_position_embeddings=64, tie_word_embeddings=False))
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.12)
-    m.eval().save_pretrained(f"{tmp}/m", safe_serialization=True)
-    rng = np.random.default_rng(3)
-    prompts = [rng.integers(3, 64, n).tolist() for n in (6, 3, 9, 4)]
-    targets = [rng.integers(3, 64, n).tolist() for n in (3, 4, 2, 5)]
-    write_prompts(f"{tmp}/p.h5", prompts, targets)
-    with torch.no_grad():
-        ref_lp = []
-        for p, t in zip(prompts, targets):
-            lp = torch.log_softmax(m(torch.tensor([p + t])).logits[0], -1)
-            ref_lp.append(np.array([lp[len(p) - 1 + j, tok].item() for j, tok in enumerate(t)]))
-        ref_gen = [m.generate(torch.tensor([p]), do_sample=False, max_new_tokens=NEW, pad_token_id=0,
-                              attention_mask=torch.ones(1, len(p), dtype=torch.long))[0, len(p):].tolist() for p in prompts]
+    prompts, targets, ref_lp, ref_gen = tiny_llama_references.make(tmp, LAYERS, NEW, seed=7, prompt_seed=3)
 
     def write_job(tag, task, parallel, memory, prompts_file="p.h5", new=NEW):
         spec = {"model": f"{tmp}/m", "task": task, "input": f"{tmp}/{prompts_file}", "output": f"{tmp}/{tag}.h5",
@@ -130,6 +111,7 @@ def main(part):
           and "to spare" in lines[0] and not os.path.exists(f"{tmp}/no_room.h5"), " | ".join(lines))
 
     # The holder killed mid-job: every rank stops (mpirun returns, non-zero), no hang.
+    rng = np.random.default_rng(30)
     many = [rng.integers(3, 64, 8).tolist() for _ in range(400)]
     write_prompts(f"{tmp}/many.h5", many)
     path = write_job("killed", "generate", {"dp": 2}, memory, "many.h5", new=40)

@@ -1,5 +1,6 @@
 #pragma once
-// Uniform values in [-1, 1) from a seeded generator: the kernel tests' inputs.
+// The kernel tests' inputs: uniform values in [-1, 1) from a seeded generator, and those values
+// stored in a weight type (bf16, fp16; `keep` for fp32).
 #include <cstdint>
 #include <random>
 #include <vector>
@@ -13,5 +14,13 @@ inline std::vector<float> random_values(int64_t n, uint32_t seed) {
   for (float& x : v) x = d(gen);
   return v;
 }
+
+template <typename W>
+std::vector<W> narrowed(const std::vector<float>& v, W (*to)(float)) {
+  std::vector<W> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = to(v[i]);
+  return out;
+}
+inline float keep(float f) { return f; }
 
 }  // namespace lowsync::test

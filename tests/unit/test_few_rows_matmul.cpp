@@ -16,6 +16,8 @@
 namespace lowsync {
 namespace {
 
+using test::keep;
+using test::narrowed;
 using test::random_values;
 
 std::vector<SimdLevel> levels_this_cpu_runs() {
@@ -50,13 +52,6 @@ Reference naive(const std::vector<float>& x, int64_t M, int64_t K, const std::ve
   return r;
 }
 
-template <typename W>
-std::vector<W> narrowed(const std::vector<float>& v, W (*to)(float)) {
-  std::vector<W> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = to(v[i]);
-  return out;
-}
-float keep(float f) { return f; }
 
 template <typename W>
 void check_every_path(W (*to)(float), const char* type) {

@@ -16,6 +16,8 @@
 namespace lowsync {
 namespace {
 
+using test::keep;
+using test::narrowed;
 using test::random_values;
 
 // The error bound of any fp32 summation order of K products (Higham, eq. 3.5): each result within
@@ -36,13 +38,6 @@ void expect_close(const std::vector<float>& x, int64_t ldx, int64_t M, int64_t K
     }
 }
 
-template <typename W>
-std::vector<W> narrowed(const std::vector<float>& v, W (*to)(float)) {
-  std::vector<W> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = to(v[i]);
-  return out;
-}
-float keep(float f) { return f; }
 
 template <typename W>
 void check_weights(W (*to)(float), const char* type) {
