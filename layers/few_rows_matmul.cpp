@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "layers/widen_avx512.h"
+
 namespace lowsync {
 
 bool cpu_runs(SimdLevel level) {
@@ -43,20 +45,23 @@ const char* simd_level_name(SimdLevel level) {
 
 namespace {
 
-#define LOWSYNC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c")))
 #define LOWSYNC_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 // ---- AVX-512: 16 lanes; a 4 x 4 tile keeps 16 accumulators + 4 weight vectors in 32 registers.
 
-// 16 weights as fp32 (lanes not live read as 0).
-LOWSYNC_AVX512 inline __m512 load16(const float* w, __mmask16 live) { return _mm512_maskz_loadu_ps(live, w); }
-LOWSYNC_AVX512 inline __m512 load16(const BFloat16* w, __mmask16 live) {
-  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, w));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+// y[i, j] (+)= the sum of c[i][j]'s lanes, for a finished tile's accumulators.
+template <int MR, int NR>
+LOWSYNC_AVX512 __attribute__((always_inline)) inline void store_tile(__m512 (&c)[MR][NR], float* y, int64_t ldy,
+                                                                 bool accumulate) {
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 32
+    for (int j = 0; j < NR; ++j) {
+      const float d = _mm512_reduce_add_ps(c[i][j]);
+      y[i * ldy + j] = accumulate ? y[i * ldy + j] + d : d;
+    }
 }
-LOWSYNC_AVX512 inline __m512 load16(const Half* w, __mmask16 live) {
-  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, w));
-}
+
 // y[i, j] (+)= x[i, :] . w[j, :] for i < MR, j < NR: 16 values of k of every dot product at a time,
 // then the last 1-15 (the other lanes read as 0). Both steps are written out here, their loops
 // unrolled, so that each c[i][j] is a register: given to a step function by reference, or indexed
@@ -96,13 +101,7 @@ LOWSYNC_AVX512 void dot_tile_avx512(const float* x, int64_t K, W w, float* y, in
       for (int j = 0; j < NR; ++j) c[i][j] = _mm512_fmadd_ps(a, b[j], c[i][j]);
     }
   }
-#pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 32
-    for (int j = 0; j < NR; ++j) {
-      const float d = _mm512_reduce_add_ps(c[i][j]);
-      y[i * ldy + j] = accumulate ? y[i * ldy + j] + d : d;
-    }
+  store_tile<MR, NR>(c, y, ldy, accumulate);
 }
 
 // The tile for Q8_0 rows, a block (32 values) per step: each row's block scale is converted once
@@ -136,13 +135,7 @@ LOWSYNC_AVX512 void dot_tile_q8_0_avx512(const float* x, int64_t K, const BlockQ
       for (int j = 0; j < NR; ++j) c[i][j] = _mm512_fmadd_ps(a1, hi[j], _mm512_fmadd_ps(a0, lo[j], c[i][j]));
     }
   }
-#pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 32
-    for (int j = 0; j < NR; ++j) {
-      const float d = _mm512_reduce_add_ps(c[i][j]);
-      y[i * ldy + j] = accumulate ? y[i * ldy + j] + d : d;
-    }
+  store_tile<MR, NR>(c, y, ldy, accumulate);
 }
 
 // NR rows of w against every row of x: tiles of 4 rows of x, then the 1-3 left.

@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include "layers/widen_avx512.h"
+
 namespace lowsync {
 
 bool many_rows_matmul_available() {
@@ -20,8 +22,6 @@ bool many_rows_matmul_available() {
 }
 
 namespace {
-
-#define LOWSYNC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c")))
 
 constexpr int kMR = 14;           // rows of x per register tile: 28 accumulators + 2 of w + 1 of x
 constexpr int kNR = 32;           // columns of y per tile (two vectors of 16)
@@ -99,16 +99,6 @@ LOWSYNC_AVX512 void widen_row(Q8_0Ptr w, int64_t kc, float* out) {  // w.at and 
   }
 }
 
-// 16 values of a row as fp32 (the vector path of pack_w_rows; q8_0 goes the scalar way).
-LOWSYNC_AVX512 inline __m512 load_row16(const float* w) { return _mm512_loadu_ps(w); }
-LOWSYNC_AVX512 inline __m512 load_row16(const BFloat16* w) {
-  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-}
-LOWSYNC_AVX512 inline __m512 load_row16(const Half* w) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
-}
-
 // The 64-bit halves of each 128-bit lane: [a0 a1 b0 b1] and [a2 a3 b2 b3].
 LOWSYNC_AVX512 inline __m512 unpack_lo64(__m512 a, __m512 b) {
   return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
@@ -148,7 +138,7 @@ LOWSYNC_AVX512 void pack_w_rows_by_blocks(const W* w, int64_t ldw, int64_t k0, i
   __m512 r[16];
   for (int64_t j0 = 0; j0 < kNR; j0 += 16)
     for (int64_t k = 0; k < kc; k += 16) {
-      for (int i = 0; i < 16; ++i) r[i] = load_row16(w + (j0 + i) * ldw + k0 + k);
+      for (int i = 0; i < 16; ++i) r[i] = load16(w + (j0 + i) * ldw + k0 + k);
       transpose16(r);
       for (int i = 0; i < 16; ++i) _mm512_storeu_ps(b + (k + i) * kNR + j0, r[i]);
     }
