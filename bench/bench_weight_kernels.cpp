@@ -22,6 +22,7 @@
 
 #include "layers/few_rows_matmul.h"
 #include "layers/q8_dot_matmul.h"
+#include "layers/weight_memory.h"
 
 using namespace lowsync;
 
@@ -64,6 +65,18 @@ __attribute__((target("avx512f,avx512bf16,avx512bw,avx512vl"))) void dpbf16_matm
   }
 }
 
+// n values of T in the CPU backend's weight memory (layers/weight_memory.h).
+template <typename T>
+class Stored {
+ public:
+  Stored(WeightMemory& memory, int64_t n) : mem_(memory.take(sizeof(T) * n)) {}
+  T* data() const { return static_cast<T*>(mem_.get()); }
+  T& operator[](int64_t i) const { return data()[i]; }
+
+ private:
+  std::shared_ptr<void> mem_;
+};
+
 struct Shape {
   int64_t N, K;
 };
@@ -90,19 +103,23 @@ int main(int argc, char** argv) {
   shapes.push_back({49152, 576});
   std::mt19937 gen(1);
   std::uniform_real_distribution<float> u(-1, 1);
-  std::vector<std::vector<float>> f32;
-  std::vector<std::vector<BFloat16>> bf16;
-  std::vector<std::vector<BlockQ8_0>> q8;
+  // Each precision's matrices in weight memory of its own, as the CPU backend keeps them (on huge
+  // pages: with 4 KiB pages a 1-row product spends its time on page walks, and software prefetch
+  // then pays where it does not in lowsync).
+  WeightMemory f32_memory, bf16_memory, q8_memory;
+  std::vector<Stored<float>> f32;
+  std::vector<Stored<BFloat16>> bf16;
+  std::vector<Stored<BlockQ8_0>> q8;
   for (Shape s : shapes) {
-    std::vector<float> w(s.N * s.K);
-    for (float& v : w) v = u(gen);
-    std::vector<BFloat16> b(w.size());
-    for (size_t i = 0; i < w.size(); ++i) b[i] = to_bf16(w[i]);
-    std::vector<BlockQ8_0> q(w.size() / kQ8_0Block);
-    for (size_t i = 0; i < q.size(); ++i) q[i] = quantize_q8_0(w.data() + kQ8_0Block * i);
-    f32.push_back(std::move(w));
-    bf16.push_back(std::move(b));
-    q8.push_back(std::move(q));
+    Stored<float> w(f32_memory, s.N * s.K);
+    for (int64_t i = 0; i < s.N * s.K; ++i) w[i] = u(gen);
+    Stored<BFloat16> b(bf16_memory, s.N * s.K);
+    for (int64_t i = 0; i < s.N * s.K; ++i) b[i] = to_bf16(w[i]);
+    Stored<BlockQ8_0> q(q8_memory, s.N * s.K / kQ8_0Block);
+    for (int64_t i = 0; i < s.N * s.K / kQ8_0Block; ++i) q[i] = quantize_q8_0(w.data() + kQ8_0Block * i);
+    f32.push_back(w);
+    bf16.push_back(b);
+    q8.push_back(q);
   }
   std::vector<float> x(8 * 1536), y(8 * 49152);
   for (float& v : x) v = u(gen);

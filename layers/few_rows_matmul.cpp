@@ -67,8 +67,28 @@ LOWSYNC_AVX512 __attribute__((always_inline)) inline void store_tile(__m512 (&c)
 // unrolled, so that each c[i][j] is a register: given to a step function by reference, or indexed
 // at run time, GCC 12 keeps the tile in memory and stores all of it at every step of k (4-row
 // tiles ran 1.3x slower). A mask computed in the main loop instead slows 1-row products 1.4x.
-// Each step also asks for the same values of the next tile's rows of w (software prefetch, one
-// tile ahead: SmolLM2's decode products at 8 rows of x 1.7x faster, at 1 row 1.05x; bf16 1.35x).
+// In tiles of 2 or more rows of x, each step also asks for the same values of the next tile's
+// rows of w (software prefetch, one tile ahead: SmolLM2's decode products at 8 rows of x 1.7x
+// faster; bf16 1.35x). A 1-row tile does not: it streams w as fast as a plain read of the same
+// bytes, and the extra requests only compete with the hardware prefetcher's (SmolLM2's fp32
+// products at 1 row of x, AMD Zen 5: 1.14x faster without; at 2 rows 1.05x slower without, at
+// 3 rows 1.25x slower). Where a batch leaves a 1-row tile after 4-row ones, their prefetches
+// have already brought its rows.
+template <int MR, typename W>
+constexpr bool kPrefetch = MR > 1 || !std::is_same_v<W, const float*>;
+
+// 16 weights of a full step as fp32, by plain loads: load16's masked load of all 16 lanes made GCC
+// walk the tile's rows of w out of order with extra address arithmetic (the 1-row fp32 tile 1.13x
+// slower, on SmolLM2's products on AMD Zen 5).
+LOWSYNC_AVX512 inline __m512 load16_whole(const float* w) { return _mm512_loadu_ps(w); }
+LOWSYNC_AVX512 inline __m512 load16_whole(const BFloat16* w) {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+LOWSYNC_AVX512 inline __m512 load16_whole(const Half* w) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+}
+
 template <int MR, int NR, typename W>
 LOWSYNC_AVX512 void dot_tile_avx512(const float* x, int64_t K, W w, float* y, int64_t ldy, bool accumulate) {
   __m512 c[MR][NR], b[NR];
@@ -80,8 +100,8 @@ LOWSYNC_AVX512 void dot_tile_avx512(const float* x, int64_t K, W w, float* y, in
   for (; k + 16 <= K; k += 16) {
 #pragma GCC unroll 32
     for (int j = 0; j < NR; ++j) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + (j + NR) * K + k), _MM_HINT_T0);
-      b[j] = load16(w + j * K + k, 0xffff);
+      if constexpr (kPrefetch<MR, W>) _mm_prefetch(reinterpret_cast<const char*>(w + (j + NR) * K + k), _MM_HINT_T0);
+      b[j] = load16_whole(w + j * K + k);
     }
 #pragma GCC unroll 32
     for (int i = 0; i < MR; ++i) {
