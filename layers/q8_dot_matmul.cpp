@@ -264,7 +264,7 @@ void weight_row_scalar(const Q8Activations& a, const BlockQ8_0* w, float* y, int
   }
 }
 
-// Output columns [n0, n1) of y: blocks of `group` rows of w (the kernel's NR), then single rows.
+// Output columns [n0, n1) of y: blocks of NR rows of w, then single rows.
 template <int NR>
 void columns(Q8DotLevel level, const Q8Activations& a, const BlockQ8_0* w, int64_t N, float* y, bool accumulate,
              int64_t n0, int64_t n1) {
@@ -291,19 +291,16 @@ void columns(Q8DotLevel level, const Q8Activations& a, const BlockQ8_0* w, int64
 void q8_dot_matmul(Q8DotLevel level, WorkerThreads& workers, const float* x, int64_t M, int64_t K, const BlockQ8_0* w,
                    int64_t N, float* y, bool accumulate, Q8Activations& scratch) {
   quantize_activations(level, x, M, K, scratch);  // M K roundings beside N K products
-  // One row of x: 8 rows of w per AVX-512 tile, so that 8 independent accumulators hide the latency
-  // of each pair's convert-and-fma chain; otherwise 4 (the 4 x 4 tile fills the registers).
-  const int64_t group = M == 1 ? 8 : 4;
-  // Thread t: a contiguous slice of whole groups of rows of w, as few_rows_matmul splits them.
+  // Thread t: a contiguous slice of whole groups of 4 rows of w (the tiles' NR), as few_rows_matmul
+  // splits them. Also at one row of x: 8 rows of w per tile, which ought to hide more of each
+  // pair's convert-and-fma latency, streamed SmolLM2's products 1.1x slower (AMD Zen 5, CPU time).
+  constexpr int64_t group = 4;
   const int64_t threads = workers.size(), groups = (N + group - 1) / group;
   const int64_t per = group * ((groups + threads - 1) / threads);
   const Q8Activations& a = scratch;
   workers.run([&](int t) {
     const int64_t n0 = std::min(N, t * per), n1 = std::min(N, n0 + per);
-    if (group == 8)
-      columns<8>(level, a, w, N, y, accumulate, n0, n1);
-    else
-      columns<4>(level, a, w, N, y, accumulate, n0, n1);
+    columns<group>(level, a, w, N, y, accumulate, n0, n1);
   });
 }
 
