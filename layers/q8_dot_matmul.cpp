@@ -133,11 +133,14 @@ LOWSYNC_AVX512_VNNI __attribute__((always_inline)) inline void two_block_step(co
   for (int j = 0; j < NR; ++j) {
     wq[j] = two_blocks(w + j * blocks + b, kBoth);
     wd[j] = two_scales(w + j * blocks + b, kBoth);
-    // The same place two tiles on (an address, not a pointer: it may lie past the matrix). A row
-    // is only K / 32 blocks, so the tile reads NR short streams; asking ahead made the 49152-row
-    // head ~15% faster at one row of x.
+    // The same place kAheadRows rows of w on (an address, not a pointer: it may lie past the
+    // matrix). A row is only K / 32 blocks, too short a stream for the hardware prefetcher to
+    // learn, so the kernel asks ahead itself: two tiles on in tiles of 4 rows, 16 rows (about 10 KB
+    // for SmolLM2) in the one-row tiles of a 1-row product, whose single stream streams fastest so
+    // (SmolLM2's products, AMD Zen 5: 8 rows ahead 1.05x slower, 6 rows 1.1x, none 1.25x).
+    constexpr int64_t kAheadRows = NR == 1 ? 16 : 2 * NR;
     _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(w + j * blocks + b) +
-                                               2 * NR * blocks * sizeof(BlockQ8_0)),
+                                               kAheadRows * blocks * sizeof(BlockQ8_0)),
                  _MM_HINT_T0);
   }
   for (int i = 0; i < MR; ++i) {
@@ -291,16 +294,20 @@ void columns(Q8DotLevel level, const Q8Activations& a, const BlockQ8_0* w, int64
 void q8_dot_matmul(Q8DotLevel level, WorkerThreads& workers, const float* x, int64_t M, int64_t K, const BlockQ8_0* w,
                    int64_t N, float* y, bool accumulate, Q8Activations& scratch) {
   quantize_activations(level, x, M, K, scratch);  // M K roundings beside N K products
-  // Thread t: a contiguous slice of whole groups of 4 rows of w (the tiles' NR), as few_rows_matmul
-  // splits them. Also at one row of x: 8 rows of w per tile, which ought to hide more of each
-  // pair's convert-and-fma latency, streamed SmolLM2's products 1.1x slower (AMD Zen 5, CPU time).
-  constexpr int64_t group = 4;
+  // Thread t: a contiguous slice of whole groups of rows of w (the AVX-512 tiles' NR), as
+  // few_rows_matmul splits them. One row of x: one row of w per tile, so that the product reads w
+  // as one sequential stream (SmolLM2's products 1.5x faster than in tiles of 4 or 8 rows of w, whose
+  // 4 or 8 short streams at once the memory system serves more slowly; AMD Zen 5, CPU time).
+  const int64_t group = M == 1 ? 1 : 4;
   const int64_t threads = workers.size(), groups = (N + group - 1) / group;
   const int64_t per = group * ((groups + threads - 1) / threads);
   const Q8Activations& a = scratch;
   workers.run([&](int t) {
     const int64_t n0 = std::min(N, t * per), n1 = std::min(N, n0 + per);
-    columns<group>(level, a, w, N, y, accumulate, n0, n1);
+    if (group == 1)
+      columns<1>(level, a, w, N, y, accumulate, n0, n1);
+    else
+      columns<4>(level, a, w, N, y, accumulate, n0, n1);
   });
 }
 
