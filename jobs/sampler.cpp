@@ -52,6 +52,9 @@ bool Sampler::picks_argmax(size_t generated) const {
 int Sampler::next(const float* logits, int vocab, const std::vector<int32_t>& prompt,
                   const std::vector<int32_t>& generated) {
   const GenerateOptions& o = *opt_;
+  // Nothing to adjust and greedy: the first maximum of the logits themselves, without copying them
+  // (per new token of every row: a copy of 49152 values cost SmolLM2's decode step 0.03 ms).
+  if (picks_argmax(generated.size())) return static_cast<int>(std::max_element(logits, logits + vocab) - logits);
   scores_.assign(logits, logits + vocab);
   adjust(prompt, generated);
   if (o.temperature == 0.f)  // greedy: the first maximum, as torch.argmax
