@@ -2,6 +2,7 @@
 """lowsync against llama.cpp on one rank: the same SmolLM2-135M-Instruct weights, the same token ids.
 
     .venv/bin/python bench/bench_llamacpp.py [--threads 1 --threads 2] [--rounds 2] [--check-only]
+        [--dtype F32 --dtype Q8_0] [--decode-batch 1] [--decode-only] [--out JSON --png PNG]
 
 llama.cpp runs through PyPI's llama-cpp-python in a separate venv (--llama-venv, default /tmp/lcp-venv;
 created with `pip install llama-cpp-python==VERSION` when missing, which compiles llama.cpp for this CPU:
@@ -152,8 +153,9 @@ def markdown_table(doc):
     """The README's table: medians per precision, lowsync's with its speed / llama.cpp's in brackets
     (above 1: lowsync faster)."""
     dtypes = doc["config"]["dtypes"]
-    rows = [("prefill, %d-token prompt (tokens/s)" % doc["config"]["prefill_tokens"], "prefill_tokens_per_s")] + [
-        (f"decode, batch {b} (ms/step)", f"decode_ms_per_step_b{b}") for b in doc["config"]["decode_batches"]]
+    rows = [] if doc["config"]["decode_only"] else [
+        ("prefill, %d-token prompt (tokens/s)" % doc["config"]["prefill_tokens"], "prefill_tokens_per_s")]
+    rows += [(f"decode, batch {b} (ms/step)", f"decode_ms_per_step_b{b}") for b in doc["config"]["decode_batches"]]
     lines = ["| threads | | " + " | ".join(f"lowsync {d} | llama.cpp {d}" for d in dtypes) + " |",
              "|---|---|" + "---|---|" * len(dtypes)]
     for T in map(str, doc["config"]["threads"]):
@@ -169,8 +171,8 @@ def plot(doc, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    metrics = [("prefill_tokens_per_s", "prefill 512")] + [
-        (f"decode_ms_per_step_b{b}", f"decode b{b}") for b in doc["config"]["decode_batches"]]
+    metrics = [] if doc["config"]["decode_only"] else [("prefill_tokens_per_s", "prefill 512")]
+    metrics += [(f"decode_ms_per_step_b{b}", f"decode b{b}") for b in doc["config"]["decode_batches"]]
     dtypes = doc["config"]["dtypes"]
     labels, x = [], 0
     fig, ax = plt.subplots(figsize=(9, 4.5))
@@ -209,6 +211,8 @@ def main():
                     help="llama.cpp's flash attention; default on: what llama.cpp's own default (auto) picks on a "
                          "CPU, and faster here (llama-cpp-python's Llama defaults to off)")
     ap.add_argument("--check-only", action="store_true", help="the greedy check only, no timing")
+    ap.add_argument("--decode-only", action="store_true",
+                    help="time decode only, no prefill (a quick check of decode changes; not the README table)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "llamacpp.json"))
     ap.add_argument("--png", default=os.path.join(ROOT, "bench", "results", "llamacpp.png"))
     a = ap.parse_args()
@@ -241,25 +245,27 @@ def main():
         for b in batches:
             write_prompts(f"{tmp}/decode{b}.h5", decode_ids[:b])
         engines = [f"{e} {d}" for d in dtypes for e in ("llama.cpp", "lowsync")]
-        keys = ["prefill_tokens_per_s"] + [f"decode_ms_per_step_b{b}" for b in batches]
+        keys = ([] if a.decode_only else ["prefill_tokens_per_s"]) + [f"decode_ms_per_step_b{b}" for b in batches]
         rounds = {str(T): {e: {k: [] for k in keys} for e in engines} for T in threads}
         # lowsync's decode tokens == llama.cpp's at the same precision, per run
         decode_match = {d: {str(b): [] for b in batches} for d in dtypes}
 
         def run_llama(T, d):
             ans = llama(py, tmp, {"model": ggufs[d], "threads": T, "n_ctx": n_ctx, "flash_attn": flash_attn,
-                                  "prefill_ids": prefill_ids,
+                                  "prefill_ids": [] if a.decode_only else prefill_ids,
                                   "decode": {"prompts": decode_ids, "steps": a.decode_steps, "batches": batches}})
             row = rounds[str(T)][f"llama.cpp {d}"]
-            row["prefill_tokens_per_s"].append(a.prefill_tokens / ans["prefill_s"])
+            if not a.decode_only:
+                row["prefill_tokens_per_s"].append(a.prefill_tokens / ans["prefill_s"])
             for b in batches:
                 row[f"decode_ms_per_step_b{b}"].append(1e3 * ans["decode_s_per_step"][str(b)])
             return ans
 
         def run_lowsync(T, d):
             row = rounds[str(T)][f"lowsync {d}"]
-            rep, _ = lowsync(tmp, model_dir, d, T, f"{tmp}/prefill.h5", 1, a.prefill_tokens, 1, continuous=False)
-            row["prefill_tokens_per_s"].append(a.prefill_tokens * rep["prefill_passes"] / rep["prefill_s"])
+            if not a.decode_only:
+                rep, _ = lowsync(tmp, model_dir, d, T, f"{tmp}/prefill.h5", 1, a.prefill_tokens, 1, continuous=False)
+                row["prefill_tokens_per_s"].append(a.prefill_tokens * rep["prefill_passes"] / rep["prefill_s"])
             tokens = {}
             for b in batches:
                 rep, tokens[b] = lowsync(tmp, model_dir, d, T, f"{tmp}/decode{b}.h5", a.decode_steps + 1,
@@ -303,7 +309,7 @@ def main():
            "lowsync": subprocess.run([LOWSYNC, "--version"], capture_output=True, text=True).stdout.strip(),
            "config": {"threads": threads, "rounds": a.rounds, "dtypes": dtypes, "prefill_tokens": a.prefill_tokens,
                       "decode_prompt_tokens": a.decode_prompt, "decode_steps": a.decode_steps,
-                      "decode_batches": batches, "llama_flash_attn": flash_attn},
+                      "decode_batches": batches, "decode_only": a.decode_only, "llama_flash_attn": flash_attn},
            "method": "Timed rounds, " + " ".join(__doc__.split("2. Timed rounds, ")[1].split("\n\nWrites")[0].split()),
            "greedy_check": check,
            "decode_tokens_lowsync_equal_llama_cpp": decode_match,
@@ -319,7 +325,8 @@ def main():
     print(markdown_table(doc))
     for T in medians:
         for e, m in medians[T].items():
-            print(f"{T} thread(s) {e:16s} prefill {m['prefill_tokens_per_s']:7.1f} tok/s  " + "  ".join(
+            prefill = "" if a.decode_only else f"prefill {m['prefill_tokens_per_s']:7.1f} tok/s  "
+            print(f"{T} thread(s) {e:16s} {prefill}" + "  ".join(
                 f"decode b{b} {m[f'decode_ms_per_step_b{b}']:6.1f} ms/step" for b in batches))
         for d in dtypes:
             print(f"{T} thread(s) lowsync / llama.cpp {d}: " + "  ".join(f"{k} x{v:.2f}" for k, v in ratios[T][d].items()))
