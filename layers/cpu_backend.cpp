@@ -7,9 +7,10 @@
 // Weight matrices may be stored in bf16, fp16 or q8_0 (`weights.dtype`): products widen them to
 // fp32 in registers (few-rows kernel) or while packing them (many-rows kernel); without AVX-512,
 // larger products widen a panel of rows at a time for sgemm; embedding lookups widen the rows they
-// copy. Products multiply and sum in fp32, except decode products with bf16 weights under
-// `weights.bf16_dot`, which round x to bf16 (bf16_dot_matmul.h), and with q8_0 weights under
-// `weights.q8_dot`, which quantise x to q8_0 (q8_dot_matmul.h). Weight matrices live on huge
+// copy. Products multiply and sum in fp32, except products with bf16 weights under
+// `weights.bf16_dot`, which round x to bf16 (decode-sized: bf16_dot_matmul.h; larger:
+// many_rows_bf16_dot.h), and decode products with q8_0 weights under `weights.q8_dot`, which
+// quantise x to q8_0 (q8_dot_matmul.h). Weight matrices live on huge
 // pages where the kernel grants them (layers/weight_memory.h): decode streams them.
 #include <cblas.h>
 
@@ -23,6 +24,7 @@
 #include "layers/backend.h"
 #include "layers/bf16_dot_matmul.h"
 #include "layers/few_rows_matmul.h"
+#include "layers/many_rows_bf16_dot.h"
 #include "layers/many_rows_matmul.h"
 #include "layers/q8_dot_matmul.h"
 #include "layers/vector_exp.h"
@@ -151,6 +153,7 @@ class CpuBackend final : public Backend {
     if (bias) {
       for (int64_t i = 0; i < M; ++i) std::memcpy(y.row(i), bias->f32(), sizeof(float) * N);
     }
+    if (M > kFewRows && bf16_dot_ && w.dtype == DType::BF16) return bf16_dot_many_rows(x, w, bias != nullptr, y);
     if (M > kFewRows && many_rows_) return many_rows(x, w, bias != nullptr, y);
     if (w.dtype == DType::BF16) return narrow_matmul(x, static_cast<const BFloat16*>(w.ptr), N, K, bias != nullptr, y);
     if (w.dtype == DType::F16) return narrow_matmul(x, static_cast<const Half*>(w.ptr), N, K, bias != nullptr, y);
@@ -341,6 +344,22 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // weights.bf16_dot on a product of more than kFewRows rows (a prefill pass): x rounded to bf16
+  // once; the vdpbf16ps tiles where the CPU has AVX512_BF16, else the same rounded values through
+  // the exact path (the many-rows kernel or sgemm), as bf16_dot_matmul does for decode-sized ones.
+  void bf16_dot_many_rows(const Tensor& x, const Tensor& w, bool accumulate, Tensor& y) {
+    const int64_t M = x.rows, N = w.rows, K = w.cols;
+    const auto* wb = static_cast<const BFloat16*>(w.ptr);
+    if (dpbf16_ && many_rows_) return many_rows_bf16_dot(workers_, x.f32(), M, K, wb, N, y.f32(), accumulate);
+    rounded_x_.resize(M * K);
+    for (int64_t i = 0; i < M * K; ++i) rounded_x_[i] = to_float(to_bf16(x.f32()[i]));
+    Tensor rounded = x;  // a view of the rounded copy, same shape
+    rounded.storage = nullptr;
+    rounded.ptr = rounded_x_.data();
+    if (many_rows_) return many_rows(rounded, w, accumulate, y);
+    narrow_matmul(rounded, wb, N, K, accumulate, y);
+  }
+
   // The attention of one sequence's new tokens (a prompt, or a prompt's continuation) by the
   // many-rows kernel: the work is cut into (head, block of kQueryBlock queries) pieces, shared
   // round-robin by the rank's threads. A block's queries see keys [first, end): the causal ones
@@ -468,7 +487,7 @@ class CpuBackend final : public Backend {
 
   const int threads_;      // the rank's `threads`: OpenBLAS's and the few-rows kernel's
   const DType weights_;    // weight matrices' storage type
-  const bool bf16_dot_;    // weights.bf16_dot: bf16 decode products round x to bf16
+  const bool bf16_dot_;    // weights.bf16_dot: products with bf16 weights round x to bf16
   const bool dpbf16_;      // ... and multiply with vdpbf16ps (AVX512_BF16)
   const bool q8_dot_;      // weights.q8_dot: q8_0 decode products quantise x to q8_0
   const Q8DotLevel q8_level_;  // ... and sum its int8 products with this instruction set
@@ -482,6 +501,7 @@ class CpuBackend final : public Backend {
   std::vector<float> rope_cos_, rope_sin_;      // ... these angles' cos and sin [tokens, head_dim / 2]
   std::vector<float> panel_;  // narrow_matmul's widened rows of w
   std::vector<BFloat16> x_bf16_;  // bf16_dot_matmul's rounded x
+  std::vector<float> rounded_x_;  // bf16_dot without vdpbf16ps, larger products: the rounded x widened back
   Q8Activations x_q8_;            // q8_dot_matmul's quantised x
 };
 
