@@ -15,6 +15,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -361,22 +362,26 @@ class CpuBackend final : public Backend {
   }
 
   // The attention of one sequence's new tokens (a prompt, or a prompt's continuation) by the
-  // many-rows kernel: the work is cut into (head, block of kQueryBlock queries) pieces, shared
-  // round-robin by the rank's threads. A block's queries see keys [first, end): the causal ones
-  // no key past the block's last query, so the products skip the masked upper triangle but for
-  // the block's own diagonal part.
+  // many-rows kernel: the work is cut into (head, block of kQueryBlock queries) pieces, which the
+  // rank's threads take one at a time, the latest blocks first: a causal block's work grows with
+  // the keys it sees, and handing out the largest first keeps the threads' shares even (a fixed
+  // round-robin left one of two threads 54% of a 512-token prompt's work). Each
+  // piece writes its own part of `out`, so who computes it changes no result. A block's queries
+  // see keys [first, end): the causal ones no key past the block's last query, so the products
+  // skip the masked upper triangle but for the block's own diagonal part.
   void prompt_attention(const Tensor& q, const Tensor& K, const Tensor& V, const SequenceSlot& s,
                         const AttentionHeads& heads, bool causal, Tensor& out) {
     constexpr int64_t kQueryBlock = 56;  // 4 of the kernel's 14-row tiles
     const int head_dim = heads.head_dim;
     const float scale = 1.f / std::sqrt(float(head_dim));
     const int64_t ctx = s.past + s.n_new, blocks = (s.n_new + kQueryBlock - 1) / kQueryBlock;
-    const int64_t pieces = heads.n_heads * blocks, threads = workers_.size();
-    workers_.run([&](int t) {
+    const int64_t pieces = heads.n_heads * blocks;
+    std::atomic<int64_t> next_piece{0};
+    workers_.run([&](int) {
       thread_local std::vector<float> scores;
-      for (int64_t piece = t; piece < pieces; piece += threads) {
-        const int h = static_cast<int>(piece / blocks);
-        const int64_t i0 = piece % blocks * kQueryBlock, rows = std::min(kQueryBlock, s.n_new - i0);
+      for (int64_t piece; (piece = next_piece.fetch_add(1, std::memory_order_relaxed)) < pieces;) {
+        const int h = static_cast<int>(piece % heads.n_heads);  // the last block of every head, then the one before...
+        const int64_t i0 = (blocks - 1 - piece / heads.n_heads) * kQueryBlock, rows = std::min(kQueryBlock, s.n_new - i0);
         // Query i (position past + i) sees keys [visible - window, visible) (or all keys when not causal).
         auto visible = [&](int64_t i) { return causal ? s.past + i + 1 : ctx; };
         auto first_key = [&](int64_t i) { return heads.window > 0 ? std::max<int64_t>(0, visible(i) - heads.window) : 0; };
