@@ -173,14 +173,16 @@ class CpuBackend final : public Backend {
 
   void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override {
     const int64_t n = x.cols;
-    for (int64_t r = 0; r < x.rows; ++r) {
-      const float* a = x.row(r);
-      float* o = out.row(r);
-      double ss = 0;
-      for (int64_t c = 0; c < n; ++c) ss += double(a[c]) * a[c];
-      const float inv = 1.f / std::sqrt(float(ss / n) + eps);
-      for (int64_t c = 0; c < n; ++c) o[c] = weight.f32()[c] * (a[c] * inv);
-    }
+    on_row_slices(x.rows, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* a = x.row(r);
+        float* o = out.row(r);
+        double ss = 0;
+        for (int64_t c = 0; c < n; ++c) ss += double(a[c]) * a[c];
+        const float inv = 1.f / std::sqrt(float(ss / n) + eps);
+        for (int64_t c = 0; c < n; ++c) o[c] = weight.f32()[c] * (a[c] * inv);
+      }
+    });
   }
 
   void layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps, Tensor& out) override {
@@ -306,7 +308,11 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void silu_mul(Tensor& gate, const Tensor& up) override { lowsync::silu_mul(gate.f32(), up.f32(), gate.numel()); }
+  void silu_mul(Tensor& gate, const Tensor& up) override {
+    on_row_slices(gate.rows, [&](int64_t r0, int64_t r1) {
+      lowsync::silu_mul(gate.row(r0), up.row(r0), (r1 - r0) * gate.cols);
+    });
+  }
 
   void gelu_mul(Tensor& gate, const Tensor& up, bool tanh_approximation) override {
     gelu(gate, tanh_approximation);
@@ -332,6 +338,16 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // f(r0, r1) for row slices [r0, r1) covering [0, rows): a prefill pass's rows (more than
+  // kFewRows) split among the rank's threads, a decode step's on this thread (waking the workers
+  // would cost more than it saves). For row-wise work only, so the split changes no result.
+  template <typename F>
+  void on_row_slices(int64_t rows, F f) {
+    const int threads = workers_.size();
+    if (threads == 1 || rows <= kFewRows) return f(0, rows);
+    workers_.run([&](int t) { f(rows * t / threads, rows * (t + 1) / threads); });
+  }
+
   // y (+)= x w^T by the many-rows kernel, w in any stored type.
   void many_rows(const Tensor& x, const Tensor& w, bool accumulate, Tensor& y) {
     const int64_t M = x.rows, N = w.rows, K = w.cols;
