@@ -70,29 +70,34 @@ LOWSYNC_AVX512_BF16 inline __m256i round16(const float* x) {
   return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
 }
 
-// x[0 : kc] rounded to bf16 as pair words: out[p] = (bf16(x[2p]), bf16(x[2p + 1])), the second 0
-// past kc; 32 values at a time, then one by one.
-LOWSYNC_AVX512_BF16 void round_pairs(const float* x, int64_t kc, uint32_t* out) {
-  int64_t k = 0;
-  for (; k + 32 <= kc; k += 32) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k / 2), round16(x + k));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k / 2 + 8), round16(x + k + 16));
-  }
-  for (; k < kc; k += 2) out[k / 2] = pair_word(to_bf16(x[k]), k + 1 < kc ? to_bf16(x[k + 1]) : BFloat16{0});
+// 32 values of x rounded to bf16 as their 16 pair words, in order.
+LOWSYNC_AVX512_BF16 inline __m512 round32_pairs(const float* x) {
+  return _mm512_castsi512_ps(_mm512_inserti64x4(_mm512_castsi256_si512(round16(x)), round16(x + 16), 1));
 }
 
 // x[M, k0 : k0 + kc] rounded and packed: tile t (rows m0 .. m0 + mr) at a + m0 * pairs, word
-// (i, p) at p * mr + i. Tiles [t0, t1) of them.
-void pack_x(const float* x, int64_t M, int64_t K, int64_t k0, int64_t kc, uint32_t* a, int64_t t0, int64_t t1) {
-  const int64_t pairs = (kc + 1) / 2;
-  uint32_t row[kKBlock / 2];
+// (i, p) at p * mr + i. Tiles [t0, t1) of them. A tile's whole 32-value stretches of k go 16
+// words of each row at a time through a 16 x 16 transpose in registers (rows mr .. 15 zero, their
+// lanes not stored); the rest word by word.
+LOWSYNC_AVX512_BF16 void pack_x(const float* x, int64_t M, int64_t K, int64_t k0, int64_t kc, uint32_t* a, int64_t t0,
+                                int64_t t1) {
+  const int64_t pairs = (kc + 1) / 2, by_blocks = kc / 32 * 32;
+  __m512 r[16];
   for (int64_t m0 = t0 * kMR; m0 < std::min(M, t1 * kMR); m0 += kMR) {
     const int64_t mr = std::min<int64_t>(kMR, M - m0);
+    const __mmask16 rows = __mmask16((1u << mr) - 1);
     uint32_t* t = a + m0 * pairs;
-    for (int64_t i = 0; i < mr; ++i) {
-      round_pairs(x + (m0 + i) * K + k0, kc, row);
-      for (int64_t p = 0; p < pairs; ++p) t[p * mr + i] = row[p];
+    const float* x0 = x + m0 * K + k0;
+    for (int64_t k = 0; k < by_blocks; k += 32) {
+      for (int i = 0; i < 16; ++i) r[i] = i < mr ? round32_pairs(x0 + i * K + k) : _mm512_setzero_ps();
+      transpose16(r);  // r[j]: word k / 2 + j of rows 0 .. 15
+      for (int j = 0; j < 16; ++j) _mm512_mask_storeu_epi32(t + (k / 2 + j) * mr, rows, _mm512_castps_si512(r[j]));
     }
+    for (int64_t k = by_blocks; k < kc; k += 2)
+      for (int64_t i = 0; i < mr; ++i) {
+        const float* v = x0 + i * K + k;
+        t[k / 2 * mr + i] = pair_word(to_bf16(v[0]), k + 1 < kc ? to_bf16(v[1]) : BFloat16{0});
+      }
   }
 }
 
