@@ -206,7 +206,7 @@ int run(int argc, char** argv) {
       "model", po::value(&model_dir)->default_value("out/bench/llama-200m"), "LLaMA-family model directory")(
       "threads", po::value(&threads)->default_value(1), "BLAS threads (engine and sgemm probe)")(
       "weights-dtype", po::value(&weights_name)->default_value("fp32"), "weight matrices stored as fp32, bf16, fp16 or q8_0")(
-      "bf16-dot", po::bool_switch(&bf16_dot), "bf16 weights: decode products round x to bf16 (weights.bf16_dot)")(
+      "bf16-dot", po::bool_switch(&bf16_dot), "bf16 weights: products round x to bf16 (weights.bf16_dot)")(
       "q8-dot", po::bool_switch(&q8_dot), "q8_0 weights: decode products quantise x to q8_0 (weights.q8_dot)")(
       "prefill-tokens", po::value(&prefill_tokens)->default_value(1024), "tokens in one packed prefill pass")(
       "prefill-seqs", po::value(&prefill_seqs)->default_value(4), "prompts the prefill tokens are split into")(

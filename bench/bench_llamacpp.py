@@ -17,8 +17,9 @@ tensors (bench/smollm2_gguf.py: F32, BF16, Q8_0). Each precision runs in both en
 arithmetic in decode: lowsync's F32 is fp32 weights; BF16 is `weights: {dtype: bf16, bf16_dot: true}`
 (activations rounded to bf16, bf16 x bf16 products summed in fp32, as llama.cpp's BF16); Q8_0 is
 `weights: {dtype: q8_0, q8_dot: true}` (activations quantised to q8_0, int8 block products, as
-llama.cpp's Q8_0). lowsync applies the activation rounding to products of up to 32 rows (decode;
-prompts of up to 32 tokens); its longer prefill passes compute in fp32 on the same weights.
+llama.cpp's Q8_0). lowsync's BF16 rounds the activations of every product; its Q8_0 quantises
+them in products of up to 32 rows (decode; prompts of up to 32 tokens), and its longer prefill
+passes compute in fp32 on the same q8_0 weights.
 
 1. Greedy check (1 thread): the prompts below, tokenized by the model's Hugging Face tokenizer
    (llama.cpp's own tokenizer is asked too, and whether it agrees is reported), GREEDY_NEW tokens

@@ -11,8 +11,9 @@ English prose), cut into `rows` rows of `length` tokens; each row's first 16 tok
 and the rest are scored. lowsync's perplexity is the score job's (run report); transformers' is
 exp(mean NLL) over the same targets.
 
-`weights.bf16_dot` and `weights.q8_dot` round the activations of decode-sized products only (up to
-32 rows), so a 256-token row would not see them. A second table ("decode_sized") therefore scores
+`weights.q8_dot` rounds the activations of decode-sized products only (up to 32 rows), so a
+256-token row would not see it (`weights.bf16_dot` did the same when bench/results/weights_dtype.json
+was measured; it now rounds every product's). A second table ("decode_sized") therefore scores
 the same tokens as windows of 32 (16 tokens of context, the next 16 scored, windows 16 apart), one
 window per pass, for every dtype and the two _dot variants; transformers' reference for a _dot
 variant rounds every nn.Linear's input the same way (a forward pre-hook: torch's bf16 rounding, or

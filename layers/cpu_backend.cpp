@@ -7,13 +7,15 @@
 // Weight matrices may be stored in bf16, fp16 or q8_0 (`weights.dtype`): products widen them to
 // fp32 in registers (few-rows kernel) or while packing them (many-rows kernel); without AVX-512,
 // larger products widen a panel of rows at a time for sgemm; embedding lookups widen the rows they
-// copy. Products multiply and sum in fp32, except decode products with bf16 weights under
-// `weights.bf16_dot`, which round x to bf16 (bf16_dot_matmul.h), and with q8_0 weights under
-// `weights.q8_dot`, which quantise x to q8_0 (q8_dot_matmul.h). Weight matrices live on huge
+// copy. Products multiply and sum in fp32, except products with bf16 weights under
+// `weights.bf16_dot`, which round x to bf16 (decode-sized: bf16_dot_matmul.h; larger:
+// many_rows_bf16_dot.h), and decode products with q8_0 weights under `weights.q8_dot`, which
+// quantise x to q8_0 (q8_dot_matmul.h). Weight matrices live on huge
 // pages where the kernel grants them (layers/weight_memory.h): decode streams them.
 #include <cblas.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -23,6 +25,7 @@
 #include "layers/backend.h"
 #include "layers/bf16_dot_matmul.h"
 #include "layers/few_rows_matmul.h"
+#include "layers/many_rows_bf16_dot.h"
 #include "layers/many_rows_matmul.h"
 #include "layers/q8_dot_matmul.h"
 #include "layers/vector_exp.h"
@@ -151,6 +154,7 @@ class CpuBackend final : public Backend {
     if (bias) {
       for (int64_t i = 0; i < M; ++i) std::memcpy(y.row(i), bias->f32(), sizeof(float) * N);
     }
+    if (M > kFewRows && bf16_dot_ && w.dtype == DType::BF16) return bf16_dot_many_rows(x, w, bias != nullptr, y);
     if (M > kFewRows && many_rows_) return many_rows(x, w, bias != nullptr, y);
     if (w.dtype == DType::BF16) return narrow_matmul(x, static_cast<const BFloat16*>(w.ptr), N, K, bias != nullptr, y);
     if (w.dtype == DType::F16) return narrow_matmul(x, static_cast<const Half*>(w.ptr), N, K, bias != nullptr, y);
@@ -169,14 +173,16 @@ class CpuBackend final : public Backend {
 
   void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override {
     const int64_t n = x.cols;
-    for (int64_t r = 0; r < x.rows; ++r) {
-      const float* a = x.row(r);
-      float* o = out.row(r);
-      double ss = 0;
-      for (int64_t c = 0; c < n; ++c) ss += double(a[c]) * a[c];
-      const float inv = 1.f / std::sqrt(float(ss / n) + eps);
-      for (int64_t c = 0; c < n; ++c) o[c] = weight.f32()[c] * (a[c] * inv);
-    }
+    on_row_slices(x.rows, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* a = x.row(r);
+        float* o = out.row(r);
+        double ss = 0;
+        for (int64_t c = 0; c < n; ++c) ss += double(a[c]) * a[c];
+        const float inv = 1.f / std::sqrt(float(ss / n) + eps);
+        for (int64_t c = 0; c < n; ++c) o[c] = weight.f32()[c] * (a[c] * inv);
+      }
+    });
   }
 
   void layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps, Tensor& out) override {
@@ -302,7 +308,11 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void silu_mul(Tensor& gate, const Tensor& up) override { lowsync::silu_mul(gate.f32(), up.f32(), gate.numel()); }
+  void silu_mul(Tensor& gate, const Tensor& up) override {
+    on_row_slices(gate.rows, [&](int64_t r0, int64_t r1) {
+      lowsync::silu_mul(gate.row(r0), up.row(r0), (r1 - r0) * gate.cols);
+    });
+  }
 
   void gelu_mul(Tensor& gate, const Tensor& up, bool tanh_approximation) override {
     gelu(gate, tanh_approximation);
@@ -328,6 +338,16 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // f(r0, r1) for row slices [r0, r1) covering [0, rows): a prefill pass's rows (more than
+  // kFewRows) split among the rank's threads, a decode step's on this thread (waking the workers
+  // would cost more than it saves). For row-wise work only, so the split changes no result.
+  template <typename F>
+  void on_row_slices(int64_t rows, F f) {
+    const int threads = workers_.size();
+    if (threads == 1 || rows <= kFewRows) return f(0, rows);
+    workers_.run([&](int t) { f(rows * t / threads, rows * (t + 1) / threads); });
+  }
+
   // y (+)= x w^T by the many-rows kernel, w in any stored type.
   void many_rows(const Tensor& x, const Tensor& w, bool accumulate, Tensor& y) {
     const int64_t M = x.rows, N = w.rows, K = w.cols;
@@ -341,23 +361,43 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // weights.bf16_dot on a product of more than kFewRows rows (a prefill pass): x rounded to bf16
+  // once; the vdpbf16ps tiles where the CPU has AVX512_BF16, else the same rounded values through
+  // the exact path (the many-rows kernel or sgemm), as bf16_dot_matmul does for decode-sized ones.
+  void bf16_dot_many_rows(const Tensor& x, const Tensor& w, bool accumulate, Tensor& y) {
+    const int64_t M = x.rows, N = w.rows, K = w.cols;
+    const auto* wb = static_cast<const BFloat16*>(w.ptr);
+    if (dpbf16_ && many_rows_) return many_rows_bf16_dot(workers_, x.f32(), M, K, wb, N, y.f32(), accumulate);
+    rounded_x_.resize(M * K);
+    for (int64_t i = 0; i < M * K; ++i) rounded_x_[i] = to_float(to_bf16(x.f32()[i]));
+    Tensor rounded = x;  // a view of the rounded copy, same shape
+    rounded.storage = nullptr;
+    rounded.ptr = rounded_x_.data();
+    if (many_rows_) return many_rows(rounded, w, accumulate, y);
+    narrow_matmul(rounded, wb, N, K, accumulate, y);
+  }
+
   // The attention of one sequence's new tokens (a prompt, or a prompt's continuation) by the
-  // many-rows kernel: the work is cut into (head, block of kQueryBlock queries) pieces, shared
-  // round-robin by the rank's threads. A block's queries see keys [first, end): the causal ones
-  // no key past the block's last query, so the products skip the masked upper triangle but for
-  // the block's own diagonal part.
+  // many-rows kernel: the work is cut into (head, block of kQueryBlock queries) pieces, which the
+  // rank's threads take one at a time, the latest blocks first: a causal block's work grows with
+  // the keys it sees, and handing out the largest first keeps the threads' shares even (a fixed
+  // round-robin left one of two threads 54% of a 512-token prompt's work). Each
+  // piece writes its own part of `out`, so who computes it changes no result. A block's queries
+  // see keys [first, end): the causal ones no key past the block's last query, so the products
+  // skip the masked upper triangle but for the block's own diagonal part.
   void prompt_attention(const Tensor& q, const Tensor& K, const Tensor& V, const SequenceSlot& s,
                         const AttentionHeads& heads, bool causal, Tensor& out) {
     constexpr int64_t kQueryBlock = 56;  // 4 of the kernel's 14-row tiles
     const int head_dim = heads.head_dim;
     const float scale = 1.f / std::sqrt(float(head_dim));
     const int64_t ctx = s.past + s.n_new, blocks = (s.n_new + kQueryBlock - 1) / kQueryBlock;
-    const int64_t pieces = heads.n_heads * blocks, threads = workers_.size();
-    workers_.run([&](int t) {
+    const int64_t pieces = heads.n_heads * blocks;
+    std::atomic<int64_t> next_piece{0};
+    workers_.run([&](int) {
       thread_local std::vector<float> scores;
-      for (int64_t piece = t; piece < pieces; piece += threads) {
-        const int h = static_cast<int>(piece / blocks);
-        const int64_t i0 = piece % blocks * kQueryBlock, rows = std::min(kQueryBlock, s.n_new - i0);
+      for (int64_t piece; (piece = next_piece.fetch_add(1, std::memory_order_relaxed)) < pieces;) {
+        const int h = static_cast<int>(piece % heads.n_heads);  // the last block of every head, then the one before...
+        const int64_t i0 = (blocks - 1 - piece / heads.n_heads) * kQueryBlock, rows = std::min(kQueryBlock, s.n_new - i0);
         // Query i (position past + i) sees keys [visible - window, visible) (or all keys when not causal).
         auto visible = [&](int64_t i) { return causal ? s.past + i + 1 : ctx; };
         auto first_key = [&](int64_t i) { return heads.window > 0 ? std::max<int64_t>(0, visible(i) - heads.window) : 0; };
@@ -468,7 +508,7 @@ class CpuBackend final : public Backend {
 
   const int threads_;      // the rank's `threads`: OpenBLAS's and the few-rows kernel's
   const DType weights_;    // weight matrices' storage type
-  const bool bf16_dot_;    // weights.bf16_dot: bf16 decode products round x to bf16
+  const bool bf16_dot_;    // weights.bf16_dot: products with bf16 weights round x to bf16
   const bool dpbf16_;      // ... and multiply with vdpbf16ps (AVX512_BF16)
   const bool q8_dot_;      // weights.q8_dot: q8_0 decode products quantise x to q8_0
   const Q8DotLevel q8_level_;  // ... and sum its int8 products with this instruction set
@@ -482,6 +522,7 @@ class CpuBackend final : public Backend {
   std::vector<float> rope_cos_, rope_sin_;      // ... these angles' cos and sin [tokens, head_dim / 2]
   std::vector<float> panel_;  // narrow_matmul's widened rows of w
   std::vector<BFloat16> x_bf16_;  // bf16_dot_matmul's rounded x
+  std::vector<float> rounded_x_;  // bf16_dot without vdpbf16ps, larger products: the rounded x widened back
   Q8Activations x_q8_;            // q8_dot_matmul's quantised x
 };
 

@@ -10,11 +10,13 @@ Face transformers running the same 16-bit weights, on the small random LLaMA of 
   as lowsync keeps them);
 - the fp32 checkpoint under `weights.dtype: q8_0` (quantised at load), against transformers on the
   model whose 2-D parameters went through the `gguf` package's Q8_0 quantize + dequantize;
-- the bf16 checkpoint under `weights.bf16_dot: true` (decode-sized products round x to bf16), one
-  prompt per pass so that every product is decode-sized, at np 1 and tp 2, against transformers on
-  the bf16 model with every nn.Linear's input rounded to bf16 (a forward pre-hook): at least a
-  third of the log-probs within 1e-4 (the comment above TOL explains the rounding flips that
-  move the others), greedy identical;
+- the bf16 checkpoint under `weights.bf16_dot: true` (products round x to bf16), one prompt per
+  pass, against transformers on the bf16 model with every nn.Linear's input rounded to bf16 (a
+  forward pre-hook): prompts of 3-20 tokens, so that every product is decode-sized
+  (bf16_dot_matmul), at np 1 and tp 2; and prompts of 33-50 tokens, whose prefill products have
+  more than 32 rows (many_rows_bf16_dot), at np 1 with 2 threads: at least a third of the log-probs
+  within 1e-4 (the comment above TOL explains the rounding flips that move the others), greedy
+  identical;
 
 each: score log-probs within 1e-4 absolute, greedy generate 32 tokens identical, and the run
 report's weight bytes those of 16-bit matrices and fp32 norm weights; and a weight beyond fp16's
@@ -58,12 +60,15 @@ TOL = 1e-4
 NEW = 32
 PROMPT_LENS = (3, 11, 20, 7, 15, 5)
 TARGET_LENS = (1, 8, 4, 2, 6, 3)
+# Prompts whose prefill passes are over the decode-sized 32 rows (weights.bf16_dot's larger products).
+LONG_PROMPT_LENS = (38, 50, 33, 44)  # their greedy paths' top-2 margins >= 0.0098 (the short ones': 0.006)
+LONG_TARGET_LENS = (5, 3, 8, 2)
 
 
-def run(tmp, model_dir, task, tag, extra, ranks):
+def run(tmp, model_dir, task, tag, extra, ranks, prompts_file="prompts.h5"):
     import subprocess
     out = os.path.join(tmp, f"{tag}.h5")
-    job = {"model": model_dir, "task": task, "input": os.path.join(tmp, "prompts.h5"), "output": out,
+    job = {"model": model_dir, "task": task, "input": os.path.join(tmp, prompts_file), "output": out,
            "batch": {"max_sequences": 4}}
     job.update(extra)
     path = oracle.write_job(os.path.join(tmp, f"{tag}.yaml"), job)
@@ -93,6 +98,10 @@ def main():
     prompts = oracle.random_prompts(rng, PROMPT_LENS, vocab)
     targets = oracle.random_prompts(rng, TARGET_LENS, vocab)
     oracle.write_prompts_h5(os.path.join(tmp, "prompts.h5"), prompts, targets)
+    long_prompts = oracle.random_prompts(rng, LONG_PROMPT_LENS, vocab)
+    long_targets = oracle.random_prompts(rng, LONG_TARGET_LENS, vocab)
+    oracle.write_prompts_h5(os.path.join(tmp, "long_prompts.h5"), long_prompts, long_targets)
+    prompt_sets = {"prompts.h5": (prompts, targets), "long_prompts.h5": (long_prompts, long_targets)}
 
     # The same model as 16-bit checkpoints, and transformers' fp32 view of each.
     dirs, refs = {}, {}
@@ -123,26 +132,32 @@ def main():
     for mod in rounded_x.modules():
         if isinstance(mod, torch.nn.Linear):
             mod.register_forward_pre_hook(lambda m, inp: (inp[0].to(torch.bfloat16).float(),))
-    one_row = {"weights": {"bf16_dot": True}, "batch": {"max_sequences": 1}}  # every pass <= 32 rows: all rounded
+    # One prompt per pass: with the short prompts every pass has <= 32 rows (bf16_dot_matmul), with
+    # the long ones every prefill pass has more (many_rows_bf16_dot); all of them round x.
+    one_row = {"weights": {"bf16_dot": True}, "batch": {"max_sequences": 1}}
+    short, long = "prompts.h5", "long_prompts.h5"
 
-    cases = [  # (what, checkpoint, job keys, transformers' model, ranks, lowsync's matrix dtype)
-        ("bf16 checkpoint, weights.dtype auto", dirs["bf16"], {}, refs["bf16"], 1, "bf16"),
-        ("bf16 checkpoint, weights.dtype auto, tp 2", dirs["bf16"], {"parallel": {"tp": 2}}, refs["bf16"], 2, "bf16"),
-        ("fp16 checkpoint, weights.dtype auto", dirs["fp16"], {}, refs["fp16"], 1, "fp16"),
-        ("fp32 checkpoint, weights.dtype bf16", fp32_dir, {"weights": {"dtype": "bf16"}}, rounded, 1, "bf16"),
-        ("fp32 checkpoint, weights.dtype q8_0", fp32_dir, {"weights": {"dtype": "q8_0"}}, quantised, 1, "q8_0"),
-        ("bf16 checkpoint, weights.bf16_dot", dirs["bf16"], one_row, rounded_x, 1, "bf16"),
-        ("bf16 checkpoint, weights.bf16_dot, tp 2", dirs["bf16"], dict(one_row, parallel={"tp": 2}), rounded_x, 2, "bf16"),
+    cases = [  # (what, checkpoint, job keys, transformers' model, ranks, lowsync's matrix dtype, prompts)
+        ("bf16 checkpoint, weights.dtype auto", dirs["bf16"], {}, refs["bf16"], 1, "bf16", short),
+        ("bf16 checkpoint, weights.dtype auto, tp 2", dirs["bf16"], {"parallel": {"tp": 2}}, refs["bf16"], 2, "bf16", short),
+        ("fp16 checkpoint, weights.dtype auto", dirs["fp16"], {}, refs["fp16"], 1, "fp16", short),
+        ("fp32 checkpoint, weights.dtype bf16", fp32_dir, {"weights": {"dtype": "bf16"}}, rounded, 1, "bf16", short),
+        ("fp32 checkpoint, weights.dtype q8_0", fp32_dir, {"weights": {"dtype": "q8_0"}}, quantised, 1, "q8_0", short),
+        ("bf16 checkpoint, weights.bf16_dot", dirs["bf16"], one_row, rounded_x, 1, "bf16", short),
+        ("bf16 checkpoint, weights.bf16_dot, tp 2", dirs["bf16"], dict(one_row, parallel={"tp": 2}), rounded_x, 2, "bf16", short),
+        ("bf16 checkpoint, weights.bf16_dot, prompts of 33-50 tokens, 2 threads", dirs["bf16"],
+         dict(one_row, threads=2), rounded_x, 1, "bf16", long),
     ]
-    for i, (what, model_dir, keys, ref_model, ranks, dtype) in enumerate(cases):
+    for i, (what, model_dir, keys, ref_model, ranks, dtype, prompts_file) in enumerate(cases):
+        prompts, targets = prompt_sets[prompts_file]
         ref = oracle.hf_score(ref_model, prompts, targets)
-        r = run(tmp, model_dir, "score", f"score{i}", keys, ranks)
-        lens_ok = [len(x) for x in r["token_logprobs"]] == list(TARGET_LENS)
+        r = run(tmp, model_dir, "score", f"score{i}", keys, ranks, prompts_file)
+        lens_ok = [len(x) for x in r["token_logprobs"]] == [len(t) for t in targets]
         worst = max(float(np.abs(np.asarray(g, np.float64) - e).max()) for g, e in zip(r["token_logprobs"], ref)) \
             if lens_ok else float("inf")
         if "bf16_dot" not in keys.get("weights", {}):
             check(f"{what}: score log-probs vs transformers", lens_ok and worst <= TOL,
-                  f"{sum(TARGET_LENS)} log-probs, max |diff| {worst:.2e} (tolerance {TOL:g})")
+                  f"{sum(map(len, targets))} log-probs, max |diff| {worst:.2e} (tolerance {TOL:g})")
         else:  # see the comment above TOL: the same rounding, up to rare flips at bf16 midpoints
             diffs = np.abs(np.concatenate([np.asarray(g, np.float64) - e for g, e in zip(r["token_logprobs"], ref)])) \
                 if lens_ok else np.array([np.inf])
@@ -162,7 +177,7 @@ def main():
 
         ref_gen, margins = oracle.hf_generate(ref_model, prompts, NEW, stop_at_eos=False)
         r = run(tmp, model_dir, "generate", f"gen{i}", dict(keys, generate={"max_new_tokens": NEW, "stop_at_eos": False}),
-                ranks)
+                ranks, prompts_file)
         bad = [j for j in range(len(ref_gen)) if r["generated"][j] != ref_gen[j]]
         check(f"{what}: greedy {NEW} tokens vs model.generate", not bad,
               f"{len(ref_gen)} rows, differing rows {bad} (smallest top-2 logit margin {min(margins):.3f})")

@@ -1,6 +1,6 @@
 // The many-rows matmul (layers/many_rows_matmul.h) against a naive double-precision loop, at the
 // edges of its tiling: rows around its 14-row tile (1, 13, 14, 15, 33, 100), columns around its
-// 32-column panel (1, 31, 32, 33, 67), k around its 256-value block (1, 17, 256, 257, 600), 1-3
+// 32-column panel (1, 31, 32, 33, 67), k around its 576-value block (1, 17, 576, 577, 1200), 1-3
 // threads; fp32, bf16, fp16 and q8_0 weights; and the strided attention products. Skipped where the
 // CPU has no AVX-512 (the backend then uses OpenBLAS).
 #include <gtest/gtest.h>
@@ -43,7 +43,7 @@ template <typename W>
 void check_weights(W (*to)(float), const char* type) {
   for (int64_t M : {1, 13, 14, 15, 33, 100})
     for (int64_t N : {1, 31, 32, 33, 67})
-      for (int64_t K : {1, 17, 256, 257, 600}) {
+      for (int64_t K : {1, 17, 576, 577, 1200}) {
         const auto x = random_values(M * K, 1 + M);
         const std::vector<W> w = narrowed(random_values(N * K, 2 + N), to);
         const auto bias = random_values(M * N, 3);
