@@ -309,7 +309,8 @@ def plot(results, path):
         names = ["static", "continuous"]
         ax[i][0].bar(names, [r[n]["new_tokens_per_s"] for n in names], color=["#999999", "#2a7ab9"])
         ax[i][0].set_ylabel("new tokens / s")
-        ax[i][0].set_title(f"{name}: continuous x{r['speedup']:.2f} ({r['decode_steps_ratio']:.2f}x fewer steps)",
+        steps = "steps" if r.get("pp", 1) == 1 else "rounds"
+        ax[i][0].set_title(f"{name}: continuous x{r['speedup']:.2f} ({r['decode_steps_ratio']:.2f}x fewer {steps})",
                            fontsize=9)
         for n, color in (("static", "#999999"), ("continuous", "#2a7ab9")):
             dec = [(rows, s) for rows, t, s in r["steps"][n] if t == 0 and rows > 0]
@@ -318,7 +319,7 @@ def plot(results, path):
         xs = np.array([1, MAX_SEQUENCES])
         ax[i][1].plot(xs, f["fixed_ms"] + f["per_row_ms"] * xs, "k-", lw=1,
                       label=f"{f['fixed_ms']:.1f} ms + {f['per_row_ms']:.2f} ms/row")
-        ax[i][1].set_xlabel("rows in the decode step")
+        ax[i][1].set_xlabel("rows in the decode step" if r.get("pp", 1) == 1 else "rows in stage 0's micro-batch pass")
         ax[i][1].set_ylabel("ms")
         ax[i][1].set_title(f"{name}: decode-only steps (line: both settings' fit)", fontsize=9)
         ax[i][1].legend(fontsize=7)
