@@ -11,6 +11,13 @@ EOS or a stop string at as scattered points). batch.max_sequences 16. Two models
   smollm2  SmolLM2-135M's shapes (hidden 576, 9/3 heads, FFN 1536, vocab 49152, tied head) with
            --smollm2-layers of its 30 layers: a step reads ~100+ MB of weights from memory whatever
            its rows, so a fuller step is nearly free (weight-read-bound, as decode usually is)
+A third setting has the lengths a user's job really has:
+  instruct the real SmolLM2-135M-Instruct (converted by python/smollm2.py; --instruct-model, read
+           only) answering real prompts: each a paragraph of Python standard-library docstrings (the
+           text bench_sync_dtype.py and bench_spd_accuracy.py use) in a user message of the model's
+           chat template; each row stops at the model's EOS ids (generation_config.json, which
+           lowsync honours) or at --instruct-new new tokens. The JSON records the distribution of
+           new tokens per row and why rows ended.
 The same job runs with batch.continuous true and false, taking turns over rounds; each keeps its
 best round. Both give identical tokens (checked). Every run writes a trace (`trace:` key), from
 which the script takes each pass's time, rows and prompt tokens: decode-only steps fitted as
@@ -18,7 +25,13 @@ fixed + per_row x rows, the prompt tokens' cost in passes that start rows, and t
 passes (load, writes, setup).
 Writes bench/results/batching.json and bench/results/batching.png.
 
-  .venv/bin/python bench/bench_batching.py [--models small,smollm2] [--rounds 2] [--smollm2-layers 8]
+  .venv/bin/python bench/bench_batching.py [--models small,smollm2,instruct] [--rounds 2] [--smollm2-layers 8]
+                                           [--instruct-new 256] [--pp 1]
+--pp N runs the same jobs in a pipeline of N stages (one rank each, mpirun over shared memory,
+parallel.micro_batches 2 x N), recorded as MODEL_ppN; a decode step is then a round of the
+pipeline (the run report's decode_steps).
+Models not run keep their entries of an existing JSON (each model's entry has its own date and the
+machine's load average during its runs).
 """
 import argparse
 import datetime
@@ -40,6 +53,9 @@ LOWSYNC = os.environ.get("LOWSYNC_BIN", os.path.join(ROOT, "build", "lowsync"))
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OPENBLAS_NUM_THREADS="1",
            OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 POSITIONS, MAX_SEQUENCES = 160, 16
+INSTRUCT = "/work/main/out/models/SmolLM2-135M-Instruct"
+# The user message around each docstring paragraph (the model's chat template adds its system turn).
+ASK = "Explain briefly what this Python documentation says:\n\n"
 
 
 def model_shape(name, layers):
@@ -127,42 +143,93 @@ def pooled(r):
             pred["continuous"]["predicted_decode_only_s"]}
 
 
-def run(job, tmp, tag, continuous):
+def run(job, tmp, tag, continuous, pp=1):
     out, trace = f"{tmp}/{tag}.h5", f"{tmp}/{tag}.trace.json"
     for p in (out, trace):
         if os.path.exists(p):
             os.remove(p)
+    cmd = [LOWSYNC, "run", job, "--set", f"output={out}", "--set", f"batch.continuous={str(continuous).lower()}",
+           "--set", f"trace={trace}", "--quiet"]
+    if pp > 1:  # a pipeline of pp stages, one rank each, over shared memory
+        cmd = ["mpirun", "--oversubscribe", "-np", str(pp), "-x", "OPENBLAS_NUM_THREADS=1", "-x", "OMP_NUM_THREADS=1",
+               "--mca", "btl", "self,vader,tcp"] + cmd + ["--set", f"parallel.pp={pp}"]
     t0 = time.time()
-    subprocess.run([LOWSYNC, "run", job, "--set", f"output={out}", "--set", f"batch.continuous={str(continuous).lower()}",
-                    "--set", f"trace={trace}", "--quiet"], env=ENV, check=True, capture_output=True, text=True)
+    subprocess.run(cmd, env=ENV, check=True, capture_output=True, text=True)
     wall = time.time() - t0
     with h5py.File(out, "r") as f:
+        # A decode step of the run report: in a pipeline a round (one pass of every micro-batch).
+        report_steps = json.loads(f.attrs["run_report_json"])["per_rank"][0]["decode_steps"]
         tok, off = f["generated/token_ids"][:], f["generated/offsets"][:]
+        reasons = f["generated/finish_reason"]
+        codes = reasons.attrs["codes"]
+        codes = (codes.decode() if isinstance(codes, bytes) else str(codes)).split(",")
+        finish = [codes[c] for c in reasons[:]]
     rows = [tok[off[i]:off[i + 1]].tolist() for i in range(len(off) - 1)]
     res = {"wall_s": wall, "new_tokens": int(len(tok)), "new_tokens_per_s": len(tok) / wall}
     res.update(analyse(passes_of(trace), wall, len(tok)))
-    return res, rows, passes_of(trace)
+    res["run_report_decode_steps"] = report_steps
+    return res, rows, passes_of(trace), finish
+
+
+def docstring_prompts(model_dir, rows):
+    """`rows` chat prompts, each asking about one paragraph (>= 100 characters) of the stdlib
+    docstrings, in the text's order."""
+    import bench_sync_dtype
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    paragraphs = [p.strip() for p in bench_sync_dtype.english_text().split("\n\n") if len(p.strip()) >= 100]
+    if len(paragraphs) < rows:
+        raise SystemExit(f"only {len(paragraphs)} docstring paragraphs for {rows} rows")
+    return [tok.apply_chat_template([{"role": "user", "content": ASK + p}], add_generation_prompt=True)
+            for p in paragraphs[:rows]]
+
+
+def instruct_setting(a, d):
+    """The real instruct model on real prompts: (job yaml, description, parameters, prompt lengths)."""
+    prompts = docstring_prompts(a.instruct_model, a.rows)
+    write_prompts(f"{d}/p.h5", prompts)
+    job = f"{d}/job.yaml"
+    with open(job, "w") as f:  # stop_at_eos (default): the model's generation_config EOS ids
+        f.write(f"model: {a.instruct_model}\ntask: generate\ninput: {d}/p.h5\noutput: {d}/x.h5\n"
+                f"generate: {{max_new_tokens: {a.instruct_new}}}\nbatch: {{max_sequences: {MAX_SEQUENCES}}}\n")
+    with open(os.path.join(a.instruct_model, "generation_config.json")) as f:
+        eos = json.load(f).get("eos_token_id")
+    with open(os.path.join(a.instruct_model, "model.safetensors"), "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    params = sum(int(np.prod(t["shape"])) for k, t in header.items() if k != "__metadata__")
+    desc = (f"SmolLM2-135M-Instruct (real weights, fp32), chat prompts: '{ASK.strip()}' + one stdlib docstring "
+            f"paragraph; rows stop at EOS {eos} (generation_config.json) or {a.instruct_new} new tokens")
+    return job, desc, params, np.array([len(p) for p in prompts])
 
 
 def bench_model(name, a, tmp):
-    shape = model_shape(name, a.smollm2_layers)
-    d = f"{tmp}/{name}"
+    d = f"{tmp}/{name}_pp{a.pp}"
     os.makedirs(d, exist_ok=True)
-    params = make_model(f"{d}/m", shape)
-    rng = np.random.default_rng(0)
-    lengths_in = rng.integers(16, POSITIONS - 15, a.rows)
-    prompts = [rng.integers(0, shape["vocab_size"], int(n)).tolist() for n in lengths_in]
-    write_prompts(f"{d}/p.h5", prompts)
-    job = f"{d}/job.yaml"
-    with open(job, "w") as f:
-        f.write(f"model: {d}/m\ntask: generate\ninput: {d}/p.h5\noutput: {d}/x.h5\n"
-                f"generate: {{max_new_tokens: {POSITIONS - 16}, stop_at_eos: false}}\n"
-                f"batch: {{max_sequences: {MAX_SEQUENCES}}}\n")
-    best, outputs, passes, rounds = {}, {}, {}, []
+    load = [os.getloadavg()[0]]
+    if name == "instruct":
+        job, desc, params, lengths_in = instruct_setting(a, d)
+        distribution = (f"real: where the instruct model ends its answer (EOS) on docstring questions, at most "
+                        f"{a.instruct_new}")
+    else:
+        shape = model_shape(name, a.smollm2_layers)
+        desc = describe(name, shape)
+        params = make_model(f"{d}/m", shape)
+        rng = np.random.default_rng(0)
+        lengths_in = rng.integers(16, POSITIONS - 15, a.rows)
+        prompts = [rng.integers(0, shape["vocab_size"], int(n)).tolist() for n in lengths_in]
+        write_prompts(f"{d}/p.h5", prompts)
+        job = f"{d}/job.yaml"
+        with open(job, "w") as f:
+            f.write(f"model: {d}/m\ntask: generate\ninput: {d}/p.h5\noutput: {d}/x.h5\n"
+                    f"generate: {{max_new_tokens: {POSITIONS - 16}, stop_at_eos: false}}\n"
+                    f"batch: {{max_sequences: {MAX_SEQUENCES}}}\n")
+        distribution = "160 - prompt length, prompt lengths uniform in 16-144"
+    best, outputs, passes, rounds, finish = {}, {}, {}, [], {}
     for r in range(a.rounds):
         for continuous in (True, False):
             tag = "continuous" if continuous else "static"
-            res, rows, ps = run(job, d, tag, continuous)
+            res, rows, ps, finish[tag] = run(job, d, tag, continuous, a.pp)
+            load.append(os.getloadavg()[0])
             outputs[tag] = rows
             rounds.append({"setting": tag, "round": r, "wall_s": res["wall_s"],
                            "new_tokens_per_s": res["new_tokens_per_s"]})
@@ -174,45 +241,62 @@ def bench_model(name, a, tmp):
     lengths = [len(r) for r in outputs["static"]]
     c, s = best["continuous"], best["static"]
     hist, edges = np.histogram(lengths, bins=8)
-    return {"model": describe(name, shape), "parameters": params, "rows": a.rows,
+    return {"model": desc, "parameters": params, "rows": a.rows,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "load_average_1min": {"min": min(load), "max": max(load), "at_each_run": load},
             "prompt_tokens": [int(lengths_in.min()), int(lengths_in.max())], "max_sequences": MAX_SEQUENCES,
-            "new_tokens_per_row": {"distribution": "160 - prompt length, prompt lengths uniform in 16-144",
+            "new_tokens_per_row": {"distribution": distribution,
                                    "min": min(lengths), "median": float(np.median(lengths)), "max": max(lengths),
                                    "mean": float(np.mean(lengths)),
-                                   "histogram": {"counts": hist.tolist(), "edges": edges.tolist()}},
+                                   "percentiles_10_25_75_90": [float(q) for q in np.percentile(lengths, [10, 25, 75, 90])],
+                                   "histogram": {"counts": hist.tolist(), "edges": edges.tolist()},
+                                   "per_row": lengths,
+                                   "finish_reasons": {k: finish["static"].count(k) for k in sorted(set(finish["static"]))}},
             "identical_tokens": outputs["continuous"] == outputs["static"],
+            "identical_finish_reasons": finish["continuous"] == finish["static"],
             "continuous": c, "static": s, "rounds": rounds,
             "speedup": c["new_tokens_per_s"] / s["new_tokens_per_s"],
-            "decode_steps_ratio": s["decode_steps"] / max(1, c["decode_steps"]),
+            "pp": a.pp,
+            # One rank: decode passes; a pipeline: decode rounds (the run report's steps).
+            "decode_steps_ratio": s["run_report_decode_steps"] / max(1, c["run_report_decode_steps"]),
             "speedup_in_passes": s["in_passes_s"] / c["in_passes_s"],
             "steps": {k: [list(p) for p in v] for k, v in passes.items()}}
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="small,smollm2")
+    ap.add_argument("--models", default="small,smollm2,instruct")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--rows", type=int, default=96)
     ap.add_argument("--smollm2-layers", type=int, default=8)
+    ap.add_argument("--instruct-model", default=INSTRUCT)
+    ap.add_argument("--instruct-new", type=int, default=256, help="instruct: max_new_tokens")
+    ap.add_argument("--pp", type=int, default=1, help="pipeline stages (one rank each; results as MODEL_ppN)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "batching.json"))
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="lowsync_bench_batching_")
     results = {}
-    for name in a.models.split(","):
-        results[name] = bench_model(name, a, tmp)
+    if os.path.exists(a.out):  # models not run this time keep their last entries
+        with open(a.out) as f:
+            results = json.load(f).get("models", {})
+    names = [n if a.pp == 1 else f"{n}_pp{a.pp}" for n in a.models.split(",")]
+    for model, name in zip(a.models.split(","), names):
+        results[name] = bench_model(model, a, tmp)
         results[name]["step_fit_both_settings"] = pooled(results[name])
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "method": "one rank, OPENBLAS_NUM_THREADS=1, threads 1 (machine: 2 cores shared with other developers); "
+              "method": "one rank (MODEL_ppN: a pipeline of N stages, one rank each, under mpirun over shared memory; "
+                        "per-pass figures are stage 0's micro-batch passes), OPENBLAS_NUM_THREADS=1, threads 1 "
+                        "(machine: 2 cores shared with other developers); "
                         "settings take turns over rounds, each keeps its best round; new tokens / the job's wall time "
                         "(load and write included); per-pass times from the job's trace",
-              "goal": ">= 1.5x tokens/s", "models": results}
+              "goal": ">= 1.5x tokens/s", "models_run_this_time": names, "models": results}
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(result, f, indent=1)
     plot(results, os.path.splitext(a.out)[0] + ".png")
     print(json.dumps({n: {"speedup": round(r["speedup"], 3), "decode_steps_ratio": round(r["decode_steps_ratio"], 3),
                           "identical_tokens": r["identical_tokens"]} for n, r in results.items()}))
-    if not all(r["identical_tokens"] for r in results.values()):
+    if not all(results[n]["identical_tokens"] for n in names):
         sys.exit("continuous and static batching gave different tokens")
 
 
@@ -220,12 +304,13 @@ def plot(results, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(len(results), 2, figsize=(9, 3.3 * len(results)), squeeze=False)
+    fig, ax = plt.subplots(len(results), 3, figsize=(13, 3.3 * len(results)), squeeze=False)
     for i, (name, r) in enumerate(results.items()):
         names = ["static", "continuous"]
         ax[i][0].bar(names, [r[n]["new_tokens_per_s"] for n in names], color=["#999999", "#2a7ab9"])
         ax[i][0].set_ylabel("new tokens / s")
-        ax[i][0].set_title(f"{name}: continuous x{r['speedup']:.2f} ({r['decode_steps_ratio']:.2f}x fewer steps)",
+        steps = "steps" if r.get("pp", 1) == 1 else "rounds"
+        ax[i][0].set_title(f"{name}: continuous x{r['speedup']:.2f} ({r['decode_steps_ratio']:.2f}x fewer {steps})",
                            fontsize=9)
         for n, color in (("static", "#999999"), ("continuous", "#2a7ab9")):
             dec = [(rows, s) for rows, t, s in r["steps"][n] if t == 0 and rows > 0]
@@ -234,10 +319,15 @@ def plot(results, path):
         xs = np.array([1, MAX_SEQUENCES])
         ax[i][1].plot(xs, f["fixed_ms"] + f["per_row_ms"] * xs, "k-", lw=1,
                       label=f"{f['fixed_ms']:.1f} ms + {f['per_row_ms']:.2f} ms/row")
-        ax[i][1].set_xlabel("rows in the decode step")
+        ax[i][1].set_xlabel("rows in the decode step" if r.get("pp", 1) == 1 else "rows in stage 0's micro-batch pass")
         ax[i][1].set_ylabel("ms")
         ax[i][1].set_title(f"{name}: decode-only steps (line: both settings' fit)", fontsize=9)
         ax[i][1].legend(fontsize=7)
+        h = r["new_tokens_per_row"]["histogram"]
+        ax[i][2].stairs(h["counts"], h["edges"], fill=True, color="#2a7ab9")
+        ax[i][2].set_xlabel("new tokens per row")
+        ax[i][2].set_ylabel("rows")
+        ax[i][2].set_title(f"{name}: new tokens per row (median {r['new_tokens_per_row']['median']:.0f})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -10,6 +10,7 @@ namespace lowsync {
 
 class CacheArena {
  public:
+  CacheArena() = default;  // no rows
   explicit CacheArena(int64_t rows) { free_[0] = rows; }
 
   // The first row of a free range of `rows`, or -1 when none is long enough now.

@@ -290,16 +290,16 @@ int run_job(const JobConfig& job, bool resume) {
     };
     Progress progress(job, *input, range, first);
     auto on_written = [&](int64_t done, const std::vector<RowResult>& rows) { progress.written(done, rows); };
-    if (job.task == "generate" && job.batch.continuous && plan.pp == 1) {
-      // Continuous batching: take batches while sequence slots are free, one pass at a time.
+    if (job.task == "generate" && job.batch.continuous) {
+      // Continuous batching: take batches while sequence slots are free, one pass at a time (in a
+      // pipeline, one micro-batch's pass at a time; every stage of the replica takes batches at
+      // the same visit, see jobs/continuous_generate.h).
       int64_t longest = 0;
       for (int64_t r = first; r < range.end; ++r)
         longest = std::max(longest, ContinuousGenerator::row_need(model, job.generate, input->length(r)));
-      const int64_t cache_rows = std::max<int64_t>(
-          job.batch.max_tokens + int64_t(job.batch.max_sequences) * job.generate.max_new_tokens, longest);
-      // `q`'s batches through `model`; rank 0 tells the runtime planner (if any) every pass it timed.
-      auto run_continuous = [&](WorkQueue& q, Transformer& model, RuntimeMode mode) {
-        ContinuousGenerator generator(model, job, gen, *input, cache_rows, phases);
+      // `q`'s batches through `stage`; rank 0 tells the runtime planner (if any) every pass it timed.
+      auto run_continuous = [&](WorkQueue& q, PipelineStage& stage, RuntimeMode mode) {
+        ContinuousGenerator generator(stage, job, gen, *input, longest, phases);
         q.set_on_written(on_written);
         for (bool more = true;;) {
           while (more && generator.wants_rows()) {
@@ -325,7 +325,7 @@ int run_job(const JobConfig& job, bool resume) {
         q.finish();
       };
       if (runtime && root) runtime->attach(queue, t_run);
-      run_continuous(queue, transformer, RuntimeMode::DataParallel);
+      run_continuous(queue, stage, RuntimeMode::DataParallel);
       stopped_by = queue.stopped_by();
       if (runtime) {
         // Rank 0's queue knows where the runtime planner held the batches back (if it did).
@@ -338,7 +338,9 @@ int run_job(const JobConfig& job, bool resume) {
           Transformer& tail_model = *runtime->model;
           const int64_t passes0 = tail_model.forward_passes(), tokens0 = tail_model.tokens_processed();
           WorkQueue tail_queue(*runtime->groups, batches_within(runtime->batches, tail[0], range.end), writer.get());
-          run_continuous(tail_queue, tail_model, RuntimeMode::TensorParallel);
+          StageLink tail_link(runtime->groups->pp, *loaded.backend);  // one stage: nothing is sent
+          PipelineStage tail_stage{tail_model, tail_link, 1};
+          run_continuous(tail_queue, tail_stage, RuntimeMode::TensorParallel);
           stopped_by = tail_queue.stopped_by();
           tail_passes = tail_model.forward_passes() - passes0;  // the job's, not the timed ones at the start
           tail_tokens = tail_model.tokens_processed() - tokens0;

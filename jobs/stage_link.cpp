@@ -58,11 +58,15 @@ std::vector<int32_t> StageLink::receive_tokens(int m, size_t n) {
   return tokens;
 }
 
+// Non-blocking: under continuous batching the first stage takes a batch's results only when it
+// reaches the point where the batch ends, after passes that may need this stage to go on.
 void StageLink::send_results(const std::vector<RowResult>& rows) {
   std::vector<char> bytes = pack_results(0, rows);
   const int64_t n = static_cast<int64_t>(bytes.size());
-  pp_.send(&n, sizeof n, 0, kResults);
-  pp_.send(bytes.data(), n, 0, kResults);
+  std::vector<char> size(sizeof n);
+  std::memcpy(size.data(), &n, sizeof n);
+  isend(std::move(size), 0, kResults);
+  isend(std::move(bytes), 0, kResults);
 }
 
 std::vector<RowResult> StageLink::receive_results() {

@@ -33,7 +33,8 @@ class StageLink {
   // Last stage: the tokens just sampled for micro-batch m's running rows, to every earlier stage.
   void send_tokens(int m, const std::vector<int32_t>& tokens);
   std::vector<int32_t> receive_tokens(int m, size_t n);
-  // Last stage -> first: a batch's results (score, embed: only the last stage has them).
+  // Last stage -> first: a batch's results (only the last stage has score's and embed's results,
+  // and generate's log-probs); returns at once.
   void send_results(const std::vector<RowResult>& rows);
   std::vector<RowResult> receive_results();
 

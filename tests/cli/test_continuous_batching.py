@@ -12,46 +12,19 @@ import sys
 import tempfile
 
 import h5py
-import numpy as np
-import torch
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mpi_util import mpirun, LOWSYNC, check, finish, write_prompts  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mpi"))
+from mpi_util import mpirun, LOWSYNC, check, finish  # noqa: E402
+import staggered_eos_llama  # noqa: E402
 
 NEW = 16
 
 
-
 def main():
-    from transformers import LlamaConfig, LlamaForCausalLM
     tmp = tempfile.mkdtemp(prefix="lowsync_cb_")
-    torch.manual_seed(4)
-    m = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                     num_key_value_heads=2, vocab_size=60, max_position_embeddings=96,
-                                     eos_token_id=2, bos_token_id=1))
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
-    m.eval()
-    rng = np.random.default_rng(1)
-    prompts = [rng.integers(3, 60, n).tolist() for n in (5, 17, 3, 9, 12, 2, 7, 14, 4, 10, 6, 8)]
-    # EOS: the token greedy generation produces most often mid-way, so rows stop at different steps.
-    with torch.no_grad():
-        free = [m.generate(torch.tensor([p]), do_sample=False, max_new_tokens=NEW, pad_token_id=0, eos_token_id=None,
-                           attention_mask=torch.ones(1, len(p), dtype=torch.long))[0, len(p):].tolist() for p in prompts]
-    counts = np.bincount([t for g in free for t in g[1:NEW - 2]], minlength=60)
-    eos = int(counts.argmax())
-    m.config.eos_token_id = eos
-    m.generation_config.eos_token_id = eos
-    m.save_pretrained(f"{tmp}/m", safe_serialization=True)
-    with torch.no_grad():
-        ref = [m.generate(torch.tensor([p]), do_sample=False, max_new_tokens=NEW, pad_token_id=0,
-                          attention_mask=torch.ones(1, len(p), dtype=torch.long))[0, len(p):].tolist() for p in prompts]
-    lengths = sorted({len(r) for r in ref})
-    check("rows finish at different steps (the test's premise)", len(lengths) >= 3, f"lengths {lengths}, eos {eos}")
-    write_prompts(f"{tmp}/p.h5", prompts)
+    prompts, ref, _ = staggered_eos_llama.make(tmp, NEW)
 
     def run(tag, np_, parallel, batch, generate=None):
         spec = {"model": f"{tmp}/m", "task": "generate", "input": f"{tmp}/p.h5", "output": f"{tmp}/{tag}.h5",
