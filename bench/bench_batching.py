@@ -37,6 +37,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -263,6 +264,12 @@ def bench_model(name, a, tmp):
             "steps": {k: [list(p) for p in v] for k, v in passes.items()}}
 
 
+def compact_json(doc):
+    """doc as indented JSON with each list of numbers on one line (the per-step lists are long)."""
+    text = json.dumps(doc, indent=1)
+    return re.sub(r"\[\s+([-+\d.eE,\s]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="small,smollm2,instruct")
@@ -292,7 +299,7 @@ def main():
               "goal": ">= 1.5x tokens/s", "models_run_this_time": names, "models": results}
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
-        json.dump(result, f, indent=1)
+        f.write(compact_json(result))
     plot(results, os.path.splitext(a.out)[0] + ".png")
     print(json.dumps({n: {"speedup": round(r["speedup"], 3), "decode_steps_ratio": round(r["decode_steps_ratio"], 3),
                           "identical_tokens": r["identical_tokens"]} for n, r in results.items()}))
