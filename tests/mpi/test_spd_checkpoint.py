@@ -4,7 +4,7 @@ drop set it records (config.json 'lowsync_spd'), and only so.
 On a SmolLM2-shaped tiny random LLaMA at tp 3, or at the tp given as the first argument (tp 2: the
 uneven shares 6 + 3 heads, 32 + 64 FFN columns, that lowsync's planner gives): spd_recover.py with head grouping + 25 steps of
 block-to-block distillation for blocks 1 and 2 must lower each block's MSE against the original
-block; lowsync at that tp with parallel.spd.drop [1, 2] must score the recovered checkpoint within 1e-4
+block (and `--distill-all` must distil blocks of every class); lowsync at that tp with parallel.spd.drop [1, 2] must score the recovered checkpoint within 1e-4
 of the PyTorch SPD forward of the same checkpoint (python/spd_model.py, itself checked against
 transformers in test_spd_reference.py), which differs from the unrecovered model's zero-shot SPD;
 other drop sets, another tp, other shares and calibrate are each refused with one error line.
@@ -73,6 +73,15 @@ def main():
         b = blocks[str(l)]
         check(f"block {l}: distillation lowers its MSE", b["mse_distilled"] < b["mse_zero_shot"],
               f"{b['mse_zero_shot']:.4g} -> {b['mse_distilled']:.4g}")
+
+    # --method auto --distill-all: no dropped block stays as it was, whatever its class.
+    code = spd_recover.main([f"{tmp}/tiny", f"{tmp}/all", "--tp", str(TP), "--prompts", f"{tmp}/cal.h5", "--length",
+                             "24", "--drop", ",".join(map(str, DROP)), "--distill-all", "--steps", "5",
+                             "--sensitive", "10", "--extreme", "20"])  # thresholds no block reaches: all insensitive
+    with open(f"{tmp}/all/spd_recovery.json") as f:
+        treated = {l: (b["class"], b["method"]) for l, b in json.load(f)["blocks"].items()}
+    check("--distill-all distils insensitive blocks", code == 0 and all(
+        t == ("insensitive", "distill") for t in treated.values()) and len(treated) == len(DROP), f"{treated}")
 
     with torch.no_grad():
         lp = lambda m: m(ids, DROP).log_softmax(-1)[:, CONTEXT - 1:-1].gather(-1, ids[:, CONTEXT:, None])[..., 0]  # noqa: E731
