@@ -1,11 +1,12 @@
 """A checkpoint recovered for Sync-Point Drop (python/spd_recover.py) runs in lowsync with the tp and
 drop set it records (config.json 'lowsync_spd'), and only so.
 
-On a SmolLM2-shaped tiny random LLaMA at tp 3, or at the tp given as the first argument (tp 2: the
-uneven shares 6 + 3 heads, 32 + 64 FFN columns, that lowsync's planner gives): spd_recover.py with head grouping + 25 steps of
-block-to-block distillation for blocks 1 and 2 must lower each block's MSE against the original
-block (and `--distill-all` must distil blocks of every class); lowsync at that tp with parallel.spd.drop [1, 2] must score the recovered checkpoint within 1e-4
-of the PyTorch SPD forward of the same checkpoint (python/spd_model.py, itself checked against
+On a SmolLM2-shaped tiny random LLaMA at tp 3, or at the tp given as the first argument (tp 2:
+the uneven shares 6 + 3 heads, 32 + 64 FFN columns, that lowsync's planner gives): spd_recover.py
+with head grouping + 25 steps of block-to-block distillation for blocks 1 and 2 must lower each
+block's MSE against the original block (and `--distill-all` must distil blocks of every class);
+lowsync at that tp with parallel.spd.drop [1, 2] must score the recovered checkpoint within 1e-4 of
+the PyTorch SPD forward of the same checkpoint (python/spd_model.py, itself checked against
 transformers in test_spd_reference.py), which differs from the unrecovered model's zero-shot SPD;
 other drop sets, another tp, other shares and calibrate are each refused with one error line.
 """
