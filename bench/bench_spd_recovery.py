@@ -123,7 +123,7 @@ def main():
     ap.add_argument("--sens-rows", type=int, default=16, help="of those, rows for the progressive sensitivity")
     ap.add_argument("--sensitive", type=float, default=0.005)
     ap.add_argument("--extreme", type=float, default=0.03)
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--no-lowsync", action="store_true", help="skip the lowsync check of one checkpoint")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "spd_recovery.json"))
