@@ -13,8 +13,8 @@ with Sync-Point Drop (SPD) in chosen blocks, written as lowsync's C++ computes i
 where a_r = Attn_r(norm1(x)) is rank r's partial attention output (its heads, through its columns
 of o_proj) and FFN_r its FFN columns (rows of gate/up, columns of down). Rank r's heads and FFN
 columns are the shares lowsync's planner gives P ranks of equal speed (planning/shares.cpp),
-computed by `tp_shares`. The ranks are simulated in one process: every rank's partial is an
-ordinary tensor, and "all-reduce" is a sum.
+computed by `tp_shares` (uneven where P does not divide the key/value heads: SmolLM2 at tp 2
+and 4). The ranks are simulated in one process: every rank's partial is an ordinary tensor, and "all-reduce" is a sum.
 
 The blocks are nn.Modules whose parameters are the checkpoint's, so that a block can be trained
 (spd_distill.py). Only what SmolLM2-class checkpoints need: model_type llama, no biases, no
@@ -24,6 +24,7 @@ rope_scaling, one model.safetensors; anything else is refused by name.
     logits = model(ids, drop={28, 29})        # ids [B, T] -> logits [B, T, vocab]
 """
 import json
+import math
 import os
 
 import torch
@@ -34,17 +35,79 @@ class ModelError(Exception):
     """A checkpoint this reference does not handle (the message names the key)."""
 
 
+FFN_GRAIN = 16  # planning/shares.h kFfnGrain: FFN columns split in multiples of one AVX-512 vector
+
+
+def _proportional_counts(total, weight, minimum):
+    """planning/shares.cpp proportional_counts: `total` units in proportion to `weight`, each at least
+    `minimum`; floors first, then the largest remainders (ties to the lower rank)."""
+    n, wsum = len(weight), sum(weight)
+    target = [total * w / wsum if wsum > 0 else total / n for w in weight]
+    count = [max(minimum, math.floor(t + 1e-9)) for t in target]
+    left = total - sum(count)
+    while left > 0:
+        best = 0
+        for r in range(1, n):
+            if target[r] - count[r] > target[best] - count[best] + 1e-9:
+                best = r
+        count[best] += 1
+        left -= 1
+    while left < 0:
+        best = -1
+        for r in range(n):
+            if count[r] > minimum and (best < 0 or count[r] - target[r] > count[best] - target[best] + 1e-9):
+                best = r
+        count[best] -= 1
+        left += 1
+    return count
+
+
 def tp_shares(cfg, P):
-    """Rank r's (heads, ffn) as (begin, end) ranges for P ranks of equal speed, as lowsync's
-    tensor_shares gives them when the split is even: whole key/value groups per rank and
-    intermediate_size / P FFN columns each, in order. Splits lowsync would make uneven are refused
-    rather than guessed (the checkpoint records the shares, and lowsync compares them to its plan's)."""
-    nh, nkv, inter = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"]
-    if nkv % P or inter % P:
-        raise ModelError(f"{nkv} key/value heads and {inter} FFN columns do not both split evenly over "
-                         f"tp = {P}; this reference handles even splits only")
-    heads, cols = nh // P, inter // P
-    return [{"heads": (r * heads, (r + 1) * heads), "ffn": (r * cols, (r + 1) * cols)} for r in range(P)]
+    """Rank r's (heads, ffn) as (begin, end) ranges for P ranks of equal speed, exactly as lowsync's
+    planner divides a layer (planning/shares.cpp tensor_shares, equal speeds; tests/mpi/test_spd_reference.py
+    compares the two): whole key/value groups per rank when there are at least P of them, otherwise
+    query heads (a key/value head whose group is split is read by each rank that holds one of its
+    query heads); then FFN columns, in multiples of 16 where the width allows, so that every rank
+    holds the same number of parameters (a rank with fewer heads gets more columns). The checkpoint
+    records these shares and lowsync runs it with exactly them."""
+    nh, nkv, inter, H = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"], cfg["hidden_size"]
+    d = cfg.get("head_dim") or H // nh
+    group = nh // nkv
+    speed = [1.0] * P
+    if nkv >= P:
+        heads = [h * group for h in _proportional_counts(nkv, speed, 1)]
+    elif nh >= P:
+        heads = _proportional_counts(nh, speed, 1)
+    else:
+        raise ModelError(f"tp = {P} exceeds the model's {nh} attention heads; every rank needs at least one head")
+    attention = []  # parameters of q, o (per query head) and k, v (per key/value head read)
+    begins = [sum(heads[:r]) for r in range(P)]
+    for r in range(P):
+        kv = (begins[r] + heads[r] + group - 1) // group - begins[r] // group
+        attention.append(H * d * (2 * heads[r] + 2 * kv))
+    per_column = 3 * H  # gate, up, down
+    total = sum(attention) + per_column * inter
+    wanted = [max(0.0, (total / P - attention[r]) / per_column) for r in range(P)]
+    if sum(wanted) <= 0:
+        wanted = speed
+
+    def split_columns(grain):
+        count = [c * grain for c in _proportional_counts(inter // grain, wanted, 1)]
+        count[-1] += inter - sum(count)
+        return count
+
+    def exact(count):
+        scale = inter / sum(wanted)
+        return all(abs(count[r] - wanted[r] * scale) <= 1e-6 for r in range(P))
+
+    columns = split_columns(1)
+    if inter // FFN_GRAIN >= P:
+        grained = split_columns(FFN_GRAIN)
+        if exact(grained) or not exact(columns):
+            columns = grained
+    ffn_begins = [sum(columns[:r]) for r in range(P)]
+    return [{"heads": (begins[r], begins[r] + heads[r]), "ffn": (ffn_begins[r], ffn_begins[r] + columns[r])}
+            for r in range(P)]
 
 
 def rms_norm(x, w, eps):

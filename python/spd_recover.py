@@ -12,8 +12,10 @@ lowsync runs at that tp with that drop set only (spd_checkpoint.py).
 Calibration text: the token ids of a lowsync prompts HDF5 (README "Prompts"; e.g. make_prompts.py
 output), all rows concatenated and cut into rows of --length tokens. The drop set: --drop, or the
 --share of blocks of least progressive perplexity increase. --method auto (default) treats each
-dropped block by its class (thresholds --sensitive, --extreme: relative perplexity increases);
-zero-shot, distill and head-grouping treat every dropped block so. Runs on the CPU with one thread
+dropped block by its class (thresholds --sensitive, --extreme: relative perplexity increases), and
+with --distill-all distils the insensitive ones too (on SmolLM2 several "insensitive" blocks cost
+together far more than each alone: bench_spd_recovery.py); zero-shot, distill and head-grouping
+treat every dropped block so. Runs on the CPU with one thread
 (a few hundred distillation steps a block: minutes for SmolLM2-135M).
 """
 import argparse
@@ -92,10 +94,11 @@ def main(argv=None):
     which.add_argument("--drop", help="comma-separated layers whose sync is dropped")
     which.add_argument("--share", type=float, help="share of blocks dropped (least sensitive first), 0..1")
     ap.add_argument("--method", default="auto", choices=["auto"] + [m.value for m in Method])
+    ap.add_argument("--distill-all", action="store_true", help="with --method auto: distil insensitive blocks too")
     ap.add_argument("--sensitive", type=float, default=0.005, help="relative perplexity increase from which a block is sensitive")
     ap.add_argument("--extreme", type=float, default=0.03, help="... extremely sensitive")
     ap.add_argument("--steps", type=int, default=200, help="distillation steps per block")
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=3e-4)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     try:
@@ -125,6 +128,8 @@ def main(argv=None):
         if a.method == "auto":
             cls = spd_sensitivity.classify(sens[l]["increase"], a.sensitive, a.extreme)
             method = BY_CLASS[cls]
+            if a.distill_all and method == Method.ZERO_SHOT:
+                method = Method.DISTILL
         else:
             cls, method = None, Method(a.method)
         print(f"  block {l}: {cls.value if cls else 'unclassified'} -> {method.value}", flush=True)

@@ -8,8 +8,9 @@ head outputs and of the FFN intermediate with forward hooks on o_proj and down_p
     m_r = down_proj restricted to rank r's FFN columns, of mlp(post_attention_layernorm(x + a_r))
     y   = x + sum_r (a_r + m_r)
 
-Rank r's heads and columns are contiguous equal slices (P ranks, even split). Nothing here is shared
-with spd_model.py.
+Rank r's heads and columns are contiguous slices: equal ones (P ranks, even split), or the ranges a
+plan states (`shares`: lowsync's plan.yaml, for the uneven splits of tp 2 and 4 on 3 key/value
+heads). Nothing here is shared with spd_model.py.
 """
 import types
 
@@ -23,10 +24,13 @@ def _capture_input(module):
     return box, handle
 
 
-def _spd_forward(layer, P):
+def _even_shares(n_heads, inter, P):
+    return [((r * n_heads // P, (r + 1) * n_heads // P), (r * inter // P, (r + 1) * inter // P)) for r in range(P)]
+
+
+def _spd_forward(layer, shares):
     attn, mlp = layer.self_attn, layer.mlp
-    n_heads, head_dim = attn.num_heads, attn.head_dim
-    inter = mlp.down_proj.in_features
+    head_dim = attn.head_dim
 
     def forward(self, hidden_states, **kwargs):
         x = hidden_states
@@ -35,13 +39,13 @@ def _spd_forward(layer, P):
         handle.remove()
         heads = box["x"]                                              # [B, T, n_heads * head_dim]
         y = x.clone()
-        for r in range(P):
-            cols = slice(r * n_heads // P * head_dim, (r + 1) * n_heads // P * head_dim)
+        for (h0, h1), (f0, f1) in shares:
+            cols = slice(h0 * head_dim, h1 * head_dim)
             a_r = F.linear(heads[..., cols], attn.o_proj.weight[:, cols])
             box, handle = _capture_input(mlp.down_proj)
             mlp(self.post_attention_layernorm(x + a_r))
             handle.remove()
-            f = slice(r * inter // P, (r + 1) * inter // P)
+            f = slice(f0, f1)
             m_r = F.linear(box["x"][..., f], mlp.down_proj.weight[:, f])
             y = y + a_r + m_r
         return (y,)
@@ -50,14 +54,17 @@ def _spd_forward(layer, P):
 
 
 @torch.no_grad()
-def spd_logits(hf_model, ids, drop, P):
+def spd_logits(hf_model, ids, drop, P, shares=None):
     """logits [B, T, vocab] of a LlamaForCausalLM with the layers in `drop` run as SPD at P ranks
-    (the model's other layers untouched; the model is restored afterwards)."""
+    (the model's other layers untouched; the model is restored afterwards). shares: rank r's
+    ((first head, end), (first FFN column, end)), default equal slices."""
     layers = hf_model.model.layers
+    cfg = hf_model.config
+    shares = shares or _even_shares(cfg.num_attention_heads, cfg.intermediate_size, P)
     saved = {}
     for l in drop:
         saved[l] = layers[l].forward
-        layers[l].forward = types.MethodType(_spd_forward(layers[l], P), layers[l])
+        layers[l].forward = types.MethodType(_spd_forward(layers[l], shares), layers[l])
     try:
         return hf_model(ids, use_cache=False).logits
     finally:

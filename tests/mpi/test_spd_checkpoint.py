@@ -1,12 +1,14 @@
 """A checkpoint recovered for Sync-Point Drop (python/spd_recover.py) runs in lowsync with the tp and
 drop set it records (config.json 'lowsync_spd'), and only so.
 
-On a SmolLM2-shaped tiny random LLaMA at tp 3: spd_recover.py with head grouping + 25 steps of
-block-to-block distillation for blocks 1 and 2 must lower each block's MSE against the original
-block; lowsync at tp 3 with parallel.spd.drop [1, 2] must score the recovered checkpoint within 1e-4
-of the PyTorch SPD forward of the same checkpoint (python/spd_model.py, itself checked against
+On a SmolLM2-shaped tiny random LLaMA at tp 3, or at the tp given as the first argument (tp 2:
+the uneven shares 6 + 3 heads, 32 + 64 FFN columns, that lowsync's planner gives): spd_recover.py
+with head grouping + 25 steps of block-to-block distillation for blocks 1 and 2 must lower each
+block's MSE against the original block (and `--distill-all` must distil blocks of every class);
+lowsync at that tp with parallel.spd.drop [1, 2] must score the recovered checkpoint within 1e-4 of
+the PyTorch SPD forward of the same checkpoint (python/spd_model.py, itself checked against
 transformers in test_spd_reference.py), which differs from the unrecovered model's zero-shot SPD;
-other drop sets, another tp, uneven shares and calibrate are each refused with one error line.
+other drop sets, another tp, other shares and calibrate are each refused with one error line.
 """
 import json
 import os
@@ -28,7 +30,12 @@ from test_spd_reference import tiny_model  # noqa: E402
 import spd_model  # noqa: E402
 import spd_recover  # noqa: E402
 
-TP, DROP, CONTEXT, TOL = 3, [1, 2], 4, 1e-4
+TP = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+DROP, CONTEXT, TOL = [1, 2], 4, 1e-4
+# Rank r's (query heads, FFN columns) of the tiny model as the planner divides it, and speeds that
+# divide it otherwise.
+SHARES = {3: ([3, 3, 3], [32, 32, 32]), 2: ([6, 3], [32, 64])}[TP]
+OTHER_SPEEDS = {3: [4, 1, 1], 2: [1, 4]}[TP]
 
 
 def run(tmp, model_dir, np_, drop, extra=None, command="run"):
@@ -59,14 +66,23 @@ def main():
     check("spd_recover.py writes the checkpoint", code == 0, f"exit {code}")
     with open(f"{rec}/config.json") as f:
         recorded = json.load(f)["lowsync_spd"]
-    check("config.json records tp, drop set and shares", recorded == {"tp": TP, "drop": DROP, "heads": [3, 3, 3],
-                                                                       "ffn": [32, 32, 32]}, f"{recorded}")
+    check("config.json records tp, drop set and shares", recorded == {"tp": TP, "drop": DROP, "heads": SHARES[0],
+                                                                       "ffn": SHARES[1]}, f"{recorded}")
     with open(f"{rec}/spd_recovery.json") as f:
         blocks = json.load(f)["blocks"]
     for l in DROP:
         b = blocks[str(l)]
         check(f"block {l}: distillation lowers its MSE", b["mse_distilled"] < b["mse_zero_shot"],
               f"{b['mse_zero_shot']:.4g} -> {b['mse_distilled']:.4g}")
+
+    # --method auto --distill-all: no dropped block stays as it was, whatever its class.
+    code = spd_recover.main([f"{tmp}/tiny", f"{tmp}/all", "--tp", str(TP), "--prompts", f"{tmp}/cal.h5", "--length",
+                             "24", "--drop", ",".join(map(str, DROP)), "--distill-all", "--steps", "5",
+                             "--sensitive", "10", "--extreme", "20"])  # thresholds no block reaches: all insensitive
+    with open(f"{tmp}/all/spd_recovery.json") as f:
+        treated = {l: (b["class"], b["method"]) for l, b in json.load(f)["blocks"].items()}
+    check("--distill-all distils insensitive blocks", code == 0 and all(
+        t == ("insensitive", "distill") for t in treated.values()) and len(treated) == len(DROP), f"{treated}")
 
     with torch.no_grad():
         lp = lambda m: m(ids, DROP).log_softmax(-1)[:, CONTEXT - 1:-1].gather(-1, ids[:, CONTEXT:, None])[..., 0]  # noqa: E731
@@ -83,13 +99,13 @@ def main():
     for what, np_, drop, extra, command in [("another drop set", TP, [1], None, "run"),
                                             ("no drop set", TP, [], None, "run"),
                                             ("another tp", 1, DROP, None, "run"),
-                                            ("uneven shares", TP, DROP, {"speeds": [4, 1, 1]}, "run"),
+                                            ("other shares", TP, DROP, {"speeds": OTHER_SPEEDS}, "run"),
                                             ("calibrate", TP, DROP, None, "calibrate")]:
         p, _ = run(tmp, rec, np_, drop, extra, command)
         lines = [l for l in p.stderr.splitlines() if l.startswith("lowsync: error:")]
         ok = p.returncode == 1 and len(lines) == 1 and "Sync-Point Drop" in lines[0]
         check(f"refused: {what}", ok, lines[0] if lines else f"exit {p.returncode}: {p.stderr.strip()[-300:]}")
-    finish("spd_checkpoint")
+    finish(f"spd_checkpoint (tp {TP})")
 
 
 if __name__ == "__main__":

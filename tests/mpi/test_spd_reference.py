@@ -1,16 +1,18 @@
 """Sync-Point Drop against an independent reference, on a SmolLM2-shaped tiny random LLaMA (9 query
-heads in 3 key/value groups, FFN 96, tied embeddings) at tp 3:
+heads in 3 key/value groups, FFN 96, tied embeddings) at tp 3, or at the tp given as the first
+argument (tp 2: uneven shares, 6 + 3 heads, the FFN columns balancing the parameters):
 
 1. python/spd_model.py (the PyTorch SPD forward the recovery tools train and measure with) with no
    block dropped equals transformers' logits;
 2. with blocks dropped it equals spd_hf_reference.py, SPD built from transformers' own LLaMA modules
    with hooks (no code shared), and is far from full TP (so the comparison has teeth);
-3. lowsync at tp 3 with the same parallel.spd.drop scores within 1e-4 of it, and its plan's shares
-   are spd_model.tp_shares's;
+3. lowsync at that tp with the same parallel.spd.drop scores within 1e-4 of it, and its plan's
+   shares are spd_model.tp_shares's (the transformers construction of 2 takes lowsync's shares);
 4. `lowsync calibrate` with calibrate.method progressive gives the same progressive perplexity
    increases as python/spd_sensitivity.py (within 1e-4);
 5. head grouping (python/spd_head_grouping.py) permutes a block without changing full TP's output,
-   and lowers that block's SPD deviation on the activations it was computed from.
+   keeps every rank's share sizes, and lowers that block's SPD deviation on the activations it was
+   computed from.
 Together 2, 3 and 4 validate both the Python reference and lowsync's SPD blocks.
 """
 import os
@@ -32,7 +34,8 @@ import spd_head_grouping  # noqa: E402
 import spd_model  # noqa: E402
 import spd_sensitivity  # noqa: E402
 
-TP, DROP, CONTEXT, TOL = 3, [0, 2], 4, 1e-4
+TP = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+DROP, CONTEXT, TOL = [0, 2], 4, 1e-4
 
 
 def tiny_model(path):
@@ -47,7 +50,7 @@ def tiny_model(path):
 
 
 def lowsync_scores(tmp, model_dir, ids, drop):
-    """lowsync's per-target log-probs [N, T - CONTEXT] at tp 3 with `drop`, and the plan it ran."""
+    """lowsync's per-target log-probs [N, T - CONTEXT] at tp TP with `drop`, and the plan it ran."""
     out = f"{tmp}/scores_{len(drop)}.h5"
     job = {"model": model_dir, "task": "score", "input": f"{tmp}/prompts.h5", "output": out,
            "parallel": {"tp": TP, "spd": {"drop": drop}}}
@@ -66,22 +69,25 @@ def main():
     ids = torch.from_numpy(np.random.default_rng(5).integers(3, 200, (4, 20)))
     write_prompts(f"{tmp}/prompts.h5", [r[:CONTEXT] for r in ids.numpy()], [r[CONTEXT:] for r in ids.numpy()])
 
+    got, plan = lowsync_scores(tmp, f"{tmp}/tiny", ids, DROP)
+    plan_shares = [((s["heads"][0], sum(s["heads"])), (s["ffn"][0], sum(s["ffn"]))) for s in plan["shares"]]
     with torch.no_grad():
         full = hf(ids, use_cache=False).logits
         err = (ref(ids) - full).abs().max().item()
         check("spd_model, nothing dropped, against transformers", err < TOL, f"max |logit diff| {err:.2e}")
-        mine, indep = ref(ids, DROP), spd_hf_reference.spd_logits(hf, ids, DROP, TP)
+        mine, indep = ref(ids, DROP), spd_hf_reference.spd_logits(hf, ids, DROP, TP, plan_shares)
         err, moved = (mine - indep).abs().max().item(), (indep - full).abs().max().item()
         check(f"spd_model with drop {DROP} at tp {TP} against SPD from transformers' modules", err < TOL,
               f"max |logit diff| {err:.2e}")
         check("SPD changes the output (the comparison has teeth)", moved > 0.1, f"max |SPD - full| {moved:.2f}")
         want = mine.log_softmax(-1)[:, CONTEXT - 1:-1].gather(-1, ids[:, CONTEXT:, None])[..., 0].numpy()
 
-    got, plan = lowsync_scores(tmp, f"{tmp}/tiny", ids, DROP)
     err = float(np.abs(got - want).max())
     check(f"lowsync at tp {TP} with parallel.spd.drop {DROP} against spd_model", err < TOL, f"max |logprob diff| {err:.2e}")
-    shares = [{"heads": (s["heads"][0], sum(s["heads"])), "ffn": (s["ffn"][0], sum(s["ffn"]))} for s in plan["shares"]]
+    shares = [{"heads": h, "ffn": f} for h, f in plan_shares]
     check("lowsync's shares are spd_model.tp_shares's", shares == spd_model.tp_shares(ref.cfg, TP), f"{shares}")
+    sizes = {(h1 - h0, f1 - f0) for (h0, h1), (f0, f1) in plan_shares}
+    check(f"the shares at tp {TP} are {'uneven' if TP == 2 else 'even'}", (len(sizes) > 1) == (TP == 2), f"{shares}")
 
     with h5py.File(f"{tmp}/cal.h5", "w") as f:  # the same rows, whole, as calibration prompts
         f["input_ids"] = ids.numpy().astype(np.int32).ravel()
@@ -105,13 +111,18 @@ def main():
         cos, sin = ref.rope(ids.shape[1])
         block = ref.blocks[1]
         full_out, spd_out = block(x, cos, sin), block(x, cos, sin, spd=True)
-        spd_head_grouping.head_grouping(block, x, cos, sin, log=lambda s: None)
+        units, columns = spd_head_grouping.head_grouping(block, x, cos, sin, log=lambda s: None)
         err = (block(x, cos, sin) - full_out).abs().max().item()
         check("head grouping keeps full TP's block output", err < TOL, f"max diff {err:.2e}")
+        group = ref.cfg["num_attention_heads"] // ref.cfg["num_key_value_heads"]
+        kept = all(len(units[r]) * group == h1 - h0 and len(columns[r]) == f1 - f0
+                   for r, ((h0, h1), (f0, f1)) in enumerate(plan_shares))
+        check("head grouping keeps every rank's share sizes", kept, f"units {units}, columns per rank "
+              f"{[len(c) for c in columns]}")
         before = (spd_out - full_out).pow(2).mean().item()
         after = (block(x, cos, sin, spd=True) - full_out).pow(2).mean().item()
         check("head grouping lowers the block's SPD deviation", after < before, f"MSE {before:.4g} -> {after:.4g}")
-    finish("spd_reference")
+    finish(f"spd_reference (tp {TP})")
 
 
 if __name__ == "__main__":
