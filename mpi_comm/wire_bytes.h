@@ -39,11 +39,13 @@ double broadcast_wire_bytes(int ranks, int64_t bytes);
 //    rounded once), each rank sums its chunk in fp32 in rank order, and the sums travel as bf16
 //    (rounded once more, relative 2^-8) in an all-gather; sends (P-1)/P (E + E_bf16) per rank, in
 //    1 + log2(P) rounds or more.
-// Gather sends more bytes but saves a round or two: it is taken while its extra bytes, at most
-// (P-1) E - (P-1)/P (E + E_bf16), stay below kSyncGatherExtraBytes, about two rounds' worth
-// (2 x 500 us at 100 Mbit/s, 2 x 100 us at 1 Gbit/s: 12.5 and 25 KB).
+// Gather sends more bytes but saves a round or two: it is taken while its extra bytes,
+// (P-1) E - (P-1)/P (E + E_bf16), stay below kSyncGatherExtraBytes, about what one round costs at
+// 100 Mbit/s with 500 us one-way (6.25 KB). Measured there at 4 ranks (bench_sync_probe, best of 9
+// interleaved trials): a 16-row q8 sync took 3.8 ms gathered (11 KB more) where a bf16 one of 27.6
+// KB took 2.7 ms the other way, so gathering pays only for a few rows.
 enum class CompressedAllReduce { Gather, ReduceScatter };
-constexpr double kSyncGatherExtraBytes = 16384;
+constexpr double kSyncGatherExtraBytes = 6144;
 
 CompressedAllReduce compressed_allreduce_algorithm(int ranks, int64_t n, SyncDType d);
 const char* algorithm_name(CompressedAllReduce a);  // "gather", "reduce-scatter"

@@ -57,10 +57,13 @@ TEST(WireBytes, CompressedSyncWays) {
   EXPECT_EQ(compressed_allreduce_algorithm(4, 576, q8), CompressedAllReduce::Gather);
   EXPECT_EQ(compressed_allreduce_message_bytes(4, 576, q8), 702);
   EXPECT_DOUBLE_EQ(compressed_allreduce_wire_bytes(4, 576, q8), 3 * 702);
-  // 16 rows: gather 3 x 11232 = 33696; the other way 3 x 2808 (chunks of 2304) + 3 x 4608 (bf16
-  // sums) = 22248; 11448 more is within kSyncGatherExtraBytes: gather.
-  EXPECT_EQ(compressed_allreduce_algorithm(4, 16 * 576, q8), CompressedAllReduce::Gather);
-  EXPECT_DOUBLE_EQ(compressed_allreduce_wire_bytes(4, 16 * 576, q8), 33696);
+  // 4 rows: gather 3 x 2808 = 8424; the other way 3 x 702 (chunks of 576) + 3 x 1152 (bf16 sums)
+  // = 5562; 2862 more is within kSyncGatherExtraBytes: gather.
+  EXPECT_EQ(compressed_allreduce_algorithm(4, 4 * 576, q8), CompressedAllReduce::Gather);
+  EXPECT_DOUBLE_EQ(compressed_allreduce_wire_bytes(4, 4 * 576, q8), 8424);
+  // 16 rows: gather 3 x 11232 = 33696; the other way 3 x 2808 (chunks of 2304) + 3 x 4608 = 22248.
+  EXPECT_EQ(compressed_allreduce_algorithm(4, 16 * 576, q8), CompressedAllReduce::ReduceScatter);
+  EXPECT_DOUBLE_EQ(compressed_allreduce_wire_bytes(4, 16 * 576, q8), 22248);
   // 64 rows: gather would send 134784, the other way 3 x 11232 + 3 x 18432 = 88992.
   EXPECT_EQ(compressed_allreduce_algorithm(4, 64 * 576, q8), CompressedAllReduce::ReduceScatter);
   EXPECT_EQ(compressed_allreduce_message_bytes(4, 64 * 576, q8), 44928);
