@@ -78,15 +78,50 @@ void Communicator::all_reduce(float* data, int64_t n) {
 
 void Communicator::all_reduce(float* data, int64_t n, SyncDType dtype) {
   if (dtype == SyncDType::F32 || size_ == 1) return all_reduce(data, n);
-  // Rank r owns values [r chunk, (r + 1) chunk) of the zero-padded vector; a q8 block never
-  // straddles two chunks.
-  const int64_t grain = sync_grain(dtype);
-  const int64_t chunk = (n + size_ * grain - 1) / (size_ * grain) * grain;
-  const int64_t chunk_bytes = encoded_bytes(dtype, chunk);
-  // On the wire: the all-to-all sends the P-1 chunks other ranks own, the all-gather this rank's
-  // summed chunk to the P-1 others.
-  Timer t(counters_, chunk_bytes * size_, double(size_ - 1) * chunk_bytes + allgather_wire_bytes(size_, chunk_bytes),
-          name_, dtype == SyncDType::BF16 ? "Allreduce_bf16" : "Allreduce_q8");
+  // Which way, what it hands over and what it sends: mpi_comm/wire_bytes.h.
+  const CompressedAllReduce way = compressed_allreduce_algorithm(size_, n, dtype);
+  Timer t(counters_, compressed_allreduce_message_bytes(size_, n, dtype),
+          compressed_allreduce_wire_bytes(size_, n, dtype), name_,
+          dtype == SyncDType::BF16 ? "Allreduce_bf16" : "Allreduce_q8");
+  if (way == CompressedAllReduce::Gather)
+    gather_and_sum(data, n, dtype);
+  else
+    reduce_scatter_and_gather(data, n, dtype);
+}
+
+// Every rank's encoded partial to every rank, each rank summing all of them, decoded, in fp32 in
+// rank order: the same bytes and the same order on every rank, so identical sums.
+void Communicator::gather_and_sum(float* data, int64_t n, SyncDType dtype) {
+  const int64_t padded = sync_padded(dtype, n), bytes = encoded_bytes(dtype, padded);
+  std::vector<float>& v = sync_.values;
+  v.assign(static_cast<size_t>(padded), 0.f);
+  std::copy(data, data + n, v.begin());
+  sync_.recv.resize(static_cast<size_t>(bytes * size_));
+  encode(dtype, v.data(), padded, sync_.recv.data() + rank_ * bytes);
+  if ((size_ & (size_ - 1)) == 0) {
+    // Recursive doubling: at step d this rank holds the partials of its aligned group of d ranks
+    // and swaps them for the partner group's (rank ^ d): log2(P) rounds.
+    for (int d = 1; d < size_; d *= 2) {
+      const int partner = rank_ ^ d, mine = rank_ / d * d, theirs = partner / d * d;
+      check(MPI_Sendrecv(sync_.recv.data() + mine * bytes, static_cast<int>(d * bytes), MPI_BYTE, partner, kSyncTag,
+                         sync_.recv.data() + theirs * bytes, static_cast<int>(d * bytes), MPI_BYTE, partner, kSyncTag,
+                         comm_, MPI_STATUS_IGNORE), "Sendrecv");
+    }
+  } else {
+    check(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, sync_.recv.data(), static_cast<int>(bytes), MPI_BYTE, comm_),
+          "Allgather");
+  }
+  std::fill(v.begin(), v.end(), 0.f);
+  for (int r = 0; r < size_; ++r) decode_add(dtype, sync_.recv.data() + r * bytes, padded, v.data());
+  std::copy(v.begin(), v.begin() + n, data);
+}
+
+// Rank r owns values [r chunk, (r + 1) chunk) of the zero-padded vector (a q8 block never
+// straddles two chunks): an all-to-all of encoded chunks, this rank's chunk summed in fp32 in rank
+// order, and the sums all-gathered as bf16, which every rank decodes alike.
+void Communicator::reduce_scatter_and_gather(float* data, int64_t n, SyncDType dtype) {
+  const int64_t chunk = compressed_chunk(size_, n, dtype);
+  const int64_t chunk_bytes = encoded_bytes(dtype, chunk), sum_bytes = encoded_bytes(SyncDType::BF16, chunk);
   std::vector<float>& v = sync_.values;
   v.assign(static_cast<size_t>(chunk * size_), 0.f);
   std::copy(data, data + n, v.begin());
@@ -95,14 +130,15 @@ void Communicator::all_reduce(float* data, int64_t n, SyncDType dtype) {
   for (int r = 0; r < size_; ++r) encode(dtype, v.data() + r * chunk, chunk, sync_.send.data() + r * chunk_bytes);
   check(MPI_Alltoall(sync_.send.data(), static_cast<int>(chunk_bytes), MPI_BYTE, sync_.recv.data(),
                      static_cast<int>(chunk_bytes), MPI_BYTE, comm_), "Alltoall");
-  // This rank's chunk from every rank, summed in fp32 in rank order.
   float* sum = v.data() + rank_ * chunk;
   std::fill(sum, sum + chunk, 0.f);
   for (int r = 0; r < size_; ++r) decode_add(dtype, sync_.recv.data() + r * chunk_bytes, chunk, sum);
-  encode(dtype, sum, chunk, sync_.send.data());
-  check(MPI_Allgather(sync_.send.data(), static_cast<int>(chunk_bytes), MPI_BYTE, sync_.recv.data(),
-                      static_cast<int>(chunk_bytes), MPI_BYTE, comm_), "Allgather");
-  for (int r = 0; r < size_; ++r) decode(dtype, sync_.recv.data() + r * chunk_bytes, chunk, v.data() + r * chunk);
+  encode(SyncDType::BF16, sum, chunk, sync_.send.data());
+  sync_.recv.resize(static_cast<size_t>(sum_bytes * size_));
+  check(MPI_Allgather(sync_.send.data(), static_cast<int>(sum_bytes), MPI_BYTE, sync_.recv.data(),
+                      static_cast<int>(sum_bytes), MPI_BYTE, comm_), "Allgather");
+  for (int r = 0; r < size_; ++r)
+    decode(SyncDType::BF16, sync_.recv.data() + r * sum_bytes, chunk, v.data() + r * chunk);
   std::copy(v.begin(), v.begin() + n, data);
 }
 

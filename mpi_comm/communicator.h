@@ -50,9 +50,10 @@ class Communicator {
   // Collectives, in place where MPI allows it.
   void all_reduce(float* data, int64_t n);                     // sum
   void all_reduce(double* data, int64_t n);                    // sum
-  // Sum with the payload compressed as `dtype` (fp32: the plain all-reduce above): a
-  // reduce-scatter (all-to-all of encoded chunks, summed in fp32) then an all-gather of the encoded
-  // sums; identical results on every rank. Counted as one call of its encoded bytes.
+  // Sum with the payload compressed as `dtype` (fp32: the plain all-reduce above), identical on
+  // every rank: small messages gather every rank's encoded partial and sum in fp32 (each partial
+  // rounded once), large ones reduce-scatter encoded chunks and all-gather the sums as bf16
+  // (mpi_comm/wire_bytes.h says which when). Counted as one call of its encoded partial.
   void all_reduce(float* data, int64_t n, SyncDType dtype);
   void all_reduce_max(int64_t* data, int64_t n);
   void all_gather(const float* send, int64_t n, float* recv);  // recv: n * size
@@ -92,6 +93,9 @@ class Communicator {
 
  private:
   void check(int err, const char* call) const;
+  void gather_and_sum(float* data, int64_t n, SyncDType dtype);             // all_reduce(.., dtype)'s two ways
+  void reduce_scatter_and_gather(float* data, int64_t n, SyncDType dtype);
+  static constexpr int kSyncTag = 0x5359;  // the gather's point-to-point swaps (no other message uses it)
   MPI_Comm comm_ = MPI_COMM_NULL;
   std::string name_;
   int rank_ = 0, size_ = 1;

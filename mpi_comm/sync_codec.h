@@ -1,12 +1,19 @@
 #pragma once
-// How the payload of a model sync (tensor parallelism, SPD, block parallelism) travels:
-// `parallel.sync_dtype`. fp32 sends the partial sums as they are (MPI_Allreduce, exact as the
-// reference). bf16 and q8 compress them for slow links: each value is rounded to bfloat16
-// (2 bytes), or quantised in blocks of 32 with one fp32 scale per block, int8 values (36 bytes per
-// 32 values, GGUF's Q8_0 with an fp32 scale). Sums are always taken in fp32 (Communicator::
-// all_reduce(float*, n, SyncDType): each rank's partial is encoded once, summed in fp32 by the rank
-// that owns the chunk, and the sum encoded once more for the all-gather; every rank decodes the
-// same bytes, so all ranks hold identical results).
+// How the payload of a model sync (tensor parallelism, SPD, block parallelism) is encoded on the
+// wire: `parallel.sync_dtype`. fp32 sends the partial sums as they are (MPI_Allreduce, exact as the
+// reference). bf16 and q8 compress them for slow links:
+//  - bf16: each value rounded to bfloat16 (2 bytes; relative error <= 2^-8).
+//  - q8: blocks of 32 values. A block's largest |x| travels apart, exact (fp32 value + its index),
+//    because SmolLM2's partial sums have outlier channels (largest / median |x| up to ~6e4): one
+//    such value would set the scale of its whole block and flatten the other 31 to zero
+//    (bench/sync_codec_study.py: top-1 0.965 -> 0.994 against fp32 syncs). The other 31 are int8
+//    of one bf16 scale s = max |rest| / 127, rounded up to a bf16 so that |q| <= 127 (bf16, not
+//    fp16: no subnormal scales for small blocks, no overflow): 4 + 2 + 1 + 32 = 39 bytes per 32
+//    values. Error: 0 for the outlier, <= s / 2 for the others, s <= max |rest| / 127 x (1 + 2^-7).
+// How often a value is rounded in a sync: Communicator::all_reduce(float*, n, SyncDType) (and
+// mpi_comm/wire_bytes.h's compressed_allreduce_algorithm) says; in short, each rank's partial is
+// encoded exactly once, partials are summed in fp32 in rank order, and a large sync's sum is
+// rounded once more, to bf16, for its all-gather.
 #include <cstdint>
 #include <string>
 
@@ -27,13 +34,15 @@ inline bool parse_sync_dtype(const std::string& name, SyncDType& out) {  // fals
   return false;
 }
 
-constexpr int kQ8Block = 32;                           // values per q8 block
-constexpr int kQ8BlockBytes = 4 + kQ8Block;            // fp32 scale + int8 values
+constexpr int kQ8Block = 32;                   // values per q8 block
+constexpr int kQ8BlockBytes = 4 + 2 + 1 + kQ8Block;  // fp32 outlier, bf16 scale, outlier index, int8 values
 // Values per chunk must be a multiple of this for the dtype (a q8 block is never split).
 inline int64_t sync_grain(SyncDType d) { return d == SyncDType::Q8 ? kQ8Block : 1; }
+// n rounded up to a multiple of the grain (the zero-padded length a sync encodes).
+inline int64_t sync_padded(SyncDType d, int64_t n) { return (n + sync_grain(d) - 1) / sync_grain(d) * sync_grain(d); }
 // Bytes on the wire for n values (n a multiple of sync_grain).
 int64_t encoded_bytes(SyncDType d, int64_t n);
-// Bytes per value on the wire, for the cost model: 4, 2 or 36/32.
+// Bytes per value on the wire: 4, 2 or 39/32.
 double sync_bytes_per_value(SyncDType d);
 
 // x[0, n) -> out[0, encoded_bytes(d, n)).

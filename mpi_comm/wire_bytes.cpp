@@ -70,4 +70,41 @@ double broadcast_wire_bytes(int ranks, int64_t bytes) {
   return ranks <= 1 ? 0 : (ranks - 1) * static_cast<double>(bytes) / ranks;
 }
 
+int64_t compressed_chunk(int ranks, int64_t n, SyncDType d) {
+  const int64_t grain = sync_grain(d);
+  return (n + ranks * grain - 1) / (ranks * grain) * grain;
+}
+
+namespace {
+double gather_wire_bytes(int ranks, int64_t n, SyncDType d) {
+  return allgather_wire_bytes(ranks, encoded_bytes(d, sync_padded(d, n)));
+}
+double reduce_scatter_way_wire_bytes(int ranks, int64_t n, SyncDType d) {
+  const int64_t chunk = compressed_chunk(ranks, n, d);
+  return double(ranks - 1) * encoded_bytes(d, chunk) + allgather_wire_bytes(ranks, encoded_bytes(SyncDType::BF16, chunk));
+}
+}  // namespace
+
+CompressedAllReduce compressed_allreduce_algorithm(int ranks, int64_t n, SyncDType d) {
+  const double extra = gather_wire_bytes(ranks, n, d) - reduce_scatter_way_wire_bytes(ranks, n, d);
+  return extra <= kSyncGatherExtraBytes ? CompressedAllReduce::Gather : CompressedAllReduce::ReduceScatter;
+}
+
+const char* algorithm_name(CompressedAllReduce a) {
+  return a == CompressedAllReduce::Gather ? "gather" : "reduce-scatter";
+}
+
+int64_t compressed_allreduce_message_bytes(int ranks, int64_t n, SyncDType d) {
+  return compressed_allreduce_algorithm(ranks, n, d) == CompressedAllReduce::Gather
+             ? encoded_bytes(d, sync_padded(d, n))
+             : encoded_bytes(d, compressed_chunk(ranks, n, d) * ranks);
+}
+
+double compressed_allreduce_wire_bytes(int ranks, int64_t n, SyncDType d) {
+  if (ranks <= 1) return 0;
+  return compressed_allreduce_algorithm(ranks, n, d) == CompressedAllReduce::Gather
+             ? gather_wire_bytes(ranks, n, d)
+             : reduce_scatter_way_wire_bytes(ranks, n, d);
+}
+
 }  // namespace lowsync

@@ -1,8 +1,10 @@
 #include "planning/cost_model.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "io/error.h"
+#include "mpi_comm/wire_bytes.h"
 #include "planning/shares.h"
 
 namespace lowsync {
@@ -100,6 +102,19 @@ double all_reduce_seconds(const AllReduceLink& a, double bytes) {
   return s.back().seconds + (a.link.bytes_per_s > 0 ? (bytes - double(s.back().bytes)) / a.link.bytes_per_s : 0);
 }
 
+// Seconds of one sync of `values` activations over a group of `ranks`: fp32 is the measured
+// all-reduce of their bytes. A compressed sync (parallel.sync_dtype; its two ways in
+// mpi_comm/wire_bytes.h) is charged as the fp32 all-reduce that puts as many bytes on the wire per
+// rank as it does; the rounds are alike (log2 P for the small syncs that gather, as recursive
+// doubling; for large ones 1 + log2 P or more, against Rabenseifner's 2 log2 P).
+double sync_seconds(const AllReduceLink& a, int ranks, SyncDType d, double values) {
+  const double fp32 = values * kFloat;
+  if (d == SyncDType::F32 || ranks <= 1) return all_reduce_seconds(a, fp32);
+  const double wire = compressed_allreduce_wire_bytes(ranks, std::llround(values), d);
+  const double fp32_wire = allreduce_wire_bytes(ranks, std::llround(fp32));
+  return all_reduce_seconds(a, fp32_wire > 0 ? fp32 * wire / fp32_wire : fp32);
+}
+
 // One stage's activations to the next: the fitted point-to-point link between the two ranks (or
 // between any neighbours the profile measured, links being alike), else nothing to pay.
 double send_seconds(const Profile& profile, int from, int to, double bytes) {
@@ -187,7 +202,7 @@ Prediction predict(const Plan& plan, const ModelConfig& m, const Profile& profil
                                           : streamed * layer_bytes / (std::max(rp.read_bytes_per_s, 1e6) / 2);
         slowest = std::max(slowest, std::max(compute, stream));
       }
-      double c = link ? plan.syncs_in_stage(st, m) * all_reduce_seconds(*link, p.tokens * sync_token_bytes) : 0;
+      double c = link ? plan.syncs_in_stage(st, m) * sync_seconds(*link, plan.group, plan.sync_dtype, p.tokens * m.hidden) : 0;
       // A split head's all-gather, timed as an all-reduce of the gathered bytes (the same latency
       // per step; ring all-gather and all-reduce send about as many bytes for that size).
       if (link && plan.head_split() && st + 1 == plan.pp && p.logits_rows > 0)

@@ -3,7 +3,8 @@
 // share's products at the measured matmul rates, the bytes attention and element-wise work read at
 // the measured bandwidth, the LM head (whole on every rank, or its rows of a split head); per pass,
 // the slowest rank of a replica sets the pace, each sync costs the fitted all-reduce time of its
-// activation bytes, and a split head's merge (one all-gather per pass) that of the bytes gathered.
+// activation bytes (a compressed sync: that of the fp32 message sending as many bytes on the
+// wire), and a split head's merge (one all-gather per pass) that of the bytes gathered.
 #include "io/model_config.h"
 #include "planning/plan.h"
 #include "planning/profile.h"

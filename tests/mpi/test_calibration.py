@@ -26,26 +26,32 @@ MAX_KL, MIN_TOP1 = 0.05, 0.9
 
 
 def compressed_sum(dtype):
-    """parallel.sync_dtype's all-reduce, from its definition (mpi_comm/sync_codec.h): every partial
-    encoded once, summed in fp32 in rank order, the sum encoded once. bf16: round to nearest even;
-    q8: blocks of 32 consecutive values of the flattened tensor, scale max|x| / 127, round half to
-    even, clamp to +-127."""
+    """parallel.sync_dtype's all-reduce at tp = 2, from its definition (mpi_comm/sync_codec.h,
+    wire_bytes.h): at two ranks every sync takes the gather way, each partial encoded once and the
+    decoded partials summed in fp32 in rank order. bf16: round to nearest even; q8: blocks of 32
+    consecutive values of the flattened tensor, the block's largest |x| kept exact, the others
+    round-half-even of x / s clamped to +-127, s = max |rest| / 127 rounded up to a bfloat16."""
     def code(t):
         if dtype == "bf16":
             return t.to(torch.bfloat16).float()
         flat = t.reshape(-1)
         pad = (-flat.numel()) % 32
         blocks = torch.cat([flat, flat.new_zeros(pad)]).view(-1, 32)
-        scale = blocks.abs().amax(1, keepdim=True) / 127
+        top = blocks.abs().argmax(1, keepdim=True)
+        outlier = blocks.gather(1, top)
+        rest = blocks.scatter(1, top, 0.0)
+        wanted = rest.abs().amax(1, keepdim=True) / 127
+        scale = wanted.to(torch.bfloat16).float()
+        scale = torch.where(scale < wanted, (scale.view(torch.int32) + 1).view(torch.float32), scale)
         inv = torch.where(scale > 0, 1 / scale, torch.zeros_like(scale))
-        q = torch.round(torch.clamp(blocks * inv, -127, 127))
-        return (q * scale).reshape(-1)[:flat.numel()].view_as(t)
+        q = torch.round(torch.clamp(rest * inv, -127, 127)) * scale
+        return q.scatter(1, top, outlier).reshape(-1)[:flat.numel()].view_as(t)
 
     def reduce(parts):
         total = torch.zeros_like(parts[0])
         for p in parts:
             total = total + code(p)
-        return code(total)
+        return total
     return reduce
 
 

@@ -14,6 +14,7 @@
 
 #include "mpi_comm/communicator.h"
 #include "mpi_comm/mpi_session.h"
+#include "mpi_comm/wire_bytes.h"
 
 using lowsync::AgreedError;
 using lowsync::Communicator;
@@ -50,15 +51,19 @@ std::vector<float> partial_of(int r, int64_t n) {
   return x;
 }
 
-// parallel.sync_dtype: the compressed all-reduce's result, on every rank identical, stays within
-// the error its encoding allows of the exact sum: bf16 rounds each partial and the sum once
-// (relative 2^-8 each, as bf16 keeps 8 significant bits), q8 at most half a block scale
-// (block max / 127) per partial and for the sum. fp32 is MPI's sum exactly. Sizes include ones
-// that are not a multiple of the ranks or of a q8 block.
+// parallel.sync_dtype: the compressed all-reduce's result, on every rank bit-identical, stays within
+// the error its encoding allows of the exact sum (computed here in double from every rank's
+// partial). bf16 rounds each partial and, in the reduce-scatter way, the sum (relative 2^-8 each).
+// q8 (mpi_comm/sync_codec.h) keeps each 32-block's largest |x| exact and rounds the others to half
+// a scale, the scale max |rest| / 127 rounded up to a bf16: per partial and value, 0 for the block's
+// outlier, else <= (max |rest| / 127 (1 + 2^-10) + 2^-24) / 2; the reduce-scatter way adds the bf16
+// rounding of the sum. fp32 is MPI's sum exactly. Sizes include ones that are not a multiple of the
+// ranks or of a q8 block, and one large enough for the reduce-scatter way at 4 ranks.
 TEST(Communicator, CompressedAllReduceStaysWithinItsEncodingError) {
+  using lowsync::SyncDType;
   Communicator w = world();
   const int R = w.size();
-  for (int64_t n : {1, 31, 33, 64 * R + 5, 4097}) {
+  for (int64_t n : {1, 31, 33, 64 * R + 5, 4097, 40000}) {
     std::vector<std::vector<float>> parts;
     for (int r = 0; r < R; ++r) parts.push_back(partial_of(r, n));
     std::vector<double> exact(n, 0.0), magnitude(n, 0.0);
@@ -67,46 +72,64 @@ TEST(Communicator, CompressedAllReduceStaysWithinItsEncodingError) {
         exact[i] += parts[r][i];
         magnitude[i] += std::fabs(parts[r][i]);
       }
-    // Per q8 block (of the padded vector the chunks cut), half the scale of each partial, summed.
-    auto block_max = [&](const std::vector<float>& v, int64_t i) {
-      const int64_t b0 = i / 32 * 32;
-      float m = 0;
-      for (int64_t j = b0; j < std::min<int64_t>(b0 + 32, n); ++j) m = std::max(m, std::fabs(v[j]));
-      return double(m);
-    };
-    for (lowsync::SyncDType d : {lowsync::SyncDType::F32, lowsync::SyncDType::BF16, lowsync::SyncDType::Q8}) {
+    // q8's error of each partial's value i: blocks of 32 from the vector's start (the gather way
+    // pads the vector; the reduce-scatter way cuts chunks at multiples of 32, so the same blocks).
+    std::vector<double> q8_error(n, 0.0);
+    for (int r = 0; r < R; ++r)
+      for (int64_t b0 = 0; b0 < n; b0 += 32) {
+        const int64_t b1 = std::min<int64_t>(b0 + 32, n);
+        int64_t top = b0;
+        for (int64_t j = b0; j < b1; ++j)
+          if (std::fabs(parts[r][j]) > std::fabs(parts[r][top])) top = j;
+        double rest = 0;
+        for (int64_t j = b0; j < b1; ++j)
+          if (j != top) rest = std::max(rest, double(std::fabs(parts[r][j])));
+        const double half_scale = (rest / 127 * (1 + std::ldexp(1.0, -7))) / 2;
+        for (int64_t j = b0; j < b1; ++j) q8_error[j] += j == top ? 0 : half_scale;
+      }
+    for (SyncDType d : {SyncDType::F32, SyncDType::BF16, SyncDType::Q8}) {
       std::vector<float> x = parts[w.rank()];
       const int64_t calls = w.counters().calls, bytes = w.counters().bytes;
       w.all_reduce(x.data(), n, d);
       EXPECT_EQ(w.counters().calls, calls + 1);
-      const int64_t grain = lowsync::sync_grain(d), chunk = (n + R * grain - 1) / (R * grain) * grain;
-      EXPECT_EQ(w.counters().bytes - bytes, d == lowsync::SyncDType::F32 ? 4 * n : lowsync::encoded_bytes(d, chunk * R))
-          << lowsync::sync_dtype_name(d) << " n=" << n;
+      const bool gathered =
+          d != SyncDType::F32 && lowsync::compressed_allreduce_algorithm(R, n, d) == lowsync::CompressedAllReduce::Gather;
+      // The message counted: this rank's encoded partial (of the padded vector, or of the chunks).
+      const int64_t chunk = (n + R * 32 - 1) / (R * 32) * 32, chunk_bf16 = (n + R - 1) / R;
+      const int64_t expected_bytes = d == SyncDType::F32    ? 4 * n
+                                     : d == SyncDType::BF16 ? 2 * (gathered ? n : chunk_bf16 * R)
+                                                            : 39 * (gathered ? (n + 31) / 32 : chunk * R / 32);
+      EXPECT_EQ(w.counters().bytes - bytes, expected_bytes) << lowsync::sync_dtype_name(d) << " n=" << n;
       double worst = 0;
       for (int64_t i = 0; i < n; ++i) {
         double bound = 1e-6 * magnitude[i] + 1e-30;  // fp32 summation order
-        if (d == lowsync::SyncDType::BF16) bound += std::ldexp(magnitude[i] + std::fabs(exact[i]), -8) * 1.01;
-        if (d == lowsync::SyncDType::Q8) {
-          // Chunks start at multiples of 32, so a block of the padded vector is a block of x.
-          double b = 0;
-          for (int r = 0; r < R; ++r) b += block_max(parts[r], i) / 127 / 2;
-          double sum_max = 0;
-          for (int64_t j = i / 32 * 32; j < std::min<int64_t>(i / 32 * 32 + 32, n); ++j)
-            sum_max = std::max(sum_max, std::fabs(exact[j]) + 2 * b);
-          bound += 1.01 * (b + sum_max / 127 / 2);
+        if (d == SyncDType::BF16) bound += std::ldexp(magnitude[i] + std::fabs(exact[i]), -8) * 1.01;
+        if (d == SyncDType::Q8) {
+          bound += 1.01 * q8_error[i];
+          if (!gathered) bound += std::ldexp(std::fabs(exact[i]) + q8_error[i] + bound, -8) * 1.01;
         }
         const double err = std::fabs(x[i] - exact[i]);
         worst = std::max(worst, err / bound);
         ASSERT_LE(err, bound) << lowsync::sync_dtype_name(d) << " n=" << n << " i=" << i << " got " << x[i]
-                              << " exact " << exact[i];
+                              << " exact " << exact[i] << (gathered ? " (gather)" : " (reduce-scatter)");
       }
-      if (d != lowsync::SyncDType::F32) EXPECT_GT(worst, 0.0) << "compression changed nothing: not used?";
+      if (d != SyncDType::F32) EXPECT_GT(worst, 0.0) << "compression changed nothing: not used?";
       // Identical on every rank: rank 0's copy broadcast and compared bit for bit.
       std::vector<float> root = x;
       w.broadcast(root.data(), n * 4, 0);
       EXPECT_EQ(std::memcmp(root.data(), x.data(), n * 4), 0) << lowsync::sync_dtype_name(d) << " n=" << n;
     }
   }
+}
+
+// Both ways of a compressed sync run where the test above needs them: gather for small messages,
+// the reduce-scatter way for large ones at 4 ranks (at 2 ranks gathering never sends more).
+TEST(Communicator, CompressedAllReduceTakesBothWays) {
+  using lowsync::CompressedAllReduce;
+  using lowsync::SyncDType;
+  const int R = world().size();
+  EXPECT_EQ(lowsync::compressed_allreduce_algorithm(R, 576, SyncDType::Q8), CompressedAllReduce::Gather);
+  if (R == 4) EXPECT_EQ(lowsync::compressed_allreduce_algorithm(R, 40000, SyncDType::Q8), CompressedAllReduce::ReduceScatter);
 }
 
 TEST(Communicator, AllReduceMaxTakesTheLargest) {

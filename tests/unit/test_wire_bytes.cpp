@@ -49,5 +49,32 @@ TEST(WireBytes, AlgorithmIndependentCollectives) {
   EXPECT_DOUBLE_EQ(broadcast_wire_bytes(4, 400), 300);
 }
 
+// Compressed syncs (parallel.sync_dtype), worked by hand for SmolLM2's hidden 576 at 4 ranks: q8
+// is 39 bytes per 32 values, bf16 sums 2 bytes per value.
+TEST(WireBytes, CompressedSyncWays) {
+  const SyncDType q8 = SyncDType::Q8;
+  // 1 row: 18 blocks = 702 bytes to each of 3 ranks.
+  EXPECT_EQ(compressed_allreduce_algorithm(4, 576, q8), CompressedAllReduce::Gather);
+  EXPECT_EQ(compressed_allreduce_message_bytes(4, 576, q8), 702);
+  EXPECT_DOUBLE_EQ(compressed_allreduce_wire_bytes(4, 576, q8), 3 * 702);
+  // 4 rows: gather 3 x 2808 = 8424; the other way 3 x 702 (chunks of 576) + 3 x 1152 (bf16 sums)
+  // = 5562; 2862 more is within kSyncGatherExtraBytes: gather.
+  EXPECT_EQ(compressed_allreduce_algorithm(4, 4 * 576, q8), CompressedAllReduce::Gather);
+  EXPECT_DOUBLE_EQ(compressed_allreduce_wire_bytes(4, 4 * 576, q8), 8424);
+  // 16 rows: gather 3 x 11232 = 33696; the other way 3 x 2808 (chunks of 2304) + 3 x 4608 = 22248.
+  EXPECT_EQ(compressed_allreduce_algorithm(4, 16 * 576, q8), CompressedAllReduce::ReduceScatter);
+  EXPECT_DOUBLE_EQ(compressed_allreduce_wire_bytes(4, 16 * 576, q8), 22248);
+  // 64 rows: gather would send 134784, the other way 3 x 11232 + 3 x 18432 = 88992.
+  EXPECT_EQ(compressed_allreduce_algorithm(4, 64 * 576, q8), CompressedAllReduce::ReduceScatter);
+  EXPECT_EQ(compressed_allreduce_message_bytes(4, 64 * 576, q8), 44928);
+  EXPECT_DOUBLE_EQ(compressed_allreduce_wire_bytes(4, 64 * 576, q8), 88992);
+  // Two ranks: gathering sends the one partial (44928), less than the other way (22464 + 36864).
+  EXPECT_EQ(compressed_allreduce_algorithm(2, 64 * 576, q8), CompressedAllReduce::Gather);
+  EXPECT_DOUBLE_EQ(compressed_allreduce_wire_bytes(2, 64 * 576, q8), 44928);
+  // A size that is not a multiple of a block: padded to one (2 blocks).
+  EXPECT_EQ(compressed_allreduce_message_bytes(4, 33, q8), 78);
+  EXPECT_DOUBLE_EQ(compressed_allreduce_wire_bytes(1, 576, q8), 0);
+}
+
 }  // namespace
 }  // namespace lowsync
