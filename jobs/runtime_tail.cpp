@@ -51,27 +51,6 @@ void time_syncs(Communicator& tp, int hidden, TensorParallelCosts& out) {
   tp.counters() = {};  // a probe, not the job's syncs
 }
 
-// The seconds of a decode pass of `rows` rows through `model` (each row one token at position
-// 0 of its own cache rows: the products and the head are a real step's; attention over one key is
-// cheaper than mid-generation, alike in both modes). Collective over the model's tp group.
-double time_decode_passes(Transformer& model, int rows) {
-  KVCache cache = model.make_cache(rows);
-  BatchLayout layout;
-  for (int r = 0; r < rows; ++r) layout.add(1, 0, r);
-  const std::vector<int32_t> tokens(rows, 0);
-  std::vector<int64_t> last(rows);
-  for (int r = 0; r < rows; ++r) last[r] = r;
-  double best = 0;
-  for (int i = 0; i < 3; ++i) {  // the first warms the caches up; the faster of the other two (other users' bursts)
-    const auto t0 = std::chrono::steady_clock::now();
-    const Tensor hidden = model.forward(tokens, layout, cache);
-    const Tensor logits = model.logits(hidden, last);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (i == 1 || (i > 1 && s < best)) best = s;
-  }
-  return best;
-}
-
 nlohmann::json pass_json(const PassCost& c) {
   return {{"fixed_s", c.fixed}, {"per_row_s", c.per_row}, {"per_prompt_token_s", c.per_token}};
 }
@@ -109,33 +88,22 @@ std::unique_ptr<RuntimeTail> make_runtime_tail(const JobConfig& job, const Model
   TensorParallelCosts tp_costs;
   tp_costs.syncs_per_pass = t->plan.syncs_per_pass(model);
   time_syncs(t->groups->tp, model.hidden, tp_costs);
-  // Side by side, now: every rank its whole model at once (as the replicas will run), then the tp group.
-  tp_costs.batch = std::max(1, job.batch.max_sequences);
-  world.barrier();
-  tp_costs.dp_batch_s = time_decode_passes(whole, tp_costs.batch);
-  world.barrier();
-  tp_costs.tp_batch_s = time_decode_passes(*t->model, tp_costs.batch);
-  // Not the job's work: the report counts the job's passes and syncs.
-  t->groups->tp.counters() = {};
   t->setup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  // The cost model's priors: one replica's pass and the tp group's, on the job's profile.
+  // The cost model's priors, on the job's profile: one replica's pass, and what a tp rank computes
+  // of it. No passes are timed here: the job's own passes correct the priors as it runs.
   const Profile profile = job_profile(job, model, world, backend);
   world.agree([&] {
     if (world.rank() != 0) return;
     const Workload w = workload_of(job, model);
     const Prediction dp = predict(plan, model, profile, w), tp = predict(t->plan, model, profile, w);
     tp_costs.compute_ratio = tp_compute_ratio(dp, tp);
-    // The dp prior: the cost model's pass, scaled to the pass just timed (the machine as it is now).
-    PassCost prior = pass_cost_of(dp, w);
-    const double predicted = prior.seconds(tp_costs.batch, 0);
-    const double scale = predicted > 0 && tp_costs.dp_batch_s > 0 ? tp_costs.dp_batch_s / predicted : 1;
-    prior = {prior.fixed * scale, prior.per_row * scale, prior.per_token * scale};
+    const PassCost prior = pass_cost_of(dp, w);
     t->planner = std::make_unique<RuntimePlanner>(plan.dp, job.batch.max_sequences, prior, tp_costs, forced_switch(),
                                                 forced_hand_out());
-    log::info("lowsync: runtime plan: a decode pass of %d rows takes %.1f ms in dp, %.1f ms in tp (timed side by side; "
-              "the cost model: a tp rank computes %.2f of a replica's work, plus %d syncs)",
-              tp_costs.batch, 1e3 * tp_costs.dp_batch_s, 1e3 * tp_costs.tp_batch_s, tp_costs.compute_ratio,
-              tp_costs.syncs_per_pass);
+    log::info("lowsync: runtime plan: the cost model's replica pass %.1f ms + %.2f ms per row; a tp rank computes "
+              "%.2f of it, plus %d syncs of %.3f ms (timed); tp views and syncs timed in %.2f s",
+              1e3 * prior.fixed, 1e3 * prior.per_row, tp_costs.compute_ratio, tp_costs.syncs_per_pass,
+              1e3 * tp_costs.sync_latency_s, t->setup_s);
     for (const Batch& b : batches)
       for (int64_t r = b.first_row; r < b.end_row; ++r) {
         RowsWork row;
@@ -169,9 +137,12 @@ void RuntimeTail::attach(WorkQueue& queue, std::chrono::steady_clock::time_point
     const RuntimeMode mode = planner->decide(next, rest, now);
     if (planner->decisions().size() > known) {
       const RuntimeDecision& d = planner->decisions().back();
-      log::info("lowsync: runtime plan at row %lld (%lld rows left): %s; predicted dp %.3f s, tp %.3f s (%s)",
+      switch_rows.push_back(d.switch_batch >= 0 ? queued[d.switch_batch].first_row : -1);
+      log::info("lowsync: runtime plan at row %lld (%lld rows left): %s; predicted dp %.3f s, tp %.3f s, dp then tp "
+                "from row %lld %.3f s (%s)",
                 static_cast<long long>(queued[next].first_row), static_cast<long long>(d.rows_left),
-                runtime_mode_name(d.chosen), d.predicted_dp_s, d.predicted_tp_s, d.why.c_str());
+                runtime_mode_name(d.chosen), d.predicted_dp_s, d.predicted_tp_s,
+                static_cast<long long>(switch_rows.back()), d.predicted_switch_s, d.why.c_str());
     }
     if (mode == RuntimeMode::TensorParallel) return 0;
     const size_t known_hand_outs = planner->hand_outs().size();
@@ -192,21 +163,36 @@ void RuntimeTail::attach(WorkQueue& queue, std::chrono::steady_clock::time_point
   queue.set_on_result([this](int64_t batch) { planner->completed(batch); });
 }
 
+void RuntimeTail::measured(RuntimeMode mode, const ContinuousGenerator::PassRecord& pass) {
+  const auto now = std::chrono::steady_clock::now();
+  const double seconds = last_pass_mode == static_cast<int>(mode)
+                             ? std::chrono::duration<double>(now - last_pass_end).count()
+                             : pass.seconds;
+  planner->measured(mode, pass.decoding, pass.prefill_tokens, seconds);
+  last_pass_end = now;
+  last_pass_mode = static_cast<int>(mode);
+}
+
 std::string RuntimeTail::json() const {
   nlohmann::json j;
   nlohmann::json decisions = nlohmann::json::array();
-  for (const RuntimeDecision& d : planner->decisions())
+  for (size_t i = 0; i < planner->decisions().size(); ++i) {
+    const RuntimeDecision& d = planner->decisions()[i];
+    const bool switch_later = switch_rows[i] >= 0;
     decisions.push_back({{"at_s", d.at_s},
                          {"first_row", hand_out_row.at(d.batch)},
                          {"rows_left", d.rows_left},
                          {"chosen", runtime_mode_name(d.chosen)},
                          {"predicted_dp_s", d.predicted_dp_s},
                          {"predicted_tp_s", d.predicted_tp_s},
-                         {"predicted_s", d.chosen == RuntimeMode::DataParallel ? d.predicted_dp_s : d.predicted_tp_s},
+                         {"predicted_dp_then_tp_s", switch_later ? nlohmann::json(d.predicted_switch_s) : nlohmann::json(nullptr)},
+                         {"switch_row", switch_later ? nlohmann::json(switch_rows[i]) : nlohmann::json(nullptr)},
+                         {"predicted_s", d.predicted_s()},
                          {"measured_s", d.measured_s},
                          {"dp_pass", pass_json(d.dp_pass)},
                          {"tp_pass", pass_json(d.tp_pass)},
                          {"why", d.why}});
+  }
   j["decisions"] = decisions;
   nlohmann::json hand_outs = nlohmann::json::array();
   for (const HandOutDecision& h : planner->hand_outs())
@@ -226,7 +212,7 @@ std::string RuntimeTail::json() const {
   const TensorParallelCosts& c = planner->tp_costs();
   j["tp_costs"] = {{"compute_ratio", c.compute_ratio}, {"syncs_per_pass", c.syncs_per_pass},
                    {"sync_latency_s", c.sync_latency_s}, {"sync_s_per_token", c.sync_s_per_token},
-                   {"timed_rows", c.batch}, {"dp_pass_s", c.dp_batch_s}, {"tp_pass_s", c.tp_batch_s}};
+                   {"prior_dp_pass", pass_json(planner->dp_prior())}};
   const RuntimeDecision& last = planner->last_evaluation();
   if (planner->evaluations() > 0)
     j["last_evaluation"] = {{"first_row", hand_out_row.at(last.batch)}, {"rows_left", last.rows_left},
@@ -247,9 +233,8 @@ std::string RuntimeTail::text() const {
     << " decision(s) (remaining time predicted / measured):\n";
   for (const RuntimeDecision& d : planner->decisions())
     s << "  at " << d.at_s << " s, row " << hand_out_row.at(d.batch) << " (" << d.rows_left << " rows left): "
-      << runtime_mode_name(d.chosen) << ", predicted " << (d.chosen == RuntimeMode::DataParallel ? d.predicted_dp_s : d.predicted_tp_s)
-      << " s (the other mode " << (d.chosen == RuntimeMode::DataParallel ? d.predicted_tp_s : d.predicted_dp_s)
-      << " s), measured " << d.measured_s << " s\n";
+      << runtime_mode_name(d.chosen) << ", predicted " << d.predicted_s() << " s (dp " << d.predicted_dp_s << " s, tp "
+      << d.predicted_tp_s << " s, dp then tp " << d.predicted_switch_s << " s), measured " << d.measured_s << " s\n";
   for (const HandOutDecision& h : planner->hand_outs())
     s << "  at " << h.at_s << " s, row " << hand_out_row.at(h.batch) << ": handed out " << h.rows << " of "
       << h.batch_rows << " rows (" << h.rows_left << " rows left), predicted " << h.predicted_s << " s (whole batch "
