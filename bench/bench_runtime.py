@@ -137,6 +137,11 @@ def main():
                 extra += "".join(f", row {h['first_row']}: {h['rows']} of {h['batch_rows']} rows (predicted "
                                  f"{h['predicted_s']:.2f} s left, whole {h['predicted_whole_s']:.2f} s, measured "
                                  f"{h['measured_s']:.2f} s)" for h in rp.get("hand_outs", []))
+                if rp.get("tail_first_row") is not None:
+                    extra += f"; tp from row {rp['tail_first_row']}"
+                extra += "".join(f", row {h['first_row']}: {h['rows']} of {h['batch_rows']} rows (predicted "
+                                 f"{h['predicted_s']:.2f} s left, whole {h['predicted_whole_s']:.2f} s, measured "
+                                 f"{h['measured_s']:.2f} s)" for h in rp.get("hand_outs", []))
             print(f"round {r}: {tag}: {res['wall_s']:.2f} s (load {res['load_before']:.1f} -> {res['load_after']:.1f}){extra}",
                   flush=True)
             if tag not in best or res["wall_s"] < best[tag]["wall_s"]:

@@ -31,21 +31,19 @@ int64_t forced_hand_out() {
 }
 
 // What an all-reduce over the tp group costs now: of one token's activation row and of 64 rows,
-// each the median of back-to-back calls, as latency + seconds per token. On a shared machine a sync
-// waits for every rank to be scheduled, which the profile (measured another time) does not see.
+// each the mean of back-to-back calls (every rank the same count), as latency + seconds per token.
+// The mean, not the median: on a shared machine a sync waits whenever another rank of the group is
+// not scheduled, rarely but for milliseconds, and a tp pass pays that at every sync (the median of
+// a few calls, as the profile measured another time, sees none of it).
 void time_syncs(Communicator& tp, int hidden, TensorParallelCosts& out) {
-  auto median_seconds = [&](int tokens) {
+  auto mean_seconds = [&](int tokens, int calls) {
     std::vector<float> x(static_cast<size_t>(tokens) * hidden, 1.f);
-    std::vector<double> t;
-    for (int i = 0; i < 18; ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      tp.all_reduce(x.data(), static_cast<int64_t>(x.size()));
-      if (i >= 3) t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    }
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
+    for (int i = 0; i < 4; ++i) tp.all_reduce(x.data(), static_cast<int64_t>(x.size()));  // warm-up
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < calls; ++i) tp.all_reduce(x.data(), static_cast<int64_t>(x.size()));
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / calls;
   };
-  const double one = median_seconds(1), many = median_seconds(64);
+  const double one = mean_seconds(1, 64), many = mean_seconds(64, 32);
   out.sync_s_per_token = std::max(0.0, (many - one) / 63);
   out.sync_latency_s = std::max(0.0, one - out.sync_s_per_token);
   tp.counters() = {};  // a probe, not the job's syncs

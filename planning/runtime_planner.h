@@ -108,8 +108,8 @@ struct RuntimeDecision {
 
 // What a tp pass costs against one replica's dp pass, from what the job has at its start without
 // timing passes of its own: the cost model's view (a tp rank's share of the compute) and the
-// pass's syncs, each at the latency of an all-reduce timed now (a few back-to-back calls: on a
-// shared machine a sync also waits for the other ranks to be scheduled, which the profile,
+// pass's syncs, each at the latency of an all-reduce timed now (the mean of back-to-back calls: on
+// a shared machine a sync also waits for the other ranks to be scheduled, which the profile,
 // measured another time, does not see). The job's own passes then correct both modes (PassFit).
 struct TensorParallelCosts {
   double compute_ratio = 1;     // cost model: a tp rank's compute / one replica's, for the same rows
