@@ -1,6 +1,7 @@
 #include "jobs/runtime_tail.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -136,11 +137,13 @@ void RuntimeTail::attach(WorkQueue& queue, std::chrono::steady_clock::time_point
     if (planner->decisions().size() > known) {
       const RuntimeDecision& d = planner->decisions().back();
       switch_rows.push_back(d.switch_batch >= 0 ? queued[d.switch_batch].first_row : -1);
-      log::info("lowsync: runtime plan at row %lld (%lld rows left): %s; predicted dp %.3f s, tp %.3f s, dp then tp "
-                "from row %lld %.3f s (%s)",
+      char later[96] = "";
+      if (switch_rows.back() >= 0)
+        std::snprintf(later, sizeof later, ", dp then tp from row %lld %.3f s", static_cast<long long>(switch_rows.back()),
+                      d.predicted_switch_s);
+      log::info("lowsync: runtime plan at row %lld (%lld rows left): %s; predicted dp %.3f s, tp %.3f s%s (%s)",
                 static_cast<long long>(queued[next].first_row), static_cast<long long>(d.rows_left),
-                runtime_mode_name(d.chosen), d.predicted_dp_s, d.predicted_tp_s,
-                static_cast<long long>(switch_rows.back()), d.predicted_switch_s, d.why.c_str());
+                runtime_mode_name(d.chosen), d.predicted_dp_s, d.predicted_tp_s, later, d.why.c_str());
     }
     if (mode == RuntimeMode::TensorParallel) return 0;
     const size_t known_hand_outs = planner->hand_outs().size();
@@ -229,10 +232,14 @@ std::string RuntimeTail::text() const {
   std::ostringstream s;
   s << "runtime plan: " << planner->evaluations() << " hand-outs decided, " << planner->decisions().size()
     << " decision(s) (remaining time predicted / measured):\n";
-  for (const RuntimeDecision& d : planner->decisions())
+  for (size_t i = 0; i < planner->decisions().size(); ++i) {
+    const RuntimeDecision& d = planner->decisions()[i];
     s << "  at " << d.at_s << " s, row " << hand_out_row.at(d.batch) << " (" << d.rows_left << " rows left): "
       << runtime_mode_name(d.chosen) << ", predicted " << d.predicted_s() << " s (dp " << d.predicted_dp_s << " s, tp "
-      << d.predicted_tp_s << " s, dp then tp " << d.predicted_switch_s << " s), measured " << d.measured_s << " s\n";
+      << d.predicted_tp_s << " s";
+    if (switch_rows[i] >= 0) s << ", dp then tp from row " << switch_rows[i] << " " << d.predicted_switch_s << " s";
+    s << "), measured " << d.measured_s << " s\n";
+  }
   for (const HandOutDecision& h : planner->hand_outs())
     s << "  at " << h.at_s << " s, row " << hand_out_row.at(h.batch) << ": handed out " << h.rows << " of "
       << h.batch_rows << " rows (" << h.rows_left << " rows left), predicted " << h.predicted_s << " s (whole batch "

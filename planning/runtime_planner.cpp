@@ -199,20 +199,23 @@ RuntimeMode RuntimePlanner::decide(int64_t next, const std::vector<RowsWork>& ba
   char why[320];
   const int64_t rows_left = static_cast<int64_t>(std::accumulate(
       batches.begin(), batches.end(), 0.0, [](double a, const RowsWork& b) { return a + b.rows; }));
+  char later[80] = "";  // the best later switch, if there is a later batch
+  if (switch_batch >= 0)
+    std::snprintf(later, sizeof later, " (dp then tp from batch %lld: %.3g s)", static_cast<long long>(switch_batch), switch_s);
   if (switch_at_ >= 0) {
     chosen = next >= switch_at_ ? RuntimeMode::TensorParallel : RuntimeMode::DataParallel;
     std::snprintf(why, sizeof why, "forced at batch %lld (LOWSYNC_RUNTIME_SWITCH_AT)", static_cast<long long>(switch_at_));
   } else if (tp_s < 0.95 * not_now_s) {  // the switch is one-way: only for a clear gain
     chosen = RuntimeMode::TensorParallel;
-    std::snprintf(why, sizeof why, "tp now predicted %.3g s against dp %.3g s (dp then tp: %.3g s) for the %lld rows left",
-                  tp_s, dp_s, switch_s, static_cast<long long>(rows_left));
+    std::snprintf(why, sizeof why, "tp now predicted %.3g s against dp %.3g s%s for the %lld rows left", tp_s, dp_s, later,
+                  static_cast<long long>(rows_left));
   } else if (switch_batch >= 0 && switch_s < dp_s) {
     std::snprintf(why, sizeof why, "dp, then tp from batch %lld, predicted %.3g s against dp %.3g s, tp now %.3g s "
                   "for the %lld rows left", static_cast<long long>(switch_batch), switch_s, dp_s, tp_s,
                   static_cast<long long>(rows_left));
   } else {
-    std::snprintf(why, sizeof why, "dp predicted %.3g s against tp now %.3g s (dp then tp: %.3g s) for the %lld rows left",
-                  dp_s, tp_s, switch_s, static_cast<long long>(rows_left));
+    std::snprintf(why, sizeof why, "dp predicted %.3g s against tp now %.3g s%s for the %lld rows left", dp_s, tp_s, later,
+                  static_cast<long long>(rows_left));
   }
   last_ = {now_s, next, rows_left, chosen, dp_s, tp_s, switch_s, switch_batch, -1, dp, tp, why};
   if (decisions_.empty() || chosen != mode_) decisions_.push_back(last_);
