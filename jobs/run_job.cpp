@@ -238,7 +238,7 @@ int run_job(const JobConfig& job, bool resume) {
   if (job.plan.runtime)
     runtime = make_runtime_tail(job, model, plan, world, *loaded.backend, transformer, *input,
                                 batches_within(batches, first, range.end));
-  // Passes the runtime planner's setup ran (none now: it times syncs only) are not the job's.
+  // The passes the runtime planner timed at its start are not the job's (the run report's counts).
   const int64_t timed_passes = transformer.forward_passes(), timed_tokens = transformer.tokens_processed();
   const std::string rows = job.subset() ? "rows " + std::to_string(range.first) + "-" + std::to_string(range.end - 1) +
                                               " of " + std::to_string(input->rows())

@@ -50,6 +50,25 @@ void time_syncs(Communicator& tp, int hidden, TensorParallelCosts& out) {
   tp.counters() = {};  // a probe, not the job's syncs
 }
 
+// The mean seconds of 3 decode passes of one row through `model` (after one that warms the caches
+// up; the mean, not the fastest: a tp pass's waits for a descheduled rank are what is looked for).
+// The row is one token at position 0: the products and the head are a real step's. Collective
+// over the model's tp group.
+double time_one_row_passes(Transformer& model) {
+  KVCache cache = model.make_cache(1);
+  BatchLayout layout;
+  layout.add(1, 0, 0);
+  const std::vector<int32_t> tokens{0};
+  const std::vector<int64_t> last{0};
+  double total = 0;
+  for (int i = 0; i < 4; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const Tensor logits = model.logits(model.forward(tokens, layout, cache), last);
+    if (i > 0) total += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  return total / 3;
+}
+
 nlohmann::json pass_json(const PassCost& c) {
   return {{"fixed_s", c.fixed}, {"per_row_s", c.per_row}, {"per_prompt_token_s", c.per_token}};
 }
@@ -87,22 +106,34 @@ std::unique_ptr<RuntimeTail> make_runtime_tail(const JobConfig& job, const Model
   TensorParallelCosts tp_costs;
   tp_costs.syncs_per_pass = t->plan.syncs_per_pass(model);
   time_syncs(t->groups->tp, model.hidden, tp_costs);
+  // One-row passes side by side: every rank its whole model at once (as the replicas run), then the tp group.
+  world.barrier();
+  const double dp_one_s = time_one_row_passes(whole);
+  world.barrier();
+  const double tp_one_s = time_one_row_passes(*t->model);
+  t->groups->tp.counters() = {};  // not the job's syncs
   t->setup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   // The cost model's priors, on the job's profile: one replica's pass, and what a tp rank computes
-  // of it. No passes are timed here: the job's own passes correct the priors as it runs.
+  // of it (plus the waits the one-row passes showed); the job's own passes correct them as it runs.
   const Profile profile = job_profile(job, model, world, backend);
   world.agree([&] {
     if (world.rank() != 0) return;
     const Workload w = workload_of(job, model);
     const Prediction dp = predict(plan, model, profile, w), tp = predict(t->plan, model, profile, w);
     tp_costs.compute_ratio = tp_compute_ratio(dp, tp);
+    const double syncs = tp_costs.syncs_per_pass;
+    const double model_tp_one_s = tp_costs.compute_ratio * dp_one_s + syncs * (tp_costs.sync_latency_s + tp_costs.sync_s_per_token);
+    tp_costs.wait_s = std::max(0.0, tp_one_s - model_tp_one_s);
+    t->timed_dp_one_s = dp_one_s;
+    t->timed_tp_one_s = tp_one_s;
     const PassCost prior = pass_cost_of(dp, w);
     t->planner = std::make_unique<RuntimePlanner>(plan.dp, job.batch.max_sequences, prior, tp_costs, forced_switch(),
                                                 forced_hand_out());
     log::info("lowsync: runtime plan: the cost model's replica pass %.1f ms + %.2f ms per row; a tp rank computes "
-              "%.2f of it, plus %d syncs of %.3f ms (timed); tp views and syncs timed in %.2f s",
+              "%.2f of it, plus %d syncs of %.3f ms (timed), plus %.1f ms of waits (one-row passes timed: dp %.1f ms, tp "
+              "%.1f ms); setup %.2f s",
               1e3 * prior.fixed, 1e3 * prior.per_row, tp_costs.compute_ratio, tp_costs.syncs_per_pass,
-              1e3 * tp_costs.sync_latency_s, t->setup_s);
+              1e3 * tp_costs.sync_latency_s, 1e3 * tp_costs.wait_s, 1e3 * dp_one_s, 1e3 * tp_one_s, t->setup_s);
     for (const Batch& b : batches)
       for (int64_t r = b.first_row; r < b.end_row; ++r) {
         RowsWork row;
@@ -213,7 +244,8 @@ std::string RuntimeTail::json() const {
   const TensorParallelCosts& c = planner->tp_costs();
   j["tp_costs"] = {{"compute_ratio", c.compute_ratio}, {"syncs_per_pass", c.syncs_per_pass},
                    {"sync_latency_s", c.sync_latency_s}, {"sync_s_per_token", c.sync_s_per_token},
-                   {"prior_dp_pass", pass_json(planner->dp_prior())}};
+                   {"wait_s", c.wait_s}, {"timed_dp_one_row_s", timed_dp_one_s},
+                   {"timed_tp_one_row_s", timed_tp_one_s}, {"prior_dp_pass", pass_json(planner->dp_prior())}};
   const RuntimeDecision& last = planner->last_evaluation();
   if (planner->evaluations() > 0)
     j["last_evaluation"] = {{"first_row", hand_out_row.at(last.batch)}, {"rows_left", last.rows_left},

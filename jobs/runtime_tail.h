@@ -32,7 +32,8 @@ struct RuntimeTail {
   std::vector<RowsWork> row_work;           // [row - first row of the run]: what each row may cost
   std::vector<Batch> batches;               // this run's batches (as planned; hand-outs may cut them)
   int64_t tail_first_row = -1;              // the first row the tp group ran (-1: none)
-  double setup_s = 0;                       // seconds the tp views and the timed syncs took
+  double setup_s = 0;                       // seconds the tp views, the timed syncs and one-row passes took
+  double timed_dp_one_s = 0, timed_tp_one_s = 0;  // world rank 0: the one-row passes timed side by side
   std::map<int64_t, int64_t> hand_out_row;  // world rank 0: hand-out index -> its first row
   std::vector<int64_t> switch_rows;         // [decision]: the first row of its planned later switch (-1: none)
   std::chrono::steady_clock::time_point last_pass_end;  // world rank 0: when `measured` was last called
@@ -54,9 +55,9 @@ struct RuntimeTail {
 
 // Collective over world, agreed (setup errors print once): checks that the job's plan can turn
 // tensor-parallel at runtime (a dp grid of ranks that hold the whole model, CPU backend), builds
-// the tp group's plan, grid and model (views of `whole`), times a few all-reduces of the tp group,
-// and builds the planner with the cost model's priors from the job's profile (plan.profile,
-// measured when missing). No passes are timed: the job's own passes correct the priors.
+// the tp group's plan, grid and model (views of `whole`), times a few all-reduces of the tp group
+// and one-row passes of each mode side by side, and builds the planner with the cost model's priors
+// from the job's profile (plan.profile, measured when missing); the job's own passes correct them.
 std::unique_ptr<RuntimeTail> make_runtime_tail(const JobConfig& job, const ModelConfig& model, const Plan& plan,
                                                Communicator& world, Backend& backend, Transformer& whole,
                                                const PromptReader& input, const std::vector<Batch>& batches);

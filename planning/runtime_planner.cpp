@@ -112,11 +112,12 @@ void RuntimePlanner::measured(RuntimeMode mode, int decode_rows, int64_t prefill
 }
 
 // A tp pass: the dp pass (as fitted so far) with its compute at the tp rank's share (the cost
-// model's ratio), plus its syncs, each paying the timed latency and its activation rows.
+// model's ratio), plus its syncs, each paying the timed latency and its activation rows, plus the
+// waits the timed one-row passes showed.
 PassCost RuntimePlanner::tp_predicted() const {
   const PassCost dp = dp_cost();
   const double syncs = tp_.syncs_per_pass;
-  return {tp_.compute_ratio * dp.fixed + syncs * tp_.sync_latency_s,
+  return {tp_.compute_ratio * dp.fixed + syncs * tp_.sync_latency_s + tp_.wait_s,
           tp_.compute_ratio * dp.per_row + syncs * tp_.sync_s_per_token,
           tp_.compute_ratio * dp.per_token + syncs * tp_.sync_s_per_token};
 }

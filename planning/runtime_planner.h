@@ -106,16 +106,19 @@ struct RuntimeDecision {
   std::string why;
 };
 
-// What a tp pass costs against one replica's dp pass, from what the job has at its start without
-// timing passes of its own: the cost model's view (a tp rank's share of the compute) and the
-// pass's syncs, each at the latency of an all-reduce timed now (the mean of back-to-back calls: on
-// a shared machine a sync also waits for the other ranks to be scheduled, which the profile,
-// measured another time, does not see). The job's own passes then correct both modes (PassFit).
+// What a tp pass costs against one replica's dp pass, from what the job has at its start: the cost
+// model's view (a tp rank's share of the compute) and the pass's syncs, each at the latency of an
+// all-reduce timed now (the mean of back-to-back calls). On a shared machine a tp pass also waits
+// at its syncs whenever a rank is descheduled mid-compute, which neither sees (3x the predicted tail
+// at load 6-16 here): so a one-row pass of each mode is timed side by side, and what the tp pass
+// took beyond the model's tp pass is added to every tp pass (`wait_s`; 0 on a quiet machine). The
+// job's own passes then correct both modes (PassFit).
 struct TensorParallelCosts {
   double compute_ratio = 1;     // cost model: a tp rank's compute / one replica's, for the same rows
   int syncs_per_pass = 0;       // all-reduces in a tp pass
   double sync_latency_s = 0;    // one all-reduce of one token's row, back to back (timed)
   double sync_s_per_token = 0;  // and per further token
+  double wait_s = 0;            // per tp pass, beyond the above (timed one-row passes)
 };
 
 // The ratio from the cost model's predictions of the two plans' decode steps for the same workload;

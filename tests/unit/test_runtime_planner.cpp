@@ -63,6 +63,16 @@ RowsWork rows(int n, int64_t new_tokens) {
   return w;
 }
 
+TEST(TensorParallel, WaitsTheTimedPassesShowedAreAddedToEveryTpPass) {
+  // 30 ms of waits per tp pass (a descheduled rank at its syncs): the long row stays on one replica.
+  TensorParallelCosts c{0.6, 16, 0, 0};
+  c.wait_s = 0.03;
+  RuntimePlanner p(2, 4, {0.01, 0.001, 0.0001}, c);
+  EXPECT_NEAR(p.tp_predicted().fixed, 0.006 + 0.03, 1e-12);
+  EXPECT_NEAR(p.tp_predicted().per_row, 0.0006, 1e-12);
+  EXPECT_EQ(p.decide(0, {rows(1, 200)}, 0), RuntimeMode::DataParallel);
+}
+
 TEST(RuntimePlanner, DataParallelWhileManyBatchesWait) {
   RuntimePlanner p = two_replicas();
   const std::vector<RowsWork> rest(20, rows(4, 16));
