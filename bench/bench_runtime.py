@@ -5,7 +5,7 @@ The job: a random LLaMA-shaped model continues BULK prompts of 144 tokens (each 
 tokens: the model has 160 positions) and then TAIL prompts of 8 tokens that each make
 max_new_tokens new tokens, no stop token: many short rows, then a few long generations, as a
 user's offline job (the default, 96 short + 8 long rows, is big enough that the planner's setup is
-amortised: ~30-60 s per setting on a quiet machine). At np ranks over shared memory, the same job
+amortised: dp 12.8 s at load 4-5 on the 2-core dev machine). At np ranks over shared memory, the same job
 runs three ways, taking turns over rounds:
   dp       parallel.dp: auto (every rank a replica, batches handed out dynamically)
   tp       parallel.tp: np (one replica over every rank)
@@ -18,10 +18,11 @@ Each setting keeps its best round (the machine is shared; best-of filters other 
 every round is in the JSON, with the load average before and after it. Measured: the job's wall
 time (load and write included). The profile that gives the runtime planner the cost model's priors
 is measured once first (not timed). Tokens are compared across settings (greedy; tp rounds floats
-differently, so a near-tie may flip). Writes bench/results/runtime_plan.json and .png.
+differently, so a near-tie may flip). Writes bench/results/runtime_plan_104rows.json and .png (the
+earlier jobs' files: give --out, see README).
 
   .venv/bin/python bench/bench_runtime.py [--np 2] [--rounds 2] [--bulk 96] [--tail 8] [--new 96]
-      [--dp-max-sequences 4] [--quick] [--out bench/results/runtime_plan.json]
+      [--dp-max-sequences 4] [--quick] [--out bench/results/runtime_plan_104rows.json]
   --quick: --bulk 16 --tail 8 --rounds 1 (the earlier, small job; a smoke run)
 """
 import argparse
@@ -95,7 +96,7 @@ def main():
     ap.add_argument("--dp-max-sequences", type=int, nargs="*", default=[],
                     help="also run fixed dp with these batch.max_sequences (a fixed strategy that spreads the tail)")
     ap.add_argument("--quick", action="store_true", help="--bulk 16 --tail 8 --rounds 1: the earlier small job")
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "runtime_plan.json"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "runtime_plan_104rows.json"))
     a = ap.parse_args()
     if a.quick:
         a.bulk, a.tail, a.rounds = 16, 8, 1
