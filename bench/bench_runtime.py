@@ -3,22 +3,27 @@
 
 The job: a random LLaMA-shaped model continues BULK prompts of 144 tokens (each makes 17 new
 tokens: the model has 160 positions) and then TAIL prompts of 8 tokens that each make
-max_new_tokens new tokens, no stop token: many short rows, then a few long generations. At np
-ranks over shared memory, the same job runs three ways, taking turns over rounds:
+max_new_tokens new tokens, no stop token: many short rows, then a few long generations, as a
+user's offline job (the default, 96 short + 8 long rows, is big enough that the planner's setup is
+amortised: dp 12.8 s at load 4-5 on the 2-core dev machine). At np ranks over shared memory, the same job
+runs three ways, taking turns over rounds:
   dp       parallel.dp: auto (every rank a replica, batches handed out dynamically)
   tp       parallel.tp: np (one replica over every rank)
-  runtime  parallel.dp: auto + plan.runtime: true (the runtime planner may turn the tail tp, and
-           sizes each dp hand-out: the last rows spread over the replicas)
+  runtime  parallel.dp: auto + plan.runtime: true (the runtime planner's first decision picks dp,
+           tp or dp-then-tp for the whole job; while dp it may still switch to tp, and sizes each
+           dp hand-out: the last rows spread over the replicas)
   dp_max_sequences_N (with --dp-max-sequences N): dp with smaller batches, a fixed way to spread
            the tail (and emptier decode steps for the bulk)
 Each setting keeps its best round (the machine is shared; best-of filters other users' bursts);
-every round is in the JSON. Measured: the job's wall time (load and write included). The profile
-that gives the runtime planner the cost model's priors is measured once first (not timed).
-Tokens are compared across settings (greedy; tp rounds floats differently, so a near-tie may flip).
-Writes bench/results/runtime_plan.json and .png.
+every round is in the JSON, with the load average before and after it. Measured: the job's wall
+time (load and write included). The profile that gives the runtime planner the cost model's priors
+is measured once first (not timed). Tokens are compared across settings (greedy; tp rounds floats
+differently, so a near-tie may flip). Writes bench/results/runtime_plan_104rows.json and .png (the
+earlier jobs' files: give --out, see README).
 
-  .venv/bin/python bench/bench_runtime.py [--np 2] [--rounds 3] [--bulk 32] [--tail 2] [--new 96]
-      [--dp-max-sequences 4] [--out bench/results/runtime_plan.json]
+  .venv/bin/python bench/bench_runtime.py [--np 2] [--rounds 2] [--bulk 96] [--tail 8] [--new 96]
+      [--dp-max-sequences 4] [--quick] [--out bench/results/runtime_plan_104rows.json]
+  --quick: --bulk 16 --tail 8 --rounds 1 (the earlier, small job; a smoke run)
 """
 import argparse
 import datetime
@@ -62,6 +67,7 @@ def run(np_, job, tmp, tag, sets):
     out = f"{tmp}/{tag}.h5"
     if os.path.exists(out):
         os.remove(out)
+    load_before = os.getloadavg()[0]
     t0 = time.time()
     p = subprocess.run(mpirun(np_, [LOWSYNC, "run", job, "--set", f"output={out}"] + sum((["--set", s] for s in sets), [])),
                        env=ENV, capture_output=True, text=True)
@@ -72,7 +78,8 @@ def run(np_, job, tmp, tag, sets):
         tok, off = f["generated/token_ids"][:], f["generated/offsets"][:]
         rep = json.loads(f.attrs["run_report_json"])
     rows = [tok[off[i]:off[i + 1]].tolist() for i in range(len(off) - 1)]
-    res = {"wall_s": wall, "report_wall_s": rep["wall_s"], "new_tokens": int(len(tok))}
+    res = {"wall_s": wall, "report_wall_s": rep["wall_s"], "new_tokens": int(len(tok)),
+           "load_before": load_before, "load_after": os.getloadavg()[0]}
     if "runtime_plan" in rep:
         res["runtime_plan"] = rep["runtime_plan"]
     return res, rows
@@ -81,15 +88,18 @@ def run(np_, job, tmp, tag, sets):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--np", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--bulk", type=int, default=32)
-    ap.add_argument("--tail", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--bulk", type=int, default=96)
+    ap.add_argument("--tail", type=int, default=8)
     ap.add_argument("--new", type=int, default=96)
     ap.add_argument("--max-sequences", type=int, default=8)
     ap.add_argument("--dp-max-sequences", type=int, nargs="*", default=[],
                     help="also run fixed dp with these batch.max_sequences (a fixed strategy that spreads the tail)")
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "runtime_plan.json"))
+    ap.add_argument("--quick", action="store_true", help="--bulk 16 --tail 8 --rounds 1: the earlier small job")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "runtime_plan_104rows.json"))
     a = ap.parse_args()
+    if a.quick:
+        a.bulk, a.tail, a.rounds = 16, 8, 1
     tmp = tempfile.mkdtemp(prefix="lowsync_bench_runtime_")
     make_model(f"{tmp}/m")
     rng = np.random.default_rng(0)
@@ -112,6 +122,7 @@ def main():
     for n in a.dp_max_sequences:  # fixed dp with smaller batches: the tail spread by hand, the bulk's steps emptier
         settings[f"dp_max_sequences_{n}"] = ["parallel.dp=auto", f"batch.max_sequences={n}"]
     best, rounds, outputs = {}, [], {}
+    load0 = os.getloadavg()[0]
     for r in range(a.rounds):
         for tag, sets in settings.items():
             res, rows = run(a.np, job, tmp, tag, sets)
@@ -120,11 +131,20 @@ def main():
             extra = ""
             if "runtime_plan" in res:
                 rp = res["runtime_plan"]
-                extra = "; " + ", ".join(f"row {d['first_row']}: {d['chosen']}" for d in rp["decisions"])
+                extra = f"; setup {rp['setup_s']:.2f} s; " + ", ".join(
+                    f"row {d['first_row']}: {d['chosen']} (predicted {d['predicted_s']:.1f} s: dp {d['predicted_dp_s']:.1f}, "
+                    f"tp {d['predicted_tp_s']:.1f}, dp then tp from row {d['switch_row']} "
+                    f"{d['predicted_dp_then_tp_s'] or 0:.1f}; measured {d['measured_s']:.1f} s)" for d in rp["decisions"])
                 extra += "".join(f", row {h['first_row']}: {h['rows']} of {h['batch_rows']} rows (predicted "
                                  f"{h['predicted_s']:.2f} s left, whole {h['predicted_whole_s']:.2f} s, measured "
                                  f"{h['measured_s']:.2f} s)" for h in rp.get("hand_outs", []))
-            print(f"round {r}: {tag}: {res['wall_s']:.2f} s{extra}", flush=True)
+                if rp.get("tail_first_row") is not None:
+                    extra += f"; tp from row {rp['tail_first_row']}"
+                extra += "".join(f", row {h['first_row']}: {h['rows']} of {h['batch_rows']} rows (predicted "
+                                 f"{h['predicted_s']:.2f} s left, whole {h['predicted_whole_s']:.2f} s, measured "
+                                 f"{h['measured_s']:.2f} s)" for h in rp.get("hand_outs", []))
+            print(f"round {r}: {tag}: {res['wall_s']:.2f} s (load {res['load_before']:.1f} -> {res['load_after']:.1f}){extra}",
+                  flush=True)
             if tag not in best or res["wall_s"] < best[tag]["wall_s"]:
                 best[tag] = res
     fixed = min(("dp", "tp"), key=lambda t: best[t]["wall_s"])
@@ -136,7 +156,8 @@ def main():
               "method": f"np {a.np} over shared memory (mpirun, vader), OPENBLAS_NUM_THREADS=1, one thread per rank; "
                         "settings take turns over rounds, each keeps its best round; wall time of mpirun (load, "
                         "compute, write)",
-              "machine": f"{os.cpu_count()} cores shared with other users; load average at the end {load[0]:.1f}",
+              "machine": f"{os.cpu_count()} cores shared with other users; load average at the start {load0:.1f}, "
+                         f"at the end {load[0]:.1f} (each round's in rounds)",
               "model": f"random LLaMA: hidden 768, 8 layers, 12/4 heads, FFN 2048, vocab {VOCAB}, {POSITIONS} positions",
               "job": {"bulk_rows": a.bulk, "bulk_prompt_tokens": POSITIONS - 16, "bulk_new_tokens": 17,
                       "tail_rows": a.tail, "tail_prompt_tokens": 8, "tail_new_tokens": a.new,

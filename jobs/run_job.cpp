@@ -317,10 +317,7 @@ int run_job(const JobConfig& job, bool resume) {
             q.complete(index, std::move(results));
           }
           q.answer_arrived();
-          if (runtime && root) {
-            const ContinuousGenerator::PassRecord& p = generator.last_pass();
-            runtime->planner->measured(mode, p.decoding, p.prefill_tokens, p.seconds);
-          }
+          if (runtime && root) runtime->measured(mode, generator.last_pass());
         }
         q.finish();
       };

@@ -1,6 +1,7 @@
 #include "jobs/runtime_tail.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -31,45 +32,41 @@ int64_t forced_hand_out() {
 }
 
 // What an all-reduce over the tp group costs now: of one token's activation row and of 64 rows,
-// each the median of back-to-back calls, as latency + seconds per token. On a shared machine a sync
-// waits for every rank to be scheduled, which the profile (measured another time) does not see.
+// each the mean of back-to-back calls (every rank the same count), as latency + seconds per token.
+// The mean, not the median: on a shared machine a sync waits whenever another rank of the group is
+// not scheduled, rarely but for milliseconds, and a tp pass pays that at every sync (the median of
+// a few calls, as the profile measured another time, sees none of it).
 void time_syncs(Communicator& tp, int hidden, TensorParallelCosts& out) {
-  auto median_seconds = [&](int tokens) {
+  auto mean_seconds = [&](int tokens, int calls) {
     std::vector<float> x(static_cast<size_t>(tokens) * hidden, 1.f);
-    std::vector<double> t;
-    for (int i = 0; i < 18; ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      tp.all_reduce(x.data(), static_cast<int64_t>(x.size()));
-      if (i >= 3) t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    }
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
+    for (int i = 0; i < 4; ++i) tp.all_reduce(x.data(), static_cast<int64_t>(x.size()));  // warm-up
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < calls; ++i) tp.all_reduce(x.data(), static_cast<int64_t>(x.size()));
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / calls;
   };
-  const double one = median_seconds(1), many = median_seconds(64);
+  const double one = mean_seconds(1, 64), many = mean_seconds(64, 32);
   out.sync_s_per_token = std::max(0.0, (many - one) / 63);
   out.sync_latency_s = std::max(0.0, one - out.sync_s_per_token);
   tp.counters() = {};  // a probe, not the job's syncs
 }
 
-// The seconds of a decode pass of `rows` rows through `model` (each row one token at position
-// 0 of its own cache rows: the products and the head are a real step's; attention over one key is
-// cheaper than mid-generation, alike in both modes). Collective over the model's tp group.
-double time_decode_passes(Transformer& model, int rows) {
-  KVCache cache = model.make_cache(rows);
+// The mean seconds of 3 decode passes of one row through `model` (after one that warms the caches
+// up; the mean, not the fastest: a tp pass's waits for a descheduled rank are what is looked for).
+// The row is one token at position 0: the products and the head are a real step's. Collective
+// over the model's tp group.
+double time_one_row_passes(Transformer& model) {
+  KVCache cache = model.make_cache(1);
   BatchLayout layout;
-  for (int r = 0; r < rows; ++r) layout.add(1, 0, r);
-  const std::vector<int32_t> tokens(rows, 0);
-  std::vector<int64_t> last(rows);
-  for (int r = 0; r < rows; ++r) last[r] = r;
-  double best = 0;
-  for (int i = 0; i < 3; ++i) {  // the first warms the caches up; the faster of the other two (other users' bursts)
+  layout.add(1, 0, 0);
+  const std::vector<int32_t> tokens{0};
+  const std::vector<int64_t> last{0};
+  double total = 0;
+  for (int i = 0; i < 4; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    const Tensor hidden = model.forward(tokens, layout, cache);
-    const Tensor logits = model.logits(hidden, last);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (i == 1 || (i > 1 && s < best)) best = s;
+    const Tensor logits = model.logits(model.forward(tokens, layout, cache), last);
+    if (i > 0) total += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
-  return best;
+  return total / 3;
 }
 
 nlohmann::json pass_json(const PassCost& c) {
@@ -109,33 +106,34 @@ std::unique_ptr<RuntimeTail> make_runtime_tail(const JobConfig& job, const Model
   TensorParallelCosts tp_costs;
   tp_costs.syncs_per_pass = t->plan.syncs_per_pass(model);
   time_syncs(t->groups->tp, model.hidden, tp_costs);
-  // Side by side, now: every rank its whole model at once (as the replicas will run), then the tp group.
-  tp_costs.batch = std::max(1, job.batch.max_sequences);
+  // One-row passes side by side: every rank its whole model at once (as the replicas run), then the tp group.
   world.barrier();
-  tp_costs.dp_batch_s = time_decode_passes(whole, tp_costs.batch);
+  const double dp_one_s = time_one_row_passes(whole);
   world.barrier();
-  tp_costs.tp_batch_s = time_decode_passes(*t->model, tp_costs.batch);
-  // Not the job's work: the report counts the job's passes and syncs.
-  t->groups->tp.counters() = {};
+  const double tp_one_s = time_one_row_passes(*t->model);
+  t->groups->tp.counters() = {};  // not the job's syncs
   t->setup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  // The cost model's priors: one replica's pass and the tp group's, on the job's profile.
+  // The cost model's priors, on the job's profile: one replica's pass, and what a tp rank computes
+  // of it (plus the waits the one-row passes showed); the job's own passes correct them as it runs.
   const Profile profile = job_profile(job, model, world, backend);
   world.agree([&] {
     if (world.rank() != 0) return;
     const Workload w = workload_of(job, model);
     const Prediction dp = predict(plan, model, profile, w), tp = predict(t->plan, model, profile, w);
     tp_costs.compute_ratio = tp_compute_ratio(dp, tp);
-    // The dp prior: the cost model's pass, scaled to the pass just timed (the machine as it is now).
-    PassCost prior = pass_cost_of(dp, w);
-    const double predicted = prior.seconds(tp_costs.batch, 0);
-    const double scale = predicted > 0 && tp_costs.dp_batch_s > 0 ? tp_costs.dp_batch_s / predicted : 1;
-    prior = {prior.fixed * scale, prior.per_row * scale, prior.per_token * scale};
+    const double syncs = tp_costs.syncs_per_pass;
+    const double model_tp_one_s = tp_costs.compute_ratio * dp_one_s + syncs * (tp_costs.sync_latency_s + tp_costs.sync_s_per_token);
+    tp_costs.wait_s = std::max(0.0, tp_one_s - model_tp_one_s);
+    t->timed_dp_one_s = dp_one_s;
+    t->timed_tp_one_s = tp_one_s;
+    const PassCost prior = pass_cost_of(dp, w);
     t->planner = std::make_unique<RuntimePlanner>(plan.dp, job.batch.max_sequences, prior, tp_costs, forced_switch(),
                                                 forced_hand_out());
-    log::info("lowsync: runtime plan: a decode pass of %d rows takes %.1f ms in dp, %.1f ms in tp (timed side by side; "
-              "the cost model: a tp rank computes %.2f of a replica's work, plus %d syncs)",
-              tp_costs.batch, 1e3 * tp_costs.dp_batch_s, 1e3 * tp_costs.tp_batch_s, tp_costs.compute_ratio,
-              tp_costs.syncs_per_pass);
+    log::info("lowsync: runtime plan: the cost model's replica pass %.1f ms + %.2f ms per row; a tp rank computes "
+              "%.2f of it, plus %d syncs of %.3f ms (timed), plus %.1f ms of waits (one-row passes timed: dp %.1f ms, tp "
+              "%.1f ms); setup %.2f s",
+              1e3 * prior.fixed, 1e3 * prior.per_row, tp_costs.compute_ratio, tp_costs.syncs_per_pass,
+              1e3 * tp_costs.sync_latency_s, 1e3 * tp_costs.wait_s, 1e3 * dp_one_s, 1e3 * tp_one_s, t->setup_s);
     for (const Batch& b : batches)
       for (int64_t r = b.first_row; r < b.end_row; ++r) {
         RowsWork row;
@@ -169,9 +167,14 @@ void RuntimeTail::attach(WorkQueue& queue, std::chrono::steady_clock::time_point
     const RuntimeMode mode = planner->decide(next, rest, now);
     if (planner->decisions().size() > known) {
       const RuntimeDecision& d = planner->decisions().back();
-      log::info("lowsync: runtime plan at row %lld (%lld rows left): %s; predicted dp %.3f s, tp %.3f s (%s)",
+      switch_rows.push_back(d.switch_batch >= 0 ? queued[d.switch_batch].first_row : -1);
+      char later[96] = "";
+      if (switch_rows.back() >= 0)
+        std::snprintf(later, sizeof later, ", dp then tp from row %lld %.3f s", static_cast<long long>(switch_rows.back()),
+                      d.predicted_switch_s);
+      log::info("lowsync: runtime plan at row %lld (%lld rows left): %s; predicted dp %.3f s, tp %.3f s%s (%s)",
                 static_cast<long long>(queued[next].first_row), static_cast<long long>(d.rows_left),
-                runtime_mode_name(d.chosen), d.predicted_dp_s, d.predicted_tp_s, d.why.c_str());
+                runtime_mode_name(d.chosen), d.predicted_dp_s, d.predicted_tp_s, later, d.why.c_str());
     }
     if (mode == RuntimeMode::TensorParallel) return 0;
     const size_t known_hand_outs = planner->hand_outs().size();
@@ -192,21 +195,36 @@ void RuntimeTail::attach(WorkQueue& queue, std::chrono::steady_clock::time_point
   queue.set_on_result([this](int64_t batch) { planner->completed(batch); });
 }
 
+void RuntimeTail::measured(RuntimeMode mode, const ContinuousGenerator::PassRecord& pass) {
+  const auto now = std::chrono::steady_clock::now();
+  const double seconds = last_pass_mode == static_cast<int>(mode)
+                             ? std::chrono::duration<double>(now - last_pass_end).count()
+                             : pass.seconds;
+  planner->measured(mode, pass.decoding, pass.prefill_tokens, seconds);
+  last_pass_end = now;
+  last_pass_mode = static_cast<int>(mode);
+}
+
 std::string RuntimeTail::json() const {
   nlohmann::json j;
   nlohmann::json decisions = nlohmann::json::array();
-  for (const RuntimeDecision& d : planner->decisions())
+  for (size_t i = 0; i < planner->decisions().size(); ++i) {
+    const RuntimeDecision& d = planner->decisions()[i];
+    const bool switch_later = switch_rows[i] >= 0;
     decisions.push_back({{"at_s", d.at_s},
                          {"first_row", hand_out_row.at(d.batch)},
                          {"rows_left", d.rows_left},
                          {"chosen", runtime_mode_name(d.chosen)},
                          {"predicted_dp_s", d.predicted_dp_s},
                          {"predicted_tp_s", d.predicted_tp_s},
-                         {"predicted_s", d.chosen == RuntimeMode::DataParallel ? d.predicted_dp_s : d.predicted_tp_s},
+                         {"predicted_dp_then_tp_s", switch_later ? nlohmann::json(d.predicted_switch_s) : nlohmann::json(nullptr)},
+                         {"switch_row", switch_later ? nlohmann::json(switch_rows[i]) : nlohmann::json(nullptr)},
+                         {"predicted_s", d.predicted_s()},
                          {"measured_s", d.measured_s},
                          {"dp_pass", pass_json(d.dp_pass)},
                          {"tp_pass", pass_json(d.tp_pass)},
                          {"why", d.why}});
+  }
   j["decisions"] = decisions;
   nlohmann::json hand_outs = nlohmann::json::array();
   for (const HandOutDecision& h : planner->hand_outs())
@@ -226,7 +244,8 @@ std::string RuntimeTail::json() const {
   const TensorParallelCosts& c = planner->tp_costs();
   j["tp_costs"] = {{"compute_ratio", c.compute_ratio}, {"syncs_per_pass", c.syncs_per_pass},
                    {"sync_latency_s", c.sync_latency_s}, {"sync_s_per_token", c.sync_s_per_token},
-                   {"timed_rows", c.batch}, {"dp_pass_s", c.dp_batch_s}, {"tp_pass_s", c.tp_batch_s}};
+                   {"wait_s", c.wait_s}, {"timed_dp_one_row_s", timed_dp_one_s},
+                   {"timed_tp_one_row_s", timed_tp_one_s}, {"prior_dp_pass", pass_json(planner->dp_prior())}};
   const RuntimeDecision& last = planner->last_evaluation();
   if (planner->evaluations() > 0)
     j["last_evaluation"] = {{"first_row", hand_out_row.at(last.batch)}, {"rows_left", last.rows_left},
@@ -245,11 +264,14 @@ std::string RuntimeTail::text() const {
   std::ostringstream s;
   s << "runtime plan: " << planner->evaluations() << " hand-outs decided, " << planner->decisions().size()
     << " decision(s) (remaining time predicted / measured):\n";
-  for (const RuntimeDecision& d : planner->decisions())
+  for (size_t i = 0; i < planner->decisions().size(); ++i) {
+    const RuntimeDecision& d = planner->decisions()[i];
     s << "  at " << d.at_s << " s, row " << hand_out_row.at(d.batch) << " (" << d.rows_left << " rows left): "
-      << runtime_mode_name(d.chosen) << ", predicted " << (d.chosen == RuntimeMode::DataParallel ? d.predicted_dp_s : d.predicted_tp_s)
-      << " s (the other mode " << (d.chosen == RuntimeMode::DataParallel ? d.predicted_tp_s : d.predicted_dp_s)
-      << " s), measured " << d.measured_s << " s\n";
+      << runtime_mode_name(d.chosen) << ", predicted " << d.predicted_s() << " s (dp " << d.predicted_dp_s << " s, tp "
+      << d.predicted_tp_s << " s";
+    if (switch_rows[i] >= 0) s << ", dp then tp from row " << switch_rows[i] << " " << d.predicted_switch_s << " s";
+    s << "), measured " << d.measured_s << " s\n";
+  }
   for (const HandOutDecision& h : planner->hand_outs())
     s << "  at " << h.at_s << " s, row " << hand_out_row.at(h.batch) << ": handed out " << h.rows << " of "
       << h.batch_rows << " rows (" << h.rows_left << " rows left), predicted " << h.predicted_s << " s (whole batch "

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <numeric>
 
 namespace lowsync {
 
@@ -74,6 +75,20 @@ double run_seconds(const PassCost& c, const RowsWork& w, int slots) {
   return c.fixed * steps + c.per_row * w.new_tokens + c.per_token * w.prompt_tokens;
 }
 
+void QueuedWork::then(const RowsWork& w, int slots) {
+  if (w.rows <= 0) return;
+  const double start = sum.rows + w.rows <= slots ? 0 : sum.new_tokens / std::max(slots, 1);
+  last_end = std::max(last_end, start + w.longest);
+  sum.add(w);
+}
+
+double QueuedWork::seconds(const PassCost& c, int slots) const {
+  if (sum.rows <= 0) return 0;
+  const double filled = std::max(1.0, std::min<double>(slots, sum.rows));
+  const double steps = std::max(sum.new_tokens / filled, last_end);
+  return c.fixed * steps + c.per_row * sum.new_tokens + c.per_token * sum.prompt_tokens;
+}
+
 double tp_compute_ratio(const Prediction& dp, const Prediction& tp) {
   return dp.compute_s > 0 && tp.compute_s > 0 ? tp.compute_s / dp.compute_s : 1.0;
 }
@@ -96,106 +111,21 @@ void RuntimePlanner::measured(RuntimeMode mode, int decode_rows, int64_t prefill
   fit_[mode == RuntimeMode::DataParallel ? 0 : 1].add(decode_rows, prefill_tokens, seconds);
 }
 
-// A tp pass: the dp pass (as fitted so far) times the ratio the side-by-side passes measured at
-// the start; else the cost model's: the dp pass's compute at the tp rank's share, plus its syncs,
-// each paying the timed latency and its activation rows.
+// A tp pass: the dp pass (as fitted so far) with its compute at the tp rank's share (the cost
+// model's ratio), plus its syncs, each paying the timed latency and its activation rows, plus the
+// waits the timed one-row passes showed.
 PassCost RuntimePlanner::tp_predicted() const {
   const PassCost dp = dp_cost();
-  if (tp_.batch > 0 && tp_.dp_batch_s > 0) {
-    const double r = tp_.tp_batch_s / tp_.dp_batch_s;
-    return {r * dp.fixed, r * dp.per_row, r * dp.per_token};
-  }
   const double syncs = tp_.syncs_per_pass;
-  return {tp_.compute_ratio * dp.fixed + syncs * tp_.sync_latency_s,
+  return {tp_.compute_ratio * dp.fixed + syncs * tp_.sync_latency_s + tp_.wait_s,
           tp_.compute_ratio * dp.per_row + syncs * tp_.sync_s_per_token,
           tp_.compute_ratio * dp.per_token + syncs * tp_.sync_s_per_token};
 }
 
 PassCost RuntimePlanner::tp_cost() const { return fit_[1].cost(tp_predicted()); }
 
-RuntimeMode RuntimePlanner::decide(int64_t next, const std::vector<RowsWork>& batches, double now_s) {
-  ++evaluations_;
-  if (mode_ == RuntimeMode::TensorParallel) return mode_;
-  const PassCost dp = dp_cost(), tp = tp_predicted();
-  RowsWork rest;
-  double largest_batch = 0;  // seconds of the batch that takes a replica longest
-  for (const RowsWork& b : batches) {
-    rest.add(b);
-    largest_batch = std::max(largest_batch, run_seconds(dp, b, slots_));
-  }
-  // What the replicas still hold: each batch in flight, its predicted time less what has passed.
-  double held = 0, longest_held = 0;
-  for (const auto& [index, f] : in_flight_) {
-    const double left = std::max(0.0, f.predicted_s - (now_s - f.handed_s));
-    held += left;
-    longest_held = std::max(longest_held, left);
-  }
-  // dp: the replicas share the held and the remaining work, but a batch runs on one replica, so
-  // the run lasts at least its largest batch (and what a replica still holds).
-  RowsWork share = rest;  // one replica's part of the rest
-  share.rows /= replicas_;
-  share.prompt_tokens /= replicas_;
-  share.new_tokens /= replicas_;
-  const double pool = held + replicas_ * run_seconds(dp, share, slots_);
-  const double dp_s = std::max(pool / replicas_, std::max(longest_held, largest_batch));
-  // tp: the replicas first finish what they hold, then every rank runs the rest together.
-  const double tp_s = longest_held + run_seconds(tp, rest, slots_);
-
-  RuntimeMode chosen = RuntimeMode::DataParallel;
-  char why[256];
-  if (switch_at_ >= 0) {
-    chosen = next >= switch_at_ ? RuntimeMode::TensorParallel : RuntimeMode::DataParallel;
-    std::snprintf(why, sizeof why, "forced at batch %lld (LOWSYNC_RUNTIME_SWITCH_AT)", static_cast<long long>(switch_at_));
-  } else if (tp_s < 0.95 * dp_s) {  // the switch is one-way: only for a clear gain
-    chosen = RuntimeMode::TensorParallel;
-    std::snprintf(why, sizeof why, "tp predicted %.3g s against dp %.3g s for the %lld rows left", tp_s, dp_s,
-                  static_cast<long long>(rest.rows));
-  } else {
-    std::snprintf(why, sizeof why, "dp predicted %.3g s against tp %.3g s for the %lld rows left", dp_s, tp_s,
-                  static_cast<long long>(rest.rows));
-  }
-  last_ = {now_s, next, static_cast<int64_t>(rest.rows), chosen, dp_s, tp_s, -1, dp, tp, why};
-  if (decisions_.empty() || chosen != mode_) decisions_.push_back(last_);
-  mode_ = chosen;
-  return chosen;
-}
-
-double dp_makespan(const PassCost& c, std::vector<RowsWork> held, const std::vector<RowsWork>& hand_out,
-                   const std::vector<RowsWork>& later, int slots) {
-  if (held.empty()) return 0;
-  // Adds `w` to the replica on which it ends soonest.
-  auto place = [&](const RowsWork& w) {
-    size_t best = 0;
-    double best_s = 0;
-    for (size_t r = 0; r < held.size(); ++r) {
-      RowsWork with = held[r];
-      with.add(w);
-      const double s = run_seconds(c, with, slots);
-      if (r == 0 || s < best_s) best = r, best_s = s;
-    }
-    held[best].add(w);
-  };
-  RowsWork piece;
-  for (const RowsWork& row : hand_out) piece.add(row);
-  if (piece.rows > 0) place(piece);
-  for (const RowsWork& row : later) place(row);
-  double end = 0;
-  for (const RowsWork& w : held) end = std::max(end, run_seconds(c, w, slots));
-  return end;
-}
-
-int64_t RuntimePlanner::hand_out_rows(int64_t next, const std::vector<std::vector<RowsWork>>& rest_rows, double now_s) {
-  if (rest_rows.empty()) return 0;
-  const int64_t whole = static_cast<int64_t>(rest_rows.front().size());
-  int64_t left = 0;
-  for (const std::vector<RowsWork>& b : rest_rows) left += static_cast<int64_t>(b.size());
-  const bool forced = hand_out_ > 0;
-  if (!sizes_hand_outs(left) || whole <= 1 || (forced && hand_out_ >= whole)) return whole;
-  // What each replica still holds: each batch in flight, the fraction of it predicted left, the
-  // longest first to the replica that holds least (which replica holds which is not known here;
-  // this is the even case).
-  const PassCost dp = dp_cost();
-  std::vector<std::pair<double, RowsWork>> in_flight;
+std::vector<RowsWork> RuntimePlanner::held_now(double now_s) const {
+  std::vector<std::pair<double, RowsWork>> in_flight;  // (seconds left, the work left)
   for (const auto& [index, f] : in_flight_) {
     const double left_s = std::max(0.0, f.predicted_s - (now_s - f.handed_s));
     if (left_s > 0) in_flight.emplace_back(left_s, f.work.scaled(f.predicted_s > 0 ? left_s / f.predicted_s : 0));
@@ -208,6 +138,112 @@ int64_t RuntimePlanner::hand_out_rows(int64_t next, const std::vector<std::vecto
     held[r].add(work);
     held_s[r] += left_s;
   }
+  return held;
+}
+
+namespace {
+
+// Adds `w` to the group on which it ends soonest.
+void place(std::vector<QueuedWork>& groups, const RowsWork& w, const PassCost& c, int slots) {
+  size_t best = 0;
+  double best_s = 0;
+  for (size_t r = 0; r < groups.size(); ++r) {
+    QueuedWork with = groups[r];
+    with.then(w, slots);
+    const double s = with.seconds(c, slots);
+    if (r == 0 || s < best_s) best = r, best_s = s;
+  }
+  groups[best].then(w, slots);
+}
+
+double makespan(const std::vector<QueuedWork>& groups, const PassCost& c, int slots) {
+  double end = 0;
+  for (const QueuedWork& g : groups) end = std::max(end, g.seconds(c, slots));
+  return end;
+}
+
+// The tp group's seconds for batches [first, end) of `batches`, run in order.
+double tp_seconds(const PassCost& tp, const std::vector<RowsWork>& batches, size_t first, int slots) {
+  QueuedWork q;
+  for (size_t j = first; j < batches.size(); ++j) q.then(batches[j], slots);
+  return q.seconds(tp, slots);
+}
+
+}  // namespace
+
+RuntimeMode RuntimePlanner::decide(int64_t next, const std::vector<RowsWork>& batches, double now_s) {
+  ++evaluations_;
+  if (mode_ == RuntimeMode::TensorParallel) return mode_;
+  const PassCost dp = dp_cost(), tp = tp_predicted();
+  std::vector<QueuedWork> replicas;
+  for (const RowsWork& h : held_now(now_s)) replicas.emplace_back(h);
+  const double held_s = makespan(replicas, dp, slots_);
+  // tp now: the replicas first finish what they hold, then the tp group runs every batch left.
+  const double tp_s = held_s + tp_seconds(tp, batches, 0, slots_);
+  // dp: each batch to the replica on which it ends soonest; after batch j, the best switch so far
+  // is dp up to there and tp for the batches after it.
+  const size_t n = batches.size();
+  const size_t first_candidate = n > kSwitchCandidates ? n - kSwitchCandidates : 1;
+  double switch_s = -1;
+  int64_t switch_batch = -1;
+  for (size_t j = 0; j < n; ++j) {
+    place(replicas, batches[j], dp, slots_);
+    if (j + 1 < n && j + 1 >= first_candidate) {
+      const double s = makespan(replicas, dp, slots_) + tp_seconds(tp, batches, j + 1, slots_);
+      if (switch_batch < 0 || s < switch_s) switch_s = s, switch_batch = next + static_cast<int64_t>(j) + 1;
+    }
+  }
+  const double dp_s = makespan(replicas, dp, slots_);
+  const double not_now_s = switch_batch >= 0 ? std::min(dp_s, switch_s) : dp_s;  // dp now, tp later or never
+
+  RuntimeMode chosen = RuntimeMode::DataParallel;
+  char why[320];
+  const int64_t rows_left = static_cast<int64_t>(std::accumulate(
+      batches.begin(), batches.end(), 0.0, [](double a, const RowsWork& b) { return a + b.rows; }));
+  char later[80] = "";  // the best later switch, if there is a later batch
+  if (switch_batch >= 0)
+    std::snprintf(later, sizeof later, " (dp then tp from batch %lld: %.3g s)", static_cast<long long>(switch_batch), switch_s);
+  if (switch_at_ >= 0) {
+    chosen = next >= switch_at_ ? RuntimeMode::TensorParallel : RuntimeMode::DataParallel;
+    std::snprintf(why, sizeof why, "forced at batch %lld (LOWSYNC_RUNTIME_SWITCH_AT)", static_cast<long long>(switch_at_));
+  } else if (tp_s < 0.95 * not_now_s) {  // the switch is one-way: only for a clear gain
+    chosen = RuntimeMode::TensorParallel;
+    std::snprintf(why, sizeof why, "tp now predicted %.3g s against dp %.3g s%s for the %lld rows left", tp_s, dp_s, later,
+                  static_cast<long long>(rows_left));
+  } else if (switch_batch >= 0 && switch_s < dp_s) {
+    std::snprintf(why, sizeof why, "dp, then tp from batch %lld, predicted %.3g s against dp %.3g s, tp now %.3g s "
+                  "for the %lld rows left", static_cast<long long>(switch_batch), switch_s, dp_s, tp_s,
+                  static_cast<long long>(rows_left));
+  } else {
+    std::snprintf(why, sizeof why, "dp predicted %.3g s against tp now %.3g s%s for the %lld rows left", dp_s, tp_s, later,
+                  static_cast<long long>(rows_left));
+  }
+  last_ = {now_s, next, rows_left, chosen, dp_s, tp_s, switch_s, switch_batch, -1, dp, tp, why};
+  if (decisions_.empty() || chosen != mode_) decisions_.push_back(last_);
+  mode_ = chosen;
+  return chosen;
+}
+
+double dp_makespan(const PassCost& c, std::vector<RowsWork> held, const std::vector<RowsWork>& hand_out,
+                   const std::vector<RowsWork>& later, int slots) {
+  if (held.empty()) return 0;
+  std::vector<QueuedWork> replicas(held.begin(), held.end());
+  RowsWork piece;
+  for (const RowsWork& row : hand_out) piece.add(row);
+  if (piece.rows > 0) place(replicas, piece, c, slots);
+  for (const RowsWork& row : later) place(replicas, row, c, slots);
+  return makespan(replicas, c, slots);
+}
+
+int64_t RuntimePlanner::hand_out_rows(int64_t next, const std::vector<std::vector<RowsWork>>& rest_rows, double now_s) {
+  if (rest_rows.empty()) return 0;
+  const int64_t whole = static_cast<int64_t>(rest_rows.front().size());
+  int64_t left = 0;
+  for (const std::vector<RowsWork>& b : rest_rows) left += static_cast<int64_t>(b.size());
+  const bool forced = hand_out_ > 0;
+  if (!sizes_hand_outs(left) || whole <= 1 || (forced && hand_out_ >= whole)) return whole;
+  const PassCost dp = dp_cost();
+  const std::vector<RowsWork> held = held_now(now_s);
 
   // The rows of batch `next` and of every later one, in order: the first k go out now.
   std::vector<RowsWork> rows(rest_rows.front());

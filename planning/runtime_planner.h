@@ -8,7 +8,9 @@
 //
 // Every rank of a dp job holds the whole model, so the tp group needs no new weights: each rank
 // computes its tp share from views of what it holds (layers/weight_views.h). The switch is one-way
-// (a row in flight keeps its replica's KV cache until it ends).
+// (a row in flight keeps its replica's KV cache until it ends). Its first decision, before any
+// batch is handed out, is the whole job's plan: dp, tp from the start (no batch goes to a replica),
+// or dp and a later switch (looked at again at every hand-out).
 //
 // While the mode is dp it also sizes each hand-out: how many rows of the next batch a replica
 // takes into its decode batch (rows in flight). Near the end of a job a whole batch on one replica
@@ -70,31 +72,53 @@ struct RowsWork {
 // every row-step and prompt token once.
 double run_seconds(const PassCost& c, const RowsWork& w, int slots);
 
+// What one group (a replica, or the tp group) runs, in the order it is given: rows given while
+// its slots have room start at once, beside what runs; rows given later start only when the
+// earlier rows have freed slots (their new tokens / slots steps in). So a long row handed out
+// after many short ones ends that many steps later, not beside them (run_seconds alone, which sees
+// only the sum, would put it beside them).
+struct QueuedWork {
+  RowsWork sum;
+  double last_end = 0;  // the step by which its last row ends, at least
+  QueuedWork() = default;
+  explicit QueuedWork(const RowsWork& held) : sum(held), last_end(held.longest) {}
+  void then(const RowsWork& w, int slots);
+  double seconds(const PassCost& c, int slots) const;
+};
+
 // One change of mode (or the first choice), with what was predicted and what it cost.
 struct RuntimeDecision {
   double at_s = 0;           // seconds into the run
   int64_t batch = 0;         // the first batch (of this run's) the decision applies to
   int64_t rows_left = 0;     // rows not yet handed out, from that batch on
   RuntimeMode chosen = RuntimeMode::DataParallel;
-  double predicted_dp_s = 0, predicted_tp_s = 0;  // remaining time of the run, each way
+  double predicted_dp_s = 0, predicted_tp_s = 0;  // remaining time of the run, each way to its end
+  // The best later switch: dp for the batches before `switch_batch`, then tp for the rest (-1: no
+  // later batch to switch at). A dp choice is this plan when it is the sooner one.
+  double predicted_switch_s = -1;
+  int64_t switch_batch = -1;
+  double predicted_s() const {
+    if (chosen == RuntimeMode::TensorParallel) return predicted_tp_s;
+    return switch_batch >= 0 && predicted_switch_s < predicted_dp_s ? predicted_switch_s : predicted_dp_s;
+  }
   double measured_s = -1;    // the remaining time it took (from at_s to the end of the run); -1: unknown yet
   PassCost dp_pass, tp_pass;  // the pass costs the prediction used (dp: fitted so far; tp: from it)
   std::string why;
 };
 
-// What a tp pass costs against one replica's dp pass. Measured side by side when the job starts (a
-// decode pass of `batch` rows: every rank its whole model at once, then the tp group), because on a
-// shared machine a tp pass also waits at each sync for the other ranks to be scheduled, which
-// neither the profile nor the cost model sees. The cost model's view (a tp rank's share of the
-// compute, the pass's syncs at a timed all-reduce) is kept for the report, and used when nothing
-// was measured (batch 0).
+// What a tp pass costs against one replica's dp pass, from what the job has at its start: the cost
+// model's view (a tp rank's share of the compute) and the pass's syncs, each at the latency of an
+// all-reduce timed now (the mean of back-to-back calls). On a shared machine a tp pass also waits
+// at its syncs whenever a rank is descheduled mid-compute, which neither sees (3x the predicted tail
+// at load 6-16 here): so a one-row pass of each mode is timed side by side, and what the tp pass
+// took beyond the model's tp pass is added to every tp pass (`wait_s`; 0 on a quiet machine). The
+// job's own passes then correct both modes (PassFit).
 struct TensorParallelCosts {
   double compute_ratio = 1;     // cost model: a tp rank's compute / one replica's, for the same rows
   int syncs_per_pass = 0;       // all-reduces in a tp pass
   double sync_latency_s = 0;    // one all-reduce of one token's row, back to back (timed)
   double sync_s_per_token = 0;  // and per further token
-  int batch = 0;                // rows of the timed passes; 0: none timed
-  double dp_batch_s = 0, tp_batch_s = 0;  // the timed passes
+  double wait_s = 0;            // per tp pass, beyond the above (timed one-row passes)
 };
 
 // The ratio from the cost model's predictions of the two plans' decode steps for the same workload;
@@ -137,7 +161,13 @@ class RuntimePlanner {
   // A pass this rank's replica measured in the current mode.
   void measured(RuntimeMode mode, int decode_rows, int64_t prefill_tokens, double seconds);
   // Before handing out `next`: dp (hand it out) or tp (keep it and every later batch for the tp group).
-  // rest: the work of batch `next` and of every later one, in order.
+  // rest: the work of batch `next` and of every later one, in order. Three plans for the rest, each
+  // to the run's end: dp (each batch to the replica on which it ends soonest), tp now (once the
+  // replicas finish what they hold), and dp then tp at the best later batch (among the last
+  // kSwitchCandidates). tp now needs a clear gain (5%) over both others: the switch is one-way, and
+  // a later switch stays open while dp runs. The first call (before any hand-out) is the job's
+  // whole plan: with tp predicted best from the start, no batch goes to a replica.
+  static constexpr int kSwitchCandidates = 32;
   RuntimeMode decide(int64_t next, const std::vector<RowsWork>& rest, double now_s);
   // dp: how many of the first rows of batch `next` to hand out now (1 .. its rows). The batch
   // whole unless a smaller hand-out is predicted to end the run clearly sooner (dp_makespan, at
@@ -160,6 +190,7 @@ class RuntimePlanner {
   const std::vector<HandOutDecision>& hand_outs() const { return hand_outs_; }
   int64_t evaluations() const { return evaluations_; }
   PassCost dp_cost() const { return fit_[0].cost(dp_prior_); }
+  const PassCost& dp_prior() const { return dp_prior_; }
   // The last hand-out's prediction (recorded or not), to compare with what the rest took.
   const RuntimeDecision& last_evaluation() const { return last_; }
   PassCost tp_cost() const;  // the fitted tp passes once measured, else tp_predicted
@@ -180,6 +211,9 @@ class RuntimePlanner {
   RuntimeMode mode_ = RuntimeMode::DataParallel;
   PassFit fit_[2];
   std::map<int64_t, InFlight> in_flight_;
+  // What each replica still holds (the batches in flight, the fraction predicted left, the longest
+  // first to the replica that holds least: which replica holds which is not known on rank 0).
+  std::vector<RowsWork> held_now(double now_s) const;
   std::vector<RuntimeDecision> decisions_;
   std::vector<HandOutDecision> hand_outs_;
   RuntimeDecision last_;

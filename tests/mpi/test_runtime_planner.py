@@ -3,9 +3,11 @@
 A tiny LLaMA whose rows generate until the model's last position, so prompts of mixed lengths make
 rows of very different lengths. Every row must equal transformers' greedy generation whichever
 mode computed it: at np 2 and np 3 (uneven tp shares: 4 heads, 2 kv heads over 3 ranks; the script's
-argument) with the switch forced at a batch (LOWSYNC_RUNTIME_SWITCH_AT), so that rows run in both modes, and with the
-planner deciding. The run report must record every decision with its predicted remaining time for
-both modes and the measured one, and the passes measured in each mode. Hand-outs cut to one row
+argument) with the switch forced at a batch (LOWSYNC_RUNTIME_SWITCH_AT), so that rows run in both modes, at
+np 3 with tp forced from the first decision (no row on a replica), and with the planner deciding. The
+run report must record every decision with its predicted remaining time for dp, tp and dp then tp
+(the first decision is the whole job's plan: the best of the three) and the measured one, and the
+passes measured in each mode. Hand-outs cut to one row
 (LOWSYNC_RUNTIME_HAND_OUT_ROWS) keep every row exact and are recorded. A failure in the tp tail, or
 with cut hand-outs, stops every rank, leaves the done rows valid, and --resume completes the file
 identically."""
@@ -95,6 +97,20 @@ def main(np_list, part):
               all(r["allreduces"] > 0 for r in rep["per_rank"]), f"{[r['allreduces'] for r in rep['per_rank']]}")
         check(f"np {np_}, switch forced: a log line per decision", p.stdout.count("runtime plan at row") == 2,
               f"{p.stdout.count('runtime plan at row')} lines")
+        if np_ != 3:
+            continue
+        # tp as the first decision (forced at batch 0): no row goes to a replica; the tp group (uneven
+        # shares over 3 ranks) runs the whole job, every row exact. (At np 3: the np 2 entry has more runs.)
+        run("tp_first", np_, switch_at=0)
+        got, done, rep = rows_of("tp_first")
+        bad = [i for i in range(len(ref)) if i >= len(got) or got[i] != ref[i]]
+        check(f"np {np_}, tp from the first decision: every row equals transformers' greedy generation",
+              not bad and done.all(), f"rows {bad} differ" if bad else f"{len(got)} rows")
+        rt = rep.get("runtime_plan", {})
+        chosen = [(d["first_row"], d["chosen"]) for d in rt.get("decisions", [])]
+        check(f"np {np_}, tp from the first decision: the report records tp from row 0, no dp pass",
+              chosen == [(0, "tp")] and rt.get("tail_first_row") == 0 and rt.get("measured_dp", {}).get("passes") == 0
+              and rt.get("measured_tp", {}).get("passes", 0) > 0, f"{chosen}, dp {rt.get('measured_dp')}")
 
     if part == "cut":
         # Hand-outs cut to one row (forced): a batch's rows on different replicas, each exact, written
@@ -134,11 +150,27 @@ def main(np_list, part):
           f"rows {bad} differ" if bad else "")
     ds = rep.get("runtime_plan", {}).get("decisions", [])
     complete = all(d["predicted_dp_s"] > 0 and d["predicted_tp_s"] > 0 and d["measured_s"] > 0 and
-                   d["predicted_s"] in (d["predicted_dp_s"], d["predicted_tp_s"]) and d["why"] for d in ds)
+                   d["predicted_s"] in (d["predicted_dp_s"], d["predicted_tp_s"], d["predicted_dp_then_tp_s"]) and
+                   d["why"] for d in ds)
     check("np 2, planner deciding: decisions recorded with predicted (both modes) and measured remaining time",
           len(ds) >= 1 and ds[0]["first_row"] == 0 and complete,
           "; ".join(f"row {d['first_row']}: {d['chosen']} dp {d['predicted_dp_s']:.3g} s tp {d['predicted_tp_s']:.3g} s "
                     f"measured {d['measured_s']:.3g} s" for d in ds))
+    # The first decision is the whole job's plan: dp, tp, or dp then tp from a later row, the best
+    # predicted (tp needs a 5% gain over both others), measured from the run's start.
+    if ds:
+        d = ds[0]
+        plans = {"dp": d["predicted_dp_s"], "tp": d["predicted_tp_s"]}
+        if d["switch_row"] is not None:
+            plans["dp then tp"] = d["predicted_dp_then_tp_s"]
+        best_other = min(v for k, v in plans.items() if k != "tp")
+        expected = "tp" if plans["tp"] < 0.95 * best_other else ("dp then tp" if plans.get("dp then tp", 1e300) <
+                                                                   plans["dp"] else "dp")
+        got_plan = "dp then tp" if d["chosen"] == "dp" and d["predicted_s"] != d["predicted_dp_s"] else d["chosen"]
+        check("np 2, planner deciding: the first decision takes the best of dp, tp and dp then tp (a later row)",
+              got_plan == expected and (d["switch_row"] is None or d["switch_row"] > 0) and
+              abs(d["measured_s"] - rep["wall_s"]) < 0.5 * rep["wall_s"] + 0.5,
+              f"chose {got_plan}, predicted {plans}, measured {d['measured_s']:.3g} s of {rep['wall_s']:.3g} s")
 
     # A grid the planner cannot turn tensor-parallel: one error line naming the key, no output.
     with open(f"{tmp}/bad.yaml", "w") as f:

@@ -63,6 +63,16 @@ RowsWork rows(int n, int64_t new_tokens) {
   return w;
 }
 
+TEST(TensorParallel, WaitsTheTimedPassesShowedAreAddedToEveryTpPass) {
+  // 30 ms of waits per tp pass (a descheduled rank at its syncs): the long row stays on one replica.
+  TensorParallelCosts c{0.6, 16, 0, 0};
+  c.wait_s = 0.03;
+  RuntimePlanner p(2, 4, {0.01, 0.001, 0.0001}, c);
+  EXPECT_NEAR(p.tp_predicted().fixed, 0.006 + 0.03, 1e-12);
+  EXPECT_NEAR(p.tp_predicted().per_row, 0.0006, 1e-12);
+  EXPECT_EQ(p.decide(0, {rows(1, 200)}, 0), RuntimeMode::DataParallel);
+}
+
 TEST(RuntimePlanner, DataParallelWhileManyBatchesWait) {
   RuntimePlanner p = two_replicas();
   const std::vector<RowsWork> rest(20, rows(4, 16));
@@ -76,6 +86,16 @@ TEST(RuntimePlanner, TensorParallelForOneLongBatchLeft) {
   std::vector<RowsWork> job(20, rows(4, 16));
   job.push_back(rows(1, 200));
   EXPECT_EQ(p.decide(0, job, 0), RuntimeMode::DataParallel);  // the short rows keep both replicas busy
+  {
+    // The first decision's plan: dp, then tp for the long row's batch. In dp the long row, handed out
+    // last, starts once its replica's 40 short rows have used their slots: 160 + 200 steps.
+    const RuntimeDecision& first = p.decisions()[0];
+    EXPECT_EQ(first.switch_batch, 20);
+    EXPECT_NEAR(first.predicted_dp_s, 360 * 0.01 + 840 * 0.001 + 328 * 0.0001, 1e-9);
+    EXPECT_NEAR(first.predicted_switch_s, (160 * 0.01 + 640 * 0.001 + 320 * 0.0001) + 200 * 0.0066 + 8 * 0.00006, 1e-9);
+    EXPECT_LT(first.predicted_switch_s, first.predicted_tp_s);
+    EXPECT_EQ(first.predicted_s(), first.predicted_switch_s);
+  }
   p.handed_out(0, rows(4, 16), 0);
   p.completed(0);
   // One batch of one long row left, nothing held: dp runs it on one replica, tp on both.
@@ -92,21 +112,56 @@ TEST(RuntimePlanner, TensorParallelForOneLongBatchLeft) {
   EXPECT_NEAR(p.decisions()[1].measured_s, 4.0, 1e-12);
 }
 
-TEST(TensorParallel, TimedPassesWinOverTheCostModel) {
-  TensorParallelCosts c{0.5, 16, 0, 0};
-  c.batch = 4;
-  c.dp_batch_s = 0.014, c.tp_batch_s = 0.028;  // tp twice as slow as dp, whatever the compute ratio says
-  RuntimePlanner p(2, 4, {0.01, 0.001, 0.0001}, c);
-  PassCost tp = p.tp_predicted();
-  EXPECT_NEAR(tp.fixed, 0.02, 1e-12);
-  EXPECT_NEAR(tp.per_row, 0.002, 1e-12);
-  EXPECT_NEAR(tp.per_token, 0.0002, 1e-12);
+TEST(TensorParallel, TheJobsOwnPassesCorrectThePriors) {
+  RuntimePlanner p(2, 4, {0.01, 0.001, 0.0001}, {0.5, 16, 0.0001, 0});
+  EXPECT_NEAR(p.tp_predicted().fixed, 0.005 + 16 * 0.0001, 1e-12);
+  // The machine runs twice as slow as the profile said: dp passes of 1 and 4 rows at twice the prior.
   for (int i = 0; i < 4; ++i) p.measured(RuntimeMode::DataParallel, 1 + 3 * (i % 2), 0, 2 * (i % 2 ? 0.014 : 0.011));
-  tp = p.tp_predicted();  // the machine got twice as slow since: so does the tp prediction
-  EXPECT_NEAR(tp.fixed, 0.04, 1e-9);
-  EXPECT_EQ(p.decide(0, {rows(1, 200)}, 0), RuntimeMode::DataParallel);
+  EXPECT_NEAR(p.dp_cost().fixed, 0.02, 1e-9);
+  EXPECT_NEAR(p.dp_cost().per_row, 0.002, 1e-9);
+  // So does a tp pass's compute (its syncs: the latency timed at the start).
+  EXPECT_NEAR(p.tp_predicted().fixed, 0.01 + 16 * 0.0001, 1e-9);
+  EXPECT_NEAR(p.tp_predicted().per_row, 0.001, 1e-9);
+  // One long row left: 200 steps of 22 ms on one replica, or of 12.6 ms on the tp group.
+  EXPECT_EQ(p.decide(0, {rows(1, 200)}, 0), RuntimeMode::TensorParallel);
+  EXPECT_NEAR(p.decisions()[0].predicted_dp_s, 200 * 0.022 + 8 * 0.0001, 1e-9);  // no prefill measured: the prior's per token
+  // Measured tp passes replace the prediction.
+  p.measured(RuntimeMode::TensorParallel, 1, 0, 0.03);
+  p.measured(RuntimeMode::TensorParallel, 3, 0, 0.05);
+  EXPECT_NEAR(p.tp_cost().fixed, 0.02, 1e-9);
+  EXPECT_NEAR(p.tp_cost().per_row, 0.01, 1e-9);
   p.finish(3.0);
   EXPECT_EQ(p.last_evaluation().measured_s, 3.0);
+}
+
+TEST(RuntimePlanner, StartsTensorParallelWhenItWinsTheWholeJob) {
+  // Three batches of 4 long rows on two replicas: dp runs two of them one after the other on one
+  // replica (200 steps); the tp group, whose rank computes 0.4 of a replica's pass, runs all 12
+  // rows in 300 steps at 0.4 the cost, and beats switching after the first two batches too.
+  RuntimePlanner p(2, 4, {0.01, 0.001, 0.0001}, {0.4, 16, 0, 0});
+  EXPECT_EQ(p.decide(0, std::vector<RowsWork>(3, rows(4, 100)), 0), RuntimeMode::TensorParallel);
+  ASSERT_EQ(p.decisions().size(), 1u);
+  const RuntimeDecision& d = p.decisions()[0];
+  EXPECT_EQ(d.batch, 0);
+  EXPECT_EQ(d.rows_left, 12);
+  EXPECT_NEAR(d.predicted_dp_s, 200 * 0.01 + 800 * 0.001 + 64 * 0.0001, 1e-9);
+  EXPECT_NEAR(d.predicted_tp_s, 0.4 * (300 * 0.01 + 1200 * 0.001 + 96 * 0.0001), 1e-9);
+  EXPECT_EQ(d.switch_batch, 2);  // dp for two batches, one per replica, then tp for the third
+  EXPECT_NEAR(d.predicted_switch_s, 1.4032 + 0.4 * 1.4032, 1e-9);
+  EXPECT_EQ(d.predicted_s(), d.predicted_tp_s);
+}
+
+TEST(QueuedWork, ALongRowHandedOutAfterShortOnesEndsAfterThem) {
+  const PassCost c{1.0, 0, 0};
+  RowsWork shorts = rows(8, 10), one_long = rows(1, 50);
+  QueuedWork q;
+  q.then(shorts, 4);  // 80 row-steps over 4 slots: 20 steps
+  q.then(one_long, 4);  // starts at step 20
+  EXPECT_NEAR(q.seconds(c, 4), 70, 1e-12);
+  QueuedWork beside;  // with room in the slots, the long row runs beside the short ones
+  beside.then(rows(2, 10), 4);
+  beside.then(one_long, 4);
+  EXPECT_NEAR(beside.seconds(c, 4), 50, 1e-12);
 }
 
 TEST(RuntimePlanner, SlowSyncsKeepTheTailDataParallel) {
