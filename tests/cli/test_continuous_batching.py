@@ -6,17 +6,13 @@ greedy generation (stopping at EOS) with continuous batching at one rank, dp = 2
 with static batches; seeded sampling must give every row the tokens it gets alone (a batch of one);
 and continuous batching must need fewer decode passes than static batches for the same rows
 (the passes are counted by the run report, not timed)."""
-import json
 import os
 import sys
 import tempfile
 
-import h5py
-import yaml
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mpi"))
-from mpi_util import mpirun, LOWSYNC, check, finish  # noqa: E402
+from mpi_util import check, finish  # noqa: E402
 import staggered_eos_llama  # noqa: E402
 
 NEW = 16
@@ -24,18 +20,11 @@ NEW = 16
 
 def main():
     tmp = tempfile.mkdtemp(prefix="lowsync_cb_")
-    prompts, ref, _ = staggered_eos_llama.make(tmp, NEW)
+    _, ref, _ = staggered_eos_llama.make(tmp, NEW)
 
     def run(tag, np_, parallel, batch, generate=None):
-        spec = {"model": f"{tmp}/m", "task": "generate", "input": f"{tmp}/p.h5", "output": f"{tmp}/{tag}.h5",
-                "generate": dict({"max_new_tokens": NEW}, **(generate or {})), "batch": batch, "parallel": parallel}
-        with open(f"{tmp}/{tag}.yaml", "w") as f:
-            yaml.safe_dump(spec, f)
-        mpirun(np_, [LOWSYNC, "run", f"{tmp}/{tag}.yaml"])
-        with h5py.File(f"{tmp}/{tag}.h5", "r") as f:
-            tok, off = f["generated/token_ids"][:], f["generated/offsets"][:]
-            rep = json.loads(f.attrs["run_report_json"])
-        return [tok[off[i]:off[i + 1]].tolist() for i in range(len(prompts))], rep
+        got, _, report = staggered_eos_llama.run_generate(tmp, tag, np_, NEW, parallel, batch, generate)
+        return got, report
 
     steps = {}
     for tag, np_, parallel, batch in (

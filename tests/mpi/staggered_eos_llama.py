@@ -2,10 +2,14 @@
 so rows of a generate job end at different steps (what continuous batching is for), written as a
 checkpoint with its prompts HDF5, and transformers' greedy generation of every prompt (stopping at
 EOS) with each new token's log-prob. The continuous-batching tests check lowsync against these."""
+import json
+
+import h5py
 import numpy as np
 import torch
+import yaml
 
-from mpi_util import check, write_prompts
+from mpi_util import LOWSYNC, check, mpirun, write_prompts
 
 LENGTHS = (5, 17, 3, 9, 12, 2, 7, 14, 4, 10, 6, 8)
 
@@ -48,3 +52,19 @@ def make(tmp, new_tokens, layers=2):
     check("rows finish at different steps (the test's premise)", len(lengths) >= 3, f"lengths {lengths}, eos {eos}")
     write_prompts(f"{tmp}/p.h5", prompts)
     return prompts, ref, ref_lp
+
+
+def run_generate(tmp, tag, ranks, new_tokens, parallel, batch, generate=None):
+    """lowsync generates for tmp/p.h5 with tmp/m (the job must complete): (new tokens per row, their
+    log-probs per row, the run report)."""
+    spec = {"model": f"{tmp}/m", "task": "generate", "input": f"{tmp}/p.h5", "output": f"{tmp}/{tag}.h5",
+            "generate": dict({"max_new_tokens": new_tokens}, **(generate or {})), "batch": batch, "parallel": parallel}
+    with open(f"{tmp}/{tag}.yaml", "w") as f:
+        yaml.safe_dump(spec, f)
+    mpirun(ranks, [LOWSYNC, "run", f"{tmp}/{tag}.yaml"])
+    with h5py.File(f"{tmp}/{tag}.h5", "r") as f:
+        tok, off, lp = f["generated/token_ids"][:], f["generated/offsets"][:], f["generated/logprobs"][:]
+        report = json.loads(f.attrs["run_report_json"])
+        assert f["done"][:].all() and f.attrs["complete"] == 1, tag
+    rows = range(len(off) - 1)
+    return [tok[off[i]:off[i + 1]].tolist() for i in rows], [lp[off[i]:off[i + 1]] for i in rows], report

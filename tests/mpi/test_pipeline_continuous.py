@@ -11,18 +11,15 @@ every row the tokens it gets alone (one rank, a batch of one).
 
     mpi/test_pipeline_continuous.py [np]   (np 2: the pp 2 settings; np 4: pp x tp and pp x dp)
 """
-import json
 import os
 import sys
 import tempfile
 
-import h5py
 import numpy as np
-import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mpi_util import mpirun, LOWSYNC, check, finish  # noqa: E402
+from mpi_util import check, finish  # noqa: E402
 import staggered_eos_llama  # noqa: E402
 
 NEW = 16
@@ -34,20 +31,10 @@ SAMPLING = {"temperature": 0.8, "top_k": 10, "seed": 11}
 def main():
     np_ = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     tmp = tempfile.mkdtemp(prefix="lowsync_ppcb_")
-    prompts, ref, ref_lp = staggered_eos_llama.make(tmp, NEW)
+    _, ref, ref_lp = staggered_eos_llama.make(tmp, NEW)
 
     def run(tag, ranks, parallel, batch, generate=None):
-        spec = {"model": f"{tmp}/m", "task": "generate", "input": f"{tmp}/p.h5", "output": f"{tmp}/{tag}.h5",
-                "generate": dict({"max_new_tokens": NEW}, **(generate or {})), "batch": batch, "parallel": parallel}
-        with open(f"{tmp}/{tag}.yaml", "w") as f:
-            yaml.safe_dump(spec, f)
-        mpirun(ranks, [LOWSYNC, "run", f"{tmp}/{tag}.yaml"])
-        with h5py.File(f"{tmp}/{tag}.h5", "r") as f:
-            tok, off, lp = f["generated/token_ids"][:], f["generated/offsets"][:], f["generated/logprobs"][:]
-            rep = json.loads(f.attrs["run_report_json"])
-            assert f["done"][:].all() and f.attrs["complete"] == 1, tag
-        rows = range(len(prompts))
-        return [tok[off[i]:off[i + 1]].tolist() for i in rows], [lp[off[i]:off[i + 1]] for i in rows], rep
+        return staggered_eos_llama.run_generate(tmp, tag, ranks, NEW, parallel, batch, generate)
 
     def greedy(tag, ranks, parallel, batch):
         got, lp, rep = run(tag, ranks, parallel, batch)
