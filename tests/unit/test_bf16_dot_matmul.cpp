@@ -10,11 +10,14 @@
 #include <vector>
 
 #include "layers/bf16_dot_matmul.h"
+#include "tests/unit/bf16_dot_reference.h"
 #include "tests/unit/random_values.h"
 
 namespace lowsync {
 namespace {
 
+using test::bf16_rounded_x_dot;
+using test::DotReference;
 using test::random_values;
 
 TEST(Bf16DotMatmul, MatchesRoundedXInDoubleOnEveryPath) {
@@ -37,16 +40,12 @@ TEST(Bf16DotMatmul, MatchesRoundedXInDoubleOnEveryPath) {
               bf16_dot_matmul(dp, level, workers, x.data(), M, K, w.data(), N, y.data(), accumulate, scratch);
               for (int64_t m = 0; m < M; ++m)
                 for (int64_t n = 0; n < N; ++n) {
-                  double want = accumulate ? bias[m * N + n] : 0, mass = std::fabs(want);
-                  for (int64_t k = 0; k < K; ++k) {
-                    const double p = double(to_float(to_bf16(x[m * K + k]))) * to_float(w[n * K + k]);
-                    want += p;
-                    mass += std::fabs(p);
-                  }
+                  const DotReference want =
+                      bf16_rounded_x_dot(&x[m * K], &w[n * K], K, accumulate ? bias[m * N + n] : 0);
                   // bf16 x bf16 products are exact in fp32; only the K fp32 additions round
                   // (gamma_K u bound, u = 2^-24), whatever their order.
-                  const double bound = (K + 1) * std::ldexp(1.0, -24) * mass * 1.01 + 1e-30;
-                  ASSERT_NEAR(y[m * N + n], want, bound) << "M " << M << " K " << K << " N " << N << " threads "
+                  const double bound = (K + 1) * std::ldexp(1.0, -24) * want.magnitude * 1.01 + 1e-30;
+                  ASSERT_NEAR(y[m * N + n], want.value, bound) << "M " << M << " K " << K << " N " << N << " threads "
                                                          << threads << (dp ? " vdpbf16ps" : " widening");
                 }
             }

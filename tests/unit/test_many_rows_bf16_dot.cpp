@@ -14,12 +14,15 @@
 
 #include "layers/bf16_dot_matmul.h"
 #include "layers/many_rows_bf16_dot.h"
+#include "tests/unit/bf16_dot_reference.h"
 #include "tests/unit/random_values.h"
 
 namespace lowsync {
 namespace {
 
 using test::narrowed;
+using test::bf16_rounded_x_dot;
+using test::DotReference;
 using test::random_values;
 
 class ManyRowsBf16Dot : public ::testing::Test {
@@ -44,20 +47,16 @@ TEST_F(ManyRowsBf16Dot, MatchesRoundedXInDouble) {
             many_rows_bf16_dot(workers, x.data(), M, K, w.data(), N, y.data(), accumulate);
             for (int64_t m = 0; m < M; ++m)
               for (int64_t n = 0; n < N; ++n) {
-                double want = accumulate ? bias[m * N + n] : 0, mass = std::fabs(want);
-                for (int64_t k = 0; k < K; ++k) {
-                  const double p = double(to_float(to_bf16(x[m * K + k]))) * to_float(w[n * K + k]);
-                  want += p;
-                  mass += std::fabs(p);
-                }
+                const DotReference want =
+                    bf16_rounded_x_dot(&x[m * K], &w[n * K], K, accumulate ? bias[m * N + n] : 0);
                 // A bf16 x bf16 product is exact in fp32 (8 x 8 significand bits); only the K
                 // fp32 additions round, in whatever order vdpbf16ps takes a pair: the bound of any
                 // fp32 summation order (Higham, eq. 3.5), gamma_{K+1} u = 2^-24, of the sum of
                 // magnitudes. vdpbf16ps flushes subnormals (inputs and results) to zero: at most
                 // 2^-126 per addition more, (K + 1) 2^-126 in all.
                 const double u = std::ldexp(1.0, -24), gamma = (K + 1) * u / (1 - (K + 1) * u);
-                const double bound = gamma * mass + (K + 1) * std::ldexp(1.0, -126);
-                ASSERT_NEAR(y[m * N + n], want, bound)
+                const double bound = gamma * want.magnitude + (K + 1) * std::ldexp(1.0, -126);
+                ASSERT_NEAR(y[m * N + n], want.value, bound)
                     << "M " << M << " K " << K << " N " << N << " threads " << threads << (accumulate ? " +bias" : "")
                     << " at (" << m << ", " << n << ")";
               }
