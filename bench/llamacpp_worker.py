@@ -8,7 +8,8 @@ request: {"model": GGUF, "threads": T, "n_ctx": N, "flash_attn": false,
           "tokenize": [text, ...],                                       (optional)
           "greedy": [[prompt ids], ...], "greedy_new_tokens": K,          (optional)
           "prefill_ids": [ids],                                          (optional)
-          "decode": {"prompts": [[ids], ...], "steps": S, "batches": [1, 8]}}   (optional)
+          "decode": {"prompts": [[ids], ...], "steps": S, "batches": [1, 8]},   (optional)
+          "score": {"rows": [[ids], ...], "context": C}, "kv_f32": true}        (optional)
 
 - tokenize: llama.cpp's own token ids of each text (no BOS, special tokens as text).
 - greedy: per prompt, the prompt in one eval, then K - 1 single-token evals of the argmax: K new
@@ -25,6 +26,11 @@ request: {"model": GGUF, "threads": T, "n_ctx": N, "flash_attn": false,
   seq id per sequence, the B prompts in one llama_decode (untimed), then S llama_decode calls of B
   tokens (one per sequence, logits for each), each timed: seconds per step. Greedy tokens are
   returned for every batch so the caller can compare them with lowsync's.
+- score: per row, the whole row in one eval with logits for every position (the Llama is made with
+  logits_all), and the log-probability of each token after the first C under the logits of the
+  position before it (log-softmax in float64): what lowsync's score task returns for a prompt of C
+  tokens followed by the rest as target. kv_f32 keeps the K/V cache in F32 (lowsync's) instead of
+  llama.cpp's default F16, so that the weights' arithmetic is the only difference measured.
 """
 import json
 import sys
@@ -115,13 +121,27 @@ def decode_batched(llm, prompts, steps, n_ctx_per_seq, n_vocab):
         llama_cpp.llama_free(ctx)
 
 
+def score(llm, rows, context):
+    """[[log p(row[i] | row[:i]) for i >= context] per row], llama.cpp's logits."""
+    out = []
+    for row in rows:
+        llm.reset()
+        llm.eval(row)
+        logits = np.asarray(llm.scores[:len(row) - 1], np.float64)  # (len - 1, vocab): position i predicts i + 1
+        top = logits.max(axis=1, keepdims=True)
+        logp = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+        out.append([float(logp[i - 1, row[i]]) for i in range(context, len(row))])
+    return out
+
+
 def main():
     with open(sys.argv[1]) as f:
         req = json.load(f)
     T = int(req["threads"])
     llm = llama_cpp.Llama(model_path=req["model"], n_threads=T, n_threads_batch=T, n_ctx=req["n_ctx"],
                           n_batch=req["n_ctx"], n_ubatch=req["n_ctx"], flash_attn=bool(req.get("flash_attn", False)),
-                          verbose=False)
+                          logits_all=bool(req.get("score")), verbose=False,
+                          **({"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if req.get("kv_f32") else {}))
     n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(llm.model))
     ans = {"llama_cpp_python": llama_cpp.__version__, "threads": T,
            "flash_attn": bool(llm.context_params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED),
@@ -142,6 +162,8 @@ def main():
                 per_seq = -(-(max(len(p) for p in d["prompts"][:b]) + d["steps"] + 1) // 256) * 256
                 s, toks = decode_batched(llm, d["prompts"][:b], d["steps"], per_seq, n_vocab)
             ans["decode_s_per_step"][str(b)], ans["decode_tokens"][str(b)] = s, toks
+    if req.get("score"):
+        ans["score_logprobs"] = score(llm, req["score"]["rows"], req["score"]["context"])
     with open(sys.argv[2], "w") as f:
         json.dump(ans, f)
 
