@@ -196,7 +196,7 @@ def run_dllama(files, nodes, steps, skip, turbo):
             "mean_all_steps_ms": float(totals[1][1]), "steps": len(steps_ms), "pieces": pieces}
 
 
-def run_lowsync(tmp, model, tp, split, new, skip, tcp):
+def run_lowsync(tmp, model, tp, split, new, skip, tcp, wait):
     """One lowsync generate job at tp ranks: rank 0's decode step times (its trace), its run report's
     decode_s / decode_steps, per-rank compute and comm per pass, the tokens."""
     out, trace = f"{tmp}/out.h5", f"{tmp}/trace.json"
@@ -205,9 +205,11 @@ def run_lowsync(tmp, model, tp, split, new, skip, tcp):
             os.remove(path)
     with open(f"{tmp}/job.yaml", "w") as f:
         f.write(f"model: {model}\ntask: generate\ninput: {tmp}/p.h5\noutput: {out}\nthreads: 1\n"
-                f"trace: {trace}\nbatch: {{max_sequences: 1}}\nparallel: {{tp: {tp}, split_head: {str(split).lower()}}}\n"
+                f"trace: {trace}\nbatch: {{max_sequences: 1}}\nparallel: {{tp: {tp}, split_head: {str(split).lower()}, sync_wait: {wait}}}\n"
                 f"generate: {{max_new_tokens: {new}, temperature: 0.0, stop_at_eos: false}}\n")
-    cmd = ["mpirun", "--oversubscribe", "-np", str(tp), "-x", "OPENBLAS_NUM_THREADS=1", "-x", "OMP_NUM_THREADS=1",
+    # --bind-to none: dllama's processes are not pinned either (mpirun pins each of 2 ranks to a core,
+    # where a loaded core cannot hand its rank to an idle one).
+    cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(tp), "-x", "OPENBLAS_NUM_THREADS=1", "-x", "OMP_NUM_THREADS=1",
            "--mca", "btl", "self,tcp" if tcp else "self,vader,tcp", LOWSYNC, "run", f"{tmp}/job.yaml", "--quiet"]
     p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
     if p.returncode != 0:
@@ -255,6 +257,8 @@ def main():
     ap.add_argument("--check", type=int, default=16, help="leading greedy tokens that must agree")
     ap.add_argument("--dllama-net", nargs="+", choices=["blocking", "turbo"], default=["blocking", "turbo"],
                     help="dllama's socket modes at > 1 node (--net-turbo 0 / 1); each is a setting of its own")
+    ap.add_argument("--lowsync-wait", nargs="+", choices=["auto", "spin", "sleep"], default=["auto"],
+                    help="lowsync's parallel.sync_wait at > 1 rank; each is a setting of its own (auto: no suffix)")
     ap.add_argument("--lowsync-tcp", action="store_true", help="also run lowsync over TCP loopback (btl self,tcp)")
     ap.add_argument("--check-only", action="store_true", help="one run of each setting, the greedy check only")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "dllama.json"))
@@ -275,8 +279,10 @@ def main():
             settings.append((f"dllama_n{n}" + ("" if n == 1 else f"_{net}"), "dllama", n, net))
         for split in ([True, False] if n > 1 else [False]):
             for tcp in ([False, True] if args.lowsync_tcp and n > 1 else [False]):
-                settings.append((f"lowsync_tp{n}" + ("" if n == 1 else f"_split_{str(split).lower()}")
-                                 + ("_tcp" if tcp else ""), "lowsync", n, (split, tcp)))
+                for wait in (args.lowsync_wait if n > 1 else ["auto"]):
+                    settings.append((f"lowsync_tp{n}" + ("" if n == 1 else f"_split_{str(split).lower()}")
+                                     + ("_tcp" if tcp else "") + ("" if wait == "auto" else f"_{wait}"),
+                                     "lowsync", n, (split, tcp, wait)))
 
     runs = {s[0]: [] for s in settings}
     pieces = {}
@@ -293,7 +299,7 @@ def main():
                     res = run_dllama(files, n, steps, args.skip, option == "turbo")
                     got = res.pop("pieces")
                 else:
-                    res = run_lowsync(tmp, args.model, n, option[0], args.new, args.skip, option[1])
+                    res = run_lowsync(tmp, args.model, n, option[0], args.new, args.skip, option[1], option[2])
                     got = [printed(t) for t in res.pop("tokens")]
                 pieces.setdefault(name, got)
                 runs[name].append(res)
@@ -301,7 +307,7 @@ def main():
                       f"mean {res['mean_step_ms']:.2f}", flush=True)
             rounds_load.append({"before": before, "after": loadavg()})
 
-    reference = pieces["lowsync_tp1"]
+    reference = pieces.get("lowsync_tp1") or next(v for k, v in pieces.items() if k.startswith("lowsync"))
     greedy = {k: {"leading_agree": agree(v, reference), "tokens": len(v)} for k, v in pieces.items()}
     bad = [k for k, g in greedy.items() if g["leading_agree"] < min(args.check, len(reference))]
     result = {
@@ -328,11 +334,12 @@ def main():
         for k in runs:
             if k.startswith(f"dllama_n{n}"):
                 row[k[len(f"dllama_n{n}"):].lstrip("_") or "dllama"] = result["settings"][k]["ms_per_token_median"]
-        for split in ([True, False] if n > 1 else [None]):
-            k = f"lowsync_tp{n}" + ("" if split is None else f"_split_{str(split).lower()}")
-            col = "lowsync" if split is None else ("split" if split else "replicated")
-            row["dllama_best_ms"], row[f"{col}_speed"] = per_round(n, k)
-            row[col] = result["settings"][k]["ms_per_token_median"]
+        for k in runs:
+            if k == f"lowsync_tp{n}" or k.startswith(f"lowsync_tp{n}_"):
+                col = k[len(f"lowsync_tp{n}"):].lstrip("_").replace("split_true", "split").replace(
+                    "split_false", "replicated") or "lowsync"
+                row["dllama_best_ms"], row[f"{col}_speed"] = per_round(n, k)
+                row[col] = result["settings"][k]["ms_per_token_median"]
         table.append(row)
     result["table"] = table
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
