@@ -14,7 +14,7 @@ A manual benchmark (not in ctest): dllama builds from its repository only. How t
 The model and tokenizer in dllama's formats are made by this script on first use, in --dllama-dir:
 - `dllama_model_bench200m_f32.m` by dllama's own converter, run with this venv's python (it needs
   torch, numpy and safetensors, which the venv has: its requirements.txt pins are not needed):
-      cd /tmp/dllama && python converter/convert-hf.py out/bench/llama-200m f32 bench200m
+      cd /tmp/dllama && python converter/convert-hf.py $LOWSYNC/out/bench/llama-200m f32 bench200m
   (its Q and K rows are permuted into dllama's RoPE layout by the converter itself);
 - `dllama_tokenizer_bench200m.t` by dllama's own `converter/tokenizer-writer.py`: the random model
   has no tokenizer, so a synthetic vocabulary of 32000 pieces is written: ids 0-93 are the
@@ -23,17 +23,24 @@ The model and tokenizer in dllama's formats are made by this script on first use
   id from BOS on as special). A prompt of printable ASCII thus encodes to [BOS] + [ord(c) - 32],
   and each printed piece names its token id: the greedy tokens of both engines can be compared.
 
-What runs, in each of --rounds rounds (the engine that goes first alternating between rounds):
+What runs, in each of --rounds rounds (odd rounds: per rank count dllama's settings, then lowsync's;
+even rounds: every lowsync setting first, then dllama's):
 - dllama: `dllama worker --port P --nthreads 1` for each worker and `dllama inference --nthreads 1
   --buffer-float-type f32 --temperature 0 --steps S --prompt TEXT --workers 127.0.0.1:P ...` as
-  root, on loopback TCP; `--net-turbo` as dllama's default (1: non-blocking sockets that spin)
-  unless --dllama-blocking. dllama prints each step's time ("Pred" + "Sync", whole ms, its forward
-  pass and its syncs; sampling outside). ms/token = its own total over the decode steps minus the
-  first --skip steps (whole-ms lines), over the rest; the median of its per-step lines is kept too.
-- lowsync: `mpirun -np N lowsync run job.yaml` (shared memory, as its tests run; --lowsync-tcp
-  adds a run over TCP loopback, dllama's transport), `threads: 1`, `parallel: {tp: N, split_head:
-  true|false}`, greedy generate, batch 1; ms/token = rank 0's run report `decode_s / decode_steps`
-  (every decode step, sampling and bookkeeping included), and each rank's compute and comm seconds.
+  root, on loopback TCP, at > 1 node once per socket mode (--dllama-net): `--net-turbo 0` (blocking
+  sockets: a waiting node sleeps in recv) and `--net-turbo 1` (dllama's default: non-blocking
+  sockets polled in a loop). ms/token: the median over the decode steps after the first --skip of
+  each step's wall time, the time between two of its per-step lines (it flushes each: its forward
+  pass, syncs, sampling and printing); its own per-step figures (whole ms, truncated) are kept too
+  (`own_median_step_ms`, `own_mean_ms`, `sync_ms_per_token`).
+- lowsync: `mpirun --bind-to none -np N lowsync run job.yaml` over shared memory (as its tests run;
+  --lowsync-tcp adds runs over TCP loopback, dllama's transport), `threads: 1`, `parallel: {tp: N,
+  split_head: true|false, sync_wait: W}` for each W of --lowsync-wait (auto: the default; sleep; spin),
+  greedy generate, batch 1. ms/token: the median over the decode steps after the first --skip of
+  rank 0's "decode step" spans in the job's trace (sampling and bookkeeping included); the run
+  report's decode_s / decode_steps and each rank's compute and comm ms per pass are kept too.
+- The table's speed: per round, dllama's faster socket mode's ms/token over lowsync's (above 1:
+  lowsync faster), then the median over rounds.
 
 The prompt: dllama at this commit feeds the token after the prompt's end (a 0 from its zeroed
 buffer) instead of the prompt's last token at the first decode step (src/dllama.cpp, `token =
@@ -43,7 +50,8 @@ each setting against lowsync tp 1; on a random model near-ties may part them lat
 reported, not hidden). Both see a prompt of len(text) + 1 tokens and decode --new tokens.
 
 On a 2-core machine 4 ranks oversubscribe the cores, for both engines alike. Load averages before
-and after each round go into the JSON. Writes bench/results/dllama.json (--out).
+and after each round go into the JSON. Writes bench/results/dllama.json (--out); ~4 minutes a round
+on 2 busy cores (dllama's spinning sockets at 4 nodes take most of it).
 """
 import argparse
 import datetime
