@@ -143,6 +143,11 @@ const std::map<std::string, Setter>& schema() {
          if (!parse_sync_dtype(n.as<std::string>(), c.parallel.sync_dtype))
            throw YAML::Exception(YAML::Mark::null_mark(), "not a sync dtype");
        }},
+      {"parallel.sync_wait",
+       [](JobConfig& c, const YAML::Node& n) {
+         if (!parse_sync_wait(n.as<std::string>(), c.parallel.sync_wait))
+           throw YAML::Exception(YAML::Mark::null_mark(), "not spin, sleep or auto");
+       }},
       {"parallel.split_head",
        [](JobConfig& c, const YAML::Node& n) {
          const std::string v = n.as<std::string>();
@@ -325,6 +330,8 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
         throw UserError(path + ": key 'parallel.sync_dtype' is '" + value + "'; expected fp32, bf16 or q8");
       if (key == "parallel.split_head")
         throw UserError(path + ": key 'parallel.split_head' is '" + value + "'; expected true, false or auto");
+      if (key == "parallel.sync_wait")
+        throw UserError(path + ": key 'parallel.sync_wait' is '" + value + "'; expected spin, sleep or auto");
       if (key == "calibrate.method")
         throw UserError(path + ": key 'calibrate.method' is '" + value + "'; expected kl or progressive");
       if (key == "weights.dtype")
@@ -647,6 +654,7 @@ std::string JobConfig::to_yaml() const {
   e << YAML::Key << "sync_dtype" << YAML::Value << sync_dtype_name(c.parallel.sync_dtype);
   if (c.parallel.split_head != SplitHead::Off)
     e << YAML::Key << "split_head" << YAML::Value << split_head_name(c.parallel.split_head);
+  e << YAML::Key << "sync_wait" << YAML::Value << sync_wait_name(c.parallel.sync_wait);
   if (!c.parallel.plan.empty()) e << YAML::Key << "plan" << YAML::Value << c.parallel.plan;
   if (c.parallel.auto_plan) e << YAML::Key << "auto" << YAML::Value << true;
   e << YAML::Key << "spd" << YAML::Value << YAML::BeginMap;

@@ -78,6 +78,7 @@ LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
   });
   j.groups = std::make_unique<ParallelGroups>(
       ParallelGroups::make(j.plan.group, j.plan.pp, j.plan.dp, split_name(j.plan.split)));
+  j.groups->tp.set_sync_wait(resolve_sync_wait(job, world));  // `parallel.sync_wait: auto` (collective)
 
   const auto t0 = std::chrono::steady_clock::now();
   world.agree([&] {

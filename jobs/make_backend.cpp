@@ -68,16 +68,8 @@ cpu_set_t affinity() {
 
 }  // namespace
 
-int resolve_threads(const JobConfig& job, const Communicator& world) {
-  if (job.threads != 0) return job.threads;
-  const cpu_set_t mine = affinity();
-  const int cores = std::max(1, CPU_COUNT(&mine));
-  if (const char* s = std::getenv("SLURM_CPUS_PER_TASK")) {
-    char* end = nullptr;
-    const long n = std::strtol(s, &end, 10);
-    if (end != s && *end == '\0' && n >= 1) return static_cast<int>(std::min<long>(n, cores));
-  }
-  // The other ranks on this host, and which of them may run on the same cores as this one.
+// How many ranks of this host (this one included) may run on this rank's cores. Collective over `world`.
+int ranks_sharing_cores(const Communicator& world, const cpu_set_t& mine) {
   Communicator node = world.split_by_host("node");
   std::vector<cpu_set_t> all(node.size());
   node.all_gather_bytes(&mine, sizeof mine, all.data());
@@ -87,7 +79,28 @@ int resolve_threads(const JobConfig& job, const Communicator& world) {
     CPU_AND(&both, &mine, &other);
     sharing += CPU_COUNT(&both) > 0;
   }
-  return std::max(1, cores / std::max(1, sharing));
+  return sharing;
+}
+
+int resolve_threads(const JobConfig& job, const Communicator& world) {
+  if (job.threads != 0) return job.threads;
+  const cpu_set_t mine = affinity();
+  const int cores = std::max(1, CPU_COUNT(&mine));
+  if (const char* s = std::getenv("SLURM_CPUS_PER_TASK")) {
+    char* end = nullptr;
+    const long n = std::strtol(s, &end, 10);
+    if (end != s && *end == '\0' && n >= 1) return static_cast<int>(std::min<long>(n, cores));
+  }
+  return std::max(1, cores / std::max(1, ranks_sharing_cores(world, mine)));
+}
+
+SyncWait resolve_sync_wait(const JobConfig& job, const Communicator& world) {
+  if (job.parallel.sync_wait != SyncWait::Auto) return job.parallel.sync_wait;
+  const cpu_set_t mine = affinity();
+  const int cores = std::max(1, CPU_COUNT(&mine));
+  // Every sharing rank counted with this rank's threads: the job gives all ranks the same `threads`.
+  const bool oversubscribed = int64_t(ranks_sharing_cores(world, mine)) * std::max(1, job.threads) > cores;
+  return oversubscribed ? SyncWait::Sleep : SyncWait::Spin;
 }
 
 JobConfig with_resolved_weights(const JobConfig& job) {

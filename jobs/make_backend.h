@@ -19,6 +19,10 @@ std::unique_ptr<Backend> make_backend(const JobConfig& job, const Communicator& 
 // Collective over `world` when `threads` is auto (all ranks take the same branch, since they read
 // the same job); throws only when MPI itself fails, so call it outside Communicator::agree.
 int resolve_threads(const JobConfig& job, const Communicator& world);
+// parallel.sync_wait on this rank: spin or sleep as the job says; auto sleeps when the ranks of
+// this host that share this rank's cores, `threads` each (resolved), need more cores than it may
+// run on, else spins. Collective over `world` for auto; call it outside Communicator::agree.
+SyncWait resolve_sync_wait(const JobConfig& job, const Communicator& world);
 // `job` with weights.dtype resolved: `auto` becomes the type most of the checkpoint's matrices are
 // stored in (fp32, bf16 or fp16); with backend: cuda it is cuda.dtype. Reads the checkpoint's
 // headers (UserError when they cannot be read: call it inside Communicator::agree).

@@ -244,9 +244,12 @@ int run_job(const JobConfig& job, bool resume) {
                                               " of " + std::to_string(input->rows())
                                         : std::to_string(input->rows()) + " rows";
   const std::string threads = job.threads == 0 ? ", threads auto (" + std::to_string(loaded.threads) + " on rank 0)" : "";
-  log::info("lowsync: %s %s (%s, %s, %d layers) on %d rank(s), %s, %s backend%s; model loaded in %.2f s%s",
+  const std::string wait = groups.tp.size() < 2 ? ""
+                         : std::string(", syncs wait: ") + sync_wait_name(groups.tp.sync_wait()) +
+                               (job.parallel.sync_wait == SyncWait::Auto ? " (auto, rank 0)" : "");
+  log::info("lowsync: %s %s (%s, %s, %d layers) on %d rank(s), %s, %s backend%s%s; model loaded in %.2f s%s",
             job.task.c_str(), job.model.c_str(), model.architecture.c_str(), rows.c_str(), model.n_layers, world.size(),
-            plan.describe().c_str(), loaded.backend->name().c_str(), threads.c_str(), loaded.load_seconds,
+            plan.describe().c_str(), loaded.backend->name().c_str(), threads.c_str(), wait.c_str(), loaded.load_seconds,
             resume ? (", resuming after row " + std::to_string(first)).c_str() : "");
 
   // From here on an error on one rank cannot be agreed (the others are inside collectives): the

@@ -9,6 +9,7 @@
 #include "io/error.h"
 #include "io/log.h"
 #include "jobs/continuous_generate.h"
+#include "jobs/make_backend.h"
 #include "planning/cost_model.h"
 #include "planning/make_plan.h"
 #include "planning/planner.h"
@@ -98,6 +99,7 @@ std::unique_ptr<RuntimeTail> make_runtime_tail(const JobConfig& job, const Model
     t->plan.chosen_by = "the runtime planner (the job's tail)";
   });
   t->groups = std::make_unique<ParallelGroups>(ParallelGroups::make(world.size(), 1, 1, "tp"));
+  t->groups->tp.set_sync_wait(resolve_sync_wait(job, world));  // `parallel.sync_wait: auto` (collective)
   const auto t0 = std::chrono::steady_clock::now();
   world.agree([&] {
     t->model = std::make_unique<Transformer>(whole, TensorParallelGroup(&t->groups->tp, &backend, plan.sync_dtype),

@@ -1,5 +1,7 @@
 #include "mpi_comm/communicator.h"
 
+#include <time.h>
+
 #include <algorithm>
 #include <utility>
 
@@ -58,6 +60,7 @@ Communicator& Communicator::operator=(Communicator&& o) noexcept {
   std::swap(size_, o.size_);
   std::swap(owned_, o.owned_);
   std::swap(counters_, o.counters_);
+  std::swap(wait_, o.wait_);
   std::swap(sync_, o.sync_);
   return *this;
 }
@@ -71,8 +74,31 @@ void Communicator::check(int err, const char* call) const {
                  ": " + std::string(text, len));
 }
 
+// A peer that arrives within this long is waited for by polling alone (a balanced TP step's ranks
+// reach a sync within tens of microseconds of each other); then a poll every kSyncSleep.
+constexpr double kSyncSpinSeconds = 50e-6;
+constexpr long kSyncSleepNs = 20000;
+
+void Communicator::wait_sleeping(MPI_Request& req, const char* call) {
+  const double spin_until = MPI_Wtime() + kSyncSpinSeconds;
+  int done = 0;
+  check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), call);
+  while (!done) {
+    if (MPI_Wtime() > spin_until) {
+      const timespec pause{0, kSyncSleepNs};
+      nanosleep(&pause, nullptr);
+    }
+    check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), call);  // MPI moves the data only inside its calls
+  }
+}
+
 void Communicator::all_reduce(float* data, int64_t n) {
   Timer t(counters_, n * 4, allreduce_wire_bytes(size_, n * 4), name_, "Allreduce");
+  if (wait_ == SyncWait::Sleep) {
+    MPI_Request req;
+    check(MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT, MPI_SUM, comm_, &req), "Iallreduce");
+    return wait_sleeping(req, "Iallreduce");
+  }
   check(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT, MPI_SUM, comm_), "Allreduce");
 }
 
@@ -154,11 +180,23 @@ void Communicator::all_reduce_max(int64_t* data, int64_t n) {
 
 void Communicator::all_gather(const float* send, int64_t n, float* recv) {
   Timer t(counters_, n * 4, allgather_wire_bytes(size_, n * 4), name_, "Allgather");
+  if (wait_ == SyncWait::Sleep) {
+    MPI_Request req;
+    check(MPI_Iallgather(send, static_cast<int>(n), MPI_FLOAT, recv, static_cast<int>(n), MPI_FLOAT, comm_, &req),
+          "Iallgather");
+    return wait_sleeping(req, "Iallgather");
+  }
   check(MPI_Allgather(send, static_cast<int>(n), MPI_FLOAT, recv, static_cast<int>(n), MPI_FLOAT, comm_), "Allgather");
 }
 
 void Communicator::all_gather(const double* send, int64_t n, double* recv) {
   Timer t(counters_, n * 8, allgather_wire_bytes(size_, n * 8), name_, "Allgather");
+  if (wait_ == SyncWait::Sleep) {
+    MPI_Request req;
+    check(MPI_Iallgather(send, static_cast<int>(n), MPI_DOUBLE, recv, static_cast<int>(n), MPI_DOUBLE, comm_, &req),
+          "Iallgather");
+    return wait_sleeping(req, "Iallgather");
+  }
   check(MPI_Allgather(send, static_cast<int>(n), MPI_DOUBLE, recv, static_cast<int>(n), MPI_DOUBLE, comm_), "Allgather");
 }
 
@@ -170,6 +208,12 @@ void Communicator::all_gather(const float* send, const std::vector<int64_t>& cou
   }
   const int64_t mine = counts[rank_] * 4;
   Timer t(counters_, mine, allgather_wire_bytes(size_, mine), name_, "Allgatherv");
+  if (wait_ == SyncWait::Sleep) {
+    MPI_Request req;
+    check(MPI_Iallgatherv(send, count[rank_], MPI_FLOAT, recv, count.data(), offset.data(), MPI_FLOAT, comm_, &req),
+          "Iallgatherv");
+    return wait_sleeping(req, "Iallgatherv");
+  }
   check(MPI_Allgatherv(send, count[rank_], MPI_FLOAT, recv, count.data(), offset.data(), MPI_FLOAT, comm_),
         "Allgatherv");
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "mpi_comm/sync_codec.h"
+#include "mpi_comm/sync_wait.h"
 
 namespace lowsync {
 
@@ -46,6 +47,9 @@ class Communicator {
   MPI_Comm raw() const { return comm_; }
   const CommCounters& counters() const { return counters_; }
   CommCounters& counters() { return counters_; }
+  // How all_reduce(float) and the all_gathers of floats and doubles wait (not Auto).
+  void set_sync_wait(SyncWait w) { wait_ = w; }
+  SyncWait sync_wait() const { return wait_; }
 
   // Collectives, in place where MPI allows it.
   void all_reduce(float* data, int64_t n);                     // sum
@@ -93,6 +97,7 @@ class Communicator {
 
  private:
   void check(int err, const char* call) const;
+  void wait_sleeping(MPI_Request& req, const char* call);  // SyncWait::Sleep's wait
   void gather_and_sum(float* data, int64_t n, SyncDType dtype);             // all_reduce(.., dtype)'s two ways
   void reduce_scatter_and_gather(float* data, int64_t n, SyncDType dtype);
   static constexpr int kSyncTag = 0x5359;  // the gather's point-to-point swaps (no other message uses it)
@@ -101,6 +106,7 @@ class Communicator {
   int rank_ = 0, size_ = 1;
   bool owned_ = false;
   CommCounters counters_;
+  SyncWait wait_ = SyncWait::Spin;
   struct SyncBuffers {  // reused by the compressed all-reduce, so a sync allocates nothing
     std::vector<float> values;
     std::vector<uint8_t> send, recv;

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <algorithm>
 #include <numeric>
 #include <vector>
@@ -230,6 +231,78 @@ TEST(Communicator, NonBlockingAllReduceEqualsBlocking) {
   w.all_reduce(b.data(), 1000);  // other work while the first is in flight
   w.wait(req);
   EXPECT_EQ(a, b);
+}
+
+// parallel.sync_wait: sleep: the same sums (every rank's partial, summed in double here; all ranks
+// bit-identical) and gathers as the spinning calls, at message sizes from one value to a large
+// sync, and counted alike.
+TEST(Communicator, SleepingWaitGivesTheSameSumsAndGathers) {
+  Communicator w = world();
+  const int R = w.size();
+  for (int64_t n : {int64_t(1), int64_t(1024), int64_t(100003)}) {
+    std::vector<double> exact(static_cast<size_t>(n), 0.0);
+    for (int r = 0; r < R; ++r) {
+      const std::vector<float> p = partial_of(r, n);
+      for (int64_t i = 0; i < n; ++i) exact[i] += p[i];
+    }
+    std::vector<float> spun = partial_of(w.rank(), n), slept = spun;
+    w.set_sync_wait(lowsync::SyncWait::Spin);
+    w.all_reduce(spun.data(), n);
+    w.set_sync_wait(lowsync::SyncWait::Sleep);
+    const int64_t calls = w.counters().calls;
+    w.all_reduce(slept.data(), n);
+    EXPECT_EQ(w.counters().calls, calls + 1);
+    for (int64_t i = 0; i < n; ++i) {
+      // R - 1 float additions of values up to 1e2: each within an ulp of the running sum.
+      ASSERT_NEAR(slept[i], exact[i], 1e-5 * R * (std::fabs(exact[i]) + 1e2)) << "n " << n << " i " << i;
+      ASSERT_NEAR(spun[i], exact[i], 1e-5 * R * (std::fabs(exact[i]) + 1e2)) << "n " << n << " i " << i;
+    }
+    std::vector<float> every(static_cast<size_t>(n) * R);
+    w.all_gather(slept.data(), n, every.data());
+    for (int r = 0; r < R; ++r)
+      ASSERT_EQ(std::memcmp(every.data() + r * n, slept.data(), n * sizeof(float)), 0) << "rank " << r << "'s sum differs";
+  }
+  // The gathers: floats, doubles and uneven counts, in rank order.
+  const double d[2] = {w.rank() + 0.5, -2.0 * w.rank()};
+  std::vector<double> all_d(2 * R);
+  w.all_gather(d, 2, all_d.data());
+  std::vector<int64_t> counts(R);
+  for (int r = 0; r < R; ++r) counts[r] = r + 1;
+  std::vector<float> mine(w.rank() + 1, float(w.rank())), all_f(R * (R + 1) / 2);
+  w.all_gather(mine.data(), counts, all_f.data());
+  for (int r = 0, at = 0; r < R; at += r + 1, ++r) {
+    EXPECT_DOUBLE_EQ(all_d[2 * r], r + 0.5);
+    EXPECT_DOUBLE_EQ(all_d[2 * r + 1], -2.0 * r);
+    for (int i = 0; i <= r; ++i) EXPECT_EQ(all_f[at + i], float(r)) << "rank " << r;
+  }
+  w.set_sync_wait(lowsync::SyncWait::Spin);
+}
+
+// What sleeping is for: a rank that waits 200 ms for a late peer spends a small part of that on
+// its core (its thread's CPU time), where a spinning wait would spend all of it.
+TEST(Communicator, SleepingWaitGivesTheCoreAway) {
+  Communicator w = world();
+  w.set_sync_wait(lowsync::SyncWait::Sleep);
+  float x = 1.f;
+  w.barrier();
+  const auto cpu_seconds = [] {
+    timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+  };
+  if (w.rank() == 0) {
+    const timespec late{0, 200000000};
+    nanosleep(&late, nullptr);
+  }
+  const double wall0 = MPI_Wtime(), cpu0 = cpu_seconds();
+  w.all_reduce(&x, 1);
+  const double wall = MPI_Wtime() - wall0, cpu = cpu_seconds() - cpu0;
+  EXPECT_EQ(x, float(w.size()));
+  if (w.rank() != 0) {
+    EXPECT_GT(wall, 0.1);  // it did wait for rank 0
+    EXPECT_LT(cpu, 0.3 * wall) << "a sleeping wait of " << wall << " s took " << cpu << " s of CPU";
+  }
+  w.set_sync_wait(lowsync::SyncWait::Spin);
 }
 
 TEST(Communicator, CountersCountCallsAndBytes) {

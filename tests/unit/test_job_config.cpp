@@ -382,6 +382,26 @@ TEST(JobConfig, SplitHead) {
   }
 }
 
+// parallel.sync_wait: spin, sleep or auto (the default; one error line naming the key otherwise);
+// kept by to_yaml; not in the fingerprint (how a rank waits changes no result: a resumed job may change it).
+TEST(JobConfig, SyncWait) {
+  const auto dflt = load_job_config(write_yaml(kBase), {});
+  EXPECT_EQ(dflt.parallel.sync_wait, SyncWait::Auto);
+  for (const auto& [value, want] : {std::pair{"spin", SyncWait::Spin}, {"sleep", SyncWait::Sleep}, {"auto", SyncWait::Auto}}) {
+    const auto c = load_job_config(write_yaml(std::string(kBase) + "parallel: {tp: 2, sync_wait: " + value + "}\n"), {});
+    EXPECT_EQ(c.parallel.sync_wait, want) << value;
+    EXPECT_EQ(load_job_config(write_yaml(c.to_yaml()), {}).parallel.sync_wait, want) << c.to_yaml();
+    EXPECT_EQ(c.fingerprint(), load_job_config(write_yaml(kBase), {"parallel.tp=2"}).fingerprint());
+  }
+  try {
+    load_job_config(write_yaml(kBase), {"parallel.sync_wait=nap"});
+    FAIL() << "no error for sync_wait: nap";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("key 'parallel.sync_wait' is 'nap'; expected spin, sleep or auto"),
+              std::string::npos) << e.what();
+  }
+}
+
 TEST(JobConfig, RuntimePlanKey) {
   auto c = load_job_config(write_yaml(std::string(kBase) + "parallel: {dp: auto}\nplan: {runtime: true}\n"), {});
   EXPECT_TRUE(c.plan.runtime);
