@@ -321,13 +321,36 @@ class CpuBackend final : public Backend {
     for (int64_t i = 0; i < gate.numel(); ++i) g[i] *= u[i];
   }
 
-  void scale(Tensor& x, float s) override { cblas_sscal(x.numel(), s, x.f32(), 1); }
+  // The element-wise ops below are plain loops split by rows, not OpenBLAS's sscal / saxpy: on a
+  // prefill pass OpenBLAS runs those on its own threads (over 10000 elements), whose worker then
+  // spins for a while on the core the next product's worker needs (measured: a 512-token SmolLM2
+  // prefill at 2 threads spent ~150 ms in its 60 adds and slowed the products after them).
+  void scale(Tensor& x, float s) override {
+    on_row_slices(x.rows, [&](int64_t r0, int64_t r1) {
+      float* a = x.row(r0);
+      for (int64_t i = 0; i < (r1 - r0) * x.cols; ++i) a[i] *= s;
+    });
+  }
 
   bool has_extended_kernels() const override { return true; }
 
-  void add(Tensor& x, const Tensor& y) override { cblas_saxpy(x.numel(), 1.f, y.f32(), 1, x.f32(), 1); }
+  void add(Tensor& x, const Tensor& y) override {
+    on_row_slices(x.rows, [&](int64_t r0, int64_t r1) {
+      float* a = x.row(r0);
+      const float* b = y.row(r0);
+      for (int64_t i = 0; i < (r1 - r0) * x.cols; ++i) a[i] += b[i];
+    });
+  }
 
-  void axpy(float alpha, const Tensor& y, Tensor& x) override { cblas_saxpy(x.numel(), alpha, y.f32(), 1, x.f32(), 1); }
+  // x + alpha * y rounded twice (no fused multiply-add in this build's baseline); the same as a
+  // fused one for alpha = +-1, the only one the model uses (decoupled segments' x_r - x).
+  void axpy(float alpha, const Tensor& y, Tensor& x) override {
+    on_row_slices(x.rows, [&](int64_t r0, int64_t r1) {
+      float* a = x.row(r0);
+      const float* b = y.row(r0);
+      for (int64_t i = 0; i < (r1 - r0) * x.cols; ++i) a[i] += alpha * b[i];
+    });
+  }
 
   void add_bias(Tensor& x, const Tensor& bias) override {
     for (int64_t r = 0; r < x.rows; ++r) cblas_saxpy(x.cols, 1.f, bias.f32(), 1, x.row(r), 1);
