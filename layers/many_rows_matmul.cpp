@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -158,7 +159,7 @@ void panels(const float* a, int64_t M, int64_t kc, int64_t n_begin, int64_t n_en
   }
 }
 
-// y[M, N] (+)= x w^T over `workers` (split into panels of whole 32 columns), or on the calling
+// y[M, N] (+)= x w^T over `workers` (taking panels of 32 columns one at a time), or on the calling
 // thread when workers is null. pack(n0, nr, k0, kc, b): a panel of the right-hand matrix.
 template <typename PackPanel>
 void product(WorkerThreads* workers, const float* x, int64_t ldx, int64_t M, int64_t K, int64_t N, float* y,
@@ -186,10 +187,13 @@ void product(WorkerThreads* workers, const float* x, int64_t ldx, int64_t M, int
       pack_x(x, ldx, M, k0, kc, a, n_tiles * t / threads, n_tiles * (t + 1) / threads);
     });
     const bool load_c = accumulate || k0 > 0;
-    on_threads([&](int t, int threads) {
-      const int64_t p0 = n_panels * t / threads, p1 = n_panels * (t + 1) / threads;
-      panels(a, M, kc, p0 * kNR, std::min(N, p1 * kNR), y, ldy, load_c,
-             [&](int64_t n0, int64_t nr, float* b) { pack(n0, nr, k0, kc, b); });
+    // The panels go to whichever thread asks next, not in fixed slices: a thread the OS runs late
+    // (another process on its core) then takes fewer, instead of the others waiting for its share.
+    std::atomic<int64_t> next_panel{0};
+    on_threads([&](int, int) {
+      for (int64_t p; (p = next_panel.fetch_add(1, std::memory_order_relaxed)) < n_panels;)
+        panels(a, M, kc, p * kNR, std::min(N, (p + 1) * kNR), y, ldy, load_c,
+               [&](int64_t n0, int64_t nr, float* b) { pack(n0, nr, k0, kc, b); });
     });
   }
 }
