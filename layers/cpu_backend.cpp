@@ -209,35 +209,24 @@ class CpuBackend final : public Backend {
   void rope_scaled(Tensor& q, Tensor& k, const std::vector<int32_t>& positions, int head_dim,
                    const std::vector<float>& inv_freq) override {
     const int half = head_dim / 2;
+    const int64_t tokens = static_cast<int64_t>(positions.size());
     // cos and sin of every (token, frequency) angle [tokens, half]: every layer of a pass asks for
-    // the same ones, so they are computed by its first layer only.
+    // the same ones, so they are computed by its first layer only. Tokens split among the threads.
     if (positions != rope_positions_ || inv_freq != rope_inv_freq_) {
       rope_positions_ = positions;
       rope_inv_freq_ = inv_freq;
-      rope_cos_.resize(positions.size() * half);
-      rope_sin_.resize(positions.size() * half);
-      for (size_t t = 0; t < positions.size(); ++t)
-        for (int i = 0; i < half; ++i) {
-          const float angle = float(positions[t]) * inv_freq[i];
-          rope_cos_[t * half + i] = std::cos(angle);
-          rope_sin_[t * half + i] = std::sin(angle);
-        }
-    }
-    for (size_t t = 0; t < positions.size(); ++t) {
-      const float* cos_ = rope_cos_.data() + t * half;
-      const float* sin_ = rope_sin_.data() + t * half;
-      for (Tensor* m : {&q, &k}) {
-        float* row = m->row(t);
-        for (int64_t h = 0; h < m->cols / head_dim; ++h) {
-          float* x = row + h * head_dim;
+      rope_cos_.resize(tokens * half);
+      rope_sin_.resize(tokens * half);
+      on_row_slices(tokens, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t)
           for (int i = 0; i < half; ++i) {
-            const float a = x[i], b = x[i + half];
-            x[i] = a * cos_[i] - b * sin_[i];
-            x[i + half] = b * cos_[i] + a * sin_[i];
+            const float angle = float(positions[t]) * inv_freq[i];
+            rope_cos_[t * half + i] = std::cos(angle);
+            rope_sin_[t * half + i] = std::sin(angle);
           }
-        }
-      }
+      });
     }
+    on_row_slices(tokens, [&](int64_t t0, int64_t t1) { rotate_rows(q, k, t0, t1, head_dim); });
   }
 
   void store_kv(const Tensor& k, const Tensor& v, KVCache& cache, int layer, const BatchLayout& layout) override {
@@ -369,6 +358,26 @@ class CpuBackend final : public Backend {
     const int threads = workers_.size();
     if (threads == 1 || rows <= kFewRows) return f(0, rows);
     workers_.run([&](int t) { f(rows * t / threads, rows * (t + 1) / threads); });
+  }
+
+  // RoPE on rows [t0, t1) of q and k by the cached cos and sin of their tokens' angles.
+  void rotate_rows(Tensor& q, Tensor& k, int64_t t0, int64_t t1, int head_dim) const {
+    const int half = head_dim / 2;
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* cos_ = rope_cos_.data() + t * half;
+      const float* sin_ = rope_sin_.data() + t * half;
+      for (Tensor* m : {&q, &k}) {
+        float* row = m->row(t);
+        for (int64_t h = 0; h < m->cols / head_dim; ++h) {
+          float* x = row + h * head_dim;
+          for (int i = 0; i < half; ++i) {
+            const float a = x[i], b = x[i + half];
+            x[i] = a * cos_[i] - b * sin_[i];
+            x[i + half] = b * cos_[i] + a * sin_[i];
+          }
+        }
+      }
+    }
   }
 
   // y (+)= x w^T by the many-rows kernel, w in any stored type.
