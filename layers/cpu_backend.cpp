@@ -232,10 +232,12 @@ class CpuBackend final : public Backend {
   void store_kv(const Tensor& k, const Tensor& v, KVCache& cache, int layer, const BatchLayout& layout) override {
     const size_t bytes = sizeof(float) * k.cols;
     for (const SequenceSlot& s : layout.seqs)
-      for (int64_t i = 0; i < s.n_new; ++i) {
-        std::memcpy(cache.k[layer].row(s.cache_base + s.past + i), k.row(s.token_begin + i), bytes);
-        std::memcpy(cache.v[layer].row(s.cache_base + s.past + i), v.row(s.token_begin + i), bytes);
-      }
+      on_row_slices(s.n_new, [&](int64_t i0, int64_t i1) {  // a prompt's rows split among the threads
+        for (int64_t i = i0; i < i1; ++i) {
+          std::memcpy(cache.k[layer].row(s.cache_base + s.past + i), k.row(s.token_begin + i), bytes);
+          std::memcpy(cache.v[layer].row(s.cache_base + s.past + i), v.row(s.token_begin + i), bytes);
+        }
+      });
   }
 
   void attention(const Tensor& q, const KVCache& cache, int layer, const BatchLayout& layout,
