@@ -209,44 +209,35 @@ class CpuBackend final : public Backend {
   void rope_scaled(Tensor& q, Tensor& k, const std::vector<int32_t>& positions, int head_dim,
                    const std::vector<float>& inv_freq) override {
     const int half = head_dim / 2;
+    const int64_t tokens = static_cast<int64_t>(positions.size());
     // cos and sin of every (token, frequency) angle [tokens, half]: every layer of a pass asks for
-    // the same ones, so they are computed by its first layer only.
+    // the same ones, so they are computed by its first layer only. Tokens split among the threads.
     if (positions != rope_positions_ || inv_freq != rope_inv_freq_) {
       rope_positions_ = positions;
       rope_inv_freq_ = inv_freq;
-      rope_cos_.resize(positions.size() * half);
-      rope_sin_.resize(positions.size() * half);
-      for (size_t t = 0; t < positions.size(); ++t)
-        for (int i = 0; i < half; ++i) {
-          const float angle = float(positions[t]) * inv_freq[i];
-          rope_cos_[t * half + i] = std::cos(angle);
-          rope_sin_[t * half + i] = std::sin(angle);
-        }
-    }
-    for (size_t t = 0; t < positions.size(); ++t) {
-      const float* cos_ = rope_cos_.data() + t * half;
-      const float* sin_ = rope_sin_.data() + t * half;
-      for (Tensor* m : {&q, &k}) {
-        float* row = m->row(t);
-        for (int64_t h = 0; h < m->cols / head_dim; ++h) {
-          float* x = row + h * head_dim;
+      rope_cos_.resize(tokens * half);
+      rope_sin_.resize(tokens * half);
+      on_row_slices(tokens, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t)
           for (int i = 0; i < half; ++i) {
-            const float a = x[i], b = x[i + half];
-            x[i] = a * cos_[i] - b * sin_[i];
-            x[i + half] = b * cos_[i] + a * sin_[i];
+            const float angle = float(positions[t]) * inv_freq[i];
+            rope_cos_[t * half + i] = std::cos(angle);
+            rope_sin_[t * half + i] = std::sin(angle);
           }
-        }
-      }
+      });
     }
+    on_row_slices(tokens, [&](int64_t t0, int64_t t1) { rotate_rows(q, k, t0, t1, head_dim); });
   }
 
   void store_kv(const Tensor& k, const Tensor& v, KVCache& cache, int layer, const BatchLayout& layout) override {
     const size_t bytes = sizeof(float) * k.cols;
     for (const SequenceSlot& s : layout.seqs)
-      for (int64_t i = 0; i < s.n_new; ++i) {
-        std::memcpy(cache.k[layer].row(s.cache_base + s.past + i), k.row(s.token_begin + i), bytes);
-        std::memcpy(cache.v[layer].row(s.cache_base + s.past + i), v.row(s.token_begin + i), bytes);
-      }
+      on_row_slices(s.n_new, [&](int64_t i0, int64_t i1) {  // a prompt's rows split among the threads
+        for (int64_t i = i0; i < i1; ++i) {
+          std::memcpy(cache.k[layer].row(s.cache_base + s.past + i), k.row(s.token_begin + i), bytes);
+          std::memcpy(cache.v[layer].row(s.cache_base + s.past + i), v.row(s.token_begin + i), bytes);
+        }
+      });
   }
 
   void attention(const Tensor& q, const KVCache& cache, int layer, const BatchLayout& layout,
@@ -321,13 +312,37 @@ class CpuBackend final : public Backend {
     for (int64_t i = 0; i < gate.numel(); ++i) g[i] *= u[i];
   }
 
-  void scale(Tensor& x, float s) override { cblas_sscal(x.numel(), s, x.f32(), 1); }
+  // The element-wise ops below are plain loops split by rows, not OpenBLAS's sscal / saxpy: on a
+  // prefill pass OpenBLAS runs those on its own threads (over 10000 elements), whose worker then
+  // spins for a while on the core the next product's worker needs (measured: over six 512-token
+  // SmolLM2 prefill passes at 2 threads, OpenBLAS's thread burnt 0.45-2.1 s of CPU time, beside
+  // ~0.65 s of CPU per pass for the whole pass at 1 thread).
+  void scale(Tensor& x, float s) override {
+    on_row_slices(x.rows, [&](int64_t r0, int64_t r1) {
+      float* a = x.row(r0);
+      for (int64_t i = 0; i < (r1 - r0) * x.cols; ++i) a[i] *= s;
+    });
+  }
 
   bool has_extended_kernels() const override { return true; }
 
-  void add(Tensor& x, const Tensor& y) override { cblas_saxpy(x.numel(), 1.f, y.f32(), 1, x.f32(), 1); }
+  void add(Tensor& x, const Tensor& y) override {
+    on_row_slices(x.rows, [&](int64_t r0, int64_t r1) {
+      float* a = x.row(r0);
+      const float* b = y.row(r0);
+      for (int64_t i = 0; i < (r1 - r0) * x.cols; ++i) a[i] += b[i];
+    });
+  }
 
-  void axpy(float alpha, const Tensor& y, Tensor& x) override { cblas_saxpy(x.numel(), alpha, y.f32(), 1, x.f32(), 1); }
+  // x + alpha * y rounded twice (no fused multiply-add in this build's baseline); the same as a
+  // fused one for alpha = +-1, the only one the model uses (decoupled segments' x_r - x).
+  void axpy(float alpha, const Tensor& y, Tensor& x) override {
+    on_row_slices(x.rows, [&](int64_t r0, int64_t r1) {
+      float* a = x.row(r0);
+      const float* b = y.row(r0);
+      for (int64_t i = 0; i < (r1 - r0) * x.cols; ++i) a[i] += alpha * b[i];
+    });
+  }
 
   void add_bias(Tensor& x, const Tensor& bias) override {
     for (int64_t r = 0; r < x.rows; ++r) cblas_saxpy(x.cols, 1.f, bias.f32(), 1, x.row(r), 1);
@@ -346,6 +361,26 @@ class CpuBackend final : public Backend {
     const int threads = workers_.size();
     if (threads == 1 || rows <= kFewRows) return f(0, rows);
     workers_.run([&](int t) { f(rows * t / threads, rows * (t + 1) / threads); });
+  }
+
+  // RoPE on rows [t0, t1) of q and k by the cached cos and sin of their tokens' angles.
+  void rotate_rows(Tensor& q, Tensor& k, int64_t t0, int64_t t1, int head_dim) const {
+    const int half = head_dim / 2;
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* cos_ = rope_cos_.data() + t * half;
+      const float* sin_ = rope_sin_.data() + t * half;
+      for (Tensor* m : {&q, &k}) {
+        float* row = m->row(t);
+        for (int64_t h = 0; h < m->cols / head_dim; ++h) {
+          float* x = row + h * head_dim;
+          for (int i = 0; i < half; ++i) {
+            const float a = x[i], b = x[i + half];
+            x[i] = a * cos_[i] - b * sin_[i];
+            x[i + half] = b * cos_[i] + a * sin_[i];
+          }
+        }
+      }
+    }
   }
 
   // y (+)= x w^T by the many-rows kernel, w in any stored type.

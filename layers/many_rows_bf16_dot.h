@@ -25,8 +25,8 @@
 namespace lowsync {
 
 // y[M, N] = bf16(x)[M, K] w[N, K]^T, or y += it when accumulate (y holding a bias). Row-major,
-// dense. The threads of `workers` round and pack x's tiles, then split the N output columns into
-// slices of whole 32-column panels.
+// dense. The threads of `workers` round and pack x's tiles, then take the N output columns a
+// 32-column panel at a time.
 void many_rows_bf16_dot(WorkerThreads& workers, const float* x, int64_t M, int64_t K, const BFloat16* w, int64_t N,
                         float* y, bool accumulate);
 

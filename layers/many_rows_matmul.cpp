@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -67,15 +68,25 @@ constexpr std::array<TileFn, sizeof...(R)> tile_table(std::integer_sequence<int,
 constexpr auto tiles = tile_table(std::make_integer_sequence<int, kMR>{});
 
 // x[M, k0 : k0 + kc] packed: tile t (rows m0 .. m0 + mr) at a + m0 * kc, element (i, k) at k * mr + i.
-// Tiles [t0, t1) of them.
-void pack_x(const float* x, int64_t ldx, int64_t M, int64_t k0, int64_t kc, float* a, int64_t t0, int64_t t1) {
+// Tiles [t0, t1) of them. Whole stretches of 16 values of k go through a transpose in registers
+// (the tile's rows, padded to 16, in; 16 values of k, each with its mr rows side by side, out);
+// the rest value by value.
+LOWSYNC_AVX512 void pack_x(const float* x, int64_t ldx, int64_t M, int64_t k0, int64_t kc, float* a, int64_t t0,
+                           int64_t t1) {
+  const int64_t by_blocks = kc / 16 * 16;
+  __m512 r[16];
   for (int64_t m0 = t0 * kMR; m0 < std::min(M, t1 * kMR); m0 += kMR) {
     const int64_t mr = std::min<int64_t>(kMR, M - m0);
+    const __mmask16 rows = __mmask16((1u << mr) - 1);
     float* t = a + m0 * kc;
-    for (int64_t i = 0; i < mr; ++i) {
-      const float* row = x + (m0 + i) * ldx + k0;
-      for (int64_t k = 0; k < kc; ++k) t[k * mr + i] = row[k];
+    const float* x0 = x + m0 * ldx + k0;
+    for (int64_t k = 0; k < by_blocks; k += 16) {
+      for (int i = 0; i < 16; ++i) r[i] = i < mr ? _mm512_loadu_ps(x0 + i * ldx + k) : _mm512_setzero_ps();
+      transpose16(r);  // r[j]: value k + j of rows 0 .. 15
+      for (int j = 0; j < 16; ++j) _mm512_mask_storeu_ps(t + (k + j) * mr, rows, r[j]);
     }
+    for (int64_t i = 0; i < mr; ++i)
+      for (int64_t k = by_blocks; k < kc; ++k) t[k * mr + i] = x0[i * ldx + k];
   }
 }
 
@@ -158,7 +169,7 @@ void panels(const float* a, int64_t M, int64_t kc, int64_t n_begin, int64_t n_en
   }
 }
 
-// y[M, N] (+)= x w^T over `workers` (split into panels of whole 32 columns), or on the calling
+// y[M, N] (+)= x w^T over `workers` (taking panels of 32 columns one at a time), or on the calling
 // thread when workers is null. pack(n0, nr, k0, kc, b): a panel of the right-hand matrix.
 template <typename PackPanel>
 void product(WorkerThreads* workers, const float* x, int64_t ldx, int64_t M, int64_t K, int64_t N, float* y,
@@ -186,10 +197,13 @@ void product(WorkerThreads* workers, const float* x, int64_t ldx, int64_t M, int
       pack_x(x, ldx, M, k0, kc, a, n_tiles * t / threads, n_tiles * (t + 1) / threads);
     });
     const bool load_c = accumulate || k0 > 0;
-    on_threads([&](int t, int threads) {
-      const int64_t p0 = n_panels * t / threads, p1 = n_panels * (t + 1) / threads;
-      panels(a, M, kc, p0 * kNR, std::min(N, p1 * kNR), y, ldy, load_c,
-             [&](int64_t n0, int64_t nr, float* b) { pack(n0, nr, k0, kc, b); });
+    // The panels go to whichever thread asks next, not in fixed slices: a thread the OS runs late
+    // (another process on its core) then takes fewer, instead of the others waiting for its share.
+    std::atomic<int64_t> next_panel{0};
+    on_threads([&](int, int) {
+      for (int64_t p; (p = next_panel.fetch_add(1, std::memory_order_relaxed)) < n_panels;)
+        panels(a, M, kc, p * kNR, std::min(N, (p + 1) * kNR), y, ldy, load_c,
+               [&](int64_t n0, int64_t nr, float* b) { pack(n0, nr, k0, kc, b); });
     });
   }
 }

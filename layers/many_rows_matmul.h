@@ -25,7 +25,7 @@ namespace lowsync {
 bool many_rows_matmul_available();
 
 // y[M, N] = x[M, K] w[N, K]^T, or y += x w^T when accumulate (y holding a bias). Row-major, dense.
-// The threads of `workers` split the N output columns into slices of whole 32-column panels.
+// The threads of `workers` take the N output columns a 32-column panel at a time.
 void many_rows_matmul(WorkerThreads& workers, const float* x, int64_t M, int64_t K, const float* w, int64_t N,
                       float* y, bool accumulate);
 // The same with 16-bit weights (`weights.dtype: bf16 | fp16`) or q8_0 blocks (K a multiple of 32),
