@@ -153,8 +153,10 @@ def main():
                     help="calibration text: the end of the standard-library docstrings and bench_spd_text's larger "
                          "text (more), or the docstrings' end only (stdlib: the runs before 2026-11-29 17:00)")
     ap.add_argument("--per-source", type=int, default=150_000, help="--text more: characters from each source")
-    ap.add_argument("--cal-rows", type=int, help="calibration rows (default 2048 with --text more, 128 with stdlib)")
+    ap.add_argument("--cal-rows", type=int, help="calibration rows (default 1024 with --text more, 128 with stdlib)")
     ap.add_argument("--sens-rows", type=int, default=16, help="of those, rows for the progressive sensitivity")
+    ap.add_argument("--sensitivity-from", help="a previous run's JSON at this tp: take its progressive sensitivity "
+                                               "(measured on the same first --sens-rows rows) instead of measuring it")
     ap.add_argument("--sensitive", type=float, default=0.005)
     ap.add_argument("--extreme", type=float, default=0.03)
     ap.add_argument("--steps", type=int, default=200, help="block-wise distillation steps")
@@ -176,7 +178,7 @@ def main():
     if any(m not in METHODS for m in methods) or any(not 0 < x <= 100 for x in shares):
         sys.exit(f"--methods {a.methods!r} / --shares {a.shares!r}: expected methods of {METHODS}, shares in 1..100")
     if a.cal_rows is None:
-        a.cal_rows = 2048 if a.text == "more" else 128
+        a.cal_rows = 1024 if a.text == "more" else 128
     torch.set_num_threads(1)
     import smollm2
     from transformers import AutoTokenizer
@@ -185,6 +187,7 @@ def main():
     stream = tok(english_text(), add_special_tokens=False)["input_ids"]
     eval_ids = torch.tensor(stream[:a.eval_rows * a.length]).view(a.eval_rows, a.length)  # the start of the text
     cal_ids, cal_desc = calibration_ids(tok, stream, a)
+    cal_desc["shared_16_token_windows_with_eval"] = bench_spd_text.shared_ngrams(eval_ids, cal_ids)
     model = SpdLlama.from_dir(model_dir, a.tp)
     L = len(model.blocks)
     log(f"SmolLM2-135M at tp {a.tp}: {L} blocks; eval {a.eval_rows} x {a.length} tokens (start of "
@@ -198,7 +201,16 @@ def main():
         base_ppl = math.exp(-lp.mean().item())
     log(f"full TP perplexity {base_ppl:.3f}")
 
-    sens = spd_sensitivity.progressive(model, cal_ids[:a.sens_rows], log=log)  # on the first sens-rows rows
+    if a.sensitivity_from:  # the same measure on the same rows (the first 16: standard-library docstrings)
+        with open(a.sensitivity_from) as f:
+            prev = json.load(f)
+        if prev["tp"] != a.tp or f"first {a.sens_rows} " not in str(prev["calibration"]):
+            sys.exit(f"--sensitivity-from {a.sensitivity_from}: measured at tp {prev['tp']} on {prev['calibration']!r}; "
+                     f"this run has tp {a.tp} and --sens-rows {a.sens_rows}")
+        sens = [{k: v for k, v in r.items() if k != "class"} for r in prev["progressive_sensitivity"]]
+        log(f"progressive sensitivity from {a.sensitivity_from}")
+    else:
+        sens = spd_sensitivity.progressive(model, cal_ids[:a.sens_rows], log=log)  # on the first sens-rows rows
     classes = {r["layer"]: spd_sensitivity.classify(r["increase"], a.sensitive, a.extreme) for r in sens}
     log("classes: " + ", ".join(f"{l}:{c.name[0]}" for l, c in sorted(classes.items())))
 
@@ -214,7 +226,7 @@ def main():
 
     # Every (block, method) any share needs is recovered once, in layer order, while the original
     # model's activations on the calibration rows pass through: only one layer's are held at a time
-    # (2048 rows x 64 tokens x 576 x 4 bytes = 0.3 GB each), plus the inputs of the first dropped
+    # (1024 rows x 64 tokens x 576 x 4 bytes = 0.15 GB each), plus the inputs of the first dropped
     # block of each share and the last hidden state, which the end-to-end tuning starts from.
     drops = {share: spd_sensitivity.least_sensitive(sens, round(L * share / 100)) for share in shares}
     needed = {(l, method_of(l, v)) for d in drops.values() for l in d for v in methods}

@@ -147,6 +147,14 @@ def calibration_text(per_source=150_000, log=print):
     return "\n\n".join(parts), used
 
 
+def shared_ngrams(a, b, n=16):
+    """How many n-token windows of token rows a [N, T] also occur in rows b [M, T] (windows within
+    a row): 0 means no stretch of n tokens of one is in the other."""
+    def windows(rows):
+        return {tuple(r[i:i + n]) for r in rows.tolist() for i in range(len(r) - n + 1)}
+    return len(windows(a) & windows(b))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--per-source", type=int, default=150_000, help="characters at most from each source")
