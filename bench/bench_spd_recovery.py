@@ -2,25 +2,33 @@
 """Sync-Point Drop as the SPD paper does it, on SmolLM2-135M-Instruct at tp 3 (or 2, 4: uneven shares):
 held-out perplexity and top-1 agreement with full TP against the share of blocks whose attention sync
 is dropped (25, 50, 75, 100 %), for zero-shot SPD, + block-to-block distillation of the sensitive
-blocks, + head grouping of the extremely sensitive ones, and every dropped block distilled (the
-insensitive ones too: what several "insensitive" blocks cost together is not small).
+blocks, + head grouping of the extremely sensitive ones, every dropped block distilled (the
+insensitive ones too: what several "insensitive" blocks cost together is not small), and that
+followed by an end-to-end KL tuning of all dropped blocks together (python/spd_finetune.py).
 
-    .venv/bin/python bench/bench_spd_recovery.py [--tp 3] [--out bench/results/spd_recovery.json]
+    .venv/bin/python bench/bench_spd_recovery.py [--tp 3] [--shares 50] [--methods ...] [--out bench/results/spd_recovery.json]
 
-Text: docstrings of Python standard-library modules (bench_sync_dtype.english_text, offline real
-English). Calibration (sensitivity and distillation) uses rows cut from the END of the token stream,
-evaluation rows from its START; the two are disjoint (checked). All numbers come from the PyTorch SPD
-forward (python/spd_model.py, checked against transformers' modules and lowsync in
-tests/mpi/test_spd_reference.py); one recovered checkpoint (the 50 % share, every block distilled) is
-also written and scored by lowsync at tp ranks, and its perplexity recorded beside the PyTorch one.
+Text: evaluation rows from the START of the docstrings of 12 Python standard-library modules
+(bench_sync_dtype.english_text, offline real English, unchanged since the first run). Calibration:
+the last 128 rows of that same text (disjoint from the evaluation rows; the first --sens-rows of
+them measure the progressive sensitivity, so drop sets stay as in earlier runs), then with --text
+more (default) rows of bench_spd_text.py's larger text (docstrings of numpy, scipy, sympy, torch,
+transformers, matplotlib and the rest of the standard library, Debian READMEs; every paragraph of
+the evaluation text excluded) up to --cal-rows; --text stdlib uses only the docstrings' end, as the
+runs before did. The JSON records how many 16-token windows evaluation and calibration rows share.
+All numbers come from the PyTorch SPD forward (python/spd_model.py, checked against transformers'
+modules and lowsync in tests/mpi/test_spd_reference.py); one recovered checkpoint (the 50 % share,
+the last method) is also written and scored by lowsync at tp ranks, and its perplexity recorded
+beside the PyTorch one.
 
-Steps: progressive sensitivity from the last block backwards on --sens-rows calibration rows; the
-blocks of the smallest increase are dropped for each share; classes by --sensitive / --extreme;
-every sensitive or extremely sensitive block (every block, for the last method) is distilled once
-(--steps steps on --cal-rows rows) and reused at every share where it is dropped (its distillation
-does not depend on the other blocks: inputs and targets are the original model's). One thread (the
-machine is shared); sizes are small to keep the run near an hour of CPU: say so when quoting the
-figures.
+Steps: progressive sensitivity from the last block backwards (or --sensitivity-from a previous
+run's JSON, the same measure on the same rows); the blocks of the smallest increase are dropped
+for each share; classes by --sensitive / --extreme; every (block, method) any share needs is
+recovered once (--steps steps of --batch rows), as the original activations pass through the
+layers in order, and reused at every share where that block is dropped (inputs and targets are the
+original model's, so a block's distillation does not depend on the others); the end-to-end tuning
+(--e2e-steps) runs per share, on its whole drop set. One thread (the machine is shared): say so
+when quoting the figures.
 """
 import argparse
 import json
