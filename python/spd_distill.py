@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 
 
-def distill_block(block, x_in, y_out, cos, sin, steps=200, lr=1e-4, batch=4, seed=0, log=print):
-    """A trained copy of `block` (an spd_model.SpdBlock) and its MSE before/after on all rows.
-    x_in, y_out [N, T, H]: the original block's input and output on calibration rows."""
+def distill_block(block, x_in, y_out, cos, sin, steps=200, lr=1e-4, batch=4, seed=0, report_rows=128, log=print):
+    """A trained copy of `block` (an spd_model.SpdBlock) and its MSE before/after on the first
+    report_rows rows (all rows when there are fewer: a large calibration set would spend more time
+    on the report than on the training). x_in, y_out [N, T, H]: the original block's input and
+    output on calibration rows."""
     student = copy.deepcopy(block).train()
     params = [p for p in student.parameters()]
     opt = torch.optim.Adam(params, lr=lr)
@@ -26,9 +28,10 @@ def distill_block(block, x_in, y_out, cos, sin, steps=200, lr=1e-4, batch=4, see
     gen = torch.Generator().manual_seed(seed)
 
     def mse_all():
+        n = min(report_rows, x_in.shape[0])
         with torch.no_grad():
-            return sum(F.mse_loss(student(x_in[i:i + batch], cos, sin, spd=True), y_out[i:i + batch],
-                                  reduction="sum").item() for i in range(0, x_in.shape[0], batch)) / y_out.numel()
+            return sum(F.mse_loss(student(x_in[i:min(i + batch, n)], cos, sin, spd=True), y_out[i:min(i + batch, n)],
+                                  reduction="sum").item() for i in range(0, n, batch)) / y_out[:n].numel()
 
     before, t0 = mse_all(), time.time()
     for _ in range(steps):
