@@ -2,7 +2,8 @@
 // loop over the same bf16-rounded x and bf16 w, on both of its paths this CPU runs (vdpbf16ps where
 // it has AVX512_BF16; the widening kernel always), at the edges of its tiling: 1-5, 31 and 32 rows,
 // odd column counts (ragged 4-row blocks of w and thread slices), K with a masked last block of 32
-// (688, 33, 7), 1-3 threads.
+// (688, 33, 7) or none (576, 1536: SmolLM2's; 128: whole groups of the one-row tile's 4 sums),
+// 1-3 threads.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -26,7 +27,7 @@ TEST(Bf16DotMatmul, MatchesRoundedXInDoubleOnEveryPath) {
   const SimdLevel level = best_simd_level();
   std::vector<BFloat16> scratch;
   for (int64_t M : {1, 2, 3, 4, 5, 31, 32})
-    for (int64_t K : {576, 688, 33, 7})
+    for (int64_t K : {576, 1536, 128, 688, 33, 7})
       for (int64_t N : {1, 5, 8, 13})
         for (int threads : {1, 3}) {
           WorkerThreads workers(threads);
