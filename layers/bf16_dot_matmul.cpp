@@ -9,10 +9,21 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "io/error.h"
 
 namespace lowsync {
 
 bool cpu_has_avx512_bf16() {
+  const char* off = std::getenv("LOWSYNC_NO_AVX512_BF16");
+  if (off && *off && std::strcmp(off, "0") != 0) {
+    if (std::strcmp(off, "1") != 0)
+      throw UserError(std::string("LOWSYNC_NO_AVX512_BF16 is '") + off + "'; expected 0 or 1");
+    return false;
+  }
   return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512f") &&
          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
 }
