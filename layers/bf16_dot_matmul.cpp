@@ -78,36 +78,27 @@ LOWSYNC_AVX512_BF16 void dot_tile(const BFloat16* xb, int64_t K, const BFloat16*
 // Each step asks for the cache line kAheadBytes further on: the hardware prefetcher alone leaves
 // the stream at ~37 GB/s; 2 KB ahead ~38, 4-8 KB ~39.5 (fp32's plain stream: ~41), 12 KB and more
 // slower again (AMD Zen 5, CPU time; the distance is in bytes, not rows: SmolLM2's rows are 1152 or
-// 3072 bytes). kAcc sums of alternate steps, so that vdpbf16ps's latency does not chain a row's
-// K / 32 steps when w is in cache (from memory it does not matter: 1, 2 and 4 ran alike).
+// 3072 bytes). One sum per row, over k in order, as the 4-row tiles and llama.cpp's BF16 products
+// (tinyBLAS) sum: the same bits as before this tile (2 or 4 sums of alternate steps ran no faster
+// from memory, and moved a greedy path of the peer benchmark off llama.cpp's).
 constexpr int64_t kAheadBytes = 6144;
-constexpr int kAcc = 4;
 LOWSYNC_AVX512_BF16 void one_row(const BFloat16* xb, int64_t K, const BFloat16* w, float* y, int64_t n0, int64_t n1,
                                  bool accumulate) {
   for (int64_t n = n0; n < n1; ++n) {
     const BFloat16* row = w + n * K;
     const uintptr_t ahead = reinterpret_cast<uintptr_t>(row) + kAheadBytes;  // may lie past the matrix
-    __m512 c[kAcc];
-    for (int a = 0; a < kAcc; ++a) c[a] = _mm512_setzero_ps();
+    __m512 c = _mm512_setzero_ps();
     int64_t k = 0;
-    for (; k + 32 * kAcc <= K; k += 32 * kAcc)
-#pragma GCC unroll 8
-      for (int a = 0; a < kAcc; ++a) {
-        const int64_t at = k + 32 * a;
-        _mm_prefetch(reinterpret_cast<const char*>(ahead + sizeof(BFloat16) * at), _MM_HINT_T0);
-        c[a] = _mm512_dpbf16_ps(c[a], (__m512bh)_mm512_loadu_si512(xb + at), (__m512bh)_mm512_loadu_si512(row + at));
-      }
     for (; k + 32 <= K; k += 32) {
       _mm_prefetch(reinterpret_cast<const char*>(ahead + sizeof(BFloat16) * k), _MM_HINT_T0);
-      c[0] = _mm512_dpbf16_ps(c[0], (__m512bh)_mm512_loadu_si512(xb + k), (__m512bh)_mm512_loadu_si512(row + k));
+      c = _mm512_dpbf16_ps(c, (__m512bh)_mm512_loadu_si512(xb + k), (__m512bh)_mm512_loadu_si512(row + k));
     }
     if (k < K) {
       const __mmask32 live = (__mmask32(1) << (K - k)) - 1;
-      c[0] = _mm512_dpbf16_ps(c[0], (__m512bh)_mm512_maskz_loadu_epi16(live, xb + k),
-                              (__m512bh)_mm512_maskz_loadu_epi16(live, row + k));
+      c = _mm512_dpbf16_ps(c, (__m512bh)_mm512_maskz_loadu_epi16(live, xb + k),
+                           (__m512bh)_mm512_maskz_loadu_epi16(live, row + k));
     }
-    for (int a = 1; a < kAcc; ++a) c[0] = _mm512_add_ps(c[0], c[a]);
-    const float d = _mm512_reduce_add_ps(c[0]);
+    const float d = _mm512_reduce_add_ps(c);
     y[n] = accumulate ? y[n] + d : d;
   }
 }
