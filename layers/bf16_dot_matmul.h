@@ -17,7 +17,10 @@
 
 namespace lowsync {
 
-// Whether this CPU has vdpbf16ps (AVX512_BF16, with avx512f / bw / vl).
+// Whether this CPU has vdpbf16ps (AVX512_BF16, with avx512f / bw / vl) and may use it: the
+// environment variable LOWSYNC_NO_AVX512_BF16=1 answers no on a CPU that has it, so that the
+// fallback (the widening kernels on the same rounded x, decode-sized and larger products alike)
+// runs and is tested on such a CPU too; 0 or unset: the CPU decides; another value: UserError.
 bool cpu_has_avx512_bf16();
 
 // y[M, N] = bf16(x)[M, K] w[N, K]^T, or y += it when accumulate; M <= kFewRows. `use_dpbf16` picks

@@ -29,7 +29,12 @@ bit-identical (a q8_0 value q x d is exact in fp32) and only the summation order
 (transformers with torch_dtype=bfloat16 would round every activation to bf16 as well, a different
 computation whose error is ~1e-2 per log-prob; lowsync does not do that).
 
-Run: LOWSYNC_BIN=build/lowsync .venv/bin/python tests/oracle/test_weights_dtype.py
+With the argument `no_avx512_bf16` it runs only the np 1 `weights.bf16_dot` cases (short prompts at
+one thread, 33-50-token prompts at two), under LOWSYNC_NO_AVX512_BF16=1: the path of a CPU without
+AVX512_BF16 (the widening kernels on the same rounded x), against the same transformers reference
+and checks (ctest `oracle_weights_dtype_no_avx512_bf16`).
+
+Run: LOWSYNC_BIN=build/lowsync .venv/bin/python tests/oracle/test_weights_dtype.py [no_avx512_bf16]
 """
 import copy
 import json
@@ -90,7 +95,12 @@ def expected_weight_bytes(model, matrix_bytes):
 def main():
     import torch
     torch.set_num_threads(1)
-    check = oracle.Checks("oracle weights.dtype")
+    fallback = sys.argv[1:] == ["no_avx512_bf16"]
+    if sys.argv[1:] and not fallback:
+        sys.exit(f"usage: {sys.argv[0]} [no_avx512_bf16]")
+    if fallback:  # every lowsync run (np 1) acts as on a CPU without AVX512_BF16
+        oracle.RUN_ENV["LOWSYNC_NO_AVX512_BF16"] = "1"
+    check = oracle.Checks("oracle weights.dtype" + (" (LOWSYNC_NO_AVX512_BF16=1)" if fallback else ""))
     tmp = oracle.tmpdir("lowsync_oracle_wdtype_")
     model, fp32_dir = make_tiny_models.make(os.path.join(tmp, "models"), ["llama"])["llama"]
     vocab = model.config.vocab_size
@@ -148,6 +158,8 @@ def main():
         ("bf16 checkpoint, weights.bf16_dot, prompts of 33-50 tokens, 2 threads", dirs["bf16"],
          dict(one_row, threads=2), rounded_x, 1, "bf16", long),
     ]
+    if fallback:
+        cases = [c for c in cases if "bf16_dot" in c[2].get("weights", {}) and c[4] == 1]
     for i, (what, model_dir, keys, ref_model, ranks, dtype, prompts_file) in enumerate(cases):
         prompts, targets = prompt_sets[prompts_file]
         ref = oracle.hf_score(ref_model, prompts, targets)
@@ -181,6 +193,12 @@ def main():
         bad = [j for j in range(len(ref_gen)) if r["generated"][j] != ref_gen[j]]
         check(f"{what}: greedy {NEW} tokens vs model.generate", not bad,
               f"{len(ref_gen)} rows, differing rows {bad} (smallest top-2 logit margin {min(margins):.3f})")
+
+    if fallback:
+        if os.environ.get("LOWSYNC_KEEP_TMP") is None and not check.failures:
+            shutil.rmtree(tmp, ignore_errors=True)
+        check.finish()
+        return
 
     # A weight beyond fp16's range is refused at load, naming the tensor, not turned into infinity.
     big = copy.deepcopy(model)

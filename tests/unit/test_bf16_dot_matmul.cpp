@@ -2,7 +2,7 @@
 // loop over the same bf16-rounded x and bf16 w, on both of its paths this CPU runs (vdpbf16ps where
 // it has AVX512_BF16; the widening kernel always), at the edges of its tiling: 1-5, 31 and 32 rows,
 // odd column counts (ragged 4-row blocks of w and thread slices), K with a masked last block of 32
-// (688, 33, 7), 1-3 threads.
+// (688, 33, 7) or none (576, 1536: SmolLM2's; 128), 1-3 threads.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -26,7 +26,7 @@ TEST(Bf16DotMatmul, MatchesRoundedXInDoubleOnEveryPath) {
   const SimdLevel level = best_simd_level();
   std::vector<BFloat16> scratch;
   for (int64_t M : {1, 2, 3, 4, 5, 31, 32})
-    for (int64_t K : {576, 688, 33, 7})
+    for (int64_t K : {576, 1536, 128, 688, 33, 7})
       for (int64_t N : {1, 5, 8, 13})
         for (int threads : {1, 3}) {
           WorkerThreads workers(threads);
@@ -50,6 +50,27 @@ TEST(Bf16DotMatmul, MatchesRoundedXInDoubleOnEveryPath) {
                 }
             }
         }
+}
+
+// A row's result is the same bits alone (the one-row tile: one row of w at a time) as in a batch
+// (tiles of 4 rows of w): each sums its k steps in order in one vector, then across its lanes.
+TEST(Bf16DotMatmul, OneRowAloneIsTheSameBitsAsInABatch) {
+  if (!cpu_has_avx512_bf16()) GTEST_SKIP() << "no AVX512_BF16: the widening kernel's own tests cover this";
+  std::vector<BFloat16> scratch;
+  for (int64_t K : {576, 1536, 33})
+    for (int threads : {1, 2}) {
+      WorkerThreads workers(threads);
+      const int64_t M = 5, N = 67;
+      const std::vector<float> x = random_values(M * K, 7 + K), wf = random_values(N * K, 8);
+      std::vector<BFloat16> w(N * K);
+      for (int64_t i = 0; i < N * K; ++i) w[i] = to_bf16(wf[i]);
+      std::vector<float> batch(M * N), alone(N);
+      bf16_dot_matmul(true, best_simd_level(), workers, x.data(), M, K, w.data(), N, batch.data(), false, scratch);
+      for (int64_t m = 0; m < M; ++m) {
+        bf16_dot_matmul(true, best_simd_level(), workers, &x[m * K], 1, K, w.data(), N, alone.data(), false, scratch);
+        for (int64_t n = 0; n < N; ++n) ASSERT_EQ(alone[n], batch[m * N + n]) << "K " << K << " row " << m << " col " << n;
+      }
+    }
 }
 
 // The rounding is what it says: results differ from fp32 activations (the exact kernel) by the
