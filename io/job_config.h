@@ -77,7 +77,7 @@ struct ParallelOptions {
   SpdOptions spd;
   SyncDType sync_dtype = SyncDType::F32;  // how syncs' partial sums travel: fp32 (exact), bf16, q8
   SplitHead split_head = SplitHead::Off;  // output head's vocabulary split over the group's ranks
-  SyncWait sync_wait = SyncWait::Auto;    // how a rank waits in its group's syncs (mpi_comm/communicator.h)
+  SyncWait sync_wait = SyncWait::Spin;     // how a rank waits in its group's syncs (mpi_comm/communicator.h)
   std::string plan;            // a saved plan.yaml to run instead of the keys above
   bool auto_plan = false;      // `parallel: auto`: the planner chooses from a profile and the cost model
 };

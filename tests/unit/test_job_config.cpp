@@ -386,7 +386,7 @@ TEST(JobConfig, SplitHead) {
 // kept by to_yaml; not in the fingerprint (how a rank waits changes no result: a resumed job may change it).
 TEST(JobConfig, SyncWait) {
   const auto dflt = load_job_config(write_yaml(kBase), {});
-  EXPECT_EQ(dflt.parallel.sync_wait, SyncWait::Auto);
+  EXPECT_EQ(dflt.parallel.sync_wait, SyncWait::Spin);
   for (const auto& [value, want] : {std::pair{"spin", SyncWait::Spin}, {"sleep", SyncWait::Sleep}, {"auto", SyncWait::Auto}}) {
     const auto c = load_job_config(write_yaml(std::string(kBase) + "parallel: {tp: 2, sync_wait: " + value + "}\n"), {});
     EXPECT_EQ(c.parallel.sync_wait, want) << value;
