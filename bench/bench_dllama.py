@@ -35,7 +35,7 @@ even rounds: every lowsync setting first, then dllama's):
   (`own_median_step_ms`, `own_mean_ms`, `sync_ms_per_token`).
 - lowsync: `mpirun --bind-to none -np N lowsync run job.yaml` over shared memory (as its tests run;
   --lowsync-tcp adds runs over TCP loopback, dllama's transport), `threads: 1`, `parallel: {tp: N,
-  split_head: true|false, sync_wait: W}` for each W of --lowsync-wait (auto: the default; sleep; spin),
+  split_head: true|false, sync_wait: W}` for each W of --lowsync-wait (auto, sleep, spin; lowsync's default is spin),
   greedy generate, batch 1. ms/token: the median over the decode steps after the first --skip of
   rank 0's "decode step" spans in the job's trace (sampling and bookkeeping included); the run
   report's decode_s / decode_steps and each rank's compute and comm ms per pass are kept too.
@@ -254,6 +254,41 @@ def agree(a, b):
     return n
 
 
+def plot(result, png):
+    """Decode ms/token per rank count: dllama's two socket modes beside lowsync's settings (lower is faster)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    series = [("dllama", "dllama, blocking sockets"), ("blocking", "dllama, blocking sockets"),
+              ("turbo", "dllama, spinning sockets"), ("lowsync", "lowsync"), ("split_spin", "lowsync split head, spin"),
+              ("split_sleep", "lowsync split head, sleep"), ("split", "lowsync split head, auto"),
+              ("replicated_spin", "lowsync replicated head, spin"), ("replicated_sleep", "lowsync replicated head, sleep")]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    labels = [label for _, label in series]
+    shown = [lab for lab in dict.fromkeys(labels) if any(
+        k in row for row in result["table"] for k, lb in series if lb == lab)]
+    width = 0.8 / len(shown)
+    for i, lab in enumerate(shown):
+        xs, ys = [], []
+        for j, row in enumerate(result["table"]):
+            for k, lb in series:
+                if lb == lab and k in row:
+                    xs.append(j + (i - len(shown) / 2) * width)
+                    ys.append(min(row[k], 60))
+        colour = {"dllama, blocking sockets": "tab:red", "dllama, spinning sockets": "lightcoral",
+                  "lowsync": "tab:blue", "lowsync split head, spin": "tab:blue", "lowsync split head, sleep": "tab:cyan",
+                  "lowsync split head, auto": "tab:green", "lowsync replicated head, spin": "tab:purple",
+                  "lowsync replicated head, sleep": "tab:gray"}[lab]
+        ax.bar(xs, ys, width, label=lab, color=colour)
+    ax.set_xticks(range(len(result["table"])), [f"{row['ranks']} rank(s)" for row in result["table"]])
+    ax.set_ylabel("decode ms/token (lower is faster; cut at 60)")
+    ax.set_title(f"lowsync TP against distributed-llama, F32, batch 1 ({result['date'][:16]})", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dllama-dir", required=True, help="a built distributed-llama checkout (holds ./dllama)")
@@ -270,7 +305,13 @@ def main():
     ap.add_argument("--lowsync-tcp", action="store_true", help="also run lowsync over TCP loopback (btl self,tcp)")
     ap.add_argument("--check-only", action="store_true", help="one run of each setting, the greedy check only")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "dllama.json"))
+    ap.add_argument("--replot", action="store_true", help="only draw the figure (--out with .png) again from --out")
     args = ap.parse_args()
+    png = os.path.splitext(args.out)[0] + ".png"
+    if args.replot:
+        with open(args.out) as f:
+            plot(json.load(f), png)
+        return 0
     if not os.access(LOWSYNC, os.X_OK):
         sys.exit(f"bench_dllama: no lowsync binary at {LOWSYNC}: build it (cmake --build build) or set LOWSYNC_BIN")
     files = ensure_dllama_files(args.dllama_dir, args.model)
@@ -360,7 +401,8 @@ def main():
     print("decode ms/token, medians (steps, then rounds); speed = dllama's faster mode / lowsync, per round, median")
     for row in table:
         print("  " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-    print(f"wrote {args.out}")
+    plot(result, png)
+    print(f"wrote {args.out} and {png}")
     if bad:
         sys.exit(f"bench_dllama: greedy tokens differ from lowsync tp 1 within the first {args.check}: {bad}")
     return 0
