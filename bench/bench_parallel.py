@@ -138,7 +138,10 @@ def main():
     write_prompts(f"{tmp}/calib.h5", [64] * 4, a.vocab, 3)
     with open(f"{tmp}/job.yaml", "w") as f:
         f.write(f"model: {tmp}/model\ntask: score\ninput: {tmp}/prefill.h5\noutput: {tmp}/out.h5\n"
-                f"batch: {{max_tokens: 100000, max_sequences: 1000}}\n"
+                # Limits that hold the prefill in one packed pass and the decode batch whole, and no
+                # more: the plan's memory check counts activations and logits for max_tokens tokens.
+                f"batch: {{max_tokens: {max(a.prefill_prompts * a.prefill_len, 4 * a.decode_batch)}, "
+                f"max_sequences: {max(a.prefill_prompts, a.decode_batch)}}}\n"
                 f"generate: {{max_new_tokens: {a.decode_steps}, stop_at_eos: false}}\n"
                 f"calibrate: {{prompts: {tmp}/calib.h5, rows: 4, max_kl: 0.05, min_top1: 0.9}}\n")
 
