@@ -15,7 +15,6 @@
 #include <cblas.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -427,34 +426,31 @@ class CpuBackend final : public Backend {
     const float scale = 1.f / std::sqrt(float(head_dim));
     const int64_t ctx = s.past + s.n_new, blocks = (s.n_new + kQueryBlock - 1) / kQueryBlock;
     const int64_t pieces = heads.n_heads * blocks;
-    std::atomic<int64_t> next_piece{0};
-    workers_.run([&](int) {
+    workers_.run_items(pieces, [&](int64_t piece) {  // pieces to whichever thread asks next
       thread_local std::vector<float> scores;
-      for (int64_t piece; (piece = next_piece.fetch_add(1, std::memory_order_relaxed)) < pieces;) {
-        const int h = static_cast<int>(piece % heads.n_heads);  // the last block of every head, then the one before...
-        const int64_t i0 = (blocks - 1 - piece / heads.n_heads) * kQueryBlock, rows = std::min(kQueryBlock, s.n_new - i0);
-        // Query i (position past + i) sees keys [visible - window, visible) (or all keys when not causal).
-        auto visible = [&](int64_t i) { return causal ? s.past + i + 1 : ctx; };
-        auto first_key = [&](int64_t i) { return heads.window > 0 ? std::max<int64_t>(0, visible(i) - heads.window) : 0; };
-        const int64_t first = first_key(i0), end = visible(i0 + rows - 1), n = end - first;
-        const float* Qh = q.row(s.token_begin + i0) + h * head_dim;
-        const float* Kh = K.row(s.cache_base + first) + heads.kv_head(h) * head_dim;
-        const float* Vh = V.row(s.cache_base + first) + heads.kv_head(h) * head_dim;
-        // scores = Q K^T  [rows, n]; softmax(scale * scores) row by row over each query's keys
-        scores.resize(rows * n);
-        matmul_nt(Qh, q.cols, rows, head_dim, Kh, K.cols, n, scores.data(), n);
-        for (int64_t i = 0; i < rows; ++i) {
-          float* row = scores.data() + i * n;
-          const int64_t a = first_key(i0 + i) - first, b = visible(i0 + i) - first;
-          const float mx = *std::max_element(row + a, row + b);
-          const float inv = 1.f / exp_and_sum(row + a, b - a, scale, scale * mx);
-          for (int64_t j = a; j < b; ++j) row[j] *= inv;
-          std::fill(row, row + a, 0.f);
-          std::fill(row + b, row + n, 0.f);
-        }
-        // out = softmax(scores) V  [rows, head_dim]
-        matmul_nn(scores.data(), n, rows, n, Vh, V.cols, head_dim, out.row(s.token_begin + i0) + h * head_dim, out.cols);
+      const int h = static_cast<int>(piece % heads.n_heads);  // the last block of every head, then the one before...
+      const int64_t i0 = (blocks - 1 - piece / heads.n_heads) * kQueryBlock, rows = std::min(kQueryBlock, s.n_new - i0);
+      // Query i (position past + i) sees keys [visible - window, visible) (or all keys when not causal).
+      auto visible = [&](int64_t i) { return causal ? s.past + i + 1 : ctx; };
+      auto first_key = [&](int64_t i) { return heads.window > 0 ? std::max<int64_t>(0, visible(i) - heads.window) : 0; };
+      const int64_t first = first_key(i0), end = visible(i0 + rows - 1), n = end - first;
+      const float* Qh = q.row(s.token_begin + i0) + h * head_dim;
+      const float* Kh = K.row(s.cache_base + first) + heads.kv_head(h) * head_dim;
+      const float* Vh = V.row(s.cache_base + first) + heads.kv_head(h) * head_dim;
+      // scores = Q K^T  [rows, n]; softmax(scale * scores) row by row over each query's keys
+      scores.resize(rows * n);
+      matmul_nt(Qh, q.cols, rows, head_dim, Kh, K.cols, n, scores.data(), n);
+      for (int64_t i = 0; i < rows; ++i) {
+        float* row = scores.data() + i * n;
+        const int64_t a = first_key(i0 + i) - first, b = visible(i0 + i) - first;
+        const float mx = *std::max_element(row + a, row + b);
+        const float inv = 1.f / exp_and_sum(row + a, b - a, scale, scale * mx);
+        for (int64_t j = a; j < b; ++j) row[j] *= inv;
+        std::fill(row, row + a, 0.f);
+        std::fill(row + b, row + n, 0.f);
       }
+      // out = softmax(scores) V  [rows, head_dim]
+      matmul_nn(scores.data(), n, rows, n, Vh, V.cols, head_dim, out.row(s.token_begin + i0) + h * head_dim, out.cols);
     });
   }
 

@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <utility>
 #include <vector>
 
@@ -150,19 +149,16 @@ void many_rows_bf16_dot(WorkerThreads& workers, const float* x, int64_t M, int64
       pack_x(x, M, K, k0, kc, a, n_tiles * t / threads, n_tiles * (t + 1) / threads);
     });
     const bool load_c = accumulate || k0 > 0;
-    std::atomic<int64_t> next_panel{0};  // panels to whichever thread asks next (as many_rows_matmul)
-    workers.run([&](int) {
-      thread_local std::vector<uint32_t> b;  // a packed panel of w
+    workers.run_items(n_panels, [&](int64_t p) {  // panels to whichever thread asks next
+      thread_local std::vector<uint32_t> b;          // a packed panel of w
       b.resize(kKBlock / 2 * kNR);
-      for (int64_t p; (p = next_panel.fetch_add(1, std::memory_order_relaxed)) < n_panels;) {
-        const int64_t n0 = p * kNR, nr = std::min<int64_t>(kNR, N - n0);
-        pack_w(w, K, n0, nr, k0, kc, b.data());
-        const __mmask16 live0 = nr >= 16 ? 0xffff : __mmask16((1u << nr) - 1);
-        const __mmask16 live1 = nr >= 32 ? 0xffff : nr > 16 ? __mmask16((1u << (nr - 16)) - 1) : 0;
-        for (int64_t m0 = 0; m0 < M; m0 += kMR) {
-          const int64_t mr = std::min<int64_t>(kMR, M - m0);
-          tiles[mr - 1](a + m0 * pairs, b.data(), pairs, y + m0 * N + n0, N, live0, live1, load_c);
-        }
+      const int64_t n0 = p * kNR, nr = std::min<int64_t>(kNR, N - n0);
+      pack_w(w, K, n0, nr, k0, kc, b.data());
+      const __mmask16 live0 = nr >= 16 ? 0xffff : __mmask16((1u << nr) - 1);
+      const __mmask16 live1 = nr >= 32 ? 0xffff : nr > 16 ? __mmask16((1u << (nr - 16)) - 1) : 0;
+      for (int64_t m0 = 0; m0 < M; m0 += kMR) {
+        const int64_t mr = std::min<int64_t>(kMR, M - m0);
+        tiles[mr - 1](a + m0 * pairs, b.data(), pairs, y + m0 * N + n0, N, live0, live1, load_c);
       }
     });
   }

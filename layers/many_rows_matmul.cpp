@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -193,18 +192,18 @@ void product(WorkerThreads* workers, const float* x, int64_t ldx, int64_t M, int
   const int64_t n_panels = (N + kNR - 1) / kNR, n_tiles = (M + kMR - 1) / kMR;
   for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
     const int64_t kc = std::min(kKBlock, K - k0);
-    on_threads([&](int t, int threads) {  // the threads pack x's tiles, then multiply their panels
+    on_threads([&](int t, int threads) {  // the threads pack x's tiles
       pack_x(x, ldx, M, k0, kc, a, n_tiles * t / threads, n_tiles * (t + 1) / threads);
     });
     const bool load_c = accumulate || k0 > 0;
-    // The panels go to whichever thread asks next, not in fixed slices: a thread the OS runs late
-    // (another process on its core) then takes fewer, instead of the others waiting for its share.
-    std::atomic<int64_t> next_panel{0};
-    on_threads([&](int, int) {
-      for (int64_t p; (p = next_panel.fetch_add(1, std::memory_order_relaxed)) < n_panels;)
-        panels(a, M, kc, p * kNR, std::min(N, (p + 1) * kNR), y, ldy, load_c,
-               [&](int64_t n0, int64_t nr, float* b) { pack(n0, nr, k0, kc, b); });
-    });
+    auto panel = [&](int64_t p) {  // panels go to whichever thread asks next (WorkerThreads::run_items)
+      panels(a, M, kc, p * kNR, std::min(N, (p + 1) * kNR), y, ldy, load_c,
+             [&](int64_t n0, int64_t nr, float* b) { pack(n0, nr, k0, kc, b); });
+    };
+    if (workers && workers->size() > 1)
+      workers->run_items(n_panels, panel);
+    else
+      for (int64_t p = 0; p < n_panels; ++p) panel(p);
   }
 }
 

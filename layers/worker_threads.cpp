@@ -68,6 +68,13 @@ void WorkerThreads::run(const std::function<void(int)>& task) {
   task_.store(nullptr, std::memory_order_relaxed);
 }
 
+void WorkerThreads::run_items(int64_t count, const std::function<void(int64_t)>& item) {
+  std::atomic<int64_t> next{0};
+  run([&](int) {
+    for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < count;) item(i);
+  });
+}
+
 void WorkerThreads::work(int index) {
   int64_t done = 0;  // the last generation this worker ran
   for (;;) {

@@ -27,6 +27,10 @@ class WorkerThreads {
   // Runs task(t) for every t in [0, size()), t = 0 on the calling thread, and returns when all
   // have finished. task must not throw. One run at a time (the rank's compute thread calls it).
   void run(const std::function<void(int)>& task);
+  // Runs item(i) once for every i in [0, count), each handed to whichever thread asks next rather
+  // than in fixed slices: a thread the OS runs late (another process on its core) then takes
+  // fewer items, instead of the others waiting for its share. Items must be independent.
+  void run_items(int64_t count, const std::function<void(int64_t)>& item);
 
  private:
   void work(int index);
