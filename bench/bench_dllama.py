@@ -291,7 +291,7 @@ def plot(result, png):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dllama-dir", required=True, help="a built distributed-llama checkout (holds ./dllama)")
+    ap.add_argument("--dllama-dir", help="a built distributed-llama checkout (holds ./dllama); not needed with --replot")
     ap.add_argument("--model", default=os.path.join(ROOT, "out", "bench", "llama-200m"))
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--rounds", type=int, default=3)
@@ -312,6 +312,8 @@ def main():
         with open(args.out) as f:
             plot(json.load(f), png)
         return 0
+    if not args.dllama_dir:
+        ap.error("--dllama-dir is required (a built distributed-llama checkout; see the docstring)")
     if not os.access(LOWSYNC, os.X_OK):
         sys.exit(f"bench_dllama: no lowsync binary at {LOWSYNC}: build it (cmake --build build) or set LOWSYNC_BIN")
     files = ensure_dllama_files(args.dllama_dir, args.model)
