@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <set>
 #include <sstream>
 
 #include "io/error.h"
@@ -108,8 +109,10 @@ void add_decoupled_candidates(const JobConfig& job, const ModelConfig& model, co
     PlannerResult planned = enumerate_candidates(own, ckpt, profile, work, memory);
     const int index = static_cast<int>(result.checkpoints.size());
     result.checkpoints.push_back(std::move(ckpt));
+    std::set<std::string> seen;  // P sub-blocks on P ranks cannot follow speeds: "speed-proportional" repeats "even"
     for (Candidate& c : planned.candidates) {
       if (c.plan.group == 1) continue;  // every sub-block on one rank: the model's own dp, less exact
+      if (!seen.insert(c.plan.describe()).second) continue;
       c.checkpoint = index;
       c.kl = fidelity.mean_kl;
       c.top1 = fidelity.top1;

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <vector>
 
 #include "io/error.h"
 #include "planning/decoupled_candidates.h"
@@ -27,11 +28,21 @@ const char* kBaseConfig = R"({"architectures": ["LlamaForCausalLM"], "model_type
  "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 4,
  "vocab_size": 257, "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "tie_word_embeddings": false)";
 
+// Directories made by the tests, removed when the test program ends.
+struct TempRoots {
+  std::vector<fs::path> roots;
+  ~TempRoots() {
+    std::error_code ec;
+    for (const fs::path& r : roots) fs::remove_all(r, ec);
+  }
+} temp_roots;
+
 fs::path fresh_dir(const std::string& name) {
   static int n = 0;
-  const fs::path d = fs::temp_directory_path() / ("lowsync_dc_" + std::to_string(::getpid()) + "_" + std::to_string(n++)) / name;
-  fs::create_directories(d);
-  return d;
+  const fs::path root = fs::temp_directory_path() / ("lowsync_dc_" + std::to_string(::getpid()) + "_" + std::to_string(n++));
+  temp_roots.roots.push_back(root);
+  fs::create_directories(root / name);
+  return root / name;
 }
 
 void write(const fs::path& path, const std::string& text) { std::ofstream(path) << text; }
