@@ -202,8 +202,8 @@ bool is_value_or_list_key(const std::string& key) { return key == "memory.limit"
 
 // Keys whose value is a list; every other key takes a single value.
 bool is_list_key(const std::string& key) {
-  return key == "parallel.spd.drop" || key == "parallel.decoupled.from" || key == "parallel.speeds" || key == "parallel.stages" ||
-         key == "generate.stop_token_ids" || key == "debug.dump";
+  return key == "parallel.spd.drop" || key == "parallel.decoupled.from" || key == "parallel.speeds" ||
+         key == "parallel.stages" || key == "generate.stop_token_ids" || key == "debug.dump";
 }
 
 bool is_group(const std::string& key) {

@@ -48,7 +48,8 @@ Fidelity checked_fidelity(const JobConfig& job, const ModelConfig& model, const 
   if (!Fidelity::exists_in(dir)) {
     if (opt.budgeted())
       throw UserError(what + " has no fidelity.yaml, which parallel.decoupled.budget needs; expected one from " +
-                      "python -m decoupled distill, or measure it: python -m decoupled fidelity " + model.dir + " " + dir);
+                      "python -m decoupled distill, or measure it: python -m decoupled fidelity " + model.dir + " " +
+                      dir);
     return Fidelity();
   }
   const std::string file = Fidelity::path_in(dir);
