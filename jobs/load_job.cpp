@@ -55,16 +55,15 @@ LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
       throw UserError(job.path + ": memory.limit streams layers from the memory-mapped checkpoint, which the " +
                       job.backend + " backend does not do yet; use backend: cpu");
   });
+  // A plan file the planner made may name a decoupled checkpoint of parallel.decoupled.from: load that model.
+  if (!job.parallel.plan.empty())
+    world.agree([&] { j.model = model_of_plan(Plan::load(job.parallel.plan), job, j.model); });
   if (job.parallel.auto_plan) {
     j.plan = choose_plan(job, j.model, world, *j.backend, limit);  // collective; agreed inside
     // The planner may have chosen a decoupled checkpoint of parallel.decoupled.from: load that model.
     world.agree([&] { j.model = model_of_plan(j.plan, job, j.model); });
   } else {
-    world.agree([&] {
-      // A plan file the planner made may name such a checkpoint too.
-      if (!job.parallel.plan.empty()) j.model = model_of_plan(Plan::load(job.parallel.plan), job, j.model);
-      j.plan = plan_from_job(job, j.model, world.size(), limit);
-    });
+    world.agree([&] { j.plan = plan_from_job(job, j.model, world.size(), limit); });
   }
   world.agree([&] { check_spd_checkpoint(j.model, j.plan, job.path); });
   world.agree([&] { check(j.model, j.plan); });

@@ -272,21 +272,21 @@ std::string planner_table(const PlannerResult& result, const JobConfig& job, con
   return s.str();
 }
 
-std::string candidates_json(const PlannerResult& result, const ModelConfig& model) {
+std::string candidates_json(const PlannerResult& result, const ModelConfig& job_model) {
   nlohmann::json out = nlohmann::json::array();
   for (size_t i = 0; i < result.candidates.size(); ++i) {
     const Candidate& c = result.candidates[i];
     int64_t most = 0;
     for (const RankMemory& m : c.plan.memory) most = std::max(most, m.total());
-    const ModelConfig& own = result.model_of(c, model);
+    const ModelConfig& model = result.model_of(c, job_model);  // the job's, or a decoupled checkpoint's
     out.push_back({{"label", c.label}, {"chosen", static_cast<int>(i) == result.chosen}, {"fits", c.fits},
-                   {"model", own.dir}, {"kl", c.kl}, {"top1", c.top1}, {"cosine", c.cosine},
+                   {"model", model.dir}, {"kl", c.kl}, {"top1", c.top1}, {"cosine", c.cosine},
                    {"prefill_pass_s", c.predicted.prefill_pass_s},
                    {"decode_step_s", c.predicted.decode_step_s}, {"decode_step_one_s", c.predicted.decode_step_one_s},
                    {"compute_s", c.predicted.compute_s}, {"comm_s", c.predicted.comm_s},
                    {"bytes_per_token", c.predicted.bytes_per_token}, {"rows_per_s", c.predicted.rows_per_s},
                    {"sequence_latency_s", c.predicted.sequence_latency_s}, {"memory_per_rank_bytes", most},
-                   {"plan", c.plan.describe()}, {"plan_yaml", c.plan.to_yaml(own)}});
+                   {"plan", c.plan.describe()}, {"plan_yaml", c.plan.to_yaml(model)}});
   }
   return out.dump(1);
 }

@@ -63,7 +63,7 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     rep = distill(a.teacher, a.student, a.out, sents, a.steps, lr=a.lr, batch_size=a.batch_size, n_eval=a.eval,
                   max_len=a.max_len, token_mse=a.token_mse, local_steps=a.local_steps, local_lr=a.local_lr,
-                  max_seconds=a.max_seconds, freeze_coupled=a.freeze_coupled, text_note=note)
+                  max_seconds=a.max_seconds, freeze_coupled=a.freeze_coupled)
     print(json.dumps(rep, indent=2))
     if a.report:
         with open(a.report, "w") as f:
