@@ -45,6 +45,11 @@ Setter spd_field(T SpdOptions::*member) {
   return [member](JobConfig& c, const YAML::Node& n) { c.parallel.spd.*member = n.as<T>(); };
 }
 
+template <typename T>
+Setter decoupled_field(T DecoupledOptions::*member) {
+  return [member](JobConfig& c, const YAML::Node& n) { c.parallel.decoupled.*member = n.as<T>(); };
+}
+
 // "2GiB", "500 MB", "123456789" (bytes), or "50%" / "0.5" (a share of the free memory).
 MemoryLimit parse_memory_limit(const std::string& text) {
   MemoryLimit m;
@@ -165,6 +170,9 @@ const std::map<std::string, Setter>& schema() {
       {"parallel.spd.from", spd_field(&SpdOptions::from)},
       {"parallel.spd.budget.max_kl", spd_field(&SpdOptions::max_kl)},
       {"parallel.spd.budget.min_top1", spd_field(&SpdOptions::min_top1)},
+      {"parallel.decoupled.from", decoupled_field(&DecoupledOptions::from)},
+      {"parallel.decoupled.budget.min_cosine", decoupled_field(&DecoupledOptions::min_cosine)},
+      {"parallel.decoupled.budget.max_kl", decoupled_field(&DecoupledOptions::max_kl)},
       {"rows.first", field(&JobConfig::rows, &RowsOptions::first)},
       {"rows.count", field(&JobConfig::rows, &RowsOptions::count)},
       {"shard.index", field(&JobConfig::shard, &ShardOptions::index)},
@@ -194,8 +202,8 @@ bool is_value_or_list_key(const std::string& key) { return key == "memory.limit"
 
 // Keys whose value is a list; every other key takes a single value.
 bool is_list_key(const std::string& key) {
-  return key == "parallel.spd.drop" || key == "parallel.speeds" || key == "parallel.stages" ||
-         key == "generate.stop_token_ids" || key == "debug.dump";
+  return key == "parallel.spd.drop" || key == "parallel.decoupled.from" || key == "parallel.speeds" ||
+         key == "parallel.stages" || key == "generate.stop_token_ids" || key == "debug.dump";
 }
 
 bool is_group(const std::string& key) {
@@ -287,6 +295,9 @@ void resolve_paths(JobConfig& c, const std::set<std::string>& from_file) {
     if (!from_file.count(key) || value->empty() || std::filesystem::path(*value).is_absolute()) continue;
     *value = (folder / *value).lexically_normal().string();
   }
+  if (from_file.count("parallel.decoupled.from"))  // a list of paths
+    for (std::string& dir : c.parallel.decoupled.from)
+      if (!dir.empty() && !std::filesystem::path(dir).is_absolute()) dir = (folder / dir).lexically_normal().string();
 }
 
 }  // namespace
@@ -422,6 +433,12 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
          "and parallel.tp are both > 1; a decoupled model runs its sub-blocks on bp ranks without TP inside them");
   expect(c.parallel.spd.drop.empty() || c.parallel.spd.from.empty(), "parallel.spd",
          "has both 'drop' and 'from'; give one");
+  const DecoupledOptions& dc = c.parallel.decoupled;
+  expect(dc.from.empty() || c.parallel.auto_plan || !c.parallel.plan.empty(), "parallel.decoupled.from",
+         "lists checkpoints for the planner to choose from; set parallel: auto (or parallel.plan to a plan made so), "
+         "or give one checkpoint as the model");
+  expect(!dc.budgeted() || !dc.from.empty(), "parallel.decoupled.budget", "is given without parallel.decoupled.from");
+  expect(dc.min_cosine <= 1, "parallel.decoupled.budget.min_cosine", "must be at most 1 (a cosine)");
   expect(c.calibrate.rows >= 1, "calibrate.rows", "must be >= 1");
   expect(c.calibrate.sensitive >= 0 && c.calibrate.extreme >= c.calibrate.sensitive, "calibrate.extreme",
          "must be >= calibrate.sensitive >= 0");
@@ -535,6 +552,14 @@ std::string JobConfig::fingerprint() const {
   // A split head changes log-probs by float rounding (its log-sum-exp is merged across ranks), as
   // tp does; left out when off, keeping the fingerprints of files written before this key.
   if (parallel.split_head != SplitHead::Off) s << ", split_head: " << split_head_name(parallel.split_head);
+  // Decoupled checkpoints the planner may run instead of the model change its function as SPD does;
+  // left out when none are listed, keeping older fingerprints.
+  if (!parallel.decoupled.from.empty()) {
+    s << ", decoupled: {from: [";
+    for (size_t i = 0; i < parallel.decoupled.from.size(); ++i)
+      s << (i ? ", " : "") << "'" << canonical(parallel.decoupled.from[i]) << "'";
+    s << "], min_cosine: " << parallel.decoupled.min_cosine << ", max_kl: " << parallel.decoupled.max_kl << "}";
+  }
   s << "}\n";
   // Which rows the output holds (absent for the whole input, as in files from before these keys).
   if (has_rows) s << "rows: {first: " << rows.first << ", count: " << rows.count << "}\n";
@@ -579,6 +604,7 @@ std::string absolute(const std::string& path) {
 std::string JobConfig::to_yaml() const {
   JobConfig c = *this;
   for (auto& [key, value] : path_keys(c)) *value = absolute(*value);
+  for (std::string& dir : c.parallel.decoupled.from) dir = absolute(dir);
   YAML::Emitter e;
   e << YAML::BeginMap;
   e << YAML::Key << "model" << YAML::Value << c.model;
@@ -667,7 +693,20 @@ std::string JobConfig::to_yaml() const {
     if (c.parallel.spd.min_top1 >= 0) e << YAML::Key << "min_top1" << YAML::Value << shortest(c.parallel.spd.min_top1);
     e << YAML::EndMap;
   }
-  e << YAML::EndMap << YAML::EndMap;  // spd, parallel
+  e << YAML::EndMap;  // spd
+  if (!c.parallel.decoupled.from.empty()) {
+    const DecoupledOptions& d = c.parallel.decoupled;
+    e << YAML::Key << "decoupled" << YAML::Value << YAML::BeginMap;
+    e << YAML::Key << "from" << YAML::Value << YAML::Flow << d.from;
+    if (d.budgeted()) {
+      e << YAML::Key << "budget" << YAML::Value << YAML::BeginMap;
+      if (d.min_cosine >= 0) e << YAML::Key << "min_cosine" << YAML::Value << shortest(d.min_cosine);
+      if (d.max_kl >= 0) e << YAML::Key << "max_kl" << YAML::Value << shortest(d.max_kl);
+      e << YAML::EndMap;
+    }
+    e << YAML::EndMap;
+  }
+  e << YAML::EndMap;  // parallel
   e << YAML::Key << "calibrate" << YAML::Value << YAML::BeginMap;
   if (!c.calibrate.prompts.empty()) e << YAML::Key << "prompts" << YAML::Value << c.calibrate.prompts;
   e << YAML::Key << "rows" << YAML::Value << c.calibrate.rows;

@@ -60,6 +60,16 @@ struct SpdOptions {
   double min_top1 = -1;  // budget; < 0: the calibration file's own
 };
 
+// Decoupled checkpoints of the job's model (python/decoupled) that `parallel: auto` may run instead
+// of it, each with the fidelity it was measured at (fidelity.yaml): those within the budget are
+// planned beside the model's own grids (planning/decoupled_candidates.h).
+struct DecoupledOptions {
+  std::vector<std::string> from;  // checkpoint directories
+  double min_cosine = -1;         // budget: mean cosine to the model's embeddings at least; < 0: none
+  double max_kl = -1;             // budget: mean next-token KL(model || checkpoint) at most; < 0: none
+  bool budgeted() const { return min_cosine >= 0 || max_kl >= 0; }
+};
+
 // parallel.split_head: whether the ranks of a replica's last stage split the output head's
 // vocabulary rows (planning/plan.h, Plan::head).
 enum class SplitHead { Off, On, Auto };
@@ -75,6 +85,7 @@ struct ParallelOptions {
   int micro_batches = 0;       // a batch split this many ways in a pipeline (0: 2 x pp)
   std::vector<double> speeds;  // relative speed of each rank of a stage (empty: equal): uneven shares
   SpdOptions spd;
+  DecoupledOptions decoupled;  // checkpoints the planner may choose instead of the model
   SyncDType sync_dtype = SyncDType::F32;  // how syncs' partial sums travel: fp32 (exact), bf16, q8
   SplitHead split_head = SplitHead::Off;  // output head's vocabulary split over the group's ranks
   SyncWait sync_wait = SyncWait::Spin;     // how a rank waits in its group's syncs (mpi_comm/communicator.h)

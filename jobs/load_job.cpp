@@ -4,6 +4,7 @@
 
 #include "io/error.h"
 #include "jobs/make_backend.h"
+#include "planning/decoupled_candidates.h"
 #include "planning/make_plan.h"
 #include "planning/planner.h"
 #include "planning/profiler.h"
@@ -54,8 +55,13 @@ LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
       throw UserError(job.path + ": memory.limit streams layers from the memory-mapped checkpoint, which the " +
                       job.backend + " backend does not do yet; use backend: cpu");
   });
+  // A plan file the planner made may name a decoupled checkpoint of parallel.decoupled.from: load that model.
+  if (!job.parallel.plan.empty())
+    world.agree([&] { j.model = model_of_plan(Plan::load(job.parallel.plan), job, j.model); });
   if (job.parallel.auto_plan) {
     j.plan = choose_plan(job, j.model, world, *j.backend, limit);  // collective; agreed inside
+    // The planner may have chosen a decoupled checkpoint of parallel.decoupled.from: load that model.
+    world.agree([&] { j.model = model_of_plan(j.plan, job, j.model); });
   } else {
     world.agree([&] { j.plan = plan_from_job(job, j.model, world.size(), limit); });
   }

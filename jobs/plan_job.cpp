@@ -6,6 +6,7 @@
 
 #include "jobs/load_job.h"
 #include "jobs/make_backend.h"
+#include "planning/decoupled_candidates.h"
 #include "planning/planner.h"
 
 namespace lowsync {
@@ -23,7 +24,7 @@ void plan_job(const JobConfig& job_as_given, const std::string& out_path, const 
   const Plan plan = choose_plan(job, model, world, *backend, memory_budget(job, world), candidates_json);
   world.agree([&] {
     if (world.rank() != 0) return;
-    plan.save(out_path, model);
+    plan.save(out_path, model_of_plan(plan, job, model));  // the job's model, or the decoupled checkpoint chosen
     log::summary("lowsync: plan %s written to %s; run it with --set parallel.plan=%s", plan.describe().c_str(),
                  out_path.c_str(), out_path.c_str());
   });

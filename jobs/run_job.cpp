@@ -248,7 +248,7 @@ int run_job(const JobConfig& job, bool resume) {
                          : std::string(", syncs wait: ") + sync_wait_name(groups.tp.sync_wait()) +
                                (job.parallel.sync_wait == SyncWait::Auto ? " (auto, rank 0)" : "");
   log::info("lowsync: %s %s (%s, %s, %d layers) on %d rank(s), %s, %s backend%s%s; model loaded in %.2f s%s",
-            job.task.c_str(), job.model.c_str(), model.architecture.c_str(), rows.c_str(), model.n_layers, world.size(),
+            job.task.c_str(), model.dir.c_str(), model.architecture.c_str(), rows.c_str(), model.n_layers, world.size(),
             plan.describe().c_str(), loaded.backend->name().c_str(), threads.c_str(), wait.c_str(), loaded.load_seconds,
             resume ? (", resuming after row " + std::to_string(first)).c_str() : "");
 

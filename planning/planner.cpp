@@ -14,6 +14,7 @@
 #include "io/error.h"
 #include "io/prompts.h"
 #include "planning/calibration.h"
+#include "planning/decoupled_candidates.h"
 #include "planning/make_plan.h"
 #include "planning/profiler.h"
 #include "planning/spd_checkpoint.h"
@@ -79,8 +80,8 @@ Workload workload_of(const JobConfig& job, const ModelConfig& model) {
   return w;
 }
 
-PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, const Profile& profile,
-                              const Workload& work, const MemoryBudget& memory) {
+PlannerResult enumerate_candidates(const JobConfig& job, const ModelConfig& model, const Profile& profile,
+                                   const Workload& work, const MemoryBudget& memory) {
   const int world = profile.world;
   const PlanLimits limits = limits_of(job);
   PlannerResult result;
@@ -185,6 +186,14 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
     if (c.plan.dropped_layers() > 0) c.kl = c.top1 = std::nan("");  // not from a calibration prefix: unknown
     add(std::move(c));
   }
+  return result;
+}
+
+PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, const Profile& profile,
+                              const Workload& work, const MemoryBudget& memory) {
+  const int world = profile.world;
+  PlannerResult result = enumerate_candidates(job, model, profile, work, memory);
+  add_decoupled_candidates(job, model, profile, work, memory, result);  // parallel.decoupled.from
 
   for (size_t i = 0; i < result.candidates.size(); ++i) {
     const Candidate& c = result.candidates[i];
@@ -228,6 +237,7 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
     margin = margin == 0 ? m : std::min(margin, m);
   }
   if (margin > 0) why << ", " << std::round(100 * margin) / 100 << "x the next";
+  if (best.checkpoint >= 0) why << "; runs the decoupled checkpoint " << result.checkpoints[best.checkpoint].dir;
   best.plan.chosen_by = why.str();
   result.why = why.str();
   return result;
@@ -254,6 +264,7 @@ std::string planner_table(const PlannerResult& result, const JobConfig& job, con
                   c.predicted.bytes_per_token, most / 1048576.0, c.fits ? "yes" : "no", c.kl, c.top1, value);
     s << line;
   }
+  for (const std::string& r : result.refused) s << "  refused (parallel.decoupled.budget): " << r << "\n";
   s << "  prefill: one pass of the batch; decode: one step of the batch; B/token: all-reduce (and split-head "
        "all-gather) bytes a rank sends per token; * = chosen ("
     << result.why << ")\n";
@@ -261,14 +272,16 @@ std::string planner_table(const PlannerResult& result, const JobConfig& job, con
   return s.str();
 }
 
-std::string candidates_json(const PlannerResult& result, const ModelConfig& model) {
+std::string candidates_json(const PlannerResult& result, const ModelConfig& job_model) {
   nlohmann::json out = nlohmann::json::array();
   for (size_t i = 0; i < result.candidates.size(); ++i) {
     const Candidate& c = result.candidates[i];
     int64_t most = 0;
     for (const RankMemory& m : c.plan.memory) most = std::max(most, m.total());
+    const ModelConfig& model = result.model_of(c, job_model);  // the job's, or a decoupled checkpoint's
     out.push_back({{"label", c.label}, {"chosen", static_cast<int>(i) == result.chosen}, {"fits", c.fits},
-                   {"kl", c.kl}, {"top1", c.top1}, {"prefill_pass_s", c.predicted.prefill_pass_s},
+                   {"model", model.dir}, {"kl", c.kl}, {"top1", c.top1}, {"cosine", c.cosine},
+                   {"prefill_pass_s", c.predicted.prefill_pass_s},
                    {"decode_step_s", c.predicted.decode_step_s}, {"decode_step_one_s", c.predicted.decode_step_one_s},
                    {"compute_s", c.predicted.compute_s}, {"comm_s", c.predicted.comm_s},
                    {"bytes_per_token", c.predicted.bytes_per_token}, {"rows_per_s", c.predicted.rows_per_s},
@@ -324,7 +337,8 @@ Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& w
       if (!f) throw UserError(candidates_out + ": cannot write the candidates");
     }
     std::fflush(stdout);
-    yaml = result.candidates[result.chosen].plan.to_yaml(model);
+    const Candidate& best = result.candidates[result.chosen];
+    yaml = best.plan.to_yaml(result.model_of(best, model));
   });
   int64_t n = static_cast<int64_t>(yaml.size());
   world.broadcast(&n, sizeof n, 0);
@@ -333,7 +347,7 @@ Plan choose_plan(const JobConfig& job, const ModelConfig& model, Communicator& w
   Plan plan;
   world.agree([&] {
     plan = Plan::parse(yaml, "planner");
-    complete_parsed_plan(plan, model, world.size(), "planner");
+    complete_parsed_plan(plan, model_of_plan(plan, job, model), world.size(), "planner");
   });
   return plan;
 }

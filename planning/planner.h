@@ -1,8 +1,10 @@
 #pragma once
 // The static planner (`lowsync plan`, `parallel: auto`): enumerates the plans the model and the
 // world allow (dp x tp or dp x bp, even and speed-proportional shares, SPD drop sets within the
-// job's accuracy budget when a calibration is given), drops those that do not fit in a rank's
-// memory, predicts each with the cost model and picks the best for plan.objective.
+// job's accuracy budget when a calibration is given; the grids of decoupled checkpoints of the model
+// within the job's fidelity budget, planning/decoupled_candidates.h), drops those that do not fit in
+// a rank's memory, predicts each with the cost model and picks the best for plan.objective.
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -21,6 +23,8 @@ struct Candidate {
   Prediction predicted;
   bool fits = true;             // every rank's planned memory within its usable memory
   double kl = 0, top1 = 1;      // accuracy cost against the exact model (SPD from the calibration)
+  double cosine = std::numeric_limits<double>::quiet_NaN();  // a decoupled encoder's, from its fidelity.yaml
+  int checkpoint = -1;          // index in PlannerResult::checkpoints; -1: the job's own model
   std::string label;            // e.g. "tp=2 speed-proportional, SPD 12/30"
 };
 
@@ -28,6 +32,11 @@ struct PlannerResult {
   std::vector<Candidate> candidates;
   int chosen = -1;
   std::string why;  // one sentence: what was compared and what won
+  std::vector<ModelConfig> checkpoints;  // decoupled checkpoints (parallel.decoupled.from) with candidates
+  std::vector<std::string> refused;      // those outside the budget: directory, syncs, fidelity, why
+  const ModelConfig& model_of(const Candidate& c, const ModelConfig& job_model) const {
+    return c.checkpoint < 0 ? job_model : checkpoints[c.checkpoint];
+  }
 };
 
 // Pure: every candidate, predicted, and the choice. UserError when no candidate fits in memory
@@ -37,6 +46,11 @@ struct PlannerResult {
 // model counts the streaming.
 PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, const Profile& profile,
                               const Workload& work, const MemoryBudget& memory = {});
+
+// Pure: the candidates of one model alone (its grids, shares, SPD drop sets, and the job's stated
+// plan), predicted and checked against memory, none chosen and nothing refused.
+PlannerResult enumerate_candidates(const JobConfig& job, const ModelConfig& model, const Profile& profile,
+                                   const Workload& work, const MemoryBudget& memory = {});
 
 // The workload a job implies (mean prompt length from the input when it can be read, else a guess).
 Workload workload_of(const JobConfig& job, const ModelConfig& model);

@@ -14,13 +14,16 @@ Modules:
     convert   convert(src_dir, dst_dir, P, k, shares=None, coupled=())  Hugging Face dir -> decoupled dir
     model     DecoupledModel.from_dir(path)                             PyTorch reference forward
     distill   distill(teacher_dir, student_dir, out_dir, texts, steps, ...), evaluate(...)
+    fidelity  measure(base_dir, ckpt_dir, sentences, note), write(...): ckpt_dir/fidelity.yaml for the planner
     text      default_sentences(), sentences_from_files(paths), split_sentences(sentences)
 
 CLI (python/decoupled/__main__.py):
     python python/decoupled convert SRC DST --sub-blocks P --sync-every K [--shares 6,2] [--coupled 0,5]
     python python/decoupled distill TEACHER STUDENT OUT --steps N [--text FILE ...] [--lr 3e-4]
+    python python/decoupled fidelity BASE CHECKPOINT [--text FILE ...] [--eval 256]
 """
 from .convert import convert, load_hf  # noqa: F401
+from . import fidelity  # noqa: F401
 from .distill import distill, evaluate, tokenizer as distill_tokenizer  # noqa: F401
 from .family import FAMILIES, LAYER_PREFIX, LAYER_RE, make_shares, segments, sizes  # noqa: F401
 from .model import DecoupledModel  # noqa: F401

@@ -9,7 +9,7 @@ if __package__ in (None, ""):  # run as `python python/decoupled`: the package's
 import torch  # noqa: E402
 
 import decoupled  # noqa: E402
-from decoupled import convert, default_sentences, distill, sentences_from_files  # noqa: E402
+from decoupled import convert, default_sentences, distill, fidelity, sentences_from_files  # noqa: E402
 
 
 def main(argv=None):
@@ -40,15 +40,27 @@ def main(argv=None):
     d.add_argument("--freeze-coupled", action="store_true", help="keep the coupled layers' weights as they are")
     d.add_argument("--threads", type=int, default=None)
     d.add_argument("--report", default=None, help="write the report JSON here")
+    m = sub.add_parser("fidelity", help="(re)measure a decoupled checkpoint against its base; write fidelity.yaml")
+    m.add_argument("base")
+    m.add_argument("checkpoint")
+    m.add_argument("--text", nargs="*", default=None, help="text files (default: as distill)")
+    m.add_argument("--eval", type=int, default=256, help="held-out sentences (the same split as distill's)")
+    m.add_argument("--max-len", type=int, default=64)
     a = ap.parse_args(argv)
     if a.cmd == "convert":
         shares = [int(x) for x in a.shares.split(",")] if a.shares else None
         cfg = convert(a.src, a.dst, a.sub_blocks, a.sync_every, shares=shares, coupled=a.coupled)
         print(f"{a.dst}: {cfg['architectures'][0]} bp={json.dumps(cfg['bp'])}")
         return
+    sents = sentences_from_files(a.text) if a.text else default_sentences()
+    note = (f"held-out sentences of {', '.join(a.text)}" if a.text else
+            "held-out English sentences (common licenses, copyright files, Python stdlib docstrings)")
+    if a.cmd == "fidelity":
+        doc = fidelity.measure(a.base, a.checkpoint, sents, note, n_eval=a.eval, max_len=a.max_len)
+        print(f"{a.checkpoint}/{fidelity.FILE}: {doc['metric']} {doc[doc['metric']]:.6g} on {doc['rows']} rows")
+        return
     if a.threads:
         torch.set_num_threads(a.threads)
-    sents = sentences_from_files(a.text) if a.text else default_sentences()
     rep = distill(a.teacher, a.student, a.out, sents, a.steps, lr=a.lr, batch_size=a.batch_size, n_eval=a.eval,
                   max_len=a.max_len, token_mse=a.token_mse, local_steps=a.local_steps, local_lr=a.local_lr,
                   max_seconds=a.max_seconds, freeze_coupled=a.freeze_coupled)

@@ -9,6 +9,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from . import fidelity
 from .convert import load_hf
 from .model import DecoupledModel
 from .text import split_sentences
@@ -120,7 +121,8 @@ def distill(teacher_dir, student_dir, out_dir, texts, steps, lr=3e-4, batch_size
             max_len=64, token_mse=0.0, local_steps=0, local_lr=None, max_seconds=None, freeze_embeddings=True,
             freeze_coupled=False, seed=0, warmup=0.05, weight_decay=0.0, log_every=50, log=print):
     """Fine-tunes the decoupled student (student_dir) to match the original teacher (teacher_dir) and saves
-    it to out_dir; returns a report (fidelity on held-out text before/after, steps, wall time).
+    it to out_dir with its fidelity after training (out_dir/fidelity.yaml, decoupled/fidelity.py); returns a
+    report (fidelity on held-out text before/after, steps, wall time).
 
     Optional phase 1 (local_steps > 0; block-to-block distillation as in SPD): every segment of the
     student gets the teacher's stream entering it and is trained to give the teacher's stream leaving
@@ -229,6 +231,8 @@ def distill(teacher_dir, student_dir, out_dir, texts, steps, lr=3e-4, batch_size
     for p in student.parameters():
         p.requires_grad_(True)
     student.save(out_dir)
+    # What lowsync's planner holds to parallel.decoupled.budget:
+    fidelity.write(out_dir, teacher_dir, after, student, "held-out sentences of the distillation text")
     return {"family": family, "sub_blocks": student.P, "sync_every": student.k, "heads": student.heads,
             "coupled": student.coupled, "syncs_per_pass": student.syncs_per_pass(), "tp_syncs_per_pass": 2 * student.L,
             "freeze_coupled": freeze_coupled,
