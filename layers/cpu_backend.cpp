@@ -11,7 +11,9 @@
 // `weights.bf16_dot`, which round x to bf16 (decode-sized: bf16_dot_matmul.h; larger:
 // many_rows_bf16_dot.h), and decode products with q8_0 weights under `weights.q8_dot`, which
 // quantise x to q8_0 (q8_dot_matmul.h). Weight matrices live on huge
-// pages where the kernel grants them (layers/weight_memory.h): decode streams them.
+// pages where the kernel grants them (layers/weight_memory.h): decode streams them. Activations
+// live on 64-byte aligned memory that the process keeps once freed (layers/activation_memory.h):
+// a pass asks for the same sizes every layer, which would otherwise be new pages each time.
 #include <cblas.h>
 
 #include <algorithm>
