@@ -6,7 +6,11 @@
 // thread the thread's CPU time (on a machine shared with other work, wall time measures the others
 // as much as the kernel), at more the wall time (the minimum: the run least disturbed).
 //
-//   build/bench/bench_prefill_products [--threads 1] [--rows 512] [--reps 15]
+// --scaling: each product alone instead, at one thread and at --threads, wall time both, the two
+// interleaved rep by rep, and their ratio: how a kernel scales with threads when nothing but its
+// own work differs (its input and output resident, reused from rep to rep).
+//
+//   build/bench/bench_prefill_products [--threads 1] [--rows 512] [--reps 15] [--scaling]
 #include <time.h>
 
 #include <algorithm>
@@ -47,12 +51,15 @@ double thread_seconds() {
 int main(int argc, char** argv) {
   int threads = 1, reps = 15;
   int64_t M = 512;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--rows")) M = std::atoll(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--reps")) reps = std::atoi(argv[i + 1]);
+  bool scaling = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--scaling")) scaling = true;
+    else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--rows") && i + 1 < argc) M = std::atoll(argv[++i]);
+    else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     else {
-      std::fprintf(stderr, "bench_prefill_products: unknown option %s (--threads, --rows, --reps)\n", argv[i]);
+      std::fprintf(stderr, "bench_prefill_products: unknown option %s (--threads N, --rows N, --reps N, --scaling)\n",
+                   argv[i]);
       return 2;
     }
   }
@@ -79,17 +86,39 @@ int main(int argc, char** argv) {
   WorkerThreads workers(threads);
   std::vector<const char*> names = {"fp32", "bf16 (widened)"};
   if (cpu_has_avx512_bf16()) names.push_back("bf16_dot");
+  // Product i of the layer through kernel d on `on`'s threads.
+  auto product = [&](size_t d, size_t i, WorkerThreads& on) {
+    const Shape s = kLayer[i];
+    if (d == 0) many_rows_matmul(on, x.data(), M, s.K, f32[i].data(), s.N, y.data(), false);
+    if (d == 1) many_rows_matmul(on, x.data(), M, s.K, bf16[i].data(), s.N, y.data(), false);
+    if (d == 2) many_rows_bf16_dot(on, x.data(), M, s.K, bf16[i].data(), s.N, y.data(), false);
+  };
+  if (scaling) {
+    WorkerThreads one(1);
+    std::printf("each product alone, %lld rows, best wall time of %d, 1 thread against %d:\n", (long long)M, reps,
+                threads);
+    for (size_t d = 0; d < names.size(); ++d)
+      for (size_t i = 0; i < std::size(kLayer); ++i) {
+        double best1 = 1e30, bestn = 1e30;
+        for (int r = 0; r < reps; ++r) {
+          double t0 = wall_seconds();
+          product(d, i, one);
+          best1 = std::min(best1, wall_seconds() - t0);
+          t0 = wall_seconds();
+          product(d, i, workers);
+          bestn = std::min(bestn, wall_seconds() - t0);
+        }
+        std::printf("  %-15s %-5s %7.3f ms  %7.3f ms  %.2fx\n", names[d], kLayer[i].name, 1e3 * best1, 1e3 * bestn,
+                    best1 / bestn);
+      }
+    return 0;
+  }
   std::vector<double> best(names.size(), 1e30);
   double (*seconds)() = threads == 1 ? thread_seconds : wall_seconds;
   for (int r = 0; r < reps; ++r)
     for (size_t d = 0; d < names.size(); ++d) {
       const double t0 = seconds();
-      for (size_t i = 0; i < std::size(kLayer); ++i) {
-        const Shape s = kLayer[i];
-        if (d == 0) many_rows_matmul(workers, x.data(), M, s.K, f32[i].data(), s.N, y.data(), false);
-        if (d == 1) many_rows_matmul(workers, x.data(), M, s.K, bf16[i].data(), s.N, y.data(), false);
-        if (d == 2) many_rows_bf16_dot(workers, x.data(), M, s.K, bf16[i].data(), s.N, y.data(), false);
-      }
+      for (size_t i = 0; i < std::size(kLayer); ++i) product(d, i, workers);
       best[d] = std::min(best[d], seconds() - t0);
     }
   std::printf("one SmolLM2 layer's prefill products, %lld rows, %d thread(s), best %s of %d:\n", (long long)M, threads,

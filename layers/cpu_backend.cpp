@@ -11,7 +11,9 @@
 // `weights.bf16_dot`, which round x to bf16 (decode-sized: bf16_dot_matmul.h; larger:
 // many_rows_bf16_dot.h), and decode products with q8_0 weights under `weights.q8_dot`, which
 // quantise x to q8_0 (q8_dot_matmul.h). Weight matrices live on huge
-// pages where the kernel grants them (layers/weight_memory.h): decode streams them.
+// pages where the kernel grants them (layers/weight_memory.h): decode streams them. Activations
+// live on 64-byte aligned memory that the process keeps once freed (layers/activation_memory.h):
+// a pass asks for the same sizes every layer, which would otherwise be new pages each time.
 #include <cblas.h>
 
 #include <algorithm>
@@ -21,6 +23,7 @@
 #include <vector>
 
 #include "io/error.h"
+#include "layers/activation_memory.h"
 #include "layers/backend.h"
 #include "layers/bf16_dot_matmul.h"
 #include "layers/few_rows_matmul.h"
@@ -63,13 +66,12 @@ void Backend::add_bias(Tensor& x, const Tensor& bias) {
 namespace {
 
 // Host memory for a rows x cols fp32 tensor, zero-filled or left as it comes (for a tensor the
-// next operation overwrites whole).
+// next operation overwrites whole): aligned, and reused once freed (layers/activation_memory.h).
 Tensor host_tensor(int64_t rows, int64_t cols, bool zero) {
   Tensor t;
-  const int64_t n = std::max<int64_t>(rows * cols, 1);
-  std::shared_ptr<float[]> mem(zero ? new float[n]() : new float[n]);
-  t.storage = std::static_pointer_cast<void>(std::shared_ptr<float>(mem, mem.get()));
+  std::shared_ptr<float> mem = activation_memory(rows * cols, zero);
   t.ptr = mem.get();
+  t.storage = std::move(mem);
   t.rows = rows;
   t.cols = cols;
   return t;
