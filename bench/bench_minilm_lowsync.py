@@ -82,6 +82,7 @@ def main():
     }
     for k, v in doc.items():
         print(f"{k}: {v}")
+    doc["lowsync_cosine_per_sentence"] = [round(float(c), 6) for c in cos]
     if a.json:
         with open(a.json, "w") as f:
             json.dump(doc, f, indent=2)
