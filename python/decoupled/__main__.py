@@ -31,6 +31,8 @@ def main(argv=None):
     d.add_argument("--batch-size", type=int, default=32)
     d.add_argument("--max-len", type=int, default=64)
     d.add_argument("--token-mse", type=float, default=0.0, help="weight of token-level hidden-state MSE (BERT)")
+    d.add_argument("--state-mse", type=float, default=0.0,
+                   help="weight of matching every segment's output to the teacher's stream there (end-to-end phase)")
     d.add_argument("--local-steps", type=int, default=0, help="segment-wise (block-to-block) steps first")
     d.add_argument("--local-lr", type=float, default=None)
     d.add_argument("--max-seconds", type=float, default=None)
@@ -62,7 +64,7 @@ def main(argv=None):
     if a.threads:
         torch.set_num_threads(a.threads)
     rep = distill(a.teacher, a.student, a.out, sents, a.steps, lr=a.lr, batch_size=a.batch_size, n_eval=a.eval,
-                  max_len=a.max_len, token_mse=a.token_mse, local_steps=a.local_steps, local_lr=a.local_lr,
+                  max_len=a.max_len, token_mse=a.token_mse, state_mse=a.state_mse, local_steps=a.local_steps, local_lr=a.local_lr,
                   max_seconds=a.max_seconds, freeze_coupled=a.freeze_coupled)
     print(json.dumps(rep, indent=2))
     if a.report:

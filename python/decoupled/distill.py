@@ -118,7 +118,7 @@ def _masked_mse(s, t, mask):
 
 
 def distill(teacher_dir, student_dir, out_dir, texts, steps, lr=3e-4, batch_size=32, eval_texts=None, n_eval=256,
-            max_len=64, token_mse=0.0, local_steps=0, local_lr=None, max_seconds=None, freeze_embeddings=True,
+            max_len=64, token_mse=0.0, state_mse=0.0, local_steps=0, local_lr=None, max_seconds=None, freeze_embeddings=True,
             freeze_coupled=False, seed=0, warmup=0.05, weight_decay=0.0, log_every=50, log=print):
     """Fine-tunes the decoupled student (student_dir) to match the original teacher (teacher_dir) and saves
     it to out_dir with its fidelity after training (out_dir/fidelity.yaml, decoupled/fidelity.py); returns a
@@ -129,7 +129,9 @@ def distill(teacher_dir, student_dir, out_dir, texts, steps, lr=3e-4, batch_size
     it (masked MSE, normalised by the teacher stream's mean square); segments learn independently.
     Phase 2 (steps): end to end. Decoders: KL(teacher || student) on next-token distributions. Encoders
     (BERT): MSE + (1 - cosine) on the attention-mask mean-pooled, L2-normalised sentence embedding, plus
-    token_mse x MSE of the last hidden states. AdamW, linear warmup then cosine decay per phase; with
+    token_mse x MSE of the last hidden states. With state_mse > 0 the end-to-end loss also matches the
+    stream after every segment to the teacher's stream after that layer (state_mse x the mean over
+    segments of the phase-1 normalised MSE), intermediate targets as in TinyBERT. AdamW, linear warmup then cosine decay per phase; with
     max_seconds the time is split between phases in proportion to their steps, and a phase ends at its
     steps or its time, whichever comes first (the schedule follows whichever is further along).
     Embeddings (and a tied LM head) stay frozen unless freeze_embeddings=False; coupled layers (the
@@ -203,18 +205,28 @@ def distill(teacher_dir, student_dir, out_dir, texts, steps, lr=3e-4, batch_size
         return loss / len(student.segments())
 
     def e2e_loss(ids, mask):
-        with torch.no_grad():
-            t = _teacher_out(teacher, family, ids, mask)
-        s = student(ids, mask)
+        state_loss = 0.0
+        if state_mse:
+            t, states = _teacher_with_states(teacher, family, ids, mask)
+            x, bias = student.embed(ids), student.attn_bias(*ids.shape, mask)
+            for s, e, _ in student.segments():
+                x = student.segment(s, e, x, bias)
+                state_loss = state_loss + _masked_mse(x, states[e], mask) / _masked_mse(states[e], 0 * states[e], mask)
+            state_loss = state_mse * state_loss / len(student.segments())
+            s = student.head(x)
+        else:
+            with torch.no_grad():
+                t = _teacher_out(teacher, family, ids, mask)
+            s = student(ids, mask)
         if family == "bert":
             et, es = _pool(t, mask), _pool(s, mask)
             loss = ((et - es) ** 2).sum(-1).mean() + (1 - (et * es).sum(-1)).mean()
             if token_mse:
                 loss = loss + token_mse * _masked_mse(s, t, mask)
-            return loss
+            return loss + state_loss
         m = mask.bool()
         lt, ls = F.log_softmax(t.float(), -1)[m], F.log_softmax(s.float(), -1)[m]
-        return (lt.exp() * (lt - ls)).sum(-1).mean()
+        return (lt.exp() * (lt - ls)).sum(-1).mean() + state_loss
 
     t_train = time.time()
     if local_steps:
@@ -237,6 +249,6 @@ def distill(teacher_dir, student_dir, out_dir, texts, steps, lr=3e-4, batch_size
             "coupled": student.coupled, "syncs_per_pass": student.syncs_per_pass(), "tp_syncs_per_pass": 2 * student.L,
             "freeze_coupled": freeze_coupled,
             "steps": sum(ph["steps"] for ph in phases), "phases": phases, "batch_size": batch_size, "lr": lr,
-            "max_len": max_len, "token_mse": token_mse, "frozen": frozen, "train_sequences": len(train),
+            "max_len": max_len, "token_mse": token_mse, "state_mse": state_mse, "frozen": frozen, "train_sequences": len(train),
             "held_out_sequences": len(held), "before": before, "after": after, "train_seconds": train_s,
             "wall_seconds": time.time() - t_start, "torch_threads": torch.get_num_threads()}
