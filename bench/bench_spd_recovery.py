@@ -247,8 +247,11 @@ def main():
     store_key = {"model": os.path.abspath(model_dir), "tp": a.tp, "length": a.length, "calibration": cal_desc,
                  "steps": a.steps, "lr": a.lr, "batch": a.batch}
     stored = load_blocks(a.blocks, store_key) if a.blocks else {}
-    recovered, kept, x_last = recover_in_layer_order(model, cal_ids, needed - set(stored), firsts, a.steps, a.lr,
-                                                     a.batch, log=log)
+    if needed <= set(stored) and not firsts:  # every block stored, no end-to-end tuning: no calibration pass
+        recovered, kept, x_last = {}, {}, None
+    else:
+        recovered, kept, x_last = recover_in_layer_order(model, cal_ids, needed - set(stored), firsts, a.steps,
+                                                         a.lr, a.batch, log=log)
     recovered.update({k: v for k, v in stored.items() if k in needed})
     log(f"calibration activations and block-wise recovery done ({len(needed & set(stored))} blocks reused from {a.blocks})")
     if a.blocks:
