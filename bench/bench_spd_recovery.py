@@ -111,7 +111,7 @@ def plot(doc, path):
     results = doc["results"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for variant, style in zip(METHODS, ("o-", "s-", "^-", "D-", "v-")):
-        rows = [results[0]] + [r for r in results if r["method"] == variant]
+        rows = [results[0]] + sorted((r for r in results if r["method"] == variant), key=lambda r: r["share_percent"])
         if len(rows) == 1:
             continue
         ax1.plot([r["share_percent"] for r in rows], [r["perplexity_increase_percent"] for r in rows], style, label=variant)
