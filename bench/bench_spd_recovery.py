@@ -17,9 +17,12 @@ transformers, matplotlib and the rest of the standard library, Debian READMEs; e
 the evaluation text excluded) up to --cal-rows; --text stdlib uses only the docstrings' end, as the
 runs before did. The JSON records how many 16-token windows evaluation and calibration rows share.
 All numbers come from the PyTorch SPD forward (python/spd_model.py, checked against transformers'
-modules and lowsync in tests/mpi/test_spd_reference.py); one recovered checkpoint (the 50 % share,
-the last method) is also written and scored by lowsync at tp ranks, and its perplexity recorded
-beside the PyTorch one.
+modules and lowsync in tests/mpi/test_spd_reference.py); one recovered checkpoint (the
+--check-share, 50 % by default, with the last method) is also written and scored by lowsync at tp
+ranks as soon as that share is done, and its perplexity recorded beside the PyTorch one. The JSON
+is written after every share; --blocks FILE keeps the recovered blocks for a later run at the same
+tp, text and settings (one that needs no new block and no end-to-end tuning skips the calibration
+pass).
 
 Steps: progressive sensitivity from the last block backwards (or --sensitivity-from a previous
 run's JSON, the same measure on the same rows); the blocks of the smallest increase are dropped
