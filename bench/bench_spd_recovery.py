@@ -17,9 +17,12 @@ transformers, matplotlib and the rest of the standard library, Debian READMEs; e
 the evaluation text excluded) up to --cal-rows; --text stdlib uses only the docstrings' end, as the
 runs before did. The JSON records how many 16-token windows evaluation and calibration rows share.
 All numbers come from the PyTorch SPD forward (python/spd_model.py, checked against transformers'
-modules and lowsync in tests/mpi/test_spd_reference.py); one recovered checkpoint (the 50 % share,
-the last method) is also written and scored by lowsync at tp ranks, and its perplexity recorded
-beside the PyTorch one.
+modules and lowsync in tests/mpi/test_spd_reference.py); one recovered checkpoint (the
+--check-share, 50 % by default, with the last method) is also written and scored by lowsync at tp
+ranks as soon as that share is done, and its perplexity recorded beside the PyTorch one. The JSON
+is written after every share; --blocks FILE keeps the recovered blocks for a later run at the same
+tp, text and settings (one that needs no new block and no end-to-end tuning skips the calibration
+pass).
 
 Steps: progressive sensitivity from the last block backwards (or --sensitivity-from a previous
 run's JSON, the same measure on the same rows); the blocks of the smallest increase are dropped
@@ -111,7 +114,7 @@ def plot(doc, path):
     results = doc["results"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for variant, style in zip(METHODS, ("o-", "s-", "^-", "D-", "v-")):
-        rows = [results[0]] + [r for r in results if r["method"] == variant]
+        rows = [results[0]] + sorted((r for r in results if r["method"] == variant), key=lambda r: r["share_percent"])
         if len(rows) == 1:
             continue
         ax1.plot([r["share_percent"] for r in rows], [r["perplexity_increase_percent"] for r in rows], style, label=variant)
@@ -175,6 +178,11 @@ def main():
     ap.add_argument("--shares", default=",".join(map(str, SHARES)), help="percent of blocks dropped, comma-separated")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of: " + ", ".join(METHODS))
     ap.add_argument("--no-lowsync", action="store_true", help="skip the lowsync check of one checkpoint")
+    ap.add_argument("--check-share", type=int, help="the share whose last-method checkpoint lowsync scores, as soon as "
+                                                    "that share is done (default 50 if measured, else the first)")
+    ap.add_argument("--blocks", help="a file of recovered blocks: those it holds (from a run at the same tp, text "
+                                     "and distillation settings) are reused, and every block this run recovers is "
+                                     "written back to it (a block's recovery does not depend on the share)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "spd_recovery.json"))
     ap.add_argument("--replot", action="store_true", help="only draw the figure again from --out")
     a = ap.parse_args()
@@ -239,9 +247,39 @@ def main():
     drops = {share: spd_sensitivity.least_sensitive(sens, round(L * share / 100)) for share in shares}
     needed = {(l, method_of(l, v)) for d in drops.values() for l in d for v in methods}
     firsts = {min(d) for d in drops.values() if d} if END_TO_END in methods else set()
-    recovered, kept, x_last = recover_in_layer_order(model, cal_ids, needed, firsts, a.steps, a.lr, a.batch, log=log)
-    log("calibration activations and block-wise recovery done")
+    store_key = {"model": os.path.abspath(model_dir), "tp": a.tp, "length": a.length, "calibration": cal_desc,
+                 "steps": a.steps, "lr": a.lr, "batch": a.batch}
+    stored = load_blocks(a.blocks, store_key) if a.blocks else {}
+    if needed <= set(stored) and not firsts:  # every block stored, no end-to-end tuning: no calibration pass
+        recovered, kept, x_last = {}, {}, None
+    else:
+        recovered, kept, x_last = recover_in_layer_order(model, cal_ids, needed - set(stored), firsts, a.steps,
+                                                         a.lr, a.batch, log=log)
+    recovered.update({k: v for k, v in stored.items() if k in needed})
+    log(f"calibration activations and block-wise recovery done ({len(needed & set(stored))} blocks reused from {a.blocks})")
+    if a.blocks:
+        torch.save({"key": store_key, "blocks": {(l, m.value): v for (l, m), v in {**stored, **recovered}.items()}},
+                   a.blocks)
+        log(f"wrote {len(set(stored) | set(recovered))} recovered blocks to {a.blocks}")
 
+    def doc_of(shares_done):
+        return {"model": "SmolLM2-135M-Instruct", "tp": a.tp,
+                "text": "evaluation: Python standard-library docstrings (bench_sync_dtype.english_text), tokenized with the "
+                        "model's tokenizer; calibration: see 'calibration'",
+                "eval": f"{a.eval_rows} rows x {a.length} tokens from the start of the text, every next token scored",
+                "calibration": {"rows": cal_ids.shape[0], "length": a.length, "parts": cal_desc,
+                                "sensitivity_rows": f"the first {a.sens_rows} (standard-library docstrings)"},
+                "thresholds": {"sensitive": a.sensitive, "extreme": a.extreme},
+                "distillation": {"steps": a.steps, "lr": a.lr, "batch_rows": a.batch},
+                "end_to_end": {"steps": a.e2e_steps, "lr": a.e2e_lr, "batch_rows": a.batch, "kl": tuning}
+                if END_TO_END in methods else None,
+                "progressive_sensitivity": [dict(r, **{"class": classes[r["layer"]].value}) for r in sens],
+                "distilled_blocks": {f"{l}:{m.value}": n for (l, m), (_, n) in recovered.items()},
+                "results": results, "lowsync_check": check, "shares_done": shares_done,
+                "wall_seconds": time.time() - T0, "command": " ".join(sys.argv)}
+
+    check_share = a.check_share if a.check_share is not None else (50 if 50 in shares else shares[0])
+    check = None
     results = [{"share_percent": 0, "dropped": 0, "layers": [], "method": "full TP", "perplexity": base_ppl,
                 "perplexity_increase_percent": 0.0, "top1": 1.0}]
     best_blocks, tuning = {}, {}  # share -> blocks of the last method; share -> end-to-end KL before/after
@@ -263,38 +301,36 @@ def main():
                             "recovered": {str(l): method_of(l, variant).value for l in drop}})
             log(f"{share:3d}% ({len(drop)} blocks) {variant:15s}: perplexity {ppl:.3f} "
                 f"({100 * (ppl / base_ppl - 1):+.2f}%), top-1 {top1:.3f}")
+        if not a.no_lowsync and share == check_share:
+            tmp = tempfile.mkdtemp(prefix="lowsync_spdrec_")
+            best = methods[-1]
+            ckpt = spd_checkpoint.write(recovered_model(model, best_blocks[share]), model_dir, f"{tmp}/recovered",
+                                        drop, {"bench": "bench_spd_recovery.py", "drop": drop, "method": best})
+            log(f"lowsync scores the {share}% checkpoint")
+            got = lowsync_perplexity(tmp, ckpt, eval_ids, a.tp, drop)
+            torch_ppl = next(r["perplexity"] for r in results if r["share_percent"] == share and r["method"] == best)
+            check = {"share_percent": share, "method": best, "lowsync_perplexity": got, "torch_perplexity": torch_ppl}
+            log(f"lowsync perplexity {got:.4f} vs PyTorch {torch_ppl:.4f}")
+        # Written after every share, so that a run stopped early keeps the shares it finished.
+        write_doc(a, doc_of(shares_done=shares[:shares.index(share) + 1]))
+    log(f"wrote {a.out}")
 
-    check = None
-    if not a.no_lowsync and 50 in shares:
-        tmp = tempfile.mkdtemp(prefix="lowsync_spdrec_")
-        drop, best = drops[50], methods[-1]
-        ckpt = spd_checkpoint.write(recovered_model(model, best_blocks[50]), model_dir, f"{tmp}/recovered", drop,
-                                    {"bench": "bench_spd_recovery.py", "drop": drop, "method": best})
-        log("lowsync scores the 50% checkpoint")
-        got = lowsync_perplexity(tmp, ckpt, eval_ids, a.tp, drop)
-        torch_ppl = next(r["perplexity"] for r in results if r["share_percent"] == 50 and r["method"] == best)
-        check = {"share_percent": 50, "method": best, "lowsync_perplexity": got, "torch_perplexity": torch_ppl}
-        log(f"lowsync perplexity {got:.4f} vs PyTorch {torch_ppl:.4f}")
 
-    doc = {"model": "SmolLM2-135M-Instruct", "tp": a.tp,
-           "text": "evaluation: Python standard-library docstrings (bench_sync_dtype.english_text), tokenized with the "
-                   "model's tokenizer; calibration: see 'calibration'",
-           "eval": f"{a.eval_rows} rows x {a.length} tokens from the start of the text, every next token scored",
-           "calibration": {"rows": cal_ids.shape[0], "length": a.length, "parts": cal_desc,
-                           "sensitivity_rows": f"the first {a.sens_rows} (standard-library docstrings)"},
-           "thresholds": {"sensitive": a.sensitive, "extreme": a.extreme},
-           "distillation": {"steps": a.steps, "lr": a.lr, "batch_rows": a.batch},
-           "end_to_end": {"steps": a.e2e_steps, "lr": a.e2e_lr, "batch_rows": a.batch, "kl": tuning}
-           if END_TO_END in methods else None,
-           "progressive_sensitivity": [dict(r, **{"class": classes[r["layer"]].value}) for r in sens],
-           "distilled_blocks": {f"{l}:{m.value}": n for (l, m), (_, n) in recovered.items()},
-           "results": results, "lowsync_check": check, "wall_seconds": time.time() - T0,
-           "command": " ".join(sys.argv)}
+def write_doc(a, doc):
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(doc, f, indent=1)
     plot(doc, os.path.splitext(a.out)[0] + ".png")
-    log(f"wrote {a.out}")
+
+
+def load_blocks(path, key):
+    """{(layer, Method): (block, note)} from a --blocks file written with the same key; {} if none."""
+    if not os.path.exists(path):
+        return {}
+    saved = torch.load(path)
+    if saved["key"] != key:
+        sys.exit(f"--blocks {path}: recovered with {saved['key']!r}; this run has {key!r}")
+    return {(l, Method(m)): v for (l, m), v in saved["blocks"].items()}
 
 
 if __name__ == "__main__":

