@@ -120,12 +120,17 @@ RowRange shard_rows(const std::vector<Batch>& all, const RowRange& nominal, cons
 }
 
 // Fault injection for the fault tests: LOWSYNC_INJECT_FAULT=R:B makes world rank R throw when it
-// starts its B-th batch (counting from 0), as a real failure mid-job would.
+// starts its B-th batch (counting from 0), as a real failure mid-job would. R = `*`: whichever rank
+// starts its B-th batch first; where the work queue decides which rank gets how many batches (a
+// loaded rank may get fewer than B), that fault still comes whenever the job has more than
+// (B x ranks) batches.
 void maybe_inject_fault(int rank, int64_t batches_started) {
   const char* spec = std::getenv("LOWSYNC_INJECT_FAULT");
+  if (!spec) return;
   int r = -1;
   long long b = -1;
-  if (spec && std::sscanf(spec, "%d:%lld", &r, &b) == 2 && r == rank && b == batches_started)
+  const bool any_rank = std::sscanf(spec, "*:%lld", &b) == 1;
+  if ((any_rank || (std::sscanf(spec, "%d:%lld", &r, &b) == 2 && r == rank)) && b == batches_started)
     throw std::runtime_error("injected fault (LOWSYNC_INJECT_FAULT=" + std::string(spec) + ")");
 }
 
