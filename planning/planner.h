@@ -11,6 +11,7 @@
 #include "layers/backend.h"
 #include "mpi_comm/communicator.h"
 #include "planning/cost_model.h"
+#include "planning/micro_batches.h"
 #include "planning/plan.h"
 #include "planning/profile.h"
 
@@ -22,6 +23,7 @@ struct Candidate {
   bool fits = true;             // every rank's planned memory within its usable memory
   double kl = 0, top1 = 1;      // accuracy cost against the exact model (SPD from the calibration)
   std::string label;            // e.g. "tp=2 speed-proportional, SPD 12/30"
+  MicroBatchChoice micro_batches;  // a pipeline under parallel.micro_batches: auto: the counts compared
 };
 
 struct PlannerResult {
