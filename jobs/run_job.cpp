@@ -325,7 +325,10 @@ int run_job(const JobConfig& job, bool resume) {
             maybe_inject_fault(world.rank(), batches_started++);
             generator.admit(index, q.batch(index));
             // A pipeline's micro-batch count, re-chosen from the passes so far (every stage together).
-            if (micro) hand_in(micro->between_batches(generator, seconds_since(t_run), root ? range.count() - writer->rows_done() : -1));
+            if (micro) {
+              const int64_t rows_left = root ? range.count() - writer->rows_done() : -1;
+              hand_in(micro->between_batches(generator, seconds_since(t_run), rows_left));
+            }
           }
           if (generator.idle()) break;
           hand_in(generator.step());

@@ -239,7 +239,8 @@ Prediction predict(const Plan& plan, const ModelConfig& m, const Profile& profil
       }
       if (!decode_round) return pipeline_fill_seconds(one, parts);
       if (plan.pp > 1)
-        one.token_return_s = send_seconds(profile, replica * plan.pp * plan.group, (replica * plan.pp + plan.pp - 1) * plan.group, 4 * p.sequences);
+        one.token_return_s = send_seconds(profile, replica * plan.pp * plan.group,
+                                          (replica * plan.pp + plan.pp - 1) * plan.group, 4 * p.sequences);
       return pipeline_round_seconds(one, parts);
     };
     const double t_prefill = pass(prefill, false, generate ? nullptr : &out.compute_s, generate ? nullptr : &out.comm_s);

@@ -111,7 +111,8 @@ std::string MicroBatchPlanner::json() const {
     nlohmann::json predicted = nlohmann::json::object();
     for (const auto& [m, s] : d.predicted_round_s) predicted[std::to_string(m)] = s;
     nlohmann::json stages = nlohmann::json::array();
-    for (const PassCost& c : d.stages) stages.push_back({{"fixed_s", c.fixed}, {"per_row_s", c.per_row}, {"per_token_s", c.per_token}});
+    for (const PassCost& c : d.stages)
+      stages.push_back({{"fixed_s", c.fixed}, {"per_row_s", c.per_row}, {"per_token_s", c.per_token}});
     list.push_back({{"at_s", d.at_s}, {"batch", d.batch}, {"rows_left", d.rows_left}, {"rows", d.rows}, {"from", d.from},
                     {"chosen", d.chosen}, {"predicted_round_s", predicted}, {"trip_s", d.trip_s}, {"stage_pass", stages},
                     {"measured_round_s", d.measured_round_s < 0 ? nlohmann::json() : nlohmann::json(d.measured_round_s)},

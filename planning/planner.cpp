@@ -139,8 +139,8 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
         std::vector<bool> drop(model.n_layers, false);
         for (int l : dropped) drop[l] = true;
         try {
-          c.plan = make_plan(model, limits, world, split, group, dp, speeds, drop, "planner", {pp, {}, job.parallel.micro_batches}, memory,
-                             split_head);
+          c.plan = make_plan(model, limits, world, split, group, dp, speeds, drop, "planner",
+                             {pp, {}, job.parallel.micro_batches}, memory, split_head);
           c.plan.sync_dtype = job.parallel.sync_dtype;  // an accuracy choice the job makes, as its SPD budget
           check_spd_checkpoint(model, c.plan, job.path);
         } catch (const UserError&) {
