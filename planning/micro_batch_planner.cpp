@@ -26,7 +26,23 @@ void MicroBatchPlanner::measured_round(int micro_batches, int rows, double secon
       ++d.measured_rounds;
     }
   }
-  if (decode_only) rounds_.push_back({rows, seconds});
+  if (!decode_only) return;
+  std::vector<Round>& kept = rounds_[micro_batches];
+  kept.push_back({rows, seconds});
+  if (kept.size() > kKeep) kept.erase(kept.begin());
+}
+
+double MicroBatchPlanner::measured_over_predicted(const std::vector<PassCost>& stages, int count) const {
+  const auto it = rounds_.find(count);
+  if (it == rounds_.end() || it->second.size() < 2) return 0;
+  std::vector<double> ratios;
+  for (const Round& r : it->second) {
+    const double predicted = predict_round(stages, r.rows, count);
+    if (predicted > 0) ratios.push_back(r.seconds / predicted);
+  }
+  if (ratios.empty()) return 0;
+  std::nth_element(ratios.begin(), ratios.begin() + ratios.size() / 2, ratios.end());
+  return ratios[ratios.size() / 2];
 }
 
 double MicroBatchPlanner::predict_round(const std::vector<PassCost>& stages, int rows, int count) const {
@@ -42,7 +58,7 @@ void MicroBatchPlanner::estimate_trip(const std::vector<PassCost>& stages) {
   // stage's share (5% over it: a round on a shared machine varies by that much). The median, so a
   // round that was descheduled does not set it.
   std::vector<double> trips;
-  for (const Round& r : rounds_) {
+  for (const Round& r : rounds_[current_]) {
     const double b = double(r.rows) / current_;
     double through = 0, busiest = 0;
     for (const PassCost& c : stages) {
@@ -63,7 +79,7 @@ int MicroBatchPlanner::decide(int64_t batch, const std::vector<PassCost>& stages
   // Enough to predict from: two decode-only rounds at this count, a few passes on every stage.
   const int64_t fewest = stage_passes.empty() ? 0 : *std::min_element(stage_passes.begin(), stage_passes.end());
   rows = std::min(rows, slots_);
-  if (!forced && (rounds_.size() < 2 || fewest < 4 || rows < 1)) return current_;
+  if (!forced && (rounds_[current_].size() < 2 || fewest < 4 || rows < 1)) return current_;
   ++evaluations_;
   estimate_trip(stages);
   MicroBatchDecision d;
@@ -75,12 +91,20 @@ int MicroBatchPlanner::decide(int64_t batch, const std::vector<PassCost>& stages
   d.trip_s = trip_s_;
   d.stages = stages;
   const int most = std::max(1, std::min({std::max(rows, 1), 4 * stages_, slots_}));
+  // The formula's round for each count, times that count's measured correction (the current
+  // count's for a count not run yet, so that the formula alone ranks those).
+  const double current_correction = measured_over_predicted(stages, current_);
+  auto corrected = [&](int m) {
+    const double own = measured_over_predicted(stages, m);
+    if (own > 0) d.correction.push_back({m, own});
+    return predict_round(stages, std::max(rows, 1), m) * (own > 0 ? own : current_correction > 0 ? current_correction : 1);
+  };
   int best = -1;
   for (int m = 1; m <= most; ++m) {
-    d.predicted_round_s.push_back({m, predict_round(stages, std::max(rows, 1), m)});
+    d.predicted_round_s.push_back({m, corrected(m)});
     if (best < 0 || d.predicted_round_s.back().second < d.predicted(best)) best = m;
   }
-  const double now_round = predict_round(stages, std::max(rows, 1), current_);
+  const double now_round = d.predicted(current_) > 0 ? d.predicted(current_) : corrected(current_);
   char why[256];
   if (forced) {
     d.chosen = forced_count_;
@@ -95,7 +119,6 @@ int MicroBatchPlanner::decide(int64_t batch, const std::vector<PassCost>& stages
                   current_, best, 100 * (1 - d.predicted(best) / now_round), 100 * kGain);
   }
   d.why = why;
-  if (d.chosen != current_) rounds_.clear();
   current_ = d.chosen;
   decisions_.push_back(std::move(d));
   return current_;
@@ -113,8 +136,11 @@ std::string MicroBatchPlanner::json() const {
     nlohmann::json stages = nlohmann::json::array();
     for (const PassCost& c : d.stages)
       stages.push_back({{"fixed_s", c.fixed}, {"per_row_s", c.per_row}, {"per_token_s", c.per_token}});
+    nlohmann::json correction = nlohmann::json::object();
+    for (const auto& [m, f] : d.correction) correction[std::to_string(m)] = f;
     list.push_back({{"at_s", d.at_s}, {"batch", d.batch}, {"rows_left", d.rows_left}, {"rows", d.rows}, {"from", d.from},
-                    {"chosen", d.chosen}, {"predicted_round_s", predicted}, {"trip_s", d.trip_s}, {"stage_pass", stages},
+                    {"chosen", d.chosen}, {"predicted_round_s", predicted}, {"measured_over_formula", correction},
+                    {"trip_s", d.trip_s}, {"stage_pass", stages},
                     {"measured_round_s", d.measured_round_s < 0 ? nlohmann::json() : nlohmann::json(d.measured_round_s)},
                     {"measured_rounds", d.measured_rounds}, {"why", d.why}});
   }

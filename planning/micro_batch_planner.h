@@ -5,11 +5,15 @@
 // passes as the runtime planner fits a replica's (fixed + per row + per prompt token: PassFit), and
 // the time a micro-batch's trip spends outside the stages (hand-overs, the tokens' way back), from
 // the rounds the first stage timed where the trip paced them. The round formula is
-// planning/pipeline_round.h. A count that gains clearly replaces the current one.
+// planning/pipeline_round.h. Where a count has run already, its measured rounds correct the
+// formula's (the formula misses what it does not model: on a loaded machine, stages descheduled
+// while the others wait); a count not run yet takes the current count's correction. A count that
+// gains clearly replaces the current one.
 //
 // Plain data: jobs/micro_batch_replan feeds it the rounds and the stages' fits and carries its
 // answer to every stage; it keeps every decision, predicted and measured, for the run report.
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -23,7 +27,8 @@ struct MicroBatchDecision {
   int64_t rows_left = -1;   // rows of the job not yet written (world rank 0's replica; -1: not known)
   int rows = 0;             // rows a round was predicted for: the replica's running and waiting, at most its slots
   int from = 0, chosen = 0;  // micro-batch counts
-  std::vector<std::pair<int, double>> predicted_round_s;  // [count, seconds of a decode round]
+  std::vector<std::pair<int, double>> predicted_round_s;  // [count, seconds of a decode round], corrected
+  std::vector<std::pair<int, double>> correction;         // [count, measured / formula] of the counts that ran
   double trip_s = 0;        // a trip's time outside the stages, as estimated then
   std::vector<PassCost> stages;  // [stage] the pass costs the prediction used
   double measured_round_s = -1;  // mean decode round at `chosen` until the next decision; -1: none ran
@@ -54,6 +59,8 @@ class MicroBatchPlanner {
 
   // The round the formula predicts for `count` micro-batches of `rows` rows in all.
   double predict_round(const std::vector<PassCost>& stages, int rows, int count) const;
+  // Measured over predicted, the median over the decode rounds `count` ran (at least two); 0: too few.
+  double measured_over_predicted(const std::vector<PassCost>& stages, int count) const;
   int current() const { return current_; }
   double trip_s() const { return trip_s_; }
   const std::vector<MicroBatchDecision>& decisions() const { return decisions_; }
@@ -75,7 +82,8 @@ class MicroBatchPlanner {
   int64_t forced_batch_;
   int forced_count_;
   double trip_s_ = 0;
-  std::vector<Round> rounds_;  // decode-only rounds since the last change
+  std::map<int, std::vector<Round>> rounds_;  // [count] its decode-only rounds (the last kKeep)
+  static constexpr size_t kKeep = 32;
   std::vector<MicroBatchDecision> decisions_;
   int64_t evaluations_ = 0;
 };
