@@ -91,11 +91,13 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
   if (!job.parallel.spd.from.empty()) cal = std::make_unique<Calibration>(Calibration::load(job.parallel.spd.from));
 
   // A pipeline's micro-batch count, unless the job (or its plan file) fixes it: the cost model's best.
+  auto choose_count = [&](Candidate& c) {
+    if (c.plan.pp < 2 || job.parallel.micro_batches != 0) return;
+    c.micro_batches = choose_micro_batches(c.plan, model, profile, work);
+    c.plan.micro_batches = c.micro_batches.chosen;
+  };
   auto add = [&](Candidate c, bool choose_micro_batches_here = true) {
-    if (choose_micro_batches_here && c.plan.pp > 1 && job.parallel.micro_batches == 0) {
-      c.micro_batches = choose_micro_batches(c.plan, model, profile, work);
-      c.plan.micro_batches = c.micro_batches.chosen;
-    }
+    if (choose_micro_batches_here) choose_count(c);
     for (int w = 0; w < world; ++w)
       if (profile.ranks[w].usable_memory_bytes > 0 &&
           c.plan.memory_of(w).total() > profile.ranks[w].usable_memory_bytes)
@@ -186,9 +188,10 @@ PlannerResult plan_candidates(const JobConfig& job, const ModelConfig& model, co
   if (states_plan) {
     Candidate c;
     c.plan = plan_from_job(job, model, world, memory);
+    if (job.parallel.plan.empty()) choose_count(c);  // before the label, which names the count
     c.label = "job's plan: " + c.plan.describe();
     if (c.plan.dropped_layers() > 0) c.kl = c.top1 = std::nan("");  // not from a calibration prefix: unknown
-    add(std::move(c), job.parallel.plan.empty());
+    add(std::move(c), false);
   }
 
   for (size_t i = 0; i < result.candidates.size(); ++i) {

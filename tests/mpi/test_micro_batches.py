@@ -96,7 +96,7 @@ def main():
     chosen = {}
     for name, prof in (("fast", fast), ("slow", slow)):
         path = job(tmp, f"plan_{name}", prof)
-        out = lowsync(["plan", path, "--out", f"{tmp}/plan_{name}.yaml", "--candidates", f"{tmp}/cand_{name}.json"])
+        out = lowsync(["plan", path, "--out", f"{tmp}/chosen_{name}.yaml", "--candidates", f"{tmp}/cand_{name}.json"])
         with open(f"{tmp}/cand_{name}.json") as f:
             cands = json.load(f)
         mine = [c for c in cands if c["label"].startswith("job's plan")]
@@ -112,8 +112,9 @@ def main():
               f"chosen {mb['chosen']}, compared {mb['compared']}")
         check(f"{name} link: counts 1 .. 6 (the batch's sequences) compared",
               [o["count"] for o in mb["compared"]] == list(range(1, 7)))
-        check(f"{name} link: its plan YAML carries the count",
-              yaml.safe_load(mine[0]["plan_yaml"])["micro_batches"] == mb["chosen"])
+        check(f"{name} link: its plan YAML carries the count, its label names it",
+              yaml.safe_load(mine[0]["plan_yaml"])["micro_batches"] == mb["chosen"] and
+              f"{mb['chosen']} micro-batches" in mine[0]["label"], mine[0]["label"])
         line = f"micro-batches {mb['chosen']} of 1-6 (rows/s 1: "
         check(f"{name} link: lowsync plan prints the count and each count's rows/s under the job's plan",
               line in out, f"'{line}' not in the output" if line not in out else "")
