@@ -28,7 +28,7 @@ Writes bench/results/batching.json and bench/results/batching.png.
   .venv/bin/python bench/bench_batching.py [--models small,smollm2,instruct] [--rounds 2] [--smollm2-layers 8]
                                            [--instruct-new 256] [--pp 1]
 --pp N runs the same jobs in a pipeline of N stages (one rank each, mpirun over shared memory,
-parallel.micro_batches 2 x N), recorded as MODEL_ppN; a decode step is then a round of the
+parallel.micro_batches 2 x N, stated: the recorded runs'), recorded as MODEL_ppN; a decode step is then a round of the
 pipeline (the run report's decode_steps).
 Models not run keep their entries of an existing JSON (each model's entry has its own date and the
 machine's load average during its runs).
@@ -153,7 +153,8 @@ def run(job, tmp, tag, continuous, pp=1):
            "--set", f"trace={trace}", "--quiet"]
     if pp > 1:  # a pipeline of pp stages, one rank each, over shared memory
         cmd = ["mpirun", "--oversubscribe", "-np", str(pp), "-x", "OPENBLAS_NUM_THREADS=1", "-x", "OMP_NUM_THREADS=1",
-               "--mca", "btl", "self,vader,tcp"] + cmd + ["--set", f"parallel.pp={pp}"]
+               "--mca", "btl", "self,vader,tcp"] + cmd + ["--set", f"parallel.pp={pp}",
+                                                          "--set", f"parallel.micro_batches={2 * pp}"]
     t0 = time.time()
     subprocess.run(cmd, env=ENV, check=True, capture_output=True, text=True)
     wall = time.time() - t0

@@ -141,7 +141,7 @@ const std::map<std::string, Setter>& schema() {
       {"parallel.speeds", field(&JobConfig::parallel, &ParallelOptions::speeds)},
       {"parallel.pp", field(&JobConfig::parallel, &ParallelOptions::pp)},
       {"parallel.stages", field(&JobConfig::parallel, &ParallelOptions::stages)},
-      {"parallel.micro_batches", field(&JobConfig::parallel, &ParallelOptions::micro_batches)},
+      {"parallel.micro_batches", [](JobConfig& c, const YAML::Node& n) { c.parallel.micro_batches = int_or_auto(n); }},
       {"parallel.plan", field(&JobConfig::parallel, &ParallelOptions::plan)},
       {"parallel.sync_dtype",
        [](JobConfig& c, const YAML::Node& n) {
@@ -426,7 +426,7 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
   expect(c.parallel.dp >= 0, "parallel.dp", "must be >= 1, or auto");
   expect(c.parallel.bp >= 1, "parallel.bp", "must be >= 1");
   expect(c.parallel.pp >= 1, "parallel.pp", "must be >= 1");
-  expect(c.parallel.micro_batches >= 0, "parallel.micro_batches", "must be >= 1 (or 0: twice the stages)");
+  expect(c.parallel.micro_batches >= 0, "parallel.micro_batches", "must be >= 1, or auto");
   expect(c.parallel.stages.empty() || static_cast<int>(c.parallel.stages.size()) == c.parallel.pp, "parallel.stages",
          "must list the layers of each of the parallel.pp stages");
   expect(c.parallel.tp == 1 || c.parallel.bp == 1, "parallel.bp",

@@ -82,7 +82,7 @@ struct ParallelOptions {
   int group() const { return tp * bp; }  // ranks per pipeline stage of a replica
   int pp = 1;                  // pipeline stages per replica
   std::vector<int> stages;     // layers per stage (empty: even)
-  int micro_batches = 0;       // a batch split this many ways in a pipeline (0: 2 x pp)
+  int micro_batches = 0;       // a batch split this many ways in a pipeline (0: `auto`, the plan chooses)
   std::vector<double> speeds;  // relative speed of each rank of a stage (empty: equal): uneven shares
   SpdOptions spd;
   DecoupledOptions decoupled;  // checkpoints the planner may choose instead of the model

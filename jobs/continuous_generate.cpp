@@ -19,19 +19,51 @@ ContinuousGenerator::ContinuousGenerator(PipelineStage& stage, const JobConfig& 
                                          const PromptReader& input, int64_t longest_row_need, PhaseTimes& times)
     : stage_(stage), job_(job), gen_(gen), input_(input), times_(times) {
   // One stage: one micro-batch of every slot. A pipeline: the slots split as a static batch's rows
-  // are, and each micro-batch's cache its share of the prefill tokens plus its slots' new tokens
-  // (together what the plan's memory check counts), at least the longest row's need.
-  const int sequences = job.batch.max_sequences;
-  const int parts = stage.link.stages() > 1 ? std::max(1, std::min(stage.micro_batches, sequences)) : 1;
-  micro_.resize(parts);
-  for (int m = 0; m < parts; ++m) {
-    MicroBatch& mb = micro_[m];
-    mb.slots = sequences / parts + (m < sequences % parts ? 1 : 0);
-    const int64_t prompt_share = job.batch.max_tokens / parts + (m < job.batch.max_tokens % parts ? 1 : 0);
-    const int64_t rows = std::max<int64_t>(prompt_share + int64_t(mb.slots) * job.generate.max_new_tokens, longest_row_need);
-    mb.cache = stage.model.make_cache(rows);
-    mb.arena = CacheArena(rows);
+  // are. One cache for all: the prefill tokens plus every slot's new tokens (what the plan's memory
+  // check counts), at least the longest row's need.
+  micro_ = split_slots(stage.link.stages() > 1 ? stage.micro_batches : 1);
+  const int64_t rows = std::max<int64_t>(job.batch.max_tokens + int64_t(job.batch.max_sequences) * job.generate.max_new_tokens,
+                                         longest_row_need);
+  cache_ = stage.model.make_cache(rows);
+  arena_ = CacheArena(rows);
+}
+
+std::vector<ContinuousGenerator::MicroBatch> ContinuousGenerator::split_slots(int count) const {
+  const int sequences = job_.batch.max_sequences;
+  const int parts = std::max(1, std::min(count, sequences));
+  std::vector<MicroBatch> out(parts);
+  for (int m = 0; m < parts; ++m) out[m].slots = sequences / parts + (m < sequences % parts ? 1 : 0);
+  return out;
+}
+
+int ContinuousGenerator::rows_held() const {
+  size_t n = waiting_.size();
+  for (const MicroBatch& mb : micro_) n += mb.running.size();
+  return static_cast<int>(n);
+}
+
+ContinuousGenerator::Finished ContinuousGenerator::set_micro_batches(int count) {
+  Finished done;
+  StageLink& link = stage_.link;
+  // The tokens still owed, oldest visit first: the micro-batches after the next one's, in turn.
+  for (size_t i = 1; i < micro_.size(); ++i) {
+    const size_t m = (next_ + i) % micro_.size();
+    if (!micro_[m].awaiting_tokens) continue;
+    apply(micro_[m], link.receive_tokens(static_cast<int>(m), micro_[m].running.size()), done);
+    micro_[m].awaiting_tokens = false;
   }
+  for (MicroBatch& mb : micro_) give_back_ended(mb);
+  end_round();
+  std::vector<MicroBatch> fresh = split_slots(count);
+  size_t into = 0;
+  for (MicroBatch& mb : micro_)
+    for (Row& r : mb.running) {
+      while (static_cast<int>(fresh[into].running.size()) >= fresh[into].slots) ++into;
+      fresh[into].running.push_back(std::move(r));
+    }
+  micro_ = std::move(fresh);
+  next_ = 0;
+  return done;
 }
 
 void ContinuousGenerator::admit(int64_t index, const Batch& batch) {
@@ -66,6 +98,7 @@ ContinuousGenerator::Finished ContinuousGenerator::step() {
   StageLink& link = stage_.link;
   Finished done;
 
+  give_back_ended(mb);
   // The pass: every running row's last token, then the prompts of waiting rows while sequence
   // slots, the prefill token budget (batch.max_tokens; one prompt always goes) and cache rows last.
   BatchLayout layout;
@@ -80,7 +113,7 @@ ContinuousGenerator::Finished ContinuousGenerator::step() {
     Row& next = waiting_.front();
     const int64_t n = static_cast<int64_t>(next.prompt.size());
     if (prefill_tokens > 0 && prefill_tokens + n > job_.batch.max_tokens) break;
-    next.base = mb.arena.take(next.need);
+    next.base = arena_.take(next.need);
     if (next.base < 0) break;  // the cache is fragmented or full: it waits for rows to finish
     layout.add(n, 0, next.base);
     tokens.insert(tokens.end(), next.prompt.begin(), next.prompt.end());
@@ -89,21 +122,27 @@ ContinuousGenerator::Finished ContinuousGenerator::step() {
     waiting_.pop_front();
   }
 
-  if (!mb.running.empty()) {
+  const bool ran = !mb.running.empty();
+  double sample_s = 0;  // the last stage's head and sampling, part of its pass
+  if (ran) {
     trace::Span span("compute", decoding ? "decode step" : "prefill",
                      "\"decoding\": " + std::to_string(decoding) + ", \"starting\": " +
                          std::to_string(mb.running.size() - decoding) + ", \"prefill_tokens\": " +
                          std::to_string(prefill_tokens) + ", \"micro_batch\": " + std::to_string(m));
-    const Tensor hidden = stage_.pass(m, tokens, layout, mb.cache);
+    const Tensor hidden = stage_.pass(m, tokens, layout, cache_);
     if (link.last()) {
+      const auto ts = Clock::now();
       const std::vector<int32_t> sampled = sample(mb, hidden, layout);
+      sample_s = std::chrono::duration<double>(Clock::now() - ts).count();
       if (link.stages() > 1) link.send_tokens(m, sampled);
       apply(mb, sampled, done);
     } else {
       mb.awaiting_tokens = true;
     }
     ++round_passes_;
+    round_rows_ += static_cast<int>(decoding);
     round_decoded_ = round_decoded_ || decoding > 0;
+    round_prefilled_ = round_prefilled_ || prefill_tokens > 0;
   }
   // Earlier stages: the next micro-batch's tokens from its last pass, before anything is decided
   // about it (the last stage applied them when it sampled them).
@@ -113,21 +152,34 @@ ContinuousGenerator::Finished ContinuousGenerator::step() {
   }
 
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  last_pass_ = {static_cast<int>(decoding), prefill_tokens, seconds};
+  last_pass_ = {static_cast<int>(decoding), prefill_tokens, seconds, ran ? stage_.last_compute_s + sample_s : 0, ran};
   round_s_ += seconds;
-  if (next_ == 0) {  // a round ends
-    if (round_passes_ > 0 && round_decoded_) {
-      times_.decode_s += round_s_;
-      ++times_.decode_steps;
-    } else if (round_passes_ > 0) {
-      times_.prefill_s += round_s_;
-      ++times_.prefill_passes;
-    }
-    round_s_ = 0;
-    round_passes_ = 0;
-    round_decoded_ = false;
-  }
+  round_ended_ = false;
+  if (next_ == 0) end_round();
   return done;
+}
+
+void ContinuousGenerator::give_back_ended(MicroBatch& mb) {
+  for (const auto& [base, rows] : mb.ended) arena_.give_back(base, rows);
+  mb.ended.clear();
+}
+
+void ContinuousGenerator::end_round() {
+  if (round_passes_ > 0 && round_decoded_) {
+    times_.decode_s += round_s_;
+    ++times_.decode_steps;
+  } else if (round_passes_ > 0) {
+    times_.prefill_s += round_s_;
+    ++times_.prefill_passes;
+  }
+  last_round_ = {round_s_, round_rows_, static_cast<int>(micro_.size()),
+                 round_decoded_ && !round_prefilled_ && round_passes_ == static_cast<int>(micro_.size())};
+  round_ended_ = round_passes_ > 0;
+  round_s_ = 0;
+  round_passes_ = 0;
+  round_rows_ = 0;
+  round_decoded_ = false;
+  round_prefilled_ = false;
 }
 
 std::vector<int32_t> ContinuousGenerator::sample(MicroBatch& mb, const Tensor& hidden, const BatchLayout& layout) {
@@ -182,7 +234,7 @@ void ContinuousGenerator::apply(MicroBatch& mb, const std::vector<int32_t>& toke
     }
     r.result.finish_reason = *reason;
     r.result.decode_ms = ms(now - r.first_token);
-    mb.arena.give_back(r.base, r.need);
+    mb.ended.push_back({r.base, r.need});
     BatchState& b = batches_[r.batch];
     b.results[r.input_row - b.first_row] = std::move(r.result);
     if (--b.rows_left > 0) continue;

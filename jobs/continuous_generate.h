@@ -7,7 +7,7 @@
 // tokens do not depend on its neighbours.
 //
 // In a pipeline (several stages) the sequence slots are split into micro-batches (as
-// parallel.micro_batches splits a static batch), each with its own KV cache rows, and every stage
+// parallel.micro_batches splits a static batch), their rows in one KV cache, and every stage
 // visits them in turn, one pass each (jobs/generate.cpp's schedule): the last stage samples a
 // micro-batch's new tokens and sends them back to the earlier stages, which apply them before their
 // next visit of it. A finished row's slot goes to a waiting prompt at that micro-batch's next visit.
@@ -15,7 +15,8 @@
 // another batch from the work queue), because each decision about micro-batch m depends only on
 // m's rows after its last tokens and on the waiting rows, which change only at visits, in the same
 // order on every stage. With one stage there is one micro-batch and a visit is a pass of every
-// running row.
+// running row. The count can change between visits (set_micro_batches: the runtime's re-choice),
+// the same on every stage: rows keep their cache rows and move to other micro-batches.
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -57,9 +58,28 @@ class ContinuousGenerator {
   struct PassRecord {
     int decoding = 0;            // rows that decoded one token
     int64_t prefill_tokens = 0;  // prompt tokens of the rows that started
-    double seconds = 0;
+    double seconds = 0;          // the visit: its pass, and on earlier stages the wait for tokens
+    double compute_s = 0;        // this stage's part of the pass alone (PipelineStage::last_compute_s)
+    bool passed = false;         // false: the micro-batch had no rows, nothing ran
   };
   const PassRecord& last_pass() const { return last_pass_; }
+  // The round the last visit ended (one visit of each micro-batch), when it ended one: its time,
+  // the rows it decoded (every pass decode-only: no prompt started in it), micro-batches.
+  struct RoundRecord {
+    double seconds = 0;
+    int rows = 0, micro_batches = 0;
+    bool decode_only = false;
+  };
+  const RoundRecord* round_just_ended() const { return round_ended_ ? &last_round_ : nullptr; }
+
+  int micro_batches() const { return static_cast<int>(micro_.size()); }
+  // Every stage of the replica together, between visits: splits the slots into `count`
+  // micro-batches (at most one per slot). The tokens earlier stages are owed are received first
+  // (in the order the last stage sampled them: every pass of the visits so far is done on every
+  // stage once all have come to this point), so nothing is in flight; the running rows then fill
+  // the new micro-batches in order, keeping their cache rows. Returns the batches that ended.
+  Finished set_micro_batches(int count);
+  int rows_held() const;  // running and waiting
 
   // Cache rows one row needs at most: its prompt and new tokens, within the model's positions.
   static int64_t row_need(const ModelConfig& model, const GenerateOptions& opt, int64_t prompt_tokens);
@@ -76,10 +96,13 @@ class ContinuousGenerator {
   struct MicroBatch {
     int slots = 0;  // its share of batch.max_sequences
     std::vector<Row> running;
-    KVCache cache;
-    CacheArena arena;
     bool awaiting_tokens = false;  // earlier stages: the last stage owes the tokens of its last pass
+    // Cache rows of its rows that ended, given back at its next visit: the last stage learns of
+    // the end at once, earlier stages only when the tokens arrive, and the cache is shared, so
+    // every stage gives them back at the same point (before the visit's new rows take theirs).
+    std::vector<std::pair<int64_t, int64_t>> ended;  // [base, rows]
   };
+  void give_back_ended(MicroBatch& mb);
   struct BatchState {
     int64_t first_row = 0, rows_left = 0;
     std::vector<RowResult> results;
@@ -91,6 +114,11 @@ class ContinuousGenerator {
   // Appends each running row's new token; rows that end give back their cache rows, and batches
   // whose last row ended go to `done`.
   void apply(MicroBatch& mb, const std::vector<int32_t>& tokens, Finished& done);
+  // Empty micro-batches splitting the slots `count` ways, as a static batch's rows are.
+  std::vector<MicroBatch> split_slots(int count) const;
+  // The time of the visits since the last round ended goes to PhaseTimes as a decode step (or a
+  // prefill pass when none decoded).
+  void end_round();
 
   PipelineStage& stage_;
   const JobConfig& job_;
@@ -99,6 +127,11 @@ class ContinuousGenerator {
   PhaseTimes& times_;
   std::vector<MicroBatch> micro_;
   size_t next_ = 0;  // the micro-batch of the next visit
+  // Every micro-batch's rows in one cache (its first-fit arena), so that rows can change
+  // micro-batch: what the plan's memory check counts (max_tokens prompt rows and each slot's new
+  // tokens), at least the longest row's need.
+  KVCache cache_;
+  CacheArena arena_;
   std::deque<Row> waiting_;
   std::map<int64_t, BatchState> batches_;
   std::vector<float> logits_host_;
@@ -106,8 +139,10 @@ class ContinuousGenerator {
   // The visits of the current round (one visit of each micro-batch): a round is one decode step
   // (or the prefill pass) in PhaseTimes, as a static batch's round is.
   double round_s_ = 0;
-  int round_passes_ = 0;
-  bool round_decoded_ = false;
+  int round_passes_ = 0, round_rows_ = 0;
+  bool round_decoded_ = false, round_prefilled_ = false;
+  RoundRecord last_round_;
+  bool round_ended_ = false;
 };
 
 }  // namespace lowsync

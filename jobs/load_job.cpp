@@ -1,11 +1,14 @@
 #include "jobs/load_job.h"
 
 #include <chrono>
+#include <filesystem>
 
 #include "io/error.h"
+#include "io/log.h"
 #include "jobs/make_backend.h"
 #include "planning/decoupled_candidates.h"
 #include "planning/make_plan.h"
+#include "planning/micro_batches.h"
 #include "planning/planner.h"
 #include "planning/profiler.h"
 #include "planning/spd_checkpoint.h"
@@ -33,6 +36,37 @@ MemoryBudget memory_budget(const JobConfig& job, Communicator& world) {
   }
   return budget;
 }
+
+namespace {
+
+// parallel.micro_batches: auto on a pipeline the job's parallel keys state (the planner chooses
+// for its own candidates): rank 0 predicts every count with the cost model on plan.profile when
+// that was made for this world and model, and sends its choice to every rank; without such a
+// profile (measuring one takes seconds a job need not pay) the plan's one per stage stays.
+void choose_job_micro_batches(const JobConfig& job, const ModelConfig& model, Plan& plan, Communicator& world) {
+  if (job.parallel.auto_plan || !job.parallel.plan.empty() || plan.pp < 2 || job.parallel.micro_batches != 0) return;
+  int64_t count = plan.micro_batches;
+  world.agree([&] {
+    if (world.rank() != 0) return;
+    const std::string& file = job.plan.profile;
+    if (std::filesystem::exists(file)) {
+      const Profile profile = Profile::load(file);
+      if (profile.world == world.size() && profile.model == model.dir &&
+          static_cast<int>(profile.ranks.size()) == profile.world) {
+        const MicroBatchChoice choice = choose_micro_batches(plan, model, profile, workload_of(job, model));
+        count = choice.chosen;
+        log::info("lowsync: parallel.micro_batches auto: %s, predicted on %s", describe(choice).c_str(), file.c_str());
+        return;
+      }
+    }
+    log::info("lowsync: parallel.micro_batches auto: %lld, one per stage (no profile of this world and model at %s "
+              "to predict from; lowsync profile makes one)", static_cast<long long>(count), file.c_str());
+  });
+  world.broadcast(&count, sizeof count, 0);
+  plan.micro_batches = static_cast<int>(count);
+}
+
+}  // namespace
 
 LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
                    const std::function<void(const ModelConfig&, const Plan&)>& check) {
@@ -64,6 +98,7 @@ LoadedJob load_job(const JobConfig& job_as_given, Communicator& world,
     world.agree([&] { j.model = model_of_plan(j.plan, job, j.model); });
   } else {
     world.agree([&] { j.plan = plan_from_job(job, j.model, world.size(), limit); });
+    choose_job_micro_batches(job, j.model, j.plan, world);  // collective
   }
   world.agree([&] { check_spd_checkpoint(j.model, j.plan, job.path); });
   world.agree([&] { check(j.model, j.plan); });

@@ -20,6 +20,7 @@
 #include "io/model_config.h"
 #include "io/prompts.h"
 #include "jobs/continuous_generate.h"
+#include "jobs/micro_batch_replan.h"
 #include "jobs/score_windows.h"
 #include "jobs/stopping.h"
 #include "jobs/load_job.h"
@@ -243,6 +244,9 @@ int run_job(const JobConfig& job, bool resume) {
   if (job.plan.runtime)
     runtime = make_runtime_tail(job, model, plan, world, *loaded.backend, transformer, *input,
                                 batches_within(batches, first, range.end));
+  // parallel.micro_batches: auto in a pipelined generate job: the count re-chosen as it runs.
+  std::unique_ptr<MicroBatchReplan> replan;
+  world.agree([&] { replan = make_micro_batch_replan(job, groups, plan.micro_batches); });
   // The passes the runtime planner timed at its start are not the job's (the run report's counts).
   const int64_t timed_passes = transformer.forward_passes(), timed_tokens = transformer.tokens_processed();
   const std::string rows = job.subset() ? "rows " + std::to_string(range.first) + "-" + std::to_string(range.end - 1) +
@@ -309,6 +313,13 @@ int run_job(const JobConfig& job, bool resume) {
       auto run_continuous = [&](WorkQueue& q, PipelineStage& stage, RuntimeMode mode) {
         ContinuousGenerator generator(stage, job, gen, *input, longest, phases);
         q.set_on_written(on_written);
+        MicroBatchReplan* const micro = mode == RuntimeMode::DataParallel ? replan.get() : nullptr;
+        auto hand_in = [&](ContinuousGenerator::Finished finished) {
+          for (auto& [index, results] : finished) {
+            for (const RowResult& r : results) new_tokens += static_cast<int64_t>(r.tokens.size());
+            q.complete(index, std::move(results));
+          }
+        };
         for (bool more = true;;) {
           while (more && generator.wants_rows()) {
             const int64_t index = q.take();
@@ -318,14 +329,17 @@ int run_job(const JobConfig& job, bool resume) {
             }
             maybe_inject_fault(world.rank(), batches_started++);
             generator.admit(index, q.batch(index));
+            // A pipeline's micro-batch count, re-chosen from the passes so far (every stage together).
+            if (micro) {
+              const int64_t rows_left = root ? range.count() - writer->rows_done() : -1;
+              hand_in(micro->between_batches(generator, seconds_since(t_run), rows_left));
+            }
           }
           if (generator.idle()) break;
-          for (auto& [index, results] : generator.step()) {
-            for (const RowResult& r : results) new_tokens += static_cast<int64_t>(r.tokens.size());
-            q.complete(index, std::move(results));
-          }
+          hand_in(generator.step());
           q.answer_arrived();
           if (runtime && root) runtime->measured(mode, generator.last_pass());
+          if (micro) micro->measured(generator);
         }
         q.finish();
       };
@@ -415,6 +429,10 @@ int run_job(const JobConfig& job, bool resume) {
     totals.previous_json = writer->previous_report_json();
     totals.scored_tokens = writer->scored_tokens();
     totals.sum_logprob = writer->sum_logprob();
+    if (replan) {
+      totals.micro_batch_json = replan->planner().json();
+      totals.micro_batch_text = replan->planner().text();
+    }
     if (runtime) {
       runtime->planner->finish(wall_s);
       totals.runtime_json = runtime->json();

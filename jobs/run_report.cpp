@@ -148,6 +148,7 @@ std::string run_report_json(const Plan& plan, const ModelConfig& model, const st
   }
   j["per_rank"] = per_rank_json(plan, all);
   if (!t.runtime_json.empty()) j["runtime_plan"] = nlohmann::json::parse(t.runtime_json);
+  if (!t.micro_batch_json.empty()) j["micro_batch_plan"] = nlohmann::json::parse(t.micro_batch_json);
   j["segments"] = segments;
   return j.dump();
 }
@@ -178,6 +179,7 @@ std::string run_report(const Plan& plan, const ModelConfig& model, const std::ve
   if (t.task == "generate") s << ", " << f.new_tokens / std::max(f.wall_s, 1e-9) << " new tokens/s";
   s << "\n";
   s << t.runtime_text;
+  s << t.micro_batch_text;
   if (t.task == "score")
     s << "perplexity: " << std::exp(mean_nll(t)) << " (mean NLL " << mean_nll(t) << " nats over " << t.scored_tokens
       << " scored tokens)\n";

@@ -30,6 +30,8 @@ struct RunTotals {
   double sum_logprob = 0;
   // plan.runtime: the runtime planner's decisions (JSON object, and lines of text); "" when off.
   std::string runtime_json, runtime_text;
+  // parallel.micro_batches: auto in a pipelined generate job: the count's re-choices; "" when off.
+  std::string micro_batch_json, micro_batch_text;
 };
 
 // The report covers the whole file: totals (rows, time, tokens, rates) over every segment with

@@ -5,6 +5,7 @@
 
 #include "io/error.h"
 #include "mpi_comm/wire_bytes.h"
+#include "planning/pipeline_round.h"
 #include "planning/shares.h"
 
 namespace lowsync {
@@ -115,15 +116,20 @@ double sync_seconds(const AllReduceLink& a, int ranks, SyncDType d, double value
   return all_reduce_seconds(a, fp32_wire > 0 ? fp32 * wire / fp32_wire : fp32);
 }
 
-// One stage's activations to the next: the fitted point-to-point link between the two ranks (or
-// between any neighbours the profile measured, links being alike), else nothing to pay.
-double send_seconds(const Profile& profile, int from, int to, double bytes) {
+// The fitted point-to-point link between two ranks (or between any neighbours the profile
+// measured, links being alike), else a free one.
+LinkModel point_to_point(const Profile& profile, int from, int to) {
   const PointToPointLink* any = nullptr;
   for (const PointToPointLink& l : profile.point_to_point) {
-    if ((l.from == from && l.to == to) || (l.from == to && l.to == from)) return l.link.seconds(bytes);
+    if ((l.from == from && l.to == to) || (l.from == to && l.to == from)) return l.link;
     any = &l;
   }
-  return any ? any->link.seconds(bytes) : 0;
+  return any ? any->link : LinkModel{};
+}
+
+// One stage's activations to the next (or a streamed layer from its holder).
+double send_seconds(const Profile& profile, int from, int to, double bytes) {
+  return point_to_point(profile, from, to).seconds(bytes);
 }
 
 // A pass's shape for one of `parts` micro-batches.
@@ -207,28 +213,35 @@ Prediction predict(const Plan& plan, const ModelConfig& m, const Profile& profil
       // per step; ring all-gather and all-reduce send about as many bytes for that size).
       if (link && plan.head_split() && st + 1 == plan.pp && p.logits_rows > 0)
         c += all_reduce_seconds(*link, p.logits_rows * head_row_bytes * plan.group);
-      if (st + 1 < plan.pp) c += send_seconds(profile, first, first + plan.group, p.tokens * token_bytes);
+      // The hand-over to the next stage counts in the step's communication, but a non-blocking
+      // send does not keep the stage busy: the pipeline's formula places it (pipeline_round.h).
+      const double hand_over = st + 1 < plan.pp ? send_seconds(profile, first, first + plan.group, p.tokens * token_bytes) : 0;
       if (compute) *compute = std::max(*compute, slowest);
-      if (comm) *comm = std::max(*comm, c);
+      if (comm) *comm = std::max(*comm, c + hand_over);
       return slowest + c;
     };
-    // A pass of the whole batch in M micro-batches through the stages. A prefill fills the
-    // pipeline and drains it: the stages' sum for the first micro-batch, then the slowest stage
-    // for each further one. A decode round is paced by the slowest stage's M passes, unless a
-    // micro-batch's trip through every stage (and its tokens' way back) takes longer.
+    // A pass of the whole batch in M micro-batches through the stages (planning/pipeline_round.h):
+    // a prefill fills the pipeline and drains it; a decode round is paced by the slowest stage's
+    // M passes, unless a micro-batch's trip through every stage (and its tokens' way back) takes
+    // longer.
     auto pass = [&](const PassShape& whole, bool decode_round, double* compute = nullptr, double* comm = nullptr) {
       const double parts = std::min(M, std::max(1.0, whole.sequences));
       const PassShape p = micro(whole, parts);
-      double sum = 0, slowest = 0;
+      PipelinePass one;
       for (int st = 0; st < plan.pp; ++st) {
-        const double t = stage_pass(st, p, compute, comm);
-        sum += t;
-        slowest = std::max(slowest, t);
+        one.stage_s.push_back(stage_pass(st, p, compute, comm));
+        if (st + 1 == plan.pp) break;
+        const int from = (replica * plan.pp + st) * plan.group;
+        const LinkModel link = point_to_point(profile, from, from + plan.group);
+        const double bytes = p.tokens * token_bytes;
+        one.hand_over_s.push_back(link.seconds(bytes));
+        one.link_s.push_back(link.bytes_per_s > 0 ? bytes / link.bytes_per_s : 0);
       }
-      if (plan.pp == 1) return sum * parts;
-      if (!decode_round) return sum + (parts - 1) * slowest;
-      const double token_return = send_seconds(profile, replica * plan.pp * plan.group, (replica * plan.pp + plan.pp - 1) * plan.group, 4 * p.sequences);
-      return std::max(parts * slowest, sum + token_return);
+      if (!decode_round) return pipeline_fill_seconds(one, parts);
+      if (plan.pp > 1)
+        one.token_return_s = send_seconds(profile, replica * plan.pp * plan.group,
+                                          (replica * plan.pp + plan.pp - 1) * plan.group, 4 * p.sequences);
+      return pipeline_round_seconds(one, parts);
     };
     const double t_prefill = pass(prefill, false, generate ? nullptr : &out.compute_s, generate ? nullptr : &out.comm_s);
     const double t_decode = generate ? pass(decode, true, &out.compute_s, &out.comm_s) : 0;

@@ -6,6 +6,7 @@
 
 #include "io/error.h"
 #include "planning/memory_plan.h"
+#include "planning/micro_batches.h"
 #include "planning/shares.h"
 #include "planning/spd_drop.h"
 
@@ -195,7 +196,9 @@ Plan make_plan(const ModelConfig& model, const PlanLimits& limits, int world, Re
     throw UserError(where + ": parallel.stages lists " + std::to_string(counts.size()) + " stages for parallel.pp = " +
                     std::to_string(pp));
   for (int st = 0, first = 0; st < pp; first += counts[st], ++st) p.stages.push_back({first, counts[st]});
-  p.micro_batches = pipeline.micro_batches > 0 ? pipeline.micro_batches : (pp > 1 ? 2 * pp : 1);
+  // `auto` (0): one per stage here; with a profile the planner or load_job picks from the cost model
+  // (planning/micro_batches.h).
+  p.micro_batches = pipeline.micro_batches > 0 ? pipeline.micro_batches : (pp > 1 ? micro_batches_without_profile(pp) : 1);
   spd_drop.resize(model.n_layers, false);
   p.spd_drop = std::move(spd_drop);
   check_plan(p, model, world, where);

@@ -15,8 +15,8 @@ namespace lowsync {
 PlanLimits limits_of(const JobConfig& job);
 
 // A pipeline: pp stages of consecutive layers (`stage_layers` per stage, empty = as even as the
-// layers allow) and the micro-batches a batch is split into (0 = 2 x pp, enough to keep every
-// stage busy while the others work).
+// layers allow) and the micro-batches a batch is split into (0 = auto: pp here, the count that
+// keeps every stage busy with the fewest passes; planning/micro_batches.h chooses with a profile).
 struct PipelineChoice {
   int pp = 1;
   std::vector<int> stage_layers;

@@ -91,7 +91,14 @@ PlannerResult enumerate_candidates(const JobConfig& job, const ModelConfig& mode
   std::unique_ptr<Calibration> cal;
   if (!job.parallel.spd.from.empty()) cal = std::make_unique<Calibration>(Calibration::load(job.parallel.spd.from));
 
-  auto add = [&](Candidate c) {
+  // A pipeline's micro-batch count, unless the job (or its plan file) fixes it: the cost model's best.
+  auto choose_count = [&](Candidate& c) {
+    if (c.plan.pp < 2 || job.parallel.micro_batches != 0) return;
+    c.micro_batches = choose_micro_batches(c.plan, model, profile, work);
+    c.plan.micro_batches = c.micro_batches.chosen;
+  };
+  auto add = [&](Candidate c, bool choose_micro_batches_here = true) {
+    if (choose_micro_batches_here) choose_count(c);
     for (int w = 0; w < world; ++w)
       if (profile.ranks[w].usable_memory_bytes > 0 &&
           c.plan.memory_of(w).total() > profile.ranks[w].usable_memory_bytes)
@@ -135,8 +142,8 @@ PlannerResult enumerate_candidates(const JobConfig& job, const ModelConfig& mode
         std::vector<bool> drop(model.n_layers, false);
         for (int l : dropped) drop[l] = true;
         try {
-          c.plan = make_plan(model, limits, world, split, group, dp, speeds, drop, "planner", {pp, {}, 0}, memory,
-                             split_head);
+          c.plan = make_plan(model, limits, world, split, group, dp, speeds, drop, "planner",
+                             {pp, {}, job.parallel.micro_batches}, memory, split_head);
           c.plan.sync_dtype = job.parallel.sync_dtype;  // an accuracy choice the job makes, as its SPD budget
           check_spd_checkpoint(model, c.plan, job.path);
         } catch (const UserError&) {
@@ -182,9 +189,10 @@ PlannerResult enumerate_candidates(const JobConfig& job, const ModelConfig& mode
   if (states_plan) {
     Candidate c;
     c.plan = plan_from_job(job, model, world, memory);
+    if (job.parallel.plan.empty()) choose_count(c);  // before the label, which names the count
     c.label = "job's plan: " + c.plan.describe();
     if (c.plan.dropped_layers() > 0) c.kl = c.top1 = std::nan("");  // not from a calibration prefix: unknown
-    add(std::move(c));
+    add(std::move(c), false);
   }
   return result;
 }
@@ -263,10 +271,12 @@ std::string planner_table(const PlannerResult& result, const JobConfig& job, con
                   decode,
                   c.predicted.bytes_per_token, most / 1048576.0, c.fits ? "yes" : "no", c.kl, c.top1, value);
     s << line;
+    if (!c.micro_batches.compared.empty()) s << "      micro-batches " << describe(c.micro_batches) << "\n";
   }
   for (const std::string& r : result.refused) s << "  refused (parallel.decoupled.budget): " << r << "\n";
   s << "  prefill: one pass of the batch; decode: one step of the batch; B/token: all-reduce (and split-head "
-       "all-gather) bytes a rank sends per token; * = chosen ("
+       "all-gather) bytes a rank sends per token; micro-batches: a pipeline's count (parallel.micro_batches: auto) "
+       "and the rows/s predicted with each count compared; * = chosen ("
     << result.why << ")\n";
   (void)model;
   return s.str();
@@ -287,6 +297,12 @@ std::string candidates_json(const PlannerResult& result, const ModelConfig& job_
                    {"bytes_per_token", c.predicted.bytes_per_token}, {"rows_per_s", c.predicted.rows_per_s},
                    {"sequence_latency_s", c.predicted.sequence_latency_s}, {"memory_per_rank_bytes", most},
                    {"plan", c.plan.describe()}, {"plan_yaml", c.plan.to_yaml(model)}});
+    if (!c.micro_batches.compared.empty()) {
+      nlohmann::json compared = nlohmann::json::array();
+      for (const MicroBatchOption& o : c.micro_batches.compared)
+        compared.push_back({{"count", o.count}, {"rows_per_s", o.rows_per_s}});
+      out.back()["micro_batches"] = {{"chosen", c.micro_batches.chosen}, {"compared", compared}};
+    }
   }
   return out.dump(1);
 }

@@ -13,6 +13,7 @@
 #include "layers/backend.h"
 #include "mpi_comm/communicator.h"
 #include "planning/cost_model.h"
+#include "planning/micro_batches.h"
 #include "planning/plan.h"
 #include "planning/profile.h"
 
@@ -26,6 +27,7 @@ struct Candidate {
   double cosine = std::numeric_limits<double>::quiet_NaN();  // a decoupled encoder's, from its fidelity.yaml
   int checkpoint = -1;          // index in PlannerResult::checkpoints; -1: the job's own model
   std::string label;            // e.g. "tp=2 speed-proportional, SPD 12/30"
+  MicroBatchChoice micro_batches;  // a pipeline under parallel.micro_batches: auto: the counts compared
 };
 
 struct PlannerResult {

@@ -23,7 +23,7 @@ from mpi_util import check, finish  # noqa: E402
 import staggered_eos_llama  # noqa: E402
 
 NEW = 16
-# 12 rows in batches of up to 6 sequences: 6 slots over 4 micro-batches (2 x pp) hold 2, 2, 1, 1.
+# 12 rows in batches of up to 6 sequences: 6 slots over 4 micro-batches (stated) hold 2, 2, 1, 1.
 BATCH = {"max_sequences": 6}
 SAMPLING = {"temperature": 0.8, "top_k": 10, "seed": 11}
 
@@ -46,8 +46,8 @@ def main():
         return rep["per_rank"][0]["decode_steps"]
 
     if np_ == 2:
-        rounds = {"continuous": greedy("pp2", 2, {"pp": 2}, BATCH),
-                  "static": greedy("pp2_static", 2, {"pp": 2}, dict(BATCH, continuous=False))}
+        rounds = {"continuous": greedy("pp2", 2, {"pp": 2, "micro_batches": 4}, BATCH),
+                  "static": greedy("pp2_static", 2, {"pp": 2, "micro_batches": 4}, dict(BATCH, continuous=False))}
         check("continuous batching needs fewer decode rounds than static batches in a pipeline",
               rounds["continuous"] < rounds["static"], f"{rounds['continuous']} against {rounds['static']}")
         greedy("pp2_one_micro_batch", 2, {"pp": 2, "micro_batches": 1}, BATCH)

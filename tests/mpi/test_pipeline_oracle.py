@@ -73,7 +73,7 @@ SETTINGS = {  # tag: (ranks, parallel keys)
     "pp2_one_micro_batch": (2, {"pp": 2, "micro_batches": 1}),
     "pp2_stages_1_3": (2, {"pp": 2, "stages": [1, 3], "micro_batches": 3}),
     "pp4": (4, {"pp": 4}),
-    "pp2_tp2": (4, {"pp": 2, "tp": 2}),
+    "pp2_tp2": (4, {"pp": 2, "tp": 2, "micro_batches": 4}),
     "pp2_dp2": (4, {"pp": 2, "dp": 2}),
     "pp3_stages_2_1_1": (3, {"pp": 3, "stages": [2, 1, 1]}),
 }

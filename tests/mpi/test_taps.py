@@ -60,7 +60,7 @@ def main():
     write_prompts(f"{tmp}/p.h5", prompts)
     models = make_tiny_models.make(f"{tmp}/models")
     models.update(make_tiny_models.make(f"{tmp}/models", ["phi3", "gemma"]))
-    settings = {"llama": [("np1", 1, {}), ("tp2", 2, {"tp": 2}), ("pp2", 2, {"pp": 2})],
+    settings = {"llama": [("np1", 1, {}), ("tp2", 2, {"tp": 2}), ("pp2", 2, {"pp": 2, "micro_batches": 4})],
                 "gpt2": [("np1", 1, {}), ("tp2", 2, {"tp": 2})],
                 "bert": [("np1", 1, {})],
                 "phi3": [("np1", 1, {})],  # fused QKV
