@@ -18,6 +18,7 @@
 #include "io/error.h"
 #include "planning/decoupled_candidates.h"
 #include "planning/planner.h"
+#include "tests/unit/user_error_text.h"
 
 using namespace lowsync;
 namespace fs = std::filesystem;
@@ -99,15 +100,6 @@ JobConfig auto_job(const std::vector<std::string>& from, double max_kl) {
   j.parallel.decoupled.from = from;
   j.parallel.decoupled.max_kl = max_kl;
   return j;
-}
-
-std::string refusal(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 const Candidate* find(const PlannerResult& r, const std::string& model_dir, const std::string& split, int group) {

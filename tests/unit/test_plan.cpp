@@ -13,6 +13,7 @@
 #include "planning/memory_plan.h"
 #include "planning/planner.h"
 #include "planning/shares.h"
+#include "tests/unit/user_error_text.h"
 
 using namespace lowsync;
 
@@ -56,15 +57,6 @@ void expect_exact_cover(const ModelConfig& m, const std::vector<LayerShare>& sha
   for (int n : head) EXPECT_EQ(n, 1);
   for (int n : column) EXPECT_EQ(n, 1);
   EXPECT_NO_THROW(check_shares(m, false, shares, "test"));
-}
-
-std::string refusal(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 }  // namespace
