@@ -64,6 +64,7 @@ def main():
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_spd_speed.py needs root (network namespaces, tc)")
+    a.model = os.path.abspath(a.model)  # the job file lives in a temporary folder: its paths must not be relative
     if not os.path.exists(os.path.join(a.model, "config.json")):
         sys.exit(f"{a.model}: no converted SmolLM2 (see the README's 'Real models')")
     acc = json.load(open(a.accuracy))
