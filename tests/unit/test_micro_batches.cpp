@@ -14,6 +14,7 @@
 #include "planning/micro_batches.h"
 #include "planning/pipeline_round.h"
 #include "planning/planner.h"
+#include "tests/unit/smollm2_shapes.h"
 
 using namespace lowsync;
 
@@ -64,18 +65,6 @@ TEST(PipelineRound, PrefillFillsAndDrains) {
 }
 
 namespace {
-
-// SmolLM2-135M's shapes.
-ModelConfig smollm2() {
-  ModelConfig m;
-  m.dir = "smollm2";
-  m.architecture = "LlamaForCausalLM";
-  m.family = Family::Llama;
-  m.hidden = 576, m.n_layers = 30, m.n_heads = 9, m.n_kv_heads = 3, m.head_dim = 64, m.intermediate = 1536;
-  m.vocab = 49152, m.max_positions = 8192, m.tied_embeddings = true;
-  m.json_text = "{smollm2}";
-  return m;
-}
 
 // Two equal ranks whose one-row decode product is bandwidth-bound (8 GFLOP/s against 60 at 32
 // rows: a pass's cost mostly fixed), a point-to-point link of the given latency between them.

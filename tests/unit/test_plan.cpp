@@ -14,22 +14,11 @@
 #include "planning/planner.h"
 #include "planning/shares.h"
 #include "tests/unit/user_error_text.h"
+#include "tests/unit/smollm2_shapes.h"
 
 using namespace lowsync;
 
 namespace {
-
-// SmolLM2-135M's shapes: 9 query heads in 3 kv groups, FFN 1536, tied head.
-ModelConfig smollm2() {
-  ModelConfig m;
-  m.dir = "smollm2";
-  m.architecture = "LlamaForCausalLM";
-  m.family = Family::Llama;
-  m.hidden = 576, m.n_layers = 30, m.n_heads = 9, m.n_kv_heads = 3, m.head_dim = 64, m.intermediate = 1536;
-  m.vocab = 49152, m.max_positions = 8192, m.tied_embeddings = true;
-  m.json_text = "{smollm2}";
-  return m;
-}
 
 ModelConfig decoupled(int sub_blocks) {
   ModelConfig m = smollm2();
