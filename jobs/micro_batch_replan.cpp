@@ -25,9 +25,12 @@ std::pair<int64_t, int> forced_change() {
 }  // namespace
 
 MicroBatchReplan::MicroBatchReplan(ParallelGroups& groups, int slots, int current)
+    : MicroBatchReplan(groups, slots, current, forced_change()) {}
+
+MicroBatchReplan::MicroBatchReplan(ParallelGroups& groups, int slots, int current, std::pair<int64_t, int> forced)
     : groups_(groups),
       // The generator runs at most one micro-batch per slot.
-      planner_(groups.stages, slots, std::min(current, slots), forced_change().first, forced_change().second) {}
+      planner_(groups.stages, slots, std::min(current, slots), forced.first, forced.second) {}
 
 void MicroBatchReplan::measured(const ContinuousGenerator& generator) {
   const ContinuousGenerator::PassRecord& p = generator.last_pass();

@@ -6,6 +6,7 @@
 // rank of the replica (one broadcast), and every stage re-splits its slots at the same visit.
 #include <cstdint>
 #include <memory>
+#include <utility>
 
 #include "jobs/continuous_generate.h"
 #include "mpi_comm/parallel_groups.h"
@@ -28,6 +29,9 @@ class MicroBatchReplan {
   const MicroBatchPlanner& planner() const { return planner_; }
 
  private:
+  // forced: LOWSYNC_MICRO_BATCHES_AT's (batch, count), read once; batch -1 when unset.
+  MicroBatchReplan(ParallelGroups& groups, int slots, int current, std::pair<int64_t, int> forced);
+
   ParallelGroups& groups_;
   MicroBatchPlanner planner_;
   PassFit fit_;  // this rank's stage's passes
