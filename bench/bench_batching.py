@@ -305,7 +305,9 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "batching.json"))
     a = ap.parse_args()
     if a.network:
-        rate, delay = a.network.split(":")
+        rate, _, delay = a.network.partition(":")
+        if not rate or not delay.isdigit():
+            sys.exit(f"--network {a.network}: expected RATE:DELAY_US, e.g. 100mbit:500 or 1gbit:100")
         a.network = (rate, int(delay))
         if a.pp * a.tp < 2:
             sys.exit("--network needs --pp or --tp of at least 2 (one rank per emulated host)")
@@ -324,8 +326,10 @@ def main():
     try:
         if a.network:  # one host per rank; `down` first in case an earlier run died with it up
             subprocess.run([CLUSTER, "down"], capture_output=True)
-            subprocess.run([CLUSTER, "up", str(a.pp * a.tp), a.network[0], str(a.network[1])], check=True,
-                           capture_output=True)
+            up = subprocess.run([CLUSTER, "up", str(a.pp * a.tp), a.network[0], str(a.network[1])],
+                                capture_output=True, text=True)
+            if up.returncode != 0:
+                sys.exit(f"--network: emulated_cluster.sh up failed: {up.stderr.strip()[-500:]}")
             words = subprocess.run([CLUSTER, "probe", "0", "1"], capture_output=True, text=True, check=True).stdout.split()
             probe = {words[i]: float(words[i + 1]) for i in range(0, len(words), 2)}
             print(f"emulated cluster up: {probe}", flush=True)

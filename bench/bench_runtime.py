@@ -112,13 +112,17 @@ def main():
     global NETWORK
     probe = None
     if a.network:
-        rate, delay = a.network.split(":")
+        rate, _, delay = a.network.partition(":")
+        if not rate or not delay.isdigit():
+            sys.exit(f"--network {a.network}: expected RATE:DELAY_US, e.g. 100mbit:500 or 1gbit:100")
         NETWORK = (rate, int(delay))
         if os.geteuid() != 0:
             sys.exit("--network needs root (network namespaces, tc)")
         subprocess.run([CLUSTER, "down"], capture_output=True)  # an earlier run may have died with it up
-        subprocess.run([CLUSTER, "up", str(a.np), rate, str(delay)], check=True, capture_output=True)
-        try:
+        try:  # down even when `up` fails half-way (a bad rate)
+            up = subprocess.run([CLUSTER, "up", str(a.np), rate, str(delay)], capture_output=True, text=True)
+            if up.returncode != 0:
+                sys.exit(f"--network {a.network}: emulated_cluster.sh up failed: {up.stderr.strip()[-500:]}")
             words = subprocess.run([CLUSTER, "probe", "0", "1"], capture_output=True, text=True, check=True).stdout.split()
             probe = {words[i]: float(words[i + 1]) for i in range(0, len(words), 2)}
             print(f"emulated cluster up: {probe}", flush=True)
