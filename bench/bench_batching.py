@@ -26,10 +26,17 @@ passes (load, writes, setup).
 Writes bench/results/batching.json and bench/results/batching.png.
 
   .venv/bin/python bench/bench_batching.py [--models small,smollm2,instruct] [--rounds 2] [--smollm2-layers 8]
-                                           [--instruct-new 256] [--pp 1]
+                                           [--instruct-new 256] [--pp 1] [--tp 1]
+                                           [--rows 96] [--network RATE:DELAY_US] [--out FILE]
 --pp N runs the same jobs in a pipeline of N stages (one rank each, mpirun over shared memory,
 parallel.micro_batches 2 x N, stated: the recorded runs'), recorded as MODEL_ppN; a decode step is then a round of the
 pipeline (the run report's decode_steps).
+--tp N runs them with one replica over N ranks (`parallel.tp: N`), recorded as MODEL_tpN.
+--network RATE:DELAY_US (as root; with --pp or --tp) runs them on the emulated cluster
+(bench/emulated_cluster.sh: one host per rank, TCP at RATE with DELAY_US one-way delay, e.g.
+100mbit:500 or 1gbit:100; brought up before and down after, even on failure), recorded as
+MODEL_tpN_RATE_DELAYus: lowsync's real setting, where a tp step pays the link's latency at every
+sync and a pipeline's round at every hand-over, whatever its rows.
 Models not run keep their entries of an existing JSON (each model's entry has its own date and the
 machine's load average during its runs).
 """
@@ -50,6 +57,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from prompts_h5 import write_prompts  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLUSTER = os.path.join(ROOT, "bench", "emulated_cluster.sh")
 LOWSYNC = os.environ.get("LOWSYNC_BIN", os.path.join(ROOT, "build", "lowsync"))
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OPENBLAS_NUM_THREADS="1",
            OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
@@ -144,19 +152,26 @@ def pooled(r):
             pred["continuous"]["predicted_decode_only_s"]}
 
 
-def run(job, tmp, tag, continuous, pp=1):
+def run(job, tmp, tag, continuous, pp=1, tp=1, network=None):
     out, trace = f"{tmp}/{tag}.h5", f"{tmp}/{tag}.trace.json"
     for p in (out, trace):
         if os.path.exists(p):
             os.remove(p)
     cmd = [LOWSYNC, "run", job, "--set", f"output={out}", "--set", f"batch.continuous={str(continuous).lower()}",
            "--set", f"trace={trace}", "--quiet"]
-    if pp > 1:  # a pipeline of pp stages, one rank each, over shared memory
-        cmd = ["mpirun", "--oversubscribe", "-np", str(pp), "-x", "OPENBLAS_NUM_THREADS=1", "-x", "OMP_NUM_THREADS=1",
-               "--mca", "btl", "self,vader,tcp"] + cmd + ["--set", f"parallel.pp={pp}",
-                                                          "--set", f"parallel.micro_batches={2 * pp}"]
+    if pp > 1:  # a pipeline of pp stages, one rank each
+        cmd += ["--set", f"parallel.pp={pp}", "--set", f"parallel.micro_batches={2 * pp}"]
+    if tp > 1:  # one replica over tp ranks
+        cmd += ["--set", f"parallel.tp={tp}"]
+    if network:  # one rank per host of the emulated cluster (up for pp x tp hosts), over its TCP link
+        cmd = [CLUSTER, "mpirun", "1", "--bind-to", "none"] + cmd
+    elif pp * tp > 1:  # over shared memory
+        cmd = ["mpirun", "--oversubscribe", "-np", str(pp * tp), "-x", "OPENBLAS_NUM_THREADS=1",
+               "-x", "OMP_NUM_THREADS=1", "--mca", "btl", "self,vader,tcp"] + cmd
     t0 = time.time()
-    subprocess.run(cmd, env=ENV, check=True, capture_output=True, text=True)
+    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"{tag}: exited {p.returncode}: {' '.join(cmd)}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
     wall = time.time() - t0
     with h5py.File(out, "r") as f:
         # A decode step of the run report: in a pipeline a round (one pass of every micro-batch).
@@ -205,7 +220,7 @@ def instruct_setting(a, d):
 
 
 def bench_model(name, a, tmp):
-    d = f"{tmp}/{name}_pp{a.pp}"
+    d = f"{tmp}/{name}_pp{a.pp}_tp{a.tp}"
     os.makedirs(d, exist_ok=True)
     load = [os.getloadavg()[0]]
     if name == "instruct":
@@ -230,7 +245,7 @@ def bench_model(name, a, tmp):
     for r in range(a.rounds):
         for continuous in (True, False):
             tag = "continuous" if continuous else "static"
-            res, rows, ps, finish[tag] = run(job, d, tag, continuous, a.pp)
+            res, rows, ps, finish[tag] = run(job, d, tag, continuous, a.pp, a.tp, a.network)
             load.append(os.getloadavg()[0])
             outputs[tag] = rows
             rounds.append({"setting": tag, "round": r, "wall_s": res["wall_s"],
@@ -258,7 +273,10 @@ def bench_model(name, a, tmp):
             "identical_finish_reasons": finish["continuous"] == finish["static"],
             "continuous": c, "static": s, "rounds": rounds,
             "speedup": c["new_tokens_per_s"] / s["new_tokens_per_s"],
-            "pp": a.pp,
+            "pp": a.pp, "tp": a.tp,
+            "network": (f"emulated cluster (bench/emulated_cluster.sh): {a.pp * a.tp} hosts, one rank each, rate "
+                        f"{a.network[0]}, one-way delay {a.network[1]} us" if a.network else
+                        "shared memory" if a.pp * a.tp > 1 else "one rank"),
             # One rank: decode passes; a pipeline: decode rounds (the run report's steps).
             "decode_steps_ratio": s["run_report_decode_steps"] / max(1, c["run_report_decode_steps"]),
             "speedup_in_passes": s["in_passes_s"] / c["in_passes_s"],
@@ -280,20 +298,53 @@ def main():
     ap.add_argument("--instruct-model", default=INSTRUCT)
     ap.add_argument("--instruct-new", type=int, default=256, help="instruct: max_new_tokens")
     ap.add_argument("--pp", type=int, default=1, help="pipeline stages (one rank each; results as MODEL_ppN)")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (results as MODEL_tpN)")
+    ap.add_argument("--network", default=None, metavar="RATE:DELAY_US",
+                    help="run on the emulated cluster (one host per rank, e.g. 100mbit:500, 1gbit:100; needs root); "
+                         "results as MODEL_..._RATE_DELAYus")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "batching.json"))
     a = ap.parse_args()
+    if a.network:
+        rate, _, delay = a.network.partition(":")
+        if not rate or not delay.isdigit():
+            sys.exit(f"--network {a.network}: expected RATE:DELAY_US, e.g. 100mbit:500 or 1gbit:100")
+        a.network = (rate, int(delay))
+        if a.pp * a.tp < 2:
+            sys.exit("--network needs --pp or --tp of at least 2 (one rank per emulated host)")
+        if os.geteuid() != 0:
+            sys.exit("--network needs root (network namespaces, tc)")
     tmp = tempfile.mkdtemp(prefix="lowsync_bench_batching_")
     results = {}
     if os.path.exists(a.out):  # models not run this time keep their last entries
         with open(a.out) as f:
             results = json.load(f).get("models", {})
-    names = [n if a.pp == 1 else f"{n}_pp{a.pp}" for n in a.models.split(",")]
-    for model, name in zip(a.models.split(","), names):
-        results[name] = bench_model(model, a, tmp)
-        results[name]["step_fit_both_settings"] = pooled(results[name])
+    suffix = (f"_pp{a.pp}" if a.pp > 1 else "") + (f"_tp{a.tp}" if a.tp > 1 else "")
+    if a.network:
+        suffix += f"_{a.network[0]}_{a.network[1]}us"
+    names = [n + suffix for n in a.models.split(",")]
+    probe = None
+    try:
+        if a.network:  # one host per rank; `down` first in case an earlier run died with it up
+            subprocess.run([CLUSTER, "down"], capture_output=True)
+            up = subprocess.run([CLUSTER, "up", str(a.pp * a.tp), a.network[0], str(a.network[1])],
+                                capture_output=True, text=True)
+            if up.returncode != 0:
+                sys.exit(f"--network: emulated_cluster.sh up failed: {up.stderr.strip()[-500:]}")
+            words = subprocess.run([CLUSTER, "probe", "0", "1"], capture_output=True, text=True, check=True).stdout.split()
+            probe = {words[i]: float(words[i + 1]) for i in range(0, len(words), 2)}
+            print(f"emulated cluster up: {probe}", flush=True)
+        for model, name in zip(a.models.split(","), names):
+            results[name] = bench_model(model, a, tmp)
+            results[name]["step_fit_both_settings"] = pooled(results[name])
+            results[name]["tcp_probe"] = probe
+    finally:
+        if a.network:
+            subprocess.run([CLUSTER, "down"], capture_output=True)
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "method": "one rank (MODEL_ppN: a pipeline of N stages, one rank each, under mpirun over shared memory; "
-                        "per-pass figures are stage 0's micro-batch passes), OPENBLAS_NUM_THREADS=1, threads 1 "
+                        "per-pass figures are stage 0's micro-batch passes; MODEL_tpN: one replica over N ranks, "
+                        "per-pass figures rank 0's; a RATE_DELAYus suffix: on the emulated cluster, one rank per host, "
+                        "each entry's `network`), OPENBLAS_NUM_THREADS=1, threads 1 "
                         "(machine: 2 cores shared with other developers); "
                         "settings take turns over rounds, each keeps its best round; new tokens / the job's wall time "
                         "(load and write included); per-pass times from the job's trace",

@@ -22,7 +22,10 @@ differently, so a near-tie may flip). Writes bench/results/runtime_plan_104rows.
 earlier jobs' files: give --out, see README).
 
   .venv/bin/python bench/bench_runtime.py [--np 2] [--rounds 2] [--bulk 96] [--tail 8] [--new 96]
-      [--dp-max-sequences 4] [--quick] [--out bench/results/runtime_plan_104rows.json]
+      [--dp-max-sequences 4] [--quick] [--network RATE:DELAY_US] [--out bench/results/runtime_plan_104rows.json]
+  --network RATE:DELAY_US: on the emulated cluster (bench/emulated_cluster.sh, as root): np hosts, one
+      rank each, TCP at RATE with DELAY_US one-way delay (100mbit:500, 1gbit:100); up before, down
+      after, even on failure
   --quick: --bulk 16 --tail 8 --rounds 1 (the earlier, small job; a smoke run)
 """
 import argparse
@@ -49,7 +52,13 @@ SHAPE = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=8, num_a
              num_key_value_heads=4)
 
 
+CLUSTER = os.path.join(ROOT, "bench", "emulated_cluster.sh")
+NETWORK = None  # (rate, one-way delay us) with --network: the emulated cluster, one rank per host
+
+
 def mpirun(np_, args):
+    if NETWORK:  # the emulated cluster is up with np_ hosts
+        return [CLUSTER, "mpirun", "1", "--bind-to", "none"] + args
     return ["mpirun", "--oversubscribe", "-np", str(np_), "-x", "OPENBLAS_NUM_THREADS=1", "-x", "OMP_NUM_THREADS=1",
             "--mca", "btl", "self,vader,tcp"] + args
 
@@ -96,8 +105,35 @@ def main():
     ap.add_argument("--dp-max-sequences", type=int, nargs="*", default=[],
                     help="also run fixed dp with these batch.max_sequences (a fixed strategy that spreads the tail)")
     ap.add_argument("--quick", action="store_true", help="--bulk 16 --tail 8 --rounds 1: the earlier small job")
+    ap.add_argument("--network", default=None, metavar="RATE:DELAY_US",
+                    help="run on the emulated cluster (np hosts, one rank each, e.g. 100mbit:500, 1gbit:100; root)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "runtime_plan_104rows.json"))
     a = ap.parse_args()
+    global NETWORK
+    probe = None
+    if a.network:
+        rate, _, delay = a.network.partition(":")
+        if not rate or not delay.isdigit():
+            sys.exit(f"--network {a.network}: expected RATE:DELAY_US, e.g. 100mbit:500 or 1gbit:100")
+        NETWORK = (rate, int(delay))
+        if os.geteuid() != 0:
+            sys.exit("--network needs root (network namespaces, tc)")
+        subprocess.run([CLUSTER, "down"], capture_output=True)  # an earlier run may have died with it up
+        try:  # down even when `up` fails half-way (a bad rate)
+            up = subprocess.run([CLUSTER, "up", str(a.np), rate, str(delay)], capture_output=True, text=True)
+            if up.returncode != 0:
+                sys.exit(f"--network {a.network}: emulated_cluster.sh up failed: {up.stderr.strip()[-500:]}")
+            words = subprocess.run([CLUSTER, "probe", "0", "1"], capture_output=True, text=True, check=True).stdout.split()
+            probe = {words[i]: float(words[i + 1]) for i in range(0, len(words), 2)}
+            print(f"emulated cluster up: {probe}", flush=True)
+            bench(a, probe)
+        finally:
+            subprocess.run([CLUSTER, "down"], capture_output=True)
+    else:
+        bench(a, probe)
+
+
+def bench(a, probe):
     if a.quick:
         a.bulk, a.tail, a.rounds = 16, 8, 1
     tmp = tempfile.mkdtemp(prefix="lowsync_bench_runtime_")
@@ -153,7 +189,10 @@ def main():
     same = {t: sum(x == y for x, y in zip(outputs[t], outputs["dp"])) for t in settings if t != "dp"}
     load = os.getloadavg()
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "method": f"np {a.np} over shared memory (mpirun, vader), OPENBLAS_NUM_THREADS=1, one thread per rank; "
+              "method": f"np {a.np} " + (f"on the emulated cluster (bench/emulated_cluster.sh: one rank per host, TCP "
+                                         f"at {NETWORK[0]}, {NETWORK[1]} us one-way delay)" if NETWORK else
+                                         "over shared memory (mpirun, vader)") +
+                        ", OPENBLAS_NUM_THREADS=1, one thread per rank; "
                         "settings take turns over rounds, each keeps its best round; wall time of mpirun (load, "
                         "compute, write)",
               "machine": f"{os.cpu_count()} cores shared with other users; load average at the start {load0:.1f}, "
@@ -162,6 +201,8 @@ def main():
               "job": {"bulk_rows": a.bulk, "bulk_prompt_tokens": POSITIONS - 16, "bulk_new_tokens": 17,
                       "tail_rows": a.tail, "tail_prompt_tokens": 8, "tail_new_tokens": a.new,
                       "max_sequences": a.max_sequences},
+              "network": {"rate": NETWORK[0], "one_way_delay_us": NETWORK[1], "tcp_probe": probe} if NETWORK
+              else "shared memory",
               "best": best, "rounds": rounds, "best_fixed": fixed,
               "speedup_vs_best_fixed": speedup, "goal": ">= 1.15x faster end to end",
               "speedup_vs_dp_with_smaller_batches": others,
@@ -180,7 +221,8 @@ def main():
         ax.plot([i] * sum(1 for x in rounds if x["setting"] == n), [x["wall_s"] for x in rounds if x["setting"] == n],
                 "k.", ms=4)
     ax.set_ylabel("job wall time, s (bar: best round; dots: every round)")
-    ax.set_title(f"np {a.np}: {a.bulk} short rows + {a.tail} long: runtime x{speedup:.2f} vs {fixed}", fontsize=9)
+    net = f", {NETWORK[0]} {NETWORK[1]} us (emulated)" if NETWORK else ", shared memory"
+    ax.set_title(f"np {a.np}{net}: {a.bulk} short rows + {a.tail} long: runtime x{speedup:.2f} vs {fixed}", fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.splitext(a.out)[0] + ".png", dpi=110)
     print(json.dumps({"best_s": {n: round(best[n]["wall_s"], 2) for n in names}, "speedup": round(speedup, 3),

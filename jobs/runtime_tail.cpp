@@ -36,11 +36,16 @@ int64_t forced_hand_out() {
 // each the mean of back-to-back calls (every rank the same count), as latency + seconds per token.
 // The mean, not the median: on a shared machine a sync waits whenever another rank of the group is
 // not scheduled, rarely but for milliseconds, and a tp pass pays that at every sync (the median of
-// a few calls, as the profile measured another time, sees none of it).
+// a few calls, as the profile measured another time, sees none of it). The count is cut where the
+// calls are slow (sync_probe_calls on rank 0's last warm-up call, sent to every rank).
 void time_syncs(Communicator& tp, int hidden, TensorParallelCosts& out) {
-  auto mean_seconds = [&](int tokens, int calls) {
+  auto mean_seconds = [&](int tokens, int most) {
     std::vector<float> x(static_cast<size_t>(tokens) * hidden, 1.f);
-    for (int i = 0; i < 4; ++i) tp.all_reduce(x.data(), static_cast<int64_t>(x.size()));  // warm-up
+    for (int i = 0; i < 3; ++i) tp.all_reduce(x.data(), static_cast<int64_t>(x.size()));  // warm-up
+    const auto w0 = std::chrono::steady_clock::now();
+    tp.all_reduce(x.data(), static_cast<int64_t>(x.size()));  // the last warm-up call, timed
+    int calls = sync_probe_calls(std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count(), most);
+    tp.broadcast(&calls, sizeof calls, 0);  // rank 0's count: every rank must make the same calls
     const auto t0 = std::chrono::steady_clock::now();
     for (int i = 0; i < calls; ++i) tp.all_reduce(x.data(), static_cast<int64_t>(x.size()));
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / calls;

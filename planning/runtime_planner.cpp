@@ -1,6 +1,7 @@
 #include "planning/runtime_planner.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <numeric>
 
@@ -100,6 +101,13 @@ PassCost pass_cost_of(const Prediction& p, const Workload& work) {
   c.fixed = std::max(0.0, p.decode_step_one_s - c.per_row);
   c.per_token = p.prefill_pass_s / (B * std::max(work.prompt_tokens, 1));
   return c;
+}
+
+int sync_probe_calls(double call_s, int most, double budget_s) {
+  constexpr int kFewest = 4;
+  if (!(call_s > 0)) return most;  // too fast to time (or not timed): the full count costs nothing
+  const double fit = std::floor(budget_s / call_s);
+  return static_cast<int>(std::clamp(fit, static_cast<double>(std::min(kFewest, most)), static_cast<double>(most)));
 }
 
 RuntimePlanner::RuntimePlanner(int replicas, int slots, const PassCost& dp_prior, const TensorParallelCosts& tp,

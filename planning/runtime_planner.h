@@ -121,6 +121,13 @@ struct TensorParallelCosts {
   double wait_s = 0;            // per tp pass, beyond the above (timed one-row passes)
 };
 
+// How many back-to-back all-reduces time a sync of one size whose single call took `call_s`
+// (TensorParallelCosts: the mean of this many): `most`, fewer where they would take more than
+// `budget_s` (over a slow link a 64-row sync takes ~20 ms at 100 Mbit/s, and 32 of them were 0.7 s
+// of a 7 s job's setup, paid before the first batch whatever the planner then chose), never fewer
+// than 4 (a mean still; on a slow link each call is long enough to time alone).
+int sync_probe_calls(double call_s, int most, double budget_s = 0.1);
+
 // The ratio from the cost model's predictions of the two plans' decode steps for the same workload;
 // `dp_prior` is one replica's pass cost as the cost model predicts it (the fit replaces it as
 // passes are measured).

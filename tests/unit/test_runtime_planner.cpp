@@ -73,6 +73,19 @@ TEST(TensorParallel, WaitsTheTimedPassesShowedAreAddedToEveryTpPass) {
   EXPECT_EQ(p.decide(0, {rows(1, 200)}, 0), RuntimeMode::DataParallel);
 }
 
+// The timed syncs' count: the full count where calls are quick (shared memory; a 64-row sync at
+// 1 Gbit/s, 2.7 ms measured), cut to the budget over a slow link (19.6 ms at 100 Mbit/s: 5 calls
+// instead of 32, 0.1 s instead of 0.63 s), never below 4.
+TEST(TensorParallel, SyncProbeCallsFitTheBudgetOverASlowLink) {
+  EXPECT_EQ(sync_probe_calls(20e-6, 32), 32);
+  EXPECT_EQ(sync_probe_calls(2.7e-3, 32), 32);
+  EXPECT_EQ(sync_probe_calls(19.6e-3, 32), 5);
+  EXPECT_EQ(sync_probe_calls(0.55e-3, 64), 64);  // a one-row sync at 100 Mbit/s, 500 us: 35 ms for 64
+  EXPECT_EQ(sync_probe_calls(0.3, 32), 4);       // slower still: a mean of 4
+  EXPECT_EQ(sync_probe_calls(0.3, 2), 2);        // never more than asked
+  EXPECT_EQ(sync_probe_calls(0.0, 32), 32);      // below the clock's resolution
+}
+
 TEST(RuntimePlanner, DataParallelWhileManyBatchesWait) {
   RuntimePlanner p = two_replicas();
   const std::vector<RowsWork> rest(20, rows(4, 16));
