@@ -175,6 +175,8 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--e2e-steps", type=int, default=100, help="end-to-end KL tuning steps (last method)")
     ap.add_argument("--e2e-lr", type=float, default=3e-5)
+    ap.add_argument("--e2e-warmup", type=int, default=0, help="end-to-end tuning: steps of linear lr warm-up before "
+                                                               "the cosine decay (0: cosine from the first step)")
     ap.add_argument("--shares", default=",".join(map(str, SHARES)), help="percent of blocks dropped, comma-separated")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of: " + ", ".join(METHODS))
     ap.add_argument("--no-lowsync", action="store_true", help="skip the lowsync check of one checkpoint")
@@ -193,6 +195,8 @@ def main():
     methods = [m.strip() for m in a.methods.split(",")]
     if any(m not in METHODS for m in methods) or any(not 0 < x <= 100 for x in shares):
         sys.exit(f"--methods {a.methods!r} / --shares {a.shares!r}: expected methods of {METHODS}, shares in 1..100")
+    if a.e2e_warmup < 0 or (a.e2e_steps > 0 and a.e2e_warmup >= a.e2e_steps):
+        sys.exit(f"--e2e-warmup {a.e2e_warmup}: expected 0 <= warm-up < --e2e-steps {a.e2e_steps}")
     if a.cal_rows is None:
         a.cal_rows = 1024 if a.text == "more" else 128
     torch.set_num_threads(1)
@@ -271,7 +275,8 @@ def main():
                                 "sensitivity_rows": f"the first {a.sens_rows} (standard-library docstrings)"},
                 "thresholds": {"sensitive": a.sensitive, "extreme": a.extreme},
                 "distillation": {"steps": a.steps, "lr": a.lr, "batch_rows": a.batch},
-                "end_to_end": {"steps": a.e2e_steps, "lr": a.e2e_lr, "batch_rows": a.batch, "kl": tuning}
+                "end_to_end": {"steps": a.e2e_steps, "lr": a.e2e_lr, "warmup_steps": a.e2e_warmup, "batch_rows": a.batch,
+                               "kl": tuning}
                 if END_TO_END in methods else None,
                 "progressive_sensitivity": [dict(r, **{"class": classes[r["layer"]].value}) for r in sens],
                 "distilled_blocks": {f"{l}:{m.value}": n for (l, m), (_, n) in recovered.items()},
@@ -290,7 +295,7 @@ def main():
             if variant == END_TO_END:
                 log(f"{share}%: end-to-end KL tuning of {len(drop)} blocks")
                 blocks, kl0, kl1 = finetune_kl(model, blocks, kept[min(drop)], x_last, steps=a.e2e_steps,
-                                               lr=a.e2e_lr, batch=a.batch, log=log)
+                                               lr=a.e2e_lr, batch=a.batch, warmup=a.e2e_warmup, log=log)
                 tuning[str(share)] = {"kl_before": kl0, "kl_after": kl1}
             best_blocks[share] = blocks
             m = recovered_model(model, blocks) if variant != "zero-shot" else model

@@ -34,11 +34,14 @@ def _student_log_probs(model, blocks, x, first, drop, cos, sin):
     return _log_probs(model, x)
 
 
-def finetune_kl(model, blocks, x_first, x_last, steps=100, lr=3e-5, batch=4, eval_rows=32, seed=0, log=print):
+def finetune_kl(model, blocks, x_first, x_last, steps=100, lr=3e-5, batch=4, eval_rows=32, seed=0, warmup=0,
+                log=print):
     """Copies of the dropped blocks {l: SpdBlock} (already distilled, or as they are) tuned jointly
     against the original model's next-token distribution; and the mean KL per token before/after on
     the first eval_rows calibration rows. model: the original SpdLlama (unchanged); x_first, x_last
-    [N, T, H]: the original input to block min(blocks) and last hidden state on calibration rows."""
+    [N, T, H]: the original input to block min(blocks) and last hidden state on calibration rows.
+    The lr rises linearly over the first `warmup` steps (Adam's first steps at a high lr would
+    undo the distilled blocks' start), then decays to 0 on a cosine."""
     drop = set(blocks)
     first = min(drop)
     student = {l: copy.deepcopy(b).train() for l, b in blocks.items()}
@@ -50,7 +53,11 @@ def finetune_kl(model, blocks, x_first, x_last, steps=100, lr=3e-5, batch=4, eva
     for p in frozen:  # gradients flow through the later blocks and the head, but only `params` learn
         p.requires_grad_(False)
     opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    def lr_factor(s):
+        if s < warmup:
+            return (s + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     gen = torch.Generator().manual_seed(seed)
     cos, sin = model.rope(x_first.shape[1])
 

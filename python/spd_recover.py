@@ -143,9 +143,13 @@ def main(argv=None):
                     help="then tune all dropped blocks jointly against the original's next-token distribution (KL), "
                          "this many steps (spd_finetune.py; 0: the paper's block-wise recovery only)")
     ap.add_argument("--e2e-lr", type=float, default=3e-5)
+    ap.add_argument("--e2e-warmup", type=int, default=0, help="end-to-end tuning: steps of linear lr warm-up before "
+                                                               "the cosine decay")
     a = ap.parse_args(argv)
     if a.e2e_steps < 0 or (a.sens_rows is not None and a.sens_rows < 1):
         sys.exit(f"spd_recover: error: --e2e-steps {a.e2e_steps} / --sens-rows {a.sens_rows}: expected >= 0 / >= 1")
+    if not 0 <= a.e2e_warmup < max(a.e2e_steps, 1):
+        sys.exit(f"spd_recover: error: --e2e-warmup {a.e2e_warmup}: expected 0 <= warm-up < --e2e-steps {a.e2e_steps}")
     torch.set_num_threads(1)
     try:
         model = SpdLlama.from_dir(a.model, a.tp)
@@ -186,8 +190,9 @@ def main(argv=None):
     end_to_end = None
     if e2e:
         blocks, kl0, kl1 = spd_finetune.finetune_kl(model, blocks, kept[min(drop)], x_last, steps=a.e2e_steps,
-                                                    lr=a.e2e_lr, batch=a.batch)
-        end_to_end = {"steps": a.e2e_steps, "lr": a.e2e_lr, "kl_before": kl0, "kl_after": kl1}
+                                                    lr=a.e2e_lr, batch=a.batch, warmup=a.e2e_warmup)
+        end_to_end = {"steps": a.e2e_steps, "lr": a.e2e_lr, "warmup_steps": a.e2e_warmup, "kl_before": kl0,
+                      "kl_after": kl1}
     out = recovered_model(model, blocks)
     recovery = {"source": os.path.abspath(a.model), "tp": a.tp, "drop": drop, "calibration": os.path.abspath(a.prompts),
                 "calibration_rows": list(ids.shape), "thresholds": {"sensitive": a.sensitive, "extreme": a.extreme},
