@@ -25,6 +25,6 @@ CLI (python/decoupled/__main__.py):
 from .convert import convert, load_hf  # noqa: F401
 from . import fidelity  # noqa: F401
 from .distill import distill, evaluate, tokenizer as distill_tokenizer  # noqa: F401
-from .family import FAMILIES, LAYER_PREFIX, LAYER_RE, make_shares, segments, sizes  # noqa: F401
+from .family import FAMILIES, LAYER_PREFIX, LAYER_RE, MERGES, make_shares, segments, sizes  # noqa: F401
 from .model import DecoupledModel  # noqa: F401
 from .text import default_sentences, sentences_from_files, split_sentences  # noqa: F401
