@@ -73,7 +73,7 @@ def main():
     cos = (got * orig).sum(-1)
     doc = {
         "model": os.path.abspath(a.model), "sentences": a.sentences, "n": len(seqs), "np": a.np,
-        "sub_blocks": student.P, "sync_every": student.k, "coupled": student.coupled,
+        "sub_blocks": student.P, "sync_every": student.k, "coupled": student.coupled, "merge": student.merge,
         "syncs_per_pass_model": student.syncs_per_pass(), "allreduces_per_pass_lowsync": per_pass,
         "lowsync_mean_cosine_to_original": float(cos.mean()), "lowsync_min_cosine_to_original": float(cos.min()),
         "reference_mean_cosine_to_original": float((ref * orig).sum(-1).mean()),

@@ -409,6 +409,15 @@ ModelConfig load_model_config(const std::string& model_dir) {
     DecoupledSpec& d = m.bp;
     d.sub_blocks = bc.size("sub_blocks");
     d.sync_every = bc.size("sync_every");
+    if (bc.has("merge")) {
+      const json& mv = b["merge"];
+      if (mv == "delta")
+        d.merge = DecoupledSpec::Merge::Delta;
+      else if (mv == "mean")
+        d.merge = DecoupledSpec::Merge::Mean;
+      else
+        throw UserError(bc.path + ": key 'merge' is " + shown(mv) + "; expected \"delta\" or \"mean\"");
+    }
     d.heads = bc.sizes("heads");
     d.kv_heads = bc.has("kv_heads") ? bc.sizes("kv_heads") : d.heads;
     d.ffn = bc.sizes("ffn");

@@ -34,7 +34,13 @@ struct RopeScaling {
 // tensor-parallel (2 all-reduces each); segments of decoupled layers end before them. Empty
 // (sub_blocks = 0) for an ordinary model.
 struct DecoupledSpec {
+  // How a segment's P streams x_r merge (config.json bp.merge; absent = Delta). One all-reduce either way.
+  //   Delta: x = x + sum_r (x_r - x)  each stream adds its share of the layers (pre-LN decoders)
+  //   Mean:  x = (1/P) sum_r x_r      each stream estimates the whole layers (row-parallel outputs scaled
+  //                                   up at conversion); fits post-LN models, whose streams are full states
+  enum class Merge { Delta, Mean };
   int sub_blocks = 0, sync_every = 1;
+  Merge merge = Merge::Delta;
   std::vector<int> heads, kv_heads, ffn;  // per sub-block; may be uneven
   std::vector<int> coupled;               // layer indices, increasing
   bool enabled() const { return sub_blocks > 0; }

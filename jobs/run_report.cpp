@@ -159,6 +159,7 @@ std::string run_report(const Plan& plan, const ModelConfig& model, const std::ve
   if (plan.split == ReplicaSplit::Block)
     s << "strategy: decoupled model of " << model.bp.sub_blocks << " sub-blocks per layer, merged every "
       << model.bp.sync_every << " layers"
+      << (model.bp.merge == DecoupledSpec::Merge::Mean ? " (mean of the streams)" : "")
       << (model.bp.coupled.empty() ? "" : "; coupled (tensor-parallel) layers " + layer_list(model.bp.coupled)) << "\n";
   else if (plan.group > 1)
     s << "strategy: tensor parallel, SPD drops " << plan.dropped_layers() << "/" << model.n_layers

@@ -28,6 +28,7 @@ const char* needs_extended_kernels(const ModelConfig& c) {
   if (c.rope_scaling.type != RopeScaling::Type::None) return "scaled RoPE (rope_scaling)";
   if (c.gated_ffn() && c.activation != Activation::SiLU) return "a GELU-gated FFN (GeGLU)";
   if (c.embed_scale != 1.f) return "scaled token embeddings";
+  if (c.bp.enabled() && c.bp.merge == DecoupledSpec::Merge::Mean) return "the mean merge of decoupled streams (bp.merge)";
   return nullptr;
 }
 }  // namespace
@@ -304,20 +305,26 @@ void Transformer::encoder_block(int l, Tensor& x, const BatchLayout& layout, KVC
 
 // A segment of a decoupled model (layers [first, last)): each of this rank's sub-blocks runs the
 // segment on its own stream x_r, starting from the merged x, with no communication; one
-// all-reduce then merges the streams:  x = x + sum_r (x_r - x).
+// all-reduce then merges the streams (DecoupledSpec::Merge):
+//   delta:  x = x + sum_r (x_r - x)        mean:  x = (1/P) sum_r x_r
 void Transformer::decoupled_segment(int first, int last, Tensor& x, const BatchLayout& layout, KVCache& cache) {
   const int n_local = static_cast<int>(sub_shapes_.size());
-  Tensor delta = be_.zeros(x.rows, x.cols);
+  const bool mean = cfg_.bp.merge == DecoupledSpec::Merge::Mean;
+  Tensor merged = be_.zeros(x.rows, x.cols);  // this rank's sum_r x_r (mean) or sum_r (x_r - x) (delta)
   for (int j = 0; j < n_local; ++j) {
     Tensor x_r = be_.zeros(x.rows, x.cols);
     be_.add(x_r, x);
     for (int l = first; l < last; ++l)
       decoupled_block(w_.sub_blocks[l][j], sub_shapes_[j], cache_slot(l, j), x_r, layout, cache);
-    be_.add(delta, x_r);
-    be_.axpy(-1.f, x, delta);
+    be_.add(merged, x_r);
+    if (!mean) be_.axpy(-1.f, x, merged);
   }
-  tp_.all_reduce(delta);
-  be_.add(x, delta);
+  tp_.all_reduce(merged);
+  if (mean) {
+    be_.scale(merged, 1.f / static_cast<float>(cfg_.bp.sub_blocks));
+    be_.axpy(-1.f, x, merged);  // x += (mean - x): x becomes the mean, in place
+  }
+  be_.add(x, merged);
   tap(last - 1, "l_out", x);
 }
 

@@ -74,7 +74,7 @@ def more_sentences(per_source, files, held):
     return [s for s in sents if _key(s) not in held_keys]
 
 
-def screen(src, tmp, P, k, n, max_syncs, teacher, held_ids):
+def screen(src, tmp, P, k, n, max_syncs, teacher, held_ids, merge="delta"):
     """The set of n coupled layers (syncs per pass <= max_syncs) whose conversion is closest to the
     original before any training: (layers, [{coupled, syncs_per_pass, mean_cosine}] of every candidate)."""
     L = teacher.config.num_hidden_layers
@@ -84,7 +84,7 @@ def screen(src, tmp, P, k, n, max_syncs, teacher, held_ids):
         if syncs > max_syncs:
             continue
         d = os.path.join(tmp, f"screen_P{P}_k{k}_c{'+'.join(map(str, c))}")
-        decoupled.convert(src, d, P, k, coupled=list(c))
+        decoupled.convert(src, d, P, k, coupled=list(c), merge=merge)
         fid = decoupled.evaluate(teacher, decoupled.DecoupledModel.from_dir(d), "bert", held_ids)
         rows.append({"coupled": list(c), "syncs_per_pass": syncs, "mean_cosine": fid["mean_cosine"]})
         print(f"screen P={P} k={k} coupled={list(c)} ({syncs} syncs): zero-shot mean cosine {fid['mean_cosine']:.4f}")
@@ -100,6 +100,8 @@ def main():
     ap.add_argument("--keep", default="P4_k1", help="the config saved to --out-dir, named as in the log (P4_k2_c2+5)")
     ap.add_argument("--json", default=os.path.join(ROOT, "bench", "results", "minilm_distill.json"))
     ap.add_argument("--configs", default="2:1,4:1,4:2", help="P:k or P:k:COUPLED (0+5, or bestN), comma-separated")
+    ap.add_argument("--merge", default="delta", choices=decoupled.MERGES,
+                    help="how segments merge their streams (bp.merge): delta (default) or mean; names get _mean")
     ap.add_argument("--max-syncs", type=int, default=6, help="bestN: syncs per pass allowed (TP: 12)")
     ap.add_argument("--screen-eval", type=int, default=64, help="bestN: held-out sentences the screening uses")
     ap.add_argument("--budget", type=float, default=780.0,
@@ -154,12 +156,13 @@ def main():
         screening = None
         if spec.startswith("best"):
             coupled, screening = screen(src, tmp, P, k, int(spec[4:]), a.max_syncs, teacher,
-                                         held_ids[:a.screen_eval])
+                                         held_ids[:a.screen_eval], a.merge)
         else:
             coupled = [int(x) for x in spec.split("+") if x != ""]
-        name = f"P{P}_k{k}" + (f"_c{'+'.join(map(str, coupled))}" if coupled else "")
+        name = f"P{P}_k{k}" + (f"_c{'+'.join(map(str, coupled))}" if coupled else "") \
+            + ("" if a.merge == "delta" else f"_{a.merge}")
         student = os.path.join(tmp, name)
-        decoupled.convert(src, student, P, k, coupled=coupled)
+        decoupled.convert(src, student, P, k, coupled=coupled, merge=a.merge)
         keep = name == a.keep
         out = a.out_dir if keep else os.path.join(tmp, name + "_distilled")
         budget = a.budget * w / sum(weights)
@@ -169,6 +172,7 @@ def main():
                                 eval_texts=held, max_len=64, token_mse=a.token_mse, state_mse=a.state_mse,
                                 local_steps=local_steps,
                                 local_lr=a.local_lr, max_seconds=budget, log_every=25)
+        rep["merge"] = a.merge
         rep["budget_seconds"] = budget
         rep["saved_to"] = out if keep else None
         if screening is not None:

@@ -22,6 +22,9 @@ def main(argv=None):
     c.add_argument("--sync-every", "-k", type=int, default=1)
     c.add_argument("--shares", default=None, help="query heads per sub-block, comma-separated (default: even)")
     c.add_argument("--coupled", default="", help="layers kept as the original (tensor-parallel) layers, e.g. 0,5")
+    c.add_argument("--merge", default="delta", choices=decoupled.MERGES,
+                   help="how a segment's streams merge: delta x + sum_r (x_r - x) (default), or mean (1/P) sum_r x_r "
+                        "(row-parallel outputs scaled up; fits post-LN models such as BERT)")
     d = sub.add_parser("distill", help="fine-tune a decoupled student to match its original teacher")
     d.add_argument("teacher")
     d.add_argument("student")
@@ -51,7 +54,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.cmd == "convert":
         shares = [int(x) for x in a.shares.split(",")] if a.shares else None
-        cfg = convert(a.src, a.dst, a.sub_blocks, a.sync_every, shares=shares, coupled=a.coupled)
+        cfg = convert(a.src, a.dst, a.sub_blocks, a.sync_every, shares=shares, coupled=a.coupled, merge=a.merge)
         print(f"{a.dst}: {cfg['architectures'][0]} bp={json.dumps(cfg['bp'])}")
         return
     sents = sentences_from_files(a.text) if a.text else default_sentences()

@@ -11,31 +11,41 @@ import shutil
 
 import torch
 
-from .family import FAMILIES, LAYER_PREFIX, LAYER_RE, make_shares, parse_layers, ranges, sizes
+from .family import FAMILIES, LAYER_PREFIX, LAYER_RE, MERGES, make_shares, parse_layers, ranges, sizes
 
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt", "tokenizer.model", "added_tokens.json", "generation_config.json"]
 
 
-def _slice_layer(family, suffix, t, P, d, H, hr, kvr, fr):
-    """The sub-block's slice of one base layer tensor. hr/kvr/fr: (start, end) in heads/kv heads/FFN cols."""
+def _slice_layer(family, suffix, t, P, d, H, hr, kvr, fr, nh, ffn, merge="delta"):
+    """The sub-block's slice of one base layer tensor. hr/kvr/fr: (start, end) in heads/kv heads/FFN cols.
+
+    merge "delta": the row-parallel outputs (attention out, FFN down) are the sub-block's TP partials
+    and their biases are divided by P, so the P streams' deltas add up to the layer's.
+    merge "mean": each stream estimates the whole layer from its own heads/columns: the row-parallel
+    weights are scaled by (all heads / its heads) and (all FFN columns / its columns), P for even
+    shares, and the biases are kept whole, so the mean of the P streams is the layer (exactly, for a
+    single pre-LN layer)."""
     q = slice(hr[0] * d, hr[1] * d)
     kv = slice(kvr[0] * d, kvr[1] * d)
     f = slice(fr[0], fr[1])
+    mean = merge == "mean"
+    a_up = nh / (hr[1] - hr[0]) if mean else 1.0  # scale of the attention-out partial
+    f_up = ffn / (fr[1] - fr[0]) if mean else 1.0  # scale of the FFN-down partial
     copy = lambda: t.clone()  # noqa: E731
-    rows = lambda s: t[s].clone()  # noqa: E731  (out features of nn.Linear [out, in]; bias [out])
-    cols = lambda s: t[:, s].clone()  # noqa: E731
-    div = lambda: t / P  # noqa: E731
+    rows = lambda s, up=1.0: t[s] * up if up != 1.0 else t[s].clone()  # noqa: E731  (nn.Linear [out, in]; bias [out])
+    cols = lambda s, up=1.0: t[:, s] * up if up != 1.0 else t[:, s].clone()  # noqa: E731
+    div = lambda: t.clone() if mean else t / P  # noqa: E731  (a row-parallel bias)
     if family == "llama":
         table = {
             "input_layernorm.weight": copy, "post_attention_layernorm.weight": copy,
             "self_attn.q_proj.weight": lambda: rows(q), "self_attn.q_proj.bias": lambda: rows(q),
             "self_attn.k_proj.weight": lambda: rows(kv), "self_attn.k_proj.bias": lambda: rows(kv),
             "self_attn.v_proj.weight": lambda: rows(kv), "self_attn.v_proj.bias": lambda: rows(kv),
-            "self_attn.o_proj.weight": lambda: cols(q), "self_attn.o_proj.bias": div,
+            "self_attn.o_proj.weight": lambda: cols(q, a_up), "self_attn.o_proj.bias": div,
             "mlp.gate_proj.weight": lambda: rows(f), "mlp.gate_proj.bias": lambda: rows(f),
             "mlp.up_proj.weight": lambda: rows(f), "mlp.up_proj.bias": lambda: rows(f),
-            "mlp.down_proj.weight": lambda: cols(f), "mlp.down_proj.bias": div,
+            "mlp.down_proj.weight": lambda: cols(f, f_up), "mlp.down_proj.bias": div,
         }
     elif family == "gpt2":
         def qkv():
@@ -45,19 +55,19 @@ def _slice_layer(family, suffix, t, P, d, H, hr, kvr, fr):
         table = {
             "ln_1.weight": copy, "ln_1.bias": copy, "ln_2.weight": copy, "ln_2.bias": copy,
             "attn.c_attn.weight": qkv, "attn.c_attn.bias": qkv,
-            "attn.c_proj.weight": lambda: rows(q), "attn.c_proj.bias": div,  # Conv1D [in, out]
+            "attn.c_proj.weight": lambda: rows(q, a_up), "attn.c_proj.bias": div,  # Conv1D [in, out]
             "mlp.c_fc.weight": lambda: cols(f), "mlp.c_fc.bias": lambda: rows(f),
-            "mlp.c_proj.weight": lambda: rows(f), "mlp.c_proj.bias": div,
+            "mlp.c_proj.weight": lambda: rows(f, f_up), "mlp.c_proj.bias": div,
         }
     else:
         table = {
             "attention.self.query.weight": lambda: rows(q), "attention.self.query.bias": lambda: rows(q),
             "attention.self.key.weight": lambda: rows(q), "attention.self.key.bias": lambda: rows(q),
             "attention.self.value.weight": lambda: rows(q), "attention.self.value.bias": lambda: rows(q),
-            "attention.output.dense.weight": lambda: cols(q), "attention.output.dense.bias": div,
+            "attention.output.dense.weight": lambda: cols(q, a_up), "attention.output.dense.bias": div,
             "attention.output.LayerNorm.weight": copy, "attention.output.LayerNorm.bias": copy,
             "intermediate.dense.weight": lambda: rows(f), "intermediate.dense.bias": lambda: rows(f),
-            "output.dense.weight": lambda: cols(f), "output.dense.bias": div,
+            "output.dense.weight": lambda: cols(f, f_up), "output.dense.bias": div,
             "output.LayerNorm.weight": copy, "output.LayerNorm.bias": copy,
         }
     if suffix not in table:
@@ -78,13 +88,16 @@ def load_hf(src_dir):
     return cfg, arch, model.eval()
 
 
-def convert(src_dir, dst_dir, P, k, shares=None, coupled=()):
+def convert(src_dir, dst_dir, P, k, shares=None, coupled=(), merge="delta"):
     """Hugging Face model dir (LlamaForCausalLM, GPT2LMHeadModel, BertModel) -> decoupled model dir with
-    P sub-blocks per layer merged every k layers; the layers in `coupled` stay the original (tensor-parallel)
-    layers. Returns the dst config dict."""
+    P sub-blocks per layer merged every k layers (merge "delta" or "mean", see _slice_layer and
+    DecoupledModel.segment); the layers in `coupled` stay the original (tensor-parallel) layers.
+    Returns the dst config dict."""
     from safetensors.torch import save_file
     if k < 1:
         raise ValueError("sync_every (k) must be >= 1")
+    if merge not in MERGES:
+        raise ValueError(f"merge {merge!r}: expected one of {', '.join(MERGES)}")
     cfg, arch, model = load_hf(src_dir)
     family, L, H, nh, nkv, d, ffn = sizes(cfg)
     coupled = parse_layers(coupled, L)
@@ -110,7 +123,7 @@ def convert(src_dir, dst_dir, P, k, shares=None, coupled=()):
             continue
         for r in range(P):
             out[f"{LAYER_PREFIX[family]}.{l}.sub.{r}.{suffix}"] = _slice_layer(
-                family, suffix, t.detach().float(), P, d, H, hR[r], kvR[r], fR[r])
+                family, suffix, t.detach().float(), P, d, H, hR[r], kvR[r], fR[r], nh, ffn, merge)
     new = dict(cfg)
     new["architectures"] = ["LowsyncDecoupled" + arch]
     new["torch_dtype"] = "float32"
@@ -118,6 +131,8 @@ def convert(src_dir, dst_dir, P, k, shares=None, coupled=()):
                  "heads": heads, "kv_heads": kvs, "ffn": ffns}
     if coupled:
         new["bp"]["coupled"] = coupled
+    if merge != "delta":  # absent = delta, so delta checkpoints stay as they were
+        new["bp"]["merge"] = merge
     os.makedirs(dst_dir, exist_ok=True)
     save_file(out, os.path.join(dst_dir, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(dst_dir, "config.json"), "w") as f:

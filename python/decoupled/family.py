@@ -9,6 +9,8 @@ LAYER_RE = {
     "gpt2": re.compile(r"^transformer\.h\.(\d+)\.(.+)$"),
     "bert": re.compile(r"^encoder\.layer\.(\d+)\.(.+)$"),
 }
+# How a decoupled segment's P streams merge (config.json bp.merge; absent = "delta"); see model.segment.
+MERGES = ("delta", "mean")
 LAYER_PREFIX = {"llama": "model.layers", "gpt2": "transformer.h", "bert": "encoder.layer"}
 
 

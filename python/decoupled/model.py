@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .convert import copy_tokenizer
-from .family import LAYER_PREFIX, LAYER_RE, segments, sizes
+from .family import LAYER_PREFIX, LAYER_RE, MERGES, segments, sizes
 
 
 class DecoupledModel(nn.Module):
@@ -33,6 +33,9 @@ class DecoupledModel(nn.Module):
         if len(self.heads) != self.P or sum(self.heads) != self.nh or sum(self.ffns) != self.ffn:
             raise ValueError(f"inconsistent bp section {bp}")
         self.coupled = sorted(int(l) for l in bp.get("coupled", []))
+        self.merge = bp.get("merge", "delta")
+        if self.merge not in MERGES:
+            raise ValueError(f"bp.merge is {self.merge!r}; expected one of {', '.join(MERGES)}")
         act = raw_config.get("activation_function") if self.family == "gpt2" else raw_config.get("hidden_act")
         self.act = ACT2FN[act or ("gelu_new" if self.family == "gpt2" else "gelu")]
         self._p = {}
@@ -221,19 +224,24 @@ class DecoupledModel(nn.Module):
 
     def segment(self, s, e, x, bias, rope=None):
         """Layers [s, e) from the merged stream x. A coupled layer runs as it is; decoupled layers run
-        every sub-block on its own stream, then merge them: x + sum_r (x_r - x)."""
+        every sub-block on its own stream x_r, then merge them (one all-reduce of sum_r x_r in lowsync):
+            delta:  x + sum_r (x_r - x)   each stream adds its share of the layer to x (pre-LN decoders)
+            mean:   (1/P) sum_r x_r       each stream estimates the whole layer (its row-parallel outputs
+                                          scaled up at conversion); fits post-LN, whose streams are
+                                          normalised full states rather than x plus a delta"""
         if rope is None and self.family == "llama":
             rope = self._rope(x.shape[-2], x.device)
         if s in self.coupled:
             assert e == s + 1, "a coupled layer is a segment of its own"
             return self._layer(s, None, x, bias, rope)
-        delta = None
+        merged = None  # sum_r x_r (mean) or sum_r (x_r - x) (delta)
         for r in range(self.P):
             xr = x
             for l in range(s, e):
                 xr = self._layer(l, r, xr, bias, rope)
-            delta = (xr - x) if delta is None else delta + (xr - x)
-        return x + delta
+            part = xr if self.merge == "mean" else xr - x
+            merged = part if merged is None else merged + part
+        return merged / self.P if self.merge == "mean" else x + merged
 
     def forward(self, input_ids, attention_mask=None, return_hidden=False):
         squeeze = input_ids.dim() == 1

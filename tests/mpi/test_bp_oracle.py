@@ -8,7 +8,12 @@ exactly ceil(L/k) all-reduces per forward pass.
 With the argument `coupled` (ctest mpi_bp_coupled_oracle): decoupled models with coupled layers
 (original layers run tensor-parallel over the bp group: in the middle and at the ends, even and uneven
 shares, k = 1 and 2), whose reference forward is first checked against transformers with every layer
-coupled; all-reduces per pass = 2 per coupled layer + 1 per segment of decoupled layers."""
+coupled; all-reduces per pass = 2 per coupled layer + 1 per segment of decoupled layers.
+
+With the argument `mean` (ctest mpi_bp_mean_oracle): the mean merge (bp.merge "mean", the streams
+averaged) on BERT and LLaMA, P = 2 and 4, k = 1 and 2, with and without coupled layers, at bp = 1, 2,
+4, against the reference forward (whose P = 1 conversion with the mean merge is first checked against
+transformers); the same all-reduces per pass as the delta merge."""
 import json
 import math
 import os
@@ -69,13 +74,13 @@ def write_inputs(tmp):
     return prompts, targets
 
 
-def run_case(tmp, originals, prompts, targets, family, P, k, shares=None, coupled=(), nps=(1, 2, 4)):
-    """Converts the family's base model (P sub-blocks, merged every k layers, `coupled` layers kept),
+def run_case(tmp, originals, prompts, targets, family, P, k, shares=None, coupled=(), nps=(1, 2, 4), merge="delta"):
+    """Converts the family's base model (P sub-blocks, merged every k layers by `merge`, `coupled` layers kept),
     runs lowsync on each np of nps that divides P, and checks it against the reference forward
     (transformers' original model when P = 1) and the all-reduces per pass against the segments."""
     d = (f"{tmp}/{family}_P{P}_k{k}_{'-'.join(map(str, shares)) if shares else 'even'}"
-         f"{'_c' + '-'.join(map(str, coupled)) if coupled else ''}")
-    decoupled.convert(f"{tmp}/{family}", d, P, k, shares=shares, coupled=coupled)
+         f"{'_c' + '-'.join(map(str, coupled)) if coupled else ''}_{merge}")
+    decoupled.convert(f"{tmp}/{family}", d, P, k, shares=shares, coupled=coupled, merge=merge)
     ref = decoupled.DecoupledModel.from_dir(d).eval()
     syncs = ref.syncs_per_pass()
     assert coupled or syncs == math.ceil(4 / k)
@@ -104,7 +109,8 @@ def run_case(tmp, originals, prompts, targets, family, P, k, shares=None, couple
         if P % np_:
             continue
         tag = (f"{family} P={P} k={k}{' shares=' + str(shares) if shares else ''}"
-               f"{' coupled=' + str(list(coupled)) if coupled else ''} np={np_}")
+               f"{' coupled=' + str(list(coupled)) if coupled else ''}{' merge=' + merge if merge != 'delta' else ''}"
+               f" np={np_}")
         tasks = ["embed"] if family == "bert" else ["score", "generate"]
         for task in tasks:
             out = f"{d}_{task}_{np_}.h5"
@@ -150,6 +156,23 @@ def check_reference_all_coupled(tmp, originals, prompts):
         check(f"{family} reference, every layer coupled, vs transformers", worst < 1e-4, f"max |diff| {worst:.2e}")
 
 
+def check_reference_p1_mean(tmp, originals, prompts):
+    """A P = 1 conversion with the mean merge (k = 2) is the original model: the reference forward's mean
+    path is checked against transformers (with P > 1 it differs from the original by design)."""
+    for family in ("bert", "llama"):
+        hf = originals[family]
+        d = f"{tmp}/{family}_P1_mean"
+        decoupled.convert(f"{tmp}/{family}", d, 1, 2, merge="mean")
+        ref = decoupled.DecoupledModel.from_dir(d).eval()
+        with torch.no_grad():
+            worst = 0.0
+            for p in prompts:
+                ids = torch.tensor(p)
+                want = hf(input_ids=ids[None]).last_hidden_state[0] if family == "bert" else hf(input_ids=ids[None]).logits[0]
+                worst = max(worst, float((ref(ids) - want).abs().max()))
+        check(f"{family} reference, P = 1, merge mean, vs transformers", worst < 1e-4, f"max |diff| {worst:.2e}")
+
+
 def main():
     """No argument: decoupled models without coupled layers. `coupled`: with coupled layers (in the
     middle and at the ends, even and uneven shares; ctest mpi_bp_coupled_oracle)."""
@@ -157,7 +180,13 @@ def main():
     tmp = tempfile.mkdtemp(prefix="lowsync_bp_")
     originals = {name: m.eval() for name, m in base_models(tmp).items()}
     prompts, targets = write_inputs(tmp)
-    if mode == "coupled":
+    if mode == "mean":
+        check_reference_p1_mean(tmp, originals, prompts)
+        run_case(tmp, originals, prompts, targets, "bert", 4, 2, coupled=[1], nps=(1, 2, 4), merge="mean")
+        run_case(tmp, originals, prompts, targets, "bert", 2, 1, shares=[3, 1], nps=(2,), merge="mean")
+        run_case(tmp, originals, prompts, targets, "llama", 4, 2, nps=(4,), merge="mean")
+        run_case(tmp, originals, prompts, targets, "llama", 2, 1, coupled=[3], nps=(2,), merge="mean")
+    elif mode == "coupled":
         check_reference_all_coupled(tmp, originals, prompts)
         run_case(tmp, originals, prompts, targets, "llama", 4, 2, coupled=[1], nps=(2,))
         run_case(tmp, originals, prompts, targets, "llama", 2, 1, shares=[6, 2], coupled=[0, 3], nps=(2,))

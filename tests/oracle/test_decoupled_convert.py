@@ -8,7 +8,9 @@
    With coupled layers (in the middle, at the ends) the loop reference runs them as the base layer.
 3. Format: config 'bp' section, architecture name, per-sub-block shapes, slices concatenate back to
    the base tensors, row-parallel biases are base / P; coupled layers' tensors are the base's under
-   their own names; save() round-trips.
+   their own names; save() round-trips. Merge mean (bp.merge): row-parallel weights scaled by
+   heads / sub-block heads and columns / sub-block columns, biases whole; the loop reference
+   averages the streams.
 
 Runs as a script (`python tests/oracle/test_decoupled_convert.py`) or under pytest; about 10 s."""
 import json
@@ -149,6 +151,7 @@ def reference_forward(model_dir, ids):
         x = _ln(x, W["embeddings.LayerNorm.weight"], W["embeddings.LayerNorm.bias"], eps)
 
     coupled = set(bp.get("coupled", []))
+    merge = bp.get("merge", "delta")  # mean: the streams' average; delta: xs + sum of their deltas
     nh = cfg.get("num_attention_heads", cfg.get("n_head"))
     nkv = cfg.get("num_key_value_heads", nh)
 
@@ -198,8 +201,8 @@ def reference_forward(model_dir, ids):
             xr = xs
             for l in range(s, e):
                 xr = layer(l, r, xr)
-            acc = acc + (xr - xs)
-        x = xs + acc
+            acc = acc + (xr if merge == "mean" else xr - xs)
+        x = acc / P if merge == "mean" else xs + acc
         s = e
     if fam == "llama":
         return _rms(x, W["model.norm.weight"], eps) @ W["lm_head.weight"].T
@@ -236,21 +239,23 @@ def test_p1_equals_transformers():
 def test_p2_p4_match_loop_reference():
     ms, dirs = base_models(kv_heads_llama=4, heads_llama=8, std=0.15, tag="_big")
     ids = torch.tensor([7, 1, 44, 23, 89, 5, 61, 30, 12])
-    cases = [(2, 1, None, []), (2, 2, None, []), (4, 1, None, []), (4, 2, None, []), (2, 2, "uneven", []),
-             (4, 2, None, [1]), (2, 1, "uneven", [0, 2])]  # with coupled layers
+    cases = [(2, 1, None, [], "delta"), (2, 2, None, [], "delta"), (4, 1, None, [], "delta"),
+             (4, 2, None, [], "delta"), (2, 2, "uneven", [], "delta"),
+             (4, 2, None, [1], "delta"), (2, 1, "uneven", [0, 2], "delta"),  # with coupled layers
+             (4, 2, None, [], "mean"), (2, 1, "uneven", [], "mean"), (4, 1, None, [2], "mean")]  # mean merge
     for fam in ("llama", "gpt2", "bert"):
         base = hf_out(ms[fam], fam, ids)
-        for P, k, sh, coupled in cases:
+        for P, k, sh, coupled, merge in cases:
             shares = ([6, 2] if fam == "llama" else [3, 1]) if sh else None
-            d = os.path.join(tmpdir(), f"{fam}_P{P}_k{k}_{sh or 'even'}_c{'-'.join(map(str, coupled))}")
-            decoupled.convert(dirs[fam], d, P, k, shares=shares, coupled=coupled)
+            d = os.path.join(tmpdir(), f"{fam}_P{P}_k{k}_{sh or 'even'}_c{'-'.join(map(str, coupled))}_{merge}")
+            decoupled.convert(dirs[fam], d, P, k, shares=shares, coupled=coupled, merge=merge)
             dm = decoupled.DecoupledModel.from_dir(d).eval()
             with torch.no_grad():
                 out = dm(ids).double().numpy()
             ref = reference_forward(d, ids.numpy())
             err = float(np.abs(out - ref).max())
             moved = float(np.abs(out - base.double().numpy()).max())
-            print(f"P={P} k={k} shares={shares} coupled={coupled} {fam}: max |DecoupledModel - loop reference| = {err:.2e}"
+            print(f"P={P} k={k} shares={shares} coupled={coupled} merge={merge} {fam}: max |DecoupledModel - loop reference| = {err:.2e}"
                   f"  (differs from base by {moved:.2e})")
             assert err < TOL, (fam, P, k, shares, err)
             assert moved > 1e-2, (fam, P, k, "decoupled model should differ from the base")
@@ -329,6 +334,36 @@ def test_format():
     assert "model.layers.1.sub.1.mlp.up_proj.weight" in W and "model.layers.1.mlp.up_proj.weight" not in W
     dm = decoupled.DecoupledModel.from_dir(d)
     assert dm.segments() == [(0, 1, True), (1, 2, False), (2, 3, True)] and dm.syncs_per_pass() == 5
+    # Mean merge: each sub-block's row-parallel outputs scaled up to the whole layer (heads / its heads,
+    # FFN columns / its columns), their biases whole; 'merge' recorded (absent for delta).
+    for fam, shares in (("llama", [6, 2]), ("bert", [3, 1])):
+        d = os.path.join(tmpdir(), f"{fam}_fmt_mean")
+        decoupled.convert(dirs[fam], d, 2, 1, shares=shares, merge="mean")
+        assert json.load(open(os.path.join(d, "config.json")))["bp"]["merge"] == "mean"
+        W = load_file(os.path.join(d, "model.safetensors"))
+        B = ms[fam].state_dict()
+        nh = sum(shares)
+        ffn = [48, 16]
+        dh = 32 // nh
+        for r in range(2):
+            h0, f0 = sum(shares[:r]) * dh, sum(ffn[:r])
+            q, f = slice(h0, h0 + shares[r] * dh), slice(f0, f0 + ffn[r])
+            if fam == "llama":
+                ao, fo, pre = "self_attn.o_proj", "mlp.down_proj", f"model.layers.1."
+            else:
+                ao, fo, pre = "attention.output.dense", "output.dense", f"encoder.layer.1."
+            sub = f"{pre}sub.{r}."
+            assert torch.allclose(W[sub + ao + ".weight"], B[pre + ao + ".weight"][:, q] * (nh / shares[r]))
+            assert torch.allclose(W[sub + fo + ".weight"], B[pre + fo + ".weight"][:, f] * (64 / ffn[r]))
+            if fam == "bert":
+                assert torch.equal(W[sub + fo + ".bias"], B[pre + fo + ".bias"])
+                assert torch.equal(W[sub + ao + ".bias"], B[pre + ao + ".bias"])
+    assert "merge" not in json.load(open(os.path.join(tmpdir(), "llama_fmt_P2", "config.json")))["bp"]
+    try:
+        decoupled.convert(dirs["llama"], os.path.join(tmpdir(), "bad"), 2, 1, merge="median")
+        raise AssertionError("merge 'median' accepted")
+    except ValueError as e:
+        assert "median" in str(e)
     try:
         decoupled.convert(dirs["llama"], os.path.join(tmpdir(), "bad"), 2, 1, coupled=[3])
         raise AssertionError("coupled layer 3 of 3 accepted")

@@ -218,3 +218,17 @@ TEST(ModelConfig, DecoupledCoupledLayers) {
                                      R"( "ffn": [80, 80], "coupled": [0]})");
   EXPECT_NE(msg.find("sub-block 0 has 3 heads for 1 key/value heads; coupled layers need 2"), std::string::npos) << msg;
 }
+
+// How the streams merge: absent = delta, "mean" read, anything else refused naming the file and key.
+TEST(ModelConfig, DecoupledMerge) {
+  const std::string bp = R"(, "bp": {"sub_blocks": 2, "sync_every": 1, "heads": [2, 2], "kv_heads": [1, 1],)"
+                         R"( "ffn": [80, 80])";
+  EXPECT_EQ(load_with(bp + "}").bp.merge, DecoupledSpec::Merge::Delta);
+  EXPECT_EQ(load_with(bp + R"(, "merge": "delta"})").bp.merge, DecoupledSpec::Merge::Delta);
+  EXPECT_EQ(load_with(bp + R"(, "merge": "mean"})").bp.merge, DecoupledSpec::Merge::Mean);
+  for (const char* bad : {R"(, "merge": "Mean"})", R"(, "merge": 1})", R"(, "merge": ["mean"]})"}) {
+    const std::string msg = load_error(bp + bad);
+    EXPECT_NE(msg.find("config.json (key 'bp'): key 'merge' is "), std::string::npos) << bad << " -> " << msg;
+    EXPECT_NE(msg.find(R"(expected "delta" or "mean")"), std::string::npos) << msg;
+  }
+}
