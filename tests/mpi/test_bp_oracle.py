@@ -140,19 +140,24 @@ def run_case(tmp, originals, prompts, targets, family, P, k, shares=None, couple
                   f"{per_pass} (want {want})")
 
 
+def worst_diff_to_transformers(ref, hf, family, prompts):
+    """Largest |reference forward - transformers| over the prompts: hidden states (BERT) or logits."""
+    worst = 0.0
+    with torch.no_grad():
+        for p in prompts:
+            ids = torch.tensor(p)
+            want = hf(input_ids=ids[None]).last_hidden_state[0] if family == "bert" else hf(input_ids=ids[None]).logits[0]
+            worst = max(worst, float((ref(ids) - want).abs().max()))
+    return worst
+
+
 def check_reference_all_coupled(tmp, originals, prompts):
     """The reference forward with every layer coupled is the original model (P = 4 sub-blocks, k = 2):
     the coupled-layer path of DecoupledModel is checked against transformers, not against itself."""
     for family, hf in originals.items():
         d = f"{tmp}/{family}_all_coupled"
         decoupled.convert(f"{tmp}/{family}", d, 4, 2, coupled=list(range(4)))
-        ref = decoupled.DecoupledModel.from_dir(d).eval()
-        with torch.no_grad():
-            worst = 0.0
-            for p in prompts:
-                ids = torch.tensor(p)
-                want = hf(input_ids=ids[None]).last_hidden_state[0] if family == "bert" else hf(input_ids=ids[None]).logits[0]
-                worst = max(worst, float((ref(ids) - want).abs().max()))
+        worst = worst_diff_to_transformers(decoupled.DecoupledModel.from_dir(d).eval(), hf, family, prompts)
         check(f"{family} reference, every layer coupled, vs transformers", worst < 1e-4, f"max |diff| {worst:.2e}")
 
 
@@ -163,13 +168,7 @@ def check_reference_p1_mean(tmp, originals, prompts):
         hf = originals[family]
         d = f"{tmp}/{family}_P1_mean"
         decoupled.convert(f"{tmp}/{family}", d, 1, 2, merge="mean")
-        ref = decoupled.DecoupledModel.from_dir(d).eval()
-        with torch.no_grad():
-            worst = 0.0
-            for p in prompts:
-                ids = torch.tensor(p)
-                want = hf(input_ids=ids[None]).last_hidden_state[0] if family == "bert" else hf(input_ids=ids[None]).logits[0]
-                worst = max(worst, float((ref(ids) - want).abs().max()))
+        worst = worst_diff_to_transformers(decoupled.DecoupledModel.from_dir(d).eval(), hf, family, prompts)
         check(f"{family} reference, P = 1, merge mean, vs transformers", worst < 1e-4, f"max |diff| {worst:.2e}")
 
 
