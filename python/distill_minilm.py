@@ -74,6 +74,21 @@ def more_sentences(per_source, files, held):
     return [s for s in sents if _key(s) not in held_keys]
 
 
+def resumed_student(resume_dir, converted_dir):
+    """resume_dir, once its decoupled layout (config.json's bp: sub-blocks, shares, sync_every, coupled
+    layers, merge) is the one just converted; otherwise exits naming the first setting that differs."""
+    def bp(d):
+        with open(os.path.join(d, "config.json")) as f:
+            return json.load(f).get("bp", {})
+    have, want = bp(resume_dir), bp(converted_dir)
+    for key in sorted(set(have) | set(want)):
+        if have.get(key) != want.get(key):
+            raise SystemExit(f"--resume {resume_dir}: config.json bp.{key} is {have.get(key)!r}, "
+                             f"but this config converts to {want.get(key)!r}")
+    print(f"resuming from {resume_dir}")
+    return resume_dir
+
+
 def screen(src, tmp, P, k, n, max_syncs, teacher, held_ids, merge="delta"):
     """The set of n coupled layers (syncs per pass <= max_syncs) whose conversion is closest to the
     original before any training: (layers, [{coupled, syncs_per_pass, mean_cosine}] of every candidate)."""
@@ -121,6 +136,8 @@ def main():
     ap.add_argument("--text", action="append", default=[],
                     help="also train on the sentences of this text file (held-out sentences removed); repeatable")
     ap.add_argument("--write-held-out", help="write the held-out sentences here, one per line")
+    ap.add_argument("--resume", help="go on training this distilled checkpoint of the --keep config (its bp settings "
+                                     "must equal the conversion's; use --local-frac 0 to skip the segment-wise phase)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--eval", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
@@ -164,6 +181,8 @@ def main():
         student = os.path.join(tmp, name)
         decoupled.convert(src, student, P, k, coupled=coupled, merge=a.merge)
         keep = name == a.keep
+        if keep and a.resume:
+            student = resumed_student(a.resume, student)
         out = a.out_dir if keep else os.path.join(tmp, name + "_distilled")
         budget = a.budget * w / sum(weights)
         local_steps = int(a.steps * a.local_frac / (1 - a.local_frac)) if a.local_frac > 0 else 0
