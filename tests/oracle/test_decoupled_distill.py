@@ -8,6 +8,9 @@
    teacher, and the report records the weight.
 4. distill_minilm's extra training sentences never contain a held-out sentence, even written with
    other case, spacing or punctuation.
+5. distill_minilm --resume takes a checkpoint of the same decoupled layout (the distilled P = 2 one,
+   whose held-out cosine the next distill then starts from) and refuses one of another layout,
+   naming the bp setting that differs.
 
 Runs as a script or under pytest; a few seconds."""
 import os
@@ -78,6 +81,25 @@ def test_p1_state_loss_zero_and_distilled_p2_improves():
                             eval_texts=TEXTS[40:], state_mse=1.0, log=lambda *_: None)
     print(f"P=2 k=1: held-out mean cosine {rep['before']['mean_cosine']:.4f} -> {rep['after']['mean_cosine']:.4f}")
     assert rep["state_mse"] == 1.0 and rep["after"]["mean_cosine"] > rep["before"]["mean_cosine"] + 0.01
+    check_resume_takes_same_layout_only(src, p2, os.path.join(TMP, "bert_P2_out"), rep["after"]["mean_cosine"])
+
+
+def check_resume_takes_same_layout_only(src, converted, distilled, distilled_cosine):
+    import distill_minilm
+    student = distill_minilm.resumed_student(distilled, converted)
+    rep = decoupled.distill(src, student, os.path.join(TMP, "bert_P2_resumed"), TEXTS[:40], 1, lr=0.0, batch_size=8,
+                            eval_texts=TEXTS[40:], log=lambda *_: None)
+    print(f"resumed: starts at {rep['before']['mean_cosine']:.4f} (distilled {distilled_cosine:.4f})")
+    assert abs(rep["before"]["mean_cosine"] - distilled_cosine) < 1e-6
+    other = os.path.join(TMP, "bert_P2_k2")
+    decoupled.convert(src, other, 2, 2)
+    try:
+        distill_minilm.resumed_student(distilled, other)
+    except SystemExit as e:
+        print(f"refused: {e}")
+        assert "bp.sync_every is 1" in str(e) and "converts to 2" in str(e), str(e)
+    else:
+        raise AssertionError("a checkpoint of another layout was resumed")
 
 
 def test_more_sentences_leave_out_held_out():
