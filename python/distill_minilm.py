@@ -138,6 +138,8 @@ def main():
     ap.add_argument("--write-held-out", help="write the held-out sentences here, one per line")
     ap.add_argument("--resume", help="go on training this distilled checkpoint of the --keep config (its bp settings "
                                      "must equal the conversion's; use --local-frac 0 to skip the segment-wise phase)")
+    ap.add_argument("--eval-every", type=int, default=0,
+                    help="measure the held-out cosine every this many steps (recorded as each phase's curve)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--eval", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
@@ -190,7 +192,7 @@ def main():
         rep = decoupled.distill(src, student, out, train, a.steps, lr=a.lr, batch_size=a.batch_size,
                                 eval_texts=held, max_len=64, token_mse=a.token_mse, state_mse=a.state_mse,
                                 local_steps=local_steps,
-                                local_lr=a.local_lr, max_seconds=budget, log_every=25)
+                                local_lr=a.local_lr, max_seconds=budget, log_every=25, eval_every=a.eval_every)
         rep["merge"] = a.merge
         rep["budget_seconds"] = budget
         rep["saved_to"] = out if keep else None

@@ -119,7 +119,7 @@ def _masked_mse(s, t, mask):
 
 def distill(teacher_dir, student_dir, out_dir, texts, steps, lr=3e-4, batch_size=32, eval_texts=None, n_eval=256,
             max_len=64, token_mse=0.0, state_mse=0.0, local_steps=0, local_lr=None, max_seconds=None, freeze_embeddings=True,
-            freeze_coupled=False, seed=0, warmup=0.05, weight_decay=0.0, log_every=50, log=print):
+            freeze_coupled=False, seed=0, warmup=0.05, weight_decay=0.0, log_every=50, eval_every=0, log=print):
     """Fine-tunes the decoupled student (student_dir) to match the original teacher (teacher_dir) and saves
     it to out_dir with its fidelity after training (out_dir/fidelity.yaml, decoupled/fidelity.py); returns a
     report (fidelity on held-out text before/after, steps, wall time).
@@ -135,7 +135,9 @@ def distill(teacher_dir, student_dir, out_dir, texts, steps, lr=3e-4, batch_size
     max_seconds the time is split between phases in proportion to their steps, and a phase ends at its
     steps or its time, whichever comes first (the schedule follows whichever is further along).
     Embeddings (and a tied LM head) stay frozen unless freeze_embeddings=False; coupled layers (the
-    original layers a decoupled model keeps) are trained like the sub-blocks unless freeze_coupled=True."""
+    original layers a decoupled model keeps) are trained like the sub-blocks unless freeze_coupled=True.
+    eval_every > 0 measures the held-out fidelity every that many steps of each phase (the phase's
+    "curve" in the report; a record of the run, not used to pick a checkpoint)."""
     t_start = time.time()
     torch.manual_seed(seed)
     _, _, teacher = load_hf(teacher_dir)
@@ -170,7 +172,7 @@ def distill(teacher_dir, student_dir, out_dir, texts, steps, lr=3e-4, batch_size
 
     def run_phase(name, n_steps, phase_lr, budget, loss_fn):
         opt = torch.optim.AdamW(params, lr=phase_lr, weight_decay=weight_decay)
-        t0, step, losses = time.time(), 0, []
+        t0, step, losses, curve = time.time(), 0, [], []
         while step < n_steps:
             frac = step / n_steps
             if budget:
@@ -191,8 +193,15 @@ def distill(teacher_dir, student_dir, out_dir, texts, steps, lr=3e-4, batch_size
             if log_every and step % log_every == 0:
                 log(f"{name} step {step}  loss {sum(losses[-log_every:]) / len(losses[-log_every:]):.5f}  "
                     f"lr {opt.param_groups[0]['lr']:.2e}  {time.time() - t0:.0f}s")
+            if eval_every and step % eval_every == 0:
+                with torch.no_grad():
+                    fid = evaluate(teacher, student, family, held)
+                curve.append({"step": step, "seconds": time.time() - t0, **fid})
+                log(f"{name} step {step}: held-out {fid}")
         phases.append({"phase": name, "steps": step, "seconds": time.time() - t0, "lr": phase_lr,
                        "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))})
+        if curve:
+            phases[-1]["curve"] = curve
         log(f"{name}: {step} steps in {time.time() - t0:.0f}s")
 
     def local_loss(ids, mask):

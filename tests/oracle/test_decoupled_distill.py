@@ -5,7 +5,7 @@
 2. A P = 1 conversion is the original: with state_mse (every segment's output against the teacher's
    stream there) its end-to-end loss is 0 and its held-out cosine 1 before any step.
 3. A P = 2 BERT student distilled for a few steps with state_mse improves its held-out cosine to the
-   teacher, and the report records the weight.
+   teacher, and the report records the weight and (eval_every) the held-out curve, ending at the final cosine.
 4. distill_minilm's extra training sentences never contain a held-out sentence, even written with
    other case, spacing or punctuation.
 5. distill_minilm --resume takes a checkpoint of the same decoupled layout (the distilled P = 2 one,
@@ -78,9 +78,12 @@ def test_p1_state_loss_zero_and_distilled_p2_improves():
     p2 = os.path.join(TMP, "bert_P2")
     decoupled.convert(src, p2, 2, 1)
     rep = decoupled.distill(src, p2, os.path.join(TMP, "bert_P2_out"), TEXTS[:40], 30, lr=3e-3, batch_size=8,
-                            eval_texts=TEXTS[40:], state_mse=1.0, log=lambda *_: None)
+                            eval_texts=TEXTS[40:], state_mse=1.0, eval_every=10, log=lambda *_: None)
     print(f"P=2 k=1: held-out mean cosine {rep['before']['mean_cosine']:.4f} -> {rep['after']['mean_cosine']:.4f}")
     assert rep["state_mse"] == 1.0 and rep["after"]["mean_cosine"] > rep["before"]["mean_cosine"] + 0.01
+    curve = rep["phases"][-1]["curve"]  # eval_every: held-out fidelity at steps 10, 20, 30, the last the final one
+    print(f"curve: {[(c['step'], round(c['mean_cosine'], 4)) for c in curve]}")
+    assert [c["step"] for c in curve] == [10, 20, 30] and abs(curve[-1]["mean_cosine"] - rep["after"]["mean_cosine"]) < 1e-6
     check_resume_takes_same_layout_only(src, p2, os.path.join(TMP, "bert_P2_out"), rep["after"]["mean_cosine"])
 
 
