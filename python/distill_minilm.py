@@ -28,6 +28,8 @@ threads (oversubscription), so --threads defaults to 1 and OpenBLAS keeps its th
     python python/distill_minilm.py [--budget 780] [--out-dir /tmp/minilm_p4k1]
     python python/distill_minilm.py --configs 4:1,4:2:best1,4:2:best2 --json bench/results/minilm_coupled.json
     python python/distill_minilm.py --configs 4:2:2+5 --keep P4_k2_c2+5 --out-dir out/minilm_p4k2c25 ...
+    python python/distill_minilm.py --configs 4:2:2+5 --keep P4_k2_c2+5 --resume out/minilm_p4k2c25 --local-frac 0 \
+        --out-dir out/minilm_p4k2c25_more ...      # go on training a distilled checkpoint
 """
 import argparse
 import json
@@ -72,6 +74,11 @@ def more_sentences(per_source, files, held):
     held_keys = {_key(s) for s in held}
     sents = sorted({s for t in texts for s in decoupled.text._clean_sentences(t)})
     return [s for s in sents if _key(s) not in held_keys]
+
+
+def config_name(P, k, coupled, merge):
+    """A config's name in the log and for --keep: P4_k2_c2+5_mean."""
+    return f"P{P}_k{k}" + (f"_c{'+'.join(map(str, coupled))}" if coupled else "") + ("" if merge == "delta" else f"_{merge}")
 
 
 def resumed_student(resume_dir, converted_dir):
@@ -166,6 +173,12 @@ def main():
         configs.append((int(parts[0]), int(parts[1]), parts[2] if len(parts) > 2 else ""))
     weights = [float(w) for w in a.weights.split(",")][:len(configs)]
     weights += [1.0] * (len(configs) - len(weights))
+    if a.resume:  # refused now rather than after hours of training the other configs
+        names = [config_name(P, k, [int(x) for x in spec.split("+") if x], a.merge) for P, k, spec in configs
+                 if not spec.startswith("best")]
+        if a.keep not in names:
+            raise SystemExit(f"--resume {a.resume}: --keep {a.keep} is none of the configs' names ({', '.join(names)}; "
+                             "a bestN config cannot be resumed)")
     tmp = tempfile.mkdtemp(prefix="minilm_dc_")
     teacher = decoupled.load_hf(src)[2]
     tok = decoupled.distill_tokenizer(src, teacher.config.vocab_size)
@@ -178,8 +191,7 @@ def main():
                                          held_ids[:a.screen_eval], a.merge)
         else:
             coupled = [int(x) for x in spec.split("+") if x != ""]
-        name = f"P{P}_k{k}" + (f"_c{'+'.join(map(str, coupled))}" if coupled else "") \
-            + ("" if a.merge == "delta" else f"_{a.merge}")
+        name = config_name(P, k, coupled, a.merge)
         student = os.path.join(tmp, name)
         decoupled.convert(src, student, P, k, coupled=coupled, merge=a.merge)
         keep = name == a.keep
