@@ -54,7 +54,7 @@ import bench_planner as bp  # noqa: E402  (mpirun with a timeout)
 import bench_spd_text  # noqa: E402
 import spd_checkpoint  # noqa: E402
 import spd_sensitivity  # noqa: E402
-from spd_finetune import finetune_kl  # noqa: E402
+from spd_finetune import finetune_kl, warmup_error  # noqa: E402
 from spd_model import SpdLlama  # noqa: E402
 from spd_recover import BY_CLASS, Method, recover_in_layer_order, recovered_model  # noqa: E402
 
@@ -195,8 +195,8 @@ def main():
     methods = [m.strip() for m in a.methods.split(",")]
     if any(m not in METHODS for m in methods) or any(not 0 < x <= 100 for x in shares):
         sys.exit(f"--methods {a.methods!r} / --shares {a.shares!r}: expected methods of {METHODS}, shares in 1..100")
-    if a.e2e_warmup < 0 or (a.e2e_steps > 0 and a.e2e_warmup >= a.e2e_steps):
-        sys.exit(f"--e2e-warmup {a.e2e_warmup}: expected 0 <= warm-up < --e2e-steps {a.e2e_steps}")
+    if warmup_error(a.e2e_warmup, a.e2e_steps):
+        sys.exit(warmup_error(a.e2e_warmup, a.e2e_steps))
     if a.cal_rows is None:
         a.cal_rows = 1024 if a.text == "more" else 128
     torch.set_num_threads(1)

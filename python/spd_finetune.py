@@ -34,6 +34,14 @@ def _student_log_probs(model, blocks, x, first, drop, cos, sin):
     return _log_probs(model, x)
 
 
+def warmup_error(warmup, steps):
+    """Why a warm-up of `warmup` steps does not fit `steps` tuning steps (None when it does): the
+    check both command lines make before any work, and finetune_kl's own."""
+    if not 0 <= warmup < max(steps, 1):
+        return f"--e2e-warmup {warmup}: expected 0 <= warm-up < --e2e-steps {steps}"
+    return None
+
+
 def finetune_kl(model, blocks, x_first, x_last, steps=100, lr=3e-5, batch=4, eval_rows=32, seed=0, warmup=0,
                 log=print):
     """Copies of the dropped blocks {l: SpdBlock} (already distilled, or as they are) tuned jointly
@@ -42,6 +50,8 @@ def finetune_kl(model, blocks, x_first, x_last, steps=100, lr=3e-5, batch=4, eva
     [N, T, H]: the original input to block min(blocks) and last hidden state on calibration rows.
     The lr rises linearly over the first `warmup` steps (Adam's first steps at a high lr would
     undo the distilled blocks' start), then decays to 0 on a cosine."""
+    if warmup_error(warmup, steps):
+        raise ValueError(warmup_error(warmup, steps))
     drop = set(blocks)
     first = min(drop)
     student = {l: copy.deepcopy(b).train() for l, b in blocks.items()}

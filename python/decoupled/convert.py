@@ -33,19 +33,19 @@ def _slice_layer(family, suffix, t, P, d, H, hr, kvr, fr, nh, ffn, merge="delta"
     a_up = nh / (hr[1] - hr[0]) if mean else 1.0  # scale of the attention-out partial
     f_up = ffn / (fr[1] - fr[0]) if mean else 1.0  # scale of the FFN-down partial
     copy = lambda: t.clone()  # noqa: E731
-    rows = lambda s, up=1.0: t[s] * up if up != 1.0 else t[s].clone()  # noqa: E731  (nn.Linear [out, in]; bias [out])
-    cols = lambda s, up=1.0: t[:, s] * up if up != 1.0 else t[:, s].clone()  # noqa: E731
-    div = lambda: t.clone() if mean else t / P  # noqa: E731  (a row-parallel bias)
+    rows = lambda s, up=1.0: t[s] * up  # noqa: E731  (a new tensor; nn.Linear [out, in]; bias [out])
+    cols = lambda s, up=1.0: t[:, s] * up  # noqa: E731
+    row_bias = lambda: t.clone() if mean else t / P  # noqa: E731  (the bias of a row-parallel output)
     if family == "llama":
         table = {
             "input_layernorm.weight": copy, "post_attention_layernorm.weight": copy,
             "self_attn.q_proj.weight": lambda: rows(q), "self_attn.q_proj.bias": lambda: rows(q),
             "self_attn.k_proj.weight": lambda: rows(kv), "self_attn.k_proj.bias": lambda: rows(kv),
             "self_attn.v_proj.weight": lambda: rows(kv), "self_attn.v_proj.bias": lambda: rows(kv),
-            "self_attn.o_proj.weight": lambda: cols(q, a_up), "self_attn.o_proj.bias": div,
+            "self_attn.o_proj.weight": lambda: cols(q, a_up), "self_attn.o_proj.bias": row_bias,
             "mlp.gate_proj.weight": lambda: rows(f), "mlp.gate_proj.bias": lambda: rows(f),
             "mlp.up_proj.weight": lambda: rows(f), "mlp.up_proj.bias": lambda: rows(f),
-            "mlp.down_proj.weight": lambda: cols(f, f_up), "mlp.down_proj.bias": div,
+            "mlp.down_proj.weight": lambda: cols(f, f_up), "mlp.down_proj.bias": row_bias,
         }
     elif family == "gpt2":
         def qkv():
@@ -55,19 +55,19 @@ def _slice_layer(family, suffix, t, P, d, H, hr, kvr, fr, nh, ffn, merge="delta"
         table = {
             "ln_1.weight": copy, "ln_1.bias": copy, "ln_2.weight": copy, "ln_2.bias": copy,
             "attn.c_attn.weight": qkv, "attn.c_attn.bias": qkv,
-            "attn.c_proj.weight": lambda: rows(q, a_up), "attn.c_proj.bias": div,  # Conv1D [in, out]
+            "attn.c_proj.weight": lambda: rows(q, a_up), "attn.c_proj.bias": row_bias,  # Conv1D [in, out]
             "mlp.c_fc.weight": lambda: cols(f), "mlp.c_fc.bias": lambda: rows(f),
-            "mlp.c_proj.weight": lambda: rows(f, f_up), "mlp.c_proj.bias": div,
+            "mlp.c_proj.weight": lambda: rows(f, f_up), "mlp.c_proj.bias": row_bias,
         }
     else:
         table = {
             "attention.self.query.weight": lambda: rows(q), "attention.self.query.bias": lambda: rows(q),
             "attention.self.key.weight": lambda: rows(q), "attention.self.key.bias": lambda: rows(q),
             "attention.self.value.weight": lambda: rows(q), "attention.self.value.bias": lambda: rows(q),
-            "attention.output.dense.weight": lambda: cols(q, a_up), "attention.output.dense.bias": div,
+            "attention.output.dense.weight": lambda: cols(q, a_up), "attention.output.dense.bias": row_bias,
             "attention.output.LayerNorm.weight": copy, "attention.output.LayerNorm.bias": copy,
             "intermediate.dense.weight": lambda: rows(f), "intermediate.dense.bias": lambda: rows(f),
-            "output.dense.weight": lambda: cols(f, f_up), "output.dense.bias": div,
+            "output.dense.weight": lambda: cols(f, f_up), "output.dense.bias": row_bias,
             "output.LayerNorm.weight": copy, "output.LayerNorm.bias": copy,
         }
     if suffix not in table:
