@@ -147,6 +147,9 @@ def main():
                                      "must equal the conversion's; use --local-frac 0 to skip the segment-wise phase)")
     ap.add_argument("--eval-every", type=int, default=0,
                     help="measure the held-out cosine every this many steps (recorded as each phase's curve)")
+    ap.add_argument("--cache-teacher", action=argparse.BooleanOptionalAction, default=True,
+                    help="keep the teacher's output per training sentence after its first draw (~1 GB for 23k "
+                         "sentences; saves the teacher's forward from the second epoch on)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--eval", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
@@ -204,7 +207,8 @@ def main():
         rep = decoupled.distill(src, student, out, train, a.steps, lr=a.lr, batch_size=a.batch_size,
                                 eval_texts=held, max_len=64, token_mse=a.token_mse, state_mse=a.state_mse,
                                 local_steps=local_steps,
-                                local_lr=a.local_lr, max_seconds=budget, log_every=25, eval_every=a.eval_every)
+                                local_lr=a.local_lr, max_seconds=budget, log_every=25, eval_every=a.eval_every,
+                                cache_teacher=a.cache_teacher)
         rep["merge"] = a.merge
         rep["budget_seconds"] = budget
         rep["saved_to"] = out if keep else None

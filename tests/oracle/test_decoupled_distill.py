@@ -8,7 +8,10 @@
    teacher, and the report records the weight and (eval_every) the held-out curve, ending at the final cosine.
 4. distill_minilm's extra training sentences never contain a held-out sentence, even written with
    other case, spacing or punctuation.
-5. distill_minilm --resume takes a checkpoint of the same decoupled layout (the distilled P = 2 one,
+5. TeacherCache's targets, assembled from per-sequence rows kept across batches of other lengths, are
+   transformers' own output for that batch at every unpadded position; a distillation with the cache
+   follows the same loss curve as one without.
+6. distill_minilm --resume takes a checkpoint of the same decoupled layout (the distilled P = 2 one,
    whose held-out cosine the next distill then starts from) and refuses one of another layout,
    naming the bp setting that differs.
 
@@ -105,6 +108,34 @@ def check_resume_takes_same_layout_only(src, converted, distilled, distilled_cos
         raise AssertionError("a checkpoint of another layout was resumed")
 
 
+def test_teacher_cache_is_the_teachers_output():
+    for family, m in models().items():
+        cache = dd.TeacherCache(m, family)
+        torch.manual_seed(1)
+        pool = [torch.randint(3, 257, (n,)).tolist() for n in (4, 9, 6, 12, 7)]
+        for batch in ([pool[0], pool[1]], [pool[2], pool[0], pool[3]], [pool[1], pool[4], pool[2]]):
+            ids, mask = dd._pad(batch)
+            got = cache(batch)
+            with torch.no_grad():
+                kw = {"token_type_ids": torch.zeros_like(ids)} if family == "bert" else {}
+                out = m(input_ids=ids, attention_mask=mask, **kw)
+                want = out.last_hidden_state if family == "bert" else out.logits
+            m3 = mask.bool()
+            worst = float((got[m3] - want[m3]).abs().max())
+            assert got.shape == want.shape and worst < 1e-4, (family, got.shape, want.shape, worst)
+        print(f"{family}: cached teacher rows vs transformers on 3 batches: max |diff| {worst:.1e}, "
+              f"{len(cache.rows)} sequences kept")
+        assert len(cache.rows) == 5
+    src = os.path.join(TMP, "bert")
+    p2 = os.path.join(TMP, "bert_P2_cache")
+    decoupled.convert(src, p2, 2, 1)
+    reps = [decoupled.distill(src, p2, os.path.join(TMP, f"bert_P2_cache_{c}"), TEXTS[:40], 12, lr=3e-3, batch_size=8,
+                              eval_texts=TEXTS[40:], cache_teacher=c, log=lambda *_: None) for c in (False, True)]
+    a, b = (r["after"]["mean_cosine"] for r in reps)
+    print(f"12 steps without / with the teacher cache: held-out cosine {a:.6f} / {b:.6f}")
+    assert abs(a - b) < 1e-4 and a > reps[0]["before"]["mean_cosine"] + 0.01
+
+
 def test_more_sentences_leave_out_held_out():
     import distill_minilm
     held = ["The quick brown fox jumps over the lazy dog near the river bank.",
@@ -122,5 +153,6 @@ def test_more_sentences_leave_out_held_out():
 if __name__ == "__main__":
     test_teacher_states_are_transformers_hidden_states()
     test_p1_state_loss_zero_and_distilled_p2_improves()
+    test_teacher_cache_is_the_teachers_output()
     test_more_sentences_leave_out_held_out()
     print("decoupled distillation: all passed")
