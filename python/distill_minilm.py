@@ -13,7 +13,8 @@ into the JSON).
 
 Text: English sentences (8..40 words) from /usr/share/common-licenses, /usr/share/doc/*/copyright and
 Python stdlib docstrings, deduplicated, sorted, shuffled with a fixed seed; the first --eval are held
-out (--write-held-out writes them), and training sentences equal to a held-out one up to case, spacing
+out (--write-held-out writes them; which ones depends on the packages installed, so --held-out FILE
+evaluates on a fixed list instead, bench/results/minilm_heldout.txt for every published row), and training sentences equal to a held-out one up to case, spacing
 and punctuation are dropped. --more-text N and --text FILE add training sentences (bench/bench_spd_text.py's
 package docstrings and Debian docs; any file), held-out ones removed the same way.
 
@@ -74,6 +75,21 @@ def more_sentences(per_source, files, held):
     held_keys = {_key(s) for s in held}
     sents = sorted({s for t in texts for s in decoupled.text._clean_sentences(t)})
     return [s for s in sents if _key(s) not in held_keys]
+
+
+def split_text(sents, n_eval, held_out_file=None):
+    """(train, held-out, near): the seeded split of sents (the first n_eval held out), or with
+    held_out_file that file's sentences held out (one per line; the seeded split depends on the packages
+    installed, a file does not). Training sentences equal to a held-out one up to case, spacing and
+    punctuation are removed from train and returned as near."""
+    train, held = decoupled.split_sentences(sents, n_eval=n_eval, seed=0)
+    if held_out_file:
+        with open(held_out_file, encoding="utf-8") as f:
+            held = [line.strip() for line in f if line.strip()]
+        train = sorted(set(sents) - set(held))
+    held_keys = {_key(s) for s in held}
+    near = [s for s in train if _key(s) in held_keys]
+    return [s for s in train if _key(s) not in held_keys], held, near
 
 
 def config_name(P, k, coupled, merge):
@@ -143,6 +159,9 @@ def main():
     ap.add_argument("--text", action="append", default=[],
                     help="also train on the sentences of this text file (held-out sentences removed); repeatable")
     ap.add_argument("--write-held-out", help="write the held-out sentences here, one per line")
+    ap.add_argument("--held-out", help="evaluate on this file's sentences (one per line, e.g. "
+                                       "bench/results/minilm_heldout.txt) instead of the seeded split; they and "
+                                       "their near-duplicates are kept out of the training text")
     ap.add_argument("--resume", help="go on training this distilled checkpoint of the --keep config (its bp settings "
                                      "must equal the conversion's; use --local-frac 0 to skip the segment-wise phase)")
     ap.add_argument("--eval-every", type=int, default=0,
@@ -157,11 +176,7 @@ def main():
     torch.set_num_threads(a.threads)
     src = a.model or minilm_dir()
     t0 = time.time()
-    sents = decoupled.default_sentences()
-    train, held = decoupled.split_sentences(sents, n_eval=a.eval, seed=0)
-    held_keys = {_key(s) for s in held}
-    near = [s for s in train if _key(s) in held_keys]  # the same sentence but for case or punctuation
-    train = [s for s in train if _key(s) not in held_keys]
+    train, held, near = split_text(decoupled.default_sentences(), a.eval, a.held_out)
     extra = more_sentences(a.more_text, a.text, held)
     print(f"{len(sents)} sentences: {len(train)} train ({len(near)} near-duplicates of held-out ones removed), "
           f"{len(held)} held out; {len(extra)} more train sentences "

@@ -7,7 +7,7 @@
 3. A P = 2 BERT student distilled for a few steps with state_mse improves its held-out cosine to the
    teacher, and the report records the weight and (eval_every) the held-out curve, ending at the final cosine.
 4. distill_minilm's extra training sentences never contain a held-out sentence, even written with
-   other case, spacing or punctuation.
+   other case, spacing or punctuation; nor does its training text when --held-out names the held-out file.
 5. TeacherCache's targets, assembled from per-sequence rows kept across batches of other lengths, are
    transformers' own output for that batch at every unpadded position; a distillation with the cache
    follows the same loss curve as one without.
@@ -148,6 +148,13 @@ def test_more_sentences_leave_out_held_out():
     got = distill_minilm.more_sentences(0, [path], held)
     print(f"extra sentences kept: {got}")
     assert got == ["An unrelated sentence of ten words that should stay in the text."]
+    held_file = os.path.join(TMP, "held.txt")
+    with open(held_file, "w") as f:
+        f.write("".join(s + "\n" for s in held))
+    sents = ["the quick brown fox jumps over the lazy dog near the river bank"] + held + TEXTS[:10]
+    train, got_held, near = distill_minilm.split_text(sents, 4, held_file)
+    print(f"--held-out file: {len(got_held)} held out, {len(train)} train, near-duplicates removed: {near}")
+    assert got_held == held and sorted(train) == sorted(TEXTS[:10]) and len(near) == 1
 
 
 if __name__ == "__main__":
