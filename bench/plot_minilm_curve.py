@@ -49,7 +49,8 @@ def main(argv=None):
     run = doc["results"][0]
     pts = points(run, start)
     ax.plot(*zip(*pts), "o-", color="tab:blue",
-            label=f"{'resumed' if a.first else 'run'}: {run['steps']} end-to-end steps, {doc['train_sentences']} sentences")
+            label=f"{'resumed' if a.first else 'run'}: " + " + ".join(f"{ph['steps']} {ph['phase']}" for ph in run["phases"])
+            + f" steps, {doc['train_sentences']} sentences")
     ax.annotate(f"{pts[-1][1]:.4f}", pts[-1], textcoords="offset points", xytext=(-40, 8))
     ax.axhline(a.goal, color="tab:red", lw=1, ls=":", label=f"goal {a.goal}")
     ax.set_xlabel("training steps (batch 32)")
