@@ -14,9 +14,10 @@ into the JSON).
 Text: English sentences (8..40 words) from /usr/share/common-licenses, /usr/share/doc/*/copyright and
 Python stdlib docstrings, deduplicated, sorted, shuffled with a fixed seed; the first --eval are held
 out (--write-held-out writes them; which ones depends on the packages installed, so --held-out FILE
-evaluates on a fixed list instead, bench/results/minilm_heldout.txt for every published row), and training sentences equal to a held-out one up to case, spacing
-and punctuation are dropped. --more-text N and --text FILE add training sentences (bench/bench_spd_text.py's
-package docstrings and Debian docs; any file), held-out ones removed the same way.
+evaluates on a fixed list instead, bench/results/minilm_heldout.txt for every published row), and
+training sentences equal to a held-out one up to case, spacing and punctuation are dropped.
+--more-text N and --text FILE add training sentences (bench/bench_spd_text.py's package docstrings
+and Debian docs; any file), held-out ones removed the same way.
 
 Loss (decoupled.distill): segment-wise phase (--local-frac of the steps), then end to end on the
 pooled embedding (+ --token-mse x token MSE, + --state-mse x every segment's output against the
@@ -84,8 +85,13 @@ def split_text(sents, n_eval, held_out_file=None):
     punctuation are removed from train and returned as near."""
     train, held = decoupled.split_sentences(sents, n_eval=n_eval, seed=0)
     if held_out_file:
-        with open(held_out_file, encoding="utf-8") as f:
-            held = [line.strip() for line in f if line.strip()]
+        try:
+            with open(held_out_file, encoding="utf-8") as f:
+                held = [line.strip() for line in f if line.strip()]
+        except OSError as e:
+            raise SystemExit(f"--held-out {held_out_file}: {e.strerror}")
+        if not held:
+            raise SystemExit(f"--held-out {held_out_file}: no sentences (expected one per line)")
         train = sorted(set(sents) - set(held))
     held_keys = {_key(s) for s in held}
     near = [s for s in train if _key(s) in held_keys]

@@ -155,6 +155,15 @@ def test_more_sentences_leave_out_held_out():
     train, got_held, near = distill_minilm.split_text(sents, 4, held_file)
     print(f"--held-out file: {len(got_held)} held out, {len(train)} train, near-duplicates removed: {near}")
     assert got_held == held and sorted(train) == sorted(TEXTS[:10]) and len(near) == 1
+    for bad, want in ((os.path.join(TMP, "no_such.txt"), "No such file"), (path + ".empty", "no sentences")):
+        open(path + ".empty", "w").close()
+        try:
+            distill_minilm.split_text(sents, 4, bad)
+        except SystemExit as e:
+            print(f"refused: {e}")
+            assert str(e).startswith(f"--held-out {bad}: ") and want in str(e), str(e)
+        else:
+            raise AssertionError(f"--held-out {bad} was accepted")
 
 
 if __name__ == "__main__":
