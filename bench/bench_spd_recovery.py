@@ -195,8 +195,8 @@ def main():
     methods = [m.strip() for m in a.methods.split(",")]
     if any(m not in METHODS for m in methods) or any(not 0 < x <= 100 for x in shares):
         sys.exit(f"--methods {a.methods!r} / --shares {a.shares!r}: expected methods of {METHODS}, shares in 1..100")
-    if warmup_error(a.e2e_warmup, a.e2e_steps):
-        sys.exit(warmup_error(a.e2e_warmup, a.e2e_steps))
+    if err := warmup_error(a.e2e_warmup, a.e2e_steps):
+        sys.exit(err)
     if a.cal_rows is None:
         a.cal_rows = 1024 if a.text == "more" else 128
     torch.set_num_threads(1)

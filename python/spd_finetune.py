@@ -50,8 +50,8 @@ def finetune_kl(model, blocks, x_first, x_last, steps=100, lr=3e-5, batch=4, eva
     [N, T, H]: the original input to block min(blocks) and last hidden state on calibration rows.
     The lr rises linearly over the first `warmup` steps (Adam's first steps at a high lr would
     undo the distilled blocks' start), then decays to 0 on a cosine."""
-    if warmup_error(warmup, steps):
-        raise ValueError(warmup_error(warmup, steps))
+    if err := warmup_error(warmup, steps):
+        raise ValueError(err)
     drop = set(blocks)
     first = min(drop)
     student = {l: copy.deepcopy(b).train() for l, b in blocks.items()}

@@ -148,8 +148,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.e2e_steps < 0 or (a.sens_rows is not None and a.sens_rows < 1):
         sys.exit(f"spd_recover: error: --e2e-steps {a.e2e_steps} / --sens-rows {a.sens_rows}: expected >= 0 / >= 1")
-    if spd_finetune.warmup_error(a.e2e_warmup, a.e2e_steps):
-        sys.exit(f"spd_recover: error: {spd_finetune.warmup_error(a.e2e_warmup, a.e2e_steps)}")
+    if err := spd_finetune.warmup_error(a.e2e_warmup, a.e2e_steps):
+        sys.exit(f"spd_recover: error: {err}")
     torch.set_num_threads(1)
     try:
         model = SpdLlama.from_dir(a.model, a.tp)

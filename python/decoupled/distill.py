@@ -124,13 +124,14 @@ class TeacherCache:
 
     @torch.no_grad()
     def __call__(self, seqs):
-        missing = list({tuple(s) for s in seqs if tuple(s) not in self.rows})
+        keys = [tuple(s) for s in seqs]
+        missing = list({k for k in keys if k not in self.rows})
         if missing:
             ids, mask = _pad(missing)
             out = _teacher_out(self.teacher, self.family, ids, mask)
-            for i, s in enumerate(missing):
-                self.rows[s] = out[i, :len(s)].clone()
-        rows = [self.rows[tuple(s)] for s in seqs]
+            for i, k in enumerate(missing):
+                self.rows[k] = out[i, :len(k)].clone()
+        rows = [self.rows[k] for k in keys]
         t = rows[0].new_zeros(len(rows), max(len(r) for r in rows), *rows[0].shape[1:])
         for i, r in enumerate(rows):
             t[i, :len(r)] = r
