@@ -182,7 +182,8 @@ def main():
     torch.set_num_threads(a.threads)
     src = a.model or minilm_dir()
     t0 = time.time()
-    train, held, near = split_text(decoupled.default_sentences(), a.eval, a.held_out)
+    sents = decoupled.default_sentences()
+    train, held, near = split_text(sents, a.eval, a.held_out)
     extra = more_sentences(a.more_text, a.text, held)
     print(f"{len(sents)} sentences: {len(train)} train ({len(near)} near-duplicates of held-out ones removed), "
           f"{len(held)} held out; {len(extra)} more train sentences "
