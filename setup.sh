@@ -9,7 +9,8 @@ cd "$(dirname "$0")"
 APT_PACKAGES=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools
   libyaml-cpp-dev libboost-program-options-dev libopenblas-dev libgtest-dev libgmock-dev
   nlohmann-json3-dev python3-venv python3-pip python3-torch python3-numpy python3-h5py
-  python3-yaml python3-requests python3-matplotlib iproute2 python3-jinja2)
+  python3-yaml python3-requests python3-matplotlib iproute2 python3-jinja2
+  python3-pyflakes)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
