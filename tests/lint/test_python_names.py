@@ -15,6 +15,8 @@ import tempfile
 from pyflakes import api, messages, reporter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "python"))
+import oracle  # noqa: E402
 FOLDERS = ("python", "bench", "tests", "examples")
 FATAL = (messages.UndefinedName, messages.UndefinedLocal, messages.UndefinedExport)
 
@@ -37,7 +39,7 @@ class Collect(reporter.Reporter):
         self.found.append((filename, 0, f"unreadable: {msg}"))
 
 
-def check(paths):
+def check_paths(paths):
     rep = Collect()
     for p in paths:
         api.checkPath(p, rep)
@@ -54,27 +56,22 @@ def python_files():
 
 
 def main():
-    failures = 0
+    check = oracle.Checks("lint_python_names")
     with tempfile.TemporaryDirectory() as tmp:
         bad = os.path.join(tmp, "bad.py")
         with open(bad, "w") as f:
             f.write("def main():\n    train = split(pool)\n    print(len(sents), train)\n")
-        found = check([bad])
-        names = sorted(t for _, _, t in found)
-        ok = names == ["undefined name 'pool'", "undefined name 'sents'", "undefined name 'split'"]
-        print(f"{'PASS' if ok else 'FAIL'}: a file with three undefined names gives three findings: {names}")
-        failures += not ok
+        names = sorted(t for _, _, t in check_paths([bad]))
+        check("a file with three undefined names gives three findings",
+              names == ["undefined name 'pool'", "undefined name 'sents'", "undefined name 'split'"], str(names))
 
     files = python_files()
-    found = check(files)
+    found = check_paths(files)
     for path, line, text in found:
         print(f"  {os.path.relpath(path, ROOT)}:{line}: {text}")
-    ok = len(files) > 50 and not found
-    print(f"{'PASS' if ok else 'FAIL'}: {len(files)} Python files under {', '.join(FOLDERS)}: "
-          f"{len(found)} undefined names or syntax errors")
-    failures += not ok
-    sys.exit(1 if failures else 0)
-
+    check(f"{len(files)} Python files under {', '.join(FOLDERS)}: no undefined name or syntax error",
+          len(files) > 50 and not found, f"{len(found)} found")
+    check.finish()
 
 if __name__ == "__main__":
     main()
