@@ -307,7 +307,6 @@ def unequal_block(b, a, tmp):
 def figures(res, outdir):
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     colours = {"TP": "tab:blue", "TP+SPD": "tab:orange", "BP": "tab:green", "DP": "tab:red", "TP uneven": "tab:purple",
                "TP x DP": "tab:brown"}
     markers = {"shm": "o", "1gbit": "s", "100mbit": "^"}
@@ -351,7 +350,7 @@ def unequal_figure(res, outdir):
         names = list(u)
         fig, ax = plt.subplots(figsize=(7, 3.6))
         vals = [1e3 * u[n]["decode_step_s"] for n in names]
-        bars = ax.barh(range(len(names)), vals, color=["tab:grey", "tab:blue", "tab:olive", "tab:cyan", "tab:green"][:len(names)])
+        ax.barh(range(len(names)), vals, color=["tab:grey", "tab:blue", "tab:olive", "tab:cyan", "tab:green"][:len(names)])
         for i, n in enumerate(names):
             ax.text(vals[i], i, f" {vals[i]:.0f} ms (x{u[n]['speedup_vs_even']:.2f})", va="center", fontsize=8)
         ax.set_yticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=7)

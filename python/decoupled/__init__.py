@@ -29,3 +29,7 @@ from .distill import distill, evaluate, tokenizer as distill_tokenizer  # noqa: 
 from .family import FAMILIES, LAYER_PREFIX, LAYER_RE, MERGES, make_shares, segments, sizes  # noqa: F401
 from .model import DecoupledModel  # noqa: F401
 from .text import default_sentences, sentences_from_files, split_sentences  # noqa: F401
+
+__all__ = ["convert", "load_hf", "fidelity", "distill", "evaluate", "distill_tokenizer", "FAMILIES", "LAYER_PREFIX",
+           "LAYER_RE", "MERGES", "make_shares", "segments", "sizes", "DecoupledModel", "default_sentences",
+           "sentences_from_files", "split_sentences"]

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 
-import h5py
 import torch
 import yaml
 

@@ -13,7 +13,6 @@ and in a kept layer plain TP:  x += sum_r a_r + b_o;  x += sum_r FFN_r(norm2(x))
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 

@@ -1,7 +1,6 @@
 """Tensor and data parallelism are exact: for LLaMA (GQA), GPT-2 and BERT, lowsync at
 (tp, dp) = (1,1), (2,1), (4,1), (2,2), (1,2) gives transformers' results: score log-probs within 1e-4,
 greedy tokens identical, embeddings within 1e-5. Transformers is the oracle for every setting."""
-import json
 import os
 import sys
 import tempfile

@@ -349,9 +349,9 @@ def test_format():
             h0, f0 = sum(shares[:r]) * dh, sum(ffn[:r])
             q, f = slice(h0, h0 + shares[r] * dh), slice(f0, f0 + ffn[r])
             if fam == "llama":
-                ao, fo, pre = "self_attn.o_proj", "mlp.down_proj", f"model.layers.1."
+                ao, fo, pre = "self_attn.o_proj", "mlp.down_proj", "model.layers.1."
             else:
-                ao, fo, pre = "attention.output.dense", "output.dense", f"encoder.layer.1."
+                ao, fo, pre = "attention.output.dense", "output.dense", "encoder.layer.1."
             sub = f"{pre}sub.{r}."
             assert torch.allclose(W[sub + ao + ".weight"], B[pre + ao + ".weight"][:, q] * (nh / shares[r]))
             assert torch.allclose(W[sub + fo + ".weight"], B[pre + fo + ".weight"][:, f] * (64 / ffn[r]))
