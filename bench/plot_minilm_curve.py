@@ -2,7 +2,7 @@
 """Draws the held-out mean cosine of decoupled MiniLM distillation runs against training steps, from
 the JSON that python/distill_minilm.py writes (phases' "curve", recorded with --eval-every, and the
 before/after fidelity of each run). A run resumed from another (--resume) continues that run's step
-count when its JSON is given first with --first.
+count when its JSON is given first with --first (repeated for a chain of resumed runs, oldest first).
 
     .venv/bin/python bench/plot_minilm_curve.py bench/results/minilm_mean_resume.json \
         --first bench/results/minilm_mean_long.json --out bench/results/minilm_mean_resume.png
@@ -27,7 +27,8 @@ def points(run, start):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("json")
-    ap.add_argument("--first", help="the JSON of the run this one resumed")
+    ap.add_argument("--first", action="append",
+                    help="the JSON of the run this one resumed; repeat it for a chain of resumed runs, oldest first")
     ap.add_argument("--goal", type=float, default=0.98)
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
@@ -37,11 +38,12 @@ def main(argv=None):
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     start, shown = 0, []
-    if a.first:
-        with open(a.first) as f:
+    for i, path in enumerate(a.first or []):
+        with open(path) as f:
             first = json.load(f)["results"][0]
-        pts = points(first, 0)
-        ax.plot(*zip(*pts), "o--", color="tab:gray", label=f"first run ({first['steps']} steps)")
+        pts = points(first, start)
+        ax.plot(*zip(*pts), "o--", color=("tab:gray", "tab:olive", "tab:brown")[i % 3],
+                label=f"earlier run ({first['steps']} steps)")
         shown += pts
         start = pts[-1][0]
     with open(a.json) as f:
